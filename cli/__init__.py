@@ -1,0 +1,1 @@
+"""The ``rcig-release`` command line (installed as ``rcig_release.cli``)."""

@@ -1,0 +1,61 @@
+"""The typer app. Thin: parse, call one library function per command, render with rich.
+
+No JAX import at module level anywhere under ``cli/`` so ``--help`` is fast and CLI tests that
+patch the library never compile anything. Library errors (``RcigReleaseError``) become one line on
+stderr and their exit code (2 bad input, 3 policy failure); nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from rcig_release.errors import RcigReleaseError
+
+app = typer.Typer(
+    name="rcig-release",
+    help="Distil a private image set with RCIG, audit it, release it behind a policy.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turns a library error into one clear line and its exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RcigReleaseError as e:
+            err_console.print(f"[bold red]error:[/] {e}", markup=True)
+            raise typer.Exit(e.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _register() -> None:
+    from rcig_release.cli import audit_cmd, distill_cmd, release_cmd
+
+    for module in (distill_cmd, audit_cmd, release_cmd):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="rcig-release")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`rcig-release release` (placeholder until its issue lands)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

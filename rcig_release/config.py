@@ -1,0 +1,167 @@
+"""Typed, frozen configurations for distillation and evaluation, with presets and TOML loading.
+
+Every default is the value in the authors' code (docs: ``rcig-algorithm.md`` §1-§2) unless the
+comment says otherwise. ``resolve()`` computes the derived values once (network depth from the
+image size, λ from ipc and the class count) so nothing downstream recomputes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from rcig_release.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """RCIG hyperparameters. Field comments give the reason for each default."""
+
+    ipc: int = 1  # images per class in the distilled set
+    steps: int = 1000  # outer iterations (the paper's runs use 5,000-15,000 on a GPU)
+    init: str = "real"  # "real": random real training images per class (paper); "noise": 0.3*N(0,1)
+    seed: int = 0
+    # network (rcig-algorithm §1.2)
+    width: int = 128  # channels of the first block; block i has width * 2**i
+    depth: int | None = None  # None: from resolution (<=32 -> 3, 64 -> 4, 128 -> 5)
+    softplus_temp: float = 60.0  # softplus(beta x)/beta while distilling; 0 means ReLU
+    use_flip: bool = False  # concat horizontal flips to the support set (depth_3 configs: true)
+    # kernel-ridge head and inner problem (§1.2-§1.3)
+    l2_rate: float = 5e-4  # lambda = l2_rate * ipc * C
+    n_inner_steps: int = 20  # Adam steps on the tangent parameters, from 0
+    n_hvp_steps: int = 20  # Adam steps on 1/2 v^T H v - g^T v
+    inner_lr: float = 1e-5  # initial inner lr, then tuned (§1.9)
+    hvp_lr: float = 5e-5  # initial HVP lr, then tuned (§1.9)
+    tune_lr: bool = True  # automatic initial tuning of inner/HVP lrs before training
+    tune_max_trials: int = 60  # cap on tuning trials per learning rate
+    adapt_lr_every: int = 50  # online adaptation period (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
+    # outer problem (§1.4-§1.6)
+    real_batch: int = 1024  # real images per outer step
+    proto_lr: float = 3e-3  # AdaBelief lr for images and labels
+    temp_lr: float = 3e-2  # AdaBelief lr for log-temperature
+    learn_labels: bool = True
+    ema_decay: float = 0.99  # EMA of the distilled set; the EMA is exported and evaluated
+    clip_implicit: bool = True  # clip the implicit grad per leaf to the direct grad's norm
+    # model pool (§1.7)
+    pool_size: int = 30
+    pool_lr: float = 5e-5  # Adam on the ordinary network, MSE on the distilled set
+    pool_max_steps: int = 15  # 1..15 steps per visit
+    pool_reset: int = 100  # re-initialise a pool model after this many steps
+    # preprocessing (§1.8)
+    zca: bool | None = None  # None: on for colour data, off for grey (paper)
+    zca_reg: float = 0.1
+    # engineering (not in the paper)
+    jacobian_mb: float = 512.0  # materialise the support Jacobian when it fits in this many MiB
+    log_every: int = 10
+    checkpoint_every: int = 50
+
+    def replace(self, **changes: Any) -> "DistillConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The paper's evaluation protocol (rcig-algorithm §1.13), without its step-count bug."""
+
+    arch: str = "convnet"  # convnet | mlp | resnet18 | vgg11 | alexnet
+    models: int = 5
+    width: int = 128
+    lr: float = 1e-4  # Adam peak lr
+    warmup: int = 500  # linear warm-up steps
+    steps: int | None = None  # None: 1000 for a 10-image set, else 2000 (the paper's U)
+    batch: int = 256  # full batch when the set has <= batch images
+    augment: bool = False
+    seed: int = 0
+
+    def replace(self, **changes: Any) -> "EvalConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Presets. "paper": the authors' configuration (depth_3_no_flip for grey, depth_3 for colour).
+# "cpu": smaller width and real batch, chosen by benchmark (docs/benchmarks.md) to reach the MNIST
+# targets on a 2-core CPU.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(width=128, real_batch=1024, steps=10000),
+    "cpu": dict(width=32, real_batch=256, steps=300, pool_size=10),
+}
+
+
+def _check_known(cls: type, values: dict[str, Any], where: str) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Reads a TOML file; errors name the file and the problem in one line."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {p} is not valid TOML: {e}") from None
+
+
+def make_distill_config(preset: str = "cpu", file_values: dict[str, Any] | None = None,
+                        **overrides: Any) -> DistillConfig:
+    """Preset, then the TOML values (a ``[distill]`` table or top level), then CLI overrides."""
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values: dict[str, Any] = dict(PRESETS[preset])
+    file_values = dict(file_values or {})
+    file_values = dict(file_values.get("distill", file_values))
+    _check_known(DistillConfig, file_values, "config")
+    values.update(file_values)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    _check_known(DistillConfig, values, "config")
+    cfg = DistillConfig(**values)
+    validate_distill_config(cfg)
+    return cfg
+
+
+def validate_distill_config(cfg: DistillConfig) -> None:
+    if cfg.ipc < 1:
+        raise InputError(f"--ipc must be at least 1 (got {cfg.ipc})")
+    if cfg.steps < 0:
+        raise InputError(f"--steps must be >= 0 (got {cfg.steps})")
+    if cfg.init not in ("real", "noise"):
+        raise InputError(f"--init must be 'real' or 'noise' (got {cfg.init!r})")
+    if cfg.width < 1 or cfg.real_batch < 1 or cfg.pool_size < 1:
+        raise InputError("width, real_batch and pool_size must be positive")
+
+
+def depth_for_size(size: int) -> int:
+    """Network depth from the image side (rcig-algorithm §1.2): <=32 -> 3, 64 -> 4, 128 -> 5."""
+    if size <= 32:
+        return 3
+    if size <= 64:
+        return 4
+    return 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """Values derived once from the config and the data."""
+
+    depth: int
+    num_classes: int
+    l2: float  # lambda = l2_rate * ipc * C (flipped copies excluded)
+    zca: bool
+    n_support: int  # images in the support set, flipped copies included
+
+
+def resolve(cfg: DistillConfig, image_shape: tuple[int, int, int], num_classes: int) -> Resolved:
+    h, w, c = image_shape
+    depth = cfg.depth or depth_for_size(max(h, w))
+    zca = cfg.zca if cfg.zca is not None else c == 3
+    n = cfg.ipc * num_classes
+    return Resolved(depth=depth, num_classes=num_classes, l2=cfg.l2_rate * n, zca=zca,
+                    n_support=2 * n if cfg.use_flip else n)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
