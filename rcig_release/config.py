@@ -27,7 +27,7 @@ class DistillConfig:
     width: int = 128  # channels of the first block; block i has width * 2**i
     depth: int | None = None  # None: from resolution (<=32 -> 3, 64 -> 4, 128 -> 5)
     softplus_temp: float = 60.0  # softplus(beta x)/beta while distilling; 0 means ReLU
-    use_flip: bool = False  # concat horizontal flips to the support set (depth_3 configs: true)
+    use_flip: bool | None = None  # flip-doubling of the support set; None: on for colour (depth_3), off for grey (depth_3_no_flip)
     # kernel-ridge head and inner problem (§1.2-§1.3)
     l2_rate: float = 5e-4  # lambda = l2_rate * ipc * C
     n_inner_steps: int = 20  # Adam steps on the tangent parameters, from 0
@@ -151,6 +151,7 @@ class Resolved:
     num_classes: int
     l2: float  # lambda = l2_rate * ipc * C (flipped copies excluded)
     zca: bool
+    use_flip: bool
     n_support: int  # images in the support set, flipped copies included
 
 
@@ -159,8 +160,9 @@ def resolve(cfg: DistillConfig, image_shape: tuple[int, int, int], num_classes: 
     depth = cfg.depth or depth_for_size(max(h, w))
     zca = cfg.zca if cfg.zca is not None else c == 3
     n = cfg.ipc * num_classes
+    flip = cfg.use_flip if cfg.use_flip is not None else c == 3
     return Resolved(depth=depth, num_classes=num_classes, l2=cfg.l2_rate * n, zca=zca,
-                    n_support=2 * n if cfg.use_flip else n)
+                    use_flip=flip, n_support=2 * n if flip else n)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
