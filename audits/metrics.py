@@ -1,0 +1,170 @@
+"""Scores in, metrics out: ROC AUC, TPR at a fixed FPR with intervals, advantage, ε lower bound.
+
+Convention everywhere in ``rcig_release.audits``: **a higher score means "more likely a member"**;
+``labels`` is boolean (True = member). NumPy only; sklearn.metrics for the ROC, scipy.stats for
+the Clopper–Pearson (beta) intervals.
+
+Notes on what the numbers mean:
+- ``tpr_at_fpr``: the threshold is the lowest one whose empirical FPR is ≤ the target (sklearn's
+  ROC points); its TPR gets an exact two-sided 95 % Clopper–Pearson interval. Below ``1/fpr``
+  non-members the FPR cannot be resolved and the value is ``None`` with a reason.
+- ``epsilon_lower_bound``: for an (ε, δ)-DP mechanism every test has TPR ≤ e^ε·FPR + δ and
+  TNR ≤ e^ε·FNR + δ. At every ROC threshold we take one-sided Clopper–Pearson lower limits on
+  TPR/TNR and upper limits on FPR/FNR at level α/(4·n_thresholds) (Bonferroni over all the bounds
+  used), so the reported max over thresholds holds with probability ≥ 1 − α (the jax_privacy /
+  Jagielski et al. recipe). Floored at 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+FPR_TARGETS = (0.001, 0.01)
+DELTA = 1e-5
+
+
+def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).astype(bool).reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length ({s.size} vs {y.size})")
+    if not np.all(np.isfinite(s)):
+        # +inf/-inf are legitimate extreme scores; NaN is not.
+        if np.any(np.isnan(s)):
+            raise ValueError("scores contain NaN")
+        finite = s[np.isfinite(s)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        s = np.where(s == np.inf, hi + 1.0, np.where(s == -np.inf, lo - 1.0, s))
+    return s, y
+
+
+def clopper_pearson(k: np.ndarray | int, n: np.ndarray | int, alpha: float = 0.05
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided (1−α) interval for a binomial proportion k/n (vectorised)."""
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    lo = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
+    hi = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
+    return lo, hi
+
+
+def _cp_lower(k: np.ndarray, n: float, a: np.ndarray | float) -> np.ndarray:
+    """One-sided lower limit at level a (P[p < limit] ≤ a)."""
+    return np.where(k > 0, stats.beta.ppf(a, k, n - k + 1), 0.0)
+
+
+def _cp_upper(k: np.ndarray, n: float, a: np.ndarray | float) -> np.ndarray:
+    return np.where(k < n, stats.beta.ppf(1 - a, k + 1, n - k), 1.0)
+
+
+def roc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) with every distinct threshold kept (sklearn.metrics.roc_curve)."""
+    s, y = _check(scores, labels)
+    return skm.roc_curve(y, s, drop_intermediate=False)
+
+
+def auc_with_ci(scores: np.ndarray, labels: np.ndarray, alpha: float = 0.05
+                ) -> tuple[float, tuple[float, float]]:
+    """ROC AUC (sklearn) and a normal interval from the Hanley–McNeil (1982) standard error."""
+    s, y = _check(scores, labels)
+    a = float(skm.roc_auc_score(y, s))
+    n1, n0 = int(y.sum()), int((~y).sum())
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0)
+    half = stats.norm.ppf(1 - alpha / 2) * np.sqrt(max(var, 0.0))
+    # At AUC 0 or 1 the formula gives zero width; widen to the interval of one rank swap.
+    half = max(half, 1.0 / (n1 * n0))
+    return a, (max(0.0, a - half), min(1.0, a + half))
+
+
+def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr_target: float, alpha: float = 0.05
+               ) -> dict[str, Any]:
+    """TPR at the largest empirical FPR ≤ ``fpr_target``, with a Clopper–Pearson interval.
+
+    Returns ``{"tpr", "ci": [lo, hi], "fpr": achieved, "threshold", "reason"}``; all ``None``
+    except ``reason`` when the FPR cannot be resolved. The interval is conditional on the chosen
+    threshold (which is itself estimated from the non-members).
+    """
+    s, y = _check(scores, labels)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n0 < int(np.ceil(1.0 / fpr_target - 1e-9)):
+        return {"tpr": None, "ci": None, "fpr": None, "threshold": None,
+                "reason": f"needs >= {int(np.ceil(1 / fpr_target))} non-members, has {n0}"}
+    fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
+    ok = np.nonzero(fpr <= fpr_target + 1e-12)[0]
+    i = ok[np.argmax(tpr[ok])]
+    k = int(round(tpr[i] * n1))
+    lo, hi = clopper_pearson(k, n1, alpha)
+    return {"tpr": float(tpr[i]), "ci": [float(lo), float(hi)], "fpr": float(fpr[i]),
+            "threshold": float(thr[i]), "reason": None}
+
+
+def advantage(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Membership advantage max_t (TPR − FPR) (Yeom et al. 2018, Def. 4)."""
+    fpr, tpr, _ = roc(scores, labels)
+    return float(np.max(tpr - fpr))
+
+
+def epsilon_lower_bound(scores: np.ndarray, labels: np.ndarray, delta: float = DELTA,
+                        alpha: float = 0.05) -> float:
+    """Empirical ε lower bound holding with probability ≥ 1 − α (see module docstring)."""
+    s, y = _check(scores, labels)
+    n1, n0 = float(y.sum()), float((~y).sum())
+    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    tp, fp = np.round(tpr * n1), np.round(fpr * n0)
+    fn, tn = n1 - tp, n0 - fp
+    a = alpha / (4 * len(fpr))
+    tpr_lo, fpr_hi = _cp_lower(tp, n1, a), _cp_upper(fp, n0, a)
+    tnr_lo, fnr_hi = _cp_lower(tn, n0, a), _cp_upper(fn, n1, a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e1 = np.log(np.maximum(tpr_lo - delta, 0.0) / fpr_hi)
+        e2 = np.log(np.maximum(tnr_lo - delta, 0.0) / fnr_hi)
+    best = np.nanmax(np.concatenate([e1, e2, [0.0]]))
+    return float(max(best, 0.0))
+
+
+def attack_metrics(scores: np.ndarray, labels: np.ndarray, *, delta: float = DELTA,
+                   fprs: tuple[float, ...] = FPR_TARGETS) -> dict[str, Any]:
+    """Every metric for one attack on one set of records (JSON-ready)."""
+    s, y = _check(scores, labels)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return {"n_members": n1, "n_nonmembers": n0, "auc": None, "auc_ci": None,
+                "tpr_at_fpr": {str(f): None for f in fprs}, "tpr_at_fpr_ci": {str(f): None for f in fprs},
+                "tpr_at_fpr_reason": {str(f): "needs members and non-members" for f in fprs},
+                "advantage": None, "epsilon_lower_bound": None}
+    a, ci = auc_with_ci(s, y)
+    out: dict[str, Any] = {"n_members": n1, "n_nonmembers": n0, "auc": a, "auc_ci": list(ci),
+                           "tpr_at_fpr": {}, "tpr_at_fpr_ci": {}, "tpr_at_fpr_reason": {}}
+    for f in fprs:
+        r = tpr_at_fpr(s, y, f)
+        out["tpr_at_fpr"][str(f)] = r["tpr"]
+        out["tpr_at_fpr_ci"][str(f)] = r["ci"]
+        out["tpr_at_fpr_reason"][str(f)] = r["reason"]
+    out["advantage"] = advantage(s, y)
+    out["epsilon_lower_bound"] = epsilon_lower_bound(s, y, delta=delta)
+    return out
+
+
+def group_metrics(scores: np.ndarray, labels: np.ndarray, groups: Mapping[str, np.ndarray],
+                  **kw: Any) -> dict[str, dict[str, Any]]:
+    """Metrics per risk group. A group is a boolean mask over the records; its members are scored
+    against the non-members inside the mask, or against all non-members when the mask holds none
+    (e.g. the init-image group, which contains only members). ``nonmembers`` says which."""
+    s, y = _check(scores, labels)
+    out = {}
+    for name, mask in groups.items():
+        m = np.asarray(mask, dtype=bool)
+        neg = m & ~y
+        which = "group"
+        if not neg.any():
+            neg, which = ~y, "all"
+        sel = (m & y) | neg
+        res = attack_metrics(s[sel], y[sel], **kw)
+        res["nonmembers"] = which
+        out[name] = res
+    return out
