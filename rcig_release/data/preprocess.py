@@ -1,0 +1,180 @@
+"""Preprocessing as in RCIG/FRePo: per-channel standardisation, then optional ZCA whitening.
+
+Maths (docs/data.md; rcig-algorithm.md §1.8). For pixel-space images ``x`` ``[N,H,W,C]``:
+
+    s = (x - mean_c) / std_c                         per channel, mean/std over the training split
+    z = flatten(s) @ W                               if ZCA is on, W symmetric [D, D], D = H·W·C
+
+    Cov = centred covariance of flatten(s) over the training split   (float64)
+    Cov = U diag(λ) Uᵀ                               eigendecomposition
+    r   = zca_reg · tr(Cov) / D                      FRePo's regulariser, added to every eigenvalue
+    W   = U diag((λ + r)^-1/2) Uᵀ
+
+so the whitened training data has covariance ``W Cov W = U diag(λ / (λ + r)) Uᵀ`` (the
+"regularised identity"). The inverse is exact: ``W⁻¹ = V diag(1/μ) Vᵀ`` from the
+eigendecomposition ``W = V diag(μ) Vᵀ`` of the stored matrix, in float64, then
+``x = (z @ W⁻¹) · std_c + mean_c``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+
+from rcig_release.errors import InputError
+
+ARRAY_KEYS = ("prep_mean", "prep_std", "prep_zca")
+_COV_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Preprocessor:
+    """A fitted preprocessing: ``transform`` to model space and its exact ``inverse``.
+
+    Attributes:
+        mean: float32 ``[C]`` per-channel mean of the training split (pixel space).
+        std: float32 ``[C]`` per-channel standard deviation (1 where a channel is constant).
+        zca: float32 ``[D, D]`` symmetric whitening matrix (D = H·W·C) or ``None``.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    zca: np.ndarray | None = None
+    _unzca: np.ndarray | None = dataclasses.field(init=False, repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(-1)
+        if mean.shape != std.shape or mean.size == 0:
+            raise InputError("preprocessing: mean and std must be non-empty and the same length")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise InputError("preprocessing: mean/std must be finite and std positive")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        if self.zca is None:
+            return
+        zca = np.asarray(self.zca, dtype=np.float32)
+        if zca.ndim != 2 or zca.shape[0] != zca.shape[1] or zca.shape[0] % mean.size:
+            raise InputError(f"preprocessing: ZCA matrix must be square with a side divisible by "
+                             f"the channel count (got shape {zca.shape})")
+        if not np.isfinite(zca).all():
+            raise InputError("preprocessing: ZCA matrix is not finite")
+        w = zca.astype(np.float64)
+        evals, evecs = np.linalg.eigh((w + w.T) / 2.0)
+        if evals.min() <= 0:
+            raise InputError("preprocessing: ZCA matrix is not positive definite")
+        object.__setattr__(self, "zca", zca)
+        object.__setattr__(self, "_unzca", (evecs / evals) @ evecs.T)
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.size)
+
+    def _check(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[-1] != self.channels:
+            raise InputError(f"preprocessing expects images [N,H,W,{self.channels}] "
+                             f"(got shape {tuple(x.shape)})")
+        if self.zca is not None and int(np.prod(x.shape[1:])) != self.zca.shape[0]:
+            raise InputError(f"preprocessing: images of shape {tuple(x.shape[1:])} do not match "
+                             f"the ZCA size {self.zca.shape[0]}")
+        return x
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Pixel space ``[N,H,W,C]`` → model space (float32, same shape)."""
+        x = self._check(x)
+        s = (x.astype(np.float32) - self.mean) / self.std
+        if self.zca is not None:
+            s = (s.reshape(s.shape[0], -1) @ self.zca).reshape(s.shape)
+        return s.astype(np.float32)
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        """Model space → pixel space (float32), the exact inverse of ``transform`` (no clipping)."""
+        z = self._check(z)
+        s = z.astype(np.float64)
+        if self._unzca is not None:
+            s = (s.reshape(s.shape[0], -1) @ self._unzca).reshape(z.shape)
+        return (s * self.std.astype(np.float64) + self.mean.astype(np.float64)).astype(np.float32)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """``{"prep_mean", "prep_std", "prep_zca"}`` for ``distilled.npz`` (zca: a 0×0 array if off)."""
+        zca = self.zca if self.zca is not None else np.zeros((0, 0), dtype=np.float32)
+        return {"prep_mean": self.mean.copy(), "prep_std": self.std.copy(),
+                "prep_zca": np.array(zca, dtype=np.float32)}
+
+    @classmethod
+    def from_arrays(cls, d: Mapping[str, np.ndarray]) -> "Preprocessor":
+        """Inverse of ``to_arrays``; ``InputError`` if a key is missing or an array is malformed."""
+        missing = [k for k in ARRAY_KEYS if k not in d]
+        if missing:
+            raise InputError(f"preprocessing arrays missing: {', '.join(missing)}")
+        zca = np.asarray(d["prep_zca"])
+        return cls(mean=np.asarray(d["prep_mean"]), std=np.asarray(d["prep_std"]),
+                   zca=None if zca.size == 0 else zca)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = x.shape[-1]
+    flat = x.reshape(-1, c).astype(np.float64)
+    mean = flat.mean(axis=0)
+    std = flat.std(axis=0)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def _covariance(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Centred covariance (divisor N) of the standardised, flattened images, float64.
+
+    Accumulated in chunks so a large split is never held in float64 at once.
+    """
+    n = x.shape[0]
+    d = int(np.prod(x.shape[1:]))
+    total = np.zeros(d, dtype=np.float64)
+    gram = np.zeros((d, d), dtype=np.float64)
+    for i in range(0, n, _COV_CHUNK):
+        block = ((x[i:i + _COV_CHUNK].astype(np.float64) - mean) / std).reshape(-1, d)
+        total += block.sum(axis=0)
+        gram += block.T @ block
+    mu = total / n
+    return gram / n - np.outer(mu, mu)
+
+
+def zca_matrix(cov: np.ndarray, zca_reg: float) -> np.ndarray:
+    """FRePo's regularised ZCA: ``U diag((λ + zca_reg·tr(Cov)/D)^-1/2) Uᵀ`` (float64)."""
+    d = cov.shape[0]
+    evals, evecs = np.linalg.eigh((cov + cov.T) / 2.0)
+    evals = np.clip(evals, 0.0, None)
+    reg = zca_reg * np.trace(cov) / d
+    if not reg > 0:
+        raise InputError("cannot fit ZCA: the training images have no variance (or zca_reg <= 0)")
+    return (evecs * (evals + reg) ** -0.5) @ evecs.T
+
+
+def fit_preprocessor(x_train: np.ndarray, *, zca: bool, zca_reg: float = 0.1) -> Preprocessor:
+    """Fits standardisation (and ZCA when ``zca``) on the training split.
+
+    Args:
+        x_train: float32 ``[N,H,W,C]`` pixel-space training images.
+        zca: whether to whiten (the paper: on for colour data, off for grey).
+        zca_reg: FRePo/RCIG regulariser strength (0.1).
+
+    Returns:
+        A ``Preprocessor``; ``transform(x_train)`` has per-channel mean 0 and std 1 (without ZCA).
+
+    Example:
+        >>> x = np.random.default_rng(0).random((50, 4, 4, 1), dtype=np.float32)
+        >>> p = fit_preprocessor(x, zca=True)
+        >>> bool(np.allclose(p.inverse(p.transform(x)), x, atol=1e-4))
+        True
+    """
+    x = np.asarray(x_train)
+    if x.ndim != 4 or x.shape[0] < 2:
+        raise InputError(f"fit_preprocessor needs at least 2 images [N,H,W,C] "
+                         f"(got shape {tuple(x.shape)})")
+    mean, std = _channel_stats(x)
+    if not zca:
+        return Preprocessor(mean=mean, std=std)
+    w = zca_matrix(_covariance(x, mean, std), zca_reg)
+    return Preprocessor(mean=mean, std=std, zca=w.astype(np.float32))
