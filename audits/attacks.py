@@ -1,0 +1,182 @@
+"""Statistics (and the keep matrix) in, membership scores out. **Higher score = more likely member.**
+
+Shapes: ``N`` audit records, ``K`` shadow pipelines, ``A`` query augmentations (1, or 2 with the
+mirror image). A target statistic is ``[A, N]`` (or ``[N]``), already averaged over the target
+networks; shadow statistics are ``[K, A, N]`` (or ``[K, N]``), each shadow averaged over its own
+downstream networks in the same way; ``keep`` is boolean ``[K, N]`` (True: record in shadow k's
+private data).
+
+References: Yeom et al. 2018 (loss); Shokri et al. 2017 (shadow classifier); Carlini et al. 2022
+(LiRA, Alg. 1 and Eq. 4); Zarifzadeh et al. 2024 (RMIA, offline variant).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score
+
+from rcig_release.audits import signals
+
+GLOBAL_VARIANCE_BELOW = 64  # LiRA Fig. 9: per-example variances need many shadows
+_VAR_FLOOR = 1e-8
+
+
+def _as_akn(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = np.asarray(target, dtype=np.float64)
+    s = np.asarray(shadow, dtype=np.float64)
+    if t.ndim == 1:
+        t = t[None]
+    if s.ndim == 2:
+        s = s[:, None]
+    k = np.asarray(keep, dtype=bool)
+    if s.shape[1:] != t.shape or k.shape != (s.shape[0], s.shape[2]):
+        raise ValueError(f"shape mismatch: target {t.shape}, shadow {s.shape}, keep {k.shape}")
+    return t, s, k
+
+
+def loss_attack(target_loss: np.ndarray) -> np.ndarray:
+    """Yeom et al.: score = −loss (averaged over any leading axes, e.g. augmentations)."""
+    loss = np.asarray(target_loss, dtype=np.float64)
+    return -loss.reshape(-1, loss.shape[-1]).mean(axis=0)
+
+
+def _moments(s: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean [A,N], unbiased variance averaged over A [N], and count [N] over the masked shadows."""
+    m = mask[:, None, :].astype(np.float64)
+    cnt = mask.sum(axis=0)
+    if np.any(cnt == 0):
+        raise ValueError(f"{int(np.sum(cnt == 0))} record(s) have no shadow on one side; use a "
+                         "balanced keep matrix (shadows.make_keep) with at least 2 shadows")
+    mean = (s * m).sum(axis=0) / cnt
+    dev = ((s - mean[None]) ** 2 * m).sum(axis=0) / np.maximum(cnt - 1, 1)
+    return mean, dev.mean(axis=0), cnt
+
+
+def _variance(var: np.ndarray, cnt: np.ndarray, use_global: bool) -> np.ndarray:
+    if use_global:
+        ok = cnt >= 2
+        g = float(var[ok].mean()) if ok.any() else float(var.mean())
+        return np.full_like(var, max(g, _VAR_FLOOR))
+    return np.maximum(var, _VAR_FLOOR)
+
+
+def lira_online(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
+                global_variance: bool | None = None) -> np.ndarray:
+    """LiRA online: Σ_a log N(x_a; μ_in,a, σ_in²) − log N(x_a; μ_out,a, σ_out²) (a spherical
+    Gaussian over the A queries). Variances are per example, or one global value per side when
+    ``global_variance`` (default: fewer than 64 shadows)."""
+    t, s, k = _as_akn(target, shadow, keep)
+    use_global = s.shape[0] < GLOBAL_VARIANCE_BELOW if global_variance is None else global_variance
+    mu_in, var_in, c_in = _moments(s, k)
+    mu_out, var_out, c_out = _moments(s, ~k)
+    sd_in = np.sqrt(_variance(var_in, c_in, use_global))
+    sd_out = np.sqrt(_variance(var_out, c_out, use_global))
+    ll = stats.norm.logpdf(t, mu_in, sd_in[None]) - stats.norm.logpdf(t, mu_out, sd_out[None])
+    return ll.sum(axis=0)
+
+
+def lira_offline(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
+                 global_variance: bool | None = None) -> np.ndarray:
+    """LiRA offline (Eq. 4, one-sided): log Pr[Z < x̄], Z ~ N(μ_out, σ_out²) fitted on the OUT
+    shadows, where x̄ is the statistic averaged over the A queries (for shadows too)."""
+    t, s, k = _as_akn(target, shadow, keep)
+    use_global = s.shape[0] < GLOBAL_VARIANCE_BELOW if global_variance is None else global_variance
+    tm, sm = t.mean(axis=0, keepdims=True), s.mean(axis=1, keepdims=True)
+    mu_out, var_out, c_out = _moments(sm, ~k)
+    sd = np.sqrt(_variance(var_out, c_out, use_global))
+    return stats.norm.logcdf((tm[0] - mu_out[0]) / sd)
+
+
+def _p_out(ref: np.ndarray, keep: np.ndarray, a: float) -> np.ndarray:
+    """Mean true-label probability over the OUT references; where a record has none, back-solve
+    OUT from IN as the RMIA code does: (p_in + a − 1)/a (mean of all references when a = 0)."""
+    out = ~keep
+    cnt = out.sum(axis=0)
+    mean_out = np.where(cnt > 0, (ref * out).sum(axis=0) / np.maximum(cnt, 1), np.nan)
+    if a > 0:
+        back = np.clip((ref.mean(axis=0) + a - 1) / a, 0.0, 1.0)
+    else:
+        back = ref.mean(axis=0)
+    return np.where(cnt > 0, mean_out, back)
+
+
+def rmia_offline(target_p: np.ndarray, ref_p: np.ndarray, keep: np.ndarray,
+                 target_pz: np.ndarray, ref_pz: np.ndarray, *, a: float = 0.3,
+                 gamma: float = 1.0) -> np.ndarray:
+    """RMIA offline: score(x) = Pr_z[ (P(x|θ)/P(x)) / (P(z|θ)/P(z)) ≥ γ ] over population z.
+
+    P(·|θ): the target's true-label softmax probability (``[N]``, ``[Z]``); P(x) =
+    ½[(1+a)·P_OUT(x) + (1−a)] with P_OUT the mean over OUT references (``ref_p`` ``[K,N]``;
+    the population ``ref_pz`` ``[K,Z]`` is OUT for every reference).
+    """
+    tp = np.asarray(target_p, dtype=np.float64)
+    rp = np.asarray(ref_p, dtype=np.float64)
+    tz = np.asarray(target_pz, dtype=np.float64)
+    rz = np.asarray(ref_pz, dtype=np.float64)
+    px = 0.5 * ((1 + a) * _p_out(rp, np.asarray(keep, bool), a) + (1 - a))
+    pz = 0.5 * ((1 + a) * rz.mean(axis=0) + (1 - a))
+    ratio_x = tp / px
+    ratio_z = np.sort(tz / pz)
+    # count of z with ratio_x / ratio_z >= gamma  <=>  ratio_z <= ratio_x / gamma
+    return np.searchsorted(ratio_z, ratio_x / gamma, side="right") / ratio_z.size
+
+
+def tune_rmia_a(ref_p: np.ndarray, keep: np.ndarray, ref_pz: np.ndarray, *,
+                grid: Sequence[float] = tuple(np.round(np.arange(0.0, 1.01, 0.1), 2)),
+                max_pseudo_targets: int = 4) -> float:
+    """Chooses RMIA's offline ``a`` by attacking shadows with the other shadows as references and
+    keeping the best mean AUC (the ml_privacy_meter recipe). Needs ≥ 2 shadows."""
+    rp, k, rz = np.asarray(ref_p), np.asarray(keep, bool), np.asarray(ref_pz)
+    n = rp.shape[0]
+    if n < 2:
+        return 0.3
+    best, best_auc = 0.3, -1.0
+    for a in grid:
+        aucs = []
+        for j in range(min(n, max_pseudo_targets)):
+            others = np.arange(n) != j
+            if k[j].all() or (~k[j]).all():
+                continue
+            sc = rmia_offline(rp[j], rp[others], k[others], rz[j], rz[others], a=float(a))
+            aucs.append(roc_auc_score(k[j], sc))
+        if aucs and np.mean(aucs) > best_auc:
+            best, best_auc = float(a), float(np.mean(aucs))
+    return best
+
+
+def shadow_features(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Shokri attack features for one pipeline from its networks' logits ``[M, A, N, C]``:
+    φ per query, loss, the sorted softmax vector, and the one-hot label (a per-class model in
+    one classifier). Returns ``[N, A + 1 + 2C]``."""
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim == 3:
+        z = z[None]
+    phi = signals.logit_confidence(z, labels).mean(axis=0)  # [A, N]
+    loss = signals.cross_entropy(z, labels).mean(axis=(0, 1))  # [N]
+    sp = signals.sorted_probs(z).mean(axis=(0, 1))  # [N, C]
+    onehot = np.eye(z.shape[-1])[np.asarray(labels, dtype=np.int64)]
+    return np.concatenate([phi.T, loss[:, None], sp, onehot], axis=1)
+
+
+def shadow_attack(shadow_feats: np.ndarray, keep: np.ndarray, target_feats: np.ndarray, *,
+                  seed: int = 0) -> np.ndarray:
+    """Shokri et al.: a classifier (sklearn HistGradientBoosting) trained on every shadow's
+    features labelled in/out by ``keep``, applied to the target's features. ``shadow_feats``
+    ``[K, N, F]``, ``target_feats`` ``[N, F]``; returns P(in)."""
+    f = np.asarray(shadow_feats, dtype=np.float64)
+    k = np.asarray(keep, dtype=bool)
+    clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=seed)
+    clf.fit(f.reshape(-1, f.shape[-1]), k.reshape(-1))
+    return clf.predict_proba(np.asarray(target_feats, dtype=np.float64))[:, 1]
+
+
+def nearest_attack(distances: np.ndarray) -> np.ndarray:
+    """Release-direct: score = −(distance of a record to its nearest released image); with
+    several feature spaces or networks (leading axes) the distances are averaged."""
+    d = np.asarray(distances, dtype=np.float64)
+    return -d.reshape(-1, d.shape[-1]).mean(axis=0)
