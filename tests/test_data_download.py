@@ -108,7 +108,8 @@ def test_mnist_download_parse_cache_and_offline(server, tmp_path, monkeypatch):
     np.testing.assert_allclose(ds.x_train[..., 0], arrays["train_images"] / 255.0, atol=1e-7)
     np.testing.assert_array_equal(ds.y_test, arrays["test_labels"])
     assert ds.classes == tuple("0123456789") and ds.source == "mnist" and ds.split_seed is None
-    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(remote.MNIST_FILES.values())
+    cached = sorted(p.name for p in (cache / "mnist").iterdir())
+    assert cached == sorted(remote.MNIST_FILES.values())  # no temp files left behind
     assert len(requests) == 4
     # second load: served from the cache, even with no server reachable
     again = load_dataset("mnist", cache_dir=cache, base_url=_closed_port_url())

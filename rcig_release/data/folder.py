@@ -79,8 +79,9 @@ def _load_items(items: list[tuple[Path, int]], root: Path) -> tuple[list[np.ndar
         if first is None:
             first = (path.relative_to(root).as_posix(), hw)
         elif hw != first[1]:
-            raise InputError(f"images of different sizes: {first[0]} is {first[1][1]}x{first[1][0]} "
-                             f"but {path.relative_to(root).as_posix()} is {hw[1]}x{hw[0]}")
+            (w0, h0), rel = first[1][::-1], path.relative_to(root).as_posix()
+            raise InputError(f"images of different sizes: {first[0]} is {w0}x{h0} "
+                             f"but {rel} is {hw[1]}x{hw[0]}")
         images.append(img)
     labels = np.array([label for _, label in items], dtype=np.int64)
     return images, labels

@@ -99,7 +99,7 @@ class Preprocessor:
         return (s * self.std.astype(np.float64) + self.mean.astype(np.float64)).astype(np.float32)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """``{"prep_mean", "prep_std", "prep_zca"}`` for ``distilled.npz`` (zca: a 0×0 array if off)."""
+        """``prep_mean``, ``prep_std``, ``prep_zca`` for ``distilled.npz`` (zca 0×0 when off)."""
         zca = self.zca if self.zca is not None else np.zeros((0, 0), dtype=np.float32)
         return {"prep_mean": self.mean.copy(), "prep_std": self.std.copy(),
                 "prep_zca": np.array(zca, dtype=np.float32)}

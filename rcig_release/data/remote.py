@@ -4,10 +4,10 @@ The formats are parsed directly, with no pickle:
 
 * IDX: 2 zero bytes, a type byte (0x08 = uint8), the number of dimensions, each dimension as a
   big-endian uint32, then the data in C order.
-* CIFAR-10 binary (``cifar-10-binary.tar.gz``): members ``cifar-10-batches-bin/data_batch_{1..5}.bin``
-  and ``test_batch.bin``, each a run of 3,073-byte records: one label byte, then 1,024 red,
-  1,024 green and 1,024 blue bytes of a 32×32 image, row-major. Members are read from the tar
-  stream; nothing is extracted to disk.
+* CIFAR-10 binary (``cifar-10-binary.tar.gz``): members
+  ``cifar-10-batches-bin/data_batch_{1..5}.bin`` and ``test_batch.bin``, each a run of
+  3,073-byte records: one label byte, then 1,024 red, 1,024 green and 1,024 blue bytes of a
+  32×32 image, row-major. Members are read from the tar stream; nothing is extracted to disk.
 
 Checksums: the publishers' md5s (MNIST as mirrored by torchvision, Fashion-MNIST from its README,
 CIFAR-10 from its web page); for MNIST also the sha256 of the decompressed IDX files
@@ -72,7 +72,8 @@ REMOTE_SOURCES: dict[str, RemoteSource] = {
                                       "222c34898ecbeaf847f06e48f7ec33f2"),
         ),
         # The publisher's host first; the S3 mirror serves byte-identical files.
-        urls=("http://yann.lecun.com/exdb/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        urls=("http://yann.lecun.com/exdb/mnist/",
+              "https://ossci-datasets.s3.amazonaws.com/mnist/"),
         classes=tuple(str(i) for i in range(10)),
         kind="idx",
     ),

@@ -34,7 +34,7 @@ def load_digits_dataset(source: str, *, seed: int, test_fraction: float) -> Data
 
 
 def _read_npz(path: Path, name: str) -> dict[str, np.ndarray]:
-    """Reads every array of the archive with ``allow_pickle=False``, mapping failures to one line."""
+    """Reads every array with ``allow_pickle=False``; each failure becomes one ``InputError``."""
     corrupt = f"{name} is corrupt or truncated (cannot read it as .npz)"
     try:
         with open(path, "rb") as f:
