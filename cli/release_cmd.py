@@ -1,7 +1,86 @@
-"""`rcig-release release` (placeholder until its issue lands)."""
+"""`rcig-release release` and `rcig-release verify`: parse, call rcig_release.release, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from rcig_release.cli.main import err_console, handle_errors
+
+console = Console(highlight=False)
+
+
+def _fmt(x) -> str:
+    from rcig_release.release.documents import fmt
+
+    return fmt(x)
+
+
+def limit_text(rule) -> str:
+    from rcig_release.release.documents import limit_text as text
+
+    return text(rule)
+
+
+def _rules_table(rules, title: str) -> Table:
+    table = Table(title=Text(title), title_justify="left")
+    for col in ("rule", "value", "limit", "note"):
+        table.add_column(col, overflow="fold")
+    for r in rules:
+        table.add_row(*(Text(c) for c in (r.name, _fmt(r.value), limit_text(r), r.note)))
+    return table
+
+
+def release_command(
+    run: Path = typer.Argument(..., help="Run directory (distilled.npz, run.json, eval.json, audit/)."),
+    policy: Path = typer.Option(..., "--policy", help="Release policy TOML (e.g. policies/default.toml)."),
+    out: Path = typer.Option(..., "--out", help="Bundle directory to create; must not exist."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the --out directory name)."),
+    license: Optional[str] = typer.Option(None, "--license", help="SPDX licence id for the dataset card."),
+    override: Optional[str] = typer.Option(
+        None, "--override", metavar="REASON",
+        help="Release even though policy rules fail; the reason is recorded in the card, report and "
+             "verdict. Never bypasses the copy safety check."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Where to reload the private data for the safety check (default: run.json's source)."),
+) -> None:
+    """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
+    from rcig_release.release.bundle import ReleaseRefused, release
+
+    try:
+        result = release(run, policy, out, name=name, license_spdx=license, override=override, data=data)
+    except ReleaseRefused as e:
+        if e.decision is not None and e.decision.failed and e.safety is None:
+            err_console.print(_rules_table(e.decision.failed, f"Failed rules of policy {e.decision.policy_name!r}"))
+        raise
+    d = result.decision
+    if d.passed:
+        console.print(f"[green]policy {d.policy_name!r} passed[/] ({len(d.rules)} rules)")
+    else:
+        err_console.print(_rules_table(d.failed, f"Failed rules of policy {d.policy_name!r} (overridden)"))
+        console.print(Text.assemble(("released with an override", "yellow"), f": {result.override}"))
+    console.print(f"bundle written: {result.out} ({len(result.files)} files); check it with `rcig-release verify`",
+                  markup=False)
+
+
+def verify_command(bundle: Path = typer.Argument(..., help="Bundle directory written by `release`.")) -> None:
+    """Recompute every checksum of BUNDLE and check the audit belongs to its data (exit 1 if not)."""
+    from rcig_release.release.verify import verify_bundle
+
+    problems = verify_bundle(bundle)
+    if problems:
+        for p in problems:
+            err_console.print(p, style="red", markup=False)
+        err_console.print(f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True)
+        raise typer.Exit(1)
+    console.print("[green]bundle intact[/]: every checksum matches and the audit is the audit of the data")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("release")(handle_errors(release_command))
+    app.command("verify")(handle_errors(verify_command))

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 from rcig_release.release.policy import LimitSet, MetricLimits, Policy
 
+# Ties within this tolerance pass: a limit of 0.6 must not fail on 0.6000000000000001.
+_TOL = 1e-9
 # The FPR keys of the audit's tpr_at_fpr dicts, and the policy key holding their limit.
 _TPR_KEYS = (("0.001", "max_tpr_at_fpr_0_001"), ("0.01", "max_tpr_at_fpr_0_01"))
 
@@ -73,7 +75,7 @@ def _upper(ci: Any) -> float | None:
 
 
 def _le(name: str, value: float | None, limit: float, note: str = "") -> Rule:
-    passed = value is not None and value <= limit
+    passed = value is not None and value <= limit + _TOL
     return Rule(name, value, limit, "<=", passed, note)
 
 
@@ -212,4 +214,4 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
 
 
 def _ge(name: str, value: float | None, limit: float, note: str = "") -> Rule:
-    return Rule(name, value, limit, ">=", value is not None and value >= limit, note)
+    return Rule(name, value, limit, ">=", value is not None and value >= limit - _TOL, note)

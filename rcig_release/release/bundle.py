@@ -1,0 +1,381 @@
+"""`release`: evaluate the policy, run the safety check, write the bundle atomically.
+
+The bundle is written into a temporary directory next to ``out`` and renamed into place only when
+complete, so a failed or interrupted release leaves nothing behind, and an existing ``out`` is never
+touched. Layout, binding and verification: docs/release.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+import rcig_release
+from rcig_release.errors import InputError, PolicyFailure
+from rcig_release.release import figures
+from rcig_release.release.decision import Decision, evaluate_policy
+from rcig_release.release.documents import Summary, dataset_card, report_html
+from rcig_release.release.hashing import bytes_sha256
+from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
+from rcig_release.release.policy import Policy, load_policy
+from rcig_release.release.redact import find_leaks, redact, redact_str
+from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_train, to_uint8
+
+MANIFEST = "manifest-sha256.txt"
+CROISSANT = "croissant.json"
+_SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
+_MIME = {".png": "image/png", ".json": "application/json", ".csv": "text/csv",
+         ".md": "text/markdown", ".html": "text/html", ".npz": "application/x-npz",
+         ".txt": "text/plain"}
+
+
+class ReleaseRefused(PolicyFailure):
+    """A policy failure carrying the decision (and safety result) so the CLI can render it."""
+
+    def __init__(self, message: str, decision: Decision | None = None, safety: SafetyResult | None = None):
+        super().__init__(message)
+        self.decision = decision
+        self.safety = safety
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseResult:
+    out: Path
+    decision: Decision
+    safety: SafetyResult
+    override: str | None
+    files: tuple[str, ...]
+
+
+def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
+    """A safe, distinct directory name per class (no separators, dots-only or control characters)."""
+    names: list[str] = []
+    for i, c in enumerate(classes):
+        s = unicodedata.normalize("NFKC", c)
+        s = re.sub(r"[^\w.-]+", "_", s).strip("._") or f"class_{i}"
+        if s in names:
+            s = f"{s}_{i}"
+        names.append(s[:64])
+    return tuple(names)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    px = to_uint8(image)
+    img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px)  # uint8: "L" or "RGB"
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")  # Pillow writes no timestamp or path chunks
+    return buf.getvalue()
+
+
+def labels_csv(labels: np.ndarray, classes: tuple[str, ...], files: list[str], image_class: np.ndarray) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "file", "class", *classes])
+    for i, f in enumerate(files):
+        # repr of a float32 widened to float64 round-trips exactly back to the float32
+        w.writerow([i, f, classes[image_class[i]], *(repr(float(v)) for v in labels[i])])
+    return buf.getvalue().encode("utf-8")
+
+
+def npz_bytes(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images.astype(np.float32), labels=labels.astype(np.float32),
+                        classes=np.array(classes, dtype=str))
+    return buf.getvalue()
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def _sanitize(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats become null (the bundle's JSON is strict)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _sanitize(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_sanitize(v) for v in obj]
+    return obj
+
+
+def _source_label(source: Any) -> str | None:
+    if not isinstance(source, str):
+        return None
+    if "/" in source or "\\" in source or source.startswith("~"):
+        base = re.split(r"[\\/]", source.rstrip("/\\"))[-1]
+        return f"{base} (path withheld)" if base else "(path withheld)"
+    return source
+
+
+def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
+    run = inp.run_json
+    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
+    data = dict(run.get("data")) if isinstance(run.get("data"), dict) else {}
+    if "source" in data:
+        data["source"] = _source_label(data["source"])
+    audit_cfg = inp.audit.get("config") if isinstance(inp.audit.get("config"), dict) else {}
+    return {
+        "tool": {"name": "rcig-release", "version": rcig_release.__version__},
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "run_sha256": inp.run_sha256,
+        "content_sha256": inp.content_sha256,
+        "config": cfg,
+        "seeds": {
+            "distill": cfg.get("seed"),
+            "split": data.get("split_seed"),
+            "evaluate": inp.eval_json.get("seed"),
+            "audit": audit_cfg.get("seed"),
+        },
+        "data": data,
+        "init": run.get("init"),
+        "versions": run.get("versions"),
+        "device": run.get("device"),
+        "evaluation": {k: v for k, v in inp.eval_json.items() if k != "accuracies"}
+        | {"accuracies": inp.eval_json.get("accuracies")},
+        "audit": {"config": audit_cfg, "n_shadows": inp.audit.get("n_shadows")},
+        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256},
+    }
+
+
+def verdict_json(decision: Decision, safety: SafetyResult, policy: Policy, override: str | None,
+                 inp: ReleaseInputs) -> dict:
+    verdict = "pass" if decision.passed else ("overridden" if override else "fail")
+    return {
+        "verdict": verdict,
+        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256},
+        "override": {"reason": override} if override else None,
+        "rules": [r.to_json() for r in decision.rules],
+        "failed": [r.name for r in decision.failed],
+        "safety": safety.to_json(),
+        "run_sha256": inp.run_sha256,
+        "content_sha256": inp.content_sha256,
+    }
+
+
+def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], classes: tuple[str, ...],
+              description: str) -> dict:
+    """Croissant 1.0 metadata: one FileObject (with sha256) per bundle file, and the labels table."""
+    dist = []
+    for path in sorted(files):
+        dist.append({
+            "@type": "cr:FileObject",
+            "@id": path,
+            "name": path,
+            "contentUrl": path,
+            "contentSize": f"{len(files[path])} B",
+            "encodingFormat": _MIME.get(Path(path).suffix, "application/octet-stream"),
+            "sha256": bytes_sha256(files[path]),
+        })
+    fields = [
+        {"@type": "cr:Field", "@id": "labels/index", "name": "index", "dataType": "sc:Integer",
+         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "index"}}},
+        {"@type": "cr:Field", "@id": "labels/file", "name": "file", "dataType": "sc:Text",
+         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "file"}}},
+        {"@type": "cr:Field", "@id": "labels/class", "name": "class", "dataType": "sc:Text",
+         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "class"}}},
+    ]
+    return {
+        "@context": {
+            "@language": "en",
+            "@vocab": "https://schema.org/",
+            "sc": "https://schema.org/",
+            "cr": "http://mlcommons.org/croissant/",
+            "rai": "http://mlcommons.org/croissant/RAI/",
+            "dct": "http://purl.org/dc/terms/",
+            "citeAs": "cr:citeAs",
+            "column": "cr:column",
+            "conformsTo": "dct:conformsTo",
+            "data": {"@id": "cr:data", "@type": "@json"},
+            "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+            "examples": {"@id": "cr:examples", "@type": "@json"},
+            "extract": "cr:extract",
+            "field": "cr:field",
+            "fileObject": "cr:fileObject",
+            "fileProperty": "cr:fileProperty",
+            "fileSet": "cr:fileSet",
+            "format": "cr:format",
+            "includes": "cr:includes",
+            "isLiveDataset": "cr:isLiveDataset",
+            "jsonPath": "cr:jsonPath",
+            "key": "cr:key",
+            "md5": "cr:md5",
+            "parentField": "cr:parentField",
+            "path": "cr:path",
+            "recordSet": "cr:recordSet",
+            "references": "cr:references",
+            "regex": "cr:regex",
+            "repeated": "cr:repeated",
+            "replace": "cr:replace",
+            "separator": "cr:separator",
+            "source": "cr:source",
+            "subField": "cr:subField",
+            "transform": "cr:transform",
+        },
+        "@type": "sc:Dataset",
+        "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "name": name,
+        "description": description,
+        "license": license_spdx or "unspecified",
+        "url": "README.md",
+        "version": "1.0.0",
+        "keywords": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
+        "rai:personalSensitiveInformation": (
+            "Synthetic images distilled from private data; membership-inference audit and copy "
+            "check in report/audit.json, policy verdict in policy/verdict.json."
+        ),
+        "distribution": dist,
+        "recordSet": [{
+            "@type": "cr:RecordSet",
+            "@id": "labels",
+            "name": "labels",
+            "description": f"One row per released image; soft-label columns: {', '.join(classes)}.",
+            "field": fields,
+        }],
+    }
+
+
+def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, policy: Policy, *,
+                name: str, license_spdx: str | None, override: str | None) -> dict[str, bytes]:
+    """Every bundle file as bytes, keyed by its relative path (POSIX separators)."""
+    images, labels, classes = inp.images, inp.labels, inp.classes
+    image_class = labels.argmax(1)
+    dirs = class_dir_names(classes)
+    files: dict[str, bytes] = {}
+    image_files = []
+    for i in range(len(images)):
+        rel = f"data/images/{dirs[image_class[i]]}/{i}.png"
+        files[rel] = png_bytes(images[i])
+        image_files.append(rel)
+    files["data/distilled.npz"] = npz_bytes(images, labels, classes)
+    files["data/labels.csv"] = labels_csv(labels, classes, image_files, image_class)
+
+    audit = _sanitize(redact(inp.audit))
+    files["report/audit.json"] = _json_bytes(audit)
+    files["report/roc.png"] = inp.roc_png if inp.roc_png is not None else figures.roc_png(audit, inp.scores)
+    summary = Summary(
+        name=name,
+        license_spdx=license_spdx,
+        n_images=int(len(images)),
+        classes=classes,
+        image_shape=tuple(int(d) for d in images.shape[1:]),
+        per_class=tuple(int((image_class == c).sum()) for c in range(len(classes))),
+        run_json=_sanitize(redact(inp.run_json)),
+        eval_json=_sanitize(redact(inp.eval_json)),
+        audit=audit,
+        decision=decision,
+        safety=safety,
+        override=override,
+        content_sha256=inp.content_sha256,
+    )
+    files["report/report.html"] = report_html(
+        summary,
+        roc=files["report/roc.png"],
+        grid=figures.grid_png(images, classes, image_class),
+        copy_plot=figures.copy_check_png(audit.get("copy_check") or {}),
+    ).encode("utf-8")
+    files["README.md"] = dataset_card(summary).encode("utf-8")
+    files["policy/verdict.json"] = _json_bytes(_sanitize(redact(verdict_json(decision, safety, policy, override, inp))))
+    files["provenance.json"] = _json_bytes(_sanitize(redact(provenance(inp, policy))))
+    files[CROISSANT] = _json_bytes(croissant(
+        name, license_spdx, files, classes,
+        f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
+        f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}).",
+    ))
+    files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")
+
+    for path, data in files.items():
+        if path.endswith((".png", ".npz")):
+            continue
+        leaks = find_leaks(data.decode("utf-8"))
+        if leaks:
+            raise InputError(f"refusing to write {path}: it would contain {leaks[0]}")
+    return files
+
+
+def write_atomic(out: Path, files: dict[str, bytes]) -> None:
+    """Writes ``files`` into a temporary sibling directory of ``out``, then renames it to ``out``."""
+    if os.path.lexists(out):
+        raise InputError(f"output already exists, refusing to overwrite: {out.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for rel, data in files.items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        os.chmod(tmp, 0o755)
+        if os.path.lexists(out):
+            raise InputError(f"output already exists, refusing to overwrite: {out.name}")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, name: str | None = None,
+            license_spdx: str | None = None, override: str | None = None, data: str | None = None,
+            load_private: PrivateLoader | None = None) -> ReleaseResult:
+    """Releases RUN behind the policy; raises ``ReleaseRefused`` (exit 3) and writes nothing on failure.
+
+    Args:
+      run_dir: the run directory (distilled.npz, run.json, eval.json, audit/audit.json).
+      policy_path: the policy TOML file.
+      out: the bundle directory to create; must not exist.
+      name: the dataset's pretty name (default: the bundle directory's name).
+      license_spdx: an SPDX licence id for the card (default: unspecified).
+      override: a reason; release even when policy rules fail (never bypasses the safety check).
+      data: overrides run.json's data source for reloading the private training split.
+      load_private: ``(source, split_seed) -> Dataset``; injectable for tests.
+    """
+    out = Path(out)
+    if os.path.lexists(out):
+        raise InputError(f"output already exists, refusing to overwrite: {out.name}")
+    if license_spdx is not None and not _SPDX.match(license_spdx):
+        raise InputError(f"--license {license_spdx!r} is not an SPDX licence id")
+    if override is not None:
+        override = " ".join(override.split())
+        if not override:
+            raise InputError("--override needs a non-empty reason")
+        override = redact_str(override)
+    name = redact_str(" ".join((name or out.name).split())) or "rcig-release bundle"
+
+    policy = load_policy(policy_path)
+    inp = load_release_inputs(run_dir)
+    decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
+    if not decision.passed and override is None:
+        n = len(decision.failed)
+        raise ReleaseRefused(
+            f"policy {policy.name!r}: {n} of {len(decision.rules)} rules failed; no bundle written "
+            "(--override REASON releases anyway)", decision)
+
+    private = load_private_train(inp.run_json, data=data, loader=load_private)
+    cc = inp.audit["copy_check"]
+    safety = check_safety(inp.images, private, threshold=float(cc["threshold"]),
+                          metric=str(cc.get("metric", "rms_pixel")),
+                          allowed=policy.allow_near_copies_in_bundle)
+    del private
+    if not safety.passed:
+        raise ReleaseRefused(
+            f"safety check: {safety.exact_copies} released image(s) equal and {safety.within_threshold} "
+            "lie within the copy-check threshold of a private training image; no bundle written "
+            "(--override does not bypass this)", decision, safety)
+
+    files = build_files(inp, decision, safety, policy, name=name, license_spdx=license_spdx, override=override)
+    write_atomic(out, files)
+    return ReleaseResult(out=out, decision=decision, safety=safety, override=override, files=tuple(sorted(files)))

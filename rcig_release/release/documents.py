@@ -1,0 +1,359 @@
+"""The human-readable bundle files: the Hugging Face dataset card and the offline HTML report.
+
+Both are built from the same ``Summary`` (headline audit numbers, verdict, utility) so they never
+disagree. Every string that came from an input file is escaped (HTML) or JSON-quoted (YAML).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+from rcig_release.release.decision import Decision, Rule
+from rcig_release.release.safety import SafetyResult
+
+# SPDX ids whose lower-case form is also a Hugging Face licence id.
+_HF_LICENSES = {
+    "apache-2.0", "mit", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0",
+    "cc-by-nd-4.0", "cc-by-nc-nd-4.0", "bsd-2-clause", "bsd-3-clause", "odbl", "odc-by", "pddl",
+    "gpl-3.0", "lgpl-3.0", "mpl-2.0", "cdla-permissive-2.0", "cdla-sharing-1.0", "unlicense",
+}
+ATTACK_ORDER = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    name: str
+    license_spdx: str | None
+    n_images: int
+    classes: tuple[str, ...]
+    image_shape: tuple[int, ...]
+    per_class: tuple[int, ...]
+    run_json: Mapping
+    eval_json: Mapping
+    audit: Mapping
+    decision: Decision
+    safety: SafetyResult
+    override: str | None
+    content_sha256: str
+
+    @property
+    def verdict(self) -> str:
+        if self.decision.passed:
+            return "pass"
+        return "overridden" if self.override else "fail"
+
+
+def hf_license(spdx: str | None) -> dict[str, str]:
+    if spdx is None:
+        return {"license": "other", "license_name": "unspecified"}
+    if spdx.lower() in _HF_LICENSES:
+        return {"license": spdx.lower()}
+    return {"license": "other", "license_name": spdx}
+
+
+def size_category(n: int) -> str:
+    for hi, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                      (1_000_000, "100K<n<1M")):
+        if n < hi:
+            return label
+    return "1M<n<10M"
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
+    if isinstance(x, (list, tuple)):
+        return ", ".join(fmt(v, digits) for v in x)
+    return str(x)
+
+
+def _tpr(m: Mapping | None, fpr: str) -> Any:
+    if not isinstance(m, Mapping):
+        return None
+    return (m.get("tpr_at_fpr") or {}).get(fpr)
+
+
+def headline_rows(audit: Mapping) -> list[list[str]]:
+    """One row per attack: the release's AUC / TPR@0.1% / TPR@1% / eps_LB, then the naive release's."""
+    attacks = audit.get("attacks") or {}
+    naive = ((audit.get("baselines") or {}).get("naive_release") or {}).get("attacks") or {}
+    real = ((audit.get("baselines") or {}).get("real_model") or {}).get("attacks") or {}
+    names = [a for a in ATTACK_ORDER if a in attacks] + sorted(set(attacks) - set(ATTACK_ORDER))
+    rows = []
+    for a in names:
+        m, nm, rm = attacks.get(a) or {}, naive.get(a), real.get(a)
+        rows.append([
+            a,
+            fmt(m.get("auc")), fmt(_tpr(m, "0.001")), fmt(_tpr(m, "0.01")), fmt(m.get("epsilon_lower_bound"), 2),
+            fmt((nm or {}).get("auc")), fmt(_tpr(nm, "0.01")),
+            fmt((rm or {}).get("auc")), fmt(_tpr(rm, "0.01")),
+        ])
+    return rows
+
+
+HEADLINE_HEADER = ["attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "ε lower bound",
+                   "naive AUC", "naive TPR@1%", "real-model AUC", "real-model TPR@1%"]
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def limit_text(r: Rule) -> str:
+    if r.comparison == "present":
+        return "must have run"
+    return f"{r.comparison} {fmt(r.limit)}"
+
+
+def _rule_row(r: Rule) -> list[str]:
+    return [r.name, fmt(r.value), limit_text(r), "pass" if r.passed else "FAIL", r.note]
+
+
+def _config(s: Summary) -> Mapping:
+    c = s.run_json.get("config")
+    return c if isinstance(c, Mapping) else {}
+
+
+def _init_mode(s: Summary) -> str:
+    init = s.run_json.get("init")
+    if isinstance(init, Mapping) and init.get("mode"):
+        return str(init["mode"])
+    return str(_config(s).get("init", "unknown"))
+
+
+def _utility_rows(s: Summary) -> list[list[str]]:
+    e = s.eval_json
+    base = s.audit.get("baselines") or {}
+    acc = e.get("accuracy_mean")
+    std = e.get("accuracy_std")
+    rows = [["this release", f"{fmt(acc)} ± {fmt(std)}", fmt(e.get("arch")), fmt(e.get("models"))]]
+    for key, label in (("naive_release", "naive release (same number of random real images)"),
+                       ("real_model", "network trained on the full private training split")):
+        b = base.get(key)
+        if isinstance(b, Mapping):
+            rows.append([label, fmt(b.get("accuracy")), "", ""])
+    return rows
+
+
+def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
+    return [f"{key}:"] + [f"- {json.dumps(v, ensure_ascii=False)}" for v in values]
+
+
+def dataset_card(s: Summary) -> str:
+    """README.md: YAML front matter (HF dataset card metadata), then the card body."""
+    meta = [f"{k}: {json.dumps(v)}" for k, v in hf_license(s.license_spdx).items()]
+    meta.append(f"pretty_name: {json.dumps(s.name, ensure_ascii=False)}")
+    meta += _yaml_list("task_categories", ["image-classification"])
+    meta += _yaml_list("task_ids", ["multi-class-image-classification"])
+    meta += _yaml_list("size_categories", [size_category(s.n_images)])
+    meta += _yaml_list("annotations_creators", ["machine-generated"])
+    meta += _yaml_list("tags", ["synthetic", "dataset-distillation", "rcig", "privacy-audited"])
+    meta += [
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        '    path: "data/images/*/*.png"',
+    ]
+    cfg = _config(s)
+    data = s.run_json.get("data") if isinstance(s.run_json.get("data"), Mapping) else {}
+    cc = s.audit.get("copy_check") or {}
+    verdict = s.verdict
+    override_text = ""
+    if s.override:
+        override_text = (
+            "\n**The policy did not pass; this bundle was released with an override.** "
+            f"Reason given: {s.override}\n"
+        )
+    failed = s.decision.failed
+    failed_text = ""
+    if failed:
+        failed_text = "\nFailed rules:\n\n" + _md_table(
+            ["rule", "value", "limit", "outcome", "note"], [_rule_row(r) for r in failed]) + "\n"
+    n_shadows = s.audit.get("n_shadows", (s.audit.get("config") or {}).get("shadows"))
+    real_init_note = (" The images started from real private images and may retain visual traits of them."
+                      if _init_mode(s) == "real" else "")
+    body = f"""
+# {s.name}
+
+A synthetic image-classification set of {s.n_images} images ({len(s.classes)} classes,
+{'×'.join(str(d) for d in s.image_shape)} pixels) distilled with RCIG from a private image set,
+released behind a privacy policy after a membership-inference audit. The images are optimised
+synthetic images, not photographs of people or records, but they are derived from private data:
+read **Privacy considerations** before using them.
+
+## Dataset details
+
+- Curated by: the data custodian who ran `rcig-release` (the tool records no names).
+- License: {s.license_spdx or "unspecified: set one with `--license` before publishing"}.
+- Classes: {", ".join(s.classes)}.
+- Images per class: {", ".join(f"{c} {n}" for c, n in zip(s.classes, s.per_class))}.
+- Content digest of the released arrays: `{s.content_sha256}`.
+
+## How it was made
+
+RCIG (dataset distillation with a kernel-ridge head on a linearised ConvNet and implicit
+gradients) ran on the private training split for {fmt(cfg.get("steps"))} outer steps at
+{fmt(cfg.get("ipc"))} image(s) per class, seed {fmt(cfg.get("seed"))}, starting from
+**{_init_mode(s)}** initial images ({"random real private training images, the RCIG default" if _init_mode(s) == "real" else "random noise"}).
+The labels are learned soft labels (one row of `data/labels.csv` per image). The full resolved
+configuration, the private data's fingerprint ({data.get("fingerprint", "n/a")}) and the software
+versions are in `provenance.json`.
+
+## Uses
+
+Direct use: training or benchmarking image classifiers where the private data may not be shared,
+dataset-distillation research, and checking the audit in `report/`.
+
+Out-of-scope use: re-identifying or reconstructing people or records of the private data;
+treating the images as real samples of the source distribution; any claim of formal differential
+privacy (none is given: the audit measures leakage empirically, it does not bound it).
+
+## Dataset structure
+
+- `data/images/<class>/<i>.png`: image `i` of the release (8-bit PNG), filed under the class its
+  soft label ranks highest.
+- `data/distilled.npz`: `images` float32 [N,H,W,C] in [0,1], `labels` float32 [N,C] soft labels,
+  `classes` [C].
+- `data/labels.csv`: `index,file,class` and one soft-label column per class.
+- `report/`: `audit.json` (the full audit), `roc.png`, `report.html` (open it in a browser).
+- `policy/verdict.json`, `provenance.json`, `croissant.json`, `manifest-sha256.txt`.
+
+## Privacy considerations
+
+Policy **{s.decision.policy_name}** (policy file sha256 `{s.decision.policy_sha256}`):
+verdict **{verdict}** ({len(s.decision.rules) - len(failed)} of {len(s.decision.rules)} rules passed).
+{override_text}{failed_text}
+Headline audit figures (the adversary holds this release; members are the private training split,
+non-members held-out records; {fmt(n_shadows)} shadow distillations). Next to them the same attacks on
+the naive release (the same number of random real training images) and on a network trained on all
+the private training data:
+
+{_md_table(HEADLINE_HEADER, headline_rows(s.audit))}
+
+Copy check: {fmt(cc.get("near_copies"))} released image(s) are near copies of a private training
+record (threshold {fmt(cc.get("threshold"), 4)}). Release safety check against the private training
+split ({s.safety.metric} distance): {s.safety.exact_copies} exact copies, {s.safety.within_threshold}
+image(s) within the threshold{" (allowed by the policy)" if s.safety.allowed and not s.safety.clean else ""}.
+
+What the audit does not cover: attacks stronger than those listed (white-box access to the
+distillation, more shadow models, other signals), leakage about groups or attributes rather than
+membership of single records, records outside the audited sample, and any formal privacy
+guarantee. "n/a" means the audit could not resolve the figure (for example too few non-members to
+measure a TPR at 0.1 % FPR).
+
+## Utility
+
+{_md_table(["trained on", "test accuracy", "architecture", "networks"], _utility_rows(s))}
+
+## Bias, risks, and limitations
+
+A handful of images per class summarises the private training split; classes or sub-groups that
+are rare there may be poorly represented, and accuracy can differ between classes.{real_init_note}
+The audit figures are estimates with sampling error (intervals in `report/audit.json`).
+
+## Verification
+
+Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt` and checks
+that the audit, the verdict and the provenance belong to the released arrays.
+"""
+    return "---\n" + "\n".join(meta) + "\n---\n" + body
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:70em;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.6em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:left;font-size:.92em}th{background:#f3f3f3}.verdict{padding:1em 1.4em;border-radius:6px;
+font-size:1.25em;margin:1em 0}.pass{background:#e5f6e5;border:2px solid #3a3}.fail{background:#fde8e8;
+border:2px solid #c33}.overridden{background:#fff4d6;border:2px solid #d90}.bad{color:#b00;
+font-weight:bold}img{max-width:100%;border:1px solid #ddd}code{background:#f5f5f5;padding:0 .2em}
+"""
+
+
+def _h_table(header: Sequence[str], rows: Sequence[Sequence[Any]], bad_col: int | None = None) -> str:
+    out = ["<table><thead><tr>"] + [f"<th>{html.escape(str(h))}</th>" for h in header]
+    out.append("</tr></thead><tbody>")
+    for row in rows:
+        out.append("<tr>")
+        for i, c in enumerate(row):
+            cls = ' class="bad"' if bad_col is not None and i == bad_col and c == "FAIL" else ""
+            out.append(f"<td{cls}>{html.escape(str(c))}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _img(png: bytes | None, alt: str) -> str:
+    if not png:
+        return f"<p>({html.escape(alt)}: not available in the audit)</p>"
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None) -> str:
+    """report/report.html: one self-contained page (no external resources, images embedded)."""
+    e = html.escape
+    verdict = s.verdict
+    headline = {"pass": "Policy passed", "fail": "Policy failed",
+                "overridden": "Policy failed, released with an override"}[verdict]
+    override = (f"<p><b>Override reason:</b> {e(s.override)}</p>" if s.override else "")
+    cc = s.audit.get("copy_check") or {}
+    per_image = [r for r in cc.get("per_image") or [] if isinstance(r, Mapping)]
+    cc_rows = [[i, fmt(r.get("nearest_train_distance"), 4), fmt(r.get("nearest_test_distance"), 4),
+                fmt(r.get("ratio")), fmt(r.get("near_copy"))] for i, r in enumerate(per_image)]
+    audit_cfg = s.audit.get("config") if isinstance(s.audit.get("config"), Mapping) else {}
+    rule_header = ["rule", "value", "limit", "outcome", "note"]
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">",
+        f"<title>{e(s.name)}: release report</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(s.name)}: release report</h1>",
+        f'<div class="verdict {verdict}"><b>{e(headline)}</b>: policy <code>{e(s.decision.policy_name)}</code>, '
+        f"{len(s.decision.rules) - len(s.decision.failed)} of {len(s.decision.rules)} rules passed. "
+        f"Safety check: {'passed' if s.safety.passed else 'FAILED'} "
+        f"({s.safety.exact_copies} exact copies, {s.safety.within_threshold} within the threshold).</div>",
+        override,
+        ("<h3>Failed rules</h3>" + _h_table(rule_header, [_rule_row(r) for r in s.decision.failed], 3))
+        if s.decision.failed else "",
+        "<h2>Membership-inference ROC (log-log)</h2>",
+        _img(roc, "ROC of every attack"),
+        "<h2>The released images</h2>",
+        _img(grid, "released images, one row per class"),
+        "<h2>Copy check</h2>",
+        f"<p>Near copies flagged by the audit: {e(fmt(cc.get('near_copies')))} (threshold "
+        f"{e(fmt(cc.get('threshold'), 4))}). Release safety check against the private training split "
+        f"({e(s.safety.metric)} distance): {s.safety.exact_copies} exact copies, "
+        f"{s.safety.within_threshold} within the threshold.</p>",
+        _img(copy_plot, "copy-check distances"),
+        _h_table(["image", "nearest train distance", "nearest held-out distance", "ratio", "near copy"], cc_rows)
+        if cc_rows else "",
+        "<h2>Utility</h2>",
+        _h_table(["trained on", "test accuracy", "architecture", "networks"], _utility_rows(s)),
+        "<h2>Baselines: the same attacks on the naive release and on a real model</h2>",
+        _h_table(HEADLINE_HEADER, headline_rows(s.audit)),
+        f"<h2>All policy rules ({len(s.decision.rules)})</h2>",
+        "<details><summary>Show every rule with its value and limit</summary>",
+        _h_table(rule_header, [_rule_row(r) for r in s.decision.rules], 3),
+        "</details>",
+        "<h2>Audit configuration</h2>",
+        _h_table(["key", "value"], [[k, fmt(v)] for k, v in sorted(audit_cfg.items())]),
+        f"<p>Content digest of the released arrays: <code>{e(s.content_sha256)}</code>. "
+        "Check the bundle with <code>rcig-release verify</code>.</p>",
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)

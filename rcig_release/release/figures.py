@@ -1,0 +1,133 @@
+"""Figures for the bundle's report, rendered with matplotlib (Agg) to PNG bytes.
+
+- ``roc_png``: the log-log ROC of every attack, from ``RUN/audit/scores.npz`` when it has a
+  membership vector and per-attack scores, otherwise from the operating points in audit.json.
+- ``grid_png``: the released images, one row per class.
+- ``copy_check_png``: the released images' distances to their nearest private training and
+  held-out records, with the near-copy threshold.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+_MEMBER_KEYS = ("member", "members", "membership", "is_member", "labels")
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _score_curves(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    member_key = next((k for k in _MEMBER_KEYS if k in scores), None)
+    if member_key is None:
+        return {}
+    member = np.asarray(scores[member_key]).astype(bool).reshape(-1)
+    if member.all() or not member.any():
+        return {}
+    curves = {}
+    for key in sorted(scores):
+        if key == member_key:
+            continue
+        s = np.asarray(scores[key])
+        if not np.issubdtype(s.dtype, np.number) or s.ndim < 1 or s.shape[-1] != member.size:
+            continue
+        s = s.reshape(-1, member.size).mean(0).astype(np.float64)
+        if not np.isfinite(s).all():
+            continue
+        fpr, tpr, _ = roc_curve(member, s)
+        curves[key.removeprefix("scores_").removeprefix("score_")] = (fpr, tpr)
+    return curves
+
+
+def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
+    """Log-log ROC: full curves from scores when available, else the audit's operating points."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    floor = 1e-4
+    curves = _score_curves(scores) if scores is not None else {}
+    if curves:
+        for name, (fpr, tpr) in curves.items():
+            ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=name)
+        ax.set_title("ROC of every attack (log-log)")
+    else:
+        for name, m in sorted((audit.get("attacks") or {}).items()):
+            pts = [(float(f), float(t)) for f, t in (m.get("tpr_at_fpr") or {}).items()
+                   if isinstance(t, (int, float)) and not isinstance(t, bool)]
+            if pts:
+                pts.sort()
+                ax.plot([p[0] for p in pts], [max(p[1], floor) for p in pts], "o-", label=name)
+        ax.set_title("Attack operating points (log-log)")
+    ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def grid_png(images: np.ndarray, classes: Sequence[str], image_class: np.ndarray) -> bytes:
+    """The released images, one row per class (at most 20 columns)."""
+    n_cols = max(1, min(20, max(int((image_class == c).sum()) for c in range(len(classes)))))
+    n_rows = len(classes)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(0.9 * n_cols + 1.2, 0.9 * n_rows + 0.3),
+                             squeeze=False)
+    for r in range(n_rows):
+        idx = np.flatnonzero(image_class == r)[:n_cols]
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if c < len(idx):
+                img = np.clip(images[idx[c]], 0, 1)
+                if img.shape[-1] == 1:
+                    ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(img)
+            if c == 0:
+                ax.set_ylabel(str(classes[r])[:16], rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return _png(fig)
+
+
+def copy_check_png(copy_check: Mapping) -> bytes | None:
+    """Nearest-train vs nearest-held-out distance per released image, with the threshold."""
+    rows = [r for r in copy_check.get("per_image") or [] if isinstance(r, Mapping)]
+    train = [r.get("nearest_train_distance") for r in rows]
+    test = [r.get("nearest_test_distance") for r in rows]
+    ok = [(a, b) for a, b in zip(train, test)
+          if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+    if not ok:
+        return None
+    a, b = np.array(ok, dtype=np.float64).T
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(b, a, s=14)
+    hi = float(max(a.max(), b.max(), copy_check.get("threshold") or 0) * 1.05) or 1.0
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="equal distance")
+    thr = copy_check.get("threshold")
+    if isinstance(thr, (int, float)):
+        ax.axhline(thr, color="red", lw=1, label="near-copy threshold")
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("distance to nearest held-out record")
+    ax.set_ylabel("distance to nearest private training record")
+    ax.set_title("Copy check, one point per released image")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

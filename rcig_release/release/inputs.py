@@ -1,0 +1,187 @@
+"""Reading what a release needs from a run directory: the arrays, run.json, eval.json, the audit.
+
+Every file is read without following symlinks (a symlink in RUN is refused, so nothing outside the
+run can end up in a bundle). The audit is validated strictly on the fields a release depends on
+(``run_sha256``, ``attacks``, ``copy_check``) and leniently on the rest, and it must be the audit of
+this run's ``distilled.npz`` (its ``run_sha256``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from rcig_release.errors import InputError
+from rcig_release.release.hashing import arrays_sha256, bytes_sha256
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseInputs:
+    images: np.ndarray  # float32 [N,H,W,C] in [0,1], pixel space
+    labels: np.ndarray  # float32 [N,C] learned (soft) labels
+    classes: tuple[str, ...]
+    run_json: dict
+    eval_json: dict
+    audit: dict
+    run_sha256: str  # sha256 of RUN/distilled.npz
+    content_sha256: str  # hashing.arrays_sha256(images, labels, classes)
+    roc_png: bytes | None  # RUN/audit/roc.png when present
+    scores: dict[str, np.ndarray] | None  # RUN/audit/scores.npz when present
+
+
+def read_nofollow(path: Path, what: str) -> bytes:
+    """The bytes of a regular file; a symlink or anything else is an ``InputError``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} not found") from None
+    except OSError:
+        raise InputError(f"{what} not readable") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(f"{what} is a symlink; refusing to follow it")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} is not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        raise InputError(f"{what} not readable") from None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _json(data: bytes, what: str) -> dict:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{what} is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{what} must hold a JSON object")
+    return obj
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def load_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError):
+        raise InputError(f"{what} is not a readable npz (or holds pickled objects)") from None
+
+
+def validate_arrays(arrays: Mapping[str, np.ndarray], what: str):
+    """Checks and returns (images float32 [N,H,W,C], labels float32 [N,C], classes)."""
+    for key in ("images", "labels", "classes"):
+        if key not in arrays:
+            raise InputError(f"{what}: missing array {key!r}")
+    images, labels, classes = arrays["images"], arrays["labels"], arrays["classes"]
+    if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3):
+        raise InputError(f"{what}: images must be [N,H,W,C] with N > 0 and C in (1, 3), got {images.shape}")
+    if not np.issubdtype(images.dtype, np.floating) or not np.issubdtype(labels.dtype, np.floating):
+        raise InputError(f"{what}: images and labels must be floating point")
+    if labels.ndim != 2 or labels.shape[0] != images.shape[0]:
+        raise InputError(f"{what}: labels must be [N,C] with N = {images.shape[0]}, got {labels.shape}")
+    if classes.ndim != 1 or classes.dtype.kind != "U" or classes.shape[0] != labels.shape[1]:
+        raise InputError(f"{what}: classes must be {labels.shape[1]} strings")
+    if not (np.isfinite(images).all() and np.isfinite(labels).all()):
+        raise InputError(f"{what}: images or labels contain non-finite values")
+    if images.min() < 0.0 or images.max() > 1.0:
+        raise InputError(f"{what}: images must be in pixel space [0, 1]")
+    names = tuple(str(c) for c in classes)
+    if len(set(names)) != len(names) or any(not n.strip() for n in names):
+        raise InputError(f"{what}: class names must be distinct and non-empty")
+    return images.astype(np.float32), labels.astype(np.float32), names
+
+
+def _metric_dict(m: Any, where: str) -> None:
+    if not isinstance(m, Mapping):
+        raise InputError(f"audit.json: {where} must be an object")
+    for key in ("tpr_at_fpr", "tpr_at_fpr_ci", "groups"):
+        if key in m and m[key] is not None and not isinstance(m[key], Mapping):
+            raise InputError(f"audit.json: {where}.{key} must be an object")
+
+
+def validate_audit(audit: Mapping) -> None:
+    """Strict on the fields a release depends on; optional fields are only type-checked."""
+    sha = audit.get("run_sha256")
+    if not isinstance(sha, str) or not _HEX64.match(sha.lower().removeprefix("sha256:")):
+        raise InputError("audit.json: run_sha256 missing or not a sha256 hex digest")
+    attacks = audit.get("attacks")
+    if not isinstance(attacks, Mapping) or not attacks:
+        raise InputError("audit.json: attacks missing or empty")
+    for name, m in attacks.items():
+        _metric_dict(m, f"attacks.{name}")
+        groups = m.get("groups") or {}
+        for g, gm in groups.items():
+            _metric_dict(gm, f"attacks.{name}.groups.{g}")
+    cc = audit.get("copy_check")
+    if not isinstance(cc, Mapping):
+        raise InputError("audit.json: copy_check missing")
+    near = cc.get("near_copies")
+    if not isinstance(near, int) or isinstance(near, bool) or near < 0:
+        raise InputError("audit.json: copy_check.near_copies must be a count")
+    if not _finite(cc.get("threshold")) or cc["threshold"] < 0:
+        raise InputError("audit.json: copy_check.threshold must be a finite number >= 0")
+    if "per_image" in cc and not isinstance(cc["per_image"], list):
+        raise InputError("audit.json: copy_check.per_image must be a list")
+    if "baselines" in audit and not isinstance(audit["baselines"], Mapping):
+        raise InputError("audit.json: baselines must be an object")
+
+
+def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
+    """Reads RUN/{distilled.npz, run.json, eval.json, audit/audit.json} (+ roc.png, scores.npz)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(f"run directory not found: {run.name or run}")
+    npz_bytes = read_nofollow(run / "distilled.npz", "RUN/distilled.npz")
+    images, labels, classes = validate_arrays(load_npz(npz_bytes, "RUN/distilled.npz"), "RUN/distilled.npz")
+    run_json = _json(read_nofollow(run / "run.json", "RUN/run.json"), "RUN/run.json")
+    try:
+        eval_bytes = read_nofollow(run / "eval.json", "RUN/eval.json")
+    except InputError as e:
+        raise InputError(f"{e} (run `rcig-release evaluate` first)") from None
+    eval_json = _json(eval_bytes, "RUN/eval.json")
+    try:
+        audit_bytes = read_nofollow(run / "audit" / "audit.json", "RUN/audit/audit.json")
+    except InputError as e:
+        raise InputError(f"{e} (run `rcig-release audit` first)") from None
+    audit = _json(audit_bytes, "RUN/audit/audit.json")
+    validate_audit(audit)
+
+    run_sha = bytes_sha256(npz_bytes)
+    if audit["run_sha256"].lower().removeprefix("sha256:") != run_sha:
+        raise InputError("audit.json: run_sha256 does not match RUN/distilled.npz (stale audit? re-run it)")
+
+    roc = None
+    if os.path.lexists(run / "audit" / "roc.png"):
+        roc = read_nofollow(run / "audit" / "roc.png", "RUN/audit/roc.png")
+    scores = None
+    if os.path.lexists(run / "audit" / "scores.npz"):
+        scores = load_npz(read_nofollow(run / "audit" / "scores.npz", "RUN/audit/scores.npz"),
+                          "RUN/audit/scores.npz")
+    return ReleaseInputs(
+        images=images,
+        labels=labels,
+        classes=classes,
+        run_json=run_json,
+        eval_json=eval_json,
+        audit=audit,
+        run_sha256=run_sha,
+        content_sha256=arrays_sha256(images, labels, classes),
+        roc_png=roc,
+        scores=scores,
+    )

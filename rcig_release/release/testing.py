@@ -1,0 +1,145 @@
+"""Synthetic run directories for tests and demos of the release step (no training, no real data).
+
+``fake_run`` writes RUN/{distilled.npz, run.json, eval.json, audit/audit.json} with a tiny random
+"private" training split, so release and verify can be exercised in milliseconds. ``leak=True``
+builds the planted-leak release (``--steps 0 --init real``: the released images ARE private
+training images) with the audit figures such a release gets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+
+from rcig_release.release.hashing import file_sha256
+from rcig_release.release.safety import nearest_distances
+
+CLASSES = ("zero", "one", "two")
+FINGERPRINT = "sha256:" + "ab" * 32
+
+
+def metrics(auc: float, tpr01: float | None, tpr1: float | None, eps: float, *, width: float = 0.04) -> dict:
+    """One attack's metric dict in the audit.json schema (issue 3)."""
+    def ci(x):
+        return None if x is None else [max(0.0, x - width), min(1.0, x + width)]
+
+    return {
+        "auc": auc,
+        "auc_ci": ci(auc),
+        "tpr_at_fpr": {"0.001": tpr01, "0.01": tpr1},
+        "tpr_at_fpr_ci": {"0.001": ci(tpr01), "0.01": ci(tpr1)},
+        "advantage": max(0.0, 2 * (auc - 0.5)),
+        "epsilon_lower_bound": eps,
+    }
+
+
+CLEAN = metrics(0.51, None, 0.01, 0.05, width=0.03)
+LEAK = metrics(0.99, 1.0, 1.0, 4.5, width=0.01)
+ATTACKS = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
+
+
+def private_data(n: int = 60, shape=(8, 8, 1), seed: int = 0) -> types.SimpleNamespace:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 1, size=(n, *shape)).astype(np.float32)
+    return types.SimpleNamespace(x_train=x, fingerprint=FINGERPRINT)
+
+
+def loader_for(data: types.SimpleNamespace):
+    """A ``load_private`` callable that records its calls and returns ``data``."""
+    calls = []
+
+    def load(source: str, seed: int):
+        calls.append((source, seed))
+        return data
+
+    load.calls = calls
+    return load
+
+
+def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: bool) -> dict:
+    d_train = nearest_distances(images, private)
+    threshold = 0.05
+    per_image = [{
+        "nearest_train_distance": float(d),
+        "nearest_test_distance": float(d) + 0.2,
+        "ratio": float(d / (d + 0.2)),
+        "near_copy": bool(d <= threshold),
+    } for d in d_train]
+    attacks = {}
+    for a in ATTACKS:
+        m = copy.deepcopy(CLEAN)
+        m["groups"] = {"all": copy.deepcopy(CLEAN), "init": copy.deepcopy(LEAK if leak and a == "nearest" else CLEAN)}
+        for c in CLASSES:
+            m["groups"][f"class:{c}"] = copy.deepcopy(CLEAN)
+        attacks[a] = m
+    if leak:
+        attacks["nearest"].update({k: v for k, v in metrics(0.56, 0.02, 0.06, 2.5).items()})
+    return {
+        "run_sha256": run_sha,
+        "attacks": attacks,
+        "copy_check": {
+            "near_copies": int(sum(r["near_copy"] for r in per_image)),
+            "threshold": threshold,
+            "metric": "rms_pixel",
+            "per_image": per_image,
+        },
+        "baselines": {
+            "naive_release": {"attacks": {a: metrics(0.6, 0.05, 0.2, 2.0) for a in ATTACKS}, "accuracy": 0.55},
+            "real_model": {"attacks": {a: metrics(0.7, 0.08, 0.3, 3.0) for a in ATTACKS}, "accuracy": 0.97},
+        },
+        "config": {"shadows": 16, "targets": 4, "records": 50, "seed": 0, "attacks": list(ATTACKS)},
+        "n_shadows": 16,
+    }
+
+
+def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | None = None,
+             ipc: int = 2, with_roc: bool = False, with_scores: bool = False) -> Path:
+    """Writes a complete synthetic run directory under ``root`` and returns its path."""
+    data = data or private_data()
+    run = Path(root)
+    (run / "audit").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    n, c = ipc * len(CLASSES), len(CLASSES)
+    if leak:
+        init = rng.choice(len(data.x_train), size=n, replace=False)
+        images = data.x_train[init].copy()
+    else:
+        init = np.full(n, -1)
+        # smooth images: far (in RMS) from uniform-noise private images
+        images = np.clip(0.5 + 0.1 * rng.standard_normal((n, *data.x_train.shape[1:])), 0, 1).astype(np.float32)
+    cls = np.repeat(np.arange(c), ipc)
+    labels = np.full((n, c), 0.1, np.float32)
+    labels[np.arange(n), cls] = 0.8
+    np.savez(run / "distilled.npz", images=images, labels=labels, classes=np.array(CLASSES),
+             images_model=images - 0.5, log_temp=np.float32(0.0), init_indices=init.astype(np.int64),
+             prep_mean=np.zeros(1, np.float32), prep_std=np.ones(1, np.float32))
+    run_json = {
+        "config": {"ipc": ipc, "steps": 0 if leak else 200, "init": "real" if leak else "noise", "seed": 3},
+        "data": {"source": str(Path(root).resolve() / "private" / "secret.npz"), "fingerprint": data.fingerprint,
+                 "split_seed": 7, "n_train": int(len(data.x_train)), "n_test": 20},
+        "init": {"mode": "real" if leak else "noise", "indices": init.tolist()},
+        "versions": {"jax": "0.10.0"},
+        "device": "cpu",
+        "timings": {"total_s": 1.0},
+        "metrics": {},
+    }
+    (run / "run.json").write_text(json.dumps(run_json))
+    eval_json = {"arch": "convnet", "models": 5, "width": 32, "steps": 300,
+                 "accuracy_mean": 0.56 if leak else 0.80, "accuracy_std": 0.02,
+                 "accuracies": [0.8] * 5, "augment": False}
+    (run / "eval.json").write_text(json.dumps(eval_json))
+    audit = audit_dict(file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak)
+    (run / "audit" / "audit.json").write_text(json.dumps(audit))
+    if with_roc:
+        from rcig_release.release.figures import roc_png
+
+        (run / "audit" / "roc.png").write_bytes(roc_png(audit, None))
+    if with_scores:
+        member = np.arange(40) % 2 == 0
+        np.savez(run / "audit" / "scores.npz", member=member,
+                 **{a: rng.standard_normal(40) + member for a in ATTACKS})
+    return run
