@@ -29,20 +29,20 @@ def _identities() -> tuple[str, ...]:
             value = get()
         except Exception:  # noqa: BLE001 - any failure just means one name fewer to look for
             continue
-        if value and len(value) >= 3 and value not in ("localhost", "localhost.localdomain"):
+        if value and len(value) >= 2 and value not in ("localhost", "localhost.localdomain"):
             names.add(value)
             names.add(value.split(".")[0])
     home = os.path.expanduser("~")
     if home not in ("~", "/"):
         names.add(home)
-    return tuple(sorted((n for n in names if len(n) >= 3), key=len, reverse=True))
+    return tuple(sorted((n for n in names if len(n) >= 2), key=len, reverse=True))
 
 
 def _identity_pattern() -> re.Pattern | None:
     ids = _identities()
     if not ids:
         return None
-    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(re.escape(i) for i in ids) + r")(?![A-Za-z0-9])")
+    return re.compile(r"(?<![\w])(?:" + "|".join(re.escape(i) for i in ids) + r")(?![\w])")
 
 
 def _is_abs_path(s: str) -> bool:
