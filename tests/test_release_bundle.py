@@ -302,3 +302,15 @@ def test_cli_pass_and_verify(tmp_path, clean_run, data, monkeypatch):
     res = runner.invoke(app, ["release", str(clean_run), "--policy", str(tmp_path / "x.toml"), "--out",
                               str(tmp_path / "c")])
     assert res.exit_code == 2 and "policy file not readable" in res.output
+
+
+def test_runner_layout_audit_is_released_and_rendered(tmp_path, data):
+    run = fake_run(tmp_path / "run", data=data, runner_layout=True, with_scores=True)
+    out = tmp_path / "b"
+    result = release(run, DEFAULT, out, load_private=loader_for(data))
+    assert result.decision.passed and verify_bundle(out) == []
+    html = (out / "report/report.html").read_text()
+    assert "nearest held-out distance" in html and html.count("<tr>") > 6 + 1
+    assert "naive release (same number of random real images) (audit target networks)" in html
+    card = (out / "README.md").read_text()
+    assert "| loss | 0.510 | n/a | 0.010 | 0.05 | 0.600 | 0.200 | 0.700 | 0.300 |" in card

@@ -157,11 +157,11 @@ CASES = [
      RUN, EVAL, {"attack.loss.tpr@fpr=0.001": False}),
     ("epsilon above", {"attacks": _attacks(rmia=metrics(0.5, None, 0.0, 2.5, width=0.01))},
      RUN, EVAL, {"attack.rmia.epsilon_lower_bound": False}),
-    ("init group leak (point bound)", {"attacks": _attacks(nearest={**CLEAN, "groups": {"init": LEAK, "class:a": LEAK}})},
+    ("init group leak (point bound)", {"attacks": _attacks(nearest={**CLEAN, "groups": {"init": LEAK, "class_0": LEAK}})},
      RUN, EVAL, {"attack.nearest[init].auc": False, "attack.nearest[init].tpr@fpr=0.01": False,
                  "attack.nearest[init].tpr@fpr=0.001": False, "attack.nearest[init].epsilon_lower_bound": False,
                  "attack.nearest.auc": True}),
-    ("unmatched group not judged", {"attacks": _attacks(nearest={**CLEAN, "groups": {"class:a": LEAK}})},
+    ("unmatched group not judged", {"attacks": _attacks(nearest={**CLEAN, "groups": {"class_0": LEAK}})},
      RUN, EVAL, {"*": True}),
 ]
 
@@ -234,3 +234,19 @@ def test_shipped_default_rejects_planted_leak_and_strict_rejects_real_init():
     assert evaluate_policy(run, {"accuracy_mean": 0.8}, clean, load_policy(DEFAULT)).passed
     strict = evaluate_policy(run, {"accuracy_mean": 0.8}, clean, load_policy(STRICT))
     assert not strict.rule("init.mode").passed and not strict.rule("audit.min_shadows").passed
+
+
+def test_runner_layout_of_the_audit():
+    """audits/runner.py writes baselines naive/full_data with targets.test_accuracy_mean."""
+    from rcig_release.release.testing import audit_dict, private_data, to_runner_layout
+
+    data = private_data()
+    a = to_runner_layout(audit_dict("0" * 64, data.x_train[:6] * 0 + 0.5, data.x_train, leak=False))
+    d = evaluate_policy(RUN, {"accuracy_mean": 0.9}, a, load_policy(DEFAULT))
+    assert d.passed, d.failed
+    gain = d.rule("utility.gain_over_naive")
+    # same protocol on both sides: the audit's own target networks (0.78) vs the naive ones (0.55)
+    assert gain.value == pytest.approx(0.78 - 0.55) and "audit target networks" in gain.note
+    del a["targets"]
+    assert evaluate_policy(RUN, {"accuracy_mean": 0.9}, a, load_policy(DEFAULT)).rule(
+        "utility.gain_over_naive").value == pytest.approx(0.9 - 0.55)

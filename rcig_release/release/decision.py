@@ -12,6 +12,7 @@ import fnmatch
 import math
 from typing import Any, Mapping
 
+from rcig_release.release.auditview import baseline, shadow_count, target_accuracy
 from rcig_release.release.policy import LimitSet, MetricLimits, Policy
 
 # Ties within this tolerance pass: a limit of 0.6 must not fail on 0.6000000000000001.
@@ -140,13 +141,6 @@ def _init_mode(run_json: Mapping) -> str | None:
     return None
 
 
-def _n_shadows(audit: Mapping) -> int | None:
-    n = audit.get("n_shadows")
-    if n is None and isinstance(audit.get("config"), Mapping):
-        n = audit["config"].get("shadows")
-    return int(n) if _num(n) is not None else None
-
-
 def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, policy: Policy) -> Decision:
     """Applies ``policy`` to one release.
 
@@ -167,7 +161,7 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
         ran = isinstance(attacks.get(name), Mapping)
         rules.append(Rule(f"audit.attack_ran.{name}", ran, True, "present", ran,
                           "" if ran else "attack missing from the audit"))
-    n_shadows = _n_shadows(audit)
+    n_shadows = shadow_count(audit)
     rules.append(Rule("audit.min_shadows", n_shadows, policy.min_shadows, ">=",
                       n_shadows is not None and n_shadows >= policy.min_shadows,
                       "" if n_shadows is not None else "shadow count missing in the audit"))
@@ -185,14 +179,8 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
 
     acc = _num(eval_json.get("accuracy_mean"))
     rules.append(_ge("utility.accuracy", acc, policy.min_accuracy,
-                        "" if acc is not None else "accuracy_mean missing in eval.json"))
-    naive = None
-    baselines = audit.get("baselines")
-    if isinstance(baselines, Mapping) and isinstance(baselines.get("naive_release"), Mapping):
-        naive = _num(baselines["naive_release"].get("accuracy"))
-    gain = acc - naive if acc is not None and naive is not None else None
-    rules.append(_ge("utility.gain_over_naive", gain, policy.min_gain_over_naive,
-                        "" if gain is not None else "naive-release accuracy missing in the audit"))
+                     "" if acc is not None else "accuracy_mean missing in eval.json"))
+    rules.append(_gain_rule(acc, audit, policy.min_gain_over_naive))
 
     for name in sorted(attacks):
         metrics = attacks[name]
@@ -211,6 +199,21 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
                                        policy.groups.limit_set, policy.groups.limit_set.limits)
 
     return Decision(policy.name, policy.sha256, tuple(rules))
+
+
+def _gain_rule(eval_acc: float | None, audit: Mapping, limit: float) -> Rule:
+    """Accuracy over the naive release, on the same protocol where the audit gives both numbers."""
+    naive, source = target_accuracy(baseline(audit, "naive"))
+    if naive is None:
+        return Rule("utility.gain_over_naive", None, limit, ">=", False,
+                    "naive-release accuracy missing in the audit")
+    if source == "targets":
+        own, _ = target_accuracy(audit)  # the audit's networks trained on this release
+        if own is not None:
+            return _ge("utility.gain_over_naive", own - naive, limit, "audit target networks, both sets")
+    if eval_acc is None:
+        return Rule("utility.gain_over_naive", None, limit, ">=", False, "accuracy_mean missing in eval.json")
+    return _ge("utility.gain_over_naive", eval_acc - naive, limit)
 
 
 def _ge(name: str, value: float | None, limit: float, note: str = "") -> Rule:

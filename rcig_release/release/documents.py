@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
+from rcig_release.release.auditview import baseline, baseline_attacks, copy_rows, shadow_count, target_accuracy
 from rcig_release.release.decision import Decision, Rule
 from rcig_release.release.safety import SafetyResult
 
@@ -85,8 +86,8 @@ def _tpr(m: Mapping | None, fpr: str) -> Any:
 def headline_rows(audit: Mapping) -> list[list[str]]:
     """One row per attack: the release's AUC / TPR@0.1% / TPR@1% / eps_LB, then the naive release's."""
     attacks = audit.get("attacks") or {}
-    naive = ((audit.get("baselines") or {}).get("naive_release") or {}).get("attacks") or {}
-    real = ((audit.get("baselines") or {}).get("real_model") or {}).get("attacks") or {}
+    naive = baseline_attacks(audit, "naive")
+    real = baseline_attacks(audit, "real")
     names = [a for a in ATTACK_ORDER if a in attacks] + sorted(set(attacks) - set(ATTACK_ORDER))
     rows = []
     for a in names:
@@ -137,15 +138,17 @@ def _init_mode(s: Summary) -> str:
 
 def _utility_rows(s: Summary) -> list[list[str]]:
     e = s.eval_json
-    base = s.audit.get("baselines") or {}
     acc = e.get("accuracy_mean")
     std = e.get("accuracy_std")
-    rows = [["this release", f"{fmt(acc)} ± {fmt(std)}", fmt(e.get("arch")), fmt(e.get("models"))]]
-    for key, label in (("naive_release", "naive release (same number of random real images)"),
-                       ("real_model", "network trained on the full private training split")):
-        b = base.get(key)
-        if isinstance(b, Mapping):
-            rows.append([label, fmt(b.get("accuracy")), "", ""])
+    rows = [["this release (evaluate)", f"{fmt(acc)} ± {fmt(std)}", fmt(e.get("arch")), fmt(e.get("models"))]]
+    own, source = target_accuracy(s.audit)
+    if own is not None:
+        rows.append(["this release (audit target networks)", fmt(own), "", ""])
+    for kind, label in (("naive", "naive release (same number of random real images)"),
+                        ("real", "network trained on the full private training split")):
+        b_acc, b_src = target_accuracy(baseline(s.audit, kind))
+        if b_acc is not None:
+            rows.append([label + (" (audit target networks)" if b_src == "targets" else ""), fmt(b_acc), "", ""])
     return rows
 
 
@@ -184,7 +187,7 @@ def dataset_card(s: Summary) -> str:
     if failed:
         failed_text = "\nFailed rules:\n\n" + _md_table(
             ["rule", "value", "limit", "outcome", "note"], [_rule_row(r) for r in failed]) + "\n"
-    n_shadows = s.audit.get("n_shadows", (s.audit.get("config") or {}).get("shadows"))
+    n_shadows = shadow_count(s.audit)
     real_init_note = (" The images started from real private images and may retain visual traits of them."
                       if _init_mode(s) == "real" else "")
     body = f"""
@@ -313,9 +316,8 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
                 "overridden": "Policy failed, released with an override"}[verdict]
     override = (f"<p><b>Override reason:</b> {e(s.override)}</p>" if s.override else "")
     cc = s.audit.get("copy_check") or {}
-    per_image = [r for r in cc.get("per_image") or [] if isinstance(r, Mapping)]
-    cc_rows = [[i, fmt(r.get("nearest_train_distance"), 4), fmt(r.get("nearest_test_distance"), 4),
-                fmt(r.get("ratio")), fmt(r.get("near_copy"))] for i, r in enumerate(per_image)]
+    cc_rows = [[i, fmt(r["nearest_train"], 4), fmt(r["nearest_test"], 4), fmt(r["ratio"]), fmt(r["near_copy"])]
+               for i, r in enumerate(copy_rows(cc))]
     audit_cfg = s.audit.get("config") if isinstance(s.audit.get("config"), Mapping) else {}
     rule_header = ["rule", "value", "limit", "outcome", "note"]
     parts = [

@@ -37,8 +37,11 @@ def _score_curves(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
     if member.all() or not member.any():
         return {}
     curves = {}
-    for key in sorted(scores):
-        if key == member_key:
+    keys = sorted(scores)
+    if any("__" in k for k in keys):  # audit runner layout: "<pipeline>__<attack>"; plot the release
+        keys = [k for k in keys if k.startswith("release__")]
+    for key in keys:
+        if key == member_key or key.startswith("record_"):
             continue
         s = np.asarray(scores[key])
         if not np.issubdtype(s.dtype, np.number) or s.ndim < 1 or s.shape[-1] != member.size:
@@ -47,7 +50,7 @@ def _score_curves(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
         if not np.isfinite(s).all():
             continue
         fpr, tpr, _ = roc_curve(member, s)
-        curves[key.removeprefix("scores_").removeprefix("score_")] = (fpr, tpr)
+        curves[key.removeprefix("release__").removeprefix("scores_").removeprefix("score_")] = (fpr, tpr)
     return curves
 
 
@@ -105,11 +108,10 @@ def grid_png(images: np.ndarray, classes: Sequence[str], image_class: np.ndarray
 
 def copy_check_png(copy_check: Mapping) -> bytes | None:
     """Nearest-train vs nearest-held-out distance per released image, with the threshold."""
-    rows = [r for r in copy_check.get("per_image") or [] if isinstance(r, Mapping)]
-    train = [r.get("nearest_train_distance") for r in rows]
-    test = [r.get("nearest_test_distance") for r in rows]
-    ok = [(a, b) for a, b in zip(train, test)
-          if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+    from rcig_release.release.auditview import copy_rows
+
+    ok = [(r["nearest_train"], r["nearest_test"]) for r in copy_rows(copy_check)
+          if r["nearest_train"] is not None and r["nearest_test"] is not None]
     if not ok:
         return None
     a, b = np.array(ok, dtype=np.float64).T

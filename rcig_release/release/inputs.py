@@ -136,8 +136,8 @@ def validate_audit(audit: Mapping) -> None:
         raise InputError("audit.json: copy_check.near_copies must be a count")
     if not _finite(cc.get("threshold")) or cc["threshold"] < 0:
         raise InputError("audit.json: copy_check.threshold must be a finite number >= 0")
-    if "per_image" in cc and not isinstance(cc["per_image"], list):
-        raise InputError("audit.json: copy_check.per_image must be a list")
+    if "per_image" in cc and not isinstance(cc["per_image"], (list, Mapping)):
+        raise InputError("audit.json: copy_check.per_image must be a list or an object of columns")
     if "baselines" in audit and not isinstance(audit["baselines"], Mapping):
         raise InputError("audit.json: baselines must be an object")
 

@@ -73,8 +73,8 @@ def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: b
     for a in ATTACKS:
         m = copy.deepcopy(CLEAN)
         m["groups"] = {"all": copy.deepcopy(CLEAN), "init": copy.deepcopy(LEAK if leak and a == "nearest" else CLEAN)}
-        for c in CLASSES:
-            m["groups"][f"class:{c}"] = copy.deepcopy(CLEAN)
+        for i, _ in enumerate(CLASSES):
+            m["groups"][f"class_{i}"] = copy.deepcopy(CLEAN)
         attacks[a] = m
     if leak:
         attacks["nearest"].update({k: v for k, v in metrics(0.56, 0.02, 0.06, 2.5).items()})
@@ -96,8 +96,32 @@ def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: b
     }
 
 
+def to_runner_layout(audit: dict) -> dict:
+    """The same audit in the layout audits/runner.py writes: baselines ``naive``/``full_data`` with
+    ``targets.test_accuracy_mean``, the release's own ``targets``, ``per_image`` as columns."""
+    a = copy.deepcopy(audit)
+    naive, real = a["baselines"].pop("naive_release"), a["baselines"].pop("real_model")
+    a["baselines"] = {
+        "naive": {"attacks": naive["attacks"], "targets": {"test_accuracy_mean": naive["accuracy"]}},
+        "full_data": {"attacks": real["attacks"], "targets": {"test_accuracy_mean": real["accuracy"]}},
+    }
+    a["targets"] = {"n_models": 4, "test_accuracy_mean": 0.78, "test_accuracy_std": 0.01}
+    rows = a["copy_check"].pop("per_image")
+    a["copy_check"]["per_image"] = {
+        "nearest_train_l2": [r["nearest_train_distance"] for r in rows],
+        "nearest_holdout_l2": [r["nearest_test_distance"] for r in rows],
+        "ratio": [r["ratio"] for r in rows],
+        "near_copy": [r["near_copy"] for r in rows],
+    }
+    a["copy_check"].pop("metric")
+    a["copy_check"]["distance"] = "normalised pixel L2 (RMS difference, images in [0,1])"
+    a["run"] = "run"
+    return a
+
+
 def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | None = None,
-             ipc: int = 2, with_roc: bool = False, with_scores: bool = False) -> Path:
+             ipc: int = 2, with_roc: bool = False, with_scores: bool = False,
+             runner_layout: bool = False) -> Path:
     """Writes a complete synthetic run directory under ``root`` and returns its path."""
     data = data or private_data()
     run = Path(root)
@@ -133,6 +157,8 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
                  "accuracies": [0.8] * 5, "augment": False}
     (run / "eval.json").write_text(json.dumps(eval_json))
     audit = audit_dict(file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak)
+    if runner_layout:
+        audit = to_runner_layout(audit)
     (run / "audit" / "audit.json").write_text(json.dumps(audit))
     if with_roc:
         from rcig_release.release.figures import roc_png
@@ -140,6 +166,8 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
         (run / "audit" / "roc.png").write_bytes(roc_png(audit, None))
     if with_scores:
         member = np.arange(40) % 2 == 0
-        np.savez(run / "audit" / "scores.npz", member=member,
-                 **{a: rng.standard_normal(40) + member for a in ATTACKS})
+        prefix = "release__" if runner_layout else ""
+        extra = {"record_index": np.arange(40), "naive__loss": rng.standard_normal(40)} if runner_layout else {}
+        np.savez(run / "audit" / "scores.npz", member=member, **extra,
+                 **{prefix + a: rng.standard_normal(40) + member for a in ATTACKS})
     return run
