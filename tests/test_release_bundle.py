@@ -292,9 +292,12 @@ def test_cli_pass_and_verify(tmp_path, clean_run, data, monkeypatch):
     out = tmp_path / "b"
     runner = CliRunner()
     res = runner.invoke(app, ["release", str(clean_run), "--policy", str(DEFAULT), "--out", str(out),
-                              "--license", "MIT"])
+                              "--license", "MIT", "--override", "belt and braces"])
     assert res.exit_code == 0, res.output
     assert "passed" in res.output and out.is_dir()
+    verdict = json.loads((out / "policy/verdict.json").read_text())
+    assert verdict["verdict"] == "pass" and verdict["override"] == {"reason": "belt and braces"}
+    assert "override was given but not needed" in (out / "README.md").read_text()
     res = runner.invoke(app, ["verify", str(out)])
     assert res.exit_code == 0 and "bundle intact" in res.output
     res = runner.invoke(app, ["verify", str(tmp_path / "missing")])

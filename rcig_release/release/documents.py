@@ -177,11 +177,13 @@ def dataset_card(s: Summary) -> str:
     cc = s.audit.get("copy_check") or {}
     verdict = s.verdict
     override_text = ""
-    if s.override:
+    if s.override and not s.decision.passed:
         override_text = (
             "\n**The policy did not pass; this bundle was released with an override.** "
             f"Reason given: {s.override}\n"
         )
+    elif s.override:
+        override_text = f"\nAn override was given but not needed (the policy passed). Reason given: {s.override}\n"
     failed = s.decision.failed
     failed_text = ""
     if failed:
