@@ -88,13 +88,14 @@ def _max_ssim(released: np.ndarray, pool: np.ndarray, idx: np.ndarray) -> np.nda
 
 def copy_check(released: np.ndarray, x_train: np.ndarray, x_test: np.ndarray, *,
                init_indices: np.ndarray | None = None, ssim_candidates: int = 8,
-               threshold: float | None = None, seed: int = 0) -> dict[str, Any]:
+               threshold: float | None = None, percentile: float = THRESHOLD_PERCENTILE,
+               seed: int = 0) -> dict[str, Any]:
     """Per released image: nearest train / held-out record (index, L2, best SSIM among the
     ``ssim_candidates`` L2-nearest), ratio d_train/d_holdout, near-copy flag, and — where
     ``init_indices[i] >= 0`` — the distance to the training image it was initialised from."""
     rel = np.asarray(released, dtype=np.float32)
     if threshold is None:
-        threshold = near_copy_threshold(x_train, seed=seed)
+        threshold = near_copy_threshold(x_train, seed=seed, percentile=percentile)
     dt, it = nearest(rel, x_train, k=ssim_candidates)
     dh, ih = nearest(rel, x_test, k=ssim_candidates)
     d_tr, d_ho = dt[:, 0], dh[:, 0]
@@ -110,7 +111,7 @@ def copy_check(released: np.ndarray, x_train: np.ndarray, x_test: np.ndarray, *,
     }
     out: dict[str, Any] = {
         "rule": f"near copy iff L2 to nearest private training record <= the "
-                f"{THRESHOLD_PERCENTILE:g}th percentile of training images' nearest-neighbour L2",
+                f"{percentile:g}th percentile of training images' nearest-neighbour L2",
         "distance": "normalised pixel L2 (RMS difference, images in [0,1])",
         "threshold": float(threshold), "near_copies": int(flag.sum()), "n_released": int(len(rel)),
         "closer_to_train_fraction": float(np.mean(d_tr < d_ho)),

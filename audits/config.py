@@ -1,0 +1,60 @@
+"""The audit's configuration (frozen). Every field says why it has its default."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rcig_release.errors import InputError
+
+ATTACKS = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
+BASELINES = ("naive", "full_data")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    shadows: int = 16  # K shadow pipelines; each record IN for K/2 (LiRA: global variance below 64)
+    targets: int = 4  # networks trained on the release (and per shadow pipeline, so variances match)
+    records: int = 500  # up to this many members and as many non-members (balanced)
+    population: int = 1000  # held-out images (not audit records) used as RMIA's z samples
+    attacks: tuple[str, ...] = ATTACKS
+    baselines: tuple[str, ...] = BASELINES  # naive release; a network trained on the full split
+    seed: int = 0  # record sampling, keep matrix, shadow seeds, network keys
+    mirror: bool = True  # query each record and its mirror image (LiRA Table III: most of the gain)
+    rmia_a: float | None = None  # RMIA offline a; None: tuned on the shadows (ml_privacy_meter)
+    rmia_gamma: float = 1.0  # RMIA's γ (its documented default)
+    arch: str = "convnet"  # downstream architecture (the evaluate protocol's default)
+    width: int | None = None  # None: the run's distillation width (a CPU-sized network)
+    train_steps: int | None = None  # None: the evaluate protocol's U (1000 for ≤ 10 images, else 2000)
+    lr: float = 1e-4  # evaluate protocol
+    warmup: int = 500  # evaluate protocol
+    batch: int = 256  # evaluate protocol
+    shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: by memory
+    copy_percentile: float = 1.0  # near-copy threshold: this percentile of train NN distances
+
+    def replace(self, **changes: Any) -> "AuditConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def validate(cfg: AuditConfig) -> None:
+    if cfg.shadows < 2 or cfg.shadows % 2:
+        raise InputError(f"--shadows must be an even number >= 2 (got {cfg.shadows})")
+    if cfg.targets < 1:
+        raise InputError(f"--targets must be at least 1 (got {cfg.targets})")
+    if cfg.records < 2:
+        raise InputError(f"--records must be at least 2 (got {cfg.records})")
+    unknown = [a for a in cfg.attacks if a not in ATTACKS]
+    if unknown or not cfg.attacks:
+        raise InputError(f"unknown attack {unknown[0] if unknown else '(none)'}; choose from "
+                         f"{', '.join(ATTACKS)}")
+    bad = [b for b in cfg.baselines if b not in BASELINES]
+    if bad:
+        raise InputError(f"unknown baseline {bad[0]}; choose from {', '.join(BASELINES)}")
+    if cfg.rmia_a is not None and not 0.0 <= cfg.rmia_a <= 1.0:
+        raise InputError("rmia_a must lie in [0, 1]")
+
+
+def to_dict(cfg: AuditConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["attacks"], d["baselines"] = list(cfg.attacks), list(cfg.baselines)
+    return d

@@ -1,0 +1,362 @@
+"""The audit as one library call: ``run_audit(run_dir, AuditConfig) -> summary dict``.
+
+Recipe (docs/audit.md): load the run and its data (fingerprint-checked) → sample audit records
+(indices only) → keep matrix → target networks on the release → shadow pipelines → attacks →
+metrics per attack and risk group → copy check → the same for the baselines → files in
+``RUN/audit/``. Scores: higher = more likely member. No private image is written (indices only),
+except into an explicit ``private_gallery`` outside the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rcig_release.audits import attacks as A
+from rcig_release.audits import copycheck, metrics, outputs, shadows, signals
+from rcig_release.audits.config import AuditConfig, to_dict, validate
+from rcig_release.errors import InputError
+
+Progress = Callable[[str, int, int], None]
+AUDIT_DIR = "audit"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_data(run: Any, data: Any = None) -> Any:
+    """The run's data, reloaded from run.json's source or from ``data`` (a spec or a Dataset);
+    refused when the fingerprint differs from the run's."""
+    from rcig_release.data import load_dataset
+
+    meta = run.run_json.get("data", {})
+    want = meta.get("fingerprint")
+    if data is None or isinstance(data, str):
+        spec = data if data is not None else meta.get("source")
+        if not spec:
+            raise InputError("run.json names no data source; pass --data")
+        seed = meta.get("split_seed")
+        ds = load_dataset(spec, seed=0 if seed is None else int(seed))
+    else:
+        ds = data
+    if want and ds.fingerprint != want:
+        raise InputError(f"the data's fingerprint ({ds.fingerprint[:19]}…) differs from the run's "
+                         f"({want[:19]}…): not the data this run was distilled from")
+    return ds
+
+
+def _prepare_dir(audit_dir: Path, cfg: AuditConfig, resume: bool) -> None:
+    cfg_path = audit_dir / "audit_config.json"
+    if audit_dir.exists() and any(audit_dir.iterdir()):
+        if not resume:
+            raise InputError(f"{audit_dir} exists; pass --resume to continue that audit, or move "
+                             "it away to start a new one")
+        if cfg_path.is_file():
+            old = json.loads(cfg_path.read_text(encoding="utf-8"))
+            new = json.loads(json.dumps(to_dict(cfg)))
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if diff:
+                raise InputError(f"--resume with a different audit configuration (differs in: "
+                                 f"{', '.join(diff)})")
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    outputs.write_json(cfg_path, to_dict(cfg))
+
+
+def sample_records(y_train: np.ndarray, n_test: int, cfg: AuditConfig,
+                   must_include: np.ndarray) -> dict[str, list[int]]:
+    """Balanced members (training split; ``must_include`` — the init images — always among them)
+    and non-members (held-out split), plus RMIA population from the rest of the held-out split."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    n_train = len(y_train)
+    forced = np.unique(must_include[must_include >= 0])
+    n = min(cfg.records, n_train, n_test // 2)  # the other half of the held-out split: population
+    n_mem = min(n_train, max(n, len(forced)))
+    others = rng.permutation(np.setdiff1d(np.arange(n_train), forced))
+    members = np.sort(np.concatenate([forced, others[: max(0, n_mem - len(forced))]]))
+    test_perm = rng.permutation(n_test)
+    nonmembers = np.sort(test_perm[:n])
+    population = np.sort(test_perm[n:n + cfg.population])
+    if len(population) == 0:
+        raise InputError("the held-out split is too small for audit records and RMIA's population")
+    return {"members": members.tolist(), "nonmembers": nonmembers.tolist(),
+            "population": population.tolist(), "init_records": forced.tolist()}
+
+
+def _load_or_make(audit_dir: Path, make_records: Callable[[], dict], cfg: AuditConfig,
+                  resume: bool) -> tuple[dict, np.ndarray]:
+    rec_path, keep_path = audit_dir / "records.json", audit_dir / "keep.npy"
+    if resume and rec_path.is_file() and keep_path.is_file():
+        return json.loads(rec_path.read_text(encoding="utf-8")), np.load(keep_path)
+    rec = make_records()
+    n = len(rec["members"]) + len(rec["nonmembers"])
+    keep = shadows.make_keep(cfg.shadows, n, np.random.default_rng([cfg.seed, 2]))
+    outputs.write_json(rec_path, rec)
+    buf_path = keep_path
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, keep)
+    outputs.atomic_write_bytes(buf_path, buf.getvalue())
+    return rec, keep
+
+
+def _target(support: tuple[np.ndarray, np.ndarray], prep: Any, loss: str, ds: shadows.Downstream,
+            queries_pix: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, num_classes: int,
+            key: Any, mirror: bool) -> tuple[Any, np.ndarray, dict]:
+    params = shadows.train_sets([support], ds, num_classes, [key], loss=loss)[0]
+    z = shadows.logits_on(params, ds, shadows.mirror_queries(prep.transform(queries_pix), mirror),
+                          num_classes)
+    test = shadows.logits_on(params, ds, prep.transform(x_test)[None], num_classes)[:, 0]
+    acc = np.mean(np.argmax(test, -1) == np.asarray(y_test)[None], axis=-1)
+    return params, z, {"n_models": int(ds.n_models), "test_accuracy_mean": float(acc.mean()),
+                       "test_accuracy_std": float(acc.std()), "n_train_images": int(len(support[0]))}
+
+
+def score_attacks(names: tuple[str, ...], tl: np.ndarray, sl: np.ndarray, keep: np.ndarray,
+                  y_q: np.ndarray, n_rec: int, cfg: AuditConfig,
+                  nearest_d: dict[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray], dict]:
+    """Every requested attack's scores on the ``n_rec`` records from target logits ``tl``
+    ``[T, A, Q, C]`` and shadow logits ``sl`` ``[K, T, A, Q, C]`` (queries = records, then the
+    population)."""
+    y_rec = y_q[:n_rec]
+    info: dict[str, Any] = {}
+    out: dict[str, np.ndarray] = {}
+    clock = time.perf_counter()
+    phi_t = signals.logit_confidence(tl, y_q).mean(axis=0)[:, :n_rec]  # [A, N]
+    phi_s = signals.logit_confidence(sl, y_q).mean(axis=1)[:, :, :n_rec]  # [K, A, N]
+    if "loss" in names:
+        out["loss"] = A.loss_attack(signals.cross_entropy(tl[:, 0, :n_rec], y_rec))
+    if "shadow" in names:
+        feats = np.stack([A.shadow_features(sl[k][:, :, :n_rec], y_rec) for k in range(len(sl))])
+        out["shadow"] = A.shadow_attack(feats, keep, A.shadow_features(tl[:, :, :n_rec], y_rec),
+                                        seed=cfg.seed)
+    use_global = len(sl) < A.GLOBAL_VARIANCE_BELOW
+    info["lira_variance"] = "global" if use_global else "per-example"
+    if "lira_online" in names:
+        out["lira_online"] = A.lira_online(phi_t, phi_s, keep, global_variance=use_global)
+    if "lira_offline" in names:
+        out["lira_offline"] = A.lira_offline(phi_t, phi_s, keep, global_variance=use_global)
+    if "rmia" in names:
+        pt = signals.true_prob(tl, y_q).mean(axis=(0, 1))  # [Q]
+        ps = signals.true_prob(sl, y_q).mean(axis=(1, 2))  # [K, Q]
+        a = cfg.rmia_a if cfg.rmia_a is not None else A.tune_rmia_a(ps[:, :n_rec], keep,
+                                                                    ps[:, n_rec:])
+        info["rmia_a"] = a
+        out["rmia"] = A.rmia_offline(pt[:n_rec], ps[:, :n_rec], keep, pt[n_rec:], ps[:, n_rec:],
+                                     a=a, gamma=cfg.rmia_gamma)
+    if "nearest" in names and nearest_d is not None:
+        out["nearest"] = A.nearest_attack(nearest_d["pixel"])
+        out["nearest_feature"] = A.nearest_attack(nearest_d["feature"])
+    info["attack_seconds"] = time.perf_counter() - clock
+    return out, info
+
+
+def _nearest_distances(params: Any, ds: shadows.Downstream, prep: Any, records_pix: np.ndarray,
+                       released_pix: np.ndarray, released_model: np.ndarray,
+                       num_classes: int) -> dict[str, np.ndarray]:
+    pixel = copycheck.nearest(records_pix, released_pix)[0][:, 0]
+    fr = shadows.features_on(params, ds, prep.transform(records_pix), num_classes)
+    fs = shadows.features_on(params, ds, released_model, num_classes)
+    feature = np.stack([copycheck.nearest(fr[m], fs[m])[0][:, 0] for m in range(len(fr))])
+    return {"pixel": pixel, "feature": feature}
+
+
+def _evaluate(scores: dict[str, np.ndarray], member: np.ndarray,
+              groups: dict[str, np.ndarray]) -> dict[str, Any]:
+    out = {}
+    for name, s in scores.items():
+        m = metrics.attack_metrics(s, member)
+        m["groups"] = metrics.group_metrics(s, member, groups)
+        out[name] = m
+    return out
+
+
+def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: Any = None,
+              resume: bool = False, private_gallery: str | Path | None = None,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Audits a distillation run; writes ``RUN/audit/`` and returns ``audit.json``'s content.
+
+    Raises:
+      InputError: unreadable run, data whose fingerprint differs, an existing audit without
+        ``resume``, a different configuration on ``resume``, a bad gallery directory.
+    """
+    import jax
+
+    from rcig_release.config import resolve
+    from rcig_release.distill import initial_set
+    from rcig_release.rundir import DISTILLED, load_run
+
+    validate(cfg)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    run = load_run(run_dir)
+    ds_data = load_data(run, data)
+    audit_dir = run.path / AUDIT_DIR
+    if private_gallery is not None:  # check before any work
+        g, r = Path(private_gallery).expanduser().resolve(), run.path.resolve()
+        if g == r or r in g.parents:
+            raise InputError("--private-gallery must be outside the run directory")
+    _prepare_dir(audit_dir, cfg, resume)
+    say = progress or (lambda stage, done, total: None)
+
+    C = run.num_classes
+    x_tr, y_tr = ds_data.x_train, np.asarray(ds_data.y_train, np.int64)
+    x_te, y_te = ds_data.x_test, np.asarray(ds_data.y_test, np.int64)
+    res = resolve(run.config, tuple(x_tr.shape[1:]), C)
+    prep = run.preprocessor
+    width = cfg.width or run.config.width
+    down = shadows.Downstream(arch=cfg.arch, width=width, depth=run.config.depth,
+                              n_models=cfg.targets, steps=cfg.train_steps, lr=cfg.lr,
+                              warmup=cfg.warmup, batch=cfg.batch, flip=res.use_flip)
+    naive_cfg = run.config.replace(steps=0, init="real")
+    naive_x, naive_lab, naive_idx = initial_set(naive_cfg, prep.transform(x_tr), y_tr, C)
+    run_init = np.asarray(run.init_indices, np.int64)
+    want_naive = "naive" in cfg.baselines
+    forced = np.concatenate([run_init, naive_idx if want_naive else np.zeros(0, np.int64)])
+
+    rec, keep = _load_or_make(audit_dir, lambda: sample_records(y_tr, len(x_te), cfg, forced),
+                              cfg, resume)
+    mem, non, pop = (np.asarray(rec[k], np.int64) for k in ("members", "nonmembers", "population"))
+    n_rec = len(mem) + len(non)
+    member = np.concatenate([np.ones(len(mem), bool), np.zeros(len(non), bool)])
+    q_pix = np.concatenate([x_tr[mem], x_te[non], x_te[pop]])
+    y_q = np.concatenate([y_tr[mem], y_te[non], y_te[pop]])
+    rec_pix = q_pix[:n_rec]
+    classes_rec = y_q[:n_rec]
+
+    def groups_for(init_idx: np.ndarray) -> dict[str, np.ndarray]:
+        g = {f"class_{c}": classes_rec == c for c in range(C)}
+        ii = np.isin(mem, init_idx[init_idx >= 0])
+        if ii.any():
+            g = {"init": np.concatenate([ii, np.zeros(len(non), bool)]), **g}
+        return g
+
+    base_key = jax.random.key(cfg.seed)
+    common = dict(keep=keep, members=mem, nonmembers=non, x_train=x_tr, y_train=y_tr, x_test=x_te,
+                  y_test=y_te, queries_pix=q_pix, num_classes=C, zca=res.zca, ds=down,
+                  seed=cfg.seed, resume=resume, mirror=cfg.mirror, group=cfg.shadow_group,
+                  progress=say)
+
+    pipelines: dict[str, dict[str, Any]] = {}
+    # --- the release -------------------------------------------------------------------------
+    t = time.perf_counter()
+    say("targets", 0, 1)
+    params, tl, tinfo = _target((run.images_model, run.labels), prep, "mse", down, q_pix, x_te,
+                                y_te, C, jax.random.fold_in(base_key, 1), cfg.mirror)
+    near = _nearest_distances(params, down, prep, rec_pix, run.images, run.images_model, C) \
+        if "nearest" in cfg.attacks else None
+    timings["targets"] = time.perf_counter() - t
+    t = time.perf_counter()
+    sl = shadows.run_shadows("release", cfg=run.config, out_dir=audit_dir / "shadows", **common)
+    timings["shadows"] = time.perf_counter() - t
+    pipelines["release"] = dict(tl=tl, sl=sl, near=near, targets=tinfo, init=run_init)
+
+    # --- baselines ---------------------------------------------------------------------------
+    if want_naive:
+        t = time.perf_counter()
+        naive_pix = x_tr[naive_idx]
+        p2, tl2, ti2 = _target((naive_x, naive_lab), prep, "mse", down, q_pix, x_te, y_te, C,
+                               jax.random.fold_in(base_key, 2), cfg.mirror)
+        near2 = _nearest_distances(p2, down, prep, rec_pix, naive_pix, naive_x, C) \
+            if "nearest" in cfg.attacks else None
+        sl2 = shadows.run_shadows("naive", cfg=run.config, out_dir=audit_dir / "shadows_naive",
+                                  **common)
+        pipelines["naive"] = dict(tl=tl2, sl=sl2, near=near2, targets=ti2, init=naive_idx)
+        timings["baseline_naive"] = time.perf_counter() - t
+    if "full_data" in cfg.baselines:
+        t = time.perf_counter()
+        p3, tl3, ti3 = _target((prep.transform(x_tr), y_tr), prep, "ce", down, q_pix, x_te, y_te,
+                               C, jax.random.fold_in(base_key, 3), cfg.mirror)
+        sl3 = shadows.run_shadows("full", cfg=run.config, out_dir=audit_dir / "shadows_full",
+                                  **common)
+        pipelines["full_data"] = dict(tl=tl3, sl=sl3, near=None, targets=ti3,
+                                      init=np.zeros(0, np.int64))
+        timings["baseline_full_data"] = time.perf_counter() - t
+
+    # --- attacks and metrics -----------------------------------------------------------------
+    t = time.perf_counter()
+    say("attacks", 0, len(pipelines))
+    all_scores: dict[str, dict[str, np.ndarray]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for i, (name, p) in enumerate(pipelines.items()):
+        names = tuple(a for a in cfg.attacks if not (a == "nearest" and p["near"] is None))
+        sc, info = score_attacks(names, p["tl"], p["sl"], keep, y_q, n_rec, cfg, p["near"])
+        all_scores[name] = sc
+        results[name] = {"attacks": _evaluate(sc, member, groups_for(p["init"])),
+                         "targets": p["targets"], **info}
+        say("attacks", i + 1, len(pipelines))
+    timings["attacks"] = time.perf_counter() - t
+
+    # --- copy check --------------------------------------------------------------------------
+    t = time.perf_counter()
+    has_init = run_init >= 0
+    cc = copycheck.copy_check(run.images, x_tr, x_te,
+                              init_indices=run_init if has_init.any() else None,
+                              percentile=cfg.copy_percentile, seed=cfg.seed)
+    if want_naive:
+        cc_naive = copycheck.copy_check(x_tr[naive_idx], x_tr, x_te, threshold=cc["threshold"],
+                                        init_indices=naive_idx)
+        results["naive"]["copy_check"] = {k: cc_naive[k] for k in
+                                          ("near_copies", "threshold", "median_ratio",
+                                           "closer_to_train_fraction")}
+    timings["copy_check"] = time.perf_counter() - t
+
+    # --- files -------------------------------------------------------------------------------
+    arrays: dict[str, np.ndarray] = {"member": member, "record_index": np.concatenate([mem, non]),
+                                     "record_split": np.concatenate([np.zeros(len(mem), np.int8),
+                                                                     np.ones(len(non), np.int8)])}
+    for pipe, sc in all_scores.items():
+        for name, s in sc.items():
+            arrays[f"{pipe}__{name}"] = np.asarray(s, np.float64)
+    outputs.write_npz(audit_dir / "scores.npz", arrays)
+    outputs.plot_roc(audit_dir / "roc.png", all_scores, member)
+    outputs.plot_histograms(audit_dir / "histograms.png", all_scores["release"], member)
+    gallery_n = None
+    if private_gallery is not None:
+        gallery_n = outputs.write_private_gallery(Path(private_gallery), run.path, run.images, x_tr,
+                                                  cc["per_image"])
+    timings["total"] = time.perf_counter() - t0
+
+    rel = results["release"]
+    summary: dict[str, Any] = {
+        "run_sha256": sha256_file(run.path / DISTILLED),
+        "run": run.path.name,
+        "data": {"source_fingerprint": ds_data.fingerprint, "n_train": int(len(x_tr)),
+                 "n_test": int(len(x_te))},
+        "config": to_dict(cfg),
+        "seeds": {"audit": cfg.seed, "run": run.config.seed,
+                  "shadow_distill": [cfg.seed * 1000 + k for k in range(cfg.shadows)]},
+        "n_shadows": int(cfg.shadows),
+        "downstream": {"arch": down.arch, "width": down.width, "n_models": down.n_models,
+                       "steps": down.steps, "lr": down.lr, "warmup": down.warmup,
+                       "batch": down.batch},
+        "init": {"mode": run.config.init, "n_init_records": int(np.isin(mem, run_init).sum())},
+        "records": {"members": int(len(mem)), "nonmembers": int(len(non)),
+                    "population": int(len(pop)), "file": "records.json"},
+        "targets": rel["targets"],
+        "attacks": rel["attacks"],
+        "lira_variance": rel.get("lira_variance"),
+        "rmia_a": rel.get("rmia_a"),
+        "copy_check": cc,
+        "baselines": {k: v for k, v in results.items() if k != "release"},
+        "timings": timings,
+        "outputs": ["audit.json", "scores.npz", "roc.png", "histograms.png", "records.json",
+                    "keep.npy", "audit_config.json"],
+        "private_gallery_images": gallery_n,
+    }
+    from rcig_release.rundir import environment
+
+    summary.update(environment())
+    outputs.write_json(audit_dir / "audit.json", summary)
+    say("done", 1, 1)
+    return json.loads((audit_dir / "audit.json").read_text(encoding="utf-8"))

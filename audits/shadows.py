@@ -1,0 +1,240 @@
+"""Pipeline-aware shadows: the keep matrix, the release pipeline re-run on shadow data, and the
+downstream networks trained on each result, batched with ``jax.vmap``.
+
+A *pipeline* maps a private training set (pixel space) to the set the downstream networks train on:
+
+* ``release``: fit the preprocessing on the set, run ``distill`` with the run's ``DistillConfig``
+  (seed varied per shadow), train on the distilled images and learned labels (MSE);
+* ``naive``: the same with ``steps=0, init="real"``: ipc random real images per class;
+* ``full``: no distillation; train on the whole set (cross-entropy): "release a model".
+
+Shadow k's private set is the training split without the member audit records, plus the audit
+records (members and non-members) with ``keep[k]``. Its downstream networks' logits on the audit
+queries (records, population, and their mirror images) are written to ``<dir>/<k>.npz``
+atomically; nothing else, in particular no image, is stored. Shadows are processed in groups:
+the group's pipelines run one after the other, then all their downstream networks (group × models)
+train in one vmapped ``train_models`` call (``per_model_data``), which is how several pipelines
+share an accelerator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+KINDS = ("release", "naive", "full")
+_GROUP_BYTES = 512 * 2**20  # cap on the stacked training sets of one vmapped call
+
+
+@dataclasses.dataclass(frozen=True)
+class Downstream:
+    """How networks are trained on a pipeline's output (the evaluate protocol)."""
+
+    arch: str = "convnet"
+    width: int = 32
+    depth: int | None = None
+    n_models: int = 4
+    steps: int | None = None  # None: train.default_steps(n images)
+    lr: float = 1e-4
+    warmup: int = 500
+    batch: int = 256
+    augment: bool = False
+    flip: bool = False  # distilled sets: add the W-flipped copies, as evaluate does for colour runs
+
+
+def make_keep(n_shadows: int, n_records: int, rng: np.random.Generator) -> np.ndarray:
+    """Boolean ``[K, N]`` membership matrix from complementary halves: shadows 2j and 2j+1 split
+    a fresh random permutation of the records between them, so every record is IN for exactly
+    K/2 shadows (K even) and every shadow holds ⌊N/2⌋ or ⌈N/2⌉ records."""
+    if n_shadows < 2:
+        raise ValueError("at least 2 shadows are needed")
+    keep = np.zeros((n_shadows, n_records), dtype=bool)
+    for j in range(0, n_shadows, 2):
+        perm = rng.permutation(n_records)
+        half = perm[: n_records // 2] if (j // 2) % 2 == 0 else perm[: (n_records + 1) // 2]
+        keep[j, half] = True
+        if j + 1 < n_shadows:
+            keep[j + 1] = ~keep[j]
+    return keep
+
+
+def shadow_indices(keep_row: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
+                   n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training-split indices, held-out-split indices) of one shadow's private set. ``keep_row``
+    covers the records in the order members then non-members."""
+    k_mem, k_non = keep_row[: len(members)], keep_row[len(members):]
+    rest = np.setdiff1d(np.arange(n_train), members)
+    return np.sort(np.concatenate([rest, members[k_mem]])), np.sort(nonmembers[k_non])
+
+
+def mirror_queries(x: np.ndarray, mirror: bool) -> np.ndarray:
+    """``[A, Q, H, W, C]``: the images, and (``mirror``) their left-right mirror images."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.stack([x, x[:, :, ::-1, :]]) if mirror else x[None]
+
+
+def run_pipeline(kind: str, cfg: Any, x_pix: np.ndarray, y: np.ndarray, num_classes: int, *,
+                 seed: int, zca: bool) -> tuple[np.ndarray, np.ndarray, Any]:
+    """One pipeline on one private set → (training images in model space, training labels,
+    preprocessor). ``cfg`` is the run's ``DistillConfig``."""
+    from rcig_release.data import fit_preprocessor
+
+    prep = fit_preprocessor(x_pix, zca=zca, zca_reg=cfg.zca_reg)
+    x_model = prep.transform(x_pix)
+    if kind == "full":
+        return x_model, np.asarray(y, np.int64), prep
+    from rcig_release.distill import distill
+
+    c = cfg.replace(seed=int(seed)) if kind == "release" else cfg.replace(
+        seed=int(seed), steps=0, init="real")
+    res = distill(c, x_model, np.asarray(y, np.int64), num_classes)
+    return res.images_model, res.labels, prep
+
+
+def loss_for(kind: str) -> str:
+    return "ce" if kind == "full" else "mse"
+
+
+def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, num_classes: int,
+               keys: Sequence[Any], *, loss: str) -> list[Any]:
+    """Trains ``ds.n_models`` networks on every set; one vmapped call when the sets share a shape
+    (model g·M + m trains on set g with key fold_in(keys[g], m)). Returns one stacked-params
+    pytree (leading axis M) per set."""
+    import jax
+
+    from rcig_release.train import default_steps, train_models
+
+    m = ds.n_models
+    if ds.flip and loss == "mse":
+        sets = [(np.concatenate([x, x[:, :, ::-1, :]]), np.concatenate([y, y])) for x, y in sets]
+    steps = ds.steps if ds.steps is not None else default_steps(len(sets[0][0]))
+    kw = dict(num_classes=num_classes, steps=steps, lr=ds.lr, warmup=ds.warmup, batch=ds.batch,
+              augment=ds.augment, width=ds.width, depth=ds.depth, loss=loss)
+    same = len({(s[0].shape, s[1].shape) for s in sets}) == 1
+    if not same or len(sets) == 1:
+        return [train_models(ds.arch, x, y, n_models=m, key=k, **kw)
+                for (x, y), k in zip(sets, keys)]
+    x = np.repeat(np.stack([s[0] for s in sets]), m, axis=0)
+    y = np.repeat(np.stack([s[1] for s in sets]), m, axis=0)
+    all_keys = jax.numpy.concatenate([jax.random.split(k, m) for k in keys])
+    params = train_models(ds.arch, x, y, n_models=len(sets) * m, key=all_keys,
+                          per_model_data=True, **kw)
+    return [jax.tree.map(lambda a, g=g: a[g * m:(g + 1) * m], params) for g in range(len(sets))]
+
+
+def logits_on(params: Any, ds: Downstream, queries_model: np.ndarray, num_classes: int
+              ) -> np.ndarray:
+    """Logits ``[M, A, Q, C]`` of every network on queries ``[A, Q, H, W, C]`` (model space)."""
+    from rcig_release.train import predict
+
+    a, q = queries_model.shape[:2]
+    z = predict(ds.arch, params, queries_model.reshape(a * q, *queries_model.shape[2:]),
+                num_classes=num_classes, width=ds.width, depth=ds.depth)
+    return z.reshape(z.shape[0], a, q, z.shape[-1])
+
+
+def features_on(params: Any, ds: Downstream, x_model: np.ndarray, num_classes: int,
+                batch: int = 1000) -> np.ndarray:
+    """Penultimate features ``[M, N, F]`` of every network (for the feature-space nearest attack)."""
+    from rcig_release.config import depth_for_size
+
+    depth = ds.depth or depth_for_size(max(x_model.shape[1:3]))
+    fn = _feature_fn(ds.arch, num_classes, ds.width, depth)
+    x = np.asarray(x_model, np.float32)
+    return np.concatenate([np.asarray(fn(params, x[s:s + batch]))
+                           for s in range(0, len(x), batch)], axis=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _feature_fn(arch: str, num_classes: int, width: int, depth: int) -> Callable:
+    import jax
+
+    from rcig_release.models import make_model
+
+    model = make_model(arch, num_classes, width=width, depth=depth)
+    return jax.jit(jax.vmap(lambda p, xb: model.apply(p, xb)[1], in_axes=(0, None)))
+
+
+def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _group_size(n_shadows: int, per_set_bytes: int, n_models: int, requested: int | None) -> int:
+    if requested:
+        return max(1, requested)
+    return int(max(1, min(n_shadows, _GROUP_BYTES // max(1, per_set_bytes * n_models))))
+
+
+def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
+                nonmembers: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
+                x_test: np.ndarray, y_test: np.ndarray, queries_pix: np.ndarray,
+                num_classes: int, zca: bool, ds: Downstream, out_dir: Path, seed: int,
+                resume: bool, mirror: bool = True, group: int | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> np.ndarray:
+    """Runs (or, with ``resume``, reloads) every shadow pipeline of ``kind`` and returns the
+    stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``)."""
+    import jax
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_shadows = keep.shape[0]
+    todo = [k for k in range(n_shadows)
+            if not (resume and _valid(out_dir / f"{k}.npz", keep[k]))]
+    per_set = int(np.prod(x_train.shape[1:])) * 4 * (
+        len(x_train) if kind == "full" else cfg.ipc * num_classes)
+    g = _group_size(len(todo), per_set, ds.n_models, group)
+    done = n_shadows - len(todo)
+    if progress:
+        progress(kind, done, n_shadows)
+    for start in range(0, len(todo), g):
+        ks = todo[start:start + g]
+        sets, preps = [], []
+        for k in ks:
+            tr, te = shadow_indices(keep[k], members, nonmembers, len(x_train))
+            xs = np.concatenate([x_train[tr], x_test[te]])
+            ys = np.concatenate([y_train[tr], y_test[te]])
+            xm, lab, prep = run_pipeline(kind, cfg, xs, ys, num_classes, seed=seed * 1000 + k,
+                                         zca=zca)
+            sets.append((xm, lab))
+            preps.append(prep)
+        keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
+        params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
+        for k, p, prep in zip(ks, params, preps):
+            q = prep.transform(queries_pix)
+            z = logits_on(p, ds, mirror_queries(q, mirror), num_classes)
+            _atomic_npz(out_dir / f"{k}.npz", logits=z.astype(np.float32), keep=keep[k])
+        done += len(ks)
+        if progress:
+            progress(kind, done, n_shadows)
+    out = []
+    for k in range(n_shadows):
+        with np.load(out_dir / f"{k}.npz") as f:
+            out.append(f["logits"])
+    return np.stack(out)
+
+
+def _valid(path: Path, keep_row: np.ndarray) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path) as f:
+            return bool(np.array_equal(f["keep"], keep_row)) and f["logits"].ndim == 4
+    except (OSError, ValueError, KeyError):
+        return False
