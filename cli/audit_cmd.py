@@ -1,7 +1,119 @@
-"""`rcig-release audit` (placeholder until its issue lands)."""
+"""`rcig-release audit RUN`: membership-inference audit and copy check of a distilled release.
+
+Thin: parse the flags into an ``AuditConfig``, call ``rcig_release.audits.run_audit``, render a rich
+table (or ``--json``). No JAX import here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from rcig_release.cli.main import handle_errors
+from rcig_release.errors import InputError
+
+ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
+
+
+def _ci(ci: Any) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def summary_table(audit: dict) -> Table:
+    """One row per attack on the release, then the baselines' rows."""
+    t = Table(title=f"Membership-inference audit ({audit['n_shadows']} shadow pipelines, "
+                    f"{audit['records']['members']} members / {audit['records']['nonmembers']} "
+                    "non-members)")
+    for col in ("pipeline", "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv.", "ε LB",
+                "init TPR@1%"):
+        t.add_column(col, justify="left" if col in ("pipeline", "attack") else "right")
+    rows = [("release", audit["attacks"])]
+    rows += [(k, v["attacks"]) for k, v in audit.get("baselines", {}).items()]
+    for pipe, attacks in rows:
+        for name, a in attacks.items():
+            init = a.get("groups", {}).get("init")
+            t.add_row(pipe, name, _fmt(a["auc"], pct=False),
+                      _fmt(a["tpr_at_fpr"]["0.001"]) + _ci(a["tpr_at_fpr_ci"]["0.001"]),
+                      _fmt(a["tpr_at_fpr"]["0.01"]) + _ci(a["tpr_at_fpr_ci"]["0.01"]),
+                      _fmt(a["advantage"]), _fmt(a["epsilon_lower_bound"], pct=False),
+                      _fmt(init["tpr_at_fpr"]["0.01"]) if init else "-")
+        t.add_section()
+    return t
+
+
+def json_summary(audit: dict) -> dict:
+    """The headline numbers (the full report is RUN/audit/audit.json)."""
+    def brief(attacks: dict) -> dict:
+        return {n: {"auc": a["auc"], "tpr_at_fpr": a["tpr_at_fpr"],
+                    "tpr_at_fpr_ci": a["tpr_at_fpr_ci"], "advantage": a["advantage"],
+                    "epsilon_lower_bound": a["epsilon_lower_bound"]} for n, a in attacks.items()}
+
+    cc = audit["copy_check"]
+    return {"run_sha256": audit["run_sha256"], "n_shadows": audit["n_shadows"],
+            "records": audit["records"], "attacks": brief(audit["attacks"]),
+            "baselines": {k: brief(v["attacks"]) for k, v in audit.get("baselines", {}).items()},
+            "copy_check": {"near_copies": cc["near_copies"], "threshold": cc["threshold"],
+                           "n_released": cc["n_released"]}}
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("audit")
+    @handle_errors
+    def audit(
+        run: Annotated[Path, typer.Argument(help="Run directory written by `distill`.")],
+        shadows: Annotated[int, typer.Option(help="Shadow pipelines (even; each record IN for half).")] = 16,
+        targets: Annotated[int, typer.Option(help="Networks trained on the release (and per shadow).")] = 4,
+        records: Annotated[int, typer.Option(help="Up to this many members and as many non-members.")] = 500,
+        attacks: Annotated[Optional[str], typer.Option(
+            help=f"Comma-separated subset of: {', '.join(ATTACK_NAMES)}.")] = None,
+        baselines: Annotated[str, typer.Option(help="Comma-separated: naive, full_data, or none.")] = "naive,full_data",
+        data: Annotated[Optional[str], typer.Option(
+            help="Data source if run.json's is not reachable (must have the run's fingerprint).")] = None,
+        resume: Annotated[bool, typer.Option(help="Continue an interrupted audit (finished shadows are kept).")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+        private_gallery: Annotated[Optional[Path], typer.Option(
+            help="Write the closest released/private pairs as PNGs here (outside RUN; contains private images).")] = None,
+        seed: Annotated[int, typer.Option(help="Audit seed (records, keep matrix, shadows).")] = 0,
+        width: Annotated[Optional[int], typer.Option(help="Downstream network width (default: the run's).")] = None,
+        train_steps: Annotated[Optional[int], typer.Option(help="Downstream training steps (default: evaluate protocol).")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    ) -> None:
+        """Audit a distilled release: membership-inference attacks, copy check, baselines."""
+        from rcig_release.audits.config import AuditConfig
+
+        chosen = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ATTACK_NAMES
+        base = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
+        cfg = AuditConfig(shadows=shadows, targets=targets, records=records, attacks=chosen,
+                          baselines=base, seed=seed, width=width, train_steps=train_steps)
+        console = Console(stderr=True)
+        progress = None
+        if not quiet and not json_out:
+            def progress(stage: str, done: int, total: int) -> None:
+                console.print(f"[dim]{stage}: {done}/{total}[/]")
+        if private_gallery is not None and not str(private_gallery).strip():
+            raise InputError("--private-gallery needs a directory")
+        from rcig_release.audits.runner import run_audit
+
+        result = run_audit(run, cfg, data=data, resume=resume, private_gallery=private_gallery,
+                           progress=progress)
+        if json_out:
+            typer.echo(json.dumps(json_summary(result), indent=2, sort_keys=True))
+            return
+        out = Console()
+        out.print(summary_table(result))
+        cc = result["copy_check"]
+        style = "bold red" if cc["near_copies"] else "green"
+        out.print(f"[{style}]copy check: {cc['near_copies']} of {cc['n_released']} released images "
+                  f"are near copies[/] (threshold {cc['threshold']:.4f}, {cc['rule']})")
+        out.print(f"report: {Path(run) / 'audit' / 'audit.json'}")

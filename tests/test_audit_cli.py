@@ -1,0 +1,53 @@
+"""`rcig-release audit` CLI: flags reach the library; errors become exit 2 (heavy call patched)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from rcig_release.cli.main import app
+
+FAKE = {
+    "run_sha256": "ab" * 32, "n_shadows": 4,
+    "records": {"members": 10, "nonmembers": 10, "population": 5, "file": "records.json"},
+    "attacks": {"loss": {"auc": 0.6, "tpr_at_fpr": {"0.001": None, "0.01": 0.1},
+                         "tpr_at_fpr_ci": {"0.001": None, "0.01": [0.01, 0.3]},
+                         "advantage": 0.2, "epsilon_lower_bound": 0.0,
+                         "groups": {"init": {"tpr_at_fpr": {"0.01": 1.0}}}}},
+    "baselines": {},
+    "copy_check": {"near_copies": 2, "threshold": 0.1, "n_released": 10, "rule": "r"},
+}
+
+
+def test_flags_reach_the_library(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(run, cfg, **kw):
+        seen.update(run=run, cfg=cfg, **kw)
+        return FAKE
+
+    monkeypatch.setattr("rcig_release.audits.runner.run_audit", fake)
+    r = CliRunner().invoke(app, ["audit", str(tmp_path), "--shadows", "4", "--targets", "2",
+                                 "--records", "10", "--attacks", "loss,rmia", "--baselines",
+                                 "none", "--resume", "--json"])
+    assert r.exit_code == 0, r.output
+    cfg = seen["cfg"]
+    assert (cfg.shadows, cfg.targets, cfg.records) == (4, 2, 10)
+    assert cfg.attacks == ("loss", "rmia") and cfg.baselines == () and seen["resume"] is True
+    out = json.loads(r.stdout)
+    assert out["copy_check"]["near_copies"] == 2 and out["attacks"]["loss"]["auc"] == 0.6
+
+
+def test_table_output(monkeypatch, tmp_path):
+    monkeypatch.setattr("rcig_release.audits.runner.run_audit", lambda run, cfg, **kw: FAKE)
+    r = CliRunner().invoke(app, ["audit", str(tmp_path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "loss" in r.stdout and "n/a" in r.stdout and "near copies" in r.stdout
+
+
+def test_bad_input_exits_2(tmp_path):
+    r = CliRunner().invoke(app, ["audit", str(tmp_path), "--shadows", "3"])
+    assert r.exit_code == 2 and "even" in r.output
+    r = CliRunner().invoke(app, ["audit", str(tmp_path / "missing"), "--shadows", "2"])
+    assert r.exit_code == 2 and "not found" in r.output
+    r = CliRunner().invoke(app, ["audit", str(tmp_path), "--attacks", "bogus"])
+    assert r.exit_code == 2 and "unknown attack" in r.output

@@ -1,0 +1,116 @@
+"""The audit end to end on a tiny synthetic run (--steps 0 --init real: a planted leak)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rcig_release.audits import AuditConfig, run_audit
+from rcig_release.errors import InputError
+
+H, C = 8, 4
+
+
+def _make_run(tmp_path, *, init="real"):
+    from rcig_release.config import DistillConfig, to_dict
+    from rcig_release.data import fit_preprocessor, load_dataset
+    from rcig_release.distill import distill
+    from rcig_release.rundir import write_distilled, write_json
+
+    rng = np.random.default_rng(0)
+    protos = rng.random((C, H, H, 1))
+
+    def make(n):
+        y = np.arange(n) % C
+        x = np.clip(protos[y] + rng.normal(0, 0.25, (n, H, H, 1)), 0, 1).astype(np.float32)
+        return x, y
+
+    x_tr, y_tr = make(320)
+    x_te, y_te = make(240)
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    ds = load_dataset(str(npz))
+    cfg = DistillConfig(ipc=2, steps=0, init=init, width=4, seed=3)
+    prep = fit_preprocessor(ds.x_train, zca=False)
+    res = distill(cfg, prep.transform(ds.x_train), ds.y_train, C)
+    run = tmp_path / "run"
+    run.mkdir()
+    write_distilled(run, images=prep.inverse(res.images_model), labels=res.labels,
+                    classes=ds.classes, images_model=res.images_model, log_temp=res.log_temp,
+                    init_indices=res.init_indices, prep_arrays=prep.to_arrays())
+    write_json(run / "run.json", {"config": to_dict(cfg),
+                                  "data": {"source": str(npz), "fingerprint": ds.fingerprint,
+                                           "split_seed": ds.split_seed, "n_train": ds.n_train,
+                                           "n_test": ds.n_test},
+                                  "init": {"mode": init, "indices": res.init_indices.tolist()}})
+    return run, res.init_indices
+
+
+# mlp and one shadow per vmapped call: the fewest distinct compiles (the targets' shapes).
+TINY = AuditConfig(shadows=2, targets=2, records=200, population=200, train_steps=30, warmup=5,
+                   batch=64, arch="mlp", shadow_group=1)
+
+
+@pytest.mark.slow  # ~60 s on the shared 2-core machine (mostly XLA compiles)
+def test_runner_end_to_end_planted_leak(tmp_path):
+    run, init = _make_run(tmp_path)
+    gallery = tmp_path / "gallery"
+    out = run_audit(run, TINY, private_gallery=gallery)
+    audit = run / "audit"
+    on_disk = json.loads((audit / "audit.json").read_text())
+    assert on_disk == out
+    # schema
+    import hashlib
+
+    assert out["run_sha256"] == hashlib.sha256((run / "distilled.npz").read_bytes()).hexdigest()
+    for name in ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest"):
+        a = out["attacks"][name]
+        assert 0.0 <= a["auc"] <= 1.0
+        assert set(a["tpr_at_fpr"]) == {"0.001", "0.01"}
+        assert a["tpr_at_fpr"]["0.001"] is None  # 120 non-members cannot resolve 0.1 %
+        assert a["tpr_at_fpr"]["0.01"] is not None and len(a["tpr_at_fpr_ci"]["0.01"]) == 2
+        assert a["epsilon_lower_bound"] >= 0 and "init" in a["groups"]
+    assert set(out["baselines"]) == {"naive", "full_data"}
+    assert out["n_shadows"] == 2 and out["config"]["shadows"] == 2
+    # planted leak: every released image is an init image -> all flagged; init records found
+    cc = out["copy_check"]
+    assert cc["near_copies"] == len(init) == cc["n_released"] and cc["threshold"] > 0
+    init_group = out["attacks"]["nearest"]["groups"]["init"]
+    assert init_group["tpr_at_fpr"]["0.01"] == 1.0 and init_group["auc"] == 1.0
+    sc = np.load(audit / "scores.npz")
+    assert sc["release__nearest"].shape == sc["member"].shape
+    # records.json holds indices only; keep.npy balanced
+    rec = json.loads((audit / "records.json").read_text())
+    assert set(init.tolist()) <= set(rec["members"])
+    keep = np.load(audit / "keep.npy")
+    assert np.all(keep.sum(0) == 1)
+    for f in ("roc.png", "histograms.png", "shadows/0.npz", "shadows/1.npz"):
+        assert (audit / f).is_file()
+    assert len(list(gallery.glob("*.png"))) == len(init)
+    # nothing in the audit directory stores images
+    for f in audit.rglob("*.npz"):
+        with np.load(f) as z:
+            assert all(z[k].ndim <= 4 and z[k].shape[-1:] != (1,) or k == "logits" for k in z.files)
+
+    # an existing audit is never overwritten; --resume reuses the shadows
+    with pytest.raises(InputError, match="--resume"):
+        run_audit(run, TINY)
+    mtime = (audit / "shadows" / "0.npz").stat().st_mtime_ns
+    again = run_audit(run, TINY, resume=True)
+    assert (audit / "shadows" / "0.npz").stat().st_mtime_ns == mtime
+    assert again["attacks"]["lira_online"]["auc"] == pytest.approx(out["attacks"]["lira_online"]["auc"])
+    with pytest.raises(InputError, match="differs in: shadows"):
+        run_audit(run, TINY.replace(shadows=4), resume=True)
+
+
+def test_runner_refuses_other_data_and_inner_gallery(tmp_path):
+    run, _ = _make_run(tmp_path)
+    other = tmp_path / "other.npz"
+    rng = np.random.default_rng(9)
+    np.savez(other, x_train=rng.random((40, H, H, 1)), y_train=np.arange(40) % C,
+             x_test=rng.random((40, H, H, 1)), y_test=np.arange(40) % C)
+    with pytest.raises(InputError, match="fingerprint"):
+        run_audit(run, TINY, data=str(other))
+    with pytest.raises(InputError, match="outside the run directory"):
+        run_audit(run, TINY, private_gallery=run / "g")
+    assert not (run / "audit").exists()
