@@ -35,7 +35,7 @@ class DistillConfig:
     inner_lr: float = 1e-5  # initial inner lr, then tuned (§1.9)
     hvp_lr: float = 5e-5  # initial HVP lr, then tuned (§1.9)
     tune_lr: bool = True  # automatic initial tuning of inner/HVP lrs before training
-    tune_max_trials: int = 60  # cap on tuning trials per learning rate
+    tune_max_trials: int = 100  # cap on tuning trials per learning rate
     adapt_lr_every: int = 50  # online adaptation period (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
     # outer problem (§1.4-§1.6)
     real_batch: int = 1024  # real images per outer step
@@ -54,6 +54,7 @@ class DistillConfig:
     zca_reg: float = 0.1
     # engineering (not in the paper)
     jacobian_mb: float = 512.0  # materialise the support Jacobian when it fits in this many MiB
+    inner_solver: str = "adam"  # "adam" (the paper: n_inner_steps/n_hvp_steps Adam steps) or "exact"
     log_every: int = 10
     checkpoint_every: int = 50
 
@@ -67,7 +68,7 @@ class EvalConfig:
 
     arch: str = "convnet"  # convnet | mlp | resnet18 | vgg11 | alexnet
     models: int = 5
-    width: int = 128
+    width: int | None = None  # None: the run's distillation width (the paper evaluates at 128)
     lr: float = 1e-4  # Adam peak lr
     warmup: int = 500  # linear warm-up steps
     steps: int | None = None  # None: 1000 for a 10-image set, else 2000 (the paper's U)
@@ -130,6 +131,8 @@ def validate_distill_config(cfg: DistillConfig) -> None:
         raise InputError(f"--steps must be >= 0 (got {cfg.steps})")
     if cfg.init not in ("real", "noise"):
         raise InputError(f"--init must be 'real' or 'noise' (got {cfg.init!r})")
+    if cfg.inner_solver not in ("adam", "exact"):
+        raise InputError(f"inner_solver must be 'adam' or 'exact' (got {cfg.inner_solver!r})")
     if cfg.width < 1 or cfg.real_batch < 1 or cfg.pool_size < 1:
         raise InputError("width, real_batch and pool_size must be positive")
 

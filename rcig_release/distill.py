@@ -1,0 +1,145 @@
+"""Distillation as a library call: config and arrays in, distilled set out (rcig-algorithm §1).
+
+The audit calls ``distill`` many times on different subsets of the training split, so it takes
+plain arrays (already preprocessed into model space) and returns plain arrays; the run directory,
+the progress bar and the logs are the caller's business (``rundir.py``, ``cli/``), reached through
+the optional ``checkpoint_dir`` and ``on_log``/``progress`` callbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rcig_release import checkpoint
+from rcig_release.config import DistillConfig, resolve, to_dict
+from rcig_release.errors import InputError, RcigReleaseError
+from rcig_release.rcig.state import init_state, make_setup
+from rcig_release.rcig.step import make_step
+from rcig_release.rcig.tune import tune_learning_rates
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillResult:
+    images_model: np.ndarray  # float32 [N,H,W,C], model space, the EMA set
+    labels: np.ndarray  # float32 [N,C], learned labels (EMA)
+    log_temp: float
+    init_indices: np.ndarray  # int64 [N] into the arrays given; -1 for noise
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # tuning, timings, last metrics
+
+
+class Interrupted(RcigReleaseError):
+    """Ctrl-C during distillation; the state was checkpointed first."""
+
+    exit_code = 130
+
+
+def check_ipc(y: np.ndarray, ipc: int, num_classes: int) -> None:
+    if ipc < 1:
+        raise InputError(f"--ipc must be at least 1 (got {ipc})")
+    counts = np.bincount(y, minlength=num_classes)
+    short = [c for c in range(num_classes) if counts[c] < ipc]
+    if short:
+        raise InputError(f"class index {short[0]} has {counts[short[0]]} training image(s), "
+                         f"fewer than --ipc {ipc}")
+
+
+def initial_set(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray,
+                num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ipc random real images per class (indices recorded) or 0.3·N(0,1) noise; labels one-hot − 1/C
+    (rcig-algorithm §1.8). Images are ordered class by class."""
+    rng = np.random.default_rng(cfg.seed)
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), cfg.ipc, replace=False)
+                          for c in range(num_classes)]).astype(np.int64)
+    classes = np.repeat(np.arange(num_classes), cfg.ipc)
+    labels = (np.eye(num_classes, dtype=np.float32) - 1.0 / num_classes)[classes]
+    if cfg.init == "real":
+        return x_model[idx].astype(np.float32), labels, idx
+    noise = 0.3 * rng.standard_normal((len(classes), *x_model.shape[1:]), dtype=np.float32)
+    return noise, labels, np.full(len(classes), -1, np.int64)
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes: int, *,
+            checkpoint_dir: Path | None = None, resume: bool = False,
+            on_log: Callable[[int, dict[str, float]], None] | None = None,
+            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> DistillResult:
+    """Runs RCIG for ``cfg.steps`` outer iterations and returns the EMA distilled set.
+
+    ``x_model``: float32 [N,H,W,C] preprocessed training images; ``y``: int labels in 0..C−1.
+    With ``checkpoint_dir`` the state is checkpointed every ``cfg.checkpoint_every`` steps, at the
+    end and on Ctrl-C; ``resume=True`` continues from it (bit-identical to an uninterrupted run).
+    """
+    y = np.asarray(y, np.int64)
+    check_ipc(y, cfg.ipc, num_classes)
+    x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes)
+    if cfg.steps == 0:
+        return DistillResult(x_init, y_init, 0.0, init_idx, {"steps": 0})
+
+    res = resolve(cfg, tuple(x_model.shape[1:]), num_classes)
+    setup = make_setup(cfg, res, tuple(x_model.shape[1:]))
+    state = init_state(setup, x_init, y_init, jax.random.PRNGKey(cfg.seed))
+    x_dev, y_dev = jnp.asarray(x_model, jnp.float32), jnp.asarray(y, jnp.int32)
+    meta_cfg = to_dict(cfg)
+    info: dict[str, Any] = {"materialized_jacobian": setup.materialize_jacobian,
+                            "tangent_params": setup.tangents.size}
+
+    if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
+        state, meta = checkpoint.load(checkpoint_dir, state)
+        if meta.get("config") != meta_cfg:
+            changed = sorted(k for k in meta_cfg if meta.get("config", {}).get(k) != meta_cfg[k])
+            raise InputError("--resume with a different configuration than the checkpoint "
+                             f"(differs in: {', '.join(changed) or 'config'})")
+        info["tuning"] = meta.get("tuning", {})
+        info["resumed_from"] = int(state.step)
+    else:
+        t0 = time.perf_counter()
+        if cfg.tune_lr:
+            state, tuning = tune_learning_rates(setup, state, x_dev, y_dev)
+        else:
+            tuning = {"skipped": "tune_lr = false"}
+        info["tuning"] = {**tuning, "seconds": time.perf_counter() - t0}
+
+    def save() -> None:
+        if checkpoint_dir is not None:
+            checkpoint.save(checkpoint_dir, state,
+                            {"step": int(state.step), "config": meta_cfg, "tuning": info["tuning"]})
+
+    step_fn = make_step(setup)
+    t_start, first = time.perf_counter(), None
+    last: dict[str, float] = {}
+    try:
+        while int(state.step) < cfg.steps:
+            state, metrics = step_fn(state, x_dev, y_dev)
+            t = int(state.step)
+            if first is None:
+                jax.block_until_ready(state)
+                first = time.perf_counter() - t_start
+            if t % cfg.log_every == 0 or t == cfg.steps:
+                last = {"step": t, **_scalars(metrics),
+                        "seconds": time.perf_counter() - t_start}
+                if on_log:
+                    on_log(t, last)
+            if progress:
+                progress(t, cfg.steps, last)
+            if checkpoint_dir is not None and t % cfg.checkpoint_every == 0 and t < cfg.steps:
+                save()
+    except KeyboardInterrupt:
+        save()
+        raise Interrupted(f"interrupted at step {int(state.step)}; checkpoint written, "
+                          "continue with --resume") from None
+    save()
+    info.update({"first_step_seconds": first, "loop_seconds": time.perf_counter() - t_start,
+                 "final": last})
+    ema = jax.device_get(state.psi_ema)
+    return DistillResult(np.asarray(ema["x"], np.float32), np.asarray(ema["y"], np.float32),
+                         float(ema["log_temp"]), init_idx, info)

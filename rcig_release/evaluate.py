@@ -1,0 +1,63 @@
+"""``evaluate``: train fresh networks on a run's distilled set and test them (rcig-algorithm §1.13).
+
+The networks see exactly what a downstream user gets: the EMA distilled images (model space, with
+W-flipped copies when the run used flips, as the authors' eval.py) and the learned labels, trained
+with MSE. They are tested on the run's own test split, preprocessed with the run's preprocessor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from rcig_release import rundir
+from rcig_release.config import EvalConfig, resolve
+from rcig_release.errors import InputError
+
+
+def load_run_data(run: rundir.Run, data: str | None = None):
+    """Reloads the run's data source (or ``data``) and refuses a different dataset."""
+    from rcig_release.data import load_dataset
+
+    info = run.run_json.get("data", {})
+    source = data or info.get("source")
+    if not source:
+        raise InputError(f"{run.path / rundir.RUN_JSON} does not name its data source; pass --data")
+    ds = load_dataset(source, seed=int(info.get("split_seed", 0)))
+    if info.get("fingerprint") and ds.fingerprint != info["fingerprint"]:
+        raise InputError(f"data {source!r} is not the data this run was distilled from "
+                         "(fingerprint differs)")
+    return ds
+
+
+def support_arrays(run: rundir.Run) -> tuple[np.ndarray, np.ndarray]:
+    """The training set evaluation uses: distilled images (+ flips if the run used them)."""
+    res = resolve(run.config, tuple(run.images_model.shape[1:]), run.num_classes)
+    x, y = run.images_model, run.labels
+    if res.use_flip:
+        x = np.concatenate([x, x[:, :, ::-1, :]])
+        y = np.concatenate([y, y])
+    return x, y
+
+
+def evaluate_run(run_dir: Any, cfg: EvalConfig, *, data: str | None = None,
+                 write: bool = True) -> dict[str, Any]:
+    """Trains ``cfg.models`` networks side by side (vmapped) and writes ``RUN/eval.json``."""
+    from rcig_release.train import evaluate_arrays
+
+    run = rundir.load_run(run_dir)
+    ds = load_run_data(run, data)
+    x_test = run.preprocessor.transform(ds.x_test).astype(np.float32)
+    x_s, y_s = support_arrays(run)
+    width = cfg.width or run.config.width
+    result = evaluate_arrays(x_s, y_s, x_test, ds.y_test, arch=cfg.arch,
+                             num_classes=run.num_classes, n_models=cfg.models, seed=cfg.seed,
+                             steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, batch=cfg.batch,
+                             augment=cfg.augment, width=width, depth=run.config.depth)
+    result = {**result, "config": dataclasses.asdict(cfg) | {"width": width},
+              "n_test": int(len(ds.y_test)), "n_support": int(len(x_s))}
+    if write:
+        rundir.write_json(run.path / rundir.EVAL_JSON, result)
+    return result

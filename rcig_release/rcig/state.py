@@ -1,0 +1,112 @@
+"""The distillation state and the static setup one outer step needs (rcig-algorithm §1.6-§1.7).
+
+``Setup`` holds what never changes during a run (network, tangent layout, λ, optimisers) and is
+closed over by the jitted step; ``DistillState`` is the pytree that changes every step and is what
+a checkpoint stores. Everything random derives from ``state.key`` folded with the step number, so a
+run resumed from a checkpoint continues bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rcig_release.config import DistillConfig, Resolved
+from rcig_release.models import ConvNet
+from rcig_release.rcig import linearize
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    cfg: DistillConfig
+    res: Resolved
+    model: nn.Module
+    tangents: linearize.Tangents
+    image_shape: tuple[int, int, int]
+    materialize_jacobian: bool
+    exact: bool  # closed-form inner solve and H⁻¹ (tests; cfg.inner_solver == "exact")
+
+    @property
+    def num_classes(self) -> int:
+        return self.res.num_classes
+
+    def apply(self, params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.model.apply({"params": params}, x)
+
+    def init_params(self, key: jax.Array) -> Any:
+        dummy = jnp.zeros((1, *self.image_shape), jnp.float32)
+        return self.model.init(key, dummy)["params"]
+
+    def psi_optimizer(self) -> optax.GradientTransformation:
+        """AdaBelief 3e-3 on images and labels, 3e-2 on log-temperature (§1.6)."""
+        cfg = self.cfg
+        labels = {"x": "proto", "y": "proto" if cfg.learn_labels else "frozen",
+                  "log_temp": "temp"}
+        return optax.multi_transform(
+            {"proto": optax.adabelief(cfg.proto_lr), "temp": optax.adabelief(cfg.temp_lr),
+             "frozen": optax.set_to_zero()}, labels)
+
+    def ema(self) -> optax.GradientTransformation:
+        return optax.ema(self.cfg.ema_decay, debias=True)
+
+    def pool_optimizer(self) -> optax.GradientTransformation:
+        return optax.adam(self.cfg.pool_lr)
+
+
+def make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, int]) -> Setup:
+    model = ConvNet(num_classes=res.num_classes, width=cfg.width, depth=res.depth,
+                    softplus_temp=cfg.softplus_temp)
+    dummy = jnp.zeros((1, *image_shape), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy)["params"])
+    tangents = linearize.tangent_space(shapes)
+    need = linearize.jacobian_bytes(res.n_support, res.num_classes, tangents.size)
+    materialize = cfg.inner_solver == "exact" or need <= cfg.jacobian_mb * 2**20
+    return Setup(cfg=cfg, res=res, model=model, tangents=tangents, image_shape=image_shape,
+                 materialize_jacobian=materialize, exact=cfg.inner_solver == "exact")
+
+
+@flax.struct.dataclass
+class DistillState:
+    step: jax.Array  # int32, outer iterations done
+    key: jax.Array  # base PRNG key; step t uses fold_in(key, t)
+    psi: dict  # {"x": [n,H,W,C], "y": [n,C], "log_temp": []}: the distilled set (model space)
+    opt_state: Any
+    psi_ema: dict  # bias-corrected EMA of psi: what is exported and evaluated
+    ema_state: Any
+    pool_params: Any  # stacked [pool_size, ...]
+    pool_opt: Any  # stacked Adam states
+    pool_steps: jax.Array  # int32 [pool_size]
+    inner_lr: jax.Array
+    hvp_lr: jax.Array
+    lr_stats: jax.Array  # float32 [4]: inner monotone, inner failed, hvp monotone, hvp failed
+
+
+def init_pool_member(setup: Setup, key: jax.Array) -> tuple[Any, Any]:
+    params = setup.init_params(key)
+    return params, setup.pool_optimizer().init(params)
+
+
+def init_state(setup: Setup, x_init: np.ndarray, y_init: np.ndarray, key: jax.Array) -> DistillState:
+    """The state before step 0 from the initial distilled images and labels (model space)."""
+    cfg = setup.cfg
+    k_pool, k_run = jax.random.split(key)
+    psi = {"x": jnp.asarray(x_init, jnp.float32), "y": jnp.asarray(y_init, jnp.float32),
+           "log_temp": jnp.zeros((), jnp.float32)}
+    pool_params, pool_opt = jax.vmap(lambda k: init_pool_member(setup, k))(
+        jax.random.split(k_pool, cfg.pool_size))
+    ema_state = setup.ema().init(psi)
+    return DistillState(
+        step=jnp.zeros((), jnp.int32), key=k_run, psi=psi,
+        opt_state=setup.psi_optimizer().init(psi), psi_ema=psi, ema_state=ema_state,
+        pool_params=pool_params, pool_opt=pool_opt,
+        pool_steps=jnp.zeros((cfg.pool_size,), jnp.int32),
+        inner_lr=jnp.asarray(cfg.inner_lr, jnp.float32),
+        hvp_lr=jnp.asarray(cfg.hvp_lr, jnp.float32),
+        lr_stats=jnp.zeros((4,), jnp.float32))

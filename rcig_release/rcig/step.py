@@ -1,0 +1,252 @@
+"""One outer iteration of RCIG as a pure function; ``make_step`` jits it (rcig-algorithm §1.12).
+
+    k ~ pool;  θ0 = pool[k];  S = X (+ flipped X)
+    Δθ* ← inner solve of L_in (20 Adam steps from 0)
+    g_t, d ← ∇_{Δθ, ψ} L_out(Δθ*, ψ)                       (direct gradient)
+    v ← H⁻¹ g_t  (20 Adam steps on ½vᵀHv − gᵀv, H = ∇²_Δθ L_in)
+    i ← −∇_ψ ⟨v, ∇_Δθ L_in(Δθ*, ψ)⟩                          (implicit gradient)
+    ψ ← AdaBelief(ψ, d + clip(i, ‖d‖));  ψ_ema ← EMA(ψ)
+    pool[k] ← m ~ U{1..15} Adam steps of MSE on S;  reset at 100 steps
+    every 50 steps: adapt the inner and HVP learning rates
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rcig_release.rcig import krr, linearize, solvers
+from rcig_release.rcig.state import DistillState, Setup, init_pool_member
+
+
+def support_set(setup: Setup, psi: dict) -> tuple[jax.Array, jax.Array]:
+    """The support set: the distilled images, with W-flipped copies when ``use_flip`` (§1.6)."""
+    x, y = psi["x"], psi["y"]
+    if setup.res.use_flip:
+        x = jnp.concatenate([x, x[:, :, ::-1, :]])
+        y = jnp.concatenate([y, y])
+    return x, y
+
+
+class InnerProblem:
+    """L_in(d) for one pool model and one support set, with o_S from J_S or from the jvp."""
+
+    def __init__(self, setup: Setup, theta0: Any, x_s: jax.Array, y_s: jax.Array,
+                 k_ss: jax.Array | None = None, jac: jax.Array | None = None):
+        self.setup, self.theta0, self.y_s, self.x_s = setup, theta0, y_s, x_s
+        self.lam = setup.res.l2
+        if k_ss is None:
+            phi = linearize.features(setup.apply, theta0, x_s)
+            k_ss = krr.linear_kernel(phi, phi)
+        if jac is None and setup.materialize_jacobian:
+            jac = linearize.support_jacobian(setup.apply, theta0, x_s)
+        self.k_ss, self.jac = k_ss, jac
+
+    def outputs(self, d: jax.Array) -> jax.Array:
+        if self.jac is not None:
+            return jnp.einsum("ncp,p->nc", self.jac, d)
+        return linearize.linear_forward(self.setup.apply, self.theta0, self.setup.tangents, d,
+                                        self.x_s)[1]
+
+    def loss(self, d: jax.Array) -> jax.Array:
+        return krr.inner_loss(self.outputs(d), self.k_ss, self.y_s, self.lam, jnp.vdot(d, d))
+
+    def hvp(self, d: jax.Array) -> Callable[[jax.Array], jax.Array]:
+        """v ↦ H v, forward-over-reverse (§1.5)."""
+        return lambda v: jax.jvp(jax.grad(self.loss), (d,), (v,))[1]
+
+    def solve(self, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
+        d0 = jnp.zeros((self.setup.tangents.size,), jnp.float32)
+        if self.setup.exact:
+            d = solvers.exact_inner(self.jac, self.k_ss, self.y_s, self.lam)
+            return d, jnp.stack([self.loss(d0), self.loss(d)])
+        return solvers.adam_minimize(self.loss, d0, lr, self.setup.cfg.n_inner_steps,
+                                     unroll=self.jac is None)
+
+    def inverse_hvp(self, d: jax.Array, g: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.setup.exact:
+            v = solvers.exact_hvp_solve(self.jac, self.k_ss, self.lam, g)
+            return v, jnp.stack([jnp.zeros(()), jnp.vdot(v, self.hvp(d)(v) - 2 * g)])
+        return solvers.adam_hvp_solve(self.hvp(d), g, lr, self.setup.cfg.n_hvp_steps,
+                                      unroll=self.jac is None)
+
+
+def outer_loss(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array,
+               labels_t: jax.Array) -> jax.Array:
+    """L_out(Δθ, ψ) on a real batch (§1.4); ψ enters through Φ_S, o_S, Y_S and τ."""
+    x_s, y_s = support_set(setup, psi)
+    fwd = lambda x: linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x)
+    phi_s, o_s = fwd(x_s)
+    phi_t, o_t = fwd(x_t)
+    y_hat = krr.predict(o_t, krr.linear_kernel(phi_t, phi_s), krr.linear_kernel(phi_s, phi_s),
+                        y_s, o_s, setup.res.l2)
+    return krr.outer_loss(y_hat, labels_t, psi["log_temp"], psi["y"])
+
+
+def outer_gradients(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array,
+                    labels_t: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+    """(L_out, g_t = ∂L_out/∂Δθ, direct = ∂L_out/∂ψ) at fixed Δθ, the same values as
+    ``jax.value_and_grad(outer_loss, argnums=(0, 1))`` but cheaper on the real batch.
+
+    On the real batch o_T = J_T Δθ is linear in Δθ and φ_T does not depend on ψ, so one
+    ``jax.linearize`` of the network at θ0 gives φ_T and o_T, and ∂L/∂Δθ through o_T is the
+    transposed linear map applied to ∂L/∂o_T: one ordinary backward pass instead of
+    differentiating through a jvp. The support set (a few images) keeps the plain autodiff path.
+    """
+    p0 = jax.lax.stop_gradient(theta0)
+    vec0 = linearize.trainable_vector(p0)
+    net_t = lambda vec: setup.apply(linearize.with_trainable(p0, vec), x_t)
+    (_, phi_t), f_jvp = jax.linearize(net_t, vec0)
+    o_t = f_jvp(d)[0]
+
+    def loss(dd, o_t, p):
+        x_s, y_s = support_set(setup, p)
+        phi_s, o_s = linearize.linear_forward(setup.apply, theta0, setup.tangents, dd, x_s)
+        y_hat = krr.predict(o_t, krr.linear_kernel(phi_t, phi_s),
+                            krr.linear_kernel(phi_s, phi_s), y_s, o_s, setup.res.l2)
+        return krr.outer_loss(y_hat, labels_t, p["log_temp"], p["y"])
+
+    value, (g_s, u_t, direct) = jax.value_and_grad(loss, argnums=(0, 1, 2))(d, o_t, psi)
+    (g_t,) = jax.linear_transpose(f_jvp, vec0)((u_t, jnp.zeros_like(phi_t)))
+    return value, g_s + g_t, direct
+
+
+def implicit_objective(setup: Setup, theta0: Any, d: jax.Array, v: jax.Array,
+                       psi: dict) -> jax.Array:
+    """−⟨v, ∇_Δθ L_in(Δθ*, ψ)⟩ as a function of ψ: its ψ-gradient is the implicit gradient.
+
+    o_S is linear in Δθ, so the directional derivative is a jvp of the small quadratic in
+    (o_S, ‖Δθ‖²) along (J v, 2⟨Δθ, v⟩); no second pass through the network is needed.
+    """
+    x_s, y_s = support_set(setup, psi)
+    phi, o_d = linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x_s)
+    o_v = linearize.linear_forward(setup.apply, theta0, setup.tangents, v, x_s)[1]
+    k_ss = krr.linear_kernel(phi, phi)
+    q = lambda o, s: krr.inner_loss(o, k_ss, y_s, setup.res.l2, s)
+    return -jax.jvp(q, (o_d, jnp.vdot(d, d)), (o_v, 2.0 * jnp.vdot(d, v)))[1]
+
+
+def meta_gradient(setup: Setup, theta0: Any, psi: dict, x_t: jax.Array, labels_t: jax.Array,
+                  inner_lr: jax.Array, hvp_lr: jax.Array) -> tuple[dict, dict]:
+    """Direct + (clipped) implicit gradient of L_out(Δθ*(ψ), ψ) with respect to ψ (§1.5)."""
+    x_s, y_s = support_set(setup, psi)
+    inner = InnerProblem(setup, theta0, x_s, y_s)
+    d, inner_losses = inner.solve(inner_lr)
+    d = jax.lax.stop_gradient(d)
+    loss, g_t, direct = outer_gradients(setup, theta0, d, psi, x_t, labels_t)
+    v, residuals = inner.inverse_hvp(d, g_t, hvp_lr)
+    v = jax.lax.stop_gradient(v)
+    implicit = jax.grad(lambda p: implicit_objective(setup, theta0, d, v, p))(psi)
+    if setup.cfg.clip_implicit:
+        implicit = jax.tree.map(_clip_to, implicit, direct)
+    implicit = jax.tree.map(jnp.nan_to_num, implicit)
+    grad = jax.tree.map(jnp.add, direct, implicit)
+    aux = {"outer_loss": loss, "inner_losses": inner_losses, "hvp_residuals": residuals,
+           "direct": direct, "implicit": implicit}
+    return grad, aux
+
+
+def _clip_to(i: jax.Array, d: jax.Array) -> jax.Array:
+    """i/‖i‖ · min(‖d‖, ‖i‖), per leaf (§1.5 step 4)."""
+    ni, nd = jnp.linalg.norm(i), jnp.linalg.norm(d)
+    return jnp.where(ni > 0, i * (jnp.minimum(ni, nd) / jnp.where(ni > 0, ni, 1.0)), i)
+
+
+def _train_pool_member(setup: Setup, params: Any, opt_state: Any, psi: dict,
+                       n_steps: jax.Array) -> tuple[Any, Any]:
+    """``n_steps`` (traced, ≤ pool_max_steps) Adam steps of ½‖f(S;θ) − Y_S‖²/(nC) on the
+    ordinary network (§1.7).
+
+    Written as pool_max_steps unrolled steps whose updates are masked after ``n_steps``: on
+    XLA:CPU a convolution inside a loop or conditional body runs several times slower than in
+    straight-line code (docs/benchmarks.md), which costs more than the masked steps.
+    """
+    x_s, y_s = support_set(setup, jax.lax.stop_gradient(psi))
+    opt = setup.pool_optimizer()
+
+    def loss(p):
+        out = setup.apply(p, x_s)[0]
+        return 0.5 * jnp.sum((out - y_s) ** 2) / y_s.size
+
+    carry = (params, opt_state)
+    for i in range(setup.cfg.pool_max_steps):
+        p, s = carry
+        upd, s_new = opt.update(jax.grad(loss)(p), s, p)
+        new = (optax.apply_updates(p, upd), s_new)
+        carry = jax.tree.map(lambda a, b: jnp.where(i < n_steps, a, b), new, carry)
+    return carry
+
+
+def _adapt(lr: jax.Array, monotone: jax.Array, failed: jax.Array, every: int) -> jax.Array:
+    """§1.9 online rule: ×0.9 if ≥29 % of runs failed, else ×1.05 if ≥70 % were monotone."""
+    return jnp.where(failed / every >= 0.29, lr * 0.9,
+                     jnp.where(monotone / every >= 0.7, lr * 1.05, lr))
+
+
+def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
+               y_train: jax.Array) -> tuple[DistillState, dict]:
+    """One full RCIG iteration. ``x_train`` [N,H,W,C] model space, ``y_train`` int [N]."""
+    cfg = setup.cfg
+    key = jax.random.fold_in(state.key, state.step)
+    k_pool, k_batch, k_m, k_reset = jax.random.split(key, 4)
+
+    k = jax.random.randint(k_pool, (), 0, cfg.pool_size)
+    theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
+    n_real = min(cfg.real_batch, x_train.shape[0])
+    idx = jax.random.choice(k_batch, x_train.shape[0], (n_real,), replace=False)
+    x_t, labels_t = x_train[idx], y_train[idx]
+
+    grad, aux = meta_gradient(setup, theta0, state.psi, x_t, labels_t, state.inner_lr,
+                              state.hvp_lr)
+    tx = setup.psi_optimizer()
+    updates, opt_state = tx.update(grad, state.opt_state, state.psi)
+    psi = optax.apply_updates(state.psi, updates)
+    psi_ema, ema_state = setup.ema().update(psi, state.ema_state)
+
+    # pool: train the visited model on the updated support set, re-initialise when it is old
+    m = jax.random.randint(k_m, (), 1, cfg.pool_max_steps + 1)
+    pool_opt_k = jax.tree.map(lambda s: s[k], state.pool_opt)
+    params_k, opt_k = _train_pool_member(setup, theta0, pool_opt_k, psi, m)
+    steps_k = state.pool_steps[k] + m
+    fresh_params, fresh_opt = init_pool_member(setup, k_reset)
+    reset = steps_k >= cfg.pool_reset
+    params_k = jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh_params, params_k)
+    opt_k = jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh_opt, opt_k)
+    steps_k = jnp.where(reset, 0, steps_k)
+    pool_params = jax.tree.map(lambda s, v: s.at[k].set(v), state.pool_params, params_k)
+    pool_opt = jax.tree.map(lambda s, v: s.at[k].set(v), state.pool_opt, opt_k)
+    pool_steps = state.pool_steps.at[k].set(steps_k)
+
+    # online learning-rate adaptation (skipped for the exact solver, which has none)
+    in_mono, in_fail = solvers.run_shape(aux["inner_losses"])
+    h_mono, h_fail = solvers.run_shape(aux["hvp_residuals"])
+    stats = state.lr_stats + jnp.stack([in_mono, in_fail, h_mono, h_fail]).astype(jnp.float32)
+    step = state.step + 1
+    adapt = jnp.logical_and(step % cfg.adapt_lr_every == 0, not setup.exact)
+    inner_lr = jnp.where(adapt, _adapt(state.inner_lr, stats[0], stats[1], cfg.adapt_lr_every),
+                         state.inner_lr)
+    hvp_lr = jnp.where(adapt, _adapt(state.hvp_lr, stats[2], stats[3], cfg.adapt_lr_every),
+                       state.hvp_lr)
+    stats = jnp.where(step % cfg.adapt_lr_every == 0, jnp.zeros_like(stats), stats)
+
+    new_state = state.replace(step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema,
+                              ema_state=ema_state, pool_params=pool_params, pool_opt=pool_opt,
+                              pool_steps=pool_steps, inner_lr=inner_lr, hvp_lr=hvp_lr,
+                              lr_stats=stats)
+    metrics = {"outer_loss": aux["outer_loss"], "inner_loss": aux["inner_losses"][-1],
+               "inner_loss_start": aux["inner_losses"][0],
+               "hvp_residual": aux["hvp_residuals"][-1], "inner_lr": state.inner_lr,
+               "hvp_lr": state.hvp_lr, "temperature": jnp.exp(psi["log_temp"]),
+               "pool_model": k, "pool_steps": m,
+               "direct_norm": optax.global_norm(aux["direct"]),
+               "implicit_norm": optax.global_norm(aux["implicit"])}
+    return new_state, metrics
+
+
+def make_step(setup: Setup) -> Callable[[DistillState, jax.Array, jax.Array],
+                                        tuple[DistillState, dict]]:
+    """The jitted outer step; data are arguments (never closed-over constants)."""
+    return jax.jit(lambda s, x, y: outer_step(setup, s, x, y))

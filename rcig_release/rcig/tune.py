@@ -1,0 +1,72 @@
+"""Initial search for the inner and HVP learning rates (rcig-algorithm §1.9).
+
+As the authors: starting from the configured rate, run the inner solve (then the HVP solve) on one
+pool model with the same data every trial; multiply the rate by 1.2 while the loss (residual)
+sequence decreases at every step, and by 0.7 at the first run that does not. A trial here is one
+inner (or HVP) solve on precomputed K_SS, J_S and outer gradient, not a whole outer iteration, so
+the search costs seconds, not the authors' half hour.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rcig_release.rcig import solvers
+from rcig_release.rcig.state import DistillState, Setup
+from rcig_release.rcig.step import InnerProblem, outer_loss, support_set
+
+
+def _search(run, lr: float, max_trials: int) -> tuple[float, int]:
+    for trial in range(1, max_trials + 1):
+        monotone, _ = solvers.run_shape(jnp.asarray(run(lr)))
+        if not bool(monotone):
+            return lr * 0.7, trial
+        lr *= 1.2
+    return lr, max_trials
+
+
+def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
+                        y_train: jax.Array) -> tuple[DistillState, dict]:
+    """Returns the state with tuned ``inner_lr``/``hvp_lr`` and a record of the search."""
+    cfg = setup.cfg
+    if setup.exact:
+        return state, {"skipped": "exact solver"}
+    key = jax.random.fold_in(state.key, 0x7FFFFFFF)
+    theta0 = jax.tree.map(lambda p: p[0], state.pool_params)
+    n_real = min(cfg.real_batch, x_train.shape[0])
+    idx = jax.random.choice(key, x_train.shape[0], (n_real,), replace=False)
+    x_t, labels_t = x_train[idx], y_train[idx]
+    x_s, y_s = support_set(setup, state.psi)
+
+    @jax.jit
+    def prepare(theta0, x_s, y_s):
+        p = InnerProblem(setup, theta0, x_s, y_s)
+        return p.k_ss, p.jac
+
+    k_ss, jac = prepare(theta0, x_s, y_s)
+    # every array is a jit argument (closing over them would make them compile-time constants)
+    @jax.jit
+    def inner_trial(theta0, x_s, y_s, k, j, lr):
+        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).solve(lr)
+
+    @jax.jit
+    def outer_grad(theta0, d, psi, x_t, labels_t):
+        return jax.grad(lambda dd: outer_loss(setup, theta0, dd, psi, x_t, labels_t))(d)
+
+    @jax.jit
+    def hvp_trial(theta0, x_s, y_s, k, j, d, g, lr):
+        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).inverse_hvp(d, g, lr)[1]
+
+    inner_lr, n_in = _search(
+        lambda lr: inner_trial(theta0, x_s, y_s, k_ss, jac, jnp.float32(lr))[1],
+        float(state.inner_lr), cfg.tune_max_trials)
+    d = inner_trial(theta0, x_s, y_s, k_ss, jac, jnp.float32(inner_lr))[0]
+    g = outer_grad(theta0, d, state.psi, x_t, labels_t)
+    hvp_lr, n_h = _search(
+        lambda lr: hvp_trial(theta0, x_s, y_s, k_ss, jac, d, g, jnp.float32(lr)),
+        float(state.hvp_lr), cfg.tune_max_trials)
+    state = state.replace(inner_lr=jnp.asarray(inner_lr, jnp.float32),
+                          hvp_lr=jnp.asarray(hvp_lr, jnp.float32))
+    return state, {"inner_lr": inner_lr, "inner_trials": n_in, "hvp_lr": hvp_lr,
+                   "hvp_trials": n_h}
