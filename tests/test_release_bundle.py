@@ -234,6 +234,16 @@ def test_private_data_fingerprint_and_data_option(tmp_path, clean_run, data):
     load = loader_for(data)
     release(clean_run, DEFAULT, tmp_path / "b", load_private=load, data="digits")
     assert load.calls == [("digits", 7)]
+    run_json = json.loads((clean_run / "run.json").read_text())
+    run_json["data"]["split_seed"] = None  # a source with its own split records no seed
+    (clean_run / "run.json").write_text(json.dumps(run_json))
+    load = loader_for(data)
+    with pytest.raises(InputError, match="already exists"):
+        release(clean_run, DEFAULT, tmp_path / "b", load_private=load)
+    from rcig_release.release.safety import load_private_train
+
+    load_private_train(run_json, loader=load)
+    assert load.calls == [(run_json["data"]["source"], 0)]
     small = private_data(shape=(4, 4, 1))
     small.fingerprint = FINGERPRINT
     with pytest.raises(InputError, match="not the data this run was distilled from"):

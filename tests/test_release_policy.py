@@ -196,6 +196,7 @@ def test_point_bound_and_unresolved_fail():
 
 
 def test_per_attack_override():
+    policy(**{"[limits.groups]": "[limits.attack.nearest_feature]\nmax_auc = 0.52\n[limits.groups]"})
     p = policy(**{"[limits.groups]": "[limits.attack.nearest]\nmax_auc = 0.52\n[limits.groups]"})
     d = evaluate_policy(RUN, EVAL, audit(), p)
     assert not d.rule("attack.nearest.auc").passed and d.rule("attack.nearest.auc").limit == 0.52

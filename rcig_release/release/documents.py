@@ -329,7 +329,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"<h1>{e(s.name)}: release report</h1>",
         f'<div class="verdict {verdict}"><b>{e(headline)}</b>: policy <code>{e(s.decision.policy_name)}</code>, '
         f"{len(s.decision.rules) - len(s.decision.failed)} of {len(s.decision.rules)} rules passed. "
-        f"Safety check: {'passed' if s.safety.passed else 'FAILED'} "
+        f"Safety check: {'passed' if s.safety.clean else ('ALLOWED by the policy' if s.safety.passed else 'FAILED')} "
         f"({s.safety.exact_copies} exact copies, {s.safety.within_threshold} within the threshold).</div>",
         override,
         ("<h3>Failed rules</h3>" + _h_table(rule_header, [_rule_row(r) for r in s.decision.failed], 3))

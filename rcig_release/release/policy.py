@@ -17,6 +17,9 @@ from rcig_release.errors import InputError
 from rcig_release.release.hashing import bytes_sha256
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
+# Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
+# variant of the release-direct attack.
+LIMITABLE_ATTACKS = ATTACK_NAMES + ("nearest_feature",)
 INIT_MODES = ("real", "noise")
 BOUNDS = ("ci_upper", "point")
 UNRESOLVED = ("pass", "fail")
@@ -188,7 +191,7 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
     attack_t = limits.sub("attack", optional=True)
     if attack_t is not None:
         for attack in list(attack_t.data):
-            if attack not in ATTACK_NAMES:
+            if attack not in LIMITABLE_ATTACKS:
                 raise InputError(f"policy {file}: unknown attack limits.attack.{attack}")
             sub = attack_t.sub(attack)
             per_attack[attack] = _metric_limits(sub, optional=True)

@@ -115,9 +115,11 @@ def load_private_train(run_json: dict, *, data: str | None = None,
     source = data if data is not None else info.get("source")
     if not isinstance(source, str) or not source:
         raise InputError("run.json: data.source missing; pass --data")
-    seed = info.get("split_seed", 0)
+    seed = info.get("split_seed")
+    if seed is None:  # a source with its own fixed split (e.g. an npz with x_test) records none
+        seed = 0
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise InputError("run.json: data.split_seed must be an integer")
+        raise InputError("run.json: data.split_seed must be an integer or null")
     dataset = (loader or default_loader)(source, seed)
     if getattr(dataset, "fingerprint", None) != info["fingerprint"]:
         raise InputError("the private data's fingerprint differs from run.json's: not the data this run was distilled from")
