@@ -58,10 +58,17 @@ def _moments(s: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return mean, dev.mean(axis=0), cnt
 
 
-def _variance(var: np.ndarray, cnt: np.ndarray, use_global: bool) -> np.ndarray:
+def _variance(var: np.ndarray, cnt: np.ndarray, use_global: bool, values: np.ndarray,
+              mask: np.ndarray) -> np.ndarray:
+    """Per-record variances, or their mean over the records with ≥ 2 shadows on that side. With
+    no such record (e.g. 2 shadows) the spread of all that side's values is used instead (the LiRA
+    reference's fixed variance, ``np.std`` over all records)."""
     if use_global:
         ok = cnt >= 2
-        g = float(var[ok].mean()) if ok.any() else float(var.mean())
+        if ok.any():
+            g = float(var[ok].mean())
+        else:
+            g = float(np.var(np.moveaxis(values, 1, -1)[mask]))
         return np.full_like(var, max(g, _VAR_FLOOR))
     return np.maximum(var, _VAR_FLOOR)
 
@@ -75,22 +82,23 @@ def lira_online(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
     use_global = s.shape[0] < GLOBAL_VARIANCE_BELOW if global_variance is None else global_variance
     mu_in, var_in, c_in = _moments(s, k)
     mu_out, var_out, c_out = _moments(s, ~k)
-    sd_in = np.sqrt(_variance(var_in, c_in, use_global))
-    sd_out = np.sqrt(_variance(var_out, c_out, use_global))
+    sd_in = np.sqrt(_variance(var_in, c_in, use_global, s, k))
+    sd_out = np.sqrt(_variance(var_out, c_out, use_global, s, ~k))
     ll = stats.norm.logpdf(t, mu_in, sd_in[None]) - stats.norm.logpdf(t, mu_out, sd_out[None])
     return ll.sum(axis=0)
 
 
 def lira_offline(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
                  global_variance: bool | None = None) -> np.ndarray:
-    """LiRA offline (Eq. 4, one-sided): log Pr[Z < x̄], Z ~ N(μ_out, σ_out²) fitted on the OUT
-    shadows, where x̄ is the statistic averaged over the A queries (for shadows too)."""
+    """LiRA offline (Eq. 4, one-sided): z = (x̄ − μ_out)/σ_out with μ_out, σ_out fitted on the OUT
+    shadows and x̄ the statistic averaged over the A queries (for shadows too). Pr[Z < x̄] = Φ(z)
+    is monotone in z, so z itself is returned: identical ranking, no saturation of Φ near 1."""
     t, s, k = _as_akn(target, shadow, keep)
     use_global = s.shape[0] < GLOBAL_VARIANCE_BELOW if global_variance is None else global_variance
     tm, sm = t.mean(axis=0, keepdims=True), s.mean(axis=1, keepdims=True)
     mu_out, var_out, c_out = _moments(sm, ~k)
-    sd = np.sqrt(_variance(var_out, c_out, use_global))
-    return stats.norm.logcdf((tm[0] - mu_out[0]) / sd)
+    sd = np.sqrt(_variance(var_out, c_out, use_global, sm, ~k))
+    return (tm[0] - mu_out[0]) / sd
 
 
 def _p_out(ref: np.ndarray, keep: np.ndarray, a: float) -> np.ndarray:
