@@ -14,7 +14,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rcig_release.cli.main import handle_errors
 from rcig_release.errors import InputError
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
@@ -68,6 +67,10 @@ def json_summary(audit: dict) -> dict:
 
 
 def register(app: typer.Typer) -> None:
+    # Imported here, not at module level: `python -m rcig_release.cli.main` would otherwise import
+    # main twice and find this module half-initialised.
+    from rcig_release.cli.main import handle_errors
+
     @app.command("audit")
     @handle_errors
     def audit(
