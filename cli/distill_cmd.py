@@ -1,7 +1,121 @@
-"""`rcig-distill distill` (placeholder until its issue lands)."""
+"""``rcig-release distill`` and ``rcig-release evaluate``: parse, call the library, render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from rcig_release.cli.main import handle_errors
+
+console = Console(stderr=True, highlight=False)
+
+
+def _default_preset() -> str:
+    import jax
+
+    return "cpu" if jax.default_backend() == "cpu" else "paper"
+
+
+def distill(
+    data: Annotated[str, typer.Option(help="digits (built in), mnist, fashion-mnist, cifar10, "
+                                           "a .npz file or an image folder")] = "digits",
+    out: Annotated[Optional[Path], typer.Option(help="run directory [default: runs/<data>-ipc<ipc>]")] = None,
+    ipc: Annotated[Optional[int], typer.Option(help="images per class")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="outer iterations (0: export the initialisation)")] = None,
+    init: Annotated[Optional[str], typer.Option(help="real (paper) or noise")] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    preset: Annotated[Optional[str], typer.Option(help="cpu (default without a GPU) or paper")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML file of DistillConfig values")] = None,
+    width: Annotated[Optional[int], typer.Option(help="ConvNet width")] = None,
+    real_batch: Annotated[Optional[int], typer.Option(help="real images per outer step")] = None,
+    zca: Annotated[Optional[bool], typer.Option("--zca/--no-zca", help="ZCA whitening [default: on for colour]")] = None,
+    resume: Annotated[bool, typer.Option(help="continue a killed or interrupted run in --out")] = False,
+    force: Annotated[bool, typer.Option(help="start over in a non-empty --out (it is kept as <out>.bak<k>)")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Distil the training split of DATA into a few synthetic images per class with RCIG."""
+    from rcig_release.config import load_toml, make_distill_config
+    from rcig_release.errors import InputError
+    from rcig_release.pipeline import default_out, distill_run, resume_config
+
+    if resume and force:
+        raise InputError("--resume and --force exclude each other")
+    if resume:
+        if out is None:
+            raise InputError("--resume needs --out RUN")
+        cfg, data = resume_config(out)
+    else:
+        file_values = load_toml(config) if config else None
+        cfg = make_distill_config(preset or _default_preset(), file_values, ipc=ipc, steps=steps,
+                                  init=init, seed=seed, width=width, real_batch=real_batch,
+                                  zca=zca)
+        out = out or default_out(data, cfg.ipc)
+
+    if quiet:
+        run = distill_run(out, data, cfg, resume=resume, force=force)
+    else:
+        columns = (TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   TextColumn("{task.fields[loss]}"))
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("distill", total=max(cfg.steps, 1), loss="")
+
+            def progress(step: int, total: int, last: dict) -> None:
+                loss = f"outer loss {last['outer_loss']:.4f}" if "outer_loss" in last else ""
+                bar.update(task, completed=step, loss=loss)
+
+            run = distill_run(out, data, cfg, resume=resume, force=force, progress=progress,
+                              status=lambda m: console.print(m))
+            bar.update(task, completed=max(cfg.steps, 1))
+    t = run["timings"]
+    console.print(f"[green]done[/]: {out} ({cfg.ipc * len(run['data']['classes'])} images, "
+                  f"{cfg.steps} steps, distillation {t['distill_seconds']:.1f} s)")
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory written by distill")],
+    models: Annotated[int, typer.Option(help="networks trained (vmapped)")] = 5,
+    arch: Annotated[str, typer.Option(help="convnet, mlp, resnet18, vgg11 or alexnet")] = "convnet",
+    augment: Annotated[bool, typer.Option(help="train with the paper's augmentation")] = False,
+    width: Annotated[Optional[int], typer.Option(help="network width [default: the run's]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps [default: 1000 for ≤10 images, else 2000]")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    data: Annotated[Optional[str], typer.Option(help="data source if not the run's own")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print eval.json to stdout")] = False,
+) -> None:
+    """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
+    from rcig_release.config import EvalConfig
+    from rcig_release.models import ARCHS as ARCHS_EVAL
+    from rcig_release.errors import InputError
+    from rcig_release.evaluate import evaluate_run
+
+    if arch not in ARCHS_EVAL:
+        raise InputError(f"--arch must be one of {', '.join(ARCHS_EVAL)} (got {arch!r})")
+    if models < 1:
+        raise InputError(f"--models must be at least 1 (got {models})")
+    cfg = EvalConfig(arch=arch, models=models, augment=augment, width=width, steps=steps,
+                     seed=seed)
+    with console.status(f"training {models} {arch} networks on {run} …"):
+        result = evaluate_run(run, cfg, data=data)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"Test accuracy of networks trained on {run}")
+    for col in ("arch", "width", "models", "steps", "augment", "accuracy"):
+        table.add_column(col, justify="right")
+    table.add_row(arch, str(result["width"]), str(result["models"]), str(result["steps"]),
+                  str(result["augment"]),
+                  f"{100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} %")
+    Console().print(table)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command()(handle_errors(distill))
+    app.command()(handle_errors(evaluate))

@@ -72,7 +72,8 @@ def _scalars(metrics: dict) -> dict[str, float]:
 def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes: int, *,
             checkpoint_dir: Path | None = None, resume: bool = False,
             on_log: Callable[[int, dict[str, float]], None] | None = None,
-            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> DistillResult:
+            progress: Callable[[int, int, dict[str, float]], None] | None = None,
+            on_state: Callable[[int, Any], None] | None = None) -> DistillResult:
     """Runs RCIG for ``cfg.steps`` outer iterations and returns the EMA distilled set.
 
     ``x_model``: float32 [N,H,W,C] preprocessed training images; ``y``: int labels in 0..C−1.
@@ -131,6 +132,8 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
                     on_log(t, last)
             if progress:
                 progress(t, cfg.steps, last)
+            if on_state:
+                on_state(t, state)
             if checkpoint_dir is not None and t % cfg.checkpoint_every == 0 and t < cfg.steps:
                 save()
     except KeyboardInterrupt:

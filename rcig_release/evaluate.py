@@ -25,7 +25,7 @@ def load_run_data(run: rundir.Run, data: str | None = None):
     source = data or info.get("source")
     if not source:
         raise InputError(f"{run.path / rundir.RUN_JSON} does not name its data source; pass --data")
-    ds = load_dataset(source, seed=int(info.get("split_seed", 0)))
+    ds = load_dataset(source, seed=int(info.get("split_seed") or 0))
     if info.get("fingerprint") and ds.fingerprint != info["fingerprint"]:
         raise InputError(f"data {source!r} is not the data this run was distilled from "
                          "(fingerprint differs)")

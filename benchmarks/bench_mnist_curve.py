@@ -1,0 +1,85 @@
+"""MNIST accuracy against distillation wall-clock time, with the product's own pieces.
+
+    python benchmarks/bench_mnist_curve.py --ipc 1 --minutes 30 --out /tmp/curve1
+
+Distils ../shared/data/mnist.npz (or --data) with the given preset, snapshots the EMA distilled
+set at the wall-clock marks (minutes, distillation time only: tuning and compile included), then
+evaluates every snapshot with the evaluate protocol (5 ConvNets) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from rcig_release.config import EvalConfig, make_distill_config, resolve
+from rcig_release.data import fit_preprocessor, load_dataset
+from rcig_release.distill import distill
+from rcig_release.train import evaluate_arrays
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"))
+    ap.add_argument("--ipc", type=int, default=1)
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--marks", default="2,5,10,15,20,25,30,40,50,60")
+    ap.add_argument("--steps", type=int, default=100000)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--real-batch", type=int)
+    ap.add_argument("--eval-width", type=int)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(a.data)
+    cfg = make_distill_config(a.preset, None, ipc=a.ipc, steps=a.steps, width=a.width,
+                              real_batch=a.real_batch)
+    res = resolve(cfg, ds.image_shape, ds.num_classes)
+    prep = fit_preprocessor(ds.x_train, zca=res.zca)
+    x = prep.transform(ds.x_train).astype(np.float32)
+    marks = [float(m) for m in a.marks.split(",") if float(m) <= a.minutes]
+    t0 = time.perf_counter()
+    snaps: list[dict] = []
+
+    def on_state(step, state):
+        elapsed = (time.perf_counter() - t0) / 60
+        if marks and elapsed >= marks[0]:
+            m = marks.pop(0)
+            ema = jax.device_get(state.psi_ema)
+            np.savez(a.out / f"snap_{m:g}.npz", x=ema["x"], y=ema["y"])
+            snaps.append({"minutes": m, "step": int(step), "elapsed": elapsed * 60})
+            print(f"snapshot at {elapsed:.1f} min, step {step}", flush=True)
+            if not marks:
+                raise KeyboardInterrupt  # time budget reached
+
+    try:
+        distill(cfg, x, ds.y_train, ds.num_classes, on_state=on_state)
+    except Exception as e:  # Interrupted is raised by the budget stop
+        print("stopped:", type(e).__name__)
+    x_test = prep.transform(ds.x_test).astype(np.float32)
+    rows = []
+    for s in snaps:
+        z = np.load(a.out / f"snap_{s['minutes']:g}.npz")
+        xs, ys = z["x"], z["y"]
+        if res.use_flip:
+            xs, ys = np.concatenate([xs, xs[:, :, ::-1]]), np.concatenate([ys, ys])
+        r = evaluate_arrays(xs, ys, x_test, ds.y_test, arch="convnet", num_classes=ds.num_classes,
+                            n_models=5, seed=0, width=a.eval_width or cfg.width,
+                            depth=res.depth)
+        rows.append({**s, "acc_mean": r["accuracy_mean"], "acc_std": r["accuracy_std"]})
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\nMNIST ipc={a.ipc} preset={a.preset} width={cfg.width} real_batch={cfg.real_batch}")
+    print(f"{'minutes':>8} {'step':>6} {'accuracy %':>14}")
+    for r in rows:
+        print(f"{r['minutes']:>8g} {r['step']:>6} {100*r['acc_mean']:>8.2f} ± {100*r['acc_std']:.2f}")
+    (a.out / "curve.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

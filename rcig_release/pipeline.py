@@ -1,0 +1,98 @@
+"""``distill_run``: data source → splits → preprocessing → distill → run directory.
+
+The one place that ties the library pieces into the run directory the audit and release read.
+The CLI calls it; so can a notebook. Nothing is written before every input has been checked.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from rcig_release import rundir
+from rcig_release.config import DistillConfig, resolve, to_dict
+from rcig_release.distill import DistillResult, check_ipc, distill
+from rcig_release.errors import InputError
+
+
+def default_out(data: str, ipc: int) -> Path:
+    name = Path(data).stem if data not in ("digits", "mnist", "fashion-mnist", "cifar10") else data
+    return Path("runs") / f"{name}-ipc{ipc}"
+
+
+def resume_config(out: Path) -> tuple[DistillConfig, str]:
+    """The configuration and data source a run was started with (from its ``run.json``)."""
+    import json
+
+    p = out / rundir.RUN_JSON
+    if not p.is_file():
+        raise InputError(f"--resume: {p} is missing")
+    try:
+        rj = json.loads(p.read_text(encoding="utf-8"))
+        return DistillConfig(**rj["config"]), rj["data"]["source"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"--resume: {p} is unreadable ({type(e).__name__})") from None
+
+
+def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = False,
+                force: bool = False,
+                progress: Callable[[int, int, dict[str, float]], None] | None = None,
+                status: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs one distillation into ``out`` and returns the final ``run.json`` content."""
+    from rcig_release.data import fit_preprocessor, load_dataset
+
+    say = status or (lambda _msg: None)
+    t0 = time.perf_counter()
+    ds = load_dataset(data, seed=0)
+    check_ipc(ds.y_train, cfg.ipc, ds.num_classes)
+    res = resolve(cfg, ds.image_shape, ds.num_classes)
+    rundir.prepare_out(out, resume=resume, force=force)
+
+    prep = fit_preprocessor(ds.x_train, zca=res.zca, zca_reg=cfg.zca_reg)
+    x_model = prep.transform(ds.x_train).astype(np.float32)
+    t_data = time.perf_counter() - t0
+    env = rundir.environment()
+    run_json: dict[str, Any] = {
+        "status": "running", "config": to_dict(cfg),
+        "resolved": {"depth": res.depth, "lambda": res.l2, "zca": res.zca,
+                     "use_flip": res.use_flip, "n_support": res.n_support},
+        "data": {"source": data, "fingerprint": ds.fingerprint, "split_seed": ds.split_seed,
+                 "n_train": int(ds.n_train), "n_test": int(ds.n_test),
+                 "image_shape": list(ds.image_shape), "classes": list(ds.classes)},
+        "seed": cfg.seed, **env}
+    if not resume:
+        rundir.write_json(out / rundir.RUN_JSON, run_json)
+    keep = rundir.checkpoint_step(out) if resume else None
+    log = rundir.MetricsLog(out / rundir.METRICS, keep_up_to=keep)
+    say(f"distilling {cfg.ipc * ds.num_classes} images from {ds.n_train} training images "
+        f"({data}, {'resuming at step ' + str(keep) if resume else 'new run'})")
+    t1 = time.perf_counter()
+    result: DistillResult = distill(cfg, x_model, ds.y_train, ds.num_classes,
+                                    checkpoint_dir=out / rundir.CHECKPOINTS, resume=resume,
+                                    on_log=log, progress=progress)
+    t_distill = time.perf_counter() - t1
+
+    images = np.clip(prep.inverse(result.images_model), 0.0, 1.0)
+    rundir.write_distilled(out, images=images, labels=result.labels, classes=ds.classes,
+                           images_model=result.images_model, log_temp=result.log_temp,
+                           init_indices=result.init_indices, prep_arrays=prep.to_arrays())
+    rundir.write_preview(out / rundir.PREVIEW, images, list(ds.classes), cfg.ipc)
+    run_json.update({
+        "status": "done",
+        "init": {"mode": cfg.init, "indices": result.init_indices.tolist(),
+                 "indices_refer_to": "the training split of data.source (data.split_seed)"},
+        "timings": {"data_seconds": t_data, "distill_seconds": t_distill,
+                    "tuning_seconds": result.info.get("tuning", {}).get("seconds"),
+                    "first_step_seconds": result.info.get("first_step_seconds"),
+                    "loop_seconds": result.info.get("loop_seconds")},
+        "tuning": result.info.get("tuning", {}),
+        "engine": {k: result.info[k] for k in ("materialized_jacobian", "tangent_params")
+                   if k in result.info},
+        "metrics": result.info.get("final", {}), "log_temp": result.log_temp})
+    if "resumed_from" in result.info:
+        run_json["resumed_from"] = result.info["resumed_from"]
+    rundir.write_json(out / rundir.RUN_JSON, run_json)
+    return run_json
