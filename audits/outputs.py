@@ -133,21 +133,28 @@ def plot_histograms(path: Path, scores: Mapping[str, np.ndarray], member: np.nda
     atomic_write_bytes(path, _png(fig))
 
 
-def write_private_gallery(gallery: Path, run_dir: Path, released: np.ndarray,
-                          x_train: np.ndarray, per_image: Mapping[str, Any], top: int = 16) -> int:
-    """The ``top`` released images closest to a private training record, each beside that record.
-    Refuses a directory inside the run directory or one that already has files."""
-    g, r = gallery.expanduser().resolve(), run_dir.resolve()
+def check_gallery(gallery: Path, run_dir: Path) -> Path:
+    """The resolved gallery path; InputError if inside the run directory or not empty."""
+    g, r = Path(gallery).expanduser().resolve(), Path(run_dir).resolve()
     if g == r or r in g.parents:
         raise InputError("--private-gallery must be outside the run directory")
     if g.exists() and (not g.is_dir() or any(g.iterdir())):
         raise InputError(f"--private-gallery {gallery} exists and is not empty")
+    return g
+
+
+def write_private_gallery(gallery: Path, run_dir: Path, released: np.ndarray,
+                          x_train: np.ndarray, per_image: Mapping[str, Any], top: int = 16) -> int:
+    """The ``top`` released images closest to a private training record, each beside that record.
+    Refuses a directory inside the run directory or one that already has files."""
+    g = check_gallery(gallery, run_dir)
     from PIL import Image
 
     d = np.asarray(per_image["nearest_train_l2"])
     idx = np.asarray(per_image["nearest_train_index"])
     order = np.argsort(d)[:top]
-    tmp = Path(tempfile.mkdtemp(dir=g.parent if g.parent.exists() else None, prefix=".gallery."))
+    g.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=g.parent, prefix=".gallery."))
     try:
         for rank, i in enumerate(order):
             pair = np.concatenate([released[i], x_train[idx[i]]], axis=1)
@@ -157,7 +164,6 @@ def write_private_gallery(gallery: Path, run_dir: Path, released: np.ndarray,
                 tmp / f"{rank:03d}_released{i}_train{idx[i]}.png")
         if g.exists():
             g.rmdir()
-        g.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, g)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -203,9 +203,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     ds_data = load_data(run, data)
     audit_dir = run.path / AUDIT_DIR
     if private_gallery is not None:  # check before any work
-        g, r = Path(private_gallery).expanduser().resolve(), run.path.resolve()
-        if g == r or r in g.parents:
-            raise InputError("--private-gallery must be outside the run directory")
+        outputs.check_gallery(Path(private_gallery), run.path)
     _prepare_dir(audit_dir, cfg, resume)
     say = progress or (lambda stage, done, total: None)
 

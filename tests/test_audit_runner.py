@@ -87,10 +87,12 @@ def test_runner_end_to_end_planted_leak(tmp_path):
     for f in ("roc.png", "histograms.png", "shadows/0.npz", "shadows/1.npz"):
         assert (audit / f).is_file()
     assert len(list(gallery.glob("*.png"))) == len(init)
-    # nothing in the audit directory stores images
-    for f in audit.rglob("*.npz"):
+    # nothing in the audit directory stores images: shadows keep logits, scores are 1-D
+    for f in audit.glob("shadows*/*.npz"):
         with np.load(f) as z:
-            assert all(z[k].ndim <= 4 and z[k].shape[-1:] != (1,) or k == "logits" for k in z.files)
+            assert set(z.files) == {"logits", "keep"} and z["logits"].shape[-1] == C
+    assert all(sc[k].ndim == 1 for k in sc.files)
+    assert not list(audit.rglob("*.png"))[2:]  # only roc.png and histograms.png
 
     # an existing audit is never overwritten; --resume reuses the shadows
     with pytest.raises(InputError, match="--resume"):
@@ -113,4 +115,9 @@ def test_runner_refuses_other_data_and_inner_gallery(tmp_path):
         run_audit(run, TINY, data=str(other))
     with pytest.raises(InputError, match="outside the run directory"):
         run_audit(run, TINY, private_gallery=run / "g")
-    assert not (run / "audit").exists()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not empty"):
+        run_audit(run, TINY, private_gallery=full)
+    assert not (run / "audit").exists() and (full / "x.txt").read_text() == "keep me"
