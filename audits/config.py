@@ -29,7 +29,7 @@ class AuditConfig:
     lr: float = 1e-4  # evaluate protocol
     warmup: int = 500  # evaluate protocol
     batch: int = 256  # evaluate protocol
-    shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: by memory
+    shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: 1 on CPU, else by memory
     copy_percentile: float = 1.0  # near-copy threshold: this percentile of train NN distances
 
     def replace(self, **changes: Any) -> "AuditConfig":

@@ -199,6 +199,11 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
             if not (resume and _valid(out_dir / f"{k}.npz", keep[k]))]
     per_set = int(np.prod(x_train.shape[1:])) * 4 * (
         len(x_train) if kind == "full" else cfg.ipc * num_classes)
+    if group is None and jax.default_backend() == "cpu":
+        # Measured (benchmarks/bench_audit.py): on XLA:CPU one vmapped call over 16 ConvNets was
+        # 2.8x slower than a loop (batched convolutions lower to slow grouped ones), so on a CPU
+        # each shadow's networks train in their own (still vmapped over models) call.
+        group = 1
     g = _group_size(len(todo), per_set, ds.n_models, group)
     done = n_shadows - len(todo)
     if progress:
