@@ -40,8 +40,9 @@ def tangent_space(params: Params) -> Tangents:
     vec, unravel = ravel_pytree(trainable)
 
     def to_tree(d: jax.Array) -> Params:
-        parts = unravel(d)
-        full = {k: (parts[k] if k in parts else jnp.zeros_like(v)) for k, v in flat.items()}
+        parts = unravel(d)  # (unravel casts to the template's dtype; follow d's instead)
+        full = {k: (parts[k].astype(d.dtype) if k in parts else jnp.zeros(v.shape, d.dtype))
+                for k, v in flat.items()}
         return traverse_util.unflatten_dict(full)
 
     return Tangents(size=int(vec.size), to_tree=to_tree)

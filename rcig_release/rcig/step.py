@@ -241,8 +241,8 @@ def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
                "hvp_residual": aux["hvp_residuals"][-1], "inner_lr": state.inner_lr,
                "hvp_lr": state.hvp_lr, "temperature": jnp.exp(psi["log_temp"]),
                "pool_model": k, "pool_steps": m,
-               "direct_norm": optax.global_norm(aux["direct"]),
-               "implicit_norm": optax.global_norm(aux["implicit"])}
+               "direct_norm": optax.tree.norm(aux["direct"]),
+               "implicit_norm": optax.tree.norm(aux["implicit"])}
     return new_state, metrics
 
 
