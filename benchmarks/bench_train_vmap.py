@@ -5,6 +5,8 @@ evaluate protocol's optimiser. Both variants are compiled (and warmed up) before
 table compares steady-state training time only. The vmapped run and the loop train the very same
 networks (model m gets key m in both), so the work is identical.
 
+Also times ``side_by_side="map"`` (lax.map over the models inside one jit).
+
 Usage: python benchmarks/bench_train_vmap.py [--k 1 5 10] [--n 10 100] [--steps 100]
 """
 
@@ -30,16 +32,16 @@ def _timed(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--k", type=int, nargs="+", default=[1, 5, 10])
-    ap.add_argument("--n", type=int, nargs="+", default=[10, 100])
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--k", type=int, nargs="+", default=[5])
+    ap.add_argument("--n", type=int, nargs="+", default=[10])
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--width", type=int, default=32)
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
     print(f"ConvNet width {args.width}, 28x28x1, {args.steps} steps, "
           f"{os.cpu_count()} CPUs, jax {jax.__version__}")
-    print(f"{'images':>6} {'K':>3} {'vmap s':>8} {'loop s':>8} {'loop/vmap':>9}")
+    print(f"{'images':>6} {'K':>3} {'vmap s':>8} {'lax.map s':>9} {'loop s':>8} {'loop/vmap':>9}")
     for n in args.n:
         x = rng.normal(size=(n, 28, 28, 1)).astype(np.float32)
         y = rng.normal(size=(n, 10)).astype(np.float32)
@@ -50,15 +52,21 @@ def main() -> None:
             def vmapped():
                 return train.train_models("convnet", x, y, n_models=k, key=keys, **kw)
 
+            def mapped():
+                return train.train_models("convnet", x, y, n_models=k, key=keys,
+                                          side_by_side="map", **kw)
+
             def loop():
                 return [train.train_models("convnet", x, y, n_models=1, key=keys[m:m + 1], **kw)
                         for m in range(k)]
 
             vmapped()  # compile
+            mapped()
             loop()
             tv = _timed(vmapped)
+            tm = _timed(mapped)
             tl = _timed(loop)
-            print(f"{n:>6} {k:>3} {tv:>8.2f} {tl:>8.2f} {tl / tv:>9.2f}", flush=True)
+            print(f"{n:>6} {k:>3} {tv:>8.2f} {tm:>9.2f} {tl:>8.2f} {tl / tv:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,7 @@ class _Spec:
     loss: str
     per_model: bool
     weighted: bool
+    side_by_side: str  # "vmap" or "map"
 
 
 @functools.lru_cache(maxsize=32)
@@ -149,8 +150,18 @@ def _build_run(spec: _Spec) -> tuple[Callable, Callable]:
         return params, opt_state, losses
 
     d = 0 if spec.per_model else None
-    run = jax.jit(jax.vmap(train_one, in_axes=(0, 0, 0, None, d, d, d)))
-    return jax.jit(jax.vmap(tx.init)), run
+    if spec.side_by_side == "vmap":
+        run = jax.vmap(train_one, in_axes=(0, 0, 0, None, d, d, d))
+    else:  # one model after another inside the same jit: no grouped convolutions
+        def run(params, opt_state, keys, step_ids, x, y, w):
+            def one(args):
+                p, o, k, xm, ym, wm = args
+                return train_one(p, o, k, step_ids, xm, ym, wm)
+
+            if spec.per_model:
+                return jax.lax.map(one, (params, opt_state, keys, x, y, w))
+            return jax.lax.map(lambda a: one((*a, x, y, w)), (params, opt_state, keys))
+    return jax.jit(jax.vmap(tx.init)), jax.jit(run)
 
 
 def _optimizer(spec: _Spec) -> optax.GradientTransformation:
@@ -209,7 +220,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
                  augment: bool = False, width: int = 128, depth: int | None = None,
                  loss: str = "mse", per_model_data: bool = False, softplus_temp: float = 0.0,
                  weights: Any = None, progress: Callable[[int, float], None] | None = None,
-                 chunk: int = 100) -> Params:
+                 chunk: int = 100, side_by_side: str = "vmap") -> Params:
     """Trains ``n_models`` fresh networks side by side (vmap over models, scan over steps).
 
     Args:
@@ -233,6 +244,10 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         are drawn only from examples with w > 0 (proportionally to w).
       progress: called as ``progress(steps_done, mean_loss)`` after each chunk of ``chunk`` steps.
       chunk: steps per jitted call when ``progress`` is given (otherwise one call does them all).
+      side_by_side: ``"vmap"`` (default; one batched program, the fast choice on GPU) or
+        ``"map"`` (``lax.map`` over models inside the same jit; on XLA:CPU a vmapped conv becomes
+        a grouped convolution, which is slower than running the models one after another —
+        see benchmarks/bench_train_vmap.py). Same results either way.
 
     Returns:
       Flax params with a leading axis of size M.
@@ -244,6 +259,8 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if side_by_side not in ("vmap", "map"):
+        raise InputError(f"side_by_side must be 'vmap' or 'map' (got {side_by_side!r})")
     if n_models < 1 or steps < 0 or batch < 1 or width < 1:
         raise InputError("n_models, batch and width must be positive and steps >= 0")
     x = np.asarray(x, dtype=np.float32)
@@ -273,7 +290,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
                  softplus_temp=float(softplus_temp), image_shape=image_shape, n=n, lr=float(lr),
                  warmup=int(warmup), steps=max(int(steps), 1), batch=int(batch),
                  augment=bool(augment), loss=loss, per_model=per_model_data,
-                 weighted=weights is not None)
+                 weighted=weights is not None, side_by_side=side_by_side)
     init = _build_init(arch, num_classes, width, spec.depth, spec.softplus_temp, image_shape)
     opt_init, run = _build_run(spec)
     size = steps if progress is None else max(1, min(chunk, steps))

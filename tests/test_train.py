@@ -104,6 +104,19 @@ def test_vmapped_equals_each_model_alone(arch):
     assert not np.allclose(np.asarray(k[0]), np.asarray(k[1]))
 
 
+def test_lax_map_mode_equals_vmap():
+    x, y = _blobs(2)
+    kw = dict(num_classes=C, n_models=2, key=jax.random.key(4), steps=5, lr=1e-3, warmup=1,
+              width=4, batch=4)
+    a = train.train_models("mlp", x, y, **kw)
+    b = train.train_models("mlp", x, y, side_by_side="map", **kw)
+    _tree_close(a, b, rtol=1e-5, atol=1e-6)
+    xs, ys = np.stack([x, x[::-1]]), np.stack([y, y[::-1]])
+    a = train.train_models("mlp", xs, ys, per_model_data=True, loss="ce", **kw)
+    b = train.train_models("mlp", xs, ys, per_model_data=True, loss="ce", side_by_side="map", **kw)
+    _tree_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_progress_gives_same_result():
     x, y = _blobs(2)
     kw = dict(num_classes=C, n_models=2, key=jax.random.key(0), steps=6, lr=1e-3, warmup=2,
