@@ -12,8 +12,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from rcig_release.cli.main import handle_errors
-
 console = Console(stderr=True, highlight=False)
 
 
@@ -117,5 +115,7 @@ def evaluate(
 
 
 def register(app: typer.Typer) -> None:
+    from rcig_release.cli.main import handle_errors  # here: main imports this module
+
     app.command()(handle_errors(distill))
     app.command()(handle_errors(evaluate))
