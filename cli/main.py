@@ -50,12 +50,18 @@ def _register() -> None:
         module.register(app)
 
 
-_register()
+if __name__ != "__main__":  # run as a script, the real module (imported below) registers
+    _register()
 
 
 def main() -> None:
+    from rcig_release.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
     app(prog_name="rcig-release")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    from rcig_release.cli.main import main as _main  # the importable module, commands registered
+
+    sys.exit(_main())

@@ -9,6 +9,7 @@ run resumed from a checkpoint continues bit-for-bit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -60,7 +61,11 @@ class Setup:
         return optax.adam(self.cfg.pool_lr)
 
 
+@functools.lru_cache(maxsize=8)
 def make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, int]) -> Setup:
+    """Cached: the same configuration and shapes give the same Setup object, so the jitted step
+    built from it (``step.make_step``) is compiled once per process, not once per ``distill``
+    call (the audit distils many times with one configuration)."""
     model = ConvNet(num_classes=res.num_classes, width=cfg.width, depth=res.depth,
                     softplus_temp=cfg.softplus_temp)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -246,6 +247,7 @@ def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
     return new_state, metrics
 
 
+@functools.lru_cache(maxsize=8)
 def make_step(setup: Setup) -> Callable[[DistillState, jax.Array, jax.Array],
                                         tuple[DistillState, dict]]:
     """The jitted outer step; data are arguments (never closed-over constants)."""

@@ -9,6 +9,8 @@ the search costs seconds, not the authors' half hour.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -26,6 +28,31 @@ def _search(run, lr: float, max_trials: int) -> tuple[float, int]:
     return lr, max_trials
 
 
+@functools.lru_cache(maxsize=8)
+def _trial_functions(setup: Setup):
+    """Jitted pieces of a trial, compiled once per setup. Every array is an argument (closing
+    over them would make them compile-time constants)."""
+
+    @jax.jit
+    def prepare(theta0, x_s, y_s):
+        p = InnerProblem(setup, theta0, x_s, y_s)
+        return p.k_ss, p.jac
+
+    @jax.jit
+    def inner_trial(theta0, x_s, y_s, k, j, lr):
+        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).solve(lr)
+
+    @jax.jit
+    def outer_grad(theta0, d, psi, x_t, labels_t):
+        return jax.grad(lambda dd: outer_loss(setup, theta0, dd, psi, x_t, labels_t))(d)
+
+    @jax.jit
+    def hvp_trial(theta0, x_s, y_s, k, j, d, g, lr):
+        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).inverse_hvp(d, g, lr)[1]
+
+    return prepare, inner_trial, outer_grad, hvp_trial
+
+
 def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
                         y_train: jax.Array) -> tuple[DistillState, dict]:
     """Returns the state with tuned ``inner_lr``/``hvp_lr`` and a record of the search."""
@@ -39,25 +66,8 @@ def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
     x_t, labels_t = x_train[idx], y_train[idx]
     x_s, y_s = support_set(setup, state.psi)
 
-    @jax.jit
-    def prepare(theta0, x_s, y_s):
-        p = InnerProblem(setup, theta0, x_s, y_s)
-        return p.k_ss, p.jac
-
+    prepare, inner_trial, outer_grad, hvp_trial = _trial_functions(setup)
     k_ss, jac = prepare(theta0, x_s, y_s)
-    # every array is a jit argument (closing over them would make them compile-time constants)
-    @jax.jit
-    def inner_trial(theta0, x_s, y_s, k, j, lr):
-        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).solve(lr)
-
-    @jax.jit
-    def outer_grad(theta0, d, psi, x_t, labels_t):
-        return jax.grad(lambda dd: outer_loss(setup, theta0, dd, psi, x_t, labels_t))(d)
-
-    @jax.jit
-    def hvp_trial(theta0, x_s, y_s, k, j, d, g, lr):
-        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).inverse_hvp(d, g, lr)[1]
-
     inner_lr, n_in = _search(
         lambda lr: inner_trial(theta0, x_s, y_s, k_ss, jac, jnp.float32(lr))[1],
         float(state.inner_lr), cfg.tune_max_trials)
