@@ -43,6 +43,17 @@ Params = Any
 LOSSES = ("mse", "ce")
 
 
+# Steps unrolled per scan iteration: on XLA:CPU a convolution inside a loop body runs several
+# times slower than in straight-line code (docs/benchmarks.md), so a few steps are unrolled.
+SCAN_UNROLL: int | None = None  # None: 10 on CPU, 1 (a plain scan) on accelerators
+
+
+def _unroll() -> int:
+    if SCAN_UNROLL is not None:
+        return SCAN_UNROLL
+    return 10 if jax.default_backend() == "cpu" else 1
+
+
 def lr_schedule(lr: float, warmup: int, steps: int) -> optax.Schedule:
     """Linear warm-up 0 → ``lr`` over ``warmup`` steps, then cosine to ``lr``·0.01 at ``steps``.
 
@@ -146,7 +157,8 @@ def _build_run(spec: _Spec) -> tuple[Callable, Callable]:
             p, o, loss = step_one(p, o, jax.random.fold_in(key, i), x, y, w)
             return (p, o), loss
 
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), step_ids)
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), step_ids,
+                                                   unroll=_unroll())
         return params, opt_state, losses
 
     d = 0 if spec.per_model else None
@@ -294,6 +306,8 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
     init = _build_init(arch, num_classes, width, spec.depth, spec.softplus_temp, image_shape)
     opt_init, run = _build_run(spec)
     size = steps if progress is None else max(1, min(chunk, steps))
+    if _unroll() > 1:  # straight-line chunks (XLA:CPU: convolutions in loop bodies are slow)
+        size = min(size, _unroll())
     with _rng_context():
         keys = model_keys(key, n_models)
         pairs = jax.vmap(jax.random.split)(keys)
