@@ -63,18 +63,18 @@ def distill(
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                    TextColumn("{task.fields[loss]}"))
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("distill", total=max(cfg.steps, 1), loss="")
+            task = bar.add_task("distill", total=None, loss="")
 
             def progress(step: int, total: int, last: dict) -> None:
                 loss = f"outer loss {last['outer_loss']:.4f}" if "outer_loss" in last else ""
-                bar.update(task, completed=step, loss=loss)
+                bar.update(task, completed=step, total=total, loss=loss)
 
             run = distill_run(out, data, cfg, resume=resume, force=force, progress=progress,
                               status=lambda m: console.print(m))
-            bar.update(task, completed=max(cfg.steps, 1))
+            bar.update(task, completed=run["config"]["steps"], total=max(run["config"]["steps"], 1))
     t = run["timings"]
     console.print(f"[green]done[/]: {out} ({cfg.ipc * len(run['data']['classes'])} images, "
-                  f"{cfg.steps} steps, distillation {t['distill_seconds']:.1f} s)")
+                  f"{run['config']['steps']} steps, distillation {t['distill_seconds']:.1f} s)")
 
 
 def evaluate(

@@ -20,7 +20,7 @@ class DistillConfig:
     """RCIG hyperparameters. Field comments give the reason for each default."""
 
     ipc: int = 1  # images per class in the distilled set
-    steps: int = 1000  # outer iterations (the paper's runs use 5,000-15,000 on a GPU)
+    steps: int | None = None  # outer iterations; None: the preset's rule (default_steps)
     init: str = "real"  # "real": random real training images per class (paper); "noise": 0.3*N(0,1)
     seed: int = 0
     # network (rcig-algorithm §1.2)
@@ -85,7 +85,7 @@ class EvalConfig:
 # targets on a 2-core CPU.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(width=128, real_batch=1024, steps=10000),
-    "cpu": dict(width=32, real_batch=256, steps=300, pool_size=10),
+    "cpu": dict(width=32, real_batch=256, pool_size=10),  # steps: default_steps()
 }
 
 
@@ -127,7 +127,7 @@ def make_distill_config(preset: str = "cpu", file_values: dict[str, Any] | None 
 def validate_distill_config(cfg: DistillConfig) -> None:
     if cfg.ipc < 1:
         raise InputError(f"--ipc must be at least 1 (got {cfg.ipc})")
-    if cfg.steps < 0:
+    if cfg.steps is not None and cfg.steps < 0:
         raise InputError(f"--steps must be >= 0 (got {cfg.steps})")
     if cfg.init not in ("real", "noise"):
         raise InputError(f"--init must be 'real' or 'noise' (got {cfg.init!r})")
@@ -135,6 +135,20 @@ def validate_distill_config(cfg: DistillConfig) -> None:
         raise InputError(f"inner_solver must be 'adam' or 'exact' (got {cfg.inner_solver!r})")
     if cfg.width < 1 or cfg.real_batch < 1 or cfg.pool_size < 1:
         raise InputError("width, real_batch and pool_size must be positive")
+
+
+def default_steps(n_train: int) -> int:
+    """Outer steps when neither the preset nor the user gives a number (the cpu preset).
+
+    Chosen by benchmark on the 2-core CPU (docs/benchmarks.md): 1,000 steps (about 27 minutes at
+    MNIST 1 ipc, width 32, real batch 256) for real-sized data; 200 for small sets such as the
+    built-in digits (1,437 training images), whose distillation has converged by then.
+    """
+    return 1000 if n_train >= 10000 else 200
+
+
+def with_default_steps(cfg: "DistillConfig", n_train: int) -> "DistillConfig":
+    return cfg if cfg.steps is not None else cfg.replace(steps=default_steps(n_train))
 
 
 def depth_for_size(size: int) -> int:
