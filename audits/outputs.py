@@ -13,21 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from rcig_release.checkpoint import atomic_write_bytes  # noqa: F401  (re-exported)
 from rcig_release.errors import InputError
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(o: Any) -> Any:

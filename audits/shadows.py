@@ -22,12 +22,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from rcig_release.checkpoint import atomic_write_bytes
 
 KINDS = ("release", "naive", "full")
 _GROUP_BYTES = 512 * 2**20  # cap on the stacked training sets of one vmapped call
@@ -165,16 +165,7 @@ def _feature_fn(arch: str, num_classes: int, width: int, depth: int) -> Callable
 def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _group_size(n_shadows: int, per_set_bytes: int, n_models: int, requested: int | None) -> int:
