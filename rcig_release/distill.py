@@ -119,10 +119,11 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     step_fn = make_step(setup)
     t_start, first = time.perf_counter(), None
     last: dict[str, float] = {}
+    t = int(state.step)  # counted on the host: no device sync per step except to log
     try:
-        while int(state.step) < cfg.steps:
+        while t < cfg.steps:
             state, metrics = step_fn(state, x_dev, y_dev)
-            t = int(state.step)
+            t += 1
             if first is None:
                 jax.block_until_ready(state)
                 first = time.perf_counter() - t_start
@@ -139,7 +140,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
                 save()
     except KeyboardInterrupt:
         save()
-        raise Interrupted(f"interrupted at step {int(state.step)}; checkpoint written, "
+        raise Interrupted(f"interrupted at step {t}; checkpoint written, "
                           "continue with --resume") from None
     save()
     info.update({"first_step_seconds": first, "loop_seconds": time.perf_counter() - t_start,
