@@ -13,36 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from rcig_release.checkpoint import atomic_write_bytes  # noqa: F401  (re-exported)
+from rcig_release.checkpoint import atomic_write_bytes, write_json  # noqa: F401  (re-exported)
 from rcig_release.errors import InputError
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return None if not np.isfinite(o) else float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _finite(o: Any) -> Any:
-    """JSON has no inf/nan: they become null."""
-    if isinstance(o, float):
-        return o if np.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
-
-
-def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flax import serialization
 
 from rcig_release.errors import InputError
@@ -64,3 +65,31 @@ def load(directory: Path, template: Any) -> tuple[Any, dict[str, Any]]:
         return serialization.from_bytes(template, data), meta
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise InputError(f"checkpoint in {directory} is unreadable: {e}") from None
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _finite(o: Any) -> Any:
+    """JSON has no inf/nan: they become null."""
+    if isinstance(o, float):
+        return o if np.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))

@@ -19,6 +19,7 @@ import numpy as np
 
 from rcig_release import checkpoint
 from rcig_release.config import DistillConfig, resolve, to_dict, with_default_steps
+from rcig_release.data import check_ipc
 from rcig_release.errors import InputError, RcigReleaseError
 from rcig_release.rcig.state import init_state, make_setup
 from rcig_release.rcig.step import make_step
@@ -38,16 +39,6 @@ class Interrupted(RcigReleaseError):
     """Ctrl-C during distillation; the state was checkpointed first."""
 
     exit_code = 130
-
-
-def check_ipc(y: np.ndarray, ipc: int, num_classes: int) -> None:
-    if ipc < 1:
-        raise InputError(f"--ipc must be at least 1 (got {ipc})")
-    counts = np.bincount(y, minlength=num_classes)
-    short = [c for c in range(num_classes) if counts[c] < ipc]
-    if short:
-        raise InputError(f"class index {short[0]} has {counts[short[0]]} training image(s), "
-                         f"fewer than --ipc {ipc}")
 
 
 def initial_set(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray,

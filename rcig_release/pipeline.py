@@ -14,7 +14,8 @@ import numpy as np
 
 from rcig_release import rundir
 from rcig_release.config import DistillConfig, resolve, to_dict, with_default_steps
-from rcig_release.distill import DistillResult, check_ipc, distill
+from rcig_release.data import check_ipc
+from rcig_release.distill import DistillResult, distill
 from rcig_release.errors import InputError
 
 

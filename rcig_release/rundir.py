@@ -89,22 +89,7 @@ def write_distilled(out: Path, *, images: np.ndarray, labels: np.ndarray, classe
     checkpoint.atomic_write_bytes(out / DISTILLED, _npz_bytes(arrays))
 
 
-def write_json(path: Path, obj: Any) -> None:
-    checkpoint.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable)
-                                 + "\n")
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
+write_json = checkpoint.write_json  # atomic, sorted keys, NaN/inf as null
 
 def environment() -> dict[str, Any]:
     import flax
