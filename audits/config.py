@@ -30,6 +30,7 @@ class AuditConfig:
     warmup: int = 500  # evaluate protocol
     batch: int = 256  # evaluate protocol
     shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: 1 on CPU, else by memory
+    shadow_lrs: str = "run"  # "run": shadows start from the run's tuned inner/HVP lrs (no re-tuning); "tune": each shadow tunes as the run did
     copy_percentile: float = 1.0  # near-copy threshold: this percentile of train NN distances
 
     def replace(self, **changes: Any) -> "AuditConfig":
@@ -50,6 +51,8 @@ def validate(cfg: AuditConfig) -> None:
     bad = [b for b in cfg.baselines if b not in BASELINES]
     if bad:
         raise InputError(f"unknown baseline {bad[0]}; choose from {', '.join(BASELINES)}")
+    if cfg.shadow_lrs not in ("run", "tune"):
+        raise InputError(f"shadow_lrs must be 'run' or 'tune' (got {cfg.shadow_lrs!r})")
     if cfg.rmia_a is not None and not 0.0 <= cfg.rmia_a <= 1.0:
         raise InputError("rmia_a must lie in [0, 1]")
 

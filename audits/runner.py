@@ -181,6 +181,18 @@ def _evaluate(scores: dict[str, np.ndarray], member: np.ndarray,
     return out
 
 
+def shadow_config(run: Any, cfg: AuditConfig) -> Any:
+    """The ``DistillConfig`` the release shadows run. With ``shadow_lrs="run"`` and a run that
+    tuned its learning rates, the shadows start from the run's tuned inner/HVP rates instead of
+    re-tuning (the online adaptation still runs): the tuning is a hyperparameter search the
+    adversary can replicate once, and skipping it saves its cost in every shadow."""
+    tuned = run.run_json.get("tuning") or {}
+    if cfg.shadow_lrs != "run" or not run.config.tune_lr or "inner_lr" not in tuned:
+        return run.config
+    return run.config.replace(tune_lr=False, inner_lr=float(tuned["inner_lr"]),
+                              hvp_lr=float(tuned["hvp_lr"]))
+
+
 def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: Any = None,
               resume: bool = False, private_gallery: str | Path | None = None,
               progress: Progress | None = None) -> dict[str, Any]:
@@ -255,7 +267,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         if "nearest" in cfg.attacks else None
     timings["targets"] = time.perf_counter() - t
     t = time.perf_counter()
-    sl = shadows.run_shadows("release", cfg=run.config, out_dir=audit_dir / "shadows", **common)
+    sl = shadows.run_shadows("release", cfg=shadow_config(run, cfg), out_dir=audit_dir / "shadows", **common)
     timings["shadows"] = time.perf_counter() - t
     pipelines["release"] = dict(tl=tl, sl=sl, near=near, targets=tinfo, init=run_init)
 

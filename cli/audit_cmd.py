@@ -90,6 +90,8 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Audit seed (records, keep matrix, shadows).")] = 0,
         width: Annotated[Optional[int], typer.Option(help="Downstream network width (default: the run's).")] = None,
         train_steps: Annotated[Optional[int], typer.Option(help="Downstream training steps (default: evaluate protocol).")] = None,
+        shadow_lrs: Annotated[str, typer.Option(
+            help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes.")] = "run",
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
@@ -98,7 +100,8 @@ def register(app: typer.Typer) -> None:
         chosen = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ATTACK_NAMES
         base = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
         cfg = AuditConfig(shadows=shadows, targets=targets, records=records, attacks=chosen,
-                          baselines=base, seed=seed, width=width, train_steps=train_steps)
+                          baselines=base, seed=seed, width=width, train_steps=train_steps,
+                          shadow_lrs=shadow_lrs)
         console = Console(stderr=True)
         progress = None
         if not quiet and not json_out:

@@ -121,3 +121,20 @@ def test_runner_refuses_other_data_and_inner_gallery(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         run_audit(run, TINY, private_gallery=full)
     assert not (run / "audit").exists() and (full / "x.txt").read_text() == "keep me"
+
+
+def test_shadow_config_reuses_the_runs_tuned_learning_rates():
+    from types import SimpleNamespace
+
+    from rcig_release.audits.runner import shadow_config
+    from rcig_release.config import DistillConfig
+
+    tuned = SimpleNamespace(config=DistillConfig(tune_lr=True),
+                            run_json={"tuning": {"inner_lr": 2e-3, "hvp_lr": 4.5}})
+    c = shadow_config(tuned, AuditConfig())
+    assert (c.tune_lr, c.inner_lr, c.hvp_lr) == (False, 2e-3, 4.5)
+    assert c.replace(tune_lr=True, inner_lr=tuned.config.inner_lr,
+                     hvp_lr=tuned.config.hvp_lr) == tuned.config  # nothing else changes
+    assert shadow_config(tuned, AuditConfig(shadow_lrs="tune")) == tuned.config
+    untuned = SimpleNamespace(config=DistillConfig(tune_lr=False), run_json={"tuning": {}})
+    assert shadow_config(untuned, AuditConfig()) == untuned.config
