@@ -143,13 +143,22 @@ def logits_on(params: Any, ds: Downstream, queries_model: np.ndarray, num_classe
 def features_on(params: Any, ds: Downstream, x_model: np.ndarray, num_classes: int,
                 batch: int = 1000) -> np.ndarray:
     """Penultimate features ``[M, N, F]`` of every network (for the feature-space nearest attack)."""
+    import jax
+
     from rcig_release.config import depth_for_size
 
     depth = ds.depth or depth_for_size(max(x_model.shape[1:3]))
     fn = _feature_fn(ds.arch, num_classes, ds.width, depth)
+    from rcig_release.train import resolve_side_by_side
+
     x = np.asarray(x_model, np.float32)
-    return np.concatenate([np.asarray(fn(params, x[s:s + batch]))
-                           for s in range(0, len(x), batch)], axis=1)
+    m = jax.tree.leaves(params)[0].shape[0]
+    # XLA:CPU: one model per call (a vmapped convolution is a slow grouped one), as train.predict
+    groups = ([slice(i, i + 1) for i in range(m)] if resolve_side_by_side("auto") == "loop"
+              else [slice(0, m)])
+    return np.concatenate([
+        np.concatenate([np.asarray(fn(jax.tree.map(lambda a, g=g: a[g], params), x[s:s + batch]))
+                        for g in groups]) for s in range(0, len(x), batch)], axis=1)
 
 
 @functools.lru_cache(maxsize=8)

@@ -232,7 +232,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
                  augment: bool = False, width: int = 128, depth: int | None = None,
                  loss: str = "mse", per_model_data: bool = False, softplus_temp: float = 0.0,
                  weights: Any = None, progress: Callable[[int, float], None] | None = None,
-                 chunk: int = 100, side_by_side: str = "vmap") -> Params:
+                 chunk: int = 100, side_by_side: str = "auto") -> Params:
     """Trains ``n_models`` fresh networks side by side (vmap over models, scan over steps).
 
     Args:
@@ -256,10 +256,13 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         are drawn only from examples with w > 0 (proportionally to w).
       progress: called as ``progress(steps_done, mean_loss)`` after each chunk of ``chunk`` steps.
       chunk: steps per jitted call when ``progress`` is given (otherwise one call does them all).
-      side_by_side: ``"vmap"`` (default; one batched program, the fast choice on GPU) or
-        ``"map"`` (``lax.map`` over models inside the same jit; on XLA:CPU a vmapped conv becomes
-        a grouped convolution, which is slower than running the models one after another —
-        see benchmarks/bench_train_vmap.py). Same results either way.
+      side_by_side: ``"vmap"`` (one batched program, the fast choice on an accelerator),
+        ``"loop"`` (the same compiled one-model program called for each model in turn; the
+        fast choice on XLA:CPU, where a vmapped convolution becomes a grouped convolution that
+        runs several times slower than the models one after another, docs/benchmarks.md),
+        ``"map"`` (``lax.map`` over models inside one jit) or ``"auto"`` (default: ``"loop"``
+        on CPU, else ``"vmap"``). Model m's result does not depend on the choice (same keys,
+        same steps; equal up to float reassociation).
 
     Returns:
       Flax params with a leading axis of size M.
@@ -271,8 +274,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    if side_by_side not in ("vmap", "map"):
-        raise InputError(f"side_by_side must be 'vmap' or 'map' (got {side_by_side!r})")
+    side_by_side = resolve_side_by_side(side_by_side)
     if n_models < 1 or steps < 0 or batch < 1 or width < 1:
         raise InputError("n_models, batch and width must be positive and steps >= 0")
     x = np.asarray(x, dtype=np.float32)
@@ -302,7 +304,8 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
                  softplus_temp=float(softplus_temp), image_shape=image_shape, n=n, lr=float(lr),
                  warmup=int(warmup), steps=max(int(steps), 1), batch=int(batch),
                  augment=bool(augment), loss=loss, per_model=per_model_data,
-                 weighted=weights is not None, side_by_side=side_by_side)
+                 weighted=weights is not None,
+                 side_by_side="map" if side_by_side == "map" else "vmap")
     init = _build_init(arch, num_classes, width, spec.depth, spec.softplus_temp, image_shape)
     opt_init, run = _build_run(spec)
     size = steps if progress is None else max(1, min(chunk, steps))
@@ -316,15 +319,41 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
             return params
         opt_state = opt_init(params)
         train_keys = pairs[:, 1]
+        # "loop": one group per model (the vmapped program at M = 1); otherwise one group of M
+        groups = ([slice(m, m + 1) for m in range(n_models)] if side_by_side == "loop"
+                  else [slice(0, n_models)])
+        states = [(_take(params, g), _take(opt_state, g)) for g in groups]
         done = 0
         while done < steps:
             c = min(size, steps - done)
             ids = jnp.arange(done, done + c, dtype=jnp.int32)
-            params, opt_state, losses = run(params, opt_state, train_keys, ids, x, y, w)
+            last = []
+            for i, g in enumerate(groups):
+                data = (x[g], y[g], w[g]) if per_model_data else (x, y, w)
+                p, o, losses = run(*states[i], train_keys[g], ids, *data)
+                states[i] = (p, o)
+                last.append(losses[:, -1])
             done += c
             if progress is not None:
-                progress(done, float(jnp.mean(losses[:, -1])))
-    return params
+                progress(done, float(jnp.mean(jnp.concatenate(last))))
+    return _concat([st[0] for st in states])
+
+
+def resolve_side_by_side(side_by_side: str) -> str:
+    """``"auto"`` → ``"loop"`` on XLA:CPU, ``"vmap"`` elsewhere; checks the name."""
+    if side_by_side not in ("auto", "vmap", "loop", "map"):
+        raise InputError(f"side_by_side must be auto, vmap, loop or map (got {side_by_side!r})")
+    if side_by_side == "auto":
+        return "loop" if jax.default_backend() == "cpu" else "vmap"
+    return side_by_side
+
+
+def _take(tree: Any, g: slice) -> Any:
+    return jax.tree.map(lambda a: a[g], tree)
+
+
+def _concat(trees: list[Any]) -> Any:
+    return trees[0] if len(trees) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
 
 
 @functools.lru_cache(maxsize=32)
@@ -336,7 +365,8 @@ def _build_predict(arch: str, num_classes: int, width: int, depth: int | None,
 
 
 def predict(arch: str, params: Params, x: Any, *, num_classes: int, width: int,
-            depth: int | None = None, batch: int = 1000, softplus_temp: float = 0.0) -> np.ndarray:
+            depth: int | None = None, batch: int = 1000, softplus_temp: float = 0.0,
+            side_by_side: str = "auto") -> np.ndarray:
     """Logits of every model on every image.
 
     Args:
@@ -351,15 +381,18 @@ def predict(arch: str, params: Params, x: Any, *, num_classes: int, width: int,
         raise InputError(f"images must have shape [N,H,W,C] (got {x.ndim} dimensions)")
     fn = _build_predict(arch, num_classes, width, _resolve_depth(arch, depth, x.shape[1:]),
                         float(softplus_temp))
-    n = x.shape[0]
+    n, m = x.shape[0], jax.tree.leaves(params)[0].shape[0]
     size = max(1, min(batch, n))
+    groups = ([slice(i, i + 1) for i in range(m)]
+              if resolve_side_by_side(side_by_side) == "loop" else [slice(0, m)])
     outs = []
     for start in range(0, n, size):
         xb = x[start:start + size]
         pad = size - xb.shape[0]
         if pad:
             xb = np.concatenate([xb, np.zeros((pad, *x.shape[1:]), np.float32)])
-        outs.append(np.asarray(fn(params, xb))[:, :size - pad])
+        outs.append(np.concatenate([np.asarray(fn(_take(params, g), xb)) for g in groups]
+                                   )[:, :size - pad])
     return np.concatenate(outs, axis=1)
 
 

@@ -104,17 +104,28 @@ def test_vmapped_equals_each_model_alone(arch):
     assert not np.allclose(np.asarray(k[0]), np.asarray(k[1]))
 
 
-def test_lax_map_mode_equals_vmap():
+@pytest.mark.parametrize("mode", ["map", "loop"])
+def test_side_by_side_modes_equal_vmap(mode):
     x, y = _blobs(2)
     kw = dict(num_classes=C, n_models=2, key=jax.random.key(4), steps=5, lr=1e-3, warmup=1,
               width=4, batch=4)
-    a = train.train_models("mlp", x, y, **kw)
-    b = train.train_models("mlp", x, y, side_by_side="map", **kw)
+    a = train.train_models("mlp", x, y, side_by_side="vmap", **kw)
+    b = train.train_models("mlp", x, y, side_by_side=mode, **kw)
     _tree_close(a, b, rtol=1e-5, atol=1e-6)
     xs, ys = np.stack([x, x[::-1]]), np.stack([y, y[::-1]])
-    a = train.train_models("mlp", xs, ys, per_model_data=True, loss="ce", **kw)
-    b = train.train_models("mlp", xs, ys, per_model_data=True, loss="ce", side_by_side="map", **kw)
+    a = train.train_models("mlp", xs, ys, per_model_data=True, loss="ce", side_by_side="vmap", **kw)
+    b = train.train_models("mlp", xs, ys, per_model_data=True, loss="ce", side_by_side=mode, **kw)
     _tree_close(a, b, rtol=1e-5, atol=1e-6)
+    q = np.asarray(x[:3])
+    np.testing.assert_allclose(
+        train.predict("mlp", a, q, num_classes=C, width=4, side_by_side="vmap"),
+        train.predict("mlp", a, q, num_classes=C, width=4, side_by_side=mode if mode == "loop" else "vmap"),
+        rtol=1e-5, atol=1e-6)
+
+
+def test_side_by_side_rejects_unknown_mode():
+    with pytest.raises(InputError, match="side_by_side"):
+        train.resolve_side_by_side("threads")
 
 
 def test_chunked_progress_gives_same_result():
