@@ -5,7 +5,8 @@ evaluate protocol's optimiser. Both variants are compiled (and warmed up) before
 table compares steady-state training time only. The vmapped run and the loop train the very same
 networks (model m gets key m in both), so the work is identical.
 
-Also times ``side_by_side="map"`` (lax.map over the models inside one jit).
+Also times ``side_by_side="map"`` (lax.map over the models inside one jit). ``side_by_side="loop"``
+(the CPU default) is the Python-loop column: one compiled one-model program called per model.
 
 Usage: python benchmarks/bench_train_vmap.py [--k 1 5 10] [--n 10 100] [--steps 100]
 """
@@ -50,15 +51,16 @@ def main() -> None:
             keys = jax.random.split(jax.random.key(0), k)
 
             def vmapped():
-                return train.train_models("convnet", x, y, n_models=k, key=keys, **kw)
+                return train.train_models("convnet", x, y, n_models=k, key=keys,
+                                          side_by_side="vmap", **kw)
 
             def mapped():
                 return train.train_models("convnet", x, y, n_models=k, key=keys,
                                           side_by_side="map", **kw)
 
             def loop():
-                return [train.train_models("convnet", x, y, n_models=1, key=keys[m:m + 1], **kw)
-                        for m in range(k)]
+                return train.train_models("convnet", x, y, n_models=k, key=keys,
+                                          side_by_side="loop", **kw)
 
             vmapped()  # compile
             mapped()

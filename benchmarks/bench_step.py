@@ -1,0 +1,119 @@
+"""Seconds per outer step, peak memory and FLOPs of one RCIG step on MNIST, per preset and ipc.
+
+    python benchmarks/bench_step.py --ipc 1 10 50 --preset cpu paper --steps 4 --timeout 900
+
+Each (preset, ipc) runs in its own process (so peak memory is that configuration's alone): it
+loads MNIST, builds the preset's configuration with the learning-rate search off, compiles one
+outer step (XLA's cost analysis gives its FLOPs), runs ``--steps`` steps through the product's
+``distill`` and times them with a device sync after each. The first step (compile) is reported
+apart; "s/step" is the median of the others. FLOPs/s is set against this CPU's float32 matmul
+rate measured in the same process (2048³), which is the practical hardware limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"
+
+
+def _matmul_rate() -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((2048, 2048), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(5):
+        f(a).block_until_ready()
+    return 5 * 2 * 2048**3 / (time.perf_counter() - t)
+
+
+def child(data: str, preset: str, ipc: int, steps: int) -> dict:
+    import resource
+
+    import jax
+    import numpy as np
+
+    from rcig_release.config import make_distill_config, resolve
+    from rcig_release.data import fit_preprocessor, load_dataset
+    from rcig_release.distill import distill, initial_set
+    from rcig_release.rcig.state import init_state, make_setup
+    from rcig_release.rcig.step import make_step
+
+    ds = load_dataset(data)
+    cfg = make_distill_config(preset, None, ipc=ipc, steps=steps, tune_lr=False)
+    res = resolve(cfg, ds.image_shape, ds.num_classes)
+    x = fit_preprocessor(ds.x_train, zca=res.zca).transform(ds.x_train).astype(np.float32)
+    setup = make_setup(cfg, res, tuple(x.shape[1:]))
+    x0, y0, _ = initial_set(cfg, x, ds.y_train, ds.num_classes)
+    state = init_state(setup, x0, y0, jax.random.PRNGKey(0))
+    cost = make_step(setup).lower(state, x, np.asarray(ds.y_train, np.int32)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan")))
+    times: list[float] = []
+    t = [time.perf_counter()]
+
+    def on_state(step, st):
+        jax.block_until_ready(st)
+        now = time.perf_counter()
+        times.append(now - t[0])
+        t[0] = now
+
+    distill(cfg, x, ds.y_train, ds.num_classes, on_state=on_state)
+    rate = _matmul_rate()
+    rest = sorted(times[1:])
+    s = rest[len(rest) // 2] if rest else float("nan")
+    return {"preset": preset, "ipc": ipc, "width": cfg.width, "real_batch": cfg.real_batch,
+            "materialized_jacobian": bool(setup.materialize_jacobian),
+            "first_step_s": times[0], "s_per_step": s, "steps_timed": len(rest),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / s / 1e9,
+            "matmul_gflops": rate / 1e9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--preset", nargs="+", default=["cpu", "paper"])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(child(a.data, a.child[0], int(a.child[1]), int(a.child[2]))))
+        return
+    rows = []
+    for preset in a.preset:
+        for ipc in a.ipc:
+            cmd = [sys.executable, __file__, "--data", a.data, "--child", preset, str(ipc),
+                   str(a.steps)]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+                last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+                row = json.loads(last) if out.returncode == 0 else {
+                    "preset": preset, "ipc": ipc, "error": out.stderr.strip().splitlines()[-1]}
+            except subprocess.TimeoutExpired:
+                row = {"preset": preset, "ipc": ipc, "error": f"over {a.timeout:g} s"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{'preset':>6} {'ipc':>4} {'first s':>8} {'s/step':>8} {'peak GB':>8} "
+          f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'matmul GFLOP/s':>14}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['preset']:>6} {r['ipc']:>4}  {r['error']}")
+            continue
+        print(f"{r['preset']:>6} {r['ipc']:>4} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
+              f"{r['peak_rss_gb']:>8.2f} {r['gflop_per_step']:>10.1f} {r['achieved_gflops']:>8.1f} "
+              f"{r['matmul_gflops']:>14.0f}")
+
+
+if __name__ == "__main__":
+    main()
