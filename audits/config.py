@@ -29,6 +29,7 @@ class AuditConfig:
     lr: float = 1e-4  # evaluate protocol
     warmup: int = 500  # evaluate protocol
     batch: int = 256  # evaluate protocol
+    full_models: int = 1  # networks per full-data baseline pipeline (a released model is one network; LiRA's setup)
     shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: 1 on CPU, else by memory
     shadow_lrs: str = "run"  # "run": shadows start from the run's tuned inner/HVP lrs (no re-tuning); "tune": each shadow tunes as the run did
     copy_percentile: float = 1.0  # near-copy threshold: this percentile of train NN distances
@@ -42,6 +43,8 @@ def validate(cfg: AuditConfig) -> None:
         raise InputError(f"--shadows must be an even number >= 2 (got {cfg.shadows})")
     if cfg.targets < 1:
         raise InputError(f"--targets must be at least 1 (got {cfg.targets})")
+    if cfg.full_models < 1:
+        raise InputError(f"full_models must be at least 1 (got {cfg.full_models})")
     if cfg.records < 2:
         raise InputError(f"--records must be at least 2 (got {cfg.records})")
     unknown = [a for a in cfg.attacks if a not in ATTACKS]

@@ -9,6 +9,7 @@ except into an explicit ``private_gallery`` outside the run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -285,10 +286,12 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         timings["baseline_naive"] = time.perf_counter() - t
     if "full_data" in cfg.baselines:
         t = time.perf_counter()
-        p3, tl3, ti3 = _target((prep.transform(x_tr), y_tr), prep, "ce", down, q_pix, x_te, y_te,
-                               C, jax.random.fold_in(base_key, 3), cfg.mirror)
+        # a released model is one network: full_models per target set and per shadow
+        down_full = dataclasses.replace(down, n_models=cfg.full_models)
+        p3, tl3, ti3 = _target((prep.transform(x_tr), y_tr), prep, "ce", down_full, q_pix, x_te,
+                               y_te, C, jax.random.fold_in(base_key, 3), cfg.mirror)
         sl3 = shadows.run_shadows("full", cfg=run.config, out_dir=audit_dir / "shadows_full",
-                                  **common)
+                                  **{**common, "ds": down_full})
         pipelines["full_data"] = dict(tl=tl3, sl=sl3, near=None, targets=ti3,
                                       init=np.zeros(0, np.int64))
         timings["baseline_full_data"] = time.perf_counter() - t
