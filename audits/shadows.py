@@ -149,16 +149,14 @@ def features_on(params: Any, ds: Downstream, x_model: np.ndarray, num_classes: i
 
     depth = ds.depth or depth_for_size(max(x_model.shape[1:3]))
     fn = _feature_fn(ds.arch, num_classes, ds.width, depth)
-    from rcig_release.train import resolve_side_by_side
+    from rcig_release.train import model_groups, take_models
 
     x = np.asarray(x_model, np.float32)
-    m = jax.tree.leaves(params)[0].shape[0]
     # XLA:CPU: one model per call (a vmapped convolution is a slow grouped one), as train.predict
-    groups = ([slice(i, i + 1) for i in range(m)] if resolve_side_by_side("auto") == "loop"
-              else [slice(0, m)])
+    groups = model_groups(jax.tree.leaves(params)[0].shape[0], "auto")
     return np.concatenate([
-        np.concatenate([np.asarray(fn(jax.tree.map(lambda a, g=g: a[g], params), x[s:s + batch]))
-                        for g in groups]) for s in range(0, len(x), batch)], axis=1)
+        np.concatenate([np.asarray(fn(take_models(params, g), x[s:s + batch])) for g in groups])
+        for s in range(0, len(x), batch)], axis=1)
 
 
 @functools.lru_cache(maxsize=8)

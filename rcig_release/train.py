@@ -319,10 +319,8 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
             return params
         opt_state = opt_init(params)
         train_keys = pairs[:, 1]
-        # "loop": one group per model (the vmapped program at M = 1); otherwise one group of M
-        groups = ([slice(m, m + 1) for m in range(n_models)] if side_by_side == "loop"
-                  else [slice(0, n_models)])
-        states = [(_take(params, g), _take(opt_state, g)) for g in groups]
+        groups = model_groups(n_models, side_by_side)
+        states = [(take_models(params, g), take_models(opt_state, g)) for g in groups]
         done = 0
         while done < steps:
             c = min(size, steps - done)
@@ -348,7 +346,16 @@ def resolve_side_by_side(side_by_side: str) -> str:
     return side_by_side
 
 
-def _take(tree: Any, g: slice) -> Any:
+def model_groups(n_models: int, side_by_side: str) -> list[slice]:
+    """The model slices run per call: one per model for ``"loop"`` (the batched program at
+    M = 1), else one slice of all M."""
+    if resolve_side_by_side(side_by_side) == "loop":
+        return [slice(m, m + 1) for m in range(n_models)]
+    return [slice(0, n_models)]
+
+
+def take_models(tree: Any, g: slice) -> Any:
+    """The models ``g`` of stacked params (leading axis M)."""
     return jax.tree.map(lambda a: a[g], tree)
 
 
@@ -383,15 +390,14 @@ def predict(arch: str, params: Params, x: Any, *, num_classes: int, width: int,
                         float(softplus_temp))
     n, m = x.shape[0], jax.tree.leaves(params)[0].shape[0]
     size = max(1, min(batch, n))
-    groups = ([slice(i, i + 1) for i in range(m)]
-              if resolve_side_by_side(side_by_side) == "loop" else [slice(0, m)])
+    groups = model_groups(m, side_by_side)
     outs = []
     for start in range(0, n, size):
         xb = x[start:start + size]
         pad = size - xb.shape[0]
         if pad:
             xb = np.concatenate([xb, np.zeros((pad, *x.shape[1:]), np.float32)])
-        outs.append(np.concatenate([np.asarray(fn(_take(params, g), xb)) for g in groups]
+        outs.append(np.concatenate([np.asarray(fn(take_models(params, g), xb)) for g in groups]
                                    )[:, :size - pad])
     return np.concatenate(outs, axis=1)
 
