@@ -1,9 +1,10 @@
 """Atomic checkpoints of a pytree with flax.serialization (msgpack) plus a JSON meta file.
 
 Both files are written to a temporary name in the same directory and moved into place with
-``os.replace``, so a run killed at any instant leaves either the previous checkpoint or the new
-one, never a torn file. The meta file is written last and names the state file's sha256, so a
-state file from another checkpoint is never paired with the wrong meta.
+``os.replace``, so no file is ever torn. The state file is named by its content hash
+(``state-<sha256[:16]>.msgpack``) and the meta file, written last, names it: a run killed between
+the two writes leaves the previous meta pointing at the previous state file, which is deleted only
+after the new meta is in place. So the pair on disk is always one consistent checkpoint.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flax import serialization
 
 from rcig_release.errors import InputError
 
-STATE = "state.msgpack"
+STATE = "state.msgpack"  # the single state file of checkpoints written before content naming
 META = "meta.json"
 
 
@@ -44,13 +45,18 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save(directory: Path, state: Any, meta: dict[str, Any]) -> None:
     data = serialization.to_bytes(state)
-    atomic_write_bytes(directory / STATE, data)
-    meta = {**meta, "state_sha256": hashlib.sha256(data).hexdigest()}
+    sha = hashlib.sha256(data).hexdigest()
+    name = f"state-{sha[:16]}.msgpack"
+    atomic_write_bytes(directory / name, data)
+    meta = {**meta, "state_sha256": sha, "state_file": name}
     atomic_write_text(directory / META, json.dumps(meta, indent=1, sort_keys=True))
+    for old in [directory / STATE, *directory.glob("state-*.msgpack")]:
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def exists(directory: Path) -> bool:
-    return (directory / STATE).is_file() and (directory / META).is_file()
+    return (directory / META).is_file()
 
 
 def load(directory: Path, template: Any) -> tuple[Any, dict[str, Any]]:
@@ -59,10 +65,13 @@ def load(directory: Path, template: Any) -> tuple[Any, dict[str, Any]]:
         raise InputError(f"no checkpoint to resume from in {directory}")
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
-        data = (directory / STATE).read_bytes()
+        name = Path(str(meta.get("state_file", STATE))).name  # a bare name inside directory
+        data = (directory / name).read_bytes()
         if hashlib.sha256(data).hexdigest() != meta.get("state_sha256"):
             raise ValueError("state file does not match its meta file")
         return serialization.from_bytes(template, data), meta
+    except FileNotFoundError:
+        raise InputError(f"checkpoint in {directory} is unreadable: its state file is missing") from None
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise InputError(f"checkpoint in {directory} is unreadable: {e}") from None
 
