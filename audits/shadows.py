@@ -109,7 +109,7 @@ def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, nu
     pytree (leading axis M) per set."""
     import jax
 
-    from rcig_release.train import default_steps, train_models
+    from rcig_release.train import default_steps, take_models, train_models
 
     m = ds.n_models
     if ds.flip and loss == "mse":
@@ -126,7 +126,7 @@ def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, nu
     all_keys = jax.numpy.concatenate([jax.random.split(k, m) for k in keys])
     params = train_models(ds.arch, x, y, n_models=len(sets) * m, key=all_keys,
                           per_model_data=True, **kw)
-    return [jax.tree.map(lambda a, g=g: a[g * m:(g + 1) * m], params) for g in range(len(sets))]
+    return [take_models(params, slice(g * m, (g + 1) * m)) for g in range(len(sets))]
 
 
 def logits_on(params: Any, ds: Downstream, queries_model: np.ndarray, num_classes: int

@@ -321,14 +321,17 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         train_keys = pairs[:, 1]
         groups = model_groups(n_models, side_by_side)
         states = [(take_models(params, g), take_models(opt_state, g)) for g in groups]
+        # data on the device once, not re-sent with every chunk and model
+        xd, yd, wd = jnp.asarray(x), jnp.asarray(y), jnp.asarray(w)
+        inputs = [(train_keys[g], *((xd[g], yd[g], wd[g]) if per_model_data else (xd, yd, wd)))
+                  for g in groups]
         done = 0
         while done < steps:
             c = min(size, steps - done)
             ids = jnp.arange(done, done + c, dtype=jnp.int32)
             last = []
-            for i, g in enumerate(groups):
-                data = (x[g], y[g], w[g]) if per_model_data else (x, y, w)
-                p, o, losses = run(*states[i], train_keys[g], ids, *data)
+            for i, (keys_g, *data) in enumerate(inputs):
+                p, o, losses = run(*states[i], keys_g, ids, *data)
                 states[i] = (p, o)
                 last.append(losses[:, -1])
             done += c
