@@ -119,7 +119,11 @@ def _target(support: tuple[np.ndarray, np.ndarray], prep: Any, loss: str, ds: sh
                           num_classes)
     test = shadows.logits_on(params, ds, prep.transform(x_test)[None], num_classes)[:, 0]
     acc = np.mean(np.argmax(test, -1) == np.asarray(y_test)[None], axis=-1)
-    return params, z, {"n_models": int(ds.n_models), "test_accuracy_mean": float(acc.mean()),
+    from rcig_release.train import default_steps
+
+    steps = ds.steps if ds.steps is not None else default_steps(len(support[0]))
+    return params, z, {"n_models": int(ds.n_models), "train_steps": int(steps), "lr": float(ds.lr),
+                       "test_accuracy_mean": float(acc.mean()),
                        "test_accuracy_std": float(acc.std()), "n_train_images": int(len(support[0]))}
 
 
@@ -286,8 +290,10 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         timings["baseline_naive"] = time.perf_counter() - t
     if "full_data" in cfg.baselines:
         t = time.perf_counter()
-        # a released model is one network: full_models per target set and per shadow
-        down_full = dataclasses.replace(down, n_models=cfg.full_models)
+        # a released model is one network: full_models per target set and per shadow, trained
+        # with the ordinary supervised recipe (full_steps/full_lr), not the distilled-set protocol
+        down_full = dataclasses.replace(down, n_models=cfg.full_models, steps=cfg.full_steps,
+                                        lr=cfg.full_lr, warmup=cfg.full_warmup)
         p3, tl3, ti3 = _target((prep.transform(x_tr), y_tr), prep, "ce", down_full, q_pix, x_te,
                                y_te, C, jax.random.fold_in(base_key, 3), cfg.mirror)
         sl3 = shadows.run_shadows("full", cfg=run.config, out_dir=audit_dir / "shadows_full",

@@ -153,7 +153,7 @@ def features_on(params: Any, ds: Downstream, x_model: np.ndarray, num_classes: i
 
     x = np.asarray(x_model, np.float32)
     # XLA:CPU: one model per call (a vmapped convolution is a slow grouped one), as train.predict
-    groups = model_groups(jax.tree.leaves(params)[0].shape[0], "auto")
+    groups = model_groups(jax.tree.leaves(params)[0].shape[0], "auto", x.shape[1:])
     return np.concatenate([
         np.concatenate([np.asarray(fn(take_models(params, g), x[s:s + batch])) for g in groups])
         for s in range(0, len(x), batch)], axis=1)

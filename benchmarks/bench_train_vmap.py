@@ -1,6 +1,6 @@
 """K networks trained side by side with jax.vmap against a Python loop over the same networks.
 
-ConvNet width 32 (depth 3), MNIST-sized 28×28×1 random data, MSE on random soft labels, the
+ConvNet width 32 (depth 3), MNIST-sized 28×28×1 (or ``--size``) random data, MSE on random soft labels, the
 evaluate protocol's optimiser. Both variants are compiled (and warmed up) before timing, so the
 table compares steady-state training time only. The vmapped run and the loop train the very same
 networks (model m gets key m in both), so the work is identical.
@@ -8,7 +8,7 @@ networks (model m gets key m in both), so the work is identical.
 Also times ``side_by_side="map"`` (lax.map over the models inside one jit). ``side_by_side="loop"``
 (the CPU default) is the Python-loop column: one compiled one-model program called per model.
 
-Usage: python benchmarks/bench_train_vmap.py [--k 1 5 10] [--n 10 100] [--steps 100]
+Usage: python benchmarks/bench_train_vmap.py [--k 1 5 10] [--n 10 100] [--steps 100] [--size 8]
 """
 
 from __future__ import annotations
@@ -37,14 +37,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[10])
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--size", type=int, default=28, help="image side (8: the built-in digits)")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    print(f"ConvNet width {args.width}, 28x28x1, {args.steps} steps, "
+    print(f"ConvNet width {args.width}, {args.size}x{args.size}x1, {args.steps} steps, "
           f"{os.cpu_count()} CPUs, jax {jax.__version__}")
     print(f"{'images':>6} {'K':>3} {'vmap s':>8} {'lax.map s':>9} {'loop s':>8} {'loop/vmap':>9}")
     for n in args.n:
-        x = rng.normal(size=(n, 28, 28, 1)).astype(np.float32)
+        x = rng.normal(size=(n, args.size, args.size, 1)).astype(np.float32)
         y = rng.normal(size=(n, 10)).astype(np.float32)
         kw = dict(num_classes=10, steps=args.steps, width=args.width, lr=1e-4, warmup=50)
         for k in args.k:

@@ -90,6 +90,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Audit seed (records, keep matrix, shadows).")] = 0,
         width: Annotated[Optional[int], typer.Option(help="Downstream network width (default: the run's).")] = None,
         train_steps: Annotated[Optional[int], typer.Option(help="Downstream training steps (default: evaluate protocol).")] = None,
+        full_steps: Annotated[int, typer.Option(help="Training steps of the full-data baseline's network.")] = 300,
         shadow_lrs: Annotated[str, typer.Option(
             help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes.")] = "run",
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -101,7 +102,7 @@ def register(app: typer.Typer) -> None:
         base = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
         cfg = AuditConfig(shadows=shadows, targets=targets, records=records, attacks=chosen,
                           baselines=base, seed=seed, width=width, train_steps=train_steps,
-                          shadow_lrs=shadow_lrs)
+                          full_steps=full_steps, shadow_lrs=shadow_lrs)
         console = Console(stderr=True)
         progress = None
         if not quiet and not json_out:

@@ -261,7 +261,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         fast choice on XLA:CPU, where a vmapped convolution becomes a grouped convolution that
         runs several times slower than the models one after another, docs/benchmarks.md),
         ``"map"`` (``lax.map`` over models inside one jit) or ``"auto"`` (default: ``"loop"``
-        on CPU, else ``"vmap"``). Model m's result does not depend on the choice (same keys,
+        on CPU except for images of at most 16×16 pixels, else ``"vmap"``). Model m's result does not depend on the choice (same keys,
         same steps; equal up to float reassociation).
 
     Returns:
@@ -274,7 +274,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    side_by_side = resolve_side_by_side(side_by_side)
+    resolve_side_by_side(side_by_side)  # check the name early
     if n_models < 1 or steps < 0 or batch < 1 or width < 1:
         raise InputError("n_models, batch and width must be positive and steps >= 0")
     x = np.asarray(x, dtype=np.float32)
@@ -299,6 +299,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         if np.any(w.sum(axis=-1) <= 0):
             raise InputError("every model needs at least one example with positive weight")
     image_shape = tuple(int(s) for s in x.shape[lead:])
+    side_by_side = resolve_side_by_side(side_by_side, image_shape)
     spec = _Spec(arch=arch, num_classes=num_classes, width=width,
                  depth=_resolve_depth(arch, depth, image_shape),
                  softplus_temp=float(softplus_temp), image_shape=image_shape, n=n, lr=float(lr),
@@ -340,19 +341,31 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
     return _concat([st[0] for st in states])
 
 
-def resolve_side_by_side(side_by_side: str) -> str:
-    """``"auto"`` → ``"loop"`` on XLA:CPU, ``"vmap"`` elsewhere; checks the name."""
+# XLA:CPU, "auto": one call per network above this many pixels per image, vmap at or below it.
+# Measured (benchmarks/bench_train_vmap.py, docs/benchmarks.md): at 28×28 a loop over 5 ConvNets
+# beat vmap 2.4× (a vmapped convolution is a slow grouped one); at 8×8 (digits) vmap beat the loop
+# 1.36× on 10 images (per-call overhead dominates such small convolutions).
+CPU_VMAP_MAX_PIXELS = 16 * 16
+
+
+def resolve_side_by_side(side_by_side: str, image_shape: tuple[int, ...] | None = None) -> str:
+    """``"auto"`` → ``"vmap"`` off CPU; on XLA:CPU ``"loop"``, or ``"vmap"`` for images of at
+    most :data:`CPU_VMAP_MAX_PIXELS` pixels (``image_shape`` = (H, W, ...)). Checks the name."""
     if side_by_side not in ("auto", "vmap", "loop", "map"):
         raise InputError(f"side_by_side must be auto, vmap, loop or map (got {side_by_side!r})")
     if side_by_side == "auto":
-        return "loop" if jax.default_backend() == "cpu" else "vmap"
+        if jax.default_backend() != "cpu":
+            return "vmap"
+        small = image_shape is not None and image_shape[0] * image_shape[1] <= CPU_VMAP_MAX_PIXELS
+        return "vmap" if small else "loop"
     return side_by_side
 
 
-def model_groups(n_models: int, side_by_side: str) -> list[slice]:
+def model_groups(n_models: int, side_by_side: str,
+                 image_shape: tuple[int, ...] | None = None) -> list[slice]:
     """The model slices run per call: one per model for ``"loop"`` (the batched program at
     M = 1), else one slice of all M."""
-    if resolve_side_by_side(side_by_side) == "loop":
+    if resolve_side_by_side(side_by_side, image_shape) == "loop":
         return [slice(m, m + 1) for m in range(n_models)]
     return [slice(0, n_models)]
 
@@ -393,7 +406,7 @@ def predict(arch: str, params: Params, x: Any, *, num_classes: int, width: int,
                         float(softplus_temp))
     n, m = x.shape[0], jax.tree.leaves(params)[0].shape[0]
     size = max(1, min(batch, n))
-    groups = model_groups(m, side_by_side)
+    groups = model_groups(m, side_by_side, x.shape[1:])
     outs = []
     for start in range(0, n, size):
         xb = x[start:start + size]

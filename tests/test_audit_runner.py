@@ -48,7 +48,7 @@ def _make_run(tmp_path, *, init="real"):
 
 # mlp and one shadow per vmapped call: the fewest distinct compiles (the targets' shapes).
 TINY = AuditConfig(shadows=2, targets=2, records=200, population=200, train_steps=30, warmup=5,
-                   batch=64, arch="mlp", shadow_group=1)
+                   full_steps=30, full_warmup=5, batch=64, arch="mlp", shadow_group=1)
 
 
 @pytest.mark.slow  # ~60 s on the shared 2-core machine (mostly XLA compiles)
@@ -71,6 +71,10 @@ def test_runner_end_to_end_planted_leak(tmp_path):
         assert a["tpr_at_fpr"]["0.01"] is not None and len(a["tpr_at_fpr_ci"]["0.01"]) == 2
         assert a["epsilon_lower_bound"] >= 0 and "init" in a["groups"]
     assert set(out["baselines"]) == {"naive", "full_data"}
+    # the full-data model trains with its own recipe, the release's networks with the protocol
+    full_t = out["baselines"]["full_data"]["targets"]
+    assert (full_t["train_steps"], full_t["lr"], full_t["n_models"]) == (30, 2e-3, 1)
+    assert (out["targets"]["train_steps"], out["targets"]["lr"]) == (30, 1e-4)
     assert out["n_shadows"] == 2 and out["config"]["shadows"] == 2
     # planted leak: every released image is an init image -> all flagged; init records found
     cc = out["copy_check"]

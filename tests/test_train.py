@@ -123,6 +123,16 @@ def test_side_by_side_modes_equal_vmap(mode):
         rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU rule")
+def test_auto_side_by_side_on_cpu_by_image_size():
+    assert train.resolve_side_by_side("auto", (8, 8, 1)) == "vmap"  # digits: per-call overhead
+    assert train.resolve_side_by_side("auto", (16, 16, 3)) == "vmap"
+    assert train.resolve_side_by_side("auto", (28, 28, 1)) == "loop"  # grouped convolutions
+    assert train.resolve_side_by_side("auto") == "loop"
+    assert len(train.model_groups(3, "auto", (8, 8, 1))) == 1
+    assert len(train.model_groups(3, "auto", (32, 32, 3))) == 3
+
+
 def test_side_by_side_rejects_unknown_mode():
     with pytest.raises(InputError, match="side_by_side"):
         train.resolve_side_by_side("threads")
