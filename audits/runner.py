@@ -119,10 +119,8 @@ def _target(support: tuple[np.ndarray, np.ndarray], prep: Any, loss: str, ds: sh
                           num_classes)
     test = shadows.logits_on(params, ds, prep.transform(x_test)[None], num_classes)[:, 0]
     acc = np.mean(np.argmax(test, -1) == np.asarray(y_test)[None], axis=-1)
-    from rcig_release.train import default_steps
-
-    steps = ds.steps if ds.steps is not None else default_steps(len(support[0]))
-    return params, z, {"n_models": int(ds.n_models), "train_steps": int(steps), "lr": float(ds.lr),
+    steps = ds.steps_for(len(support[0]), loss)
+    return params, z, {"n_models": int(ds.n_models), "train_steps": steps, "lr": float(ds.lr),
                        "test_accuracy_mean": float(acc.mean()),
                        "test_accuracy_std": float(acc.std()), "n_train_images": int(len(support[0]))}
 

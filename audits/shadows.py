@@ -48,6 +48,14 @@ class Downstream:
     augment: bool = False
     flip: bool = False  # distilled sets: add the W-flipped copies, as evaluate does for colour runs
 
+    def steps_for(self, n_images: int, loss: str) -> int:
+        """Training steps on a set of ``n_images`` (before the flipped copies are added)."""
+        from rcig_release.train import default_steps
+
+        if self.steps is not None:
+            return self.steps
+        return default_steps(2 * n_images if self.flip and loss == "mse" else n_images)
+
 
 def make_keep(n_shadows: int, n_records: int, rng: np.random.Generator) -> np.ndarray:
     """Boolean ``[K, N]`` membership matrix from complementary halves: shadows 2j and 2j+1 split
@@ -109,12 +117,12 @@ def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, nu
     pytree (leading axis M) per set."""
     import jax
 
-    from rcig_release.train import default_steps, take_models, train_models
+    from rcig_release.train import take_models, train_models
 
     m = ds.n_models
+    steps = ds.steps_for(len(sets[0][0]), loss)
     if ds.flip and loss == "mse":
         sets = [(np.concatenate([x, x[:, :, ::-1, :]]), np.concatenate([y, y])) for x, y in sets]
-    steps = ds.steps if ds.steps is not None else default_steps(len(sets[0][0]))
     kw = dict(num_classes=num_classes, steps=steps, lr=ds.lr, warmup=ds.warmup, batch=ds.batch,
               augment=ds.augment, width=ds.width, depth=ds.depth, loss=loss)
     same = len({(s[0].shape, s[1].shape) for s in sets}) == 1
@@ -152,7 +160,7 @@ def features_on(params: Any, ds: Downstream, x_model: np.ndarray, num_classes: i
     from rcig_release.train import model_groups, take_models
 
     x = np.asarray(x_model, np.float32)
-    # XLA:CPU: one model per call (a vmapped convolution is a slow grouped one), as train.predict
+    # the models side by side as train.predict does (XLA:CPU: one per call above 16x16 pixels)
     groups = model_groups(jax.tree.leaves(params)[0].shape[0], "auto", x.shape[1:])
     return np.concatenate([
         np.concatenate([np.asarray(fn(take_models(params, g), x[s:s + batch])) for g in groups])

@@ -261,8 +261,8 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         fast choice on XLA:CPU, where a vmapped convolution becomes a grouped convolution that
         runs several times slower than the models one after another, docs/benchmarks.md),
         ``"map"`` (``lax.map`` over models inside one jit) or ``"auto"`` (default: ``"loop"``
-        on CPU except for images of at most 16×16 pixels, else ``"vmap"``). Model m's result does not depend on the choice (same keys,
-        same steps; equal up to float reassociation).
+        on CPU except for images of at most 16×16 pixels, else ``"vmap"``). Model m's result
+        does not depend on the choice (same keys, same steps; equal up to float reassociation).
 
     Returns:
       Flax params with a leading axis of size M.

@@ -142,3 +142,12 @@ def test_shadow_config_reuses_the_runs_tuned_learning_rates():
     assert shadow_config(tuned, AuditConfig(shadow_lrs="tune")) == tuned.config
     untuned = SimpleNamespace(config=DistillConfig(tune_lr=False), run_json={"tuning": {}})
     assert shadow_config(untuned, AuditConfig()) == untuned.config
+
+
+def test_downstream_steps_count_the_flipped_copies():
+    from rcig_release.audits.shadows import Downstream
+
+    assert Downstream().steps_for(10, "mse") == 1000  # the protocol's U for a 10-image set
+    assert Downstream(flip=True).steps_for(10, "mse") == 2000  # 20 images once flipped
+    assert Downstream(flip=True).steps_for(10, "ce") == 1000  # real sets are not flipped
+    assert Downstream(steps=7, flip=True).steps_for(10, "mse") == 7
