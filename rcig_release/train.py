@@ -274,7 +274,6 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    resolve_side_by_side(side_by_side)  # check the name early
     if n_models < 1 or steps < 0 or batch < 1 or width < 1:
         raise InputError("n_models, batch and width must be positive and steps >= 0")
     x = np.asarray(x, dtype=np.float32)
