@@ -206,9 +206,10 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
     per_set = int(np.prod(x_train.shape[1:])) * 4 * (
         len(x_train) if kind == "full" else cfg.ipc * num_classes)
     if group is None and jax.default_backend() == "cpu":
-        # Measured (benchmarks/bench_audit.py): on XLA:CPU one vmapped call over 16 ConvNets was
-        # 2.8x slower than a loop (batched convolutions lower to slow grouped ones), so on a CPU
-        # each shadow's networks train in their own (still vmapped over models) call.
+        # Measured (benchmarks/bench_audit.py --part group): on XLA:CPU, even on 8x8 digits where
+        # vmapping one pipeline's 4 networks beats a loop, putting 4 or 16 pipelines' networks in
+        # one call was 0.87x / 0.82x the speed of one call per pipeline; and one call per
+        # pipeline checkpoints each shadow as soon as it is done.
         group = 1
     g = _group_size(len(todo), per_set, ds.n_models, group)
     done = n_shadows - len(todo)

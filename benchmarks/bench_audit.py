@@ -2,6 +2,7 @@
 
     python benchmarks/bench_audit.py                       # both parts, digits
     python benchmarks/bench_audit.py --part vmap --models 16
+    python benchmarks/bench_audit.py --part group --group 4 16
     python benchmarks/bench_audit.py --part audit --shadows 16 --distill-steps 300
 
 The audit part distils digits with the CPU preset (``--distill-steps`` overrides its steps),
@@ -57,6 +58,51 @@ def bench_vmap(models: int, steps: int, width: int, n_images: int) -> dict:
     return out
 
 
+def bench_group(group: int, kind: str, n_models: int, steps: int | None) -> dict:
+    """``group`` shadow pipelines' downstream networks in one vmapped ``train_sets`` call (each
+    model on its own set) against one call per pipeline, as the audit's ``shadow_group`` chooses.
+    ``kind``: "release" (10-image sets, MSE, the evaluate protocol) or "full" (a ~1437-image set,
+    cross-entropy, the full-data recipe)."""
+    import jax
+
+    from rcig_release.audits.shadows import Downstream, train_sets
+    from rcig_release.data import fit_preprocessor, load_dataset
+
+    ds = load_dataset("digits")
+    x = fit_preprocessor(ds.x_train, zca=False).transform(ds.x_train).astype(np.float32)
+    rng = np.random.default_rng(0)
+    sets = []
+    for _ in range(group):
+        if kind == "release":
+            idx = np.concatenate([rng.choice(np.flatnonzero(ds.y_train == c), 1) for c in range(10)])
+            sets.append((x[idx], (np.eye(10, dtype=np.float32) - 0.1)[ds.y_train[idx]]))
+        else:
+            idx = rng.permutation(len(x))
+            sets.append((x[idx], ds.y_train[idx]))
+    if kind == "release":
+        down = Downstream(width=32, n_models=n_models, steps=steps)
+    else:
+        down = Downstream(width=32, n_models=n_models, steps=steps or 300, lr=2e-3, warmup=50)
+    loss = "mse" if kind == "release" else "ce"
+    keys = [jax.random.key(k) for k in range(group)]
+
+    def grouped():
+        return jax.block_until_ready(train_sets(sets, down, 10, keys, loss=loss))
+
+    def per_pipeline():
+        return [jax.block_until_ready(train_sets([s], down, 10, [k], loss=loss))
+                for s, k in zip(sets, keys)]
+
+    out = {}
+    for name, fn in (("grouped", grouped), ("per_pipeline", per_pipeline)):
+        fn()  # compile
+        t = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t
+    out["ratio"] = out["per_pipeline"] / out["grouped"]
+    return out
+
+
 def make_digits_run(workdir: Path, steps: int, init: str) -> Path:
     from rcig_release.config import make_distill_config, resolve, to_dict
     from rcig_release.data import fit_preprocessor, load_dataset
@@ -108,8 +154,10 @@ def _row(pipe: str, name: str, a: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("all", "vmap", "audit"), default="all")
+    p.add_argument("--part", choices=("all", "vmap", "group", "audit"), default="all")
     p.add_argument("--models", type=int, default=16)
+    p.add_argument("--group", type=int, nargs="+", default=[4, 16], help="pipelines per call")
+    p.add_argument("--kind", nargs="+", default=["release", "full"], choices=("release", "full"))
     p.add_argument("--vmap-steps", type=int, default=300)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--shadows", type=int, default=16)
@@ -127,6 +175,15 @@ def main() -> None:
         print(f"| vmapped (one call) | {r['vmapped']:.2f} | {r['models_per_s_vmapped']:.2f} |")
         print(f"| Python loop | {r['loop']:.2f} | {r['models_per_s_loop']:.2f} |")
         print(f"| ratio loop/vmapped | {r['ratio']:.2f}x | |")
+    if a.part == "group":
+        print("\n| pipelines | kind | networks | grouped s | one call per pipeline s | ratio |")
+        print("|---|---|---|---|---|---|")
+        for kind in a.kind:
+            m = a.targets if kind == "release" else 1
+            for g in a.group:
+                r = bench_group(g, kind, m, a.train_steps)
+                print(f"| {g} | {kind} | {g * m} | {r['grouped']:.2f} | {r['per_pipeline']:.2f} "
+                      f"| {r['ratio']:.2f}x |", flush=True)
     if a.part in ("all", "audit"):
         work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_audit_"))
         out = bench_audit(work, a.shadows, a.targets, a.records, a.distill_steps, a.init,

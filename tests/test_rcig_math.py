@@ -175,6 +175,14 @@ def test_implicit_gradient_is_clipped_per_leaf_to_the_direct_norm():
     assert float(jnp.linalg.norm(aux["implicit"]["log_temp"])) == 0.0  # L_in has no τ
 
 
+def test_runs_that_differ_in_seed_or_length_share_one_compiled_step():
+    """The audit distils once per shadow with another seed: no re-trace, no re-compile."""
+    a, b = tiny_setup(seed=1, steps=7), tiny_setup(seed=2, steps=30, init="noise")
+    assert a is b
+    assert make_step(a) is make_step(b)
+    assert tiny_setup(seed=1, proto_lr=0.5) is not a  # a step hyperparameter does change it
+
+
 def test_one_compilation_for_many_steps_and_state_advances():
     setup = tiny_setup()
     state = tiny_state(setup)

@@ -61,11 +61,24 @@ class Setup:
         return optax.adam(self.cfg.pool_lr)
 
 
-@functools.lru_cache(maxsize=8)
+# Fields that steer a run around its steps (where it starts, how long, how it is logged and
+# checkpointed) but not one outer step; the step's randomness comes from ``state.key``.
+_RUN_ONLY = ("seed", "steps", "init", "tune_lr", "log_every", "checkpoint_every")
+
+
 def make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, int]) -> Setup:
-    """Cached: the same configuration and shapes give the same Setup object, so the jitted step
-    built from it (``step.make_step``) is compiled once per process, not once per ``distill``
-    call (the audit distils many times with one configuration)."""
+    """Cached: configurations that differ only in run-only fields (the seed, the step count, …)
+    give the same Setup object, so the jitted step built from it (``step.make_step``) is traced
+    and compiled once per process, not once per ``distill`` call: the audit distils many times
+    with one configuration and a different seed per shadow. ``setup.cfg`` carries the defaults
+    for those fields; read them from the run's own configuration."""
+    defaults = DistillConfig()
+    return _make_setup(cfg.replace(**{f: getattr(defaults, f) for f in _RUN_ONLY}), res,
+                       image_shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, int]) -> Setup:
     model = ConvNet(num_classes=res.num_classes, width=cfg.width, depth=res.depth,
                     softplus_temp=cfg.softplus_temp)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
