@@ -198,8 +198,11 @@ def shadow_config(run: Any, cfg: AuditConfig) -> Any:
 
 def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: Any = None,
               resume: bool = False, private_gallery: str | Path | None = None,
-              progress: Progress | None = None) -> dict[str, Any]:
+              workers: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Audits a distillation run; writes ``RUN/audit/`` and returns ``audit.json``'s content.
+
+    ``workers``: processes sharing the shadow pipelines (None: ``shadows.default_workers``). An
+    execution setting, not part of the audit configuration: a resumed audit may use another.
 
     Raises:
       InputError: unreadable run, data whose fingerprint differs, an existing audit without
@@ -212,6 +215,8 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     from rcig_release.rundir import DISTILLED, load_run
 
     validate(cfg)
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1 (got {workers})")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     run = load_run(run_dir)
@@ -226,6 +231,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     x_tr, y_tr = ds_data.x_train, np.asarray(ds_data.y_train, np.int64)
     x_te, y_te = ds_data.x_test, np.asarray(ds_data.y_test, np.int64)
     res = resolve(run.config, tuple(x_tr.shape[1:]), C)
+    n_workers = workers or shadows.default_workers(tuple(x_tr.shape[1:]))
     prep = run.preprocessor
     width = cfg.width or run.config.width
     down = shadows.Downstream(arch=cfg.arch, width=width, depth=run.config.depth,
@@ -258,7 +264,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     common = dict(keep=keep, members=mem, nonmembers=non, x_train=x_tr, y_train=y_tr, x_test=x_te,
                   y_test=y_te, queries_pix=q_pix, num_classes=C, zca=res.zca, ds=down,
                   seed=cfg.seed, resume=resume, mirror=cfg.mirror, group=cfg.shadow_group,
-                  progress=say)
+                  workers=n_workers, progress=say)
 
     pipelines: dict[str, dict[str, Any]] = {}
     # --- the release -------------------------------------------------------------------------
@@ -367,6 +373,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         "copy_check": cc,
         "baselines": {k: v for k, v in results.items() if k != "release"},
         "timings": timings,
+        "workers": n_workers,
         "outputs": ["audit.json", "scores.npz", "roc.png", "histograms.png", "records.json",
                     "keep.npy", "audit_config.json"],
         "private_gallery_images": gallery_n,

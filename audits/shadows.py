@@ -194,15 +194,43 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
                 x_test: np.ndarray, y_test: np.ndarray, queries_pix: np.ndarray,
                 num_classes: int, zca: bool, ds: Downstream, out_dir: Path, seed: int,
                 resume: bool, mirror: bool = True, group: int | None = None,
+                workers: int = 1,
                 progress: Callable[[str, int, int], None] | None = None) -> np.ndarray:
     """Runs (or, with ``resume``, reloads) every shadow pipeline of ``kind`` and returns the
-    stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``)."""
-    import jax
-
+    stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``).
+    ``workers`` > 1: the pipelines are shared among that many processes (``run_in_workers``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n_shadows = keep.shape[0]
     todo = [k for k in range(n_shadows)
             if not (resume and _valid(out_dir / f"{k}.npz", keep[k]))]
+    job = dict(kind=kind, cfg=cfg, keep=keep, members=members, nonmembers=nonmembers,
+               x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+               queries_pix=queries_pix, num_classes=num_classes, zca=zca, ds=ds, out_dir=out_dir,
+               seed=seed, mirror=mirror, group=group)
+    if progress:
+        progress(kind, n_shadows - len(todo), n_shadows)
+    if workers > 1 and len(todo) > 1:
+        run_in_workers(job, todo, workers, n_shadows, progress)
+    else:
+        _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=progress,
+                  **job)
+    out = []
+    for k in range(n_shadows):
+        with np.load(out_dir / f"{k}.npz") as f:
+            out.append(f["logits"])
+    return np.stack(out)
+
+
+def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members: np.ndarray,
+              nonmembers: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
+              x_test: np.ndarray, y_test: np.ndarray, queries_pix: np.ndarray, num_classes: int,
+              zca: bool, ds: Downstream, out_dir: Path, seed: int, mirror: bool,
+              group: int | None, n_done: int = 0, n_shadows: int = 0,
+              progress: Callable[[str, int, int], None] | None = None) -> None:
+    """The shadows ``todo`` of one pipeline kind, in this process; each written to
+    ``<out_dir>/<k>.npz`` as soon as its group is done."""
+    import jax
+
     per_set = int(np.prod(x_train.shape[1:])) * 4 * (
         len(x_train) if kind == "full" else cfg.ipc * num_classes)
     if group is None and jax.default_backend() == "cpu":
@@ -212,9 +240,7 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
         # pipeline checkpoints each shadow as soon as it is done.
         group = 1
     g = _group_size(len(todo), per_set, ds.n_models, group)
-    done = n_shadows - len(todo)
-    if progress:
-        progress(kind, done, n_shadows)
+    done = n_done
     for start in range(0, len(todo), g):
         ks = todo[start:start + g]
         sets, preps = [], []
@@ -235,11 +261,97 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
         done += len(ks)
         if progress:
             progress(kind, done, n_shadows)
-    out = []
-    for k in range(n_shadows):
-        with np.load(out_dir / f"{k}.npz") as f:
-            out.append(f["logits"])
-    return np.stack(out)
+
+
+def default_workers(image_shape: tuple[int, ...]) -> int:
+    """Processes for the shadow pipelines when the user gives none: 2 on a CPU with at least two
+    cores for images of at most 16x16 pixels, else 1. Measured (docs/benchmarks.md): on 8x8
+    digits the downstream networks' training is per-operation overhead, not arithmetic, so two
+    one-core processes train 1.6x as many pipelines per second as one process on both cores,
+    while a distillation step loses about 8 %; on an accelerator, or for larger images, one
+    process uses the device better."""
+    import os
+
+    import jax
+
+    from rcig_release.train import CPU_VMAP_MAX_PIXELS
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    small = int(np.prod(image_shape[:2])) <= CPU_VMAP_MAX_PIXELS
+    return 2 if jax.default_backend() == "cpu" and (cores or 1) >= 2 and small else 1
+
+
+def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows: int,
+                   progress: Callable[[str, int, int], None] | None) -> None:
+    """Shares the shadows ``todo`` among ``workers`` fresh processes (multiprocessing "spawn":
+    JAX must not be forked), each pinned to its own share of this process's cores, on the CPU
+    backend. Shadows are independent and written atomically one by one, so the parent only waits
+    and counts finished files for the progress; a worker's failure stops the others and is
+    reported as one line (``--resume`` keeps what was finished)."""
+    import multiprocessing as mp
+    import os
+    import time
+
+    from rcig_release.errors import RcigReleaseError
+
+    ctx = mp.get_context("spawn")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    errors = ctx.Queue()
+    procs = []
+    for w in range(workers):
+        share = todo[w::workers]
+        if not share:
+            continue
+        my_cores = cores[w::workers] if len(cores) >= workers else cores
+        procs.append(ctx.Process(target=_worker, args=(job, share, my_cores, errors),
+                                 daemon=True))
+    out_dir, keep = job["out_dir"], job["keep"]
+    seen = -1
+    try:
+        for p in procs:
+            p.start()
+        while True:
+            done = sum(1 for k in range(n_shadows) if (out_dir / f"{k}.npz").is_file())
+            if progress and done != seen:
+                progress(job["kind"], done, n_shadows)
+                seen = done
+            if not any(p.is_alive() for p in procs):
+                break
+            if any(p.exitcode not in (None, 0) for p in procs):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        msg = errors.get(timeout=1) if not errors.empty() else f"exit code {failed[0]}"
+        raise RcigReleaseError(f"a shadow worker failed ({msg}); finished shadows are kept, "
+                               "continue with --resume")
+    missing = [k for k in todo if not _valid(out_dir / f"{k}.npz", keep[k])]
+    if missing:
+        raise RcigReleaseError(f"shadow workers ended without shadow {missing[0]}")
+
+
+def _worker(job: dict[str, Any], todo: list[int], cores: list[int], errors: Any) -> None:
+    """One worker process: pin to ``cores`` before JAX starts its thread pool, then run."""
+    import os
+
+    if cores and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    try:
+        from rcig_release.runtime import enable_compilation_cache
+
+        enable_compilation_cache()
+        _run_todo(todo, **job)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:  # reported by the parent as one line
+        errors.put(f"{type(e).__name__}: {e}")
+        raise SystemExit(1) from None
 
 
 def _valid(path: Path, keep_row: np.ndarray) -> bool:

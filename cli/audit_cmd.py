@@ -93,6 +93,8 @@ def register(app: typer.Typer) -> None:
         full_steps: Annotated[int, typer.Option(help="Training steps of the full-data baseline's network.")] = 300,
         shadow_lrs: Annotated[str, typer.Option(
             help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes.")] = "run",
+        workers: Annotated[Optional[int], typer.Option(
+            help="Processes sharing the shadow pipelines (default: 2 on a CPU for images up to 16x16, else 1).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
@@ -113,7 +115,7 @@ def register(app: typer.Typer) -> None:
         from rcig_release.audits.runner import run_audit
 
         result = run_audit(run, cfg, data=data, resume=resume, private_gallery=private_gallery,
-                           progress=progress)
+                           workers=workers, progress=progress)
         if json_out:
             typer.echo(json.dumps(json_summary(result), indent=2, sort_keys=True))
             return
