@@ -269,16 +269,18 @@ def default_workers(image_shape: tuple[int, ...]) -> int:
     digits the downstream networks' training is per-operation overhead, not arithmetic, so two
     one-core processes train 1.6x as many pipelines per second as one process on both cores,
     while a distillation step loses about 8 %; on an accelerator, or for larger images, one
-    process uses the device better."""
+    process uses the device better. Where processes cannot be pinned to cores (no
+    ``os.sched_setaffinity``: macOS, Windows), 1."""
     import os
 
     import jax
 
     from rcig_release.train import CPU_VMAP_MAX_PIXELS
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if not hasattr(os, "sched_setaffinity"):  # workers could not be pinned to their own cores
+        return 1
     small = int(np.prod(image_shape[:2])) <= CPU_VMAP_MAX_PIXELS
-    return 2 if jax.default_backend() == "cpu" and (cores or 1) >= 2 and small else 1
+    return 2 if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) >= 2 and small else 1
 
 
 def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows: int,

@@ -184,3 +184,14 @@ def test_shadow_workers_write_the_same_shadows_as_one_process(tmp_path):
     with pytest.raises(RcigReleaseError, match="--resume"):
         shadows.run_shadows("naive", out_dir=tmp_path / "bad", workers=2,
                             **{**kw, "cfg": DistillConfig(ipc=50, width=4)})
+
+
+def test_default_workers_rule():
+    import os
+
+    from rcig_release.audits.shadows import default_workers
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else 0
+    assert default_workers((8, 8, 1)) == (2 if cores >= 2 else 1)  # CPU, small images
+    assert default_workers((16, 16, 3)) == (2 if cores >= 2 else 1)
+    assert default_workers((28, 28, 1)) == 1  # larger images: one process on both cores
