@@ -292,6 +292,7 @@ def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows
     reported as one line (``--resume`` keeps what was finished)."""
     import multiprocessing as mp
     import os
+    import queue
     import time
 
     from rcig_release.errors import RcigReleaseError
@@ -329,12 +330,17 @@ def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows
             p.join()
     failed = [p.exitcode for p in procs if p.exitcode != 0]
     if failed:
-        msg = errors.get(timeout=1) if not errors.empty() else f"exit code {failed[0]}"
+        try:
+            msg = errors.get(timeout=1)
+        except queue.Empty:
+            msg = f"exit code {failed[0]}"
         raise RcigReleaseError(f"a shadow worker failed ({msg}); finished shadows are kept, "
                                "continue with --resume")
     missing = [k for k in todo if not _valid(out_dir / f"{k}.npz", keep[k])]
     if missing:
         raise RcigReleaseError(f"shadow workers ended without shadow {missing[0]}")
+    if progress and seen != n_shadows:
+        progress(job["kind"], n_shadows, n_shadows)
 
 
 def _worker(job: dict[str, Any], todo: list[int], cores: list[int], errors: Any) -> None:
