@@ -24,6 +24,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 
+def _warm_timings(**variants) -> dict:
+    """Seconds of the second call of each variant (the first compiles)."""
+    out = {}
+    for name, fn in variants.items():
+        fn()
+        t = time.perf_counter()
+        fn()
+        out[name] = time.perf_counter() - t
+    return out
+
+
 def bench_vmap(models: int, steps: int, width: int, n_images: int) -> dict:
     import jax
 
@@ -46,12 +57,7 @@ def bench_vmap(models: int, steps: int, width: int, n_images: int) -> dict:
                                                    key=keys[m:m + 1], **kw))
                 for m in range(models)]
 
-    out = {}
-    for name, fn in (("vmapped", vmapped), ("loop", loop)):
-        fn()  # compile
-        t = time.perf_counter()
-        fn()
-        out[name] = time.perf_counter() - t
+    out = _warm_timings(vmapped=vmapped, loop=loop)
     out["ratio"] = out["loop"] / out["vmapped"]
     out["models_per_s_vmapped"] = models / out["vmapped"]
     out["models_per_s_loop"] = models / out["loop"]
@@ -93,12 +99,7 @@ def bench_group(group: int, kind: str, n_models: int, steps: int | None) -> dict
         return [jax.block_until_ready(train_sets([s], down, 10, [k], loss=loss))
                 for s, k in zip(sets, keys)]
 
-    out = {}
-    for name, fn in (("grouped", grouped), ("per_pipeline", per_pipeline)):
-        fn()  # compile
-        t = time.perf_counter()
-        fn()
-        out[name] = time.perf_counter() - t
+    out = _warm_timings(grouped=grouped, per_pipeline=per_pipeline)
     out["ratio"] = out["per_pipeline"] / out["grouped"]
     return out
 
