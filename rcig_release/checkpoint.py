@@ -99,6 +99,11 @@ def _finite(o: Any) -> Any:
     return o
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON (inf/nan as null, numpy values as Python ones), keys sorted."""
+    return json.dumps(_finite(obj), indent=indent, sort_keys=True, default=_jsonable,
+                      allow_nan=False)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_jsonable, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (json_text(obj) + "\n").encode("utf-8"))

@@ -8,6 +8,7 @@ with MSE. They are tested on the run's own test split, preprocessed with the run
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,11 @@ def support_arrays(run: rundir.Run) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate_run(run_dir: Any, cfg: EvalConfig, *, data: str | None = None,
                  write: bool = True) -> dict[str, Any]:
-    """Trains ``cfg.models`` networks side by side (vmapped) and writes ``RUN/eval.json``."""
+    """Trains ``cfg.models`` networks side by side and writes ``RUN/eval.json``.
+
+    ``eval.json`` holds the latest result; every result is also appended to ``RUN/evals.jsonl``,
+    so evaluating again (another width, architecture or seed) loses no earlier figure.
+    """
     from rcig_release.train import evaluate_arrays
 
     run = rundir.load_run(run_dir)
@@ -59,5 +64,9 @@ def evaluate_run(run_dir: Any, cfg: EvalConfig, *, data: str | None = None,
     result = {**result, "config": dataclasses.asdict(cfg) | {"width": width},
               "n_test": int(len(ds.y_test)), "n_support": int(len(x_s))}
     if write:
-        rundir.write_json(run.path / rundir.EVAL_JSON, result)
+        latest, history = run.path / rundir.EVAL_JSON, run.path / rundir.EVAL_HISTORY
+        if latest.is_file() and not history.is_file():  # written before the history existed
+            rundir.append_jsonl(history, json.loads(latest.read_text(encoding="utf-8")))
+        rundir.append_jsonl(history, result)
+        rundir.write_json(latest, result)
     return result

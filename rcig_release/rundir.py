@@ -29,7 +29,8 @@ RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 PREVIEW = "preview.png"
 CHECKPOINTS = "checkpoints"
-EVAL_JSON = "eval.json"
+EVAL_JSON = "eval.json"  # the latest evaluation
+EVAL_HISTORY = "evals.jsonl"  # every evaluation, one line each, so a new one loses no earlier result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +119,13 @@ class MetricsLog:
             checkpoint.atomic_write_text(path, "".join(ln + "\n" for ln in kept))
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics, sort_keys=True) + "\n")
+        append_jsonl(self.path, metrics)
+
+
+def append_jsonl(path: Path, obj: Any) -> None:
+    """Appends one JSON line (a new file is started; nothing earlier in it is rewritten)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write(checkpoint.json_text(obj, indent=None) + "\n")
 
 
 def checkpoint_step(out: Path) -> int | None:

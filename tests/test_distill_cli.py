@@ -84,6 +84,11 @@ def test_distill_then_evaluate_writes_the_run_directory(tiny, tmp_path):
     ev = json.loads((run / "eval.json").read_text())
     assert ev["models"] == 2 and len(ev["accuracies"]) == 2 and 0 <= ev["accuracy_mean"] <= 1
     assert ev["arch"] == "convnet"
+    r = invoke("evaluate", run, "--models", 1, "--steps", 20, "--width", 4)
+    assert r.exit_code == 0, r.output
+    history = [json.loads(l) for l in (run / "evals.jsonl").read_text().splitlines()]
+    assert [h["models"] for h in history] == [2, 1]  # the first evaluation is kept
+    assert json.loads((run / "eval.json").read_text()) == history[-1]
 
 
 def test_steps_zero_exports_the_initial_real_images(tiny, tmp_path):
