@@ -105,13 +105,13 @@ def bench_group(group: int, kind: str, n_models: int, steps: int | None) -> dict
 
 
 def make_digits_run(workdir: Path, steps: int, init: str) -> Path:
-    from rcig_release.config import make_distill_config, resolve, to_dict
+    from rcig_release.config import make_distill_config, resolve, to_dict, with_data_defaults
     from rcig_release.data import fit_preprocessor, load_dataset
     from rcig_release.distill import distill
     from rcig_release.rundir import write_distilled, write_json
 
     ds = load_dataset("digits")
-    cfg = make_distill_config("cpu", steps=steps, init=init)
+    cfg = with_data_defaults(make_distill_config("cpu", steps=steps, init=init), len(ds.y_train))
     res_cfg = resolve(cfg, ds.image_shape, ds.num_classes)
     prep = fit_preprocessor(ds.x_train, zca=res_cfg.zca, zca_reg=cfg.zca_reg)
     t = time.perf_counter()

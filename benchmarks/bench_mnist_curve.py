@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from rcig_release.config import EvalConfig, make_distill_config, resolve
+from rcig_release.config import make_distill_config, resolve, with_data_defaults
 from rcig_release.data import fit_preprocessor, load_dataset
 from rcig_release.distill import distill
 from rcig_release.train import evaluate_arrays
@@ -42,6 +42,7 @@ def main() -> None:
     ds = load_dataset(a.data)
     cfg = make_distill_config(a.preset, None, ipc=a.ipc, steps=a.steps, width=a.width,
                               real_batch=a.real_batch, proto_lr=a.proto_lr, seed=a.seed)
+    cfg = with_data_defaults(cfg, len(ds.y_train))
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     prep = fit_preprocessor(ds.x_train, zca=res.zca)
     x = prep.transform(ds.x_train).astype(np.float32)

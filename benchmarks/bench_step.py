@@ -41,7 +41,7 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from rcig_release.config import make_distill_config, resolve
+    from rcig_release.config import make_distill_config, resolve, with_data_defaults
     from rcig_release.data import fit_preprocessor, load_dataset
     from rcig_release.distill import distill, initial_set
     from rcig_release.rcig.state import init_state, make_setup
@@ -49,6 +49,7 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
 
     ds = load_dataset(data)
     cfg = make_distill_config(preset, None, ipc=ipc, steps=steps, tune_lr=False)
+    cfg = with_data_defaults(cfg, len(ds.y_train))
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     x = fit_preprocessor(ds.x_train, zca=res.zca).transform(ds.x_train).astype(np.float32)
     setup = make_setup(cfg, res, tuple(x.shape[1:]))

@@ -38,7 +38,7 @@ class DistillConfig:
     tune_max_trials: int = 100  # cap on tuning trials per learning rate
     adapt_lr_every: int = 50  # online adaptation period (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
     # outer problem (§1.4-§1.6)
-    real_batch: int = 1024  # real images per outer step
+    real_batch: int | None = 1024  # real images per outer step; None: by data size (default_real_batch)
     proto_lr: float = 3e-3  # AdaBelief lr for images and labels
     temp_lr: float = 3e-2  # AdaBelief lr for log-temperature
     learn_labels: bool = True
@@ -88,7 +88,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # proto_lr: a few hundred steps instead of the paper's 10,000, so a larger image/label lr
     # (measured after 30 min on MNIST 1 ipc: 88.0 % at 3e-2, 86.9 % at 1e-2, 81.9 % at 3e-3;
     # digits after 100 steps: 88.2 / 86.2 / 77.3 %; docs/benchmarks.md)
-    "cpu": dict(width=32, real_batch=256, pool_size=10, proto_lr=3e-2),  # steps: default_steps()
+    # real_batch and steps: by the training split's size and ipc (default_real_batch, default_steps)
+    "cpu": dict(width=32, real_batch=None, pool_size=10, proto_lr=3e-2),
 }
 
 
@@ -136,24 +137,59 @@ def validate_distill_config(cfg: DistillConfig) -> None:
         raise InputError(f"--init must be 'real' or 'noise' (got {cfg.init!r})")
     if cfg.inner_solver not in ("adam", "exact"):
         raise InputError(f"inner_solver must be 'adam' or 'exact' (got {cfg.inner_solver!r})")
-    if cfg.width < 1 or cfg.real_batch < 1 or cfg.pool_size < 1:
+    if cfg.width < 1 or (cfg.real_batch is not None and cfg.real_batch < 1) or cfg.pool_size < 1:
         raise InputError("width, real_batch and pool_size must be positive")
 
 
-def default_steps(n_train: int) -> int:
+REAL_SIZED = 10_000  # training images from which a set counts as real-sized (MNIST: 60,000)
+
+
+def default_real_batch(n_train: int) -> int:
+    """Real images per outer step when neither the preset nor the user gives a number (cpu).
+
+    Chosen by benchmark on the 2-core CPU (docs/benchmarks.md). Real-sized data: 128. On MNIST
+    1 ipc a step takes 1.2 s instead of 2.1 s at 256, so a 30-minute budget holds 1.6 times the
+    steps: 90.0 and 88.8 % at evaluation width 32 (91.4 and 90.7 % at width 128; two seeds)
+    against 88.0 % (89.9 %) at 256. Small sets such as the built-in digits: 256 (at their 100
+    steps, 128 was 1.4 points worse).
+    """
+    return 128 if n_train >= REAL_SIZED else 256
+
+
+# Seconds per outer step of the cpu preset (width 32, real batch 128) on MNIST, by ipc, measured
+# on the 2-core CPU (docs/benchmarks.md); default_steps interpolates linearly between them and
+# extrapolates beyond 10 ipc (not measured there: at 50 ipc the support Jacobian exceeds
+# jacobian_mb and the step is slower than the line says).
+_SECONDS_PER_STEP = {1: 1.18, 10: 12.2}
+
+
+def default_steps(n_train: int, ipc: int = 1) -> int:
     """Outer steps when neither the preset nor the user gives a number (the cpu preset).
 
-    Chosen by benchmark on the 2-core CPU (docs/benchmarks.md): 900 steps for real-sized data
-    (MNIST 1 ipc, width 32, real batch 256: 1.9 s per step, about 29 minutes with compilation and
-    learning-rate tuning); 100 for small sets such as the built-in digits (1,437 training images:
-    88.2 % at proto_lr 3e-2, 86.2 % at 1e-2; 90.1 % with 200 steps at 1e-2, at twice the time
-    and twice the audit's shadow cost).
+    Real-sized data: as many steps as fit the issue's budgets on the 2-core CPU, 30 minutes at
+    1 ipc and 60 minutes above (compilation and learning-rate tuning included), from the
+    measured seconds per step: 1300 steps at 1 ipc (25.8 minutes measured), 280 at 10 ipc (300
+    steps took 61.8 minutes). Small sets such as
+    the built-in digits (1,437 training images): 100 (88.2 % at proto_lr 3e-2; 90.1 % with 200
+    steps at 1e-2, at twice the time and twice the audit's shadow cost).
     """
-    return 900 if n_train >= 10000 else 100
+    if n_train < REAL_SIZED:
+        return 100
+    if ipc == 1:
+        return 1300
+    (i0, t0), (i1, t1) = sorted(_SECONDS_PER_STEP.items())
+    seconds = t0 + (t1 - t0) * (ipc - i0) / (i1 - i0)
+    return max(100, int((3600 - 120) / seconds) // 10 * 10)
 
 
-def with_default_steps(cfg: "DistillConfig", n_train: int) -> "DistillConfig":
-    return cfg if cfg.steps is not None else cfg.replace(steps=default_steps(n_train))
+def with_data_defaults(cfg: "DistillConfig", n_train: int) -> "DistillConfig":
+    """Fills the values left to the data (``steps``, ``real_batch`` when None)."""
+    changes: dict[str, Any] = {}
+    if cfg.steps is None:
+        changes["steps"] = default_steps(n_train, cfg.ipc)
+    if cfg.real_batch is None:
+        changes["real_batch"] = default_real_batch(n_train)
+    return cfg.replace(**changes) if changes else cfg
 
 
 def depth_for_size(size: int) -> int:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rcig_release import checkpoint
-from rcig_release.config import DistillConfig, resolve, to_dict, with_default_steps
+from rcig_release.config import DistillConfig, resolve, to_dict, with_data_defaults
 from rcig_release.data import check_ipc
 from rcig_release.errors import InputError, RcigReleaseError
 from rcig_release.rcig.state import init_state, make_setup
@@ -72,7 +72,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     end and on Ctrl-C; ``resume=True`` continues from it (bit-identical to an uninterrupted run).
     """
     y = np.asarray(y, np.int64)
-    cfg = with_default_steps(cfg, len(y))
+    cfg = with_data_defaults(cfg, len(y))
     check_ipc(y, cfg.ipc, num_classes)
     x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes)
     if cfg.steps == 0:

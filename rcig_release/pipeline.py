@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from rcig_release import rundir
-from rcig_release.config import DistillConfig, resolve, to_dict, with_default_steps
+from rcig_release.config import DistillConfig, resolve, to_dict, with_data_defaults
 from rcig_release.data import check_ipc
 from rcig_release.distill import DistillResult, distill
 from rcig_release.errors import InputError
@@ -48,7 +48,7 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
     say = status or (lambda _msg: None)
     t0 = time.perf_counter()
     ds = load_dataset(data, seed=0)
-    cfg = with_default_steps(cfg, ds.n_train)
+    cfg = with_data_defaults(cfg, ds.n_train)
     check_ipc(ds.y_train, cfg.ipc, ds.num_classes)
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     rundir.prepare_out(out, resume=resume, force=force)
