@@ -168,10 +168,10 @@ def default_steps(n_train: int, ipc: int = 1) -> int:
 
     Real-sized data: as many steps as fit the issue's budgets on the 2-core CPU, 30 minutes at
     1 ipc and 60 minutes above (compilation and learning-rate tuning included), from the
-    measured seconds per step: 1300 steps at 1 ipc (25.8 minutes measured), 280 at 10 ipc (300
-    steps took 61.8 minutes). Small sets such as
-    the built-in digits (1,437 training images): 100 (88.2 % at proto_lr 3e-2; 90.1 % with 200
-    steps at 1e-2, at twice the time and twice the audit's shadow cost).
+    measured seconds per step: 1300 steps at 1 ipc (the measured run: 25.8 minutes), 280 at 10
+    ipc (300 steps took 61.8 minutes). Small sets such as the built-in digits (1,437 training
+    images): 100 (88.2 % at proto_lr 3e-2; 90.1 % with 200 steps at 1e-2, at twice the time and
+    twice the audit's shadow cost).
     """
     if n_train < REAL_SIZED:
         return 100
