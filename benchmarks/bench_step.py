@@ -7,7 +7,9 @@ loads MNIST, builds the preset's configuration with the learning-rate search off
 outer step (XLA's cost analysis gives its FLOPs), runs ``--steps`` steps through the product's
 ``distill`` and times them with a device sync after each. The first step (compile) is reported
 apart; "s/step" is the median of the others. FLOPs/s is set against this CPU's float32 matmul
-rate measured in the same process (2048³), which is the practical hardware limit.
+rate measured in the same process (2048³), which is the practical hardware limit. "XLA GB" is
+the compiled step's buffers (arguments, outputs, temporaries) from XLA's memory analysis.
+``--steps 0`` compiles only: FLOPs and buffer sizes of a configuration too slow to time here.
 """
 
 from __future__ import annotations
@@ -55,9 +57,17 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
     setup = make_setup(cfg, res, tuple(x.shape[1:]))
     x0, y0, _ = initial_set(cfg, x, ds.y_train, ds.num_classes)
     state = init_state(setup, x0, y0, jax.random.PRNGKey(0))
-    cost = make_step(setup).lower(state, x, np.asarray(ds.y_train, np.int32)).compile().cost_analysis()
+    compiled = make_step(setup).lower(state, x, np.asarray(ds.y_train, np.int32)).compile()
+    cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan")))
+    mem = compiled.memory_analysis()
+    xla_gb = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**30
+    if steps == 0:  # compile only: what one step would cost, without running it
+        return {"preset": preset, "ipc": ipc, "width": cfg.width, "real_batch": cfg.real_batch,
+                "materialized_jacobian": bool(setup.materialize_jacobian),
+                "gflop_per_step": flops / 1e9, "xla_buffers_gb": xla_gb,
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     times: list[float] = []
     t = [time.perf_counter()]
 
@@ -75,7 +85,7 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
             "materialized_jacobian": bool(setup.materialize_jacobian),
             "first_step_s": times[0], "s_per_step": s, "steps_timed": len(rest),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / s / 1e9,
+            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / s / 1e9, "xla_buffers_gb": xla_gb,
             "matmul_gflops": rate / 1e9}
 
 
@@ -84,7 +94,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--preset", nargs="+", default=["cpu", "paper"])
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4,
+                    help="steps to run; 0 compiles only (FLOPs and XLA's buffer sizes, no timing)")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -110,6 +121,11 @@ def main() -> None:
     for r in rows:
         if "error" in r:
             print(f"{r['preset']:>6} {r['ipc']:>4}  {r['error']}")
+            continue
+        if "s_per_step" not in r:
+            print(f"{r['preset']:>6} {r['ipc']:>4}  compiled only: {r['gflop_per_step']:.1f} GFLOP/step, "
+                  f"XLA buffers {r['xla_buffers_gb']:.2f} GB, peak RSS while compiling "
+                  f"{r['peak_rss_gb']:.2f} GB")
             continue
         print(f"{r['preset']:>6} {r['ipc']:>4} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
               f"{r['peak_rss_gb']:>8.2f} {r['gflop_per_step']:>10.1f} {r['achieved_gflops']:>8.1f} "
