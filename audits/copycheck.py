@@ -110,8 +110,8 @@ def copy_check(released: np.ndarray, x_train: np.ndarray, x_test: np.ndarray, *,
         "ssim_holdout": _max_ssim(rel, x_test, ih).tolist(),
     }
     out: dict[str, Any] = {
-        "rule": f"near copy iff L2 to nearest private training record <= the "
-                f"{percentile:g}th percentile of training images' nearest-neighbour L2",
+        "rule": f"near copy iff L2 to nearest private training record <= percentile "
+                f"{percentile:g} of training images' nearest-neighbour L2",
         "distance": "normalised pixel L2 (RMS difference, images in [0,1])",
         "threshold": float(threshold), "near_copies": int(flag.sum()), "n_released": int(len(rel)),
         "closer_to_train_fraction": float(np.mean(d_tr < d_ho)),
