@@ -63,11 +63,11 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
     flops = float(cost.get("flops", float("nan")))
     mem = compiled.memory_analysis()
     xla_gb = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**30
+    row = {"preset": preset, "ipc": ipc, "width": cfg.width, "real_batch": cfg.real_batch,
+           "materialized_jacobian": bool(setup.materialize_jacobian),
+           "gflop_per_step": flops / 1e9, "xla_buffers_gb": xla_gb}
     if steps == 0:  # compile only: what one step would cost, without running it
-        return {"preset": preset, "ipc": ipc, "width": cfg.width, "real_batch": cfg.real_batch,
-                "materialized_jacobian": bool(setup.materialize_jacobian),
-                "gflop_per_step": flops / 1e9, "xla_buffers_gb": xla_gb,
-                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        return {**row, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     times: list[float] = []
     t = [time.perf_counter()]
 
@@ -81,12 +81,9 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
     rate = _matmul_rate()
     rest = sorted(times[1:])
     s = rest[len(rest) // 2] if rest else float("nan")
-    return {"preset": preset, "ipc": ipc, "width": cfg.width, "real_batch": cfg.real_batch,
-            "materialized_jacobian": bool(setup.materialize_jacobian),
-            "first_step_s": times[0], "s_per_step": s, "steps_timed": len(rest),
+    return {**row, "first_step_s": times[0], "s_per_step": s, "steps_timed": len(rest),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / s / 1e9, "xla_buffers_gb": xla_gb,
-            "matmul_gflops": rate / 1e9}
+            "achieved_gflops": flops / s / 1e9, "matmul_gflops": rate / 1e9}
 
 
 def main() -> None:
