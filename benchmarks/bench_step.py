@@ -114,7 +114,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\n{'preset':>6} {'ipc':>4} {'first s':>8} {'s/step':>8} {'peak GB':>8} "
-          f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'matmul GFLOP/s':>14}")
+          f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'XLA GB':>7}")
     for r in rows:
         if "error" in r:
             print(f"{r['preset']:>6} {r['ipc']:>4}  {r['error']}")
@@ -126,7 +126,7 @@ def main() -> None:
             continue
         print(f"{r['preset']:>6} {r['ipc']:>4} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
               f"{r['peak_rss_gb']:>8.2f} {r['gflop_per_step']:>10.1f} {r['achieved_gflops']:>8.1f} "
-              f"{r['matmul_gflops']:>14.0f}")
+              f"{r['matmul_gflops']:>14.0f} {r['xla_buffers_gb']:>7.2f}")
 
 
 if __name__ == "__main__":
