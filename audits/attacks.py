@@ -17,10 +17,10 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from rcig_release.audits import signals
+from rcig_release.audits.stats import auc
 
 GLOBAL_VARIANCE_BELOW = 64  # LiRA Fig. 9: per-example variances need many shadows
 _VAR_FLOOR = 1e-8
@@ -47,43 +47,65 @@ def loss_attack(target_loss: np.ndarray) -> np.ndarray:
 
 
 def _moments(s: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean [A,N], unbiased variance averaged over A [N], and count [N] over the masked shadows."""
+    """Mean [A,N] (NaN where the side is empty), unbiased variance averaged over A [N] (NaN with
+    fewer than 2 shadows), and count [N] over the masked shadows."""
     m = mask[:, None, :].astype(np.float64)
     cnt = mask.sum(axis=0)
-    if np.any(cnt == 0):
-        raise ValueError(f"{int(np.sum(cnt == 0))} record(s) have no shadow on one side; use a "
-                         "balanced keep matrix (shadows.make_keep) with at least 2 shadows")
-    mean = (s * m).sum(axis=0) / cnt
-    dev = ((s - mean[None]) ** 2 * m).sum(axis=0) / np.maximum(cnt - 1, 1)
-    return mean, dev.mean(axis=0), cnt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (s * m).sum(axis=0) / cnt
+        dev = ((s - np.nan_to_num(mean)[None]) ** 2 * m).sum(axis=0) / (cnt - 1)
+    dev = np.where(cnt >= 2, dev.mean(axis=0), np.nan)
+    return mean, dev, cnt
 
 
-def _variance(var: np.ndarray, cnt: np.ndarray, use_global: bool, values: np.ndarray,
-              mask: np.ndarray) -> np.ndarray:
-    """Per-record variances, or their mean over the records with ≥ 2 shadows on that side. With
-    no such record (e.g. 2 shadows) the spread of all that side's values is used instead (the LiRA
-    reference's fixed variance, ``np.std`` over all records)."""
-    if use_global:
-        ok = cnt >= 2
-        if ok.any():
-            g = float(var[ok].mean())
-        else:
-            g = float(np.var(np.moveaxis(values, 1, -1)[mask]))
-        return np.full_like(var, max(g, _VAR_FLOOR))
-    return np.maximum(var, _VAR_FLOOR)
+def _fill_means(mu_in: np.ndarray, mu_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """With independent coins a record can be IN (or OUT) for no reference shadow. Its missing mean
+    is the other side's mean shifted by the average IN−OUT gap of the records that have both (so the
+    score stays defined and monotone); with no such record at all, the gap is 0."""
+    both = np.isfinite(mu_in) & np.isfinite(mu_out)
+    gap = np.nanmean(np.where(both, mu_in - mu_out, np.nan), axis=1, keepdims=True) \
+        if both.any() else np.zeros((mu_in.shape[0], 1))
+    gap = np.nan_to_num(gap)
+    mu_in2 = np.where(np.isfinite(mu_in), mu_in, mu_out + gap)
+    mu_out2 = np.where(np.isfinite(mu_out), mu_out, mu_in - gap)
+    if not (np.all(np.isfinite(mu_in2)) and np.all(np.isfinite(mu_out2))):
+        raise ValueError("a record has no reference shadow at all")
+    return mu_in2, mu_out2
+
+
+def _pooled_sd(s: np.ndarray, keep: np.ndarray, var_in: np.ndarray, var_out: np.ndarray) -> float:
+    """One standard deviation shared by IN and OUT (LiRA's fixed-variance form for few shadows):
+    the mean of every per-record, per-side variance that has at least 2 shadows; with none (e.g. 2
+    reference shadows) the spread of each side's values around its per-record mean."""
+    v = np.concatenate([var_in[np.isfinite(var_in)], var_out[np.isfinite(var_out)]])
+    if v.size:
+        return float(np.sqrt(max(float(v.mean()), _VAR_FLOOR)))
+    vals = np.moveaxis(s, 1, -1)  # [K, N, A]
+    return float(np.sqrt(max(float(np.var(vals)), _VAR_FLOOR)))
 
 
 def lira_online(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
                 global_variance: bool | None = None) -> np.ndarray:
     """LiRA online: Σ_a log N(x_a; μ_in,a, σ_in²) − log N(x_a; μ_out,a, σ_out²) (a spherical
-    Gaussian over the A queries). Variances are per example, or one global value per side when
-    ``global_variance`` (default: fewer than 64 shadows)."""
+    Gaussian over the A queries), μ per record and query from the IN/OUT reference shadows.
+
+    Variances: per record and side when ``global_variance`` is False (default from 64 shadows on),
+    else ONE variance shared by IN and OUT (Carlini et al.'s fixed-variance form), so the score is
+    (μ_in − μ_out)·(x − (μ_in + μ_out)/2)/σ² summed over queries: monotone in the observation. (Two
+    separate global variances make it non-monotone: with σ_in < σ_out an extreme IN observation
+    scores as OUT.)
+    """
     t, s, k = _as_akn(target, shadow, keep)
     use_global = s.shape[0] < GLOBAL_VARIANCE_BELOW if global_variance is None else global_variance
-    mu_in, var_in, c_in = _moments(s, k)
-    mu_out, var_out, c_out = _moments(s, ~k)
-    sd_in = np.sqrt(_variance(var_in, c_in, use_global, s, k))
-    sd_out = np.sqrt(_variance(var_out, c_out, use_global, s, ~k))
+    mu_in, var_in, _ = _moments(s, k)
+    mu_out, var_out, _ = _moments(s, ~k)
+    mu_in, mu_out = _fill_means(mu_in, mu_out)
+    if use_global:
+        sd = _pooled_sd(s, k, var_in, var_out)
+        return (((t - mu_out) ** 2 - (t - mu_in) ** 2) / (2.0 * sd * sd)).sum(axis=0)
+    fallback = _pooled_sd(s, k, var_in, var_out) ** 2
+    sd_in = np.sqrt(np.maximum(np.where(np.isfinite(var_in), var_in, fallback), _VAR_FLOOR))
+    sd_out = np.sqrt(np.maximum(np.where(np.isfinite(var_out), var_out, fallback), _VAR_FLOOR))
     ll = stats.norm.logpdf(t, mu_in, sd_in[None]) - stats.norm.logpdf(t, mu_out, sd_out[None])
     return ll.sum(axis=0)
 
@@ -92,13 +114,22 @@ def lira_offline(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
                  global_variance: bool | None = None) -> np.ndarray:
     """LiRA offline (Eq. 4, one-sided): z = (x̄ − μ_out)/σ_out with μ_out, σ_out fitted on the OUT
     shadows and x̄ the statistic averaged over the A queries (for shadows too). Pr[Z < x̄] = Φ(z)
-    is monotone in z, so z itself is returned: identical ranking, no saturation of Φ near 1."""
+    is monotone in z, so z itself is returned: identical ranking, no saturation of Φ near 1.
+    σ_out is one global value below 64 shadows; a record with no OUT shadow gets μ_out from its IN
+    shadows shifted by the average gap (see ``_fill_means``)."""
     t, s, k = _as_akn(target, shadow, keep)
     use_global = s.shape[0] < GLOBAL_VARIANCE_BELOW if global_variance is None else global_variance
     tm, sm = t.mean(axis=0, keepdims=True), s.mean(axis=1, keepdims=True)
-    mu_out, var_out, c_out = _moments(sm, ~k)
-    sd = np.sqrt(_variance(var_out, c_out, use_global, sm, ~k))
-    return (tm[0] - mu_out[0]) / sd
+    mu_in, var_in, _ = _moments(sm, k)
+    mu_out, var_out, _ = _moments(sm, ~k)
+    _, mu_out = _fill_means(mu_in, mu_out)
+    ok = np.isfinite(var_out)
+    if use_global or not ok.all():
+        g = float(var_out[ok].mean()) if ok.any() else _pooled_sd(sm, k, var_in, var_out) ** 2
+        var = np.where(ok & (not use_global), var_out, g)
+    else:
+        var = var_out
+    return (tm[0] - mu_out[0]) / np.sqrt(np.maximum(var, _VAR_FLOOR))
 
 
 def _p_out(ref: np.ndarray, keep: np.ndarray, a: float) -> np.ndarray:
@@ -152,7 +183,7 @@ def tune_rmia_a(ref_p: np.ndarray, keep: np.ndarray, ref_pz: np.ndarray, *,
             if k[j].all() or (~k[j]).all():
                 continue
             sc = rmia_offline(rp[j], rp[others], k[others], rz[j], rz[others], a=float(a))
-            aucs.append(roc_auc_score(k[j], sc))
+            aucs.append(auc(k[j], sc))
         if aucs and np.mean(aucs) > best_auc:
             best, best_auc = float(a), float(np.mean(aucs))
     return best
@@ -172,18 +203,30 @@ def shadow_features(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.concatenate([phi.T, loss[:, None], sp, onehot], axis=1)
 
 
-def shadow_attack(shadow_feats: np.ndarray, keep: np.ndarray, target_feats: np.ndarray, *,
-                  seed: int = 0) -> np.ndarray:
-    """Shokri et al.: a classifier (sklearn HistGradientBoosting) trained on every shadow's
-    features labelled in/out by ``keep``, applied to the target's features. ``shadow_feats``
-    ``[K, N, F]``, ``target_feats`` ``[N, F]``; returns P(in)."""
+def fit_shadow_classifier(shadow_feats: np.ndarray, keep: np.ndarray, *, seed: int = 0
+                          ) -> HistGradientBoostingClassifier:
+    """Shokri et al.'s attack model: a classifier (sklearn HistGradientBoosting) trained on every
+    reference shadow's features ``[K, N, F]`` labelled in/out by ``keep`` ``[K, N]``."""
     f = np.asarray(shadow_feats, dtype=np.float64)
     k = np.asarray(keep, dtype=bool)
     clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, random_state=seed)
     # One OpenMP thread: the rows are few (K·N) and on a shared CPU spinning threads cost 5x.
     with threadpool_limits(limits=1):
         clf.fit(f.reshape(-1, f.shape[-1]), k.reshape(-1))
+    return clf
+
+
+def shadow_scores(clf: HistGradientBoostingClassifier, target_feats: np.ndarray) -> np.ndarray:
+    """P(in) of the fitted attack model on a target's features ``[N, F]``."""
+    with threadpool_limits(limits=1):
         return clf.predict_proba(np.asarray(target_feats, dtype=np.float64))[:, 1]
+
+
+def shadow_attack(shadow_feats: np.ndarray, keep: np.ndarray, target_feats: np.ndarray, *,
+                  seed: int = 0) -> np.ndarray:
+    """Shokri et al.: fit on the shadows (``fit_shadow_classifier``), apply to the target's
+    features ``[N, F]``; returns P(in)."""
+    return shadow_scores(fit_shadow_classifier(shadow_feats, keep, seed=seed), target_feats)
 
 
 def nearest_attack(distances: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ BASELINES = ("naive", "full_data")
 
 @dataclasses.dataclass(frozen=True)
 class AuditConfig:
-    shadows: int = 16  # K shadow pipelines; each record IN for K/2 (LiRA: global variance below 64)
+    shadows: int = 16  # K shadow pipelines (two folds of K/2 in the game; LiRA: shared variance below 64)
     targets: int = 4  # networks trained on the release (and per shadow pipeline, so variances match)
     records: int = 500  # up to this many members and as many non-members (balanced)
     population: int = 1000  # held-out images (not audit records) used as RMIA's z samples
@@ -40,6 +40,8 @@ class AuditConfig:
     shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: 1 on CPU, else by memory
     shadow_lrs: str = "run"  # "run": shadows start from the run's tuned inner/HVP lrs (no re-tuning); "tune": each shadow tunes as the run did
     copy_percentile: float = 1.0  # near-copy threshold: this percentile of train NN distances
+    delta: float = 1e-6  # δ of the game's ε bounds (one-run: its 2·m·δ term needs δ ≪ 1/m, m ≈ 8,000 per fold)
+    epsilon_alpha: float = 0.01  # the game's ε bounds hold jointly with probability 1 − this
 
     def replace(self, **changes: Any) -> "AuditConfig":
         return dataclasses.replace(self, **changes)
@@ -65,6 +67,8 @@ def validate(cfg: AuditConfig) -> None:
         raise InputError(f"unknown baseline {bad[0]}; choose from {', '.join(BASELINES)}")
     if cfg.shadow_lrs not in ("run", "tune"):
         raise InputError(f"shadow_lrs must be 'run' or 'tune' (got {cfg.shadow_lrs!r})")
+    if not 0.0 < cfg.delta < 1.0 or not 0.0 < cfg.epsilon_alpha < 0.5:
+        raise InputError("delta must lie in (0, 1) and epsilon_alpha in (0, 0.5)")
     if cfg.rmia_a is not None and not 0.0 <= cfg.rmia_a <= 1.0:
         raise InputError("rmia_a must lie in [0, 1]")
 

@@ -168,3 +168,70 @@ def group_metrics(scores: np.ndarray, labels: np.ndarray, groups: Mapping[str, n
         res["nonmembers"] = which
         out[name] = res
     return out
+
+
+def calibrated_tpr(scores: np.ndarray, member: np.ndarray, calibration: np.ndarray,
+                   fpr_target: float, alpha: float = 0.05) -> dict[str, Any]:
+    """TPR and FPR at a threshold chosen on an independent calibration set.
+
+    ``calibration`` marks non-members used only to place the threshold (the highest score that at
+    most ⌊fpr·n_cal⌋ calibration scores exceed); the TPR is measured on the members and the FPR on
+    the other non-members, each with a two-sided Clopper–Pearson interval. Because the threshold
+    does not depend on the evaluated scores, both intervals are unconditional.
+    """
+    s, y = _check(scores, member)
+    cal = np.asarray(calibration, bool) & ~y
+    ev = ~y & ~cal
+    n_cal = int(cal.sum())
+    if n_cal < int(np.ceil(1.0 / fpr_target - 1e-9)) or not y.any() or not ev.any():
+        return {"tpr": None, "tpr_ci": None, "fpr": None, "fpr_ci": None, "threshold": None,
+                "reason": f"needs >= {int(np.ceil(1 / fpr_target))} calibration non-members, "
+                          f"has {n_cal}"}
+    j = int(np.floor(fpr_target * n_cal + 1e-9))
+    thr = float(np.sort(s[cal])[::-1][j])
+    tp, n1 = int(np.sum(s[y] > thr)), int(y.sum())
+    fp, n0 = int(np.sum(s[ev] > thr)), int(ev.sum())
+    t_lo, t_hi = clopper_pearson(tp, n1, alpha)
+    f_lo, f_hi = clopper_pearson(fp, n0, alpha)
+    return {"tpr": tp / n1, "tpr_ci": [float(t_lo), float(t_hi)], "fpr": fp / n0,
+            "fpr_ci": [float(f_lo), float(f_hi)], "threshold": thr, "reason": None}
+
+
+def release_metrics(scores: np.ndarray, member: np.ndarray, calibration: np.ndarray,
+                    groups: Mapping[str, np.ndarray] | None = None,
+                    fprs: tuple[float, ...] = FPR_TARGETS) -> dict[str, Any]:
+    """One attack on the custodian's own release (fixed members and non-members): AUC against the
+    evaluation non-members, TPR/FPR at thresholds set on the calibration non-members, advantage.
+    Descriptive only: membership here was not randomised, so no ε is derived from it."""
+    s, y = _check(scores, member)
+    cal = np.asarray(calibration, bool) & ~y
+    ev_sel = ~cal
+    out: dict[str, Any] = {"n_members": int(y.sum()), "n_nonmembers": int((~y & ~cal).sum()),
+                           "n_calibration": int(cal.sum())}
+    if y.any() and (~y & ~cal).any():
+        a, ci = auc_with_ci(s[ev_sel], y[ev_sel])
+        out.update(auc=a, auc_ci=list(ci), advantage=advantage(s[ev_sel], y[ev_sel]))
+    else:
+        out.update(auc=None, auc_ci=None, advantage=None)
+    out["tpr_at_fpr"], out["tpr_at_fpr_ci"], out["fpr_achieved"], out["tpr_at_fpr_reason"] = \
+        {}, {}, {}, {}
+    for f in fprs:
+        r = calibrated_tpr(s, y, cal, f)
+        out["tpr_at_fpr"][str(f)] = r["tpr"]
+        out["tpr_at_fpr_ci"][str(f)] = r["tpr_ci"]
+        out["fpr_achieved"][str(f)] = None if r["fpr"] is None else {"fpr": r["fpr"],
+                                                                     "ci": r["fpr_ci"]}
+        out["tpr_at_fpr_reason"][str(f)] = r["reason"]
+    if groups:
+        out["groups"] = {}
+        for name, mask in groups.items():
+            m = np.asarray(mask, bool)
+            neg = m & ~y
+            which = "group"
+            if not (neg & ~cal).any():
+                neg, which = ~y, "all"
+            sel = (m & y) | neg
+            g = release_metrics(s[sel], y[sel], cal[sel], None, fprs)
+            g["nonmembers"] = which
+            out["groups"][name] = g
+    return out

@@ -18,8 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rcig_release.audits import attacks as A
-from rcig_release.audits import copycheck, metrics, outputs, shadows, signals
+from rcig_release.audits import copycheck, game, metrics, outputs, shadows
+from rcig_release.audits.metrics import release_metrics
+from rcig_release.audits.scoring import score_targets
 from rcig_release.audits.config import AuditConfig, to_dict, validate
 from rcig_release.errors import InputError
 
@@ -89,8 +90,11 @@ def sample_records(y_train: np.ndarray, n_test: int, cfg: AuditConfig,
     population = np.sort(test_perm[n:n + cfg.population])
     if len(population) == 0:
         raise InputError("the held-out split is too small for audit records and RMIA's population")
+    # half of the non-members only place the release report's thresholds (never evaluated)
+    calibration = np.sort(rng.permutation(nonmembers)[: len(nonmembers) // 2])
     return {"members": members.tolist(), "nonmembers": nonmembers.tolist(),
-            "population": population.tolist(), "init_records": forced.tolist()}
+            "population": population.tolist(), "init_records": forced.tolist(),
+            "calibration": calibration.tolist()}
 
 
 def _load_or_make(audit_dir: Path, make_records: Callable[[], dict], cfg: AuditConfig,
@@ -123,65 +127,6 @@ def _target(support: tuple[np.ndarray, np.ndarray], prep: Any, loss: str, ds: sh
     return params, z, {"n_models": int(ds.n_models), "train_steps": steps, "lr": float(ds.lr),
                        "test_accuracy_mean": float(acc.mean()),
                        "test_accuracy_std": float(acc.std()), "n_train_images": int(len(support[0]))}
-
-
-def score_attacks(names: tuple[str, ...], tl: np.ndarray, sl: np.ndarray, keep: np.ndarray,
-                  y_q: np.ndarray, n_rec: int, cfg: AuditConfig,
-                  nearest_d: dict[str, np.ndarray] | None) -> tuple[dict[str, np.ndarray], dict]:
-    """Every requested attack's scores on the ``n_rec`` records from target logits ``tl``
-    ``[T, A, Q, C]`` and shadow logits ``sl`` ``[K, T, A, Q, C]`` (queries = records, then the
-    population)."""
-    y_rec = y_q[:n_rec]
-    info: dict[str, Any] = {}
-    out: dict[str, np.ndarray] = {}
-    clock = time.perf_counter()
-    phi_t = signals.logit_confidence(tl, y_q).mean(axis=0)[:, :n_rec]  # [A, N]
-    phi_s = signals.logit_confidence(sl, y_q).mean(axis=1)[:, :, :n_rec]  # [K, A, N]
-    if "loss" in names:
-        out["loss"] = A.loss_attack(signals.cross_entropy(tl[:, 0, :n_rec], y_rec))
-    if "shadow" in names:
-        feats = np.stack([A.shadow_features(sl[k][:, :, :n_rec], y_rec) for k in range(len(sl))])
-        out["shadow"] = A.shadow_attack(feats, keep, A.shadow_features(tl[:, :, :n_rec], y_rec),
-                                        seed=cfg.seed)
-    use_global = len(sl) < A.GLOBAL_VARIANCE_BELOW
-    info["lira_variance"] = "global" if use_global else "per-example"
-    if "lira_online" in names:
-        out["lira_online"] = A.lira_online(phi_t, phi_s, keep, global_variance=use_global)
-    if "lira_offline" in names:
-        out["lira_offline"] = A.lira_offline(phi_t, phi_s, keep, global_variance=use_global)
-    if "rmia" in names:
-        pt = signals.true_prob(tl, y_q).mean(axis=(0, 1))  # [Q]
-        ps = signals.true_prob(sl, y_q).mean(axis=(1, 2))  # [K, Q]
-        a = cfg.rmia_a if cfg.rmia_a is not None else A.tune_rmia_a(ps[:, :n_rec], keep,
-                                                                    ps[:, n_rec:])
-        info["rmia_a"] = a
-        out["rmia"] = A.rmia_offline(pt[:n_rec], ps[:, :n_rec], keep, pt[n_rec:], ps[:, n_rec:],
-                                     a=a, gamma=cfg.rmia_gamma)
-    if "nearest" in names and nearest_d is not None:
-        out["nearest"] = A.nearest_attack(nearest_d["pixel"])
-        out["nearest_feature"] = A.nearest_attack(nearest_d["feature"])
-    info["attack_seconds"] = time.perf_counter() - clock
-    return out, info
-
-
-def _nearest_distances(params: Any, ds: shadows.Downstream, prep: Any, records_pix: np.ndarray,
-                       released_pix: np.ndarray, released_model: np.ndarray,
-                       num_classes: int) -> dict[str, np.ndarray]:
-    pixel = copycheck.nearest(records_pix, released_pix)[0][:, 0]
-    fr = shadows.features_on(params, ds, prep.transform(records_pix), num_classes)
-    fs = shadows.features_on(params, ds, released_model, num_classes)
-    feature = np.stack([copycheck.nearest(fr[m], fs[m])[0][:, 0] for m in range(len(fr))])
-    return {"pixel": pixel, "feature": feature}
-
-
-def _evaluate(scores: dict[str, np.ndarray], member: np.ndarray,
-              groups: dict[str, np.ndarray]) -> dict[str, Any]:
-    out = {}
-    for name, s in scores.items():
-        m = metrics.attack_metrics(s, member)
-        m["groups"] = metrics.group_metrics(s, member, groups)
-        out[name] = m
-    return out
 
 
 def shadow_config(run: Any, cfg: AuditConfig) -> Any:
@@ -248,17 +193,19 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     mem, non, pop = (np.asarray(rec[k], np.int64) for k in ("members", "nonmembers", "population"))
     n_rec = len(mem) + len(non)
     member = np.concatenate([np.ones(len(mem), bool), np.zeros(len(non), bool)])
+    calib = np.concatenate([np.zeros(len(mem), bool),
+                            np.isin(non, np.asarray(rec.get("calibration", []), np.int64))])
     q_pix = np.concatenate([x_tr[mem], x_te[non], x_te[pop]])
     y_q = np.concatenate([y_tr[mem], y_te[non], y_te[pop]])
     rec_pix = q_pix[:n_rec]
     classes_rec = y_q[:n_rec]
 
-    def groups_for(init_idx: np.ndarray) -> dict[str, np.ndarray]:
+    def groups_for(init_idx: np.ndarray, *, game_groups: bool) -> dict[str, np.ndarray]:
         g = {f"class_{c}": classes_rec == c for c in range(C)}
         ii = np.isin(mem, init_idx[init_idx >= 0])
         if ii.any():
             g = {"init": np.concatenate([ii, np.zeros(len(non), bool)]), **g}
-        return g
+        return {"all": np.ones(n_rec, bool), **g} if game_groups else g
 
     base_key = jax.random.key(cfg.seed)
     common = dict(keep=keep, members=mem, nonmembers=non, x_train=x_tr, y_train=y_tr, x_test=x_te,
@@ -272,13 +219,17 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     say("targets", 0, 1)
     params, tl, tinfo = _target((run.images_model, run.labels), prep, "mse", down, q_pix, x_te,
                                 y_te, C, jax.random.fold_in(base_key, 1), cfg.mirror)
-    near = _nearest_distances(params, down, prep, rec_pix, run.images, run.images_model, C) \
+    near = shadows.nearest_distances(params, down, prep, rec_pix, run.images_model, C) \
         if "nearest" in cfg.attacks else None
     timings["targets"] = time.perf_counter() - t
     t = time.perf_counter()
-    sl = shadows.run_shadows("release", cfg=shadow_config(run, cfg), out_dir=audit_dir / "shadows", **common)
+    run_init_records = run_init[run_init >= 0] if run.config.init == "real" else None
+    sl, snear = shadows.run_shadows("release", cfg=shadow_config(run, cfg),
+                                    out_dir=audit_dir / "shadows", init_records=run_init_records,
+                                    **common)
     timings["shadows"] = time.perf_counter() - t
-    pipelines["release"] = dict(tl=tl, sl=sl, near=near, targets=tinfo, init=run_init)
+    pipelines["release"] = dict(tl=tl, sl=sl, near=near, snear=snear, targets=tinfo,
+                                init=run_init)
 
     # --- baselines ---------------------------------------------------------------------------
     if want_naive:
@@ -286,11 +237,14 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         naive_pix = x_tr[naive_idx]
         p2, tl2, ti2 = _target((naive_x, naive_lab), prep, "mse", down, q_pix, x_te, y_te, C,
                                jax.random.fold_in(base_key, 2), cfg.mirror)
-        near2 = _nearest_distances(p2, down, prep, rec_pix, naive_pix, naive_x, C) \
+        near2 = shadows.nearest_distances(p2, down, prep, rec_pix, naive_x, C) \
             if "nearest" in cfg.attacks else None
-        sl2 = shadows.run_shadows("naive", cfg=run.config, out_dir=audit_dir / "shadows_naive",
-                                  **common)
-        pipelines["naive"] = dict(tl=tl2, sl=sl2, near=near2, targets=ti2, init=naive_idx)
+        del naive_pix
+        sl2, snear2 = shadows.run_shadows("naive", cfg=run.config,
+                                          out_dir=audit_dir / "shadows_naive",
+                                          init_records=naive_idx, **common)
+        pipelines["naive"] = dict(tl=tl2, sl=sl2, near=near2, snear=snear2, targets=ti2,
+                                  init=naive_idx)
         timings["baseline_naive"] = time.perf_counter() - t
     if "full_data" in cfg.baselines:
         t = time.perf_counter()
@@ -300,27 +254,42 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
                                         lr=cfg.full_lr, warmup=cfg.full_warmup)
         p3, tl3, ti3 = _target((prep.transform(x_tr), y_tr), prep, "ce", down_full, q_pix, x_te,
                                y_te, C, jax.random.fold_in(base_key, 3), cfg.mirror)
-        sl3 = shadows.run_shadows("full", cfg=run.config, out_dir=audit_dir / "shadows_full",
-                                  **{**common, "ds": down_full})
-        pipelines["full_data"] = dict(tl=tl3, sl=sl3, near=None, targets=ti3,
+        sl3, _ = shadows.run_shadows("full", cfg=run.config, out_dir=audit_dir / "shadows_full",
+                                     **{**common, "ds": down_full})
+        pipelines["full_data"] = dict(tl=tl3, sl=sl3, near=None, snear=None, targets=ti3,
                                       init=np.zeros(0, np.int64))
         timings["baseline_full_data"] = time.perf_counter() - t
 
-    # --- attacks and metrics -----------------------------------------------------------------
+    # --- attacks: the game (every shadow a target) and this release -------------------------
     t = time.perf_counter()
     say("attacks", 0, len(pipelines))
     all_scores: dict[str, dict[str, np.ndarray]] = {}
     results: dict[str, dict[str, Any]] = {}
     for i, (name, p) in enumerate(pipelines.items()):
         names = tuple(a for a in cfg.attacks if not (a == "nearest" and p["near"] is None))
-        sc, info = score_attacks(names, p["tl"], p["sl"], keep, y_q, n_rec, cfg, p["near"])
+        gsc, ginfo = game.play(names, p["sl"], p["snear"], keep, y_q, n_rec, rmia_a=cfg.rmia_a,
+                               rmia_gamma=cfg.rmia_gamma, seed=cfg.seed)
+        gstats = game.statistics(gsc, keep, groups_for(p["init"], game_groups=True),
+                                 delta=cfg.delta, alpha=cfg.epsilon_alpha)
+        near1 = None if p["near"] is None else {k: v[None] for k, v in p["near"].items()}
+        sc, info = score_targets(names, p["tl"][None], near1, p["sl"], keep, y_q, n_rec,
+                                 rmia_a=cfg.rmia_a, rmia_gamma=cfg.rmia_gamma, seed=cfg.seed)
+        sc = {k: v[0] for k, v in sc.items()}
         all_scores[name] = sc
-        results[name] = {"attacks": _evaluate(sc, member, groups_for(p["init"])),
-                         "targets": p["targets"], **info}
+        groups = groups_for(p["init"], game_groups=False)
+        results[name] = {
+            "attacks": {a: release_metrics(s, member, calib, groups) for a, s in sc.items()},
+            "targets": p["targets"], "lira_variance": info.get("lira_variance"),
+            "rmia_a": info.get("rmia_a"),
+            "game": {**gstats, "rounds": ginfo["folds"]},
+            "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"]}
+        if name == "release":
+            np.savez_compressed(audit_dir / "game_scores.npz", keep=keep,
+                                **{k: v.astype(np.float32) for k, v in gsc.items()})
         say("attacks", i + 1, len(pipelines))
     timings["attacks"] = time.perf_counter() - t
 
-    # --- copy check --------------------------------------------------------------------------
+    # --- copy check (information; the release recomputes its own memorisation check) --------
     t = time.perf_counter()
     has_init = run_init >= 0
     cc = copycheck.copy_check(run.images, x_tr, x_te,
@@ -335,7 +304,8 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     timings["copy_check"] = time.perf_counter() - t
 
     # --- files -------------------------------------------------------------------------------
-    arrays: dict[str, np.ndarray] = {"member": member, "record_index": np.concatenate([mem, non]),
+    arrays: dict[str, np.ndarray] = {"member": member, "calibration": calib,
+                                     "record_index": np.concatenate([mem, non]),
                                      "record_split": np.concatenate([np.zeros(len(mem), np.int8),
                                                                      np.ones(len(non), np.int8)])}
     for pipe, sc in all_scores.items():
@@ -351,6 +321,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     timings["total"] = time.perf_counter() - t0
 
     rel = results["release"]
+    n_init = int(np.isin(mem, run_init[run_init >= 0]).sum())
     summary: dict[str, Any] = {
         "run_sha256": sha256_file(run.path / DISTILLED),
         "run": run.path.name,
@@ -363,9 +334,14 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         "downstream": {"arch": down.arch, "width": down.width, "n_models": down.n_models,
                        "steps": down.steps, "lr": down.lr, "warmup": down.warmup,
                        "batch": down.batch},
-        "init": {"mode": run.config.init, "n_init_records": int(np.isin(mem, run_init).sum())},
+        "init": {"mode": run.config.init, "n_init_records": n_init,
+                 "init_aware_shadows": bool(run.config.init == "real" and n_init > 0)},
         "records": {"members": int(len(mem)), "nonmembers": int(len(non)),
-                    "population": int(len(pop)), "file": "records.json"},
+                    "calibration": int(calib.sum()), "population": int(len(pop)),
+                    "file": "records.json"},
+        "membership": {"draw": "independent fair coin per (record, shadow pipeline)",
+                       "file": "keep.npy", "seed": [cfg.seed, 2]},
+        "game": rel["game"],
         "targets": rel["targets"],
         "attacks": rel["attacks"],
         "lira_variance": rel.get("lira_variance"),
@@ -374,8 +350,8 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         "baselines": {k: v for k, v in results.items() if k != "release"},
         "timings": timings,
         "workers": n_workers,
-        "outputs": ["audit.json", "scores.npz", "roc.png", "histograms.png", "records.json",
-                    "keep.npy", "audit_config.json"],
+        "outputs": ["audit.json", "scores.npz", "game_scores.npz", "roc.png", "histograms.png",
+                    "records.json", "keep.npy", "audit_config.json"],
         "private_gallery_images": gallery_n,
     }
     from rcig_release.rundir import environment

@@ -58,19 +58,13 @@ class Downstream:
 
 
 def make_keep(n_shadows: int, n_records: int, rng: np.random.Generator) -> np.ndarray:
-    """Boolean ``[K, N]`` membership matrix from complementary halves: shadows 2j and 2j+1 split
-    a fresh random permutation of the records between them, so every record is IN for exactly
-    K/2 shadows (K even) and every shadow holds ⌊N/2⌋ or ⌈N/2⌉ records."""
+    """Boolean ``[K, N]`` membership matrix of independent fair coins: record n is in shadow k's
+    private data with probability 1/2, independently of every other (record, shadow) pair. This is
+    what the audit's game needs (docs/audit.md): a pipeline's IN/OUT labels are independent of the
+    reference pipelines' labels, so under "no leak" they are independent of its attack scores."""
     if n_shadows < 2:
         raise ValueError("at least 2 shadows are needed")
-    keep = np.zeros((n_shadows, n_records), dtype=bool)
-    for j in range(0, n_shadows, 2):
-        perm = rng.permutation(n_records)
-        half = perm[: n_records // 2] if (j // 2) % 2 == 0 else perm[: (n_records + 1) // 2]
-        keep[j, half] = True
-        if j + 1 < n_shadows:
-            keep[j + 1] = ~keep[j]
-    return keep
+    return rng.random((n_shadows, n_records)) < 0.5
 
 
 def shadow_indices(keep_row: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
@@ -89,9 +83,11 @@ def mirror_queries(x: np.ndarray, mirror: bool) -> np.ndarray:
 
 
 def run_pipeline(kind: str, cfg: Any, x_pix: np.ndarray, y: np.ndarray, num_classes: int, *,
-                 seed: int, zca: bool) -> tuple[np.ndarray, np.ndarray, Any]:
+                 seed: int, zca: bool, init_forced: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """One pipeline on one private set → (training images in model space, training labels,
-    preprocessor). ``cfg`` is the run's ``DistillConfig``."""
+    preprocessor). ``cfg`` is the run's ``DistillConfig``; ``init_forced``: positions in ``x_pix``
+    that must be init images (real init: the audited init records this shadow holds)."""
     from rcig_release.data import fit_preprocessor
 
     prep = fit_preprocessor(x_pix, zca=zca, zca_reg=cfg.zca_reg)
@@ -102,8 +98,34 @@ def run_pipeline(kind: str, cfg: Any, x_pix: np.ndarray, y: np.ndarray, num_clas
 
     c = cfg.replace(seed=int(seed)) if kind == "release" else cfg.replace(
         seed=int(seed), steps=0, init="real")
-    res = distill(c, x_model, np.asarray(y, np.int64), num_classes)
+    forced = init_forced if c.init == "real" else None
+    res = distill(c, x_model, np.asarray(y, np.int64), num_classes, init_forced=forced)
     return res.images_model, res.labels, prep
+
+
+def forced_positions(train_idx: np.ndarray, init_records: np.ndarray | None) -> np.ndarray | None:
+    """Positions, in a shadow's private set (its training-split indices ``train_idx`` first), of
+    the audited init records it holds."""
+    if init_records is None or len(init_records) == 0:
+        return None
+    held = np.asarray(init_records, np.int64)
+    held = held[np.isin(held, train_idx)]
+    return np.searchsorted(train_idx, held).astype(np.int64)
+
+
+def nearest_distances(params: Any, ds: Downstream, prep: Any, records_pix: np.ndarray,
+                      released_model: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """What the release-direct attacks observe: every record's distance to its nearest released
+    image, in pixel space (normalised L2 of the images clipped to [0, 1], as published) ``[N]``
+    and in each network's penultimate-feature space ``[M, N]``."""
+    from rcig_release.audits import copycheck
+
+    released_pix = np.clip(prep.inverse(released_model), 0.0, 1.0)
+    pixel = copycheck.nearest(records_pix, released_pix)[0][:, 0]
+    fr = features_on(params, ds, prep.transform(records_pix), num_classes)
+    fs = features_on(params, ds, released_model, num_classes)
+    feature = np.stack([copycheck.nearest(fr[m], fs[m])[0][:, 0] for m in range(len(fr))])
+    return {"pixel": pixel, "feature": feature}
 
 
 def loss_for(kind: str) -> str:
@@ -194,19 +216,23 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
                 x_test: np.ndarray, y_test: np.ndarray, queries_pix: np.ndarray,
                 num_classes: int, zca: bool, ds: Downstream, out_dir: Path, seed: int,
                 resume: bool, mirror: bool = True, group: int | None = None,
-                workers: int = 1,
-                progress: Callable[[str, int, int], None] | None = None) -> np.ndarray:
+                workers: int = 1, init_records: np.ndarray | None = None,
+                progress: Callable[[str, int, int], None] | None = None
+                ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Runs (or, with ``resume``, reloads) every shadow pipeline of ``kind`` and returns the
-    stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``).
+    stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``) and, for
+    pipelines that release images, each shadow's nearest-image distances of the audit records
+    (``{"pixel": [K, N], "feature": [K, M, N]}``; None for ``full``).
+    ``init_records``: training-split indices of the audited init records (init-aware shadows).
     ``workers`` > 1: the pipelines are shared among that many processes (``run_in_workers``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n_shadows = keep.shape[0]
     todo = [k for k in range(n_shadows)
-            if not (resume and _valid(out_dir / f"{k}.npz", keep[k]))]
+            if not (resume and _valid(out_dir / f"{k}.npz", keep[k], kind != "full"))]
     job = dict(kind=kind, cfg=cfg, keep=keep, members=members, nonmembers=nonmembers,
                x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                queries_pix=queries_pix, num_classes=num_classes, zca=zca, ds=ds, out_dir=out_dir,
-               seed=seed, mirror=mirror, group=group)
+               seed=seed, mirror=mirror, group=group, init_records=init_records)
     if progress:
         progress(kind, n_shadows - len(todo), n_shadows)
     if workers > 1 and len(todo) > 1:
@@ -214,18 +240,23 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
     else:
         _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=progress,
                   **job)
-    out = []
+    out, pix, feat = [], [], []
     for k in range(n_shadows):
         with np.load(out_dir / f"{k}.npz") as f:
             out.append(f["logits"])
-    return np.stack(out)
+            if kind != "full":
+                pix.append(f["near_pixel"])
+                feat.append(f["near_feature"])
+    near = {"pixel": np.stack(pix), "feature": np.stack(feat)} if kind != "full" else None
+    return np.stack(out), near
 
 
 def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members: np.ndarray,
               nonmembers: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
               x_test: np.ndarray, y_test: np.ndarray, queries_pix: np.ndarray, num_classes: int,
               zca: bool, ds: Downstream, out_dir: Path, seed: int, mirror: bool,
-              group: int | None, n_done: int = 0, n_shadows: int = 0,
+              group: int | None, init_records: np.ndarray | None = None, n_done: int = 0,
+              n_shadows: int = 0,
               progress: Callable[[str, int, int], None] | None = None) -> None:
     """The shadows ``todo`` of one pipeline kind, in this process; each written to
     ``<out_dir>/<k>.npz`` as soon as its group is done."""
@@ -249,15 +280,21 @@ def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members
             xs = np.concatenate([x_train[tr], x_test[te]])
             ys = np.concatenate([y_train[tr], y_test[te]])
             xm, lab, prep = run_pipeline(kind, cfg, xs, ys, num_classes, seed=seed * 1000 + k,
-                                         zca=zca)
+                                         zca=zca, init_forced=forced_positions(tr, init_records))
             sets.append((xm, lab))
             preps.append(prep)
         keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
         params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
-        for k, p, prep in zip(ks, params, preps):
+        n_rec = len(members) + len(nonmembers)
+        for k, p, prep, (xm, _) in zip(ks, params, preps, sets):
             q = prep.transform(queries_pix)
             z = logits_on(p, ds, mirror_queries(q, mirror), num_classes)
-            _atomic_npz(out_dir / f"{k}.npz", logits=z.astype(np.float32), keep=keep[k])
+            extra = {}
+            if kind != "full":
+                near = nearest_distances(p, ds, prep, queries_pix[:n_rec], xm, num_classes)
+                extra = {"near_pixel": near["pixel"].astype(np.float32),
+                         "near_feature": near["feature"].astype(np.float32)}
+            _atomic_npz(out_dir / f"{k}.npz", logits=z.astype(np.float32), keep=keep[k], **extra)
         done += len(ks)
         if progress:
             progress(kind, done, n_shadows)
@@ -336,7 +373,7 @@ def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows
             msg = f"exit code {failed[0]}"
         raise RcigReleaseError(f"a shadow worker failed ({msg}); finished shadows are kept, "
                                "continue with --resume")
-    missing = [k for k in todo if not _valid(out_dir / f"{k}.npz", keep[k])]
+    missing = [k for k in todo if not _valid(out_dir / f"{k}.npz", keep[k], job["kind"] != "full")]
     if missing:
         raise RcigReleaseError(f"shadow workers ended without shadow {missing[0]}")
     if progress and seen != n_shadows:
@@ -362,11 +399,12 @@ def _worker(job: dict[str, Any], todo: list[int], cores: list[int], errors: Any)
         raise SystemExit(1) from None
 
 
-def _valid(path: Path, keep_row: np.ndarray) -> bool:
+def _valid(path: Path, keep_row: np.ndarray, need_near: bool = False) -> bool:
     if not path.is_file():
         return False
     try:
         with np.load(path) as f:
-            return bool(np.array_equal(f["keep"], keep_row)) and f["logits"].ndim == 4
+            near = not need_near or ("near_pixel" in f.files and "near_feature" in f.files)
+            return bool(np.array_equal(f["keep"], keep_row)) and f["logits"].ndim == 4 and near
     except (OSError, ValueError, KeyError):
         return False

@@ -41,13 +41,27 @@ class Interrupted(RcigReleaseError):
     exit_code = 130
 
 
-def initial_set(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray,
-                num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def initial_set(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes: int,
+                forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ipc random real images per class (indices recorded) or 0.3·N(0,1) noise; labels one-hot − 1/C
-    (rcig-algorithm §1.8). Images are ordered class by class."""
+    (rcig-algorithm §1.8). Images are ordered class by class.
+
+    ``forced`` (real init only): indices into ``x_model`` that must be init images, at most ipc per
+    class; each class's remaining slots are drawn at random from its other images, as without it.
+    The audit uses it so that an audited init record that is IN for a shadow pipeline is one of
+    that pipeline's init images, as it was in the release."""
     rng = np.random.default_rng(cfg.seed)
-    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), cfg.ipc, replace=False)
-                          for c in range(num_classes)]).astype(np.int64)
+    want = np.zeros(0, np.int64) if forced is None else np.unique(np.asarray(forced, np.int64))
+    parts = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(y == c)
+        fixed = want[np.isin(want, pool)]
+        if len(fixed) > cfg.ipc:
+            raise ValueError(f"{len(fixed)} forced init images for class {c}, ipc is {cfg.ipc}")
+        rest = rng.choice(np.setdiff1d(pool, fixed), cfg.ipc - len(fixed), replace=False) \
+            if forced is not None else rng.choice(pool, cfg.ipc, replace=False)
+        parts.append(np.concatenate([fixed, rest]))
+    idx = np.concatenate(parts).astype(np.int64)
     classes = np.repeat(np.arange(num_classes), cfg.ipc)
     labels = (np.eye(num_classes, dtype=np.float32) - 1.0 / num_classes)[classes]
     if cfg.init == "real":
@@ -64,7 +78,8 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
             checkpoint_dir: Path | None = None, resume: bool = False,
             on_log: Callable[[int, dict[str, float]], None] | None = None,
             progress: Callable[[int, int, dict[str, float]], None] | None = None,
-            on_state: Callable[[int, Any], None] | None = None) -> DistillResult:
+            on_state: Callable[[int, Any], None] | None = None,
+            init_forced: np.ndarray | None = None) -> DistillResult:
     """Runs RCIG for ``cfg.steps`` outer iterations and returns the EMA distilled set.
 
     ``x_model``: float32 [N,H,W,C] preprocessed training images; ``y``: int labels in 0..C−1.
@@ -74,7 +89,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     y = np.asarray(y, np.int64)
     cfg = with_data_defaults(cfg, len(y))
     check_ipc(y, cfg.ipc, num_classes)
-    x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes)
+    x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes, init_forced)
     if cfg.steps == 0:
         return DistillResult(x_init, y_init, 0.0, init_idx, {"steps": 0})
 

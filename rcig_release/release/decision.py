@@ -1,8 +1,17 @@
 """Evaluating a release policy: a pure function from (run, eval, audit, policy) to a decision.
 
 One ``Rule`` per check, each with the measured value, the limit, the comparison and the outcome.
-Nothing here reads files or private data; the release safety check (which needs the private
-training images) lives in ``safety.py``.
+Nothing here reads files or private data; the release's memorisation check (which needs the
+private images) lives in ``safety.py``.
+
+The privacy rules are read from the audit's *game* (``audit["game"]``, docs/audit.md): for every
+attack and every group the policy names, "the attack is at chance" is tested per fold and the
+fold p-values are combined (Bonferroni). A test rule fails when its p-value is at most
+α_t = (gate.alpha − α_ε) / m, m being the number of test rules and α_ε the audit's budget for its ε
+bounds when the policy uses them: so a release whose attacks are all at chance passes every
+privacy rule with probability ≥ 1 − gate.alpha. A test rule is *decidable* when, at the audit's
+sizes, it would detect an attack at the policy's ``detect_*`` effect size with probability ≥
+gate.power; an undecidable rule fails closed, naming the option to raise.
 """
 
 from __future__ import annotations
@@ -12,13 +21,15 @@ import fnmatch
 import math
 from typing import Any, Mapping
 
+from rcig_release.audits import stats
 from rcig_release.release.auditview import baseline, shadow_count, target_accuracy
-from rcig_release.release.policy import LimitSet, MetricLimits, Policy
+from rcig_release.release.policy import MetricLimits, Policy
 
 # Ties within this tolerance pass: a limit of 0.6 must not fail on 0.6000000000000001.
 _TOL = 1e-9
-# The FPR keys of the audit's tpr_at_fpr dicts, and the policy key holding their limit.
-_TPR_KEYS = (("0.001", "max_tpr_at_fpr_0_001"), ("0.01", "max_tpr_at_fpr_0_01"))
+# The game's test keys, the policy key holding their effect size, and the FPR (None: AUC).
+_TESTS = (("auc", "detect_auc", None), ("tpr_at_fpr_0.01", "detect_tpr_at_fpr_0_01", 0.01),
+          ("tpr_at_fpr_0.001", "detect_tpr_at_fpr_0_001", 0.001))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,65 +80,120 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _upper(ci: Any) -> float | None:
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        return _num(ci[1])
-    return None
-
-
 def _le(name: str, value: float | None, limit: float, note: str = "") -> Rule:
     passed = value is not None and value <= limit + _TOL
     return Rule(name, value, limit, "<=", passed, note)
 
 
-def _metric_rules(prefix: str, metrics: Mapping, ls: LimitSet, limits: MetricLimits) -> list[Rule]:
-    """Rules for one attack (or one of its risk groups) against one set of limits."""
+def _raise_hint(group: str) -> str:
+    return "--shadows" if group != "all" else "--records or --shadows"
+
+
+def _fold_counts(g: Mapping, key: str) -> list[tuple[int, int]]:
+    out = []
+    for f in g.get("folds") or []:
+        t = f.get("auc") if key == "auc" else (f.get("tpr_at_fpr") or {}).get(key.split("_")[-1])
+        if not isinstance(t, Mapping):
+            return []
+        n_in, n_out = _int(t.get("n_in")), _int(t.get("n_out"))
+        if n_in is None or n_out is None:
+            return []
+        out.append((n_in, n_out))
+    return out
+
+
+def _int(x: Any) -> int | None:
+    v = _num(x)
+    return None if v is None else int(v)
+
+
+def _test_rule(name: str, g: Mapping, key: str, effect: float, fpr: float | None, alpha_t: float,
+               power: float, group: str) -> Rule:
+    """One test of "at chance" from the game, with its decidability."""
+    counts = _fold_counts(g, key)
+    p = _num((g.get("p_value") or {}).get(key))
+    what = "AUC" if fpr is None else f"TPR at FPR {fpr:g}"
+    if not counts:
+        return Rule(name, p, alpha_t, "p >", False, "missing in the audit's game")
+    alpha_f = alpha_t / len(counts)  # each fold is tested at alpha_t / folds (Bonferroni)
+    powers = [stats.auc_power(i, o, effect, alpha_f) if fpr is None
+              else stats.tpr_power(i, o, fpr, effect, alpha_f) for i, o in counts]
+    best = max(powers)
+    desc = (f"{what} {effect:g} detected with power {best:.3f} "
+            f"({counts[0][0]} IN / {counts[0][1]} OUT guesses per fold)")
+    if best < power - _TOL:
+        return Rule(name, p, alpha_t, "p >", False,
+                    f"undecidable at these sizes: {desc}, needs {power:g}; raise "
+                    f"{_raise_hint(group)}")
+    if p is None:
+        return Rule(name, None, alpha_t, "p >", False, "p-value missing in the audit's game")
+    observed = _num(g.get("auc")) if fpr is None else _num((g.get("tpr_at_fpr") or {}).get(str(fpr)))
+    seen = "" if observed is None else f"observed {what} {observed:.4f}; "
+    return Rule(name, p, alpha_t, "p >", p > alpha_t, f"{seen}{desc}")
+
+
+def _eps_rule(name: str, g: Mapping, limit: float, group: str) -> Rule:
+    eps, cap = _num(g.get("epsilon_lower_bound")), _num(g.get("max_epsilon"))
+    if eps is None or cap is None:
+        return Rule(name, eps, limit, "<=", False, "ε lower bound missing in the audit's game")
+    if cap <= limit + _TOL:
+        return Rule(name, eps, limit, "<=", False,
+                    f"undecidable at these sizes: the largest ε lower bound they can show is "
+                    f"{cap:.3f}; raise {_raise_hint(group)}")
+    sat = " (saturated: the sample size, not a measurement)" if g.get("epsilon_saturated") else ""
+    return _le(name, eps, limit, f"largest showable {cap:.3f}{sat}")
+
+
+def _targets(game: Mapping, policy: Policy) -> list[tuple[str, str, MetricLimits]]:
+    """(attack, group, limits) for every attack of the game: group "all" with the overall limits
+    (merged with per-attack ones), and every group matching the policy's patterns."""
+    out = []
+    attacks = game.get("attacks") if isinstance(game.get("attacks"), Mapping) else {}
+    for name in sorted(attacks):
+        groups = attacks[name].get("groups") if isinstance(attacks[name], Mapping) else None
+        if not isinstance(groups, Mapping):
+            continue
+        if isinstance(groups.get("all"), Mapping):
+            out.append((name, "all", policy.overall.merged(policy.per_attack.get(name))))
+        for group in sorted(groups):
+            if group != "all" and isinstance(groups[group], Mapping) and any(
+                    fnmatch.fnmatchcase(group, pat) for pat in policy.groups.patterns):
+                out.append((name, group, policy.groups.limits))
+    return out
+
+
+def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
+    """The game's rules (tests of chance, their decidability, ε limits)."""
+    game = audit.get("game")
+    if not isinstance(game, Mapping) or not isinstance(game.get("attacks"), Mapping):
+        return [Rule("game.present", False, True, "present", False,
+                     "the audit has no membership game (an audit from before it); re-run "
+                     "rcig-release audit")]
+    targets = _targets(game, policy)
+    n_tests = sum(1 for _, _, lim in targets for _, key, _ in _TESTS if getattr(lim, key) is not None)
+    uses_eps = any(lim.max_epsilon_lower_bound is not None for _, _, lim in targets)
+    eps_info = game.get("epsilon") if isinstance(game.get("epsilon"), Mapping) else {}
+    conf = _num(eps_info.get("confidence"))
+    alpha_eps = (1.0 - conf) if (uses_eps and conf is not None) else 0.0
     rules: list[Rule] = []
-    ci_upper = ls.bound == "ci_upper"
-
-    if limits.max_auc is not None:
-        auc = _num(metrics.get("auc"))
-        value, note = auc, ""
-        if ci_upper:
-            up = _upper(metrics.get("auc_ci"))
-            if up is not None:
-                value, note = up, "95% interval upper end"
-            else:
-                note = "no interval in the audit; point value"
-        if auc is None:
-            note = "missing in the audit"
-        rules.append(_le(f"{prefix}.auc", value, limits.max_auc, note))
-
-    tprs = metrics.get("tpr_at_fpr") or {}
-    cis = metrics.get("tpr_at_fpr_ci") or {}
-    for fpr, key in _TPR_KEYS:
-        limit = getattr(limits, key)
-        if limit is None:
-            continue
-        name = f"{prefix}.tpr@fpr={fpr}"
-        if not isinstance(tprs, Mapping) or fpr not in tprs:
-            rules.append(Rule(name, None, limit, "<=", False, "missing in the audit"))
-            continue
-        point = _num(tprs.get(fpr))
-        if point is None:
-            ok = ls.unresolved == "pass"
-            rules.append(Rule(name, None, limit, "<=", ok, "not resolvable: too few non-members"))
-            continue
-        value, note = point, ""
-        if ci_upper:
-            up = _upper(cis.get(fpr)) if isinstance(cis, Mapping) else None
-            if up is not None:
-                value, note = up, "95% interval upper end"
-            else:
-                note = "no interval in the audit; point value"
-        rules.append(_le(name, value, limit, note))
-
-    if limits.max_epsilon_lower_bound is not None:
-        eps = _num(metrics.get("epsilon_lower_bound"))
-        rules.append(
-            _le(f"{prefix}.epsilon_lower_bound", eps, limits.max_epsilon_lower_bound,
-                "" if eps is not None else "missing in the audit")
-        )
+    budget = policy.alpha - alpha_eps
+    if uses_eps and (conf is None or budget <= 0):
+        rules.append(Rule("game.epsilon_confidence", conf, 1 - policy.alpha, ">", False,
+                          "the audit's ε bounds do not leave any of the policy's false-refusal "
+                          "budget for its tests; audit with a smaller --epsilon-alpha"))
+        budget = policy.alpha
+    alpha_t = budget / max(1, n_tests)
+    for name, group, lim in targets:
+        g = game["attacks"][name]["groups"][group]
+        prefix = f"game.{name}[{group}]"
+        for key, pkey, fpr in _TESTS:
+            effect = getattr(lim, pkey)
+            if effect is not None:
+                rules.append(_test_rule(f"{prefix}.{key}", g, key, effect, fpr, alpha_t,
+                                        policy.power, group))
+        if lim.max_epsilon_lower_bound is not None:
+            rules.append(_eps_rule(f"{prefix}.epsilon_lower_bound", g,
+                                   lim.max_epsilon_lower_bound, group))
     return rules
 
 
@@ -151,16 +217,17 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
       policy: the loaded policy.
 
     Returns:
-      A ``Decision`` with one rule per check, in a stable order: audit strength, init mode, copies,
-      utility, then every attack present in the audit (overall, then its matching risk groups).
+      A ``Decision`` with one rule per check, in a stable order: audit strength, init mode,
+      utility, then the game's rules per attack (group "all", then the policy's groups).
     """
     rules: list[Rule] = []
-    attacks = audit.get("attacks") or {}
+    game = audit.get("game") if isinstance(audit.get("game"), Mapping) else {}
+    attacks = game.get("attacks") if isinstance(game.get("attacks"), Mapping) else {}
 
     for name in policy.required_attacks:
         ran = isinstance(attacks.get(name), Mapping)
         rules.append(Rule(f"audit.attack_ran.{name}", ran, True, "present", ran,
-                          "" if ran else "attack missing from the audit"))
+                          "" if ran else "attack missing from the audit's game"))
     n_shadows = shadow_count(audit)
     rules.append(Rule("audit.min_shadows", n_shadows, policy.min_shadows, ">=",
                       n_shadows is not None and n_shadows >= policy.min_shadows,
@@ -170,34 +237,24 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
     rules.append(Rule("init.mode", mode, list(policy.allowed_init_modes), "in",
                       mode in policy.allowed_init_modes,
                       "" if mode is not None else "init mode missing in run.json"))
-
-    copy_check = audit.get("copy_check") or {}
-    near = copy_check.get("near_copies")
-    near = int(near) if _num(near) is not None else None
-    rules.append(Rule("copies.near_copies", near, policy.max_near_copies, "<=",
-                      near is not None and near <= policy.max_near_copies))
+    init = audit.get("init") if isinstance(audit.get("init"), Mapping) else {}
+    if mode == "real":
+        n_init = _int(init.get("n_init_records"))
+        has = bool(attacks) and all(
+            isinstance((a.get("groups") or {}).get("init"), Mapping)
+            for a in attacks.values() if isinstance(a, Mapping))
+        ok = bool(n_init) and has and bool(init.get("init_aware_shadows"))
+        rules.append(Rule("init.records_audited", ok, True, "present", ok,
+                          "" if ok else "a real-init run needs its init records audited as a "
+                          "group by init-aware shadows; re-run rcig-release audit"))
 
     acc = _num(eval_json.get("accuracy_mean"))
     rules.append(_ge("utility.accuracy", acc, policy.min_accuracy,
                      "" if acc is not None else "accuracy_mean missing in eval.json"))
-    rules.append(_gain_rule(acc, audit, policy.min_gain_over_naive))
+    if policy.min_gain_over_naive is not None:
+        rules.append(_gain_rule(acc, audit, policy.min_gain_over_naive))
 
-    for name in sorted(attacks):
-        metrics = attacks[name]
-        if not isinstance(metrics, Mapping):
-            continue
-        limits = policy.overall.limits.merged(policy.per_attack.get(name))
-        rules += _metric_rules(f"attack.{name}", metrics, policy.overall, limits)
-        groups = metrics.get("groups") or {}
-        if not isinstance(groups, Mapping):
-            continue
-        for group in sorted(groups):
-            if not any(fnmatch.fnmatchcase(group, p) for p in policy.groups.patterns):
-                continue
-            if isinstance(groups[group], Mapping):
-                rules += _metric_rules(f"attack.{name}[{group}]", groups[group],
-                                       policy.groups.limit_set, policy.groups.limit_set.limits)
-
+    rules += privacy_rules(audit, policy)
     return Decision(policy.name, policy.sha256, tuple(rules))
 
 

@@ -1,14 +1,19 @@
 """Release policies: a frozen schema, loaded from TOML with every key checked.
 
-A policy is a set of limits on what the audit measured (per attack and per risk group), on copies,
-on the audit's own strength (attacks run, shadows), on the initialisation, and on utility. Unknown
-keys, missing keys and values of the wrong type are ``InputError``: a typo in a privacy policy must
+A policy is a set of rules over the audit's membership game (docs/audit.md, "The game"): every
+attack that beats chance significantly refuses, at a family-wise false-refusal rate ``gate.alpha``
+for a release whose attacks are at chance; each such rule must also be *decidable* at the audit's
+sizes (power ≥ ``gate.power`` to detect an attack at the policy's ``detect_*`` effect sizes), or it
+fails closed. Besides: limits on the game's ε lower bounds, the audit's strength (attacks run,
+shadows), the initialisation, and utility. Unknown keys, missing keys, values of the wrong type,
+NaN and values outside their meaningful range are ``InputError``: a typo in a privacy policy must
 never silently loosen it. The schema and the meaning of each key are in docs/release.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,23 +26,26 @@ ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "neares
 # variant of the release-direct attack.
 LIMITABLE_ATTACKS = ATTACK_NAMES + ("nearest_feature",)
 INIT_MODES = ("real", "noise")
-BOUNDS = ("ci_upper", "point")
-UNRESOLVED = ("pass", "fail")
 METRIC_KEYS = (
-    "max_auc",
-    "max_tpr_at_fpr_0_001",
-    "max_tpr_at_fpr_0_01",
+    "detect_auc",
+    "detect_tpr_at_fpr_0_01",
+    "detect_tpr_at_fpr_0_001",
     "max_epsilon_lower_bound",
 )
+# Keys of the earlier schema (point limits on the custodian's fixed split), named in the error.
+_RENAMED = {"max_auc": "detect_auc", "max_tpr_at_fpr_0_01": "detect_tpr_at_fpr_0_01",
+            "max_tpr_at_fpr_0_001": "detect_tpr_at_fpr_0_001", "bound": None, "unresolved": None,
+            "max_near_copies": None}
 
 
 @dataclasses.dataclass(frozen=True)
 class MetricLimits:
-    """Upper limits on one attack's metrics. ``None`` (only in per-attack overrides) = inherit."""
+    """Effect sizes the audit must be able to detect, and the ε limit. ``None`` = rule not applied
+    (in groups and per-attack overrides: inherit / off)."""
 
-    max_auc: float | None
-    max_tpr_at_fpr_0_001: float | None
-    max_tpr_at_fpr_0_01: float | None
+    detect_auc: float | None
+    detect_tpr_at_fpr_0_01: float | None
+    detect_tpr_at_fpr_0_001: float | None
     max_epsilon_lower_bound: float | None
 
     def merged(self, override: "MetricLimits | None") -> "MetricLimits":
@@ -50,18 +58,9 @@ class MetricLimits:
 
 
 @dataclasses.dataclass(frozen=True)
-class LimitSet:
-    """Limits plus how to read the audit's numbers (interval upper end or point value)."""
-
-    bound: str  # "ci_upper" | "point"
-    unresolved: str  # "pass" | "fail": what a TPR the audit could not resolve (null) means
-    limits: MetricLimits
-
-
-@dataclasses.dataclass(frozen=True)
 class GroupLimits:
-    patterns: tuple[str, ...]  # fnmatch patterns over the audit's group names
-    limit_set: LimitSet
+    patterns: tuple[str, ...]  # fnmatch patterns over the game's group names (not "all")
+    limits: MetricLimits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +69,15 @@ class Policy:
     description: str
     required_attacks: tuple[str, ...]
     min_shadows: int
-    overall: LimitSet
+    alpha: float  # family-wise false-refusal rate of a release whose attacks are at chance
+    power: float  # each test rule must detect its effect size with this probability
+    overall: MetricLimits
     per_attack: Mapping[str, MetricLimits]
     groups: GroupLimits
-    max_near_copies: int
     allow_near_copies_in_bundle: bool
     allowed_init_modes: tuple[str, ...]
     min_accuracy: float
-    min_gain_over_naive: float
+    min_gain_over_naive: float | None
     sha256: str  # of the policy file's bytes
     source_name: str  # the policy file's base name (never a path)
 
@@ -112,6 +112,8 @@ class _Table:
         if value is None:
             return None
         value = float(value)
+        if not math.isfinite(value):
+            raise InputError(f"policy {self.file}: {self._key(key)} must be a finite number")
         if value < lo or (hi is not None and value > hi):
             rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
             raise InputError(f"policy {self.file}: {self._key(key)} must be in {rng}")
@@ -142,23 +144,27 @@ class _Table:
 
     def done(self) -> None:
         if self.data:
-            raise InputError(f"policy {self.file}: unknown key {self._key(sorted(self.data)[0])}")
+            key = sorted(self.data)[0]
+            hint = ""
+            if key in _RENAMED:
+                new = _RENAMED[key]
+                hint = (f" (the gate now tests the audit's game: use {new}, see docs/release.md)"
+                        if new else " (no longer used: see docs/release.md)")
+            raise InputError(f"policy {self.file}: unknown key {self._key(key)}{hint}")
 
 
 def _metric_limits(t: _Table, *, optional: bool) -> MetricLimits:
+    def above(key: str, floor: float) -> float | None:
+        v = t.number(key, hi=1.0, optional=optional)
+        if v is not None and v <= floor:
+            raise InputError(f"policy {t.file}: {t._key(key)} must be above {floor:g} (chance)")
+        return v
+
     return MetricLimits(
-        max_auc=t.number("max_auc", hi=1.0, optional=optional),
-        max_tpr_at_fpr_0_001=t.number("max_tpr_at_fpr_0_001", hi=1.0, optional=optional),
-        max_tpr_at_fpr_0_01=t.number("max_tpr_at_fpr_0_01", hi=1.0, optional=optional),
-        max_epsilon_lower_bound=t.number("max_epsilon_lower_bound", optional=optional),
-    )
-
-
-def _limit_set(t: _Table) -> LimitSet:
-    return LimitSet(
-        bound=t.choice("bound", BOUNDS),
-        unresolved=t.choice("unresolved", UNRESOLVED),
-        limits=_metric_limits(t, optional=False),
+        detect_auc=above("detect_auc", 0.5),
+        detect_tpr_at_fpr_0_01=above("detect_tpr_at_fpr_0_01", 0.01),
+        detect_tpr_at_fpr_0_001=above("detect_tpr_at_fpr_0_001", 0.001),
+        max_epsilon_lower_bound=t.number("max_epsilon_lower_bound", hi=50.0, optional=optional),
     )
 
 
@@ -172,20 +178,32 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
 
     meta = top.sub("policy")
     name = meta.take("name", str)
+    if not name.strip() or any(ord(ch) < 32 for ch in name):
+        raise InputError(f"policy {file}: policy.name must be a non-empty single line")
     description = meta.take("description", str, optional=True) or ""
     meta.done()
 
     audit = top.sub("audit")
     required = audit.strings("required_attacks", ATTACK_NAMES)
+    if not required:
+        raise InputError(f"policy {file}: audit.required_attacks must name at least one attack")
     min_shadows = audit.take("min_shadows", int)
-    if min_shadows < 0:
-        raise InputError(f"policy {file}: audit.min_shadows must be >= 0")
+    if min_shadows < 2:
+        raise InputError(f"policy {file}: audit.min_shadows must be >= 2 (the game needs two folds)")
     audit.done()
+
+    gate = top.sub("gate")
+    alpha = gate.number("alpha", lo=1e-6, hi=0.2)
+    power = gate.number("power", lo=0.5, hi=0.9999)
+    gate.done()
 
     limits = top.sub("limits")
     groups_t = limits.sub("groups")
     patterns = groups_t.strings("patterns")
-    groups = GroupLimits(patterns=patterns, limit_set=_limit_set(groups_t))
+    if not patterns or any(not p for p in patterns):
+        raise InputError(f"policy {file}: limits.groups.patterns must list at least one pattern")
+    g_limits = _metric_limits(groups_t, optional=True)
+    groups = GroupLimits(patterns=patterns, limits=g_limits)
     groups_t.done()
     per_attack: dict[str, MetricLimits] = {}
     attack_t = limits.sub("attack", optional=True)
@@ -197,23 +215,22 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
             per_attack[attack] = _metric_limits(sub, optional=True)
             sub.done()
         attack_t.done()
-    overall = _limit_set(limits)
+    overall = _metric_limits(limits, optional=False)
     limits.done()
 
     copies = top.sub("copies")
-    max_near_copies = copies.take("max_near_copies", int)
-    if max_near_copies < 0:
-        raise InputError(f"policy {file}: copies.max_near_copies must be >= 0")
     allow_in_bundle = copies.take("allow_near_copies_in_bundle", bool)
     copies.done()
 
     init = top.sub("init")
     allowed_init = init.strings("allowed_modes", INIT_MODES)
+    if not allowed_init:
+        raise InputError(f"policy {file}: init.allowed_modes must name at least one mode")
     init.done()
 
     utility = top.sub("utility")
     min_accuracy = utility.number("min_accuracy", hi=1.0)
-    min_gain = utility.number("min_gain_over_naive", lo=-1.0, hi=1.0)
+    min_gain = utility.number("min_gain_over_naive", lo=-1.0, hi=1.0, optional=True)
     utility.done()
     top.done()
 
@@ -222,10 +239,11 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         description=description,
         required_attacks=required,
         min_shadows=min_shadows,
+        alpha=alpha,
+        power=power,
         overall=overall,
         per_attack=per_attack,
         groups=groups,
-        max_near_copies=max_near_copies,
         allow_near_copies_in_bundle=allow_in_bundle,
         allowed_init_modes=allowed_init,
         min_accuracy=min_accuracy,

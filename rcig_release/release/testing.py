@@ -9,6 +9,7 @@ training images) with the audit figures such a release gets.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import types
 from pathlib import Path
@@ -60,6 +61,37 @@ def loader_for(data: types.SimpleNamespace):
     return load
 
 
+@functools.lru_cache(maxsize=8)
+def simulated_game(leak: bool, *, shadows: int = 16, records: int = 1000, n_init: int = 10,
+                   n_classes: int = 3, seed: int = 0) -> dict:
+    """``audit["game"]`` computed by the audit's own statistics (``game.statistics``) on simulated
+    game scores at the audit's default sizes: every attack's scores independent of membership
+    (a release at chance), or, with ``leak``, the init records' IN guesses ranked first by the
+    release-direct attacks (the planted-leak release, whose released images are its init
+    records). Nothing here is a hand-made metric."""
+    from rcig_release.audits import game
+
+    rng = np.random.default_rng(seed)
+    keep = rng.random((shadows, records)) < 0.5
+    cls = np.arange(records) % n_classes
+    groups = {"all": np.ones(records, bool)}
+    if leak:
+        init = np.zeros(records, bool)
+        init[:n_init] = True
+        groups["init"] = init
+    groups.update({f"class_{c}": cls == c for c in range(n_classes)})
+    scores = {}
+    for a in ATTACKS + ("nearest_feature",):
+        s = rng.standard_normal((shadows, records))
+        if leak and a.startswith("nearest"):
+            s[:, :n_init] += 20.0 * keep[:, :n_init]
+        scores[a] = s
+    out = game.statistics(scores, keep, groups, delta=1e-6, alpha=0.01)
+    out["rounds"] = [{"targets": t.tolist(), "references": r.tolist()}
+                     for t, r in game.folds(shadows)]
+    return out
+
+
 def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: bool) -> dict:
     d_train = nearest_distances(images, private)
     threshold = 0.05
@@ -91,8 +123,11 @@ def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: b
             "naive_release": {"attacks": {a: metrics(0.6, 0.05, 0.2, 2.0) for a in ATTACKS}, "accuracy": 0.55},
             "real_model": {"attacks": {a: metrics(0.7, 0.08, 0.3, 3.0) for a in ATTACKS}, "accuracy": 0.97},
         },
-        "config": {"shadows": 16, "targets": 4, "records": 50, "seed": 0, "attacks": list(ATTACKS)},
+        "config": {"shadows": 16, "targets": 4, "records": 500, "seed": 0, "attacks": list(ATTACKS)},
         "n_shadows": 16,
+        "game": copy.deepcopy(simulated_game(leak)),
+        "init": {"mode": "real" if leak else "noise", "n_init_records": 10 if leak else 0,
+                 "init_aware_shadows": leak},
     }
 
 
