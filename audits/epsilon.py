@@ -9,9 +9,11 @@ Claim of :func:`epsilon_lower_bound`. With probability at least ``1 - alpha`` ov
 coins, the mechanism is **not** (ε', δ)-DP for any ε' < the returned value, with respect to
 adding or removing one canary (one record in one pipeline). The probability is over the coins
 only: nothing is assumed about the scores' distribution, but the scores must be a function of
-the mechanism's outputs (and of public information); if a canary's score uses other canaries'
-coins, the coins are not the only randomness the guesses depend on and the theorem below does
-not apply.
+the mechanism's outputs and of information independent of the audited coins. A score that
+uses other audited canaries' coins (a leave-one-out LiRA calibrated on the other audited
+pipelines' keep rows) is outside the theorem, and on a null mechanism such scores gave ε > 0
+more often than α (docs/benchmarks.md); calibrate on reference pipelines whose coins are not
+audited.
 
 ``method="one_run"`` (default): Steinke, Nasr & Jagielski 2023, "Privacy auditing with one (1)
 training run", as implemented by jax-privacy's ``CanaryScoreAuditor.epsilon_one_run``: guess IN
@@ -28,8 +30,8 @@ Kept for comparison; the audit reports ``one_run``.
 Thresholds (a deliberate departure from the library's default). The library's default
 ``Bonferroni()`` divides α by the number of thresholds on the ROC curve's hull, a number
 computed *from the labelled scores*; that is not a pre-specified family, and under a null
-mechanism (scores independent of membership, m = 1000, α = 0.05) it reported ε > 0 in 6.25 %
-of 4000 audits (docs/benchmarks.md). Here the family is fixed by m alone before looking at the
+mechanism (scores independent of membership, m = 1000, α = 0.05) it reported ε > 0 in 5.9 %
+of 4000 audits, this module in 2.1 % (docs/benchmarks.md). Here the family is fixed by m alone before looking at the
 scores: rule k (k = m/2, m/4, … on a pre-set grid, :func:`top_k_grid`) guesses IN for every
 canary scoring at or above the k-th largest of all m scores (labels unused, so each rule is a
 post-processing of the output). Each rule is tested with the library's
@@ -43,6 +45,7 @@ through the library's root search; the result equals evaluating every rule.
 
 from __future__ import annotations
 
+import functools
 import math
 from importlib import metadata
 
@@ -176,8 +179,8 @@ def max_epsilon(n_in: int, n_out: int, *, delta: float, alpha: float,
     sizes, δ and alpha, not a measurement.
     """
     _check_counts(n_in, n_out)
-    return epsilon_lower_bound(np.ones(int(n_in)), np.zeros(int(n_out)),
-                               delta=delta, alpha=alpha, method=method)
+    _check_params(delta, alpha, method)
+    return _perfect_bound(int(n_in), int(n_out), float(delta), float(alpha), method, tied=True)
 
 
 def perfect_ranking_epsilon(n_in: int, n_out: int, *, delta: float, alpha: float,
@@ -186,13 +189,25 @@ def perfect_ranking_epsilon(n_in: int, n_out: int, *, delta: float, alpha: float
 
     Its guesses come from the pre-set rules, so its best rule makes the largest grid k ≤ n_in
     guesses rather than n_in: it can lie below :func:`max_epsilon` (by up to one halving of
-    the guesses when n_in < m/2). No ranking of the canaries can give more at these sizes.
+    the guesses when n_in < m/2). No attack with distinct scores gets more at these sizes: each
+    rule then makes exactly k guesses, and the library's bound at a rule grows with its correct
+    guesses (checked numerically), which a perfect ranking maximises at every rule at once.
     """
     _check_counts(n_in, n_out)
-    n_in, n_out = int(n_in), int(n_out)
-    return epsilon_lower_bound(np.arange(n_in, dtype=np.float64) + n_out,
-                               np.arange(n_out, dtype=np.float64),
-                               delta=delta, alpha=alpha, method=method)
+    _check_params(delta, alpha, method)
+    return _perfect_bound(int(n_in), int(n_out), float(delta), float(alpha), method, tied=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _perfect_bound(n_in: int, n_out: int, delta: float, alpha: float, method: str,
+                   tied: bool) -> float:
+    """Bound of a perfect attack; cached: it depends on the sizes and levels only, and a report
+    asks for it once per (attack, group) at the same few sizes."""
+    if tied:
+        i, o = np.ones(n_in), np.zeros(n_out)
+    else:
+        i, o = np.arange(n_in, dtype=np.float64) + n_out, np.arange(n_out, dtype=np.float64)
+    return epsilon_lower_bound(i, o, delta=delta, alpha=alpha, method=method)
 
 
 def epsilon_report(in_scores, out_scores, *, delta: float, alpha: float, family_size: int,

@@ -114,18 +114,100 @@ def caps_table(alpha: float) -> None:
             print(f"| {delta:g} | {fam} | " + " | ".join(cells) + " |", flush=True)
 
 
+def _grid_variant(per_doubling: int):
+    """top_k_grid with ``per_doubling`` rules per halving of k (1 is the module's own)."""
+    def grid(m, alpha):
+        n = max(1, math.ceil(per_doubling * math.log2(m)))
+        j = np.arange(1, n + 1) / per_doubling
+        ks = np.unique(np.clip(np.ceil(m * 2.0 ** -j - 1e-9).astype(np.int64), 1, m))
+        kept = ks[ks >= math.ceil(math.log2(ks.size / alpha))]
+        return kept if kept.size else ks[-1:]
+    return grid
+
+
+def grid_table() -> None:
+    """Median bound over 5 seeds for 1, 2, 4 rules per doubling (swaps E.top_k_grid)."""
+    own = E.top_k_grid
+    print("\nrules per doubling of k: median bound over 5 audits\n")
+    print("| mechanism | canaries | δ | α per test | 1 | 2 | 4 |")
+    print("|---|---|---|---|---|---|---|")
+    try:
+        for delta, alpha in ((1e-5, 0.05), (1e-7, 0.05 / 30), (1e-5, 0.05 / 30)):
+            for kind, param in (("Gaussian", 1.0), ("Gaussian", 4.0), ("randomised response", 2.0)):
+                for m in (1000, 10000):
+                    cells = []
+                    for per in (1, 2, 4):
+                        E.top_k_grid = _grid_variant(per)
+                        rng = np.random.default_rng(5)
+                        cells.append(np.median([E.epsilon_lower_bound(
+                            *_draw(rng, m, kind, param), delta=delta, alpha=alpha)
+                            for _ in range(5)]))
+                    name = f"{kind} {'ε' if kind != 'Gaussian' else 'μ'}={param:g}"
+                    print(f"| {name} | {m} | {delta:g} | {alpha:.4g} | "
+                          + " | ".join(f"{c:.2f}" for c in cells) + " |", flush=True)
+    finally:
+        E.top_k_grid = own
+
+
+def _lira_scores(phi_t, phi_r, keep_r):
+    """LiRA-style score per (target row, record): log N(φ; μ_in, σ_in) − log N(φ; μ_out, σ_out),
+    with μ, σ per record from the reference rows split by their coins."""
+    from scipy.stats import norm
+
+    def stats(mask):
+        n = mask.sum(0)
+        mu = np.where(n > 0, (phi_r * mask).sum(0) / np.maximum(n, 1), 0.0)
+        var = np.where(n > 1, ((phi_r - mu) ** 2 * mask).sum(0) / np.maximum(n - 1, 1), 1.0)
+        return mu, np.sqrt(var) + 1e-3
+
+    (mi, si), (mo, so) = stats(keep_r), stats(~keep_r)
+    return norm.logpdf(phi_t, mi, si) - norm.logpdf(phi_t, mo, so)
+
+
+def coins_table(reps: int, alpha: float, delta: float) -> None:
+    """Null mechanism (per-record signal, no dependence on membership), K pipelines × N records.
+
+    "leave-one-out": every pipeline is audited and its scores use the other pipelines' coins
+    (also audited canaries). "reference": K/2 reference pipelines whose coins are not audited
+    give μ, σ; only the other K/2 pipelines' canaries are audited.
+    """
+    print(f"\nnull mechanism, LiRA-style scores; share of audits with ε > 0 (α = {alpha})\n")
+    print("| pipelines K | records N | scores from | audited canaries | reps | share ε > 0 |")
+    print("|---|---|---|---|---|---|")
+    for K, N in ((8, 250), (16, 250)):
+        rng = np.random.default_rng(K)
+        pos = {"leave-one-out": 0, "reference": 0}
+        for _ in range(reps):
+            keep = rng.random((K, N)) < 0.5
+            phi = rng.standard_normal(N)[None, :] + 0.5 * rng.standard_normal((K, N))
+            loo = np.stack([_lira_scores(phi[k], np.delete(phi, k, 0), np.delete(keep, k, 0))
+                            for k in range(K)])
+            h = K // 2
+            ref = np.stack([_lira_scores(phi[k], phi[h:], keep[h:]) for k in range(h)])
+            for name, sc, kp in (("leave-one-out", loo, keep), ("reference", ref, keep[:h])):
+                pos[name] += E.epsilon_lower_bound(sc[kp], sc[~kp], delta=delta,
+                                                   alpha=alpha) > 0
+        for name, v in pos.items():
+            m = K * N if name == "leave-one-out" else (K // 2) * N
+            print(f"| {K} | {N} | {name} | {m} | {reps} | {v / reps:.3f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--alpha", type=float, default=0.05)
     ap.add_argument("--delta", type=float, default=1e-5)
-    ap.add_argument("--part", choices=("all", "validity", "caps"), default="all")
+    ap.add_argument("--part", choices=("all", "validity", "caps", "grid", "coins"), default="all")
     args = ap.parse_args()
     t = time.perf_counter()
     if args.part in ("all", "validity"):
         validity_table(args.quick, args.alpha, args.delta)
     if args.part in ("all", "caps"):
         caps_table(args.alpha)
+    if args.part == "grid":
+        grid_table()
+    if args.part == "coins":
+        coins_table(200 if args.quick else 1500, args.alpha, args.delta)
     print(f"\ntotal {time.perf_counter() - t:.0f} s")
 
 
