@@ -40,13 +40,15 @@ correction. Rules whose threshold coincides (ties) are evaluated once but still 
 Speed: rules are visited in decreasing order of a closed-form ceiling of their bound (the
 Clopper–Pearson limit of the precision, i.e. the one-run test without its δ term) and the
 search stops once no ceiling exceeds the best bound found, so usually one or two rules go
-through the library's root search; the result equals evaluating every rule.
+through the library's root search; the result equals evaluating every rule (up to the
+library's root tolerance, 1e-6).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 from importlib import metadata
 
 import numpy as np
@@ -108,10 +110,9 @@ def _check_scores(name: str, scores) -> np.ndarray:
 def _check_params(delta: float, alpha: float, method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    for name, v in (("alpha", alpha), ("delta", delta)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < v < 1.0:
+            raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
 
 
 def epsilon_lower_bound(in_scores, out_scores, *, delta: float, alpha: float,
@@ -123,6 +124,7 @@ def epsilon_lower_bound(in_scores, out_scores, *, delta: float, alpha: float,
     level ``alpha / len(top_k_grid(m, alpha))``, m = number of scores (module docstring).
     """
     _check_params(delta, alpha, method)
+    delta, alpha = float(delta), float(alpha)
     s_in = _check_scores("in_scores", in_scores)
     s_out = _check_scores("out_scores", out_scores)
     m = s_in.size + s_out.size

@@ -242,12 +242,19 @@ def test_report_saturated():
     (dict(alpha=0.0), "alpha"), (dict(alpha=1.0), "alpha"),
     (dict(delta=0.0), "delta"), (dict(delta=1.0), "delta"),
     (dict(method="gdp"), "method"),
+    (dict(alpha=float("nan")), "alpha"), (dict(delta=True), "delta"),
 ])
 def test_input_validation(kwargs, match):
     args = dict(in_scores=[1.0, 2.0], out_scores=[0.0, 0.5], delta=DELTA, alpha=ALPHA)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         E.epsilon_lower_bound(args.pop("in_scores"), args.pop("out_scores"), **args)
+
+
+def test_numpy_scalars_accepted():
+    a = E.epsilon_lower_bound(np.r_[1.0, 2.0], np.r_[0.0], delta=np.float32(1e-5),
+                              alpha=np.float64(0.05))
+    assert a == E.epsilon_lower_bound([1.0, 2.0], [0.0], delta=1e-5, alpha=0.05)
 
 
 def test_input_validation_counts():
