@@ -200,9 +200,13 @@ def summary(files: Mapping[str, bytes], images: np.ndarray, labels: np.ndarray, 
 def _first_difference(path: str, have: str, want: str, why: str, note: str) -> str:
     a, b = have.splitlines(), want.splitlines()
     n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    line = a[n].strip() if n < len(a) else "(end of file)"
-    line = line if len(line) <= 80 else line[:77] + "..."
-    return f"{path}: line {n + 1} differs from the {why} rebuilt from the bundle ({line!r}){note}"
+    line = a[n] if n < len(a) else "(end of file)"
+    if len(line) > 80:  # show where the line first differs (report lines are long)
+        other = b[n] if n < len(b) else ""
+        at = next((i for i, (x, y) in enumerate(zip(line, other)) if x != y), min(len(line), len(other)))
+        start = max(0, min(at - 30, len(line) - 80))
+        line = ("..." if start else "") + line[start:start + 80] + ("..." if start + 80 < len(line) else "")
+    return f"{path}: line {n + 1} differs from the {why} rebuilt from the bundle ({line.strip()!r}){note}"
 
 
 def check_documents(files: Mapping[str, bytes], s: Summary, images: np.ndarray, labels: np.ndarray,
