@@ -317,3 +317,14 @@ def test_unreadable_key_is_exit_2(made, tmp_path):
     with pytest.raises(InputError, match="ssh-keygen could not sign with junk"):
         release(tmp_path / "run", DEFAULT, tmp_path / "b", sign=junk, load_private=loader_for(data))
     assert not (tmp_path / "b").exists()
+
+
+def test_garbage_in_the_statements_is_a_problem_not_a_crash(bundle):
+    edit_json(bundle / "policy/verdict.json", lambda v: v.update(rules="all fine", safety=[1], override="yes"))
+    edit_json(bundle / "report/audit.json", lambda a: a["copy_check"].update(per_image=[{"x": "y"}, 3]))
+    edit_json(bundle / "provenance.json", lambda p: p.update(evaluation=[0.9], release={"name": 3}))
+    reseal(bundle)
+    problems = verify_bundle(bundle)
+    assert "policy/verdict.json: rules is not a list of rules" in problems
+    assert "policy/verdict.json: safety is missing or malformed" in problems
+    assert "policy/verdict.json: override is recorded without a reason" in problems

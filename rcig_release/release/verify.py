@@ -218,7 +218,10 @@ def verify_files(files: dict[str, bytes], key: str | Path | None = None) -> list
         _check_binding(content, prov, verdict, audit, files, problems)
         layout.check_images(files, *arrays, problems)
         layout.check_labels_csv(files, arrays[1], arrays[2], problems)
-    _check_statements(files, arrays, prov, verdict, audit, content, problems)
+    try:
+        _check_statements(files, arrays, prov, verdict, audit, content, problems)
+    except Exception as e:  # noqa: BLE001 - a forged file must give a problem line, never a traceback
+        problems.append(f"the verdict, card and report cannot be rebuilt from the bundle ({type(e).__name__})")
     if key is not None:
         _check_signature(files, key, problems)
     return list(dict.fromkeys(problems))
