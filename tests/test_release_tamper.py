@@ -328,3 +328,16 @@ def test_garbage_in_the_statements_is_a_problem_not_a_crash(bundle):
     assert "policy/verdict.json: rules is not a list of rules" in problems
     assert "policy/verdict.json: safety is missing or malformed" in problems
     assert "policy/verdict.json: override is recorded without a reason" in problems
+
+
+@needs_ssh
+def test_cli_release_sign(made, tmp_path, monkeypatch):
+    from rcig_release.release import safety
+
+    data = private_data()
+    monkeypatch.setattr(safety, "default_loader", loader_for(data))
+    run, out = fake_run(tmp_path / "run", data=data), tmp_path / "b"
+    res = CliRunner().invoke(app, ["release", str(run), "--policy", str(DEFAULT), "--out", str(out),
+                                   "--sign", str(made["key"])])
+    assert res.exit_code == 0 and "bundle written (signed)" in res.output, res.output
+    assert verify_bundle(out, key=f"{made['key']}.pub") == []
