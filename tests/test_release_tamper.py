@@ -152,6 +152,20 @@ def test_removed_override_or_reason_fails(overridden):
     assert "policy/verdict.json: verdict is \"overridden\", recomputed 'fail'" in problems
 
 
+@pytest.mark.parametrize("edit, expected", [
+    (lambda v: v.update(rules=v["rules"] + v["rules"][:1]), "policy/verdict.json: rules names a rule more than once"),
+    (lambda v: v.update(rules=v["rules"][::-1]), "policy/verdict.json: rules are not in the order the policy evaluates them"),
+    (lambda v: v.update(rules=v["rules"][1:]), "policy/verdict.json: rule audit.attack_ran.loss is missing "
+                                               "(the bundled policy applied to the audit has it)"),
+    (lambda v: v["rules"].append(dict(v["rules"][0], name="attack.extra.auc")),
+     "policy/verdict.json: rule attack.extra.auc is not a rule of the bundled policy applied to the audit"),
+])
+def test_verdict_rule_list_edits_fail(bundle, edit, expected):
+    edit_json(bundle / "policy/verdict.json", edit)
+    reseal(bundle)
+    assert expected in verify_bundle(bundle)
+
+
 def test_loosened_policy_fails(overridden):
     toml = (overridden / "policy/policy.toml").read_text()
     (overridden / "policy/policy.toml").write_text(toml.replace("max_near_copies = 0", "max_near_copies = 100"))

@@ -119,7 +119,9 @@ def check_verdict(verdict: Mapping, decision: Decision, problems: list[str]) -> 
     for name in have:
         if name not in want:
             problems.append(f"{VERDICT}: rule {name} is not a rule of the bundled policy applied to the audit")
-    if [r["name"] for r in recorded] != list(want) and set(have) == set(want) and len(recorded) == len(want):
+    if len(have) != len(recorded):
+        problems.append(f"{VERDICT}: rules names a rule more than once")
+    elif [r["name"] for r in recorded] != list(want) and set(have) == set(want):
         problems.append(f"{VERDICT}: rules are not in the order the policy evaluates them")
 
     failed = [r["name"] for r in expected if not r["passed"]]
