@@ -48,12 +48,15 @@ def release_command(
              "verdict. Never bypasses the copy safety check."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Where to reload the private data for the safety check (default: run.json's source)."),
+    sign: Optional[Path] = typer.Option(
+        None, "--sign", metavar="KEY",
+        help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig."),
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
     from rcig_release.release.bundle import ReleaseRefused, release
 
     try:
-        result = release(run, policy, out, name=name, license_spdx=license, override=override, data=data)
+        result = release(run, policy, out, name=name, license_spdx=license, override=override, data=data, sign=sign)
     except ReleaseRefused as e:
         if e.decision is not None and e.decision.failed and e.safety is None:
             err_console.print(_rules_table(e.decision.failed, f"Failed rules of policy {e.decision.policy_name!r}"))
@@ -64,21 +67,38 @@ def release_command(
     else:
         err_console.print(_rules_table(d.failed, f"Failed rules of policy {d.policy_name!r} (overridden)"))
         console.print(Text.assemble(("released with an override", "yellow"), f": {result.override}"))
-    console.print(f"bundle written: {result.out} ({len(result.files)} files); check it with `rcig-release verify`",
-                  markup=False)
+    signed = " (signed)" if sign is not None else ""
+    console.print(f"bundle written{signed}: {result.out} ({len(result.files)} files); check it with "
+                  "`rcig-release verify`", markup=False)
 
 
-def verify_command(bundle: Path = typer.Argument(..., help="Bundle directory written by `release`.")) -> None:
-    """Recompute every checksum of BUNDLE and check the audit belongs to its data (exit 1 if not)."""
+def verify_command(
+    bundle: Path = typer.Argument(..., help="Bundle directory written by `release`."),
+    key: Optional[Path] = typer.Option(
+        None, "--key", metavar="PUB",
+        help="OpenSSH public key (or allowed-signers file) the bundle must be signed with."),
+) -> None:
+    """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
+    from rcig_release.release.bundle import SIGNATURE
     from rcig_release.release.verify import verify_bundle
 
-    problems = verify_bundle(bundle)
+    problems = verify_bundle(bundle, key=key)
     if problems:
         for p in problems:
             err_console.print(p, style="red", markup=False)
         err_console.print(f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True)
         raise typer.Exit(1)
-    console.print("[green]bundle intact[/]: every checksum matches and the audit is the audit of the data")
+    console.print("[green]bundle intact[/]: every checksum matches, the verdict follows from the bundled audit "
+                  "and policy, and the card, report, images and labels agree with them")
+    if key is not None:
+        console.print(Text.assemble(("signature valid", "green"),
+                                    f": the holder of the key in {key.name} released exactly these files"))
+    elif (bundle / SIGNATURE).is_file():
+        console.print("signature present but not checked (pass --key PUB): without it, anyone could have "
+                      "resealed this bundle", markup=False)
+    else:
+        console.print("unsigned: this shows internal consistency only; anyone can edit and reseal an "
+                      "unsigned bundle", markup=False)
 
 
 def register(app: typer.Typer) -> None:

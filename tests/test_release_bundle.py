@@ -28,7 +28,7 @@ DEFAULT = ROOT / "policies" / "default.toml"
 EXPECTED = {
     "README.md", "croissant.json", "manifest-sha256.txt", "provenance.json",
     "data/distilled.npz", "data/labels.csv",
-    "report/audit.json", "report/roc.png", "report/report.html", "policy/verdict.json",
+    "report/audit.json", "report/roc.png", "report/report.html", "policy/verdict.json", "policy/policy.toml",
 }
 
 

@@ -28,6 +28,7 @@ KINDS = [
     "report/roc.png",
     "report/report.html",
     "policy/verdict.json",
+    "policy/policy.toml",
     "provenance.json",
     "croissant.json",
     "manifest-sha256.txt",
@@ -138,7 +139,7 @@ def test_labels_csv_must_match_the_arrays(bundle):
     text[1] = ",".join(cells)
     (bundle / "data/labels.csv").write_text("\n".join(text) + "\n")
     _rewrite_checksums(bundle)
-    assert verify_bundle(bundle) == ["data/labels.csv: soft labels differ from data/distilled.npz"]
+    assert verify_bundle(bundle) == ["data/labels.csv: row 1: soft labels of image 0 differ from data/distilled.npz"]
 
 
 def test_verify_cli_exit_codes(bundle, tmp_path):

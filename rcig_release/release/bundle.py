@@ -25,21 +25,23 @@ from PIL import Image
 
 import rcig_release
 from rcig_release.errors import InputError, PolicyFailure
-from rcig_release.release import figures
+from rcig_release.release import figures, signing
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Summary, dataset_card, report_html
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
-from rcig_release.release.policy import Policy, load_policy
+from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import find_leaks, redact, redact_str
 from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_train, to_uint8
 
 MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
+POLICY_FILE = "policy/policy.toml"  # the exact bytes of the policy the verdict was reached with
+SIGNATURE = MANIFEST + ".sig"  # OpenSSH signature of the manifest (release --sign)
 _SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 _MIME = {".png": "image/png", ".json": "application/json", ".csv": "text/csv",
          ".md": "text/markdown", ".html": "text/html", ".npz": "application/x-npz",
-         ".txt": "text/plain"}
+         ".txt": "text/plain", ".toml": "application/toml"}
 
 
 class ReleaseRefused(PolicyFailure):
@@ -249,8 +251,13 @@ def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], clas
 
 
 def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, policy: Policy, *,
-                name: str, license_spdx: str | None, override: str | None) -> dict[str, bytes]:
-    """Every bundle file as bytes, keyed by its relative path (POSIX separators)."""
+                name: str, license_spdx: str | None, override: str | None,
+                policy_bytes: bytes | None = None) -> dict[str, bytes]:
+    """Every bundle file as bytes, keyed by its relative path (POSIX separators).
+
+    ``policy_bytes`` (the policy file as read) is bundled as ``policy/policy.toml`` so that
+    ``verify`` can recompute the verdict.
+    """
     images, labels, classes = inp.images, inp.labels, inp.classes
     image_class = labels.argmax(1)
     dirs = class_dir_names(classes)
@@ -289,7 +296,11 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
     ).encode("utf-8")
     files["README.md"] = dataset_card(summary).encode("utf-8")
     files["policy/verdict.json"] = _json_bytes(_sanitize(redact(verdict_json(decision, safety, policy, override, inp))))
-    files["provenance.json"] = _json_bytes(_sanitize(redact(provenance(inp, policy))))
+    if policy_bytes is not None:
+        files[POLICY_FILE] = policy_bytes
+    prov = provenance(inp, policy)
+    prov["release"] = {"name": name, "license": license_spdx}  # what verify rebuilds the card with
+    files["provenance.json"] = _json_bytes(_sanitize(redact(prov)))
     files[CROISSANT] = _json_bytes(croissant(
         name, license_spdx, files, classes,
         f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
@@ -328,9 +339,28 @@ def write_atomic(out: Path, files: dict[str, bytes]) -> None:
         raise
 
 
+def read_policy(path: str | Path) -> tuple[bytes, Policy]:
+    """The policy file's bytes (bundled as they are) and the policy parsed from them."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError:
+        raise InputError(f"policy file not readable: {path.name}") from None
+    return text, parse_policy(text, path.name)
+
+
+def self_check(files: dict[str, bytes]) -> None:
+    """Refuses to write a bundle that ``verify`` would reject (a bug, or inputs it cannot carry)."""
+    from rcig_release.release.verify import verify_files  # verify imports this module
+
+    problems = verify_files(files)
+    if problems:
+        raise InputError(f"refusing to write the bundle: it would not verify ({problems[0]})")
+
+
 def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, name: str | None = None,
             license_spdx: str | None = None, override: str | None = None, data: str | None = None,
-            load_private: PrivateLoader | None = None) -> ReleaseResult:
+            load_private: PrivateLoader | None = None, sign: str | Path | None = None) -> ReleaseResult:
     """Releases RUN behind the policy; raises ``ReleaseRefused`` (exit 3) and writes nothing on failure.
 
     Args:
@@ -342,6 +372,7 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
       override: a reason; release even when policy rules fail (never bypasses the safety check).
       data: overrides run.json's data source for reloading the private training split.
       load_private: ``(source, split_seed) -> Dataset``; injectable for tests.
+      sign: an OpenSSH private key; signs the manifest into ``manifest-sha256.txt.sig``.
     """
     out = Path(out)
     if os.path.lexists(out):
@@ -355,7 +386,10 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
         override = redact_str(override)
     name = redact_str(" ".join((name or out.name).split())) or "rcig-release bundle"
 
-    policy = load_policy(policy_path)
+    if sign is not None:  # fail fast (exit 2) before any work
+        signing.ssh_keygen()
+        signing.read_key(sign, "signing key")
+    policy_bytes, policy = read_policy(policy_path)
     inp = load_release_inputs(run_dir)
     decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
     if not decision.passed and override is None:
@@ -376,6 +410,10 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
             "lie within the copy-check threshold of a private training image; no bundle written "
             "(--override does not bypass this)", decision, safety)
 
-    files = build_files(inp, decision, safety, policy, name=name, license_spdx=license_spdx, override=override)
+    files = build_files(inp, decision, safety, policy, name=name, license_spdx=license_spdx, override=override,
+                        policy_bytes=policy_bytes)
+    self_check(files)
+    if sign is not None:
+        files[SIGNATURE] = signing.sign_manifest(files[MANIFEST], sign)
     write_atomic(out, files)
     return ReleaseResult(out=out, decision=decision, safety=safety, override=override, files=tuple(sorted(files)))

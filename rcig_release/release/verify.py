@@ -1,29 +1,29 @@
-"""`verify`: is a bundle intact, and is its audit the audit of the data inside it?
+"""`verify`: is a bundle intact, and does everything it states follow from what it holds?
 
-Returns one line per problem: every missing, extra or changed file (against manifest-sha256.txt and
-croissant.json), every symlink (never followed), and every broken binding between the released
-arrays (``data/distilled.npz``), their PNG and CSV renderings, the provenance, the verdict and the
-audit. An empty list means intact.
+Returns one line per problem (an empty list means intact):
+- every missing, extra or changed file against manifest-sha256.txt and croissant.json, and every
+  symlink (never followed);
+- broken bindings between the released arrays (``data/distilled.npz``), the provenance, the verdict
+  and the audit (content digest, ``run_sha256``);
+- ``data/``: image files, their folders and ``labels.csv`` against the arrays (``layout.py``);
+- the verdict recomputed from the bundled policy and audit, the card and the report rebuilt and
+  compared (``consistency.py``);
+- with a key, the OpenSSH signature of the manifest (``signing.py``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
 import stat
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from rcig_release.errors import InputError
-from rcig_release.release.bundle import CROISSANT, MANIFEST
+from rcig_release.release import consistency, layout, signing
+from rcig_release.release.bundle import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
 from rcig_release.release.inputs import load_npz, validate_arrays
-from rcig_release.release.safety import to_uint8
 
 REQUIRED = (
     "README.md",
@@ -33,12 +33,12 @@ REQUIRED = (
     "report/roc.png",
     "report/report.html",
     "policy/verdict.json",
+    POLICY_FILE,
     "provenance.json",
     CROISSANT,
     MANIFEST,
 )
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
-_IMAGE = re.compile(r"^data/images/[^/]+/(\d+)\.png$")
 
 
 def _scan(root: Path) -> tuple[dict[str, bytes], list[str]]:
@@ -97,7 +97,7 @@ def _check_manifest(files: dict[str, bytes], problems: list[str]) -> None:
             problems.append(f"{MANIFEST}: line {n} is malformed")
             continue
         digest, path = m.groups()
-        if path.startswith("/") or "\\" in path or ".." in path.split("/") or path == MANIFEST:
+        if path.startswith("/") or "\\" in path or ".." in path.split("/") or path in (MANIFEST, SIGNATURE):
             problems.append(f"{MANIFEST}: line {n} names an invalid path")
             continue
         if path in listed:
@@ -109,7 +109,7 @@ def _check_manifest(files: dict[str, bytes], problems: list[str]) -> None:
         elif bytes_sha256(files[path]) != digest:
             problems.append(f"changed: {path} (sha256 differs from {MANIFEST})")
     for path in sorted(files):
-        if path != MANIFEST and path not in listed:
+        if path not in (MANIFEST, SIGNATURE) and path not in listed:
             problems.append(f"extra: {path} (not in {MANIFEST})")
     for path in REQUIRED:
         if path not in files and path not in listed and path != MANIFEST:
@@ -133,23 +133,22 @@ def _check_croissant(files: dict[str, bytes], problems: list[str]) -> None:
             problems.append(f"changed: {path} (sha256 differs from {CROISSANT})")
         elif path not in files:
             problems.append(f"missing: {path} (listed in {CROISSANT})")
-    for path in sorted(set(files) - set(listed) - {CROISSANT, MANIFEST}):
+    for path in sorted(set(files) - set(listed) - {CROISSANT, MANIFEST, SIGNATURE}):
         problems.append(f"extra: {path} (not in {CROISSANT})")
 
 
-def _check_binding(files: dict[str, bytes], problems: list[str]) -> None:
+def _arrays(files: dict[str, bytes], problems: list[str]):
     if "data/distilled.npz" not in files:
-        return
+        return None
     try:
-        images, labels, classes = validate_arrays(load_npz(files["data/distilled.npz"], "data/distilled.npz"),
-                                                  "data/distilled.npz")
+        return validate_arrays(load_npz(files["data/distilled.npz"], "data/distilled.npz"), "data/distilled.npz")
     except InputError as e:
         problems.append(str(e))
-        return
-    content = arrays_sha256(images, labels, classes)
-    prov = _json(files, "provenance.json", problems) or {}
-    verdict = _json(files, "policy/verdict.json", problems) or {}
-    audit = _json(files, "report/audit.json", problems)
+        return None
+
+
+def _check_binding(content: str, prov: dict, verdict: dict, audit: dict | None, files: dict[str, bytes],
+                   problems: list[str]) -> None:
     for path, doc in (("provenance.json", prov), ("policy/verdict.json", verdict)):
         if path in files and doc and doc.get("content_sha256") != content:
             problems.append(f"data/distilled.npz: content digest does not match {path}")
@@ -162,54 +161,81 @@ def _check_binding(files: dict[str, bytes], problems: list[str]) -> None:
         if a_sha != run_sha:
             problems.append("report/audit.json: not the audit of the released data (run_sha256 differs from provenance.json)")
 
-    pixels = to_uint8(images)
-    seen: set[int] = set()
-    for path in sorted(files):
-        if not path.startswith("data/images/"):
-            continue
-        m = _IMAGE.match(path)
-        if not m or int(m.group(1)) >= len(images):
-            problems.append(f"{path}: not an image of the release")
-            continue
-        i = int(m.group(1))
-        seen.add(i)
-        try:
-            with Image.open(io.BytesIO(files[path])) as im:
-                im.load()
-                px = np.asarray(im)
-        except Exception:  # noqa: BLE001 - any decoding failure is a broken image
-            problems.append(f"{path}: not a readable PNG")
-            continue
-        if px.ndim == 2:
-            px = px[..., None]
-        if px.shape != pixels[i].shape or not np.array_equal(px, pixels[i]):
-            problems.append(f"{path}: pixels differ from data/distilled.npz")
-    for i in sorted(set(range(len(images))) - seen):
-        problems.append(f"missing: the PNG of image {i}")
 
-    if "data/labels.csv" in files:
-        try:
-            rows = list(csv.reader(io.StringIO(files["data/labels.csv"].decode("utf-8"))))
-            header, body = rows[0], rows[1:]
-            ok = header[3:] == list(classes) and len(body) == len(labels)
-            if ok:
-                values = np.array([[float(v) for v in r[3:]] for r in body], dtype=np.float32)
-                ok = values.shape == labels.shape and np.array_equal(values, labels)
-        except (UnicodeDecodeError, ValueError, IndexError):
-            ok = False
-        if not ok:
-            problems.append("data/labels.csv: soft labels differ from data/distilled.npz")
+def _check_statements(files: dict[str, bytes], arrays, prov: dict, verdict: dict, audit: dict | None,
+                      content: str | None, problems: list[str]) -> None:
+    """The verdict recomputed from the bundled policy and audit; the card and report rebuilt."""
+    if audit is None or not verdict:
+        return
+    policy = consistency.load_policy_file(files, verdict, prov, problems)
+    if policy is None:
+        return
+    decision = consistency.recompute(audit, prov, policy, problems)
+    if decision is None:
+        return
+    override = consistency.check_verdict(verdict, decision, problems)
+    if arrays is None:
+        return
+    images, labels, classes = arrays
+    safety = consistency.check_safety(verdict, audit, policy, len(images), problems)
+    if safety is None:
+        return
+    s = consistency.summary(files, images, labels, classes, audit, prov, decision, safety, override, content)
+    if s is None:
+        problems.append("provenance.json: no release name and licence; README.md and report/report.html not checked")
+        return
+    tool = prov.get("tool") if isinstance(prov.get("tool"), dict) else {}
+    consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
 
 
-def verify_bundle(path: str | Path) -> list[str]:
-    """Every problem found in the bundle at ``path`` (empty when intact)."""
+def _check_signature(files: dict[str, bytes], key: str | Path, problems: list[str]) -> None:
+    if SIGNATURE not in files:
+        problems.append(f"missing: {SIGNATURE} (the bundle is unsigned; --key needs a signed bundle)")
+    elif MANIFEST in files:
+        wrong = signing.verify_manifest(files[MANIFEST], files[SIGNATURE], key)
+        if wrong:
+            problems.append(f"{SIGNATURE}: {wrong}")
+
+
+def verify_files(files: dict[str, bytes], key: str | Path | None = None) -> list[str]:
+    """Every problem found in a bundle given as ``{relative path: bytes}`` (empty when intact).
+
+    With ``key`` (a public key or allowed-signers file) the manifest's OpenSSH signature must
+    verify; a missing ssh-keygen or an unreadable key is an ``InputError``.
+    """
+    if key is not None:  # exit 2 before any verdict on the bundle
+        signing.ssh_keygen()
+        signing.read_key(key, "public key")
+    problems: list[str] = []
+    _check_manifest(files, problems)
+    _check_croissant(files, problems)
+    arrays = _arrays(files, problems)
+    prov = _json(files, "provenance.json", problems) or {}
+    verdict = _json(files, "policy/verdict.json", problems) or {}
+    audit = _json(files, "report/audit.json", problems)
+    content = arrays_sha256(*arrays) if arrays is not None else None
+    if arrays is not None:
+        _check_binding(content, prov, verdict, audit, files, problems)
+        layout.check_images(files, *arrays, problems)
+        layout.check_labels_csv(files, arrays[1], arrays[2], problems)
+    try:
+        _check_statements(files, arrays, prov, verdict, audit, content, problems)
+    except Exception as e:  # noqa: BLE001 - a forged file must give a problem line, never a traceback
+        problems.append(f"the verdict, card and report cannot be rebuilt from the bundle ({type(e).__name__})")
+    if key is not None:
+        _check_signature(files, key, problems)
+    return list(dict.fromkeys(problems))
+
+
+def verify_bundle(path: str | Path, key: str | Path | None = None) -> list[str]:
+    """Every problem found in the bundle at ``path`` (empty when intact); see ``verify_files``."""
     root = Path(path)
     if root.is_symlink():
         raise InputError(f"bundle is a symlink; refusing to follow it: {root.name}")
     if not root.is_dir():
         raise InputError(f"bundle directory not found: {root.name or root}")
+    if key is not None:
+        signing.ssh_keygen()
+        signing.read_key(key, "public key")
     files, problems = _scan(root)
-    _check_manifest(files, problems)
-    _check_croissant(files, problems)
-    _check_binding(files, problems)
-    return list(dict.fromkeys(problems))
+    return list(dict.fromkeys(problems + verify_files(files, key)))

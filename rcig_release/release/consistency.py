@@ -1,0 +1,267 @@
+"""Do the bundle's statements follow from its evidence? The verdict, the card and the report, rebuilt.
+
+``verify`` does not trust ``policy/verdict.json``, ``README.md`` or ``report/report.html``: it
+recomputes the decision with ``decision.evaluate_policy`` from the bundled policy
+(``policy/policy.toml``), the bundled audit (``report/audit.json``) and what the gate reads of the
+run and its evaluation (held in ``provenance.json``), then rebuilds the card and the report with the
+same ``documents`` functions the writer used and compares them with the bundled files. A verdict
+whose rules, values or outcome differ from the recomputed ones, or a card or report stating any
+other number, is a problem line.
+
+The report's embedded figures are compared separately: the ROC must be ``report/roc.png`` byte for
+byte and the image grid must have the pixels of the grid rebuilt from ``data/distilled.npz``; the
+copy-check plot (matplotlib, whose bytes vary between versions) is only required to be a PNG; the
+numbers it draws are in the report's table, which is compared.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image
+
+import rcig_release
+from rcig_release.errors import InputError
+from rcig_release.release import figures
+from rcig_release.release.auditview import copy_rows
+from rcig_release.release.bundle import POLICY_FILE, _json_bytes, _sanitize
+from rcig_release.release.decision import Decision, evaluate_policy
+from rcig_release.release.documents import Summary, dataset_card, report_html
+from rcig_release.release.hashing import bytes_sha256
+from rcig_release.release.inputs import validate_audit
+from rcig_release.release.policy import Policy, parse_policy
+from rcig_release.release.redact import redact
+from rcig_release.release.safety import SafetyResult
+
+VERDICT = "policy/verdict.json"
+# The parts of run.json the verdict and the card may read, as provenance.json carries them.
+RUN_KEYS = ("config", "init", "data", "versions", "device")
+_DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]*)"')
+_MASK = 'src="data:image/png;base64,…"'
+_GRID, _COPY_PLOT = b"<grid>", b"<copy-plot>"
+
+
+def decision_inputs(prov: Mapping) -> tuple[dict, dict]:
+    """The ``run_json`` and ``eval_json`` that ``evaluate_policy`` and the card are given at verify time."""
+    run = {k: prov[k] for k in RUN_KEYS if k in prov}
+    evaluation = prov.get("evaluation")
+    return run, dict(evaluation) if isinstance(evaluation, Mapping) else {}
+
+
+def _as_json(obj: Any) -> Any:
+    """``obj`` as the bundle writes it (redacted, non-finite numbers null) and reads it back."""
+    return json.loads(_json_bytes(_sanitize(redact(obj))))
+
+
+def _short(x: Any) -> str:
+    s = json.dumps(x, ensure_ascii=False)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def load_policy_file(files: Mapping[str, bytes], verdict: Mapping, prov: Mapping, problems: list[str]) -> Policy | None:
+    """The bundled policy, after checking it is the file the verdict and the provenance name."""
+    if POLICY_FILE not in files:
+        return None
+    data = files[POLICY_FILE]
+    digest = bytes_sha256(data)
+    named = verdict.get("policy") if isinstance(verdict.get("policy"), Mapping) else {}
+    for path, doc in ((VERDICT, named), ("provenance.json", prov.get("policy"))):
+        if not isinstance(doc, Mapping) or doc.get("sha256") != digest:
+            problems.append(f"{POLICY_FILE}: sha256 differs from the policy sha256 {path} records")
+    try:
+        policy = parse_policy(data, str(named.get("file") or "policy.toml"))
+    except InputError as e:
+        problems.append(f"{POLICY_FILE}: {e}")
+        return None
+    if named.get("name") != policy.name:
+        problems.append(f"{VERDICT}: policy name {_short(named.get('name'))} is not the bundled policy's "
+                        f"{_short(policy.name)}")
+    return policy
+
+
+def recompute(audit: Mapping, prov: Mapping, policy: Policy, problems: list[str]) -> Decision | None:
+    try:
+        validate_audit(audit)
+    except InputError as e:
+        problems.append(f"report/audit.json: {e}")
+        return None
+    run, evaluation = decision_inputs(prov)
+    try:
+        return evaluate_policy(run, evaluation, audit, policy)
+    except Exception as e:  # noqa: BLE001 - a forged audit must not crash verify
+        problems.append(f"{VERDICT}: the decision cannot be recomputed from the bundle ({type(e).__name__})")
+        return None
+
+
+def check_verdict(verdict: Mapping, decision: Decision, problems: list[str]) -> str | None:
+    """Compares the recorded verdict with the recomputed decision; returns the override reason."""
+    expected = _as_json([r.to_json() for r in decision.rules])
+    recorded = verdict.get("rules")
+    if not isinstance(recorded, list) or not all(isinstance(r, Mapping) and "name" in r for r in recorded):
+        problems.append(f"{VERDICT}: rules is not a list of rules")
+        recorded = []
+    want = {r["name"]: r for r in expected}
+    have = {str(r["name"]): r for r in recorded}
+    for name in want:
+        if name not in have:
+            problems.append(f"{VERDICT}: rule {name} is missing (the bundled policy applied to the audit has it)")
+            continue
+        for field in sorted(set(want[name]) | set(have[name])):
+            if want[name].get(field) != have[name].get(field):
+                problems.append(f"{VERDICT}: rule {name}: {field} is {_short(have[name].get(field))}, "
+                                f"recomputed {_short(want[name].get(field))}")
+    for name in have:
+        if name not in want:
+            problems.append(f"{VERDICT}: rule {name} is not a rule of the bundled policy applied to the audit")
+    if len(have) != len(recorded):
+        problems.append(f"{VERDICT}: rules names a rule more than once")
+    elif [r["name"] for r in recorded] != list(want) and set(have) == set(want):
+        problems.append(f"{VERDICT}: rules are not in the order the policy evaluates them")
+
+    failed = [r["name"] for r in expected if not r["passed"]]
+    if verdict.get("failed") != failed:
+        problems.append(f"{VERDICT}: failed lists {_count(verdict.get('failed'))} rule(s), "
+                        f"recomputed {len(failed)}: {_short(failed)}")
+
+    override = verdict.get("override")
+    reason = override.get("reason") if isinstance(override, Mapping) else None
+    if override is not None and not (isinstance(reason, str) and reason.strip()):
+        problems.append(f"{VERDICT}: override is recorded without a reason")
+        reason = None
+    outcome = "pass" if decision.passed else ("overridden" if reason else "fail")
+    if verdict.get("verdict") != outcome:
+        problems.append(f"{VERDICT}: verdict is {_short(verdict.get('verdict'))}, recomputed {outcome!r}")
+    if outcome == "fail":
+        problems.append(f"{VERDICT}: {len(failed)} rule(s) fail and no override is recorded; "
+                        "no bundle should exist")
+    return reason
+
+
+def _count(x: Any) -> str:
+    return str(len(x)) if isinstance(x, list) else "no list of"
+
+
+def check_safety(verdict: Mapping, audit: Mapping, policy: Policy, n_images: int,
+                 problems: list[str]) -> SafetyResult | None:
+    """The recorded safety check (it needs the private data, so it is checked for consistency only)."""
+    s = verdict.get("safety")
+    try:
+        result = SafetyResult(
+            metric=str(s["metric"]), threshold=float(s["threshold"]), n_images=int(s["n_images"]),
+            exact_copies=int(s["exact_copies"]), within_threshold=int(s["within_threshold"]),
+            allowed=bool(s["allowed_by_policy"]))
+    except (TypeError, KeyError, ValueError):
+        problems.append(f"{VERDICT}: safety is missing or malformed")
+        return None
+    cc = audit.get("copy_check") if isinstance(audit.get("copy_check"), Mapping) else {}
+    if result.n_images != n_images:
+        problems.append(f"{VERDICT}: safety.n_images is {result.n_images}, data/distilled.npz has {n_images} images")
+    if result.allowed != policy.allow_near_copies_in_bundle:
+        problems.append(f"{VERDICT}: safety.allowed_by_policy differs from the bundled policy")
+    if s.get("passed") is not result.passed:
+        problems.append(f"{VERDICT}: safety.passed does not follow from its counts")
+    elif not result.passed:
+        problems.append(f"{VERDICT}: the safety check failed; no bundle should exist")
+    if cc.get("threshold") != result.threshold or str(cc.get("metric", "rms_pixel")) != result.metric:
+        problems.append(f"{VERDICT}: safety threshold or metric differs from report/audit.json's copy check")
+    return result
+
+
+def summary(files: Mapping[str, bytes], images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
+            audit: Mapping, prov: Mapping, decision: Decision, safety: SafetyResult, override: str | None,
+            content_sha256: str) -> Summary | None:
+    """The ``Summary`` the writer built, from the bundle's own files (None without provenance.release)."""
+    rel = prov.get("release")
+    if not isinstance(rel, Mapping) or not isinstance(rel.get("name"), str):
+        return None
+    image_class = labels.argmax(1)
+    run, evaluation = decision_inputs(prov)
+    return Summary(
+        name=rel["name"],
+        license_spdx=rel.get("license") if isinstance(rel.get("license"), str) else None,
+        n_images=int(len(images)),
+        classes=classes,
+        image_shape=tuple(int(d) for d in images.shape[1:]),
+        per_class=tuple(int((image_class == c).sum()) for c in range(len(classes))),
+        run_json=run,
+        eval_json=evaluation,
+        audit=audit,
+        decision=decision,
+        safety=safety,
+        override=override,
+        content_sha256=content_sha256,
+    )
+
+
+def _first_difference(path: str, have: str, want: str, why: str, note: str) -> str:
+    a, b = have.splitlines(), want.splitlines()
+    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    line = a[n] if n < len(a) else "(end of file)"
+    if len(line) > 80:  # show where the line first differs (report lines are long)
+        other = b[n] if n < len(b) else ""
+        at = next((i for i, (x, y) in enumerate(zip(line, other)) if x != y), min(len(line), len(other)))
+        start = max(0, min(at - 30, len(line) - 80))
+        line = ("..." if start else "") + line[start:start + 80] + ("..." if start + 80 < len(line) else "")
+    return f"{path}: line {n + 1} differs from the {why} rebuilt from the bundle ({line.strip()!r}){note}"
+
+
+def check_documents(files: Mapping[str, bytes], s: Summary, images: np.ndarray, labels: np.ndarray,
+                    tool_version: Any, problems: list[str]) -> None:
+    """README.md and report/report.html against the ones rebuilt from ``s``."""
+    note = ("" if tool_version == rcig_release.__version__ else
+            f"; written by rcig-release {tool_version}, checked with {rcig_release.__version__}")
+    if "README.md" in files:
+        have = files["README.md"].decode("utf-8", "replace")
+        want = dataset_card(s)
+        if have != want:
+            problems.append(_first_difference("README.md", have, want, "card", note))
+    if "report/report.html" in files and "report/roc.png" in files:
+        _check_report(files, s, images, labels, note, problems)
+
+
+def _check_report(files: Mapping[str, bytes], s: Summary, images: np.ndarray, labels: np.ndarray, note: str,
+                  problems: list[str]) -> None:
+    path = "report/report.html"
+    have = files[path].decode("utf-8", "replace")
+    has_copy_plot = any(r["nearest_train"] is not None and r["nearest_test"] is not None
+                        for r in copy_rows(s.audit.get("copy_check") or {}))
+    want = report_html(s, roc=files["report/roc.png"], grid=_GRID, copy_plot=_COPY_PLOT if has_copy_plot else None)
+    if _DATA_URI.sub(_MASK, have) != _DATA_URI.sub(_MASK, want):
+        problems.append(_first_difference(path, _DATA_URI.sub(_MASK, have), _DATA_URI.sub(_MASK, want), "report", note))
+        return
+    for embedded, expected in zip(_DATA_URI.findall(have), _DATA_URI.findall(want)):
+        try:
+            png = base64.b64decode(embedded, validate=True)
+        except (binascii.Error, ValueError):
+            png = b""
+        expected = base64.b64decode(expected)
+        if expected == _GRID:
+            grid = figures.grid_png(images, s.classes, labels.argmax(1))
+            if not _same_pixels(png, grid):
+                problems.append(f"{path}: the image grid does not show the images of data/distilled.npz")
+        elif expected == _COPY_PLOT:
+            if _decode(png) is None:
+                problems.append(f"{path}: the copy-check plot is not a PNG")
+        elif png != expected:
+            problems.append(f"{path}: the ROC figure is not report/roc.png")
+
+
+def _decode(png: bytes) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            if im.format != "PNG":
+                return None
+            return np.asarray(im.convert("RGB"))
+    except Exception:  # noqa: BLE001 - any decoding failure
+        return None
+
+
+def _same_pixels(a: bytes, b: bytes) -> bool:
+    pa, pb = _decode(a), _decode(b)
+    return pa is not None and pb is not None and pa.shape == pb.shape and np.array_equal(pa, pb)
