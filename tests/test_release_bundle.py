@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"
 EXPECTED = {
     "README.md", "croissant.json", "manifest-sha256.txt", "provenance.json",
-    "data/distilled.npz", "data/labels.csv",
+    "data/distilled.npz", "data/labels.csv", "data/metadata.jsonl",
     "report/audit.json", "report/roc.png", "report/report.html", "policy/verdict.json",
 }
 

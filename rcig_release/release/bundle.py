@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -31,7 +32,8 @@ from rcig_release.release.documents import Summary, dataset_card, report_html
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, load_policy
-from rcig_release.release.redact import find_leaks, redact, redact_str
+from rcig_release.release.escape import check_text, csv_cell
+from rcig_release.release.redact import find_leaks, redact
 from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_train, to_uint8
 
 MANIFEST = "manifest-sha256.txt"
@@ -61,15 +63,23 @@ class ReleaseResult:
 
 
 def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
-    """A safe, distinct directory name per class (no separators, dots-only or control characters)."""
+    """A safe directory name per class, distinct even on case-insensitive file systems.
+
+    NFKC, runs of anything but letters, digits, ``_ . -`` become ``_``; a name longer than 48
+    characters, or one that would equal another class's (ignoring case), ends in ``-`` and the
+    first 8 hex digits of the sha256 of the original name, so truncation never merges classes.
+    """
+    def digest(c: str) -> str:
+        return hashlib.sha256(c.encode("utf-8")).hexdigest()[:8]
+
     names: list[str] = []
     for i, c in enumerate(classes):
-        s = unicodedata.normalize("NFKC", c)
-        s = re.sub(r"[^\w.-]+", "_", s).strip("._") or f"class_{i}"
-        if s in names:
-            s = f"{s}_{i}"
-        names.append(s[:64])
-    return tuple(names)
+        s = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFKC", c)).strip("._-") or f"class_{i}"
+        names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 else s)
+    folded = [n.casefold() for n in names]
+    names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes)]
+    folded = [n.casefold() for n in names]
+    return tuple(f"{n}-{i}" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded)))
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -81,13 +91,29 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def labels_csv(labels: np.ndarray, classes: tuple[str, ...], files: list[str], image_class: np.ndarray) -> bytes:
+    """index,file,class,<one soft-label column per class>; text cells pass through ``csv_cell``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "file", "class", *classes])
+    w.writerow(["index", "file", "class", *(csv_cell(c) for c in classes)])
     for i, f in enumerate(files):
         # repr of a float32 widened to float64 round-trips exactly back to the float32
-        w.writerow([i, f, classes[image_class[i]], *(repr(float(v)) for v in labels[i])])
+        w.writerow([i, csv_cell(f), csv_cell(classes[image_class[i]]), *(repr(float(v)) for v in labels[i])])
     return buf.getvalue().encode("utf-8")
+
+
+def metadata_jsonl(labels: np.ndarray, files: list[str], image_class: np.ndarray) -> bytes:
+    """data/metadata.jsonl for the Hugging Face imagefolder builder: one line per image with its
+    ``file_name`` (relative to data/), ``index``, ``label`` (the class id, as in the npz) and
+    ``soft_label`` (the float32 soft label, exact)."""
+    lines = []
+    for i, f in enumerate(files):
+        lines.append(json.dumps({
+            "file_name": f.removeprefix("data/"),
+            "index": i,
+            "label": int(image_class[i]),
+            "soft_label": [float(v) for v in labels[i]],
+        }, ensure_ascii=False, allow_nan=False))
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def npz_bytes(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> bytes:
@@ -262,6 +288,7 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         image_files.append(rel)
     files["data/distilled.npz"] = npz_bytes(images, labels, classes)
     files["data/labels.csv"] = labels_csv(labels, classes, image_files, image_class)
+    files["data/metadata.jsonl"] = metadata_jsonl(labels, image_files, image_class)
 
     audit = _sanitize(redact(inp.audit))
     files["report/audit.json"] = _json_bytes(audit)
@@ -280,6 +307,7 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         safety=safety,
         override=override,
         content_sha256=inp.content_sha256,
+        class_dirs=dirs,
     )
     files["report/report.html"] = report_html(
         summary,
@@ -288,7 +316,9 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         copy_plot=figures.copy_check_png(audit.get("copy_check") or {}),
     ).encode("utf-8")
     files["README.md"] = dataset_card(summary).encode("utf-8")
-    files["policy/verdict.json"] = _json_bytes(_sanitize(redact(verdict_json(decision, safety, policy, override, inp))))
+    verdict = _sanitize(redact(verdict_json(decision, safety, policy, override, inp)))
+    verdict["override"] = {"reason": override} if override else None  # what the user typed, never rewritten
+    files["policy/verdict.json"] = _json_bytes(verdict)
     files["provenance.json"] = _json_bytes(_sanitize(redact(provenance(inp, policy))))
     files[CROISSANT] = _json_bytes(croissant(
         name, license_spdx, files, classes,
@@ -302,7 +332,8 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
             continue
         leaks = find_leaks(data.decode("utf-8"))
         if leaks:
-            raise InputError(f"refusing to write {path}: it would contain {leaks[0]}")
+            raise InputError(f"refusing to write {path}: it would contain {leaks[0]}, which identifies "
+                             "this machine (docs/release.md, 'What identifies the machine')")
     return files
 
 
@@ -349,14 +380,16 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
     if license_spdx is not None and not _SPDX.match(license_spdx):
         raise InputError(f"--license {license_spdx!r} is not an SPDX licence id")
     if override is not None:
-        override = " ".join(override.split())
+        override = " ".join(check_text(override, "--override").split())
         if not override:
             raise InputError("--override needs a non-empty reason")
-        override = redact_str(override)
-    name = redact_str(" ".join((name or out.name).split())) or "rcig-release bundle"
+    what = "--name" if name is not None else "the --out directory name (the default --name)"
+    name = " ".join(check_text(name or out.name, what).split()) or "rcig-release bundle"
 
     policy = load_policy(policy_path)
     inp = load_release_inputs(run_dir)
+    for i, c in enumerate(inp.classes):
+        check_text(c, f"class name {i} in RUN/distilled.npz")
     decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
     if not decision.passed and override is None:
         n = len(decision.failed)
