@@ -164,6 +164,12 @@ def card_metadata(s: Summary) -> dict[str, Any]:
     """The card's YAML front matter as data: Hugging Face card fields, ``dataset_info`` whose
     ``label`` ClassLabel lists the class names in the release's order (so label ids equal the npz
     ids), and a ``default`` config over data/metadata.jsonl and the PNGs."""
+    features = [
+        {"name": "image", "dtype": "image"},
+        {"name": "index", "dtype": "int64"},
+        {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(s.classes)}}}},
+        {"name": "soft_label", "sequence": "float32"},
+    ]
     meta: dict[str, Any] = dict(hf_license(s.license_spdx))
     meta.update({
         "pretty_name": s.name,
@@ -172,18 +178,13 @@ def card_metadata(s: Summary) -> dict[str, Any]:
         "size_categories": [size_category(s.n_images)],
         "annotations_creators": ["machine-generated"],
         "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
-        "dataset_info": {
-            "features": [
-                {"name": "image", "dtype": "image"},
-                {"name": "index", "dtype": "int64"},
-                {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(s.classes)}}}},
-                {"name": "soft_label", "sequence": "float32"},
-            ],
-            "splits": [{"name": "train", "num_examples": s.n_images}],
-        },
+        "dataset_info": {"features": features},
+        # the imagefolder builder takes its features from the config (dataset_info alone is
+        # replaced by what it infers from metadata.jsonl: an int label without names)
         "configs": [{
             "config_name": "default",
             "data_files": [{"split": "train", "path": ["data/metadata.jsonl", "data/images/*/*.png"]}],
+            "features": features,
         }],
     })
     return meta
@@ -191,9 +192,14 @@ def card_metadata(s: Summary) -> dict[str, Any]:
 
 def front_matter(meta: Mapping[str, Any]) -> str:
     """``---``-fenced YAML. PyYAML quotes every string that needs it; no line wrapping, so no
-    value can put a ``---`` line or a new key at the start of a line."""
-    text = yaml.safe_dump(dict(meta), sort_keys=False, allow_unicode=True, default_flow_style=False,
-                          width=2 ** 31 - 1)
+    value can put a ``---`` line or a new key at the start of a line; no anchors or aliases."""
+
+    class _Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+
+    text = yaml.dump(dict(meta), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False, width=2 ** 31 - 1)
     return "---\n" + text + "---\n"
 
 
