@@ -27,21 +27,19 @@ from PIL import Image
 import rcig_release
 from rcig_release.errors import InputError, PolicyFailure
 from rcig_release.release import figures
+from rcig_release.release.croissant import croissant
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Summary, dataset_card, report_html
+from rcig_release.release.escape import check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, load_policy
-from rcig_release.release.escape import check_text, csv_cell
 from rcig_release.release.redact import find_leaks, redact
 from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_train, to_uint8
 
 MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
 _SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
-_MIME = {".png": "image/png", ".json": "application/json", ".csv": "text/csv",
-         ".md": "text/markdown", ".html": "text/html", ".npz": "application/x-npz",
-         ".txt": "text/plain"}
 
 
 class ReleaseRefused(PolicyFailure):
@@ -192,88 +190,6 @@ def verdict_json(decision: Decision, safety: SafetyResult, policy: Policy, overr
     }
 
 
-def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], classes: tuple[str, ...],
-              description: str) -> dict:
-    """Croissant 1.0 metadata: one FileObject (with sha256) per bundle file, and the labels table."""
-    dist = []
-    for path in sorted(files):
-        dist.append({
-            "@type": "cr:FileObject",
-            "@id": path,
-            "name": path,
-            "contentUrl": path,
-            "contentSize": f"{len(files[path])} B",
-            "encodingFormat": _MIME.get(Path(path).suffix, "application/octet-stream"),
-            "sha256": bytes_sha256(files[path]),
-        })
-    fields = [
-        {"@type": "cr:Field", "@id": "labels/index", "name": "index", "dataType": "sc:Integer",
-         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "index"}}},
-        {"@type": "cr:Field", "@id": "labels/file", "name": "file", "dataType": "sc:Text",
-         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "file"}}},
-        {"@type": "cr:Field", "@id": "labels/class", "name": "class", "dataType": "sc:Text",
-         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "class"}}},
-    ]
-    return {
-        "@context": {
-            "@language": "en",
-            "@vocab": "https://schema.org/",
-            "sc": "https://schema.org/",
-            "cr": "http://mlcommons.org/croissant/",
-            "rai": "http://mlcommons.org/croissant/RAI/",
-            "dct": "http://purl.org/dc/terms/",
-            "citeAs": "cr:citeAs",
-            "column": "cr:column",
-            "conformsTo": "dct:conformsTo",
-            "data": {"@id": "cr:data", "@type": "@json"},
-            "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
-            "examples": {"@id": "cr:examples", "@type": "@json"},
-            "extract": "cr:extract",
-            "field": "cr:field",
-            "fileObject": "cr:fileObject",
-            "fileProperty": "cr:fileProperty",
-            "fileSet": "cr:fileSet",
-            "format": "cr:format",
-            "includes": "cr:includes",
-            "isLiveDataset": "cr:isLiveDataset",
-            "jsonPath": "cr:jsonPath",
-            "key": "cr:key",
-            "md5": "cr:md5",
-            "parentField": "cr:parentField",
-            "path": "cr:path",
-            "recordSet": "cr:recordSet",
-            "references": "cr:references",
-            "regex": "cr:regex",
-            "repeated": "cr:repeated",
-            "replace": "cr:replace",
-            "separator": "cr:separator",
-            "source": "cr:source",
-            "subField": "cr:subField",
-            "transform": "cr:transform",
-        },
-        "@type": "sc:Dataset",
-        "conformsTo": "http://mlcommons.org/croissant/1.0",
-        "name": name,
-        "description": description,
-        "license": license_spdx or "unspecified",
-        "url": "README.md",
-        "version": "1.0.0",
-        "keywords": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
-        "rai:personalSensitiveInformation": (
-            "Synthetic images distilled from private data; membership-inference audit and copy "
-            "check in report/audit.json, policy verdict in policy/verdict.json."
-        ),
-        "distribution": dist,
-        "recordSet": [{
-            "@type": "cr:RecordSet",
-            "@id": "labels",
-            "name": "labels",
-            "description": f"One row per released image; soft-label columns: {', '.join(classes)}.",
-            "field": fields,
-        }],
-    }
-
-
 def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, policy: Policy, *,
                 name: str, license_spdx: str | None, override: str | None) -> dict[str, bytes]:
     """Every bundle file as bytes, keyed by its relative path (POSIX separators)."""
@@ -324,6 +240,7 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         name, license_spdx, files, classes,
         f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
         f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}).",
+        date_published=_dt.datetime.now(_dt.timezone.utc).date().isoformat(),
     ))
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")
 
