@@ -60,12 +60,11 @@ def release_command(
         raise
     d = result.decision
     if d.passed:
-        console.print(f"[green]policy {d.policy_name!r} passed[/] ({len(d.rules)} rules)")
+        console.print(Text.assemble((f"policy {d.policy_name!r} passed", "green"), f" ({len(d.rules)} rules)"))
     else:
         err_console.print(_rules_table(d.failed, f"Failed rules of policy {d.policy_name!r} (overridden)"))
         console.print(Text.assemble(("released with an override", "yellow"), f": {result.override}"))
-    console.print(f"bundle written: {result.out} ({len(result.files)} files); check it with `rcig-release verify`",
-                  markup=False)
+    console.print(Text(f"bundle written: {result.out} ({len(result.files)} files); check it with `rcig-release verify`"))
 
 
 def verify_command(bundle: Path = typer.Argument(..., help="Bundle directory written by `release`.")) -> None:
@@ -75,7 +74,7 @@ def verify_command(bundle: Path = typer.Argument(..., help="Bundle directory wri
     problems = verify_bundle(bundle)
     if problems:
         for p in problems:
-            err_console.print(p, style="red", markup=False)
+            err_console.print(Text(p, style="red"))  # Text: no markup, emoji codes or control characters
         err_console.print(f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True)
         raise typer.Exit(1)
     console.print("[green]bundle intact[/]: every checksum matches and the audit is the audit of the data")

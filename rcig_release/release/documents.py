@@ -395,6 +395,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         _img(roc, "ROC of every attack"),
         "<h2>The released images</h2>",
         _img(grid, "released images, one row per class"),
+        _h_table(["id", "class", "folder", "images"], _class_rows(s)),
         "<h2>Copy check</h2>",
         f"<p>Near copies flagged by the audit: {e(fmt(cc.get('near_copies')))} (threshold "
         f"{e(fmt(cc.get('threshold'), 4))}). Release safety check against the private training split "
