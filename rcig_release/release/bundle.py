@@ -244,10 +244,10 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
     ))
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")
 
-    for path, data in files.items():
+    for path in sorted(files):
         if path.endswith((".png", ".npz")):
             continue
-        leaks = find_leaks(data.decode("utf-8"))
+        leaks = find_leaks(files[path].decode("utf-8"))
         if leaks:
             raise InputError(f"refusing to write {path}: it would contain {leaks[0]}, which identifies "
                              "this machine (docs/release.md, 'What identifies the machine')")

@@ -22,8 +22,10 @@ from rcig_release.errors import InputError
 # Line/paragraph separators and the bidirectional embeddings, overrides and isolates.
 _REFUSED_EXTRA = {0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
 # What python-markdown and CommonMark both treat as escapable and that can start markup inline.
-_MD_BACKSLASH = set("\\`*_{}[]()#|!")
-_MD_ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+_MD_BACKSLASH = set("\\`*_{}[]()#!")
+# ``|`` as an entity: a table cell is split on it before backslash escapes are read (GFM), and
+# python-markdown honours ``\|`` only with its tables extension.
+_MD_ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;", "|": "&#124;"}
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 

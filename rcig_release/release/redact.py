@@ -80,7 +80,7 @@ def _leak_patterns() -> tuple[tuple[str, re.Pattern], ...]:
         pats += [
             ("the user name", rf"(?<![\w.+-])(?:{u})@[\w.-]+"),
             ("the user name", rf"~(?:{u})(?![\w.-])"),
-            ("the user name", rf"(?i:\b{_CONTEXT_WORDS})\s*[:=]?\s*[\"']?(?:{u})(?![\w.-])"),
+            ("the user name", rf"(?i:\b{_CONTEXT_WORDS})[\"']?\s*[:=]?\s*[\"']?(?:{u})(?![\w.-])"),
         ]
     if hosts:
         h = _alt(hosts)
@@ -88,7 +88,7 @@ def _leak_patterns() -> tuple[tuple[str, re.Pattern], ...]:
             ("the host name", rf"@(?:{h})(?![\w-])"),
             ("the host name", rf"(?://|\\\\)(?:{h})(?![\w-])"),
             ("the host name", rf"(?<![\w.-])(?:{h}):[/~\\]"),
-            ("the host name", rf"(?i:\b{_CONTEXT_WORDS})\s*[:=]?\s*[\"']?(?:{h})(?![\w-])"),
+            ("the host name", rf"(?i:\b{_CONTEXT_WORDS})[\"']?\s*[:=]?\s*[\"']?(?:{h})(?![\w-])"),
         ]
         fqdn = [n for n in hosts if "." in n]
         if fqdn:
