@@ -41,6 +41,7 @@ MARKDOWN_YAML = (
 CSV_FORMULA = ("=1+1", "+SUM(A1)", "-2", "@cmd", "'quoted", "=HYPERLINK(\"http://x\")")
 UNICODE = ("猫", "🐶 dog", "T-shirt/top", "ＣＡＴ", "Ä", "a/b", "a_b", "Cat", "cat", "..", ".")
 LONG = ("a" * 70 + "1", "a" * 70 + "2")
+COLUMNS = ("index", "file", "class", "label")  # equal to labels.csv / metadata.jsonl column names
 
 try:
     USER = getpass.getuser()
@@ -51,7 +52,7 @@ HOST = socket.gethostname().split(".")[0] or "localhost"
 
 def class_names() -> tuple[str, ...]:
     """Every hostile class name, in a deliberately unsorted order, plus the user and host names."""
-    names = [*HTML_JS, *(n for n in MARKDOWN_YAML if n != "~/notes"), *CSV_FORMULA, *UNICODE, *LONG]
+    names = [*HTML_JS, *(n for n in MARKDOWN_YAML if n != "~/notes"), *CSV_FORMULA, *UNICODE, *LONG, *COLUMNS]
     for extra in (USER, HOST, "root", "vm"):
         if extra not in names:
             names.append(extra)

@@ -3,20 +3,20 @@
 - ``distribution``: one ``cr:FileObject`` per bundle file (with ``sha256``, which ``verify`` checks)
   and a ``cr:FileSet`` of the PNGs under ``data/images/``.
 - ``recordSet``:
-  - ``png``: one record per PNG, ``png/file`` (its path) and ``png/image`` (its content);
-  - ``images``: one record per row of ``data/labels.csv``: ``index``, ``file``, ``class``, the
-    image (joined on ``file`` with ``png/file``) and ``soft_label_<i>`` per class ``i``.
+  - ``classes``: the class ids and names, inline (``data``);
+  - ``png``: one record per PNG, ``png/file`` (its path relative to data/) and ``png/image``;
+  - ``images``: one record per line of ``data/metadata.jsonl``: ``index``, ``file``, the image
+    (joined on ``file`` with ``png/file``), ``label`` (a class id) and ``soft_label`` (repeated
+    float, one per class in id order).
 - ``citeAs``, ``datePublished``, ``version``, ``license``, ``url`` and the RAI note.
 
-Field ids are built from fixed words and class *indices*, never class names; the names appear only
-as JSON strings (``description``, ``extract.column`` = the CSV header cell).
+Field ids are fixed words; class names appear only as JSON strings (``classes`` data, descriptions).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from rcig_release.release.escape import csv_cell
 from rcig_release.release.hashing import bytes_sha256
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
@@ -38,7 +38,7 @@ _SPECIAL = {
     "sc": "https://schema.org/",
 }
 PNG_SET = "png-files"
-LABELS = "data/labels.csv"
+METADATA = "data/metadata.jsonl"
 
 
 def context() -> dict:
@@ -56,8 +56,8 @@ def _field(rs: str, name: str, data_type: str, source: dict, description: str | 
     return f
 
 
-def _csv(column: str) -> dict:
-    return {"fileObject": {"@id": LABELS}, "extract": {"column": column}}
+def _jsonl(column: str) -> dict:
+    return {"fileObject": {"@id": METADATA}, "extract": {"column": column}}
 
 
 def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], classes: tuple[str, ...],
@@ -85,20 +85,24 @@ def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], clas
     png = {"fileSet": {"@id": PNG_SET}}
     png_fields = [
         _field("png", "file", "sc:Text", png | {"extract": {"fileProperty": "fullpath"},
-                                               "transform": {"regex": r"^(?:.*/)?(data/images/[^/]+/[^/]+\.png)$"}}),
+                                               "transform": {"regex": r"^(?:.*/)?data/(images/[^/]+/[^/]+\.png)$"}}),
         _field("png", "image", "sc:ImageObject", png | {"extract": {"fileProperty": "content"}}),
     ]
+    class_fields = [
+        {"@type": "cr:Field", "@id": "classes/id", "name": "id", "dataType": "sc:Integer"},
+        {"@type": "cr:Field", "@id": "classes/name", "name": "name", "dataType": "sc:Text"},
+    ]
+    class_data = [{"classes/id": i, "classes/name": c} for i, c in enumerate(classes)]
     fields = [
-        _field("images", "index", "sc:Integer", _csv("index"), "Row of data/distilled.npz."),
-        _field("images", "file", "sc:Text", _csv("file"), "Path of the PNG in the bundle.",
+        _field("images", "index", "sc:Integer", _jsonl("index"), "Row of data/distilled.npz."),
+        _field("images", "file", "sc:Text", _jsonl("file_name"), "Path of the PNG, relative to data/.",
                references={"field": {"@id": "png/file"}}),
         _field("images", "image", "sc:ImageObject", {"field": {"@id": "png/image"}}, "The image (8-bit PNG)."),
-        _field("images", "class", "sc:Text", _csv("class"),
-               "The class its soft label ranks highest (CSV text cells starting with = + - @ ' carry a leading ').")
+        _field("images", "label", "sc:Integer", _jsonl("label"),
+               "Class id (a classes/id): the class its soft label ranks highest."),
     ]
-    for i, c in enumerate(classes):
-        fields.append(_field("images", f"soft_label_{i}", "sc:Float", _csv(csv_cell(c)),
-                             f"Soft label of class {i} ({c})."))
+    fields.append(_field("images", "soft_label", "sc:Float", _jsonl("soft_label"),
+                         "The soft label: one float32 value per class, in class-id order.", repeated=True))
     return {
         "@context": context(),
         "@type": "sc:Dataset",
@@ -118,6 +122,9 @@ def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], clas
         ),
         "distribution": dist,
         "recordSet": [
+            {"@type": "cr:RecordSet", "@id": "classes", "name": "classes",
+             "description": "The classes: id (position in data/distilled.npz classes) and name.",
+             "key": {"@id": "classes/id"}, "field": class_fields, "data": class_data},
             {"@type": "cr:RecordSet", "@id": "png", "name": "png",
              "description": "One record per PNG file: its path and content.", "field": png_fields},
             {"@type": "cr:RecordSet", "@id": "images", "name": "images",
