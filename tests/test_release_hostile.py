@@ -193,6 +193,7 @@ def test_class_dir_names_never_collide():
     assert len({n.casefold() for n in names}) == len(names)
     assert names[-1] == "x" and names[6] == "class_6" and all(len(n) <= 64 for n in names)
     assert class_dir_names(("zero", "one")) == ("zero", "one")  # plain names stay as they are
+    assert all(n.startswith(("CON-", "nul.txt-")) for n in class_dir_names(("CON", "nul.txt")))
 
 
 def test_hostile_bundle_verifies_apart_from_the_escaped_csv_header(bundle):

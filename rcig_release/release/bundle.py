@@ -39,6 +39,7 @@ from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safet
 
 MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 _SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 
 
@@ -65,7 +66,8 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
 
     NFKC, runs of anything but letters, digits, ``_ . -`` become ``_``; a name longer than 48
     characters, or one that would equal another class's (ignoring case), ends in ``-`` and the
-    first 8 hex digits of the sha256 of the original name, so truncation never merges classes.
+    first 8 hex digits of the sha256 of the original name, so truncation never merges classes
+    (a Windows device name such as ``con`` or ``nul.txt`` gets the suffix too).
     """
     def digest(c: str) -> str:
         return hashlib.sha256(c.encode("utf-8")).hexdigest()[:8]
@@ -73,7 +75,8 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
     names: list[str] = []
     for i, c in enumerate(classes):
         s = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFKC", c)).strip("._-") or f"class_{i}"
-        names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 else s)
+        reserved = s.split(".")[0].casefold() in _RESERVED
+        names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 or reserved else s)
     folded = [n.casefold() for n in names]
     names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes)]
     folded = [n.casefold() for n in names]
