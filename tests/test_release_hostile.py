@@ -213,6 +213,7 @@ def test_hostile_bundle_verifies(bundle):
 def test_datasets_loads_label_ids_and_soft_labels(bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # read when datasets is first imported
     datasets = pytest.importorskip("datasets")
     out, arrays = bundle
     want = arrays["labels"].argmax(1)
