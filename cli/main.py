@@ -13,6 +13,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from rcig_release.errors import RcigReleaseError
 
@@ -37,7 +38,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RcigReleaseError as e:
-            err_console.print(f"[bold red]error:[/] {e}", markup=True)
+            # the message may quote user input: rich Text, so no markup in it is interpreted
+            err_console.print(Text.assemble(("error:", "bold red"), " ", str(e)))
             raise typer.Exit(e.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -63,13 +63,13 @@ def release_command(
         raise
     d = result.decision
     if d.passed:
-        console.print(f"[green]policy {d.policy_name!r} passed[/] ({len(d.rules)} rules)")
+        console.print(Text.assemble((f"policy {d.policy_name!r} passed", "green"), f" ({len(d.rules)} rules)"))
     else:
         err_console.print(_rules_table(d.failed, f"Failed rules of policy {d.policy_name!r} (overridden)"))
         console.print(Text.assemble(("released with an override", "yellow"), f": {result.override}"))
     signed = " (signed)" if sign is not None else ""
-    console.print(f"bundle written{signed}: {result.out} ({len(result.files)} files); check it with "
-                  "`rcig-release verify`", markup=False)
+    console.print(Text(f"bundle written{signed}: {result.out} ({len(result.files)} files); check it "
+                       "with `rcig-release verify`"))
 
 
 def verify_command(
@@ -85,7 +85,7 @@ def verify_command(
     problems = verify_bundle(bundle, key=key)
     if problems:
         for p in problems:
-            err_console.print(p, style="red", markup=False)
+            err_console.print(Text(p, style="red"))  # Text: no markup, emoji codes or control characters
         err_console.print(f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True)
         raise typer.Exit(1)
     console.print("[green]bundle intact[/]: every checksum matches, the verdict follows from the bundled audit "

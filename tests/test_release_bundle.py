@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"
 EXPECTED = {
     "README.md", "croissant.json", "manifest-sha256.txt", "provenance.json",
-    "data/distilled.npz", "data/labels.csv",
+    "data/distilled.npz", "data/labels.csv", "data/metadata.jsonl",
     "report/audit.json", "report/roc.png", "report/report.html", "policy/verdict.json", "policy/policy.toml",
 }
 
@@ -136,7 +136,8 @@ def test_croissant_lists_every_file_with_sha256(built):
     out = built[1]
     meta = json.loads((out / "croissant.json").read_text())
     assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.0" and meta["@type"] == "sc:Dataset"
-    listed = {d["contentUrl"]: d["sha256"] for d in meta["distribution"]}
+    listed = {d["contentUrl"]: d["sha256"] for d in meta["distribution"] if d["@type"] == "cr:FileObject"}
+    assert [d["includes"] for d in meta["distribution"] if d["@type"] == "cr:FileSet"] == ["data/images/*/*.png"]
     assert set(listed) == files_of(out) - {"croissant.json", "manifest-sha256.txt"}
     for path, digest in listed.items():
         assert bytes_sha256((out / path).read_bytes()) == digest

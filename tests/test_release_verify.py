@@ -101,7 +101,8 @@ def _rewrite_checksums(bundle: Path) -> None:
     """What a careful forger does: recompute croissant.json and the manifest after an edit."""
     meta = json.loads((bundle / "croissant.json").read_text())
     for d in meta["distribution"]:
-        d["sha256"] = bytes_sha256((bundle / d["contentUrl"]).read_bytes())
+        if "contentUrl" in d:  # FileObjects; the FileSet of the PNGs has no checksum
+            d["sha256"] = bytes_sha256((bundle / d["contentUrl"]).read_bytes())
     (bundle / "croissant.json").write_text(json.dumps(meta))
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
                    if p.is_file() and p.name != "manifest-sha256.txt")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import hashlib
 import io
 import json
 import os
@@ -26,22 +27,22 @@ from PIL import Image
 import rcig_release
 from rcig_release.errors import InputError, PolicyFailure
 from rcig_release.release import figures, signing
+from rcig_release.release.croissant import croissant
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Summary, dataset_card, report_html
+from rcig_release.release.escape import check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, parse_policy
-from rcig_release.release.redact import find_leaks, redact, redact_str
+from rcig_release.release.redact import find_leaks, redact
 from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_train, to_uint8
 
 MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
 POLICY_FILE = "policy/policy.toml"  # the exact bytes of the policy the verdict was reached with
 SIGNATURE = MANIFEST + ".sig"  # OpenSSH signature of the manifest (release --sign)
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 _SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
-_MIME = {".png": "image/png", ".json": "application/json", ".csv": "text/csv",
-         ".md": "text/markdown", ".html": "text/html", ".npz": "application/x-npz",
-         ".txt": "text/plain", ".toml": "application/toml"}
 
 
 class ReleaseRefused(PolicyFailure):
@@ -63,15 +64,25 @@ class ReleaseResult:
 
 
 def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
-    """A safe, distinct directory name per class (no separators, dots-only or control characters)."""
+    """A safe directory name per class, distinct even on case-insensitive file systems.
+
+    NFKC, runs of anything but letters, digits, ``_ . -`` become ``_``; a name longer than 48
+    characters, or one that would equal another class's (ignoring case), ends in ``-`` and the
+    first 8 hex digits of the sha256 of the original name, so truncation never merges classes
+    (a Windows device name such as ``con`` or ``nul.txt`` gets the suffix too).
+    """
+    def digest(c: str) -> str:
+        return hashlib.sha256(c.encode("utf-8")).hexdigest()[:8]
+
     names: list[str] = []
     for i, c in enumerate(classes):
-        s = unicodedata.normalize("NFKC", c)
-        s = re.sub(r"[^\w.-]+", "_", s).strip("._") or f"class_{i}"
-        if s in names:
-            s = f"{s}_{i}"
-        names.append(s[:64])
-    return tuple(names)
+        s = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFKC", c)).strip("._-") or f"class_{i}"
+        reserved = s.split(".")[0].casefold() in _RESERVED
+        names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 or reserved else s)
+    folded = [n.casefold() for n in names]
+    names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes)]
+    folded = [n.casefold() for n in names]
+    return tuple(f"{n}-{i}" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded)))
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -83,13 +94,29 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def labels_csv(labels: np.ndarray, classes: tuple[str, ...], files: list[str], image_class: np.ndarray) -> bytes:
+    """index,file,class,<one soft-label column per class>; text cells pass through ``csv_cell``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "file", "class", *classes])
+    w.writerow(["index", "file", "class", *(csv_cell(c) for c in classes)])
     for i, f in enumerate(files):
         # repr of a float32 widened to float64 round-trips exactly back to the float32
-        w.writerow([i, f, classes[image_class[i]], *(repr(float(v)) for v in labels[i])])
+        w.writerow([i, csv_cell(f), csv_cell(classes[image_class[i]]), *(repr(float(v)) for v in labels[i])])
     return buf.getvalue().encode("utf-8")
+
+
+def metadata_jsonl(labels: np.ndarray, files: list[str], image_class: np.ndarray) -> bytes:
+    """data/metadata.jsonl for the Hugging Face imagefolder builder: one line per image with its
+    ``file_name`` (relative to data/), ``index``, ``label`` (the class id, as in the npz) and
+    ``soft_label`` (the float32 soft label, exact)."""
+    lines = []
+    for i, f in enumerate(files):
+        lines.append(json.dumps({
+            "file_name": f.removeprefix("data/"),
+            "index": i,
+            "label": int(image_class[i]),
+            "soft_label": [float(v) for v in labels[i]],
+        }, ensure_ascii=False, allow_nan=False))
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def npz_bytes(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> bytes:
@@ -168,88 +195,6 @@ def verdict_json(decision: Decision, safety: SafetyResult, policy: Policy, overr
     }
 
 
-def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], classes: tuple[str, ...],
-              description: str) -> dict:
-    """Croissant 1.0 metadata: one FileObject (with sha256) per bundle file, and the labels table."""
-    dist = []
-    for path in sorted(files):
-        dist.append({
-            "@type": "cr:FileObject",
-            "@id": path,
-            "name": path,
-            "contentUrl": path,
-            "contentSize": f"{len(files[path])} B",
-            "encodingFormat": _MIME.get(Path(path).suffix, "application/octet-stream"),
-            "sha256": bytes_sha256(files[path]),
-        })
-    fields = [
-        {"@type": "cr:Field", "@id": "labels/index", "name": "index", "dataType": "sc:Integer",
-         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "index"}}},
-        {"@type": "cr:Field", "@id": "labels/file", "name": "file", "dataType": "sc:Text",
-         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "file"}}},
-        {"@type": "cr:Field", "@id": "labels/class", "name": "class", "dataType": "sc:Text",
-         "source": {"fileObject": {"@id": "data/labels.csv"}, "extract": {"column": "class"}}},
-    ]
-    return {
-        "@context": {
-            "@language": "en",
-            "@vocab": "https://schema.org/",
-            "sc": "https://schema.org/",
-            "cr": "http://mlcommons.org/croissant/",
-            "rai": "http://mlcommons.org/croissant/RAI/",
-            "dct": "http://purl.org/dc/terms/",
-            "citeAs": "cr:citeAs",
-            "column": "cr:column",
-            "conformsTo": "dct:conformsTo",
-            "data": {"@id": "cr:data", "@type": "@json"},
-            "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
-            "examples": {"@id": "cr:examples", "@type": "@json"},
-            "extract": "cr:extract",
-            "field": "cr:field",
-            "fileObject": "cr:fileObject",
-            "fileProperty": "cr:fileProperty",
-            "fileSet": "cr:fileSet",
-            "format": "cr:format",
-            "includes": "cr:includes",
-            "isLiveDataset": "cr:isLiveDataset",
-            "jsonPath": "cr:jsonPath",
-            "key": "cr:key",
-            "md5": "cr:md5",
-            "parentField": "cr:parentField",
-            "path": "cr:path",
-            "recordSet": "cr:recordSet",
-            "references": "cr:references",
-            "regex": "cr:regex",
-            "repeated": "cr:repeated",
-            "replace": "cr:replace",
-            "separator": "cr:separator",
-            "source": "cr:source",
-            "subField": "cr:subField",
-            "transform": "cr:transform",
-        },
-        "@type": "sc:Dataset",
-        "conformsTo": "http://mlcommons.org/croissant/1.0",
-        "name": name,
-        "description": description,
-        "license": license_spdx or "unspecified",
-        "url": "README.md",
-        "version": "1.0.0",
-        "keywords": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
-        "rai:personalSensitiveInformation": (
-            "Synthetic images distilled from private data; membership-inference audit and copy "
-            "check in report/audit.json, policy verdict in policy/verdict.json."
-        ),
-        "distribution": dist,
-        "recordSet": [{
-            "@type": "cr:RecordSet",
-            "@id": "labels",
-            "name": "labels",
-            "description": f"One row per released image; soft-label columns: {', '.join(classes)}.",
-            "field": fields,
-        }],
-    }
-
-
 def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, policy: Policy, *,
                 name: str, license_spdx: str | None, override: str | None,
                 policy_bytes: bytes | None = None) -> dict[str, bytes]:
@@ -269,6 +214,7 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         image_files.append(rel)
     files["data/distilled.npz"] = npz_bytes(images, labels, classes)
     files["data/labels.csv"] = labels_csv(labels, classes, image_files, image_class)
+    files["data/metadata.jsonl"] = metadata_jsonl(labels, image_files, image_class)
 
     audit = _sanitize(redact(inp.audit))
     files["report/audit.json"] = _json_bytes(audit)
@@ -287,6 +233,7 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         safety=safety,
         override=override,
         content_sha256=inp.content_sha256,
+        class_dirs=dirs,
     )
     files["report/report.html"] = report_html(
         summary,
@@ -295,7 +242,9 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         copy_plot=figures.copy_check_png(audit.get("copy_check") or {}),
     ).encode("utf-8")
     files["README.md"] = dataset_card(summary).encode("utf-8")
-    files["policy/verdict.json"] = _json_bytes(_sanitize(redact(verdict_json(decision, safety, policy, override, inp))))
+    verdict = _sanitize(redact(verdict_json(decision, safety, policy, override, inp)))
+    verdict["override"] = {"reason": override} if override else None  # what the user typed, never rewritten
+    files["policy/verdict.json"] = _json_bytes(verdict)
     if policy_bytes is not None:
         files[POLICY_FILE] = policy_bytes
     prov = provenance(inp, policy)
@@ -305,15 +254,17 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         name, license_spdx, files, classes,
         f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
         f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}).",
+        date_published=_dt.datetime.now(_dt.timezone.utc).date().isoformat(),
     ))
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")
 
-    for path, data in files.items():
+    for path in sorted(files):
         if path.endswith((".png", ".npz")):
             continue
-        leaks = find_leaks(data.decode("utf-8"))
+        leaks = find_leaks(files[path].decode("utf-8"))
         if leaks:
-            raise InputError(f"refusing to write {path}: it would contain {leaks[0]}")
+            raise InputError(f"refusing to write {path}: it would contain {leaks[0]}, which identifies "
+                             "this machine (docs/release.md, 'What identifies the machine')")
     return files
 
 
@@ -380,17 +331,19 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
     if license_spdx is not None and not _SPDX.match(license_spdx):
         raise InputError(f"--license {license_spdx!r} is not an SPDX licence id")
     if override is not None:
-        override = " ".join(override.split())
+        override = " ".join(check_text(override, "--override").split())
         if not override:
             raise InputError("--override needs a non-empty reason")
-        override = redact_str(override)
-    name = redact_str(" ".join((name or out.name).split())) or "rcig-release bundle"
+    what = "--name" if name is not None else "the --out directory name (the default --name)"
+    name = " ".join(check_text(name or out.name, what).split()) or "rcig-release bundle"
 
     if sign is not None:  # fail fast (exit 2) before any work
         signing.ssh_keygen()
         signing.read_key(sign, "signing key")
     policy_bytes, policy = read_policy(policy_path)
     inp = load_release_inputs(run_dir)
+    for i, c in enumerate(inp.classes):
+        check_text(c, f"class name {i} in RUN/distilled.npz")
     decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
     if not decision.passed and override is None:
         n = len(decision.failed)

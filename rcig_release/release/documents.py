@@ -1,7 +1,9 @@
 """The human-readable bundle files: the Hugging Face dataset card and the offline HTML report.
 
 Both are built from the same ``Summary`` (headline audit numbers, verdict, utility) so they never
-disagree. Every string that came from an input file is escaped (HTML) or JSON-quoted (YAML).
+disagree. Every string that came from an input or the command line is escaped for where it goes:
+``escape.md`` in the card's Markdown, ``html.escape`` in the report, and the card's YAML front
+matter is emitted by PyYAML (never by string formatting).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
-import json
 import math
 from typing import Any, Mapping, Sequence
 
+import yaml
+
 from rcig_release.release.auditview import baseline, baseline_attacks, copy_rows, shadow_count, target_accuracy
 from rcig_release.release.decision import Decision, Rule
+from rcig_release.release.escape import md
 from rcig_release.release.safety import SafetyResult
 
 # SPDX ids whose lower-case form is also a Hugging Face licence id.
@@ -41,6 +45,7 @@ class Summary:
     safety: SafetyResult
     override: str | None
     content_sha256: str
+    class_dirs: tuple[str, ...] = ()  # data/images/<dir> of each class (bundle.class_dir_names)
 
     @property
     def verdict(self) -> str:
@@ -71,7 +76,11 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, float):
-        return "n/a" if not math.isfinite(x) else f"{x:.{digits}f}"
+        if not math.isfinite(x):
+            return "n/a"
+        if x != 0 and abs(x) < 0.5 * 10 ** -digits:  # would print as 0.000: a learning rate, say
+            return f"{x:.1e}"
+        return f"{x:.{digits}f}"
     if isinstance(x, (list, tuple)):
         return ", ".join(fmt(v, digits) for v in x)
     return str(x)
@@ -106,11 +115,10 @@ HEADLINE_HEADER = ["attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "ε lower bound"
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def esc(s: str) -> str:
-        return str(s).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    """A Markdown table; every cell is escaped (``escape.md``), so a cell can neither end the row
+    nor carry HTML, links or emphasis."""
+    lines = ["| " + " | ".join(md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -152,26 +160,57 @@ def _utility_rows(s: Summary) -> list[list[str]]:
     return rows
 
 
-def _yaml_list(key: str, values: Sequence[str]) -> list[str]:
-    return [f"{key}:"] + [f"- {json.dumps(v, ensure_ascii=False)}" for v in values]
+def card_metadata(s: Summary) -> dict[str, Any]:
+    """The card's YAML front matter as data: Hugging Face card fields, ``dataset_info`` whose
+    ``label`` ClassLabel lists the class names in the release's order (so label ids equal the npz
+    ids), and a ``default`` config over data/metadata.jsonl and the PNGs."""
+    features = [
+        {"name": "image", "dtype": "image"},
+        {"name": "index", "dtype": "int64"},
+        {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(s.classes)}}}},
+        {"name": "soft_label", "sequence": "float32"},
+    ]
+    meta: dict[str, Any] = dict(hf_license(s.license_spdx))
+    meta.update({
+        "pretty_name": s.name,
+        "task_categories": ["image-classification"],
+        "task_ids": ["multi-class-image-classification"],
+        "size_categories": [size_category(s.n_images)],
+        "annotations_creators": ["machine-generated"],
+        "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
+        "dataset_info": {"features": features},
+        # the imagefolder builder takes its features from the config (dataset_info alone is
+        # replaced by what it infers from metadata.jsonl: an int label without names)
+        "configs": [{
+            "config_name": "default",
+            "data_files": [{"split": "train", "path": ["data/metadata.jsonl", "data/images/*/*.png"]}],
+            "features": features,
+        }],
+    })
+    return meta
+
+
+def front_matter(meta: Mapping[str, Any]) -> str:
+    """``---``-fenced YAML. PyYAML quotes every string that needs it; no line wrapping, so no
+    value can put a ``---`` line or a new key at the start of a line; no anchors or aliases."""
+
+    class _Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+
+    text = yaml.dump(dict(meta), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False, width=2 ** 31 - 1)
+    return "---\n" + text + "---\n"
+
+
+def _class_rows(s: Summary) -> list[list[str]]:
+    dirs = s.class_dirs or ("",) * len(s.classes)
+    return [[str(i), c, f"data/images/{d}/" if d else "", str(n)]
+            for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class))]
 
 
 def dataset_card(s: Summary) -> str:
     """README.md: YAML front matter (HF dataset card metadata), then the card body."""
-    meta = [f"{k}: {json.dumps(v)}" for k, v in hf_license(s.license_spdx).items()]
-    meta.append(f"pretty_name: {json.dumps(s.name, ensure_ascii=False)}")
-    meta += _yaml_list("task_categories", ["image-classification"])
-    meta += _yaml_list("task_ids", ["multi-class-image-classification"])
-    meta += _yaml_list("size_categories", [size_category(s.n_images)])
-    meta += _yaml_list("annotations_creators", ["machine-generated"])
-    meta += _yaml_list("tags", ["synthetic", "dataset-distillation", "rcig", "privacy-audited"])
-    meta += [
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        '    path: "data/images/*/*.png"',
-    ]
     cfg = _config(s)
     data = s.run_json.get("data") if isinstance(s.run_json.get("data"), Mapping) else {}
     cc = s.audit.get("copy_check") or {}
@@ -180,10 +219,10 @@ def dataset_card(s: Summary) -> str:
     if s.override and not s.decision.passed:
         override_text = (
             "\n**The policy did not pass; this bundle was released with an override.** "
-            f"Reason given: {s.override}\n"
+            f"Reason given: {md(s.override)}\n"
         )
     elif s.override:
-        override_text = f"\nAn override was given but not needed (the policy passed). Reason given: {s.override}\n"
+        override_text = f"\nAn override was given but not needed (the policy passed). Reason given: {md(s.override)}\n"
     failed = s.decision.failed
     failed_text = ""
     if failed:
@@ -193,7 +232,7 @@ def dataset_card(s: Summary) -> str:
     real_init_note = (" The images started from real private images and may retain visual traits of them."
                       if _init_mode(s) == "real" else "")
     body = f"""
-# {s.name}
+# {md(s.name)}
 
 A synthetic image-classification set of {s.n_images} images ({len(s.classes)} classes,
 {'×'.join(str(d) for d in s.image_shape)} pixels) distilled with RCIG from a private image set,
@@ -205,18 +244,17 @@ read **Privacy considerations** before using them.
 
 - Curated by: the data custodian who ran `rcig-release` (the tool records no names).
 - License: {s.license_spdx or "unspecified: set one with `--license` before publishing"}.
-- Classes: {", ".join(s.classes)}.
-- Images per class: {", ".join(f"{c} {n}" for c, n in zip(s.classes, s.per_class))}.
-- Content digest of the released arrays: `{s.content_sha256}`.
+- Classes: {len(s.classes)}, listed with their ids and folders under **Classes** below.
+- Content digest of the released arrays: `{md(s.content_sha256)}`.
 
 ## How it was made
 
 RCIG (dataset distillation with a kernel-ridge head on a linearised ConvNet and implicit
-gradients) ran on the private training split for {fmt(cfg.get("steps"))} outer steps at
-{fmt(cfg.get("ipc"))} image(s) per class, seed {fmt(cfg.get("seed"))}, starting from
-**{_init_mode(s)}** initial images ({"random real private training images, the RCIG default" if _init_mode(s) == "real" else "random noise"}).
+gradients) ran on the private training split for {md(fmt(cfg.get("steps")))} outer steps at
+{md(fmt(cfg.get("ipc")))} image(s) per class, seed {md(fmt(cfg.get("seed")))}, starting from
+**{md(_init_mode(s))}** initial images ({"random real private training images, the RCIG default" if _init_mode(s) == "real" else "random noise"}).
 The labels are learned soft labels (one row of `data/labels.csv` per image). The full resolved
-configuration, the private data's fingerprint ({data.get("fingerprint", "n/a")}) and the software
+configuration, the private data's fingerprint ({md(data.get("fingerprint", "n/a"))}) and the software
 versions are in `provenance.json`.
 
 ## Uses
@@ -234,25 +272,44 @@ privacy (none is given: the audit measures leakage empirically, it does not boun
   soft label ranks highest.
 - `data/distilled.npz`: `images` float32 [N,H,W,C] in [0,1], `labels` float32 [N,C] soft labels,
   `classes` [C].
-- `data/labels.csv`: `index,file,class` and one soft-label column per class.
+- `data/labels.csv`: `index,file,class` and one soft-label column per class (a text cell that
+  a spreadsheet would read as a formula, starting with `=`, `+`, `-`, `@` or `'`, is written
+  with a leading `'`).
+- `data/metadata.jsonl`: one line per image, `file_name`, `index`, `label` (the class id) and
+  `soft_label` (the soft label, one value per class in the order below); the Hugging Face
+  `imagefolder` builder attaches it to the images.
 - `report/`: `audit.json` (the full audit), `roc.png`, `report.html` (open it in a browser).
 - `policy/verdict.json`, `provenance.json`, `croissant.json`, `manifest-sha256.txt`.
 
+### Classes
+
+Class ids are the positions in `classes` of `data/distilled.npz` and the column order of the soft
+labels; the folder is where the images whose soft label ranks that class highest are filed.
+
+{_md_table(["id", "class", "folder", "images"], _class_rows(s))}
+
+### Loading
+
+`datasets.load_dataset("<this directory or repository>")` reads the `dataset_info` above: `label`
+is a `ClassLabel` with these names and ids, `soft_label` the soft label, `index` the row of
+`data/distilled.npz`. `load_dataset("imagefolder", data_dir=".../data")` gives the same integer
+`label` and `soft_label` (from `data/metadata.jsonl`) without the class names.
+
 ## Privacy considerations
 
-Policy **{s.decision.policy_name}** (policy file sha256 `{s.decision.policy_sha256}`):
+Policy **{md(s.decision.policy_name)}** (policy file sha256 {md(s.decision.policy_sha256)}):
 verdict **{verdict}** ({len(s.decision.rules) - len(failed)} of {len(s.decision.rules)} rules passed).
 {override_text}{failed_text}
 Headline audit figures (the adversary holds this release; members are the private training split,
-non-members held-out records; {fmt(n_shadows)} shadow distillations). Next to them the same attacks on
+non-members held-out records; {md(fmt(n_shadows))} shadow distillations). Next to them the same attacks on
 the naive release (the same number of random real training images) and on a network trained on all
 the private training data:
 
 {_md_table(HEADLINE_HEADER, headline_rows(s.audit))}
 
-Copy check: {fmt(cc.get("near_copies"))} released image(s) are near copies of a private training
-record (threshold {fmt(cc.get("threshold"), 4)}). Release safety check against the private training
-split ({s.safety.metric} distance): {s.safety.exact_copies} exact copies, {s.safety.within_threshold}
+Copy check: {md(fmt(cc.get("near_copies")))} released image(s) are near copies of a private training
+record (threshold {md(fmt(cc.get("threshold"), 4))}). Release safety check against the private training
+split ({md(s.safety.metric)} distance): {s.safety.exact_copies} exact copies, {s.safety.within_threshold}
 image(s) within the threshold{" (allowed by the policy)" if s.safety.allowed and not s.safety.clean else ""}.
 
 What the audit does not cover: attacks stronger than those listed (white-box access to the
@@ -276,7 +333,7 @@ The audit figures are estimates with sampling error (intervals in `report/audit.
 Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt` and checks
 that the audit, the verdict and the provenance belong to the released arrays.
 """
-    return "---\n" + "\n".join(meta) + "\n---\n" + body
+    return front_matter(card_metadata(s)) + body
 
 
 _CSS = """
@@ -338,6 +395,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         _img(roc, "ROC of every attack"),
         "<h2>The released images</h2>",
         _img(grid, "released images, one row per class"),
+        _h_table(["id", "class", "folder", "images"], _class_rows(s)),
         "<h2>Copy check</h2>",
         f"<p>Near copies flagged by the audit: {e(fmt(cc.get('near_copies')))} (threshold "
         f"{e(fmt(cc.get('threshold'), 4))}). Release safety check against the private training split "

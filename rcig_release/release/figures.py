@@ -2,14 +2,18 @@
 
 - ``roc_png``: the log-log ROC of every attack, from ``RUN/audit/scores.npz`` when it has a
   membership vector and per-attack scores, otherwise from the operating points in audit.json.
-- ``grid_png``: the released images, one row per class (a Pillow mosaic; fast).
+- ``grid_png``: the released images, one row per class (a Pillow mosaic; fast), each row labelled
+  with the class id and name in DejaVu Sans (shipped with matplotlib); characters it lacks (CJK,
+  emoji) are written as code points rather than drawn as boxes.
 - ``copy_check_png``: the released images' distances to their nearest private training and
   held-out records, with the near-copy threshold.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -24,7 +28,8 @@ _MEMBER_KEYS = ("member", "members", "membership", "is_member", "labels")
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    # tight bounding box: no axis label or title is clipped, whatever its length
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return buf.getvalue()
 
@@ -83,20 +88,71 @@ def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
     return _png(fig)
 
 
+@functools.lru_cache(maxsize=1)
+def _label_font():
+    """DejaVu Sans from matplotlib's own data (no system font needed) and the code points it draws."""
+    from fontTools.ttLib import TTFont
+    from PIL import ImageFont
+
+    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    with TTFont(str(path), lazy=True) as tt:
+        covered = frozenset(tt.getBestCmap())
+    return ImageFont.truetype(str(path), 11), covered
+
+
+def drawable_name(name: str, covered: frozenset[int]) -> str:
+    """``name`` with every character the font cannot draw written as ``\\uXXXX`` (or ``\\UXXXXXXXX``),
+    so a CJK or emoji class name is shown as its code points instead of as boxes."""
+    out = []
+    for ch in name:
+        cp = ord(ch)
+        if cp in covered and ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(f"\\u{cp:04x}" if cp <= 0xFFFF else f"\\U{cp:08x}")
+    return "".join(out)
+
+
+def label_lines(text: str, width: float, measure, max_lines: int) -> list[str]:
+    """``text`` broken into lines of at most ``width`` (by ``measure``), at most ``max_lines``; when
+    it does not fit, the last line ends in an ellipsis (the row's id prefix keeps rows distinct)."""
+    lines, cur = [], ""
+    for ch in text:
+        if cur and measure(cur + ch) > width:
+            lines.append(cur)
+            cur = ""
+        cur += ch
+    if cur:
+        lines.append(cur)
+    if len(lines) > max_lines:
+        last = lines[max_lines - 1]
+        while last and measure(last + "…") > width:
+            last = last[:-1]
+        lines = lines[: max_lines - 1] + [last + "…"]
+    return lines
+
+
 def grid_png(images: np.ndarray, classes: Sequence[str], image_class: np.ndarray, *, cell: int = 56,
              max_cols: int = 20) -> bytes:
-    """The released images, one row per class (at most ``max_cols``), as a PIL mosaic with labels."""
+    """The released images, one row per class (at most ``max_cols``), as a PIL mosaic. Each row is
+    labelled ``<class id>: <name>``, wrapped (ellipsised past 4 lines), undrawable characters as
+    code points; the report's class table has every full name."""
     from PIL import Image, ImageDraw
 
+    font, covered = _label_font()
     n_cols = max(1, min(max_cols, max(int((image_class == c).sum()) for c in range(len(classes)))))
-    label_w, pad = 110, 4
+    label_w, pad, line_h = 150, 4, 13
     width = label_w + n_cols * (cell + pad) + pad
     height = len(classes) * (cell + pad) + pad
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     for r, name in enumerate(classes):
         y = pad + r * (cell + pad)
-        draw.text((pad, y + cell // 2 - 6), str(name)[:16], fill="black")
+        lines = label_lines(f"{r}: {drawable_name(str(name), covered)}", label_w - 2 * pad,
+                            font.getlength, max_lines=cell // line_h)
+        top = y + (cell - len(lines) * line_h) // 2
+        for k, line in enumerate(lines):
+            draw.text((pad, top + k * line_h), line, fill="black", font=font)
         for c, i in enumerate(np.flatnonzero(image_class == r)[:n_cols]):
             px = np.round(np.clip(images[i], 0, 1) * 255).astype(np.uint8)
             tile = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")

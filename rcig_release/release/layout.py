@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from rcig_release.release.bundle import class_dir_names
+from rcig_release.release.escape import csv_uncell
 from rcig_release.release.safety import to_uint8
 
 IMAGES = "data/images/"
@@ -77,7 +78,7 @@ def check_labels_csv(files: dict[str, bytes], labels: np.ndarray, classes: tuple
         problems.append(f"{LABELS}: not a readable CSV file")
         return
     header = ["index", "file", "class", *classes]
-    if not rows or rows[0] != header:
+    if not rows or rows[0][:3] != header[:3] or [csv_uncell(h) for h in rows[0][3:]] != list(classes):
         problems.append(f"{LABELS}: header is not index,file,class and the classes of data/distilled.npz")
         return
     body = rows[1:]
@@ -94,7 +95,7 @@ def check_labels_csv(files: dict[str, bytes], labels: np.ndarray, classes: tuple
             problems.append(f"{where}: index {row[0]!r} is not {i}")
         if row[1] != paths[i]:
             problems.append(f"{where}: file {row[1]!r} is not {paths[i]}")
-        if row[2] != classes[winners[i]]:
+        if csv_uncell(row[2]) != classes[winners[i]]:
             problems.append(f"{where}: class {row[2]!r} is not {classes[winners[i]]!r} (its label's highest class)")
         try:
             values = np.array([float(v) for v in row[3:]], dtype=np.float32)

@@ -92,7 +92,8 @@ def simulated_game(leak: bool, *, shadows: int = 16, records: int = 1000, n_init
     return out
 
 
-def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: bool) -> dict:
+def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: bool,
+               classes: tuple[str, ...] = CLASSES) -> dict:
     d_train = nearest_distances(images, private)
     threshold = 0.05
     per_image = [{
@@ -105,7 +106,7 @@ def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: b
     for a in ATTACKS:
         m = copy.deepcopy(CLEAN)
         m["groups"] = {"all": copy.deepcopy(CLEAN), "init": copy.deepcopy(LEAK if leak and a == "nearest" else CLEAN)}
-        for i, _ in enumerate(CLASSES):
+        for i, _ in enumerate(classes):
             m["groups"][f"class_{i}"] = copy.deepcopy(CLEAN)
         attacks[a] = m
     if leak:
@@ -156,13 +157,14 @@ def to_runner_layout(audit: dict) -> dict:
 
 def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | None = None,
              ipc: int = 2, with_roc: bool = False, with_scores: bool = False,
-             runner_layout: bool = False) -> Path:
-    """Writes a complete synthetic run directory under ``root`` and returns its path."""
+             runner_layout: bool = False, classes: tuple[str, ...] = CLASSES) -> Path:
+    """Writes a complete synthetic run directory under ``root`` and returns its path (``classes``:
+    the class names in distilled.npz; image ``k*ipc .. k*ipc+ipc-1`` has class ``k``)."""
     data = data or private_data()
     run = Path(root)
     (run / "audit").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
-    n, c = ipc * len(CLASSES), len(CLASSES)
+    n, c = ipc * len(classes), len(classes)
     if leak:
         init = rng.choice(len(data.x_train), size=n, replace=False)
         images = data.x_train[init].copy()
@@ -173,7 +175,7 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
     cls = np.repeat(np.arange(c), ipc)
     labels = np.full((n, c), 0.1, np.float32)
     labels[np.arange(n), cls] = 0.8
-    np.savez(run / "distilled.npz", images=images, labels=labels, classes=np.array(CLASSES),
+    np.savez(run / "distilled.npz", images=images, labels=labels, classes=np.array(classes, dtype=str),
              images_model=images - 0.5, log_temp=np.float32(0.0), init_indices=init.astype(np.int64),
              prep_mean=np.zeros(1, np.float32), prep_std=np.ones(1, np.float32))
     run_json = {
@@ -191,7 +193,7 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
                  "accuracy_mean": 0.56 if leak else 0.80, "accuracy_std": 0.02,
                  "accuracies": [0.8] * 5, "augment": False}
     (run / "eval.json").write_text(json.dumps(eval_json))
-    audit = audit_dict(file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak)
+    audit = audit_dict(file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak, classes=classes)
     if runner_layout:
         audit = to_runner_layout(audit)
     (run / "audit" / "audit.json").write_text(json.dumps(audit))
