@@ -23,6 +23,7 @@ import numpy as np
 from rcig_release import __version__, checkpoint
 from rcig_release.config import DistillConfig, to_dict
 from rcig_release.errors import InputError
+from rcig_release.npzfile import NpzUnreadable, read_npz
 
 DISTILLED = "distilled.npz"
 RUN_JSON = "run.json"
@@ -177,8 +178,10 @@ def load_run(path: str | Path) -> Run:
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise InputError(f"{p / RUN_JSON} is unreadable: {type(e).__name__}") from None
     try:
-        with np.load(p / DISTILLED, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_npz(p / DISTILLED, str(p / DISTILLED))  # headers checked against the cap
+    except NpzUnreadable:
+        raise InputError(f"{p / DISTILLED} is unreadable: not a plain-array .npz") from None
+    try:
         prep = Preprocessor.from_arrays(arrays)
         return Run(path=p, config=cfg, run_json=run_json, images=arrays["images"],
                    images_model=arrays["images_model"], labels=arrays["labels"],

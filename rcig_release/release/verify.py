@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from rcig_release.errors import InputError
+from rcig_release.npzfile import check_npz_limits
 from rcig_release.release.bundle import CROISSANT, MANIFEST
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
 from rcig_release.release.inputs import load_npz, validate_arrays
@@ -209,6 +210,8 @@ def verify_bundle(path: str | Path) -> list[str]:
     if not root.is_dir():
         raise InputError(f"bundle directory not found: {root.name or root}")
     files, problems = _scan(root)
+    if "data/distilled.npz" in files:  # exit 2 before anything is allocated (limits.py)
+        check_npz_limits(files["data/distilled.npz"], "data/distilled.npz")
     _check_manifest(files, problems)
     _check_croissant(files, problems)
     _check_binding(files, problems)
