@@ -44,9 +44,11 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
                 status: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs one distillation into ``out`` and returns the final ``run.json`` content."""
     from rcig_release.data import fit_preprocessor, load_dataset
+    from rcig_release.data.paths import check_out_apart
 
     say = status or (lambda _msg: None)
     t0 = time.perf_counter()
+    check_out_apart(data, out)
     ds = load_dataset(data, seed=0)
     cfg = with_data_defaults(cfg, ds.n_train)
     check_ipc(ds.y_train, cfg.ipc, ds.num_classes)
