@@ -13,6 +13,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from rcig_release.errors import RcigReleaseError
 
@@ -26,6 +27,20 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rcig_release import __version__
+
+        typer.echo(f"rcig-release {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the package version and exit.")) -> None:
+    """Distil a private image set with RCIG, audit it, release it behind a policy."""
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -37,7 +52,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RcigReleaseError as e:
-            err_console.print(f"[bold red]error:[/] {e}", markup=True)
+            # the message may hold paths or names with [brackets]: never parsed as rich markup
+            err_console.print(Text.assemble(("error:", "bold red"), " ", str(e)))
             raise typer.Exit(e.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
