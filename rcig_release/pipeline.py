@@ -57,7 +57,7 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
     enter("loading data")
     ds = load_dataset(data, seed=0)
     cfg = with_data_defaults(cfg, ds.n_train)
-    check_ipc(ds.y_train, cfg.ipc, ds.num_classes)
+    check_ipc(ds, cfg.ipc)  # names the short class
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     rundir.prepare_out(out, resume=resume, force=force)
 

@@ -154,7 +154,9 @@ def write_preview(path: Path, images: np.ndarray, classes: list[str], ipc: int) 
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(classes[i], rotation=0, ha="right", va="center", fontsize=8)
+                # a class name is text, never matplotlib mathtext (an unbalanced "$..$" crashes)
+                ax.set_ylabel(classes[i].replace("$", r"\$"), rotation=0, ha="right",
+                              va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
