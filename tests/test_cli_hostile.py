@@ -383,3 +383,19 @@ def test_readme_test_command_is_the_ci_command_and_finds_a_python_3_11_or_newer(
     empty = subprocess.run(["/bin/bash", "-c", picker + " -V"], capture_output=True, text=True,
                            env={"PATH": "/nonexistent"}, timeout=60)
     assert empty.returncode != 0 and "no Python 3.11 or newer" in empty.stderr
+
+
+def test_distill_command_shows_the_phase_not_0_of_unknown(tmp_path, monkeypatch):
+    import rcig_release.pipeline as pipeline
+    from rcig_release.errors import InputError
+
+    def fake_distill_run(out, data, cfg, *, phase=None, progress=None, **kw):
+        phase("loading data")
+        phase("learning-rate search")
+        raise InputError("stop here")
+
+    monkeypatch.setattr(pipeline, "distill_run", fake_distill_run)
+    r = invoke("distill", "--preset", "cpu", "--out", tmp_path / "out")
+    assert r.exit_code == 2
+    assert "learning-rate search" in r.stderr and "0/?" not in r.stderr
+    assert r.stderr.splitlines()[-1] == "error: stop here"
