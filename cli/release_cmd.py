@@ -45,7 +45,7 @@ def release_command(
     override: Optional[str] = typer.Option(
         None, "--override", metavar="REASON",
         help="Release even though policy rules fail; the reason is recorded in the card, report and "
-             "verdict. Never bypasses the copy safety check. (default: none: every rule must pass)"),
+             "verdict. Never bypasses the copy safety check (default: none; every rule must pass)."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Where to reload the private data for the safety check (default: run.json's source)."),
 ) -> None:
