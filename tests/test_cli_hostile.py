@@ -399,3 +399,15 @@ def test_distill_command_shows_the_phase_not_0_of_unknown(tmp_path, monkeypatch)
     assert r.exit_code == 2
     assert "learning-rate search" in r.stderr and "0/?" not in r.stderr
     assert r.stderr.splitlines()[-1] == "error: stop here"
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["distill", "--ipc", "abc"], "Invalid value for '--ipc'"),
+    (["distill", "--bogus"], "No such option: --bogus"),
+    (["verify"], "Missing argument"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_one_line_exit_2(tmp_path, args, expect):
+    before = snapshot(tmp_path)
+    assert_refused(invoke(*args), 2, expect, "--help)")
+    assert snapshot(tmp_path) == before
