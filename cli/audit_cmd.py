@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from rcig_release.cli.progress import stage_progress
 from rcig_release.errors import InputError
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
@@ -79,14 +80,14 @@ def register(app: typer.Typer) -> None:
         targets: Annotated[int, typer.Option(help="Networks trained on the release (and per shadow).")] = 4,
         records: Annotated[int, typer.Option(help="Up to this many members and as many non-members.")] = 500,
         attacks: Annotated[Optional[str], typer.Option(
-            help=f"Comma-separated subset of: {', '.join(ATTACK_NAMES)}.")] = None,
+            help=f"Comma-separated subset of: {', '.join(ATTACK_NAMES)} (default: all).")] = None,
         baselines: Annotated[str, typer.Option(help="Comma-separated: naive, full_data, or none.")] = "naive,full_data",
         data: Annotated[Optional[str], typer.Option(
-            help="Data source if run.json's is not reachable (must have the run's fingerprint).")] = None,
+            help="Data source if run.json's is not reachable (must have the run's fingerprint; default: run.json's source).")] = None,
         resume: Annotated[bool, typer.Option(help="Continue an interrupted audit (finished shadows are kept).")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (default: off).")] = False,
         private_gallery: Annotated[Optional[Path], typer.Option(
-            help="Write the closest released/private pairs as PNGs here (outside RUN; contains private images).")] = None,
+            help="Write the closest released/private pairs as PNGs here (outside RUN; contains private images; default: none written).")] = None,
         seed: Annotated[int, typer.Option(help="Audit seed (records, keep matrix, shadows).")] = 0,
         width: Annotated[Optional[int], typer.Option(help="Downstream network width (default: the run's).")] = None,
         train_steps: Annotated[Optional[int], typer.Option(help="Downstream training steps (default: evaluate protocol).")] = None,
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
             help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes.")] = "run",
         workers: Annotated[Optional[int], typer.Option(
             help="Processes sharing the shadow pipelines (default: 2 on a CPU for images up to 16x16, else 1).")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (default: off).")] = False,
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
         from rcig_release.audits.config import AuditConfig
@@ -106,16 +107,13 @@ def register(app: typer.Typer) -> None:
                           baselines=base, seed=seed, width=width, train_steps=train_steps,
                           full_steps=full_steps, shadow_lrs=shadow_lrs)
         console = Console(stderr=True)
-        progress = None
-        if not quiet and not json_out:
-            def progress(stage: str, done: int, total: int) -> None:
-                console.print(f"[dim]{stage}: {done}/{total}[/]")
         if private_gallery is not None and not str(private_gallery).strip():
             raise InputError("--private-gallery needs a directory")
         from rcig_release.audits.runner import run_audit
 
-        result = run_audit(run, cfg, data=data, resume=resume, private_gallery=private_gallery,
-                           workers=workers, progress=progress)
+        with stage_progress(console, enabled=not quiet and not json_out) as progress:
+            result = run_audit(run, cfg, data=data, resume=resume, private_gallery=private_gallery,
+                               workers=workers, progress=progress)
         if json_out:
             typer.echo(json.dumps(json_summary(result), indent=2, sort_keys=True))
             return
@@ -125,4 +123,4 @@ def register(app: typer.Typer) -> None:
         style = "bold red" if cc["near_copies"] else "green"
         out.print(f"[{style}]copy check: {cc['near_copies']} of {cc['n_released']} released images "
                   f"are near copies[/] (threshold {cc['threshold']:.4f}, {cc['rule']})")
-        out.print(f"report: {Path(run) / 'audit' / 'audit.json'}")
+        out.print(f"report: {Path(run) / 'audit' / 'audit.json'}", markup=False)

@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+
+from rcig_release.cli.progress import CountColumn
 
 console = Console(stderr=True, highlight=False)
 
@@ -24,16 +26,25 @@ def _default_preset() -> str:
 def distill(
     data: Annotated[str, typer.Option(help="digits (built in), mnist, fashion-mnist, cifar10, "
                                            "a .npz file or an image folder")] = "digits",
-    out: Annotated[Optional[Path], typer.Option(help="run directory [default: runs/<data>-ipc<ipc>]")] = None,
-    ipc: Annotated[Optional[int], typer.Option(help="images per class")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="outer iterations (0: export the initialisation)")] = None,
-    init: Annotated[Optional[str], typer.Option(help="real (paper) or noise")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    preset: Annotated[Optional[str], typer.Option(help="cpu (default without a GPU) or paper")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML file of DistillConfig values")] = None,
-    width: Annotated[Optional[int], typer.Option(help="ConvNet width")] = None,
-    real_batch: Annotated[Optional[int], typer.Option(help="real images per outer step")] = None,
-    zca: Annotated[Optional[bool], typer.Option("--zca/--no-zca", help="ZCA whitening [default: on for colour]")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help=r"run directory, outside the data \[default: runs/<data>-ipc<ipc>]")] = None,
+    ipc: Annotated[Optional[int], typer.Option(help=r"images per class \[default: 1]")] = None,
+    steps: Annotated[Optional[int], typer.Option(
+        help=r"outer iterations (0: export the initialisation) \[default: the preset's: paper "
+             "10000; cpu 100 below 10,000 training images, else 1300 at 1 ipc and fewer above]")] = None,
+    init: Annotated[Optional[str], typer.Option(help=r"real (paper) or noise \[default: real]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=r"random seed \[default: 0]")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help=r"cpu or paper \[default: cpu without a GPU, else paper]")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help=r"TOML file of DistillConfig values \[default: none]")] = None,
+    width: Annotated[Optional[int], typer.Option(
+        help=r"ConvNet width \[default: the preset's: cpu 32, paper 128]")] = None,
+    real_batch: Annotated[Optional[int], typer.Option(
+        help=r"real images per outer step \[default: paper 1024; cpu 256 below 10,000 training "
+             "images, else 128]")] = None,
+    zca: Annotated[Optional[bool], typer.Option(
+        "--zca/--no-zca", help=r"ZCA whitening \[default: on for colour data, off for grey]")] = None,
     resume: Annotated[bool, typer.Option(help="continue a killed or interrupted run in --out")] = False,
     force: Annotated[bool, typer.Option(help="start over in a non-empty --out (it is kept as <out>.bak<k>)")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -59,22 +70,28 @@ def distill(
     if quiet:
         run = distill_run(out, data, cfg, resume=resume, force=force)
     else:
-        columns = (TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(),
+        # the first column names the phase (loading data, learning-rate search, compiling the
+        # step) until the steps start; the count stays empty while the total is unknown
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), CountColumn(),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   TextColumn("{task.fields[loss]}"))
+                   TextColumn("{task.fields[loss]}", markup=False))
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("distill", total=None, loss="")
+            task = bar.add_task("starting", total=None, loss="")
+
+            def phase(name: str) -> None:
+                bar.update(task, description=name)
 
             def progress(step: int, total: int, last: dict) -> None:
                 loss = f"outer loss {last['outer_loss']:.4f}" if "outer_loss" in last else ""
-                bar.update(task, completed=step, total=total, loss=loss)
+                bar.update(task, description="distill", completed=step, total=total, loss=loss)
 
             run = distill_run(out, data, cfg, resume=resume, force=force, progress=progress,
-                              status=lambda m: console.print(m))
-            bar.update(task, completed=run["config"]["steps"], total=max(run["config"]["steps"], 1))
+                              status=lambda m: console.print(m, markup=False), phase=phase)
+            bar.update(task, description="distill", completed=run["config"]["steps"],
+                       total=max(run["config"]["steps"], 1))
     t = run["timings"]
-    console.print(f"[green]done[/]: {out} ({cfg.ipc * len(run['data']['classes'])} images, "
-                  f"{run['config']['steps']} steps, distillation {t['distill_seconds']:.1f} s)")
+    console.print(Text.assemble(("done", "green"), f": {out} ({cfg.ipc * len(run['data']['classes'])} images, "
+                  f"{run['config']['steps']} steps, distillation {t['distill_seconds']:.1f} s)"))
 
 
 def evaluate(
@@ -82,11 +99,11 @@ def evaluate(
     models: Annotated[int, typer.Option(help="networks trained (vmapped)")] = 5,
     arch: Annotated[str, typer.Option(help="convnet, mlp, resnet18, vgg11 or alexnet")] = "convnet",
     augment: Annotated[bool, typer.Option(help="train with the paper's augmentation")] = False,
-    width: Annotated[Optional[int], typer.Option(help="network width [default: the run's]")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="training steps [default: 1000 for ≤10 images, else 2000]")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    data: Annotated[Optional[str], typer.Option(help="data source if not the run's own")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print eval.json to stdout")] = False,
+    width: Annotated[Optional[int], typer.Option(help=r"network width \[default: the run's]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help=r"training steps \[default: 1000 for ≤10 images, else 2000]")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    data: Annotated[Optional[str], typer.Option(help=r"data source if not the run's own \[default: run.json's source]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=r"print eval.json to stdout \[default: off]")] = False,
 ) -> None:
     """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
     from rcig_release.config import EvalConfig
@@ -100,12 +117,12 @@ def evaluate(
         raise InputError(f"--models must be at least 1 (got {models})")
     cfg = EvalConfig(arch=arch, models=models, augment=augment, width=width, steps=steps,
                      seed=seed)
-    with console.status(f"training {models} {arch} networks on {run} …"):
+    with console.status(Text(f"training {models} {arch} networks on {run} …")):
         result = evaluate_run(run, cfg, data=data)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return
-    table = Table(title=f"Test accuracy of networks trained on {run}")
+    table = Table(title=Text(f"Test accuracy of networks trained on {run}"))
     for col in ("arch", "width", "models", "steps", "augment", "accuracy"):
         table.add_column(col, justify="right")
     table.add_row(arch, str(result["width"]), str(result["models"]), str(result["steps"]),

@@ -2,7 +2,9 @@
 
 No JAX import at module level anywhere under ``cli/`` so ``--help`` is fast and CLI tests that
 patch the library never compile anything. Library errors (``RcigReleaseError``) become one line on
-stderr and their exit code (2 bad input, 3 policy failure); nothing else is caught.
+stderr and their exit code (2 bad input, 3 policy failure), and so do usage errors (a bad option
+value, a missing argument, an unknown command: exit 2); nothing else is caught. Every user string
+is printed as text, never parsed as rich markup.
 """
 
 from __future__ import annotations
@@ -17,7 +19,30 @@ from rich.text import Text
 
 from rcig_release.errors import RcigReleaseError
 
+try:  # typer >= 0.20 carries its own click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """A bad option value, a missing argument or an unknown command is one line on stderr and
+    exit 2, like every other bad input (not typer's boxed panel)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "rcig-release"
+            err_console.print(Text.assemble(("error:", "bold red"), " ", e.format_message(),
+                                            f" (see {where} --help)"))
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="rcig-release",
     help="Distil a private image set with RCIG, audit it, release it behind a policy.",
     rich_markup_mode="rich",
@@ -26,6 +51,20 @@ app = typer.Typer(
     add_completion=False,
 )
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rcig_release import __version__
+
+        typer.echo(f"rcig-release {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the package version and exit.")) -> None:
+    """Distil a private image set with RCIG, audit it, release it behind a policy."""
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,7 +77,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RcigReleaseError as e:
-            # the message may quote user input: rich Text, so no markup in it is interpreted
+            # the message may hold paths or names with [brackets]: never parsed as rich markup
             err_console.print(Text.assemble(("error:", "bold red"), " ", str(e)))
             raise typer.Exit(e.exit_code) from None
 

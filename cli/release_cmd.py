@@ -41,11 +41,11 @@ def release_command(
     policy: Path = typer.Option(..., "--policy", help="Release policy TOML (e.g. policies/default.toml)."),
     out: Path = typer.Option(..., "--out", help="Bundle directory to create; must not exist."),
     name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the --out directory name)."),
-    license: Optional[str] = typer.Option(None, "--license", help="SPDX licence id for the dataset card."),
+    license: Optional[str] = typer.Option(None, "--license", help="SPDX licence id for the dataset card (default: none stated)."),
     override: Optional[str] = typer.Option(
         None, "--override", metavar="REASON",
         help="Release even though policy rules fail; the reason is recorded in the card, report and "
-             "verdict. Never bypasses the copy safety check."),
+             "verdict. Never bypasses the copy safety check (default: none; every rule must pass)."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Where to reload the private data for the safety check (default: run.json's source)."),
     sign: Optional[Path] = typer.Option(

@@ -79,13 +79,17 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
             on_log: Callable[[int, dict[str, float]], None] | None = None,
             progress: Callable[[int, int, dict[str, float]], None] | None = None,
             on_state: Callable[[int, Any], None] | None = None,
-            init_forced: np.ndarray | None = None) -> DistillResult:
+            init_forced: np.ndarray | None = None,
+            phase: Callable[[str], None] | None = None) -> DistillResult:
     """Runs RCIG for ``cfg.steps`` outer iterations and returns the EMA distilled set.
 
     ``x_model``: float32 [N,H,W,C] preprocessed training images; ``y``: int labels in 0..C−1.
     With ``checkpoint_dir`` the state is checkpointed every ``cfg.checkpoint_every`` steps, at the
     end and on Ctrl-C; ``resume=True`` continues from it (bit-identical to an uninterrupted run).
+    ``phase(name)`` names each setup phase as it starts ("setting up the model", "loading the
+    checkpoint", "learning-rate search", "compiling the step"); ``progress`` then counts steps.
     """
+    enter = phase or (lambda _name: None)
     y = np.asarray(y, np.int64)
     cfg = with_data_defaults(cfg, len(y))
     check_ipc(y, cfg.ipc, num_classes)
@@ -93,6 +97,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     if cfg.steps == 0:
         return DistillResult(x_init, y_init, 0.0, init_idx, {"steps": 0})
 
+    enter("setting up the model")
     res = resolve(cfg, tuple(x_model.shape[1:]), num_classes)
     setup = make_setup(cfg, res, tuple(x_model.shape[1:]))
     state = init_state(setup, x_init, y_init, jax.random.PRNGKey(cfg.seed))
@@ -102,6 +107,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
                             "tangent_params": setup.tangents.size}
 
     if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
+        enter("loading the checkpoint")
         state, meta = checkpoint.load(checkpoint_dir, state)
         if meta.get("config") != meta_cfg:
             changed = sorted(k for k in meta_cfg if meta.get("config", {}).get(k) != meta_cfg[k])
@@ -112,6 +118,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     else:
         t0 = time.perf_counter()
         if cfg.tune_lr:
+            enter("learning-rate search")
             state, tuning = tune_learning_rates(setup, state, x_dev, y_dev)
         else:
             tuning = {"skipped": "tune_lr = false"}
@@ -123,6 +130,8 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
                             {"step": int(state.step), "config": meta_cfg, "tuning": info["tuning"]})
 
     step_fn = make_step(setup)
+    if int(state.step) < cfg.steps:
+        enter("compiling the step")  # the first call compiles; progress() follows it
     t_start, first = time.perf_counter(), None
     last: dict[str, float] = {}
     t = int(state.step)  # counted on the host: no device sync per step except to log

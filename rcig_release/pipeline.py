@@ -41,18 +41,27 @@ def resume_config(out: Path) -> tuple[DistillConfig, str]:
 def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = False,
                 force: bool = False,
                 progress: Callable[[int, int, dict[str, float]], None] | None = None,
-                status: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Runs one distillation into ``out`` and returns the final ``run.json`` content."""
+                status: Callable[[str], None] | None = None,
+                phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Runs one distillation into ``out`` and returns the final ``run.json`` content.
+
+    ``phase(name)`` is called as each setup phase starts ("loading data", "preprocessing", then
+    distill's own), before ``progress`` reports steps."""
     from rcig_release.data import fit_preprocessor, load_dataset
+    from rcig_release.data.paths import check_out_apart
 
     say = status or (lambda _msg: None)
     t0 = time.perf_counter()
+    check_out_apart(data, out)
+    enter = phase or (lambda _name: None)
+    enter("loading data")
     ds = load_dataset(data, seed=0)
     cfg = with_data_defaults(cfg, ds.n_train)
-    check_ipc(ds.y_train, cfg.ipc, ds.num_classes)
+    check_ipc(ds, cfg.ipc)  # names the short class
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     rundir.prepare_out(out, resume=resume, force=force)
 
+    enter("preprocessing")
     prep = fit_preprocessor(ds.x_train, zca=res.zca, zca_reg=cfg.zca_reg)
     x_model = prep.transform(ds.x_train).astype(np.float32)
     t_data = time.perf_counter() - t0
@@ -74,7 +83,7 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
     t1 = time.perf_counter()
     result: DistillResult = distill(cfg, x_model, ds.y_train, ds.num_classes,
                                     checkpoint_dir=out / rundir.CHECKPOINTS, resume=resume,
-                                    on_log=log, progress=progress)
+                                    on_log=log, progress=progress, phase=phase)
     t_distill = time.perf_counter() - t1
 
     images = np.clip(prep.inverse(result.images_model), 0.0, 1.0)

@@ -23,6 +23,7 @@ import numpy as np
 from rcig_release import __version__, checkpoint
 from rcig_release.config import DistillConfig, to_dict
 from rcig_release.errors import InputError
+from rcig_release.npzfile import NpzUnreadable, read_npz
 
 DISTILLED = "distilled.npz"
 RUN_JSON = "run.json"
@@ -153,7 +154,9 @@ def write_preview(path: Path, images: np.ndarray, classes: list[str], ipc: int) 
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
-                ax.set_ylabel(classes[i], rotation=0, ha="right", va="center", fontsize=8)
+                # a class name is text, never matplotlib mathtext (an unbalanced "$..$" crashes)
+                ax.set_ylabel(classes[i].replace("$", r"\$"), rotation=0, ha="right",
+                              va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -177,8 +180,10 @@ def load_run(path: str | Path) -> Run:
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise InputError(f"{p / RUN_JSON} is unreadable: {type(e).__name__}") from None
     try:
-        with np.load(p / DISTILLED, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = read_npz(p / DISTILLED, str(p / DISTILLED))  # headers checked against the cap
+    except NpzUnreadable:
+        raise InputError(f"{p / DISTILLED} is unreadable: not a plain-array .npz") from None
+    try:
         prep = Preprocessor.from_arrays(arrays)
         return Run(path=p, config=cfg, run_json=run_json, images=arrays["images"],
                    images_model=arrays["images_model"], labels=arrays["labels"],

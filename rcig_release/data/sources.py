@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ from rcig_release.data.splits import stratified_split
 from rcig_release.data.validate import (as_images, as_labels, check_label_range,
                                         check_same_image_shape)
 from rcig_release.errors import InputError
+from rcig_release.npzfile import NpzUnreadable, read_npz
 
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 FLAT_KEYS = ("x", "y")
@@ -34,7 +33,8 @@ def load_digits_dataset(source: str, *, seed: int, test_fraction: float) -> Data
 
 
 def _read_npz(path: Path, name: str) -> dict[str, np.ndarray]:
-    """Reads every array with ``allow_pickle=False``; each failure becomes one ``InputError``."""
+    """Reads every array, header checked against the byte cap first (``npzfile``), never with
+    pickle; each failure becomes one ``InputError``."""
     corrupt = f"{name} is corrupt or truncated (cannot read it as .npz)"
     try:
         with open(path, "rb") as f:
@@ -46,14 +46,11 @@ def _read_npz(path: Path, name: str) -> dict[str, np.ndarray]:
     if len(magic) < 4 or magic[:2] != b"PK":
         raise InputError(f"{name} is not an .npz archive" if len(magic) >= 4 else corrupt)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except ValueError as e:
-        if "pickle" in str(e).lower():
+        return read_npz(path, name)
+    except NpzUnreadable as e:
+        if e.pickle:
             raise InputError(f"{name} needs pickle to load (object arrays); save plain numeric "
                              "arrays and string class names instead") from None
-        raise InputError(corrupt) from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, TypeError):
         raise InputError(corrupt) from None
 
 

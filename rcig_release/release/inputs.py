@@ -9,19 +9,18 @@ this run's ``distilled.npz`` (its ``run_sha256``).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import os
 import re
 import stat
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from rcig_release.errors import InputError
+from rcig_release.npzfile import NpzUnreadable, read_npz
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,10 +75,10 @@ def _finite(x: Any) -> bool:
 
 
 def load_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an npz; its headers are checked against the byte cap first (npzfile)."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError):
+        return read_npz(data, what)
+    except NpzUnreadable:
         raise InputError(f"{what} is not a readable npz (or holds pickled objects)") from None
 
 

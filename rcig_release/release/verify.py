@@ -20,6 +20,7 @@ import stat
 from pathlib import Path
 
 from rcig_release.errors import InputError
+from rcig_release.npzfile import check_npz_limits
 from rcig_release.release import consistency, layout, signing
 from rcig_release.release.bundle import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
@@ -238,4 +239,6 @@ def verify_bundle(path: str | Path, key: str | Path | None = None) -> list[str]:
         signing.ssh_keygen()
         signing.read_key(key, "public key")
     files, problems = _scan(root)
+    if "data/distilled.npz" in files:  # exit 2 before anything is allocated (limits.py)
+        check_npz_limits(files["data/distilled.npz"], "data/distilled.npz")
     return list(dict.fromkeys(problems + verify_files(files, key)))
