@@ -1,4 +1,5 @@
-"""Release policies: the loader's schema checks and evaluate_policy against hand-built tables."""
+"""Release policies: the loader's schema checks, and evaluate_policy on audits whose game section
+was computed by the audit's own statistics (``testing.simulated_game``), never hand-made metrics."""
 
 import copy
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 from rcig_release.errors import InputError
 from rcig_release.release.decision import evaluate_policy
 from rcig_release.release.policy import load_policy, parse_policy
-from rcig_release.release.testing import ATTACKS, CLEAN, LEAK, metrics
+from rcig_release.release.testing import ATTACKS, simulated_game
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"
@@ -20,29 +21,23 @@ name = "t"
 [audit]
 required_attacks = ["loss", "nearest"]
 min_shadows = 4
+[gate]
+alpha = 0.05
+power = 0.99
 [limits]
-bound = "ci_upper"
-unresolved = "pass"
-max_auc = 0.6
-max_tpr_at_fpr_0_001 = 0.02
-max_tpr_at_fpr_0_01 = 0.05
-max_epsilon_lower_bound = 2.0
+detect_auc = 0.55
+detect_tpr_at_fpr_0_01 = 0.03
+detect_tpr_at_fpr_0_001 = 0.01
+max_epsilon_lower_bound = 1.0
 [limits.groups]
 patterns = ["init*"]
-bound = "point"
-unresolved = "pass"
-max_auc = 0.75
-max_tpr_at_fpr_0_001 = 0.5
-max_tpr_at_fpr_0_01 = 0.5
-max_epsilon_lower_bound = 3.0
+detect_auc = 0.85
 [copies]
-max_near_copies = 0
 allow_near_copies_in_bundle = false
 [init]
 allowed_modes = ["real", "noise"]
 [utility]
 min_accuracy = 0.3
-min_gain_over_naive = 0.02
 """
 
 
@@ -54,19 +49,15 @@ def policy(text: bytes = MINIMAL, **replace: str):
     return parse_policy(text, "p.toml")
 
 
-def audit(attacks=None, near=0, shadows=16, naive=0.5):
-    if attacks is None:
-        attacks = {a: copy.deepcopy(CLEAN) for a in ("loss", "nearest")}
-    return {
-        "run_sha256": "0" * 64,
-        "attacks": attacks,
-        "copy_check": {"near_copies": near, "threshold": 0.05},
-        "baselines": {"naive_release": {"accuracy": naive, "attacks": {}}},
-        "n_shadows": shadows,
-    }
+def audit(leak=False, shadows=16, records=1000, **kw):
+    g = copy.deepcopy(simulated_game(leak, shadows=shadows, records=records, **kw))
+    return {"run_sha256": "0" * 64, "game": g, "n_shadows": shadows,
+            "init": {"mode": "real" if leak else "noise", "n_init_records": 10 if leak else 0,
+                     "init_aware_shadows": leak}}
 
 
-RUN = {"init": {"mode": "real"}, "config": {"init": "real"}}
+NOISE = {"init": {"mode": "noise"}}
+REAL = {"init": {"mode": "real"}}
 EVAL = {"accuracy_mean": 0.8}
 
 
@@ -76,9 +67,8 @@ EVAL = {"accuracy_mean": 0.8}
 def test_shipped_policies_load():
     d, s = load_policy(DEFAULT), load_policy(STRICT)
     assert d.name == "default" and s.name == "strict"
-    assert d.max_near_copies == 0 and s.max_near_copies == 0
     assert not d.allow_near_copies_in_bundle and not s.allow_near_copies_in_bundle
-    assert s.allowed_init_modes == ("noise",)
+    assert s.allowed_init_modes == ("noise",) and d.alpha == 0.05 and d.power == 0.99
     assert set(d.required_attacks) == set(ATTACKS)
     assert len(d.sha256) == 64 and d.sha256 != s.sha256
 
@@ -98,15 +88,24 @@ def test_every_shipped_key_is_commented():
         ({"min_shadows__4": "min_shadows = 4\nmin_shadow = 4"}, "unknown key audit.min_shadow"),
         ({"[utility]": "[utility]\nextra = 1"}, "unknown key utility.extra"),
         ({"[copies]": "[copy]\n[copies]"}, "unknown key copy"),
-        ({"max_auc__0.6": "max_auc = 1.5"}, "limits.max_auc must be in"),
-        ({"max_auc__0.6": 'max_auc = "0.6"'}, "limits.max_auc has the wrong type"),
-        ({"max_near_copies__0": "max_near_copies = false"}, "copies.max_near_copies has the wrong type"),
-        ({"max_near_copies__0": "max_near_copies = -1"}, "must be >= 0"),
-        ({'bound__"point"': 'bound = "median"'}, "limits.groups.bound must be one of"),
+        ({"detect_auc__0.55": "detect_auc = 1.5"}, "limits.detect_auc must be in"),
+        ({"detect_auc__0.55": "detect_auc = 0.5"}, "limits.detect_auc must be above 0.5"),
+        ({"detect_auc__0.55": "detect_auc = nan"}, "limits.detect_auc must be a finite number"),
+        ({"max_epsilon_lower_bound__1.0": "max_epsilon_lower_bound = inf"}, "must be a finite number"),
+        ({"detect_auc__0.55": 'detect_auc = "0.6"'}, "limits.detect_auc has the wrong type"),
+        ({"detect_tpr_at_fpr_0_001__0.01": "detect_tpr_at_fpr_0_001 = 0.0005"}, "must be above 0.001"),
+        ({"detect_auc__0.55": "detect_auc = 0.55\nmax_auc = 0.6"}, "unknown key limits.max_auc (the gate now tests"),
+        ({"detect_auc__0.55": "max_auc = 0.6"}, "missing key limits.detect_auc (limits.max_auc is the earlier"),
+        ({"alpha__0.05": "alpha = 0.5"}, "gate.alpha must be in"),
+        ({"power__0.99": "power = 1.0"}, "gate.power must be in"),
+        ({"min_shadows__4": "min_shadows = 0"}, "min_shadows must be >= 2"),
+        ({'required_attacks__["loss", "nearest"]': "required_attacks = []"}, "must name at least one attack"),
+        ({'patterns__["init*"]': "patterns = []"}, "patterns must list at least one"),
         ({'required_attacks__["loss", "nearest"]': 'required_attacks = ["loss", "lira"]'}, "unknown value 'lira'"),
         ({'allowed_modes__["real", "noise"]': 'allowed_modes = ["real", "zeros"]'}, "unknown value 'zeros'"),
-        ({"max_epsilon_lower_bound__2.0\n": "\n"}, "missing key limits.max_epsilon_lower_bound"),
-        ({"[limits.groups]": "[limits.attack.lira]\nmax_auc = 0.5\n[limits.groups]"}, "unknown attack limits.attack.lira"),
+        ({'allowed_modes__["real", "noise"]': "allowed_modes = []"}, "must name at least one mode"),
+        ({"max_epsilon_lower_bound__1.0\n": "\n"}, "missing key limits.max_epsilon_lower_bound"),
+        ({"[limits.groups]": "[limits.attack.lira]\ndetect_auc = 0.6\n[limits.groups]"}, "unknown attack limits.attack.lira"),
         ({"[limits.groups]": "[limits.attack.nearest]\nmax_aux = 0.5\n[limits.groups]"},
          "unknown key limits.attack.nearest.max_aux"),
         ({'name__"t"': "name = "}, "not valid TOML"),
@@ -122,132 +121,94 @@ def test_loader_unreadable_file(tmp_path):
         load_policy(tmp_path / "nope.toml")
 
 
-# ---- evaluate_policy tables ------------------------------------------------------------------
+# ---- evaluate_policy on the audit's game -----------------------------------------------------
 
 
-def _attacks(**over):
-    a = {name: copy.deepcopy(CLEAN) for name in ("loss", "nearest")}
-    for name, m in over.items():
-        a[name] = m
-    return a
+def test_a_release_at_chance_passes_the_default_policy():
+    d = evaluate_policy(NOISE, EVAL, audit(), load_policy(DEFAULT))
+    assert d.passed, [(r.name, r.note) for r in d.failed]
+    tests = [r for r in d.rules if r.comparison == "p >"]
+    # every attack of the game (7) x 3 tests over all records; alpha split: (0.05 - 0.01) / 21
+    assert len(tests) == 21 and tests[0].limit == pytest.approx(0.04 / 21)
+    assert all("power" in r.note for r in tests)
 
 
-CASES = [
-    # (description, audit kwargs, run, eval, {rule: expected passed})
-    ("clean release passes", {}, RUN, EVAL, {"*": True}),
-    ("one near copy", {"near": 1}, RUN, EVAL, {"copies.near_copies": False}),
-    ("too few shadows", {"shadows": 3}, RUN, EVAL, {"audit.min_shadows": False}),
-    ("missing attack", {"attacks": {"loss": copy.deepcopy(CLEAN)}}, RUN, EVAL,
-     {"audit.attack_ran.nearest": False, "audit.attack_ran.loss": True}),
-    ("utility below min", {"naive": 0.2}, RUN, {"accuracy_mean": 0.29}, {"utility.accuracy": False}),
-    ("no gain over naive", {"naive": 0.79}, RUN, EVAL, {"utility.gain_over_naive": False, "utility.accuracy": True}),
-    ("gain exactly at the limit passes", {"naive": 0.78}, RUN, EVAL, {"utility.gain_over_naive": True}),
-    ("init mode not allowed", {}, {"init": {"mode": "zeros"}}, EVAL, {"init.mode": False}),
-    ("init mode from config", {}, {"config": {"init": "noise"}}, EVAL, {"init.mode": True}),
-    ("init mode missing", {}, {}, EVAL, {"init.mode": False}),
-    ("auc point below but CI upper above", {"attacks": _attacks(loss=metrics(0.58, None, 0.01, 0.1, width=0.03))},
-     RUN, EVAL, {"attack.loss.auc": False}),
-    ("auc without interval uses the point", {"attacks": _attacks(loss={**CLEAN, "auc_ci": None, "auc": 0.59})},
-     RUN, EVAL, {"attack.loss.auc": True}),
-    ("tpr@1% CI upper above", {"attacks": _attacks(nearest=metrics(0.5, None, 0.03, 0.1, width=0.03))},
-     RUN, EVAL, {"attack.nearest.tpr@fpr=0.01": False}),
-    ("unresolved tpr passes by default", {"attacks": _attacks(loss=metrics(0.5, None, 0.0, 0.0, width=0.01))},
-     RUN, EVAL, {"attack.loss.tpr@fpr=0.001": True}),
-    ("missing tpr key fails", {"attacks": _attacks(loss={**CLEAN, "tpr_at_fpr": {"0.01": 0.0}})},
-     RUN, EVAL, {"attack.loss.tpr@fpr=0.001": False}),
-    ("epsilon above", {"attacks": _attacks(rmia=metrics(0.5, None, 0.0, 2.5, width=0.01))},
-     RUN, EVAL, {"attack.rmia.epsilon_lower_bound": False}),
-    ("init group leak (point bound)", {"attacks": _attacks(nearest={**CLEAN, "groups": {"init": LEAK, "class_0": LEAK}})},
-     RUN, EVAL, {"attack.nearest[init].auc": False, "attack.nearest[init].tpr@fpr=0.01": False,
-                 "attack.nearest[init].tpr@fpr=0.001": False, "attack.nearest[init].epsilon_lower_bound": False,
-                 "attack.nearest.auc": True}),
-    ("unmatched group not judged", {"attacks": _attacks(nearest={**CLEAN, "groups": {"class_0": LEAK}})},
-     RUN, EVAL, {"*": True}),
-]
+def test_the_planted_leak_is_refused_by_the_release_direct_attacks():
+    d = evaluate_policy(REAL, EVAL, audit(leak=True), load_policy(DEFAULT))
+    failed = {r.name for r in d.failed}
+    assert "game.nearest[init].auc" in failed and "game.nearest[all].tpr_at_fpr_0.001" in failed
+    assert all(n.startswith("game.nearest") for n in failed), failed
+    assert d.rule("init.records_audited").passed
 
 
-@pytest.mark.parametrize("desc, audit_kw, run, ev, expected", CASES, ids=[c[0] for c in CASES])
-def test_policy_table(desc, audit_kw, run, ev, expected):
-    decision = evaluate_policy(run, ev, audit(**audit_kw), policy())
-    if expected == {"*": True}:
-        assert decision.passed, [r for r in decision.failed]
-        return
-    for name, passed in expected.items():
-        assert decision.rule(name).passed is passed, decision.rule(name)
-    failing = {k for k, v in expected.items() if not v}
-    assert {r.name for r in decision.failed} == failing
+def test_rules_the_sizes_cannot_decide_fail_closed_with_the_option_to_raise():
+    d = evaluate_policy(NOISE, EVAL, audit(shadows=4, records=100), load_policy(DEFAULT))
+    und = [r for r in d.failed if "undecidable" in r.note]
+    assert und and all("raise --records or --shadows" in r.note for r in und)
+    assert {r.name for r in d.failed} >= {"audit.min_shadows", "game.loss[all].tpr_at_fpr_0.001"}
+    assert d.rule("game.loss[all].epsilon_lower_bound").passed  # 200 guesses per fold can show 2.3
+    p = policy(**{"max_epsilon_lower_bound__1.0": "max_epsilon_lower_bound = 3.0"})
+    eps = evaluate_policy(NOISE, EVAL, audit(shadows=4, records=100), p).rule(
+        "game.loss[all].epsilon_lower_bound")
+    assert not eps.passed and "largest ε lower bound they can show" in eps.note
 
 
-def test_rule_values_and_limits():
-    d = evaluate_policy(RUN, {"accuracy_mean": 0.7}, audit(naive=0.6, near=2), policy())
-    near = d.rule("copies.near_copies")
-    assert (near.value, near.limit, near.comparison, near.passed) == (2, 0, "<=", False)
-    gain = d.rule("utility.gain_over_naive")
-    assert gain.value == pytest.approx(0.1) and gain.limit == 0.02 and gain.passed
-    auc = d.rule("attack.loss.auc")
-    assert auc.value == pytest.approx(CLEAN["auc_ci"][1]) and auc.note == "95% interval upper end"
+def test_epsilon_rule_compares_with_the_limit_and_reports_saturation():
+    a = audit(leak=True)
+    g = a["game"]["attacks"]["nearest"]["groups"]["init"]
+    assert g["epsilon_lower_bound"] > 0 and g["epsilon_lower_bound"] <= g["max_epsilon"] + 1e-9
+    p = policy(**{"detect_auc__0.85": "detect_auc = 0.85\nmax_epsilon_lower_bound = 0.2"})
+    d = evaluate_policy(REAL, EVAL, a, p)
+    r = d.rule("game.nearest[init].epsilon_lower_bound")
+    assert not r.passed and r.value == g["epsilon_lower_bound"] and r.limit == 0.2
+    assert d.rule("game.loss[init].epsilon_lower_bound").passed
 
 
-def test_point_bound_and_unresolved_fail():
-    p = policy(**{'bound__"ci_upper"': 'bound = "point"', 'unresolved__"pass"': 'unresolved = "fail"'})
-    d = evaluate_policy(RUN, EVAL, audit(attacks=_attacks(loss=metrics(0.58, None, 0.01, 0.1, width=0.1))), p)
-    assert d.rule("attack.loss.auc").passed and d.rule("attack.loss.auc").value == 0.58
-    assert not d.rule("attack.loss.tpr@fpr=0.001").passed
-
-
-def test_per_attack_override():
-    policy(**{"[limits.groups]": "[limits.attack.nearest_feature]\nmax_auc = 0.52\n[limits.groups]"})
-    p = policy(**{"[limits.groups]": "[limits.attack.nearest]\nmax_auc = 0.52\n[limits.groups]"})
-    d = evaluate_policy(RUN, EVAL, audit(), p)
-    assert not d.rule("attack.nearest.auc").passed and d.rule("attack.nearest.auc").limit == 0.52
-    assert d.rule("attack.loss.auc").passed and d.rule("attack.nearest.tpr@fpr=0.01").limit == 0.05
-
-
-def test_missing_optional_fields_fail_rules_not_crash():
+def test_missing_game_and_missing_init_group_fail():
     a = audit()
-    del a["baselines"], a["n_shadows"]
-    d = evaluate_policy(RUN, {}, a, policy())
-    assert {r.name for r in d.failed} == {"audit.min_shadows", "utility.accuracy", "utility.gain_over_naive"}
-    a["config"] = {"shadows": 32}
-    assert evaluate_policy(RUN, EVAL, a, policy()).rule("audit.min_shadows").value == 32
+    del a["game"]
+    d = evaluate_policy(NOISE, EVAL, a, policy())
+    assert not d.rule("game.present").passed and not d.rule("audit.attack_ran.loss").passed
+    d = evaluate_policy(REAL, EVAL, audit(), policy())  # real init but no init group audited
+    assert not d.rule("init.records_audited").passed
+
+
+@pytest.mark.parametrize("run, ev, rule", [
+    ({"init": {"mode": "zeros"}}, EVAL, "init.mode"),
+    ({}, EVAL, "init.mode"),
+    (NOISE, {"accuracy_mean": 0.29}, "utility.accuracy"),
+    (NOISE, {}, "utility.accuracy"),
+])
+def test_non_privacy_rules(run, ev, rule):
+    d = evaluate_policy(run, ev, audit(), policy())
+    assert {r.name for r in d.failed} == {rule}
+
+
+def test_too_few_shadows_and_gain_over_naive():
+    a = audit()
+    a["n_shadows"] = 3
+    a["baselines"] = {"naive": {"targets": {"test_accuracy_mean": 0.79}}}
+    p = policy(**{"min_accuracy__0.3": "min_accuracy = 0.3\nmin_gain_over_naive = 0.02"})
+    d = evaluate_policy(NOISE, EVAL, a, p)
+    assert {r.name for r in d.failed} == {"audit.min_shadows", "utility.gain_over_naive"}
+
+
+def test_per_attack_override_changes_only_that_attack():
+    p = policy(**{"[limits.groups]": "[limits.attack.nearest]\ndetect_auc = 0.501\n[limits.groups]"})
+    d = evaluate_policy(NOISE, EVAL, audit(), p)
+    assert not d.rule("game.nearest[all].auc").passed
+    assert "undecidable" in d.rule("game.nearest[all].auc").note
+    assert d.rule("game.loss[all].auc").passed
 
 
 def test_evaluate_is_pure():
-    a, r, e = audit(), copy.deepcopy(RUN), dict(EVAL)
+    a, r, e = audit(), copy.deepcopy(NOISE), dict(EVAL)
     before = copy.deepcopy((a, r, e))
     d1 = evaluate_policy(r, e, a, policy())
     d2 = evaluate_policy(r, e, a, policy())
     assert d1 == d2 and (a, r, e) == before
 
 
-def test_shipped_default_rejects_planted_leak_and_strict_rejects_real_init():
-    from rcig_release.release.testing import audit_dict, private_data
-
-    data = private_data()
-    leak = audit_dict("0" * 64, data.x_train[:6], data.x_train, leak=True)
-    run = {"init": {"mode": "real"}}
-    d = evaluate_policy(run, {"accuracy_mean": 0.56}, leak, load_policy(DEFAULT))
-    failed = {r.name for r in d.failed}
-    assert "copies.near_copies" in failed and d.rule("copies.near_copies").value == 6
-    assert any(n.startswith("attack.nearest") for n in failed)
-    assert "utility.gain_over_naive" in failed
-    clean = audit_dict("0" * 64, data.x_train[:6] * 0 + 0.5, data.x_train, leak=False)
-    assert evaluate_policy(run, {"accuracy_mean": 0.8}, clean, load_policy(DEFAULT)).passed
-    strict = evaluate_policy(run, {"accuracy_mean": 0.8}, clean, load_policy(STRICT))
-    assert not strict.rule("init.mode").passed and not strict.rule("audit.min_shadows").passed
-
-
-def test_runner_layout_of_the_audit():
-    """audits/runner.py writes baselines naive/full_data with targets.test_accuracy_mean."""
-    from rcig_release.release.testing import audit_dict, private_data, to_runner_layout
-
-    data = private_data()
-    a = to_runner_layout(audit_dict("0" * 64, data.x_train[:6] * 0 + 0.5, data.x_train, leak=False))
-    d = evaluate_policy(RUN, {"accuracy_mean": 0.9}, a, load_policy(DEFAULT))
-    assert d.passed, d.failed
-    gain = d.rule("utility.gain_over_naive")
-    # same protocol on both sides: the audit's own target networks (0.78) vs the naive ones (0.55)
-    assert gain.value == pytest.approx(0.78 - 0.55) and "audit target networks" in gain.note
-    del a["targets"]
-    assert evaluate_policy(RUN, {"accuracy_mean": 0.9}, a, load_policy(DEFAULT)).rule(
-        "utility.gain_over_naive").value == pytest.approx(0.9 - 0.55)
+def test_strict_needs_noise_init_and_64_shadows():
+    d = evaluate_policy(REAL, EVAL, audit(leak=True), load_policy(STRICT))
+    assert not d.rule("init.mode").passed and not d.rule("audit.min_shadows").passed

@@ -99,7 +99,10 @@ class _Table:
         if key not in self.data:
             if optional:
                 return None
-            raise InputError(f"policy {self.file}: missing key {self._key(key)}")
+            old = [k for k, v in _RENAMED.items() if v == key and k in self.data]
+            hint = f" ({self._key(old[0])} is the earlier schema's key: see docs/release.md)" \
+                if old else ""
+            raise InputError(f"policy {self.file}: missing key {self._key(key)}{hint}")
         value = self.data.pop(key)
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             raise InputError(f"policy {self.file}: {self._key(key)} has the wrong type")
