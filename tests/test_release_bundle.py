@@ -177,13 +177,13 @@ def test_fail_writes_nothing_and_exits_3(tmp_path, data, monkeypatch):
         release(leak, DEFAULT, out, load_private=loader_for(data))
     assert e.value.exit_code == 3
     failed = {r.name for r in e.value.decision.failed}
-    assert "copies.near_copies" in failed and "attack.nearest[init].tpr@fpr=0.01" in failed
+    assert "game.nearest[init].auc" in failed and "game.nearest[all].tpr_at_fpr_0.001" in failed
     assert not out.exists() and not out.parent.exists()
 
     monkeypatch.setattr(safety, "default_loader", loader_for(data))
     res = CliRunner().invoke(app, ["release", str(leak), "--policy", str(DEFAULT), "--out", str(out)])
     assert res.exit_code == 3, res.output
-    assert "copies.near_copies" in res.output and "no bundle written" in res.output
+    assert "game.nearest[init].auc" in res.output and "no bundle written" in res.output
     assert "Traceback" not in res.output
     assert not out.exists()
 
@@ -197,7 +197,7 @@ def test_override_is_recorded(tmp_path, data):
     assert not result.decision.passed and result.override == "internal test release"
     verdict = json.loads((out / "policy/verdict.json").read_text())
     assert verdict["verdict"] == "overridden" and verdict["override"] == {"reason": "internal test release"}
-    assert "copies.near_copies" in verdict["failed"]
+    assert "game.nearest[init].auc" in verdict["failed"]
     card = (out / "README.md").read_text()
     assert "released with an override" in card and "internal test release" in card
     html = (out / "report/report.html").read_text()

@@ -89,15 +89,15 @@ def test_pristine_bundles_are_intact(made):
 
 def test_resealed_audit_edit_fails(bundle):
     def worse(a):
-        a["attacks"]["loss"]["auc"] = 0.9
-        a["attacks"]["loss"]["auc_ci"] = [0.85, 0.95]
+        a["game"]["attacks"]["loss"]["groups"]["all"]["p_value"]["auc"] = 1e-9
 
     edit_json(bundle / "report/audit.json", worse)
     reseal(bundle)
     problems = verify_bundle(bundle)
     assert not any(p.startswith(CHECKSUM_LINES) for p in problems), problems
-    assert "policy/verdict.json: rule attack.loss.auc: passed is true, recomputed false" in problems
-    assert "policy/verdict.json: rule attack.loss.auc: value is 0.54, recomputed 0.95" in problems
+    assert "policy/verdict.json: rule game.loss[all].auc: passed is true, recomputed false" in problems
+    assert any(p.startswith("policy/verdict.json: rule game.loss[all].auc: value is ") and
+               p.endswith("recomputed 1e-09") for p in problems), problems
     assert "policy/verdict.json: verdict is \"pass\", recomputed 'fail'" in problems
     assert any(p.startswith("README.md: line ") for p in problems), problems
     assert any(p.startswith("report/report.html: line ") for p in problems), problems
@@ -108,11 +108,9 @@ def test_resealed_audit_edit_within_limits_still_fails(bundle):
     edit_json(bundle / "report/audit.json", lambda a: a["attacks"]["rmia"].update(auc=0.505, auc_ci=[0.48, 0.53]))
     reseal(bundle)
     problems = verify_bundle(bundle)
-    assert len(problems) == 3, problems
-    assert problems[0] == "policy/verdict.json: rule attack.rmia.auc: value is 0.54, recomputed 0.53"
-    assert problems[1].startswith("README.md: line ") and problems[1].endswith(
-        "differs from the card rebuilt from the bundle ('| rmia | 0.510 | n/a | 0.010 | 0.05 | 0.600 | 0.200 | 0.700 | 0.300 |')")
-    assert problems[2].startswith("report/report.html: line ") and "<td>rmia</td><td>0.510</td>" in problems[2]
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("README.md: line ") and "| rmia | 0.510 |" in problems[0]
+    assert problems[1].startswith("report/report.html: line ") and "<td>rmia</td><td>0.510</td>" in problems[1]
 
 
 def test_forged_verdict_fails(overridden):
@@ -125,8 +123,8 @@ def test_forged_verdict_fails(overridden):
     reseal(overridden)
     problems = verify_bundle(overridden)
     assert not any(p.startswith(CHECKSUM_LINES) for p in problems), problems
-    assert "policy/verdict.json: rule copies.near_copies: passed is true, recomputed false" in problems
-    assert "policy/verdict.json: rule attack.nearest[init].tpr@fpr=0.01: passed is true, recomputed false" in problems
+    assert "policy/verdict.json: rule game.nearest[init].auc: passed is true, recomputed false" in problems
+    assert "policy/verdict.json: rule game.nearest[all].tpr_at_fpr_0.001: passed is true, recomputed false" in problems
     assert any(p.startswith("policy/verdict.json: failed lists 0 rule(s), recomputed ") for p in problems)
     assert "policy/verdict.json: verdict is \"pass\", recomputed 'fail'" in problems
     assert any("no override is recorded; no bundle should exist" in p for p in problems)
@@ -157,8 +155,8 @@ def test_removed_override_or_reason_fails(overridden):
     (lambda v: v.update(rules=v["rules"][::-1]), "policy/verdict.json: rules are not in the order the policy evaluates them"),
     (lambda v: v.update(rules=v["rules"][1:]), "policy/verdict.json: rule audit.attack_ran.loss is missing "
                                                "(the bundled policy applied to the audit has it)"),
-    (lambda v: v["rules"].append(dict(v["rules"][0], name="attack.extra.auc")),
-     "policy/verdict.json: rule attack.extra.auc is not a rule of the bundled policy applied to the audit"),
+    (lambda v: v["rules"].append(dict(v["rules"][0], name="game.extra[all].auc")),
+     "policy/verdict.json: rule game.extra[all].auc is not a rule of the bundled policy applied to the audit"),
 ])
 def test_verdict_rule_list_edits_fail(bundle, edit, expected):
     edit_json(bundle / "policy/verdict.json", edit)
@@ -168,12 +166,15 @@ def test_verdict_rule_list_edits_fail(bundle, edit, expected):
 
 def test_loosened_policy_fails(overridden):
     toml = (overridden / "policy/policy.toml").read_text()
-    (overridden / "policy/policy.toml").write_text(toml.replace("max_near_copies = 0", "max_near_copies = 100"))
+    (overridden / "policy/policy.toml").write_text(toml.replace('patterns = ["init"]', 'patterns = ["none"]'))
     reseal(overridden)
     problems = verify_bundle(overridden)
     assert "policy/policy.toml: sha256 differs from the policy sha256 policy/verdict.json records" in problems
     assert "policy/policy.toml: sha256 differs from the policy sha256 provenance.json records" in problems
-    assert "policy/verdict.json: rule copies.near_copies: passed is false, recomputed true" in problems
+    assert "policy/verdict.json: rule game.nearest[init].auc is missing (the bundled policy applied to the audit has it)" \
+        not in problems  # the recomputation uses the bundled (loosened) policy: no init-group rules
+    assert "policy/verdict.json: rule game.nearest[init].auc is not a rule of the bundled policy applied to the audit" \
+        in problems
 
 
 def test_forged_evaluation_fails(bundle):

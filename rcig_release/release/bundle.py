@@ -247,9 +247,10 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
     files["policy/verdict.json"] = _json_bytes(verdict)
     if policy_bytes is not None:
         files[POLICY_FILE] = policy_bytes
-    prov = provenance(inp, policy)
-    prov["release"] = {"name": name, "license": license_spdx}  # what verify rebuilds the card with
-    files["provenance.json"] = _json_bytes(_sanitize(redact(prov)))
+    prov = _sanitize(redact(provenance(inp, policy)))
+    # what verify rebuilds the card with: what the user typed, never rewritten (as the override)
+    prov["release"] = {"name": name, "license": license_spdx}
+    files["provenance.json"] = _json_bytes(prov)
     files[CROISSANT] = _json_bytes(croissant(
         name, license_spdx, files, classes,
         f"{len(images)} synthetic images distilled with RCIG from a private image set, released "

@@ -30,7 +30,7 @@ import rcig_release
 from rcig_release.errors import InputError
 from rcig_release.release import figures
 from rcig_release.release.auditview import copy_rows
-from rcig_release.release.bundle import POLICY_FILE, _json_bytes, _sanitize
+from rcig_release.release.bundle import POLICY_FILE, _json_bytes, _sanitize, class_dir_names
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Summary, dataset_card, report_html
 from rcig_release.release.hashing import bytes_sha256
@@ -196,6 +196,7 @@ def summary(files: Mapping[str, bytes], images: np.ndarray, labels: np.ndarray, 
         safety=safety,
         override=override,
         content_sha256=content_sha256,
+        class_dirs=class_dir_names(classes),
     )
 
 
