@@ -36,7 +36,7 @@ class DistillConfig:
     hvp_lr: float = 5e-5  # initial HVP lr, then tuned (§1.9)
     tune_lr: bool = True  # automatic initial tuning of inner/HVP lrs before training
     tune_max_trials: int = 100  # cap on tuning trials per learning rate
-    adapt_lr_every: int = 50  # online adaptation period (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
+    adapt_lr_every: int = 50  # online adaptation period of the inner lr only (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
     # outer problem (§1.4-§1.6)
     real_batch: int | None = 1024  # real images per outer step; None: by data size (default_real_batch)
     proto_lr: float = 3e-3  # AdaBelief lr for images and labels

@@ -200,7 +200,7 @@ def test_adam_meta_gradient_is_close_to_the_exact_one_and_the_tolerance_separate
         missing = aux_ex["direct"]
         tol = 0.3
         err_adam, err_sign, err_missing = rel(g_ad), rel(wrong_sign), rel(missing)
-        assert err_adam < tol, err_adam  # measured 0.11 (20 steps each, float64)
+        assert err_adam < tol, err_adam  # measured 0.094 (missing term 0.66, wrong sign 1.32)
         assert err_missing > 2 * tol and err_sign > 2 * tol, (err_missing, err_sign)
         # and per leaf the Adam gradient points the same way as the exact one
         for k in ("x", "y"):
