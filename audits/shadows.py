@@ -54,7 +54,7 @@ class Downstream:
 
         if self.steps is not None:
             return self.steps
-        return default_steps(2 * n_images if self.flip and loss == "mse" else n_images)
+        return default_steps(n_images)
 
 
 def make_keep(n_shadows: int, n_records: int, rng: np.random.Generator) -> np.ndarray:

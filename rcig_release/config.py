@@ -26,17 +26,17 @@ class DistillConfig:
     # network (rcig-algorithm §1.2)
     width: int = 128  # channels of the first block; block i has width * 2**i
     depth: int | None = None  # None: from resolution (<=32 -> 3, 64 -> 4, 128 -> 5)
-    softplus_temp: float = 60.0  # softplus(beta x)/beta while distilling; 0 means ReLU
+    softplus_temp: float | None = None  # softplus(beta x)/beta while distilling, 0 = ReLU; None: 60 at depth 3 (depth_3 configs), 0 at depth 4/5 (depth_4_*, depth_5)
     use_flip: bool | None = None  # flip-doubling of the support set; None: on for colour (depth_3), off for grey (depth_3_no_flip)
     # kernel-ridge head and inner problem (§1.2-§1.3)
-    l2_rate: float = 5e-4  # lambda = l2_rate * ipc * C
+    l2_rate: float | None = None  # lambda = l2_rate * ipc * C; None: 5e-4, 0.05 at depth 5 (depth_5 config)
     n_inner_steps: int = 20  # Adam steps on the tangent parameters, from 0
     n_hvp_steps: int = 20  # Adam steps on 1/2 v^T H v - g^T v
     inner_lr: float = 1e-5  # initial inner lr, then tuned (§1.9)
     hvp_lr: float = 5e-5  # initial HVP lr, then tuned (§1.9)
     tune_lr: bool = True  # automatic initial tuning of inner/HVP lrs before training
     tune_max_trials: int = 100  # cap on tuning trials per learning rate
-    adapt_lr_every: int = 50  # online adaptation period (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
+    adapt_lr_every: int = 50  # online adaptation period of the inner lr only (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
     # outer problem (§1.4-§1.6)
     real_batch: int | None = 1024  # real images per outer step; None: by data size (default_real_batch)
     proto_lr: float = 3e-3  # AdaBelief lr for images and labels
@@ -71,7 +71,7 @@ class EvalConfig:
     width: int | None = None  # None: the run's distillation width (the paper evaluates at 128)
     lr: float = 1e-4  # Adam peak lr
     warmup: int = 500  # linear warm-up steps
-    steps: int | None = None  # None: 1000 for a 10-image set, else 2000 (the paper's U)
+    steps: int | None = None  # None: 1000 for a 10-image set, else 2000 (the paper's U), images counted before flips
     batch: int = 256  # full batch when the set has <= batch images
     augment: bool = False
     seed: int = 0
@@ -215,6 +215,7 @@ class Resolved:
     depth: int
     num_classes: int
     l2: float  # lambda = l2_rate * ipc * C (flipped copies excluded)
+    softplus_temp: float  # beta of the softplus while distilling; 0 = ReLU
     zca: bool
     use_flip: bool
     n_support: int  # images in the support set, flipped copies included
@@ -226,8 +227,11 @@ def resolve(cfg: DistillConfig, image_shape: tuple[int, int, int], num_classes: 
     zca = cfg.zca if cfg.zca is not None else c == 3
     n = cfg.ipc * num_classes
     flip = cfg.use_flip if cfg.use_flip is not None else c == 3
-    return Resolved(depth=depth, num_classes=num_classes, l2=cfg.l2_rate * n, zca=zca,
-                    use_flip=flip, n_support=2 * n if flip else n)
+    # the authors' depth-4/5 configs (64 and 128 px) distil with ReLU, and depth_5 has l2 0.05
+    beta = cfg.softplus_temp if cfg.softplus_temp is not None else (60.0 if depth <= 3 else 0.0)
+    l2_rate = cfg.l2_rate if cfg.l2_rate is not None else (0.05 if depth >= 5 else 5e-4)
+    return Resolved(depth=depth, num_classes=num_classes, l2=l2_rate * n, softplus_temp=beta,
+                    zca=zca, use_flip=flip, n_support=2 * n if flip else n)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

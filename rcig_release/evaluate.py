@@ -43,6 +43,14 @@ def support_arrays(run: rundir.Run) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def default_eval_steps(run: rundir.Run) -> int:
+    """The protocol's U from the distilled image count before the flipped copies are added,
+    as the authors' eval.py (1000 for a 10-image set even when flips double it to 20)."""
+    from rcig_release.train import default_steps
+
+    return default_steps(len(run.images_model))
+
+
 def evaluate_run(run_dir: Any, cfg: EvalConfig, *, data: str | None = None,
                  write: bool = True) -> dict[str, Any]:
     """Trains ``cfg.models`` networks side by side and writes ``RUN/eval.json``.
@@ -59,7 +67,8 @@ def evaluate_run(run_dir: Any, cfg: EvalConfig, *, data: str | None = None,
     width = cfg.width or run.config.width
     result = evaluate_arrays(x_s, y_s, x_test, ds.y_test, arch=cfg.arch,
                              num_classes=run.num_classes, n_models=cfg.models, seed=cfg.seed,
-                             steps=cfg.steps, lr=cfg.lr, warmup=cfg.warmup, batch=cfg.batch,
+                             steps=cfg.steps if cfg.steps is not None else default_eval_steps(run),
+                             lr=cfg.lr, warmup=cfg.warmup, batch=cfg.batch,
                              augment=cfg.augment, width=width, depth=run.config.depth)
     result = {**result, "config": dataclasses.asdict(cfg) | {"width": width},
               "n_test": int(len(ds.y_test)), "n_support": int(len(x_s))}

@@ -68,7 +68,8 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
     env = rundir.environment()
     run_json: dict[str, Any] = {
         "status": "running", "config": to_dict(cfg),
-        "resolved": {"depth": res.depth, "lambda": res.l2, "zca": res.zca,
+        "resolved": {"depth": res.depth, "lambda": res.l2, "softplus_temp": res.softplus_temp,
+                     "zca": res.zca,
                      "use_flip": res.use_flip, "n_support": res.n_support},
         "data": {"source": data, "fingerprint": ds.fingerprint, "split_seed": ds.split_seed,
                  "n_train": int(ds.n_train), "n_test": int(ds.n_test),

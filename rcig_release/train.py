@@ -4,9 +4,9 @@ The protocol of the authors' ``eval.py``, without its step-count bug:
 
 * Adam, peak lr 1e-4; linear warm-up 0 → lr over 500 steps, then cosine decay to lr·0.01 over
   the remaining steps (:func:`lr_schedule`);
-* U = 1000 steps for a set of ≤ 10 images, else 2000 (:func:`default_steps`). The authors' "no
-  augmentation" loop runs 2.5·U steps (the last 1.5·U at the final lr); we run exactly U in both
-  modes;
+* U = 1000 steps for a set of ≤ 10 images (counted before flipped copies), else 2000
+  (:func:`default_steps`). The authors' "no augmentation" loop runs 2.5·U steps (the last 1.5·U
+  at the final lr); we run exactly U in both modes;
 * MSE on the (learned, float) labels, ½Σ(out − y)²/(N·C), no weight decay; ``loss="ce"`` gives
   softmax cross-entropy on integer labels (the audit's real-data models);
 * the full set as the batch when N ≤ ``batch`` (256), otherwise ``batch`` images drawn without
@@ -79,7 +79,9 @@ def lr_schedule(lr: float, warmup: int, steps: int) -> optax.Schedule:
 
 
 def default_steps(n_images: int) -> int:
-    """The paper's U: 1000 steps for a set of at most 10 images, else 2000."""
+    """The paper's U: 1000 steps for a set of at most 10 images, else 2000. ``n_images`` counts
+    the distilled images before any flipped copies are added (the authors' eval.py picks U before
+    it concatenates the flips); callers that flip pass the unflipped count."""
     return 1000 if n_images <= 10 else 2000
 
 
@@ -434,7 +436,8 @@ def evaluate_arrays(x_support: Any, y_support: Any, x_test: Any, y_test: Any, *,
     Args:
       x_support: float [N,H,W,C] (model space); y_support: float [N,C] learned labels (or int [N]).
       x_test, y_test: float [T,H,W,C] (model space), int [T].
-      steps: None → :func:`default_steps` (N).
+      steps: None → :func:`default_steps` (N). N counts ``x_support`` as given: a caller that
+        added flipped copies passes ``steps=default_steps(unflipped count)`` (evaluate does).
       seed: ``jax.random.key(seed)`` is split into one key per model.
 
     Returns:

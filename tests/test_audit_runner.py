@@ -144,11 +144,13 @@ def test_shadow_config_reuses_the_runs_tuned_learning_rates():
     assert shadow_config(untuned, AuditConfig()) == untuned.config
 
 
-def test_downstream_steps_count_the_flipped_copies():
+def test_downstream_steps_count_the_images_before_flips():
     from rcig_release.audits.shadows import Downstream
 
     assert Downstream().steps_for(10, "mse") == 1000  # the protocol's U for a 10-image set
-    assert Downstream(flip=True).steps_for(10, "mse") == 2000  # 20 images once flipped
+    # the authors pick U before adding the flips: 10 images stay at 1000 steps when doubled
+    assert Downstream(flip=True).steps_for(10, "mse") == 1000
+    assert Downstream(flip=True).steps_for(11, "mse") == 2000
     assert Downstream(flip=True).steps_for(10, "ce") == 1000  # real sets are not flipped
     assert Downstream(steps=7, flip=True).steps_for(10, "mse") == 7
 

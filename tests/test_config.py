@@ -4,9 +4,11 @@ import pytest
 
 from rcig_release.config import (
     REAL_SIZED,
+    DistillConfig,
     default_steps,
     load_toml,
     make_distill_config,
+    resolve,
     with_data_defaults,
 )
 from rcig_release.errors import InputError
@@ -50,3 +52,19 @@ def test_bad_values_are_refused_in_one_line(tmp_path):
     toml.write_text("[distill]\nreal_bacth = 64\n")
     with pytest.raises(InputError, match="unknown key.*real_bacth"):
         make_distill_config("cpu", load_toml(toml))
+
+
+@pytest.mark.parametrize("size,depth,beta,l2_rate", [
+    (28, 3, 60.0, 5e-4),    # depth_3_no_flip / depth_3: softplus β = 60, l2 5e-4
+    (32, 3, 60.0, 5e-4),
+    (64, 4, 0.0, 5e-4),     # depth_4_200 / depth_4_big: ReLU
+    (128, 5, 0.0, 0.05),    # depth_5: ReLU, l2 0.05
+])
+def test_activation_and_l2_follow_the_authors_config_for_the_depth(size, depth, beta, l2_rate):
+    res = resolve(DistillConfig(ipc=2), (size, size, 3), 10)
+    assert res.depth == depth
+    assert res.softplus_temp == beta
+    assert res.l2 == pytest.approx(l2_rate * 2 * 10)  # λ = l2_rate · ipc · C, flips excluded
+    # values given explicitly win
+    res = resolve(DistillConfig(ipc=2, softplus_temp=30.0, l2_rate=1e-3), (size, size, 3), 10)
+    assert (res.softplus_temp, res.l2) == (30.0, pytest.approx(1e-3 * 20))

@@ -86,13 +86,50 @@ def test_to_arrays_from_arrays_round_trip(tmp_path):
     for zca in (False, True):
         p = fit_preprocessor(x, zca=zca)
         arrays = p.to_arrays()
-        assert set(arrays) == {"prep_mean", "prep_std", "prep_zca"}
+        assert set(arrays) == {"prep_mean", "prep_std", "prep_zca", "prep_zca_mean"}
         assert arrays["prep_zca"].size == (0 if not zca else 48 * 48)
+        assert arrays["prep_zca_mean"].shape == ((0,) if not zca else (48,))
         np.savez(tmp_path / "prep.npz", **arrays)
         with np.load(tmp_path / "prep.npz", allow_pickle=False) as f:
             q = Preprocessor.from_arrays(dict(f))
         np.testing.assert_array_equal(q.transform(x), p.transform(x))
         np.testing.assert_array_equal(q.inverse(p.transform(x)), p.inverse(p.transform(x)))
+
+
+def test_zca_subtracts_the_per_pixel_mean_before_whitening():
+    """As the authors' ops.py: z = (flatten(s) − m) @ W, m the per-pixel mean of the standardised
+    training images; the whitened training images are centred per pixel."""
+    x = _images(n=300, c=3)
+    p = fit_preprocessor(x, zca=True)
+    s = ((x.astype(np.float64) - x.mean(axis=(0, 1, 2))) / x.std(axis=(0, 1, 2))).reshape(300, -1)
+    m = s.mean(axis=0)
+    assert np.abs(m).max() > 0.1  # standardising per channel does not centre each pixel
+    np.testing.assert_allclose(p.zca_mean, m, atol=1e-5)
+    z = p.transform(x).reshape(300, -1)
+    np.testing.assert_allclose(z, (s - m) @ p.zca.astype(np.float64), atol=1e-4)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    # without the subtraction every image would be shifted by the constant m @ W
+    assert np.abs(m @ p.zca.astype(np.float64)).max() > 0.1
+    # the inverse adds it back: a model-space zero is the mean image
+    np.testing.assert_allclose(p.inverse(np.zeros((1, 4, 4, 3), np.float32)).reshape(-1),
+                               (m.reshape(16, 3) * x.std(axis=(0, 1, 2))
+                                + x.mean(axis=(0, 1, 2))).reshape(-1), atol=1e-5)
+
+
+def test_arrays_without_a_zca_mean_load_as_the_preprocessing_they_were_made_with():
+    """distilled.npz written before the mean was subtracted: zero mean, i.e. z = flatten(s) @ W,
+    the transform those runs were distilled with; the round trip stays exact."""
+    x = _images(c=3)
+    p = fit_preprocessor(x, zca=True)
+    old = {k: v for k, v in p.to_arrays().items() if k != "prep_zca_mean"}
+    q = Preprocessor.from_arrays(old)
+    np.testing.assert_array_equal(q.zca_mean, np.zeros(48, np.float32))
+    s = ((x - p.mean) / p.std).reshape(len(x), -1).astype(np.float64)
+    np.testing.assert_allclose(q.transform(x).reshape(len(x), -1), s @ p.zca.astype(np.float64),
+                               atol=1e-4)
+    np.testing.assert_allclose(q.inverse(q.transform(x)), x, atol=1e-4)
+    with pytest.raises(InputError, match="ZCA mean"):
+        Preprocessor(mean=p.mean, std=p.std, zca=p.zca, zca_mean=np.zeros(5))
 
 
 def test_bad_preprocessor_inputs():

@@ -60,6 +60,22 @@ def test_default_steps():
     assert train.default_steps(500) == 2000
 
 
+def test_evaluation_steps_count_the_images_before_flips():
+    """The authors pick U before concatenating the flips: a 10-image colour set trains 1000
+    steps on its 20 flipped images, 11 images 2000."""
+    from types import SimpleNamespace
+
+    from rcig_release.config import DistillConfig
+    from rcig_release.evaluate import default_eval_steps, support_arrays
+
+    for n, steps in ((10, 1000), (11, 2000)):
+        run = SimpleNamespace(images_model=np.zeros((n, 8, 8, 3), np.float32),
+                              labels=np.zeros((n, 10), np.float32), config=DistillConfig(),
+                              num_classes=10)
+        assert len(support_arrays(run)[0]) == 2 * n  # colour: flipped copies added
+        assert default_eval_steps(run) == steps
+
+
 def test_one_step_matches_numpy_mse_and_adam():
     """After one step the params equal θ − lr·Adam(∇L) with L = ½Σ(out−y)²/(N·C): checks the
     loss through its gradient, and that the first step runs at the schedule's lr(0) = 0 when

@@ -3,7 +3,9 @@
 Maths (docs/data.md; rcig-algorithm.md §1.8). For pixel-space images ``x`` ``[N,H,W,C]``:
 
     s = (x - mean_c) / std_c                         per channel, mean/std over the training split
-    z = flatten(s) @ W                               if ZCA is on, W symmetric [D, D], D = H·W·C
+    z = (flatten(s) - m) @ W                         if ZCA is on, W symmetric [D, D], D = H·W·C,
+                                                     m [D] the per-pixel mean of flatten(s) over
+                                                     the training split (the authors' ZCA mean)
 
     Cov = centred covariance of flatten(s) over the training split   (float64)
     Cov = U diag(λ) Uᵀ                               eigendecomposition
@@ -13,7 +15,7 @@ Maths (docs/data.md; rcig-algorithm.md §1.8). For pixel-space images ``x`` ``[N
 so the whitened training data has covariance ``W Cov W = U diag(λ / (λ + r)) Uᵀ`` (the
 "regularised identity"). The inverse is exact: ``W⁻¹ = V diag(1/μ) Vᵀ`` from the
 eigendecomposition ``W = V diag(μ) Vᵀ`` of the stored matrix, in float64, then
-``x = (z @ W⁻¹) · std_c + mean_c``.
+``x = (z @ W⁻¹ + m) · std_c + mean_c``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 
 from rcig_release.errors import InputError
 
-ARRAY_KEYS = ("prep_mean", "prep_std", "prep_zca")
+ARRAY_KEYS = ("prep_mean", "prep_std", "prep_zca")  # required
+ZCA_MEAN_KEY = "prep_zca_mean"  # written since the per-pixel ZCA mean is subtracted (see from_arrays)
 _COV_CHUNK = 4096
 
 
@@ -37,11 +40,14 @@ class Preprocessor:
         mean: float32 ``[C]`` per-channel mean of the training split (pixel space).
         std: float32 ``[C]`` per-channel standard deviation (1 where a channel is constant).
         zca: float32 ``[D, D]`` symmetric whitening matrix (D = H·W·C) or ``None``.
+        zca_mean: float32 ``[D]`` per-pixel mean of the standardised training images, subtracted
+            before whitening (``None`` with ZCA: zeros, i.e. no subtraction; ignored without ZCA).
     """
 
     mean: np.ndarray
     std: np.ndarray
     zca: np.ndarray | None = None
+    zca_mean: np.ndarray | None = None
     _unzca: np.ndarray | None = dataclasses.field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -54,6 +60,7 @@ class Preprocessor:
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
         if self.zca is None:
+            object.__setattr__(self, "zca_mean", None)
             return
         zca = np.asarray(self.zca, dtype=np.float32)
         if zca.ndim != 2 or zca.shape[0] != zca.shape[1] or zca.shape[0] % mean.size:
@@ -65,7 +72,13 @@ class Preprocessor:
         evals, evecs = np.linalg.eigh((w + w.T) / 2.0)
         if evals.min() <= 0:
             raise InputError("preprocessing: ZCA matrix is not positive definite")
+        zmean = (np.zeros(zca.shape[0], np.float32) if self.zca_mean is None
+                 else np.asarray(self.zca_mean, dtype=np.float32).reshape(-1))
+        if zmean.shape != (zca.shape[0],) or not np.isfinite(zmean).all():
+            raise InputError(f"preprocessing: ZCA mean must be {zca.shape[0]} finite values "
+                             f"(got shape {zmean.shape})")
         object.__setattr__(self, "zca", zca)
+        object.__setattr__(self, "zca_mean", zmean)
         object.__setattr__(self, "_unzca", (evecs / evals) @ evecs.T)
 
     @property
@@ -87,7 +100,7 @@ class Preprocessor:
         x = self._check(x)
         s = (x.astype(np.float32) - self.mean) / self.std
         if self.zca is not None:
-            s = (s.reshape(s.shape[0], -1) @ self.zca).reshape(s.shape)
+            s = ((s.reshape(s.shape[0], -1) - self.zca_mean) @ self.zca).reshape(s.shape)
         return s.astype(np.float32)
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
@@ -95,24 +108,35 @@ class Preprocessor:
         z = self._check(z)
         s = z.astype(np.float64)
         if self._unzca is not None:
-            s = (s.reshape(s.shape[0], -1) @ self._unzca).reshape(z.shape)
+            s = (s.reshape(s.shape[0], -1) @ self._unzca
+                 + self.zca_mean.astype(np.float64)).reshape(z.shape)
         return (s * self.std.astype(np.float64) + self.mean.astype(np.float64)).astype(np.float32)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """``prep_mean``, ``prep_std``, ``prep_zca`` for ``distilled.npz`` (zca 0×0 when off)."""
+        """``prep_mean``, ``prep_std``, ``prep_zca``, ``prep_zca_mean`` for ``distilled.npz``
+        (zca 0×0 and zca mean of length 0 when ZCA is off)."""
         zca = self.zca if self.zca is not None else np.zeros((0, 0), dtype=np.float32)
+        zmean = self.zca_mean if self.zca_mean is not None else np.zeros((0,), dtype=np.float32)
         return {"prep_mean": self.mean.copy(), "prep_std": self.std.copy(),
-                "prep_zca": np.array(zca, dtype=np.float32)}
+                "prep_zca": np.array(zca, dtype=np.float32),
+                ZCA_MEAN_KEY: np.array(zmean, dtype=np.float32)}
 
     @classmethod
     def from_arrays(cls, d: Mapping[str, np.ndarray]) -> "Preprocessor":
-        """Inverse of ``to_arrays``; ``InputError`` if a key is missing or an array is malformed."""
+        """Inverse of ``to_arrays``; ``InputError`` if a key is missing or an array is malformed.
+
+        Arrays written before the ZCA mean was subtracted have no ``prep_zca_mean``: they load
+        with a zero mean, which is exactly the transform such a run was distilled with, so its
+        model space, evaluation and pixel-space export stay consistent.
+        """
         missing = [k for k in ARRAY_KEYS if k not in d]
         if missing:
             raise InputError(f"preprocessing arrays missing: {', '.join(missing)}")
         zca = np.asarray(d["prep_zca"])
+        zmean = np.asarray(d[ZCA_MEAN_KEY]) if ZCA_MEAN_KEY in d else None
         return cls(mean=np.asarray(d["prep_mean"]), std=np.asarray(d["prep_std"]),
-                   zca=None if zca.size == 0 else zca)
+                   zca=None if zca.size == 0 else zca,
+                   zca_mean=None if zmean is None or zmean.size == 0 else zmean)
 
 
 def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,8 +148,9 @@ def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _covariance(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Centred covariance (divisor N) of the standardised, flattened images, float64.
+def _covariance(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per-pixel mean [D], centred covariance [D, D] (divisor N)) of the standardised, flattened
+    images, float64.
 
     Accumulated in chunks so a large split is never held in float64 at once.
     """
@@ -138,7 +163,7 @@ def _covariance(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
         total += block.sum(axis=0)
         gram += block.T @ block
     mu = total / n
-    return gram / n - np.outer(mu, mu)
+    return mu, gram / n - np.outer(mu, mu)
 
 
 def zca_matrix(cov: np.ndarray, zca_reg: float) -> np.ndarray:
@@ -176,5 +201,7 @@ def fit_preprocessor(x_train: np.ndarray, *, zca: bool, zca_reg: float = 0.1) ->
     mean, std = _channel_stats(x)
     if not zca:
         return Preprocessor(mean=mean, std=std)
-    w = zca_matrix(_covariance(x, mean, std), zca_reg)
-    return Preprocessor(mean=mean, std=std, zca=w.astype(np.float32))
+    zca_mean, cov = _covariance(x, mean, std)
+    w = zca_matrix(cov, zca_reg)
+    return Preprocessor(mean=mean, std=std, zca=w.astype(np.float32),
+                        zca_mean=zca_mean.astype(np.float32))

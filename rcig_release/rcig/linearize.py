@@ -32,11 +32,16 @@ class Tangents(NamedTuple):
     to_tree: Callable[[jax.Array], Params]
 
 
-def tangent_space(params: Params) -> Tangents:
-    """The flat layout of the trainable tangents of ``params`` (shapes only; values unused)."""
+def tangent_space(params: Params, include_head: bool = False) -> Tangents:
+    """The flat layout of the trainable tangents of ``params`` (shapes only; values unused).
+
+    ``include_head=True`` adds the Dense-kernel tangent: the authors' Hessian-inverse solve and
+    implicit gradient run over that space (their inner solve masks the kernel out); this package
+    uses it only to measure the difference (benchmarks/bench_implicit_tangents.py).
+    """
     flat = {k: jnp.zeros(v.shape, v.dtype)
             for k, v in traverse_util.flatten_dict(params).items()}  # works on shape structs
-    trainable = {k: v for k, v in flat.items() if is_trainable(k)}
+    trainable = {k: v for k, v in flat.items() if include_head or is_trainable(k)}
     vec, unravel = ravel_pytree(trainable)
 
     def to_tree(d: jax.Array) -> Params:

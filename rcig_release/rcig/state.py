@@ -80,7 +80,7 @@ def make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, i
 @functools.lru_cache(maxsize=8)
 def _make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, int]) -> Setup:
     model = ConvNet(num_classes=res.num_classes, width=cfg.width, depth=res.depth,
-                    softplus_temp=cfg.softplus_temp)
+                    softplus_temp=res.softplus_temp)
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy)["params"])
     tangents = linearize.tangent_space(shapes)

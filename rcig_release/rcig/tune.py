@@ -2,7 +2,8 @@
 
 As the authors: starting from the configured rate, run the inner solve (then the HVP solve) on one
 pool model with the same data every trial; multiply the rate by 1.2 while the loss (residual)
-sequence decreases at every step, and by 0.7 at the first run that does not. A trial here is one
+sequence decreases at every step, the first failing trial included, then by 0.7 once: the search
+ends at 0.84 × the first failing rate, as the authors' loop does. A trial here is one
 inner (or HVP) solve on precomputed K_SS, J_S and outer gradient, not a whole outer iteration, so
 the search costs seconds, not the authors' half hour.
 """
@@ -20,11 +21,14 @@ from rcig_release.rcig.step import InnerProblem, outer_loss, support_set
 
 
 def _search(run, lr: float, max_trials: int) -> tuple[float, int]:
+    """The authors' loop (distill_dataset.py:L227-L241): the rate is multiplied by 1.2 after
+    every trial, the first failing one included, then by 0.7 once, so the search ends at
+    1.2·0.7 = 0.84 × the first rate whose run was not monotone. Returns (rate, trials)."""
     for trial in range(1, max_trials + 1):
         monotone, _ = solvers.run_shape(jnp.asarray(run(lr)))
+        lr *= 1.2
         if not bool(monotone):
             return lr * 0.7, trial
-        lr *= 1.2
     return lr, max_trials
 
 
