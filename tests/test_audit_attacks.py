@@ -74,9 +74,17 @@ def test_lira_null_is_chance():
     assert abs(roc_auc_score(member, attacks.lira_online(target, shadow, keep)) - 0.5) < 0.1
 
 
-def test_lira_refuses_unbalanced_keep():
-    with pytest.raises(ValueError, match="no shadow"):
-        attacks.lira_online(np.zeros(2), np.zeros((2, 2)), np.array([[True, True], [False, True]]))
+def test_lira_fills_a_missing_side_with_the_average_gap():
+    # record 0 is IN for both shadows (no OUT reference), record 1 has one of each: gap 2.0
+    shadow = np.array([[5.0, 3.0], [7.0, 1.0]])
+    keep = np.array([[True, True], [True, False]])
+    off = attacks.lira_offline(np.array([6.0, 0.0]), shadow, keep, global_variance=True)
+    # record 0: mu_in 6, mu_out = 6 - 2 = 4; one shared OUT variance cannot be estimated from a
+    # single OUT value per record, so the pooled spread is used
+    assert off[0] > off[1] and np.isfinite(off).all()
+    on = attacks.lira_online(np.array([6.0, 3.0]), shadow, keep, global_variance=True)
+    # shared variance: the online score is (mu_in - mu_out)(x - (mu_in + mu_out)/2)/sigma^2
+    assert on[0] / on[1] == pytest.approx((2.0 * (6.0 - 5.0)) / (2.0 * (3.0 - 2.0)))
 
 
 def test_rmia_offline_planted_and_formula():

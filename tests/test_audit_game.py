@@ -143,3 +143,25 @@ def test_game_detects_a_planted_leak():
     for name in ("lira_online", "nearest"):
         st = game.group_statistics(sc[name], keep, g, delta=1e-5, alpha_eps=None)
         assert st["p_value"]["auc"] < 1e-4 and st["auc"] > 0.9
+
+
+def test_init_aware_initial_set_keeps_forced_records_and_draws_the_rest():
+    from rcig_release.audits.shadows import forced_positions
+    from rcig_release.config import DistillConfig
+    from rcig_release.distill import initial_set
+
+    y = np.repeat(np.arange(3), 10)
+    x = np.arange(30, dtype=np.float32).reshape(30, 1, 1, 1)
+    cfg = DistillConfig(ipc=2, init="real", seed=1)
+    _, _, idx = initial_set(cfg, x, y, 3, forced=np.array([3, 25]))
+    assert {3, 25} <= set(idx.tolist()) and len(set(idx.tolist())) == 6
+    assert np.array_equal(y[idx], np.repeat(np.arange(3), 2))
+    # without forced records the draw is the pipeline's own (unchanged runs stay reproducible)
+    _, _, plain = initial_set(cfg, x, y, 3)
+    _, _, plain2 = initial_set(cfg, x, y, 3, forced=None)
+    assert np.array_equal(plain, plain2)
+    with pytest.raises(ValueError, match="forced init images"):
+        initial_set(cfg, x, y, 3, forced=np.array([0, 1, 2]))
+    # a shadow holding training indices [2, 5, 9, 40]: audited init record 9 sits at position 2
+    assert forced_positions(np.array([2, 5, 9, 40]), np.array([9, 7])).tolist() == [2]
+    assert forced_positions(np.array([2, 5]), None) is None

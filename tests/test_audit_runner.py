@@ -64,12 +64,23 @@ def test_runner_end_to_end_planted_leak(tmp_path):
 
     assert out["run_sha256"] == hashlib.sha256((run / "distilled.npz").read_bytes()).hexdigest()
     for name in ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest"):
-        a = out["attacks"][name]
-        assert 0.0 <= a["auc"] <= 1.0
+        a = out["attacks"][name]  # this release: fixed members, thresholds on calibration images
+        assert 0.0 <= a["auc"] <= 1.0 and "epsilon_lower_bound" not in a
         assert set(a["tpr_at_fpr"]) == {"0.001", "0.01"}
-        assert a["tpr_at_fpr"]["0.001"] is None  # 120 non-members cannot resolve 0.1 %
-        assert a["tpr_at_fpr"]["0.01"] is not None and len(a["tpr_at_fpr_ci"]["0.01"]) == 2
-        assert a["epsilon_lower_bound"] >= 0 and "init" in a["groups"]
+        assert a["tpr_at_fpr"]["0.01"] is None  # 60 calibration non-members cannot place 1 %
+        assert "calibration" in a["tpr_at_fpr_reason"]["0.01"] and "init" in a["groups"]
+        g = out["game"]["attacks"][name]["groups"]  # the game: every shadow a target
+        assert {"all", "init"} <= set(g) and 0.0 <= g["all"]["p_value"]["auc"] <= 1.0
+        assert g["all"]["n_guesses"] == 2 * (out["records"]["members"] + out["records"]["nonmembers"])
+        assert g["all"]["epsilon_lower_bound"] >= 0 and g["all"]["max_epsilon"] >= 0
+    assert out["game"]["epsilon"]["family_size"] == 7 * 2 * 2  # attacks x {all, init} x folds
+    assert out["game"]["rounds"][0] == {"targets": [0], "references": [1],
+                                        "lira_variance": "shared global",
+                                        "rmia_a": out["game"]["rounds"][0]["rmia_a"]}
+    # init-aware shadows: an init record IN for a shadow is one of its init images, so the
+    # nearest attack finds every such guess (distance 0) in the game's init group
+    assert out["init"]["init_aware_shadows"] is True
+    assert out["game"]["attacks"]["nearest"]["groups"]["init"]["auc"] == 1.0
     assert set(out["baselines"]) == {"naive", "full_data"}
     # the full-data model trains with its own recipe, the release's networks with the protocol
     full_t = out["baselines"]["full_data"]["targets"]
@@ -79,22 +90,24 @@ def test_runner_end_to_end_planted_leak(tmp_path):
     # planted leak: every released image is an init image -> all flagged; init records found
     cc = out["copy_check"]
     assert cc["near_copies"] == len(init) == cc["n_released"] and cc["threshold"] > 0
-    init_group = out["attacks"]["nearest"]["groups"]["init"]
-    assert init_group["tpr_at_fpr"]["0.01"] == 1.0 and init_group["auc"] == 1.0
+    assert out["attacks"]["nearest"]["groups"]["init"]["auc"] == 1.0
     sc = np.load(audit / "scores.npz")
     assert sc["release__nearest"].shape == sc["member"].shape
     # records.json holds indices only; keep.npy balanced
     rec = json.loads((audit / "records.json").read_text())
     assert set(init.tolist()) <= set(rec["members"])
-    keep = np.load(audit / "keep.npy")
-    assert np.all(keep.sum(0) == 1)
-    for f in ("roc.png", "histograms.png", "shadows/0.npz", "shadows/1.npz"):
+    keep = np.load(audit / "keep.npy")  # independent fair coins per (shadow, record)
+    assert keep.dtype == bool and keep.shape == (2, len(sc["member"]))
+    assert out["membership"]["draw"].startswith("independent fair coin")
+    for f in ("roc.png", "histograms.png", "shadows/0.npz", "shadows/1.npz", "game_scores.npz"):
         assert (audit / f).is_file()
     assert len(list(gallery.glob("*.png"))) == len(init)
-    # nothing in the audit directory stores images: shadows keep logits, scores are 1-D
+    # nothing in the audit directory stores images: shadows keep logits and distances
     for f in audit.glob("shadows*/*.npz"):
         with np.load(f) as z:
-            assert set(z.files) == {"logits", "keep"} and z["logits"].shape[-1] == C
+            want = {"logits", "keep"} | (set() if "full" in f.parent.name else
+                                          {"near_pixel", "near_feature"})
+            assert set(z.files) == want and z["logits"].shape[-1] == C
     assert all(sc[k].ndim == 1 for k in sc.files)
     assert not list(audit.rglob("*.png"))[2:]  # only roc.png and histograms.png
 
@@ -170,14 +183,16 @@ def test_shadow_workers_write_the_same_shadows_as_one_process(tmp_path):
     keep = shadows.make_keep(4, 40, np.random.default_rng(0))
     kw = dict(cfg=DistillConfig(ipc=2, width=4), keep=keep, members=members,
               nonmembers=nonmembers, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-              queries_pix=x_te[:10], num_classes=C, zca=False, seed=0, resume=False,
+              queries_pix=np.concatenate([x_tr[:20], x_te[:20], x_te[:10]]), num_classes=C, zca=False, seed=0, resume=False,
               ds=shadows.Downstream(arch="mlp", width=8, n_models=2, steps=20, warmup=2))
     seen = []
-    one = shadows.run_shadows("naive", out_dir=tmp_path / "one", workers=1, **kw)
-    two = shadows.run_shadows("naive", out_dir=tmp_path / "two", workers=2,
-                              progress=lambda *a: seen.append(a[1:]), **kw)
-    assert one.shape == two.shape == (4, 2, 2, 10, C)
+    one, near1 = shadows.run_shadows("naive", out_dir=tmp_path / "one", workers=1, **kw)
+    two, near2 = shadows.run_shadows("naive", out_dir=tmp_path / "two", workers=2,
+                                     progress=lambda *a: seen.append(a[1:]), **kw)
+    assert one.shape == two.shape == (4, 2, 2, 50, C)
     np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-5)
+    assert near1["pixel"].shape == (4, 40) and near1["feature"].shape == (4, 2, 40)
+    np.testing.assert_allclose(near2["pixel"], near1["pixel"], rtol=1e-5)
     for k in range(4):
         with np.load(tmp_path / "two" / f"{k}.npz") as z:
             assert np.array_equal(z["keep"], keep[k])
