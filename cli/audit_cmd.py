@@ -30,39 +30,73 @@ def _ci(ci: Any) -> str:
     return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _p(v: Any) -> str:
+    return "n/a" if v is None else (f"{v:.1e}" if v < 1e-3 else f"{v:.3f}")
+
+
 def summary_table(audit: dict) -> Table:
-    """One row per attack on the release, then the baselines' rows."""
-    t = Table(title=f"Membership-inference audit ({audit['n_shadows']} shadow pipelines, "
-                    f"{audit['records']['members']} members / {audit['records']['nonmembers']} "
-                    "non-members)")
-    for col in ("pipeline", "attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "adv.", "ε LB",
-                "init TPR@1%"):
+    """The game (what the gate judges): per pipeline and attack, pooled AUC and the p-values of
+    "at chance", the ε lower bound and the largest the sizes could show; the init group's AUC."""
+    game = audit.get("game", {})
+    eps = game.get("epsilon", {})
+    t = Table(title=f"Membership game: {audit['n_shadows']} shadow pipelines as targets in two "
+                    f"folds, {audit['records']['members'] + audit['records']['nonmembers']} "
+                    f"records (ε: δ = {eps.get('delta')}, joint confidence {eps.get('confidence')})")
+    for col in ("pipeline", "attack", "AUC", "p AUC", "p TPR@1%", "p TPR@0.1%", "ε LB (max)",
+                "init AUC (p)"):
         t.add_column(col, justify="left" if col in ("pipeline", "attack") else "right")
-    rows = [("release", audit["attacks"])]
-    rows += [(k, v["attacks"]) for k, v in audit.get("baselines", {}).items()]
-    for pipe, attacks in rows:
-        for name, a in attacks.items():
-            init = a.get("groups", {}).get("init")
-            t.add_row(pipe, name, _fmt(a["auc"], pct=False),
-                      _fmt(a["tpr_at_fpr"]["0.001"]) + _ci(a["tpr_at_fpr_ci"]["0.001"]),
-                      _fmt(a["tpr_at_fpr"]["0.01"]) + _ci(a["tpr_at_fpr_ci"]["0.01"]),
-                      _fmt(a["advantage"]), _fmt(a["epsilon_lower_bound"], pct=False),
-                      _fmt(init["tpr_at_fpr"]["0.01"]) if init else "-")
+    rows = [("release", game)]
+    rows += [(k, v.get("game", {})) for k, v in audit.get("baselines", {}).items()]
+    for pipe, g in rows:
+        for name, a in (g.get("attacks") or {}).items():
+            al, init = a["groups"]["all"], a["groups"].get("init")
+            pv = al["p_value"]
+            e = al.get("epsilon_lower_bound")
+            t.add_row(pipe, name, _fmt(al["auc"], pct=False), _p(pv["auc"]),
+                      _p(pv["tpr_at_fpr_0.01"]), _p(pv["tpr_at_fpr_0.001"]),
+                      "-" if e is None else f"{e:.2f} ({al['max_epsilon']:.2f})",
+                      f"{_fmt(init['auc'], pct=False)} ({_p(init['p_value']['auc'])})" if init
+                      else "-")
         t.add_section()
+    return t
+
+
+def release_table(audit: dict) -> Table:
+    """The custodian's release on its fixed members and non-members (descriptive, no ε)."""
+    r = audit["records"]
+    t = Table(title=f"This release: {r['members']} members / {r['nonmembers'] - r.get('calibration', 0)}"
+                    f" non-members, thresholds on {r.get('calibration', 0)} calibration images")
+    for col in ("attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "init AUC"):
+        t.add_column(col, justify="left" if col == "attack" else "right")
+    for name, a in audit["attacks"].items():
+        init = a.get("groups", {}).get("init")
+        t.add_row(name, _fmt(a["auc"], pct=False),
+                  _fmt(a["tpr_at_fpr"]["0.001"]) + _ci(a["tpr_at_fpr_ci"]["0.001"]),
+                  _fmt(a["tpr_at_fpr"]["0.01"]) + _ci(a["tpr_at_fpr_ci"]["0.01"]),
+                  _fmt(init["auc"], pct=False) if init else "-")
     return t
 
 
 def json_summary(audit: dict) -> dict:
     """The headline numbers (the full report is RUN/audit/audit.json)."""
-    def brief(attacks: dict) -> dict:
-        return {n: {"auc": a["auc"], "tpr_at_fpr": a["tpr_at_fpr"],
-                    "tpr_at_fpr_ci": a["tpr_at_fpr_ci"], "advantage": a["advantage"],
-                    "epsilon_lower_bound": a["epsilon_lower_bound"]} for n, a in attacks.items()}
+    def brief(game: dict) -> dict:
+        out = {}
+        for n, a in (game.get("attacks") or {}).items():
+            al = a["groups"]["all"]
+            out[n] = {"auc": al["auc"], "p_value": al["p_value"],
+                      "epsilon_lower_bound": al.get("epsilon_lower_bound"),
+                      "max_epsilon": al.get("max_epsilon"),
+                      "init": ({"auc": a["groups"]["init"]["auc"],
+                                "p_value": a["groups"]["init"]["p_value"]}
+                               if "init" in a["groups"] else None)}
+        return out
 
     cc = audit["copy_check"]
     return {"run_sha256": audit["run_sha256"], "n_shadows": audit["n_shadows"],
-            "records": audit["records"], "attacks": brief(audit["attacks"]),
-            "baselines": {k: brief(v["attacks"]) for k, v in audit.get("baselines", {}).items()},
+            "records": audit["records"], "game": brief(audit.get("game", {})),
+            "this_release": {n: {"auc": a["auc"], "tpr_at_fpr": a["tpr_at_fpr"]}
+                             for n, a in audit["attacks"].items()},
+            "baselines": {k: brief(v.get("game", {})) for k, v in audit.get("baselines", {}).items()},
             "copy_check": {"near_copies": cc["near_copies"], "threshold": cc["threshold"],
                            "n_released": cc["n_released"]}}
 
@@ -119,6 +153,7 @@ def register(app: typer.Typer) -> None:
             return
         out = Console()
         out.print(summary_table(result))
+        out.print(release_table(result))
         cc = result["copy_check"]
         style = "bold red" if cc["near_copies"] else "green"
         out.print(f"[{style}]copy check: {cc['near_copies']} of {cc['n_released']} released images "

@@ -6,13 +6,17 @@ from typer.testing import CliRunner
 
 from rcig_release.cli.main import app
 
+_G = {"auc": 0.6, "p_value": {"auc": 0.002, "tpr_at_fpr_0.01": 0.5, "tpr_at_fpr_0.001": None},
+      "epsilon_lower_bound": 0.0, "max_epsilon": 2.5}
 FAKE = {
     "run_sha256": "ab" * 32, "n_shadows": 4,
-    "records": {"members": 10, "nonmembers": 10, "population": 5, "file": "records.json"},
+    "records": {"members": 10, "nonmembers": 10, "calibration": 5, "population": 5,
+                "file": "records.json"},
+    "game": {"epsilon": {"delta": 1e-6, "confidence": 0.99},
+             "attacks": {"loss": {"groups": {"all": _G, "init": {**_G, "auc": 0.9}}}}},
     "attacks": {"loss": {"auc": 0.6, "tpr_at_fpr": {"0.001": None, "0.01": 0.1},
                          "tpr_at_fpr_ci": {"0.001": None, "0.01": [0.01, 0.3]},
-                         "advantage": 0.2, "epsilon_lower_bound": 0.0,
-                         "groups": {"init": {"tpr_at_fpr": {"0.01": 1.0}}}}},
+                         "advantage": 0.2, "groups": {"init": {"auc": 1.0}}}},
     "baselines": {},
     "copy_check": {"near_copies": 2, "threshold": 0.1, "n_released": 10, "rule": "r"},
 }
@@ -34,7 +38,9 @@ def test_flags_reach_the_library(monkeypatch, tmp_path):
     assert (cfg.shadows, cfg.targets, cfg.records) == (4, 2, 10)
     assert cfg.attacks == ("loss", "rmia") and cfg.baselines == () and seen["resume"] is True
     out = json.loads(r.stdout)
-    assert out["copy_check"]["near_copies"] == 2 and out["attacks"]["loss"]["auc"] == 0.6
+    assert out["copy_check"]["near_copies"] == 2 and out["game"]["loss"]["auc"] == 0.6
+    assert out["game"]["loss"]["p_value"]["auc"] == 0.002 and out["game"]["loss"]["init"]["auc"] == 0.9
+    assert out["this_release"]["loss"]["auc"] == 0.6
 
 
 def test_table_output(monkeypatch, tmp_path):
@@ -42,6 +48,7 @@ def test_table_output(monkeypatch, tmp_path):
     r = CliRunner().invoke(app, ["audit", str(tmp_path), "--quiet"])
     assert r.exit_code == 0, r.output
     assert "loss" in r.stdout and "n/a" in r.stdout and "near copies" in r.stdout
+    assert "Membership game" in r.stdout and "This release" in r.stdout and "0.002" in r.stdout
 
 
 def test_bad_input_exits_2(tmp_path):
