@@ -54,9 +54,12 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def rms_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)] RMS distances between the rows of two float64 [., D] arrays."""
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+def rms_distances(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray | None = None) -> np.ndarray:
+    """[len(a), len(b)] RMS distances between the rows of two float64 [., D] arrays
+    (``b_sq``: the rows' squared norms of ``b``, when already known)."""
+    if b_sq is None:
+        b_sq = np.einsum("ij,ij->i", b, b)
+    d2 = np.einsum("ij,ij->i", a, a)[:, None] + b_sq[None, :] - 2.0 * (a @ b.T)
     return np.sqrt(np.maximum(d2, 0.0) / a.shape[1])
 
 
@@ -68,8 +71,9 @@ def nearest_two(queries: np.ndarray, pool: np.ndarray, *, exclude: np.ndarray | 
     d1 = np.empty(len(queries))
     d2 = np.empty(len(queries))
     i1 = np.empty(len(queries), np.int64)
+    pool_sq = np.einsum("ij,ij->i", pool, pool)
     for s in range(0, len(queries), chunk):
-        d = rms_distances(queries[s:s + chunk], pool)
+        d = rms_distances(queries[s:s + chunk], pool, pool_sq)
         if exclude is not None:
             d[np.arange(len(d)), exclude[s:s + chunk]] = np.inf
         two = np.argpartition(d, 1, axis=1)[:, :2]
@@ -346,13 +350,14 @@ def memorisation_check(released: np.ndarray, train: np.ndarray, heldout: np.ndar
     near_thr = float(np.percentile(null.heldout_nearest, NEAR_COPY_PERCENTILE))
     exact = _exact_copy_flags(r, t)
 
+    t_sq, h_sq = np.einsum("ij,ij->i", t, t), np.einsum("ij,ij->i", h, h)
     images = []
     for i in range(n):
         d_init = p_init = d_flag_init = closer_h = closer_t = None
         if has_init[i]:
             x = int(init[i])
-            dt = rms_distances(r[i:i + 1], t)[0]
-            dh = rms_distances(r[i:i + 1], h)[0]
+            dt = rms_distances(r[i:i + 1], t, t_sq)[0]
+            dh = rms_distances(r[i:i + 1], h, h_sq)[0]
             d_init = float(dt[x])
             ref = np.concatenate([dh, np.delete(dt, x)])
             closer_h = int((dh <= d_init).sum())
