@@ -288,8 +288,8 @@ class MemorisationResult:
             "exact_copies": self.exact_copies,
             "near_copies": self.near_copies,
             "near_copy_threshold": self.near_copy_threshold,
-            "near_copy_rule": f"nearest training record closer than the {NEAR_COPY_PERCENTILE:g}th "
-                              "percentile of held-out images' (information only)",
+            "near_copy_rule": f"nearest training distance <= percentile {NEAR_COPY_PERCENTILE:g} of the "
+                              "held-out images' nearest training distances (information only)",
             "passed": self.passed,
             "images": [im.to_json(include_indices=include_indices) for im in self.images],
         }
