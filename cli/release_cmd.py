@@ -36,6 +36,24 @@ def _rules_table(rules, title: str) -> Table:
     return table
 
 
+def _g(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}"
+
+
+def _memorisation_table(safety) -> Table:
+    """The flagged images of a refused release: p-values and distances (no training indices)."""
+    m = safety.memorisation
+    table = Table(title=Text(f"Images flagged by the memorisation check (level {m.level:.3g})"), title_justify="left")
+    for col in ("image", "test", "p nearest", "d nearest", "flags below", "p init", "d init", "flags below"):
+        table.add_column(col, overflow="fold")
+    for im in m.images:
+        if im.flagged:
+            table.add_row(*(Text(c) for c in (
+                str(im.index), ", ".join(im.flagged_by), _g(im.p_nearest), _g(im.d_nearest),
+                _g(im.d_flag_nearest), _g(im.p_init), _g(im.d_init), _g(im.d_flag_init))))
+    return table
+
+
 def release_command(
     run: Path = typer.Argument(..., help="Run directory (distilled.npz, run.json, eval.json, audit/)."),
     policy: Path = typer.Option(..., "--policy", help="Release policy TOML (e.g. policies/default.toml)."),
@@ -45,9 +63,9 @@ def release_command(
     override: Optional[str] = typer.Option(
         None, "--override", metavar="REASON",
         help="Release even though policy rules fail; the reason is recorded in the card, report and "
-             "verdict. Never bypasses the copy safety check (default: none; every rule must pass)."),
+             "verdict. Never bypasses the memorisation (safety) check (default: none; every rule must pass)."),
     data: Optional[str] = typer.Option(
-        None, "--data", help="Where to reload the private data for the safety check (default: run.json's source)."),
+        None, "--data", help="Where to reload the private data for the memorisation check (default: run.json's source)."),
     sign: Optional[Path] = typer.Option(
         None, "--sign", metavar="KEY",
         help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig."),
@@ -60,6 +78,8 @@ def release_command(
     except ReleaseRefused as e:
         if e.decision is not None and e.decision.failed and e.safety is None:
             err_console.print(_rules_table(e.decision.failed, f"Failed rules of policy {e.decision.policy_name!r}"))
+        if e.safety is not None and e.safety.flagged:
+            err_console.print(_memorisation_table(e.safety))
         raise
     d = result.decision
     if d.passed:

@@ -64,7 +64,7 @@ def built(tmp_path_factory):
 
 def test_pass_writes_the_bundle(built):
     clean_run, out, result, load, _ = built
-    assert result.decision.passed and result.safety.clean
+    assert result.decision.passed and result.safety.passed and result.safety.flagged == 0
     assert load.calls == [(str(clean_run.resolve() / "private" / "secret.npz"), 7)]
     images = {f"data/images/{c}/{i}.png" for i, c in enumerate(["zero", "zero", "one", "one", "two", "two"])}
     assert files_of(out) == EXPECTED | images
@@ -92,7 +92,11 @@ def test_pass_writes_the_bundle(built):
     assert verdict["policy"]["sha256"] == bytes_sha256(DEFAULT.read_bytes())
     assert len(verdict["rules"]) == len(result.decision.rules)
     assert all({"name", "value", "limit", "passed"} <= set(r) for r in verdict["rules"])
-    assert verdict["safety"]["passed"] and verdict["safety"]["within_threshold"] == 0
+    assert verdict["safety"]["passed"] and verdict["safety"]["exact_copies"] == 0
+    mem = verdict["safety"]["memorisation"]
+    assert mem["passed"] and mem["flagged"] == 0 and mem["n_tests"] == 6 and len(mem["images"]) == 6
+    # the bundle's copy holds no training indices
+    assert not any("index" in k and k != "index" for im in mem["images"] for k in im)
 
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["content_sha256"] == arrays_sha256(images_run, labels_run, ("zero", "one", "two"))
@@ -215,16 +219,18 @@ def test_safety_check_is_never_overridden(tmp_path, data):
     leaky = private_data()
     leaky.x_train = x
     for override in (None, "I know what I am doing"):
-        with pytest.raises(ReleaseRefused, match="1 released image.* equal and 2 lie within") as e:
+        with pytest.raises(ReleaseRefused, match="memorisation check: 2 of 6 released image.* flagged") as e:
             release(run, DEFAULT, tmp_path / "b", load_private=loader_for(leaky), override=override)
-        assert e.value.safety.exact_copies == 1 and e.value.safety.within_threshold == 2
+        assert e.value.safety.flagged == 2 and e.value.safety.exact_copies == 1
+        assert [im.index for im in e.value.safety.memorisation.images if im.flagged] == [1, 4]
         assert not (tmp_path / "b").exists()
+    # a policy allowing near copies in the bundle no longer switches the check off
     allow = tmp_path / "allow.toml"
     allow.write_text(DEFAULT.read_text().replace("allow_near_copies_in_bundle = false",
                                                   "allow_near_copies_in_bundle = true"))
-    result = release(run, allow, tmp_path / "b", load_private=loader_for(leaky))
-    assert result.safety.passed and not result.safety.clean
-    assert json.loads((tmp_path / "b/policy/verdict.json").read_text())["safety"]["within_threshold"] == 2
+    with pytest.raises(ReleaseRefused, match="memorisation check"):
+        release(run, allow, tmp_path / "b", load_private=loader_for(leaky), override="allowed anyway")
+    assert not (tmp_path / "b").exists()
 
 
 def test_private_data_fingerprint_and_data_option(tmp_path, clean_run, data):

@@ -35,7 +35,7 @@ from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import find_leaks, redact
-from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_train, to_uint8
+from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_splits, to_uint8
 
 MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
@@ -322,7 +322,7 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
       name: the dataset's pretty name (default: the bundle directory's name).
       license_spdx: an SPDX licence id for the card (default: unspecified).
       override: a reason; release even when policy rules fail (never bypasses the safety check).
-      data: overrides run.json's data source for reloading the private training split.
+      data: overrides run.json's data source for reloading the private splits.
       load_private: ``(source, split_seed) -> Dataset``; injectable for tests.
       sign: an OpenSSH private key; signs the manifest into ``manifest-sha256.txt.sig``.
     """
@@ -352,16 +352,15 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
             f"policy {policy.name!r}: {n} of {len(decision.rules)} rules failed; no bundle written "
             "(--override REASON releases anyway)", decision)
 
-    private = load_private_train(inp.run_json, data=data, loader=load_private)
-    cc = inp.audit["copy_check"]
-    safety = check_safety(inp.images, private, threshold=float(cc["threshold"]),
-                          metric=str(cc.get("metric", "rms_pixel")),
+    # The memorisation check: from the run's data and the images about to be published, never from
+    # audit.json; neither --override nor any policy key bypasses it.
+    private = load_private_splits(inp.run_json, data=data, loader=load_private)
+    safety = check_safety(inp.images, private.x_train, private.x_test, inp.init_indices,
                           allowed=policy.allow_near_copies_in_bundle)
     del private
     if not safety.passed:
         raise ReleaseRefused(
-            f"safety check: {safety.exact_copies} released image(s) equal and {safety.within_threshold} "
-            "lie within the copy-check threshold of a private training image; no bundle written "
+            f"safety check: {safety.memorisation.describe()}; no bundle written "
             "(--override does not bypass this)", decision, safety)
 
     files = build_files(inp, decision, safety, policy, name=name, license_spdx=license_spdx, override=override,

@@ -308,9 +308,8 @@ the private training data:
 {_md_table(HEADLINE_HEADER, headline_rows(s.audit))}
 
 Copy check: {md(fmt(cc.get("near_copies")))} released image(s) are near copies of a private training
-record (threshold {md(fmt(cc.get("threshold"), 4))}). Release safety check against the private training
-split ({md(s.safety.metric)} distance): {s.safety.exact_copies} exact copies, {s.safety.within_threshold}
-image(s) within the threshold{" (allowed by the policy)" if s.safety.allowed and not s.safety.clean else ""}.
+record (threshold {md(fmt(cc.get("threshold"), 4))}). Release safety check, recomputed from the private
+splits ({md(s.safety.metric)} distance): {md(s.safety.describe())}.
 
 What the audit does not cover: attacks stronger than those listed (white-box access to the
 distillation, more shadow models, other signals), leakage about groups or attributes rather than
@@ -386,8 +385,9 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"<h1>{e(s.name)}: release report</h1>",
         f'<div class="verdict {verdict}"><b>{e(headline)}</b>: policy <code>{e(s.decision.policy_name)}</code>, '
         f"{len(s.decision.rules) - len(s.decision.failed)} of {len(s.decision.rules)} rules passed. "
-        f"Safety check: {'passed' if s.safety.clean else ('ALLOWED by the policy' if s.safety.passed else 'FAILED')} "
-        f"({s.safety.exact_copies} exact copies, {s.safety.within_threshold} within the threshold).</div>",
+        f"Safety check: {'passed' if s.safety.passed else 'FAILED'} "
+        f"({s.safety.flagged} image(s) flagged by the memorisation check; {s.safety.exact_copies} exact "
+        f"copies, {s.safety.within_threshold} near copies).</div>",
         override,
         ("<h3>Failed rules</h3>" + _h_table(rule_header, [_rule_row(r) for r in s.decision.failed], 3))
         if s.decision.failed else "",
@@ -398,9 +398,8 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         _h_table(["id", "class", "folder", "images"], _class_rows(s)),
         "<h2>Copy check</h2>",
         f"<p>Near copies flagged by the audit: {e(fmt(cc.get('near_copies')))} (threshold "
-        f"{e(fmt(cc.get('threshold'), 4))}). Release safety check against the private training split "
-        f"({e(s.safety.metric)} distance): {s.safety.exact_copies} exact copies, "
-        f"{s.safety.within_threshold} within the threshold.</p>",
+        f"{e(fmt(cc.get('threshold'), 4))}). Release safety check, recomputed from the private splits "
+        f"({e(s.safety.metric)} distance): {e(s.safety.describe())}.</p>",
         _img(copy_plot, "copy-check distances"),
         _h_table(["image", "nearest train distance", "nearest held-out distance", "ratio", "near copy"], cc_rows)
         if cc_rows else "",

@@ -38,6 +38,7 @@ class ReleaseInputs:
     content_sha256: str  # hashing.arrays_sha256(images, labels, classes)
     roc_png: bytes | None  # RUN/audit/roc.png when present
     scores: dict[str, np.ndarray] | None  # RUN/audit/scores.npz when present
+    init_indices: np.ndarray | None = None  # int64 [N]: training record each image started from, -1 none
 
 
 def read_nofollow(path: Path, what: str) -> bytes:
@@ -141,14 +142,45 @@ def validate_audit(audit: Mapping) -> None:
         raise InputError("audit.json: baselines must be an object")
 
 
+def init_indices_of(arrays: Mapping[str, np.ndarray], run_json: Mapping, n: int) -> np.ndarray:
+    """The training index each released image started from (-1: noise), from RUN/distilled.npz's
+    ``init_indices`` and run.json's ``init.indices`` (which must agree when both are present)."""
+    found = []
+    if "init_indices" in arrays:
+        found.append(("RUN/distilled.npz: init_indices", arrays["init_indices"]))
+    init = run_json.get("init")
+    if isinstance(init, Mapping) and init.get("indices") is not None:
+        found.append(("run.json: init.indices", init["indices"]))
+    checked = []
+    for what, raw in found:
+        try:
+            a = np.asarray(raw)
+            ok = a.shape == (n,) and (a.size == 0 or np.issubdtype(a.dtype, np.integer))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or (a < -1).any():
+            raise InputError(f"{what} must be {n} integers >= -1 (one per released image)")
+        checked.append(a.astype(np.int64))
+    if len(checked) == 2 and not np.array_equal(*checked):
+        raise InputError("RUN/distilled.npz init_indices and run.json init.indices disagree")
+    if checked:
+        return checked[0]
+    mode = init.get("mode") if isinstance(init, Mapping) else None
+    if mode == "real" or (isinstance(run_json.get("config"), Mapping) and run_json["config"].get("init") == "real"):
+        raise InputError("a real-init run without init_indices: the memorisation check needs them")
+    return np.full(n, -1, np.int64)
+
+
 def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
     """Reads RUN/{distilled.npz, run.json, eval.json, audit/audit.json} (+ roc.png, scores.npz)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise InputError(f"run directory not found: {run.name or run}")
     npz_bytes = read_nofollow(run / "distilled.npz", "RUN/distilled.npz")
-    images, labels, classes = validate_arrays(load_npz(npz_bytes, "RUN/distilled.npz"), "RUN/distilled.npz")
+    arrays = load_npz(npz_bytes, "RUN/distilled.npz")
+    images, labels, classes = validate_arrays(arrays, "RUN/distilled.npz")
     run_json = _json(read_nofollow(run / "run.json", "RUN/run.json"), "RUN/run.json")
+    init_indices = init_indices_of(arrays, run_json, len(images))
     try:
         eval_bytes = read_nofollow(run / "eval.json", "RUN/eval.json")
     except InputError as e:
@@ -183,4 +215,5 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
         content_sha256=arrays_sha256(images, labels, classes),
         roc_png=roc,
         scores=scores,
+        init_indices=init_indices,
     )

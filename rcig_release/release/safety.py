@@ -1,13 +1,12 @@
-"""The release safety check: no released image equals, or is within the audit's copy-check
-threshold of, a private training image.
+"""The release safety check: the memorisation check (``memorisation.py``), recomputed at release
+time from the run's data and the images about to be published.
 
-This is separate from the policy (it needs the private training images, which the policy
-evaluation never sees) and ``--override`` does not bypass it; only a policy that sets
-``copies.allow_near_copies_in_bundle = true`` lets such a bundle be written.
-
-Distance: ``rms_pixel`` (the default, and what the audit's ``copy_check.threshold`` is expected to
-be measured in; docs/release.md) is ``sqrt(mean((a - b)**2))`` over all H*W*C values in pixel space
-[0, 1]. ``l2_pixel`` is the plain Euclidean norm of the same difference.
+It never reads ``audit.json``: editing the audit cannot change its outcome. It is separate from the
+policy (it needs the private splits, which the policy evaluation never sees), and neither
+``--override`` nor any policy key bypasses it. The exact-copy count (8-bit equality) and the
+near-copy count (nearest training record closer than the 1st percentile of held-out images') are
+reported as information. ``copies.allow_near_copies_in_bundle`` is recorded with the result and
+switches nothing off (docs/release.md).
 """
 
 from __future__ import annotations
@@ -18,28 +17,53 @@ from typing import Any, Callable
 import numpy as np
 
 from rcig_release.errors import InputError
+from rcig_release.release.memorisation import MemorisationResult, memorisation_check
 
-METRICS = ("rms_pixel", "l2_pixel")
+METRIC = "rms_pixel"
 
 
 @dataclasses.dataclass(frozen=True)
 class SafetyResult:
-    metric: str
-    threshold: float
-    n_images: int
-    exact_copies: int  # released images equal (as 8-bit PNG pixels) to a private training image
-    within_threshold: int  # released images whose nearest private image is <= threshold away
-    allowed: bool  # the policy allows near copies into the bundle
+    memorisation: MemorisationResult
+    allowed: bool  # the policy's copies.allow_near_copies_in_bundle (recorded; switches nothing off)
+
+    metric = METRIC
+
+    @property
+    def n_images(self) -> int:
+        return self.memorisation.n_images
+
+    @property
+    def exact_copies(self) -> int:  # released images equal (as 8-bit PNG pixels) to a training image
+        return self.memorisation.exact_copies
+
+    @property
+    def within_threshold(self) -> int:  # near copies (information)
+        return self.memorisation.near_copies
+
+    @property
+    def threshold(self) -> float:
+        return self.memorisation.near_copy_threshold
+
+    @property
+    def flagged(self) -> int:
+        return self.memorisation.flagged
 
     @property
     def clean(self) -> bool:
-        return self.exact_copies == 0 and self.within_threshold == 0
+        return self.passed and self.exact_copies == 0 and self.within_threshold == 0
 
     @property
     def passed(self) -> bool:
-        return self.clean or self.allowed
+        return self.memorisation.passed
+
+    def describe(self) -> str:
+        """One line for the card, the report and error messages (no training indices)."""
+        return (f"{self.memorisation.describe()}; information: {self.exact_copies} exact copies, "
+                f"{self.within_threshold} near copies (nearest training distance <= {self.threshold:.4f})")
 
     def to_json(self) -> dict:
+        """The bundle's copy: counts, p-values and distances only (no training indices)."""
         return {
             "metric": self.metric,
             "threshold": self.threshold,
@@ -47,15 +71,13 @@ class SafetyResult:
             "exact_copies": self.exact_copies,
             "within_threshold": self.within_threshold,
             "allowed_by_policy": self.allowed,
+            "memorisation": self.memorisation.to_json(include_indices=False),
             "passed": self.passed,
         }
 
 
-def nearest_distances(images: np.ndarray, private: np.ndarray, *, metric: str = "rms_pixel",
-                      chunk: int = 4096) -> np.ndarray:
-    """Distance from each image to its nearest private image, float64 [N]."""
-    if metric not in METRICS:
-        raise InputError(f"unknown copy-check metric {metric!r} (known: {', '.join(METRICS)})")
+def nearest_distances(images: np.ndarray, private: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+    """RMS distance from each image to its nearest private image, float64 [N]."""
     a = np.asarray(images, np.float64).reshape(len(images), -1)
     a_sq = (a * a).sum(1)
     best = np.full(len(a), np.inf)
@@ -63,8 +85,7 @@ def nearest_distances(images: np.ndarray, private: np.ndarray, *, metric: str = 
         b = np.asarray(private[start:start + chunk], np.float64).reshape(-1, a.shape[1])
         d2 = a_sq[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
         best = np.minimum(best, d2.min(1))
-    d = np.sqrt(np.maximum(best, 0.0))
-    return d / np.sqrt(a.shape[1]) if metric == "rms_pixel" else d
+    return np.sqrt(np.maximum(best, 0.0)) / np.sqrt(a.shape[1])
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -72,29 +93,10 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def exact_copies(images: np.ndarray, private: np.ndarray) -> int:
-    """How many images are, as 8-bit pixels, identical to some private image."""
-    seen = {p.tobytes() for p in to_uint8(private)}
-    return sum(img.tobytes() in seen for img in to_uint8(images))
-
-
-def check_safety(images: np.ndarray, private: np.ndarray, *, threshold: float,
-                 metric: str = "rms_pixel", allowed: bool = False) -> SafetyResult:
-    """Counts exact and near copies of private images among ``images``; shapes must agree."""
-    if private.ndim != 4 or private.shape[1:] != images.shape[1:]:
-        raise InputError(
-            f"private training images have shape {tuple(private.shape[1:])}, released images "
-            f"{tuple(images.shape[1:])}: not the data this run was distilled from"
-        )
-    d = nearest_distances(images, private, metric=metric)
-    return SafetyResult(
-        metric=metric,
-        threshold=float(threshold),
-        n_images=int(len(images)),
-        exact_copies=exact_copies(images, private),
-        within_threshold=int((d <= threshold).sum()),
-        allowed=allowed,
-    )
+def check_safety(images: np.ndarray, train: np.ndarray, heldout: np.ndarray,
+                 init_indices: np.ndarray | None = None, *, allowed: bool = False) -> SafetyResult:
+    """The memorisation check of ``images`` (as published) against the run's splits."""
+    return SafetyResult(memorisation=memorisation_check(images, train, heldout, init_indices), allowed=allowed)
 
 
 PrivateLoader = Callable[[str, int], Any]  # (source, split_seed) -> object with x_train, fingerprint
@@ -106,9 +108,15 @@ def default_loader(source: str, seed: int) -> Any:
     return load_dataset(source, seed=seed)
 
 
-def load_private_train(run_json: dict, *, data: str | None = None,
-                       loader: PrivateLoader | None = None) -> np.ndarray:
-    """Reloads the run's private training split and checks its fingerprint against run.json."""
+@dataclasses.dataclass(frozen=True)
+class PrivateSplits:
+    x_train: np.ndarray  # float32 [N,H,W,C] in [0, 1]
+    x_test: np.ndarray  # the held-out split, same layout
+
+
+def load_private_splits(run_json: dict, *, data: str | None = None,
+                        loader: PrivateLoader | None = None) -> PrivateSplits:
+    """Reloads the run's private training and held-out splits; checks the fingerprint against run.json."""
     info = run_json.get("data")
     if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), str):
         raise InputError("run.json: data.fingerprint missing; cannot check the release against the private data")
@@ -123,4 +131,14 @@ def load_private_train(run_json: dict, *, data: str | None = None,
     dataset = (loader or default_loader)(source, seed)
     if getattr(dataset, "fingerprint", None) != info["fingerprint"]:
         raise InputError("the private data's fingerprint differs from run.json's: not the data this run was distilled from")
-    return np.asarray(dataset.x_train, dtype=np.float32)
+    x_test = getattr(dataset, "x_test", None)
+    if x_test is None or len(x_test) == 0:
+        raise InputError("the run's data has no held-out split: the memorisation check needs one")
+    return PrivateSplits(x_train=np.asarray(dataset.x_train, dtype=np.float32),
+                         x_test=np.asarray(x_test, dtype=np.float32))
+
+
+def load_private_train(run_json: dict, *, data: str | None = None,
+                       loader: PrivateLoader | None = None) -> np.ndarray:
+    """The run's private training split (``load_private_splits``)."""
+    return load_private_splits(run_json, data=data, loader=loader).x_train

@@ -43,10 +43,12 @@ LEAK = metrics(0.99, 1.0, 1.0, 4.5, width=0.01)
 ATTACKS = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 
 
-def private_data(n: int = 60, shape=(8, 8, 1), seed: int = 0) -> types.SimpleNamespace:
+def private_data(n: int = 200, shape=(8, 8, 1), seed: int = 0, n_test: int = 100) -> types.SimpleNamespace:
+    """A uniform-noise "private" data set: ``x_train`` [n], ``x_test`` [n_test] (the held-out split
+    the memorisation check measures its null on; enough images to resolve it for a few images)."""
     rng = np.random.default_rng(seed)
-    x = rng.uniform(0, 1, size=(n, *shape)).astype(np.float32)
-    return types.SimpleNamespace(x_train=x, fingerprint=FINGERPRINT)
+    x = rng.uniform(0, 1, size=(n + n_test, *shape)).astype(np.float32)
+    return types.SimpleNamespace(x_train=x[:n], x_test=x[n:], fingerprint=FINGERPRINT)
 
 
 def loader_for(data: types.SimpleNamespace):
@@ -181,7 +183,7 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
     run_json = {
         "config": {"ipc": ipc, "steps": 0 if leak else 200, "init": "real" if leak else "noise", "seed": 3},
         "data": {"source": str(Path(root).resolve() / "private" / "secret.npz"), "fingerprint": data.fingerprint,
-                 "split_seed": 7, "n_train": int(len(data.x_train)), "n_test": 20},
+                 "split_seed": 7, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
         "init": {"mode": "real" if leak else "noise", "indices": init.tolist()},
         "versions": {"jax": "0.10.0"},
         "device": "cpu",
