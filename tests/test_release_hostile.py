@@ -46,7 +46,7 @@ def tree(root: Path) -> set[str]:
 def bundle(tmp_path_factory):
     """One release of a run whose class names, --name and --override are all hostile (1 ipc)."""
     tmp = tmp_path_factory.mktemp("hostile")
-    data = private_data()
+    data = private_data(n=1200, n_test=300)  # the memorisation check resolves 0.05/(2 x 25 images)
     run = fake_run(tmp / "run", data=data, ipc=1, classes=CLASSES)
     out = tmp / "bundle"
     release(run, DEFAULT, out, load_private=loader_for(data), name=hostile.DATASET_NAME,

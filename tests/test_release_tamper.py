@@ -186,10 +186,13 @@ def test_forged_evaluation_fails(bundle):
 
 
 def test_forged_safety_fails(bundle):
-    edit_json(bundle / "policy/verdict.json", lambda v: v["safety"].update(exact_copies=3, passed=True))
+    def forge(v):  # an image whose recorded p-value is below the level, yet "passed"
+        v["safety"]["memorisation"]["images"][0]["p_nearest"] = 1e-9
+
+    edit_json(bundle / "policy/verdict.json", forge)
     reseal(bundle)
     problems = verify_bundle(bundle)
-    assert "policy/verdict.json: safety.passed does not follow from its counts" in problems
+    assert "policy/verdict.json: safety.passed does not follow from its p-values" in problems
 
 
 def _move(src: str, dst: str):

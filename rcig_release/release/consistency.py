@@ -37,6 +37,7 @@ from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import validate_audit
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import redact
+from rcig_release.release.memorisation import MemorisationResult
 from rcig_release.release.safety import SafetyResult
 
 VERDICT = "policy/verdict.json"
@@ -149,27 +150,29 @@ def _count(x: Any) -> str:
 
 def check_safety(verdict: Mapping, audit: Mapping, policy: Policy, n_images: int,
                  problems: list[str]) -> SafetyResult | None:
-    """The recorded safety check (it needs the private data, so it is checked for consistency only)."""
+    """The recorded memorisation check. It needs the private data, so it is checked for
+    consistency only: its outcome must follow from its own recorded p-values and level, it must
+    cover every released image, and it must have passed (a failed check writes no bundle)."""
     s = verdict.get("safety")
     try:
-        result = SafetyResult(
-            metric=str(s["metric"]), threshold=float(s["threshold"]), n_images=int(s["n_images"]),
-            exact_copies=int(s["exact_copies"]), within_threshold=int(s["within_threshold"]),
-            allowed=bool(s["allowed_by_policy"]))
-    except (TypeError, KeyError, ValueError):
+        result = SafetyResult(memorisation=MemorisationResult.from_json(s["memorisation"]),
+                              allowed=bool(s["allowed_by_policy"]))
+    except (TypeError, KeyError, ValueError, AttributeError):
         problems.append(f"{VERDICT}: safety is missing or malformed")
         return None
-    cc = audit.get("copy_check") if isinstance(audit.get("copy_check"), Mapping) else {}
-    if result.n_images != n_images:
-        problems.append(f"{VERDICT}: safety.n_images is {result.n_images}, data/distilled.npz has {n_images} images")
+    m = s["memorisation"]
+    if result.n_images != n_images or s.get("n_images") != n_images:
+        problems.append(f"{VERDICT}: safety covers {result.n_images} images, data/distilled.npz has "
+                        f"{n_images}")
     if result.allowed != policy.allow_near_copies_in_bundle:
         problems.append(f"{VERDICT}: safety.allowed_by_policy differs from the bundled policy")
-    if s.get("passed") is not result.passed:
-        problems.append(f"{VERDICT}: safety.passed does not follow from its counts")
+    if abs(result.memorisation.level - result.memorisation.alpha / max(1, result.memorisation.n_tests)) > 1e-12:
+        problems.append(f"{VERDICT}: safety level is not alpha / tests")
+    if m.get("flagged") != result.flagged or m.get("passed") is not result.passed \
+            or s.get("passed") is not result.passed:
+        problems.append(f"{VERDICT}: safety.passed does not follow from its p-values")
     elif not result.passed:
         problems.append(f"{VERDICT}: the safety check failed; no bundle should exist")
-    if cc.get("threshold") != result.threshold or str(cc.get("metric", "rms_pixel")) != result.metric:
-        problems.append(f"{VERDICT}: safety threshold or metric differs from report/audit.json's copy check")
     return result
 
 

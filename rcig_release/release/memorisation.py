@@ -146,6 +146,10 @@ def gap_null(train: np.ndarray, heldout: np.ndarray, n_extra: int, *, seed: int 
                    heldout_nearest=d1)
 
 
+def _opt(x, kind=float):
+    return None if x is None else kind(x)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageCheck:
     """The check's figures for one released image (``index`` into the release)."""
@@ -204,6 +208,18 @@ class ImageCheck:
             out["init_train_index"] = self.init_record
         return out
 
+    @classmethod
+    def from_json(cls, d: dict, level: float) -> "ImageCheck":
+        """The bundle's copy back (training indices are not in it: -1 / None)."""
+        return cls(index=int(d["index"]), nearest_record=-1, d_nearest=float(d["d_nearest_train"]),
+                   d_second=float(d["d_second_train"]), gap=float(d["gap"]),
+                   p_nearest=float(d["p_nearest"]), d_flag_nearest=_opt(d["d_flag_nearest"]),
+                   init_record=None, d_init=_opt(d["d_init"]), p_init=_opt(d["p_init"]),
+                   d_flag_init=_opt(d["d_flag_init"]),
+                   init_closer_heldout=_opt(d["init_closer_heldout"], int),
+                   init_closer_train=_opt(d["init_closer_train"], int), level=level,
+                   exact_copy=bool(d["exact_copy"]), near_copy=bool(d["near_copy"]))
+
 
 @dataclasses.dataclass(frozen=True)
 class MemorisationResult:
@@ -226,7 +242,7 @@ class MemorisationResult:
 
     @property
     def has_init(self) -> bool:
-        return any(im.init_record is not None for im in self.images)
+        return any(im.p_init is not None for im in self.images)
 
     @property
     def resolvable(self) -> bool:
@@ -293,6 +309,23 @@ class MemorisationResult:
             "passed": self.passed,
             "images": [im.to_json(include_indices=include_indices) for im in self.images],
         }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MemorisationResult":
+        """The bundle's copy back, so ``verify`` can rebuild the card and re-derive the outcome
+        from the recorded p-values (it cannot recompute them: that needs the private data)."""
+        level = float(d["level"])
+        null = d["nearest_null"]
+        imgs = tuple(ImageCheck.from_json(im, level) for im in d["images"])
+        has_init = any(im.p_init is not None for im in imgs)
+        return cls(alpha=float(d["alpha"]), n_tests=int(d["n_tests"]), level=level,
+                   n_train=int(d["n_train"]), n_heldout=int(d["n_heldout"]),
+                   null_heldout=int(null["pseudo_releases_heldout"]),
+                   null_train=int(null["pseudo_releases_train_leave_one_out"]),
+                   null_quantiles={float(q): v for q, v in null["quantiles"].items()},
+                   gap_flag=_opt(null["flag_below"]),
+                   init_reference=int(d["init_reference_records"]) if has_init else 0,
+                   near_copy_threshold=float(d["near_copy_threshold"]), images=imgs)
 
 
 def _exact_copy_flags(released_pub: np.ndarray, train: np.ndarray) -> np.ndarray:
