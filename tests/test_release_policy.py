@@ -2,6 +2,7 @@
 was computed by the audit's own statistics (``testing.simulated_game``), never hand-made metrics."""
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,22 @@ def test_evaluate_is_pure():
 def test_strict_needs_noise_init_and_64_shadows():
     d = evaluate_policy(REAL, EVAL, audit(leak=True), load_policy(STRICT))
     assert not d.rule("init.mode").passed and not d.rule("audit.min_shadows").passed
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda g: g["attacks"]["loss"]["groups"]["all"]["p_value"].update(auc=1.5), "p_value.auc must be a number in [0, 1]"),
+    (lambda g: g["attacks"]["loss"]["groups"]["all"]["p_value"].update(auc="0.5"), "p_value.auc must be a number"),
+    (lambda g: g["attacks"]["loss"]["groups"]["all"].update(folds=[]), "folds must be a non-empty list"),
+    (lambda g: g["attacks"]["loss"]["groups"]["all"]["folds"][0]["auc"].update(n_in=-3), "n_in must be a count"),
+    (lambda g: g["attacks"]["loss"].update(groups=[]), "groups must be a non-empty object"),
+    (lambda g: g["attacks"]["loss"]["groups"]["all"].update(epsilon_lower_bound=float("nan")), "finite number"),
+    (lambda g: g["epsilon"].update(confidence=2), "confidence must be a number in (0, 1)"),
+])
+def test_a_tampered_game_section_is_one_clear_input_error(edit, message):
+    from rcig_release.release.inputs import validate_game
+
+    g = copy.deepcopy(simulated_game(False))
+    edit(g)
+    with pytest.raises(InputError, match=re.escape(message)):
+        validate_game(g)
+    validate_game(copy.deepcopy(simulated_game(False)))  # the untouched section is valid

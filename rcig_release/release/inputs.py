@@ -115,8 +115,56 @@ def _metric_dict(m: Any, where: str) -> None:
             raise InputError(f"audit.json: {where}.{key} must be an object")
 
 
+def _prob(x: Any, where: str) -> None:
+    if x is not None and not (_finite(x) and 0.0 <= x <= 1.0):
+        raise InputError(f"audit.json: {where} must be a number in [0, 1] or null")
+
+
+def _count_field(x: Any, where: str) -> None:
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        raise InputError(f"audit.json: {where} must be a count")
+
+
+def validate_game(game: Any) -> None:
+    """The game section the gate reads: every field a rule uses has the right type and range."""
+    if not isinstance(game, Mapping) or not isinstance(game.get("attacks"), Mapping):
+        raise InputError("audit.json: game must be an object with attacks")
+    for name, a in game["attacks"].items():
+        groups = a.get("groups") if isinstance(a, Mapping) else None
+        if not isinstance(groups, Mapping) or not groups:
+            raise InputError(f"audit.json: game.attacks.{name}.groups must be a non-empty object")
+        for g, gm in groups.items():
+            where = f"game.attacks.{name}.groups.{g}"
+            if not isinstance(gm, Mapping) or not isinstance(gm.get("p_value"), Mapping):
+                raise InputError(f"audit.json: {where}.p_value must be an object")
+            for key, p in gm["p_value"].items():
+                _prob(p, f"{where}.p_value.{key}")
+            _prob(gm.get("auc"), f"{where}.auc")
+            for key in ("epsilon_lower_bound", "max_epsilon"):
+                if key in gm and not (_finite(gm[key]) and gm[key] >= 0):
+                    raise InputError(f"audit.json: {where}.{key} must be a finite number >= 0")
+            folds = gm.get("folds")
+            if not isinstance(folds, list) or not folds:
+                raise InputError(f"audit.json: {where}.folds must be a non-empty list")
+            for i, f in enumerate(folds):
+                tests = [f.get("auc")] + list((f.get("tpr_at_fpr") or {}).values()) \
+                    if isinstance(f, Mapping) else [None]
+                for t in tests:
+                    if not isinstance(t, Mapping):
+                        raise InputError(f"audit.json: {where}.folds[{i}] is malformed")
+                    _count_field(t.get("n_in"), f"{where}.folds[{i}] n_in")
+                    _count_field(t.get("n_out"), f"{where}.folds[{i}] n_out")
+    eps = game.get("epsilon")
+    if eps is not None and (not isinstance(eps, Mapping) or
+                            (eps.get("confidence") is not None and
+                             not (_finite(eps["confidence"]) and 0 < eps["confidence"] < 1))):
+        raise InputError("audit.json: game.epsilon.confidence must be a number in (0, 1)")
+
+
 def validate_audit(audit: Mapping) -> None:
     """Strict on the fields a release depends on; optional fields are only type-checked."""
+    if "game" in audit:
+        validate_game(audit["game"])
     sha = audit.get("run_sha256")
     if not isinstance(sha, str) or not _HEX64.match(sha.lower().removeprefix("sha256:")):
         raise InputError("audit.json: run_sha256 missing or not a sha256 hex digest")
