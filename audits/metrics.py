@@ -1,4 +1,4 @@
-"""Scores in, metrics out: ROC AUC, TPR at a fixed FPR with intervals, advantage, ε lower bound.
+"""Scores in, descriptive metrics out: ROC AUC, TPR at a fixed FPR with intervals, advantage.
 
 Convention everywhere in ``rcig_release.audits``: **a higher score means "more likely a member"**;
 ``labels`` is boolean (True = member). NumPy only; sklearn.metrics for the ROC, scipy.stats for
@@ -8,11 +8,8 @@ Notes on what the numbers mean:
 - ``tpr_at_fpr``: the threshold is the lowest one whose empirical FPR is ≤ the target (sklearn's
   ROC points); its TPR gets an exact two-sided 95 % Clopper–Pearson interval. Below ``1/fpr``
   non-members the FPR cannot be resolved and the value is ``None`` with a reason.
-- ``epsilon_lower_bound``: for an (ε, δ)-DP mechanism every test has TPR ≤ e^ε·FPR + δ and
-  TNR ≤ e^ε·FNR + δ. At every ROC threshold we take one-sided Clopper–Pearson lower limits on
-  TPR/TNR and upper limits on FPR/FNR at level α/(4·n_thresholds) (Bonferroni over all the bounds
-  used), so the reported max over thresholds holds with probability ≥ 1 − α (the jax_privacy /
-  Jagielski et al. recipe). Floored at 0.
+- No ε here: the audit's ε lower bounds are computed on its game with jax-privacy
+  (``epsilon.py``), where membership was randomised; a fixed split supports no ε claim.
 """
 
 from __future__ import annotations
@@ -24,7 +21,6 @@ from scipy import stats
 from sklearn import metrics as skm
 
 FPR_TARGETS = (0.001, 0.01)
-DELTA = 1e-5
 
 
 def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,15 +46,6 @@ def clopper_pearson(k: np.ndarray | int, n: np.ndarray | int, alpha: float = 0.0
     lo = np.where(k > 0, stats.beta.ppf(alpha / 2, k, n - k + 1), 0.0)
     hi = np.where(k < n, stats.beta.ppf(1 - alpha / 2, k + 1, n - k), 1.0)
     return lo, hi
-
-
-def _cp_lower(k: np.ndarray, n: float, a: np.ndarray | float) -> np.ndarray:
-    """One-sided lower limit at level a (P[p < limit] ≤ a)."""
-    return np.where(k > 0, stats.beta.ppf(a, k, n - k + 1), 0.0)
-
-
-def _cp_upper(k: np.ndarray, n: float, a: np.ndarray | float) -> np.ndarray:
-    return np.where(k < n, stats.beta.ppf(1 - a, k + 1, n - k), 1.0)
 
 
 def roc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,25 +96,7 @@ def advantage(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.max(tpr - fpr))
 
 
-def epsilon_lower_bound(scores: np.ndarray, labels: np.ndarray, delta: float = DELTA,
-                        alpha: float = 0.05) -> float:
-    """Empirical ε lower bound holding with probability ≥ 1 − α (see module docstring)."""
-    s, y = _check(scores, labels)
-    n1, n0 = float(y.sum()), float((~y).sum())
-    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
-    tp, fp = np.round(tpr * n1), np.round(fpr * n0)
-    fn, tn = n1 - tp, n0 - fp
-    a = alpha / (4 * len(fpr))
-    tpr_lo, fpr_hi = _cp_lower(tp, n1, a), _cp_upper(fp, n0, a)
-    tnr_lo, fnr_hi = _cp_lower(tn, n0, a), _cp_upper(fn, n1, a)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e1 = np.log(np.maximum(tpr_lo - delta, 0.0) / fpr_hi)
-        e2 = np.log(np.maximum(tnr_lo - delta, 0.0) / fnr_hi)
-    best = np.nanmax(np.concatenate([e1, e2, [0.0]]))
-    return float(max(best, 0.0))
-
-
-def attack_metrics(scores: np.ndarray, labels: np.ndarray, *, delta: float = DELTA,
+def attack_metrics(scores: np.ndarray, labels: np.ndarray, *,
                    fprs: tuple[float, ...] = FPR_TARGETS) -> dict[str, Any]:
     """Every metric for one attack on one set of records (JSON-ready)."""
     s, y = _check(scores, labels)
@@ -136,7 +105,7 @@ def attack_metrics(scores: np.ndarray, labels: np.ndarray, *, delta: float = DEL
         return {"n_members": n1, "n_nonmembers": n0, "auc": None, "auc_ci": None,
                 "tpr_at_fpr": {str(f): None for f in fprs}, "tpr_at_fpr_ci": {str(f): None for f in fprs},
                 "tpr_at_fpr_reason": {str(f): "needs members and non-members" for f in fprs},
-                "advantage": None, "epsilon_lower_bound": None}
+                "advantage": None}
     a, ci = auc_with_ci(s, y)
     out: dict[str, Any] = {"n_members": n1, "n_nonmembers": n0, "auc": a, "auc_ci": list(ci),
                            "tpr_at_fpr": {}, "tpr_at_fpr_ci": {}, "tpr_at_fpr_reason": {}}
@@ -146,7 +115,6 @@ def attack_metrics(scores: np.ndarray, labels: np.ndarray, *, delta: float = DEL
         out["tpr_at_fpr_ci"][str(f)] = r["ci"]
         out["tpr_at_fpr_reason"][str(f)] = r["reason"]
     out["advantage"] = advantage(s, y)
-    out["epsilon_lower_bound"] = epsilon_lower_bound(s, y, delta=delta)
     return out
 
 

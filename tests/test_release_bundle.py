@@ -123,7 +123,7 @@ def test_card_front_matter(built):
     for section in ("## How it was made", "## Uses", "## Privacy considerations", "## Utility",
                     "## Bias, risks, and limitations"):
         assert section in body
-    assert "verdict **pass**" in body and "naive AUC" in body and "does not cover" in body
+    assert "verdict **pass**" in body and "naive game AUC" in body and "does not cover" in body
 
 
 def test_card_license_unknown_and_missing(tmp_path, clean_run, data):
@@ -333,4 +333,4 @@ def test_runner_layout_audit_is_released_and_rendered(tmp_path, data):
     assert "nearest held-out distance" in html and html.count("<tr>") > 6 + 1
     assert "naive release (same number of random real images) (audit target networks)" in html
     card = (out / "README.md").read_text()
-    assert "| loss | 0.510 | n/a | 0.010 | 0.05 | 0.600 | 0.200 | 0.700 | 0.300 |" in card
+    assert "| loss | 0.510 | 0.010 | 0.487 | 1.000 | 0.00 (of 3.10) | n/a | n/a |" in card

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from rcig_release.release.auditview import baseline, baseline_attacks, copy_rows, shadow_count, target_accuracy
+from rcig_release.release.auditview import baseline, copy_rows, shadow_count, target_accuracy
 from rcig_release.release.decision import Decision, Rule
 from rcig_release.release.escape import md
 from rcig_release.release.safety import SafetyResult
@@ -92,26 +92,38 @@ def _tpr(m: Mapping | None, fpr: str) -> Any:
     return (m.get("tpr_at_fpr") or {}).get(fpr)
 
 
+def _game_all(audit: Mapping | None, attack: str) -> Mapping:
+    g = (audit or {}).get("game") if isinstance(audit, Mapping) else None
+    a = ((g or {}).get("attacks") or {}).get(attack) if isinstance(g, Mapping) else None
+    m = ((a or {}).get("groups") or {}).get("all") if isinstance(a, Mapping) else None
+    return m if isinstance(m, Mapping) else {}
+
+
 def headline_rows(audit: Mapping) -> list[list[str]]:
-    """One row per attack: the release's AUC / TPR@0.1% / TPR@1% / eps_LB, then the naive release's."""
+    """One row per attack: this release's AUC and calibrated TPR@1%, then the game's pooled AUC,
+    its p-value of "at chance" and ε lower bound (largest showable), then the baselines' games."""
     attacks = audit.get("attacks") or {}
-    naive = baseline_attacks(audit, "naive")
-    real = baseline_attacks(audit, "real")
-    names = [a for a in ATTACK_ORDER if a in attacks] + sorted(set(attacks) - set(ATTACK_ORDER))
+    game = (audit.get("game") or {}).get("attacks") or {} if isinstance(audit.get("game"), Mapping) else {}
+    names = [a for a in ATTACK_ORDER if a in attacks or a in game]
+    names += sorted((set(attacks) | set(game)) - set(ATTACK_ORDER))
+    naive, real = baseline(audit, "naive"), baseline(audit, "real")
     rows = []
     for a in names:
-        m, nm, rm = attacks.get(a) or {}, naive.get(a), real.get(a)
+        m, g = attacks.get(a) or {}, _game_all(audit, a)
+        eps = g.get("epsilon_lower_bound")
         rows.append([
             a,
-            fmt(m.get("auc")), fmt(_tpr(m, "0.001")), fmt(_tpr(m, "0.01")), fmt(m.get("epsilon_lower_bound"), 2),
-            fmt((nm or {}).get("auc")), fmt(_tpr(nm, "0.01")),
-            fmt((rm or {}).get("auc")), fmt(_tpr(rm, "0.01")),
+            fmt(m.get("auc")), fmt(_tpr(m, "0.01")),
+            fmt(g.get("auc")), fmt((g.get("p_value") or {}).get("auc")),
+            "n/a" if eps is None else f"{fmt(eps, 2)} (of {fmt(g.get('max_epsilon'), 2)})",
+            fmt(_game_all(naive, a).get("auc")), fmt(_game_all(real, a).get("auc")),
         ])
     return rows
 
 
-HEADLINE_HEADER = ["attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "ε lower bound",
-                   "naive AUC", "naive TPR@1%", "real-model AUC", "real-model TPR@1%"]
+HEADLINE_HEADER = ["attack", "this release AUC", "this release TPR@1%FPR", "game AUC",
+                   "game p (AUC at chance)", "game ε lower bound", "naive game AUC",
+                   "real-model game AUC"]
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -300,10 +312,14 @@ is a `ClassLabel` with these names and ids, `soft_label` the soft label, `index`
 Policy **{md(s.decision.policy_name)}** (policy file sha256 {md(s.decision.policy_sha256)}):
 verdict **{verdict}** ({len(s.decision.rules) - len(failed)} of {len(s.decision.rules)} rules passed).
 {override_text}{failed_text}
-Headline audit figures (the adversary holds this release; members are the private training split,
-non-members held-out records; {md(fmt(n_shadows))} shadow distillations). Next to them the same attacks on
-the naive release (the same number of random real training images) and on a network trained on all
-the private training data:
+Headline audit figures. *This release*: the adversary holds it; members are private training
+records, non-members held-out records, thresholds set on separate held-out calibration images
+(descriptive). *Game*: {md(fmt(n_shadows))} shadow pipelines re-run the release pipeline on data whose
+membership the audit drew by fair coins, each attacked with the other fold's shadows as references;
+the verdict's privacy rules test these guesses ("p" is the probability of an AUC this high if the
+attack were at chance; the ε lower bound holds at the audit's stated confidence, with the largest
+value its sizes could show). Last columns: the same game on the naive release (the same number of
+random real training images) and on a network trained on all the private training data:
 
 {_md_table(HEADLINE_HEADER, headline_rows(s.audit))}
 
