@@ -232,3 +232,18 @@ def test_a_tampered_game_section_is_one_clear_input_error(edit, message):
     with pytest.raises(InputError, match=re.escape(message)):
         validate_game(g)
     validate_game(copy.deepcopy(simulated_game(False)))  # the untouched section is valid
+
+
+def test_shipped_hashes_match_the_files_and_a_modified_copy_says_so(tmp_path):
+    from rcig_release.release.policy import SHIPPED_SHA256
+
+    for path in (DEFAULT, STRICT):
+        p = load_policy(path)
+        assert SHIPPED_SHA256[p.name] == p.sha256 and not p.modified and p.label == p.name
+    loose = tmp_path / "default.toml"
+    loose.write_bytes(DEFAULT.read_bytes().replace(b"power = 0.99", b"power = 0.5"))
+    p = load_policy(loose)
+    assert p.name == "default" and p.modified and "modified" in p.label
+    d = evaluate_policy(NOISE, EVAL, audit(), p)
+    assert d.policy_name.startswith("default (modified: sha256 ")
+    assert not policy().modified  # a policy with its own name is not compared

@@ -176,7 +176,8 @@ def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
         "evaluation": {k: v for k, v in inp.eval_json.items() if k != "accuracies"}
         | {"accuracies": inp.eval_json.get("accuracies")},
         "audit": {"config": audit_cfg, "n_shadows": inp.audit.get("n_shadows")},
-        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256},
+        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256,
+                   "modified_shipped_policy": policy.modified},
     }
 
 
@@ -185,7 +186,8 @@ def verdict_json(decision: Decision, safety: SafetyResult, policy: Policy, overr
     verdict = "pass" if decision.passed else ("overridden" if override else "fail")
     return {
         "verdict": verdict,
-        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256},
+        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256,
+                   "modified_shipped_policy": policy.modified},
         "override": {"reason": override} if override else None,
         "rules": [r.to_json() for r in decision.rules],
         "failed": [r.name for r in decision.failed],
@@ -349,7 +351,7 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
     if not decision.passed and override is None:
         n = len(decision.failed)
         raise ReleaseRefused(
-            f"policy {policy.name!r}: {n} of {len(decision.rules)} rules failed; no bundle written "
+            f"policy {policy.label!r}: {n} of {len(decision.rules)} rules failed; no bundle written "
             "(--override REASON releases anyway)", decision)
 
     # The memorisation check: from the run's data and the images about to be published, never from

@@ -255,7 +255,7 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
         rules.append(_gain_rule(acc, audit, policy.min_gain_over_naive))
 
     rules += privacy_rules(audit, policy)
-    return Decision(policy.name, policy.sha256, tuple(rules))
+    return Decision(policy.label, policy.sha256, tuple(rules))
 
 
 def _gain_rule(eval_acc: float | None, audit: Mapping, limit: float) -> Rule:

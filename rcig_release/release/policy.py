@@ -38,6 +38,14 @@ _RENAMED = {"max_auc": "detect_auc", "max_tpr_at_fpr_0_01": "detect_tpr_at_fpr_0
             "max_near_copies": None}
 
 
+# sha256 of the policy files shipped in policies/ (tests/test_release_policy.py keeps them equal):
+# a file that calls itself one of these names but differs is reported as modified.
+SHIPPED_SHA256 = {
+    "default": "606e2e47415ca5ec613827189491e49fddd5b3f4f7b4690760fb4e2bc28564ff",
+    "strict": "d2b78503e8f9323b2a88c60989becd5912901332ada04fdb7f1d0d11a71dc1e3",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class MetricLimits:
     """Effect sizes the audit must be able to detect, and the ε limit. ``None`` = rule not applied
@@ -80,6 +88,19 @@ class Policy:
     min_gain_over_naive: float | None
     sha256: str  # of the policy file's bytes
     source_name: str  # the policy file's base name (never a path)
+
+    @property
+    def modified(self) -> bool:
+        """A file named like a shipped policy whose bytes differ from it."""
+        return self.name in SHIPPED_SHA256 and self.sha256 != SHIPPED_SHA256[self.name]
+
+    @property
+    def label(self) -> str:
+        """How verdicts, cards and the CLI name the policy: a modified shipped policy says so."""
+        if self.modified:
+            return (f"{self.name} (modified: sha256 {self.sha256[:12]}… is not the shipped "
+                    f"{self.name}.toml)")
+        return self.name
 
 
 class _Table:
