@@ -40,7 +40,7 @@ class AuditConfig:
     shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: 1 on CPU, else by memory
     shadow_lrs: str = "run"  # "run": shadows start from the run's tuned inner/HVP lrs (no re-tuning); "tune": each shadow tunes as the run did
     copy_percentile: float = 1.0  # near-copy threshold: this percentile of train NN distances
-    delta: float = 1e-6  # δ of the game's ε bounds (one-run: its 2·m·δ term needs δ ≪ 1/m, m ≈ 8,000 per fold)
+    delta: float = 1e-8  # δ of the game's ε bounds (one-run adds ≈ 2·m·δ·c to its p-value: docs/audit.md)
     epsilon_alpha: float = 0.01  # the game's ε bounds hold jointly with probability 1 − this
 
     def replace(self, **changes: Any) -> "AuditConfig":

@@ -111,7 +111,7 @@ def main() -> None:
         for _ in range(n):
             scores, keep, groups = simulate(scenario, args.shadows, args.records, args.n_init,
                                             rng, pix)
-            stats = game.statistics(scores, keep, groups, delta=1e-6, alpha=0.01)
+            stats = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
             real = scenario != "null"
             audit = {"game": stats, "n_shadows": args.shadows,
                      "init": {"mode": "real" if real else "noise",
@@ -135,7 +135,7 @@ def main() -> None:
     # decidability: the power of every test rule at these sizes (one simulated null audit)
     scores, keep, groups = simulate("planted", args.shadows, args.records, args.n_init,
                                     np.random.default_rng(1), pix)
-    st = game.statistics(scores, keep, groups, delta=1e-6, alpha=0.01)
+    st = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
     d = evaluate_policy({"init": {"mode": "real"}}, {"accuracy_mean": 1.0},
                         {"game": st, "n_shadows": args.shadows,
                          "init": {"mode": "real", "n_init_records": args.n_init,

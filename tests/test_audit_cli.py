@@ -12,7 +12,7 @@ FAKE = {
     "run_sha256": "ab" * 32, "n_shadows": 4,
     "records": {"members": 10, "nonmembers": 10, "calibration": 5, "population": 5,
                 "file": "records.json"},
-    "game": {"epsilon": {"delta": 1e-6, "confidence": 0.99},
+    "game": {"epsilon": {"delta": 1e-8, "confidence": 0.99},
              "attacks": {"loss": {"groups": {"all": _G, "init": {**_G, "auc": 0.9}}}}},
     "attacks": {"loss": {"auc": 0.6, "tpr_at_fpr": {"0.001": None, "0.01": 0.1},
                          "tpr_at_fpr_ci": {"0.001": None, "0.01": [0.01, 0.3]},

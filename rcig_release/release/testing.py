@@ -88,7 +88,7 @@ def simulated_game(leak: bool, *, shadows: int = 16, records: int = 1000, n_init
         if leak and a.startswith("nearest"):
             s[:, :n_init] += 20.0 * keep[:, :n_init]
         scores[a] = s
-    out = game.statistics(scores, keep, groups, delta=1e-6, alpha=0.01)
+    out = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
     out["rounds"] = [{"targets": t.tolist(), "references": r.tolist()}
                      for t, r in game.folds(shadows)]
     return out
