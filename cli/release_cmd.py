@@ -68,7 +68,7 @@ def release_command(
         None, "--data", help="Where to reload the private data for the memorisation check (default: run.json's source)."),
     sign: Optional[Path] = typer.Option(
         None, "--sign", metavar="KEY",
-        help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig."),
+        help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig (default: unsigned)."),
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
     from rcig_release.release.bundle import ReleaseRefused, release
@@ -96,7 +96,7 @@ def verify_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `release`."),
     key: Optional[Path] = typer.Option(
         None, "--key", metavar="PUB",
-        help="OpenSSH public key (or allowed-signers file) the bundle must be signed with."),
+        help="OpenSSH public key (or allowed-signers file) the bundle must be signed with (default: none; the signature is not checked)."),
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
     from rcig_release.release.bundle import SIGNATURE

@@ -123,7 +123,7 @@ NAMES = ("loss", "lira_online", "lira_offline", "rmia", "nearest")
 
 def test_game_p_values_are_valid_when_nothing_leaks():
     rng = np.random.default_rng(5)
-    reps, rej = 150, 0
+    reps, rej = 100, 0
     for _ in range(reps):
         z, near, keep, y = _fake_game(8, 60, rng)
         sc, _ = game.play(NAMES, z, near, keep, y, 60)
