@@ -123,8 +123,11 @@ def main() -> None:
             passed += ok
             for r in d.failed:
                 failed_names[r.name] = failed_names.get(r.name, 0) + 1
+            if (_ + 1) % 200 == 0:
+                print(f"  {scenario}: {_ + 1} audits, {passed} passed", flush=True)
         sec = (time.perf_counter() - t0) / n
         rows.append((scenario, n, passed / n, 1 - passed / n, sec, failed_names))
+        print(f"{scenario}: {passed} of {n} passed ({sec:.2f} s per audit)", flush=True)
     print(f"policy {Path(args.policy).name}: K={args.shadows} shadows, N={args.records} records, "
           f"{args.n_init} init records")
     print("| scenario | audits | passed | refused | s/audit | most frequent failed rules |")
