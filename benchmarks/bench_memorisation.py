@@ -23,6 +23,7 @@ import numpy as np
 
 from rcig_release.release.memorisation import memorisation_check
 from rcig_release.release.safety import load_private_splits
+from rcig_release.release.testing import displaced
 
 
 def show(res) -> None:
@@ -39,20 +40,6 @@ def show(res) -> None:
                 if im.d_init is not None else f"{'-':>6}  {'-':>8}  {'-':>11}  {'-':>11}")
         print(f"  {im.index:>5}  {init}  {im.d_nearest:.4f} {im.d_second:.4f} {im.gap:.3f}  {im.p_nearest:.2e}   "
               f"{im.d_flag_nearest:.4f}          {','.join(im.flagged_by) or '-'}")
-
-
-def displaced(x: np.ndarray, rms: float, rng: np.random.Generator) -> np.ndarray:
-    out = np.empty_like(x)
-    for k, img in enumerate(x):
-        scale = rms
-        for _ in range(50):
-            y = np.round(np.clip(img + scale * rng.standard_normal(img.shape), 0, 1) * 255) / 255
-            d = np.sqrt(((y - img) ** 2).mean())
-            if abs(d - rms) < 0.002:
-                break
-            scale *= rms / max(d, 1e-3)
-        out[k] = y
-    return out
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from rcig_release.release import memorisation as mem
 from rcig_release.release import safety
 from rcig_release.release.bundle import ReleaseRefused, release
 from rcig_release.release.inputs import load_release_inputs
-from rcig_release.release.testing import FINGERPRINT, fake_run, loader_for, private_data
+from rcig_release.release.testing import FINGERPRINT, displaced, fake_run, loader_for, private_data
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 
@@ -27,23 +27,6 @@ def digits():
     ds = load_dataset("digits", seed=0)
     assert (len(ds.x_train), len(ds.x_test)) == (1437, 360)
     return ds.x_train, ds.x_test
-
-
-def displaced(x: np.ndarray, rms: float, rng: np.random.Generator) -> np.ndarray:
-    """Each image plus Gaussian noise, rescaled until the published (8-bit, clipped) image is at RMS
-    distance ``rms`` (+-0.002) from the original."""
-    out = np.empty_like(x)
-    for k, img in enumerate(x):
-        scale = rms
-        for _ in range(50):
-            y = np.round(np.clip(img + scale * rng.standard_normal(img.shape), 0, 1) * 255) / 255
-            d = np.sqrt(((y - img) ** 2).mean())
-            if abs(d - rms) < 0.002:
-                break
-            scale *= rms / max(d, 1e-3)
-        assert abs(d - rms) < 0.002
-        out[k] = y
-    return out
 
 
 def brute_force(r, train, held, init):

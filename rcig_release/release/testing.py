@@ -210,3 +210,21 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
         np.savez(run / "audit" / "scores.npz", member=member, **extra,
                  **{prefix + a: rng.standard_normal(40) + member for a in ATTACKS})
     return run
+
+
+def displaced(x: np.ndarray, rms: float, rng: np.random.Generator) -> np.ndarray:
+    """Each image plus Gaussian noise, rescaled until the published (8-bit, clipped) image is at RMS
+    distance ``rms`` (+-0.002) from the original (a memorised record, barely moved)."""
+    out = np.empty_like(x)
+    for k, img in enumerate(x):
+        scale = rms
+        for _ in range(50):
+            y = np.round(np.clip(img + scale * rng.standard_normal(img.shape), 0, 1) * 255) / 255
+            d = np.sqrt(((y - img) ** 2).mean())
+            if abs(d - rms) < 0.002:
+                break
+            scale *= rms / max(d, 1e-3)
+        if abs(d - rms) >= 0.002:
+            raise ValueError(f"could not place image {k} at RMS {rms}")
+        out[k] = y
+    return out
