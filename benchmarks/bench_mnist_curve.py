@@ -1,10 +1,13 @@
-"""MNIST accuracy against distillation wall-clock time, with the product's own pieces.
+"""Accuracy against distillation wall-clock time (MNIST, CIFAR-10), with the product's own pieces.
 
     python benchmarks/bench_mnist_curve.py --ipc 1 --minutes 30 --out /tmp/curve1
+    python benchmarks/bench_mnist_curve.py --data ../shared/data/cifar10.npz --minutes 60 \
+        --marks 5,10,20,30,45,60 --eval-width 32,128 --out /tmp/cifar1
 
 Distils ../shared/data/mnist.npz (or --data) with the given preset, snapshots the EMA distilled
 set at the wall-clock marks (minutes, distillation time only: tuning and compile included), then
-evaluates every snapshot with the evaluate protocol (5 ConvNets) and prints a table.
+evaluates every snapshot with the evaluate protocol (5 ConvNets; at each ``--eval-width``, default
+the distillation width) and prints a table.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def main() -> None:
     ap.add_argument("--width", type=int)
     ap.add_argument("--real-batch", type=int)
     ap.add_argument("--proto-lr", type=float, help="AdaBelief lr for images and labels")
-    ap.add_argument("--eval-width", type=int)
+    ap.add_argument("--eval-width", help="comma-separated evaluation widths (default: --width's)")
     ap.add_argument("--seed", type=int, help="distillation seed (default: the config's)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -67,20 +70,26 @@ def main() -> None:
         print("stopped:", type(e).__name__)
     x_test = prep.transform(ds.x_test).astype(np.float32)
     rows = []
+    widths = [int(w) for w in a.eval_width.split(",")] if a.eval_width else [cfg.width]
     for s in snaps:
         z = np.load(a.out / f"snap_{s['minutes']:g}.npz")
         xs, ys = z["x"], z["y"]
         if res.use_flip:
             xs, ys = np.concatenate([xs, xs[:, :, ::-1]]), np.concatenate([ys, ys])
-        r = evaluate_arrays(xs, ys, x_test, ds.y_test, arch="convnet", num_classes=ds.num_classes,
-                            n_models=5, seed=0, width=a.eval_width or cfg.width,
-                            depth=res.depth)
-        rows.append({**s, "acc_mean": r["accuracy_mean"], "acc_std": r["accuracy_std"]})
-        print(json.dumps(rows[-1]), flush=True)
-    print(f"\nMNIST ipc={a.ipc} preset={a.preset} width={cfg.width} real_batch={cfg.real_batch}")
-    print(f"{'minutes':>8} {'step':>6} {'accuracy %':>14}")
+        for w in widths:
+            t = time.perf_counter()
+            r = evaluate_arrays(xs, ys, x_test, ds.y_test, arch="convnet",
+                                num_classes=ds.num_classes, n_models=5, seed=0, width=w,
+                                depth=res.depth)
+            rows.append({**s, "eval_width": w, "acc_mean": r["accuracy_mean"],
+                         "acc_std": r["accuracy_std"], "eval_s": time.perf_counter() - t})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{Path(a.data).name} ipc={a.ipc} preset={a.preset} width={cfg.width} "
+          f"real_batch={cfg.real_batch} zca={res.zca} flips={res.use_flip} test={len(ds.y_test)}")
+    print(f"{'minutes':>8} {'step':>6} {'eval width':>10} {'accuracy %':>16}")
     for r in rows:
-        print(f"{r['minutes']:>8g} {r['step']:>6} {100*r['acc_mean']:>8.2f} ± {100*r['acc_std']:.2f}")
+        print(f"{r['minutes']:>8g} {r['step']:>6} {r['eval_width']:>10} "
+              f"{100*r['acc_mean']:>8.2f} ± {100*r['acc_std']:.2f}")
     (a.out / "curve.json").write_text(json.dumps(rows, indent=1))
 
 
