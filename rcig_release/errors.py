@@ -21,3 +21,10 @@ class PolicyFailure(RcigReleaseError):
     """A release policy rule or the release safety check failed (exit 3)."""
 
     exit_code = 3
+
+
+class DpViolation(RcigReleaseError):
+    """A DP run whose audit's empirical ε lower bound exceeds the proven ε (exit 4): a bug in the
+    mechanism or its accounting, or a broken assumption, never a privacy result."""
+
+    exit_code = 4
