@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rcig_release.audits import copycheck, game, metrics, outputs, shadows
+from rcig_release.audits import copycheck, dpcheck, game, metrics, outputs, shadows
 from rcig_release.audits.metrics import release_metrics
 from rcig_release.audits.scoring import score_targets
 from rcig_release.audits.config import AuditConfig, to_dict, validate
@@ -165,6 +165,10 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     run = load_run(run_dir)
+    if run.run_json.get("dp") is not None:  # a malformed DP statement fails before any work
+        from rcig_release.release.dp import validate_dp
+
+        validate_dp(run.run_json["dp"], "run.json dp")
     ds_data = load_data(run, data)
     audit_dir = run.path / AUDIT_DIR
     if private_gallery is not None:  # check before any work
@@ -265,6 +269,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     say("attacks", 0, len(pipelines))
     all_scores: dict[str, dict[str, np.ndarray]] = {}
     results: dict[str, dict[str, Any]] = {}
+    dp_audit: dict[str, Any] | None = None
     for i, (name, p) in enumerate(pipelines.items()):
         names = tuple(a for a in cfg.attacks if not (a == "nearest" and p["near"] is None))
         gsc, ginfo = game.play(names, p["sl"], p["snear"], keep, y_q, n_rec, rmia_a=cfg.rmia_a,
@@ -286,6 +291,10 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         if name == "release":
             np.savez_compressed(audit_dir / "game_scores.npz", keep=keep,
                                 **{k: v.astype(np.float32) for k, v in gsc.items()})
+            if run.run_json.get("dp") is not None:  # a DP run: empirical ε LB against the proven ε
+                dp_audit = dpcheck.dp_section(run.run_json["dp"], gsc, keep,
+                                              groups_for(p["init"], game_groups=True),
+                                              alpha=cfg.epsilon_alpha)
         say("attacks", i + 1, len(pipelines))
     timings["attacks"] = time.perf_counter() - t
 
@@ -342,6 +351,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         "membership": {"draw": "independent fair coin per (record, shadow pipeline)",
                        "file": "keep.npy", "seed": [cfg.seed, 2]},
         "game": rel["game"],
+        **({"dp": dp_audit} if dp_audit is not None else {}),
         "targets": rel["targets"],
         "attacks": rel["attacks"],
         "lira_variance": rel.get("lira_variance"),

@@ -98,7 +98,29 @@ def json_summary(audit: dict) -> dict:
                              for n, a in audit["attacks"].items()},
             "baselines": {k: brief(v.get("game", {})) for k, v in audit.get("baselines", {}).items()},
             "copy_check": {"near_copies": cc["near_copies"], "threshold": cc["threshold"],
-                           "n_released": cc["n_released"]}}
+                           "n_released": cc["n_released"]},
+            **({"dp": audit["dp"]} if audit.get("dp") is not None else {})}
+
+
+def dp_line(dp: dict) -> str:
+    """The DP run's proven ε beside the game's empirical lower bound at the same δ."""
+    return (f"differential privacy: proven ε = {dp['proven_epsilon']:.4g} at δ = {dp['delta']:g}; "
+            f"empirical ε lower bound at that δ = {dp['empirical_epsilon_lower_bound']:.4g} "
+            f"(largest these sizes can show {dp['largest_showable_epsilon']:.4g}, joint confidence "
+            f"{dp['confidence']:g}): {dp['verdict']}")
+
+
+def check_dp(audit: dict) -> None:
+    """Exit 4 (``DpViolation``) when the audit's verdict is dp-violation; the files are written."""
+    from rcig_release.errors import DpViolation
+    from rcig_release.release.dp import VERDICT_VIOLATION, VIOLATION_MEANING
+
+    dp = audit.get("dp")
+    if dp is not None and dp.get("verdict") == VERDICT_VIOLATION:
+        raise DpViolation(f"{VERDICT_VIOLATION}: empirical ε lower bound "
+                          f"{dp['empirical_epsilon_lower_bound']:.4g} > proven ε "
+                          f"{dp['proven_epsilon']:.4g} at δ {dp['delta']:g}; {VIOLATION_MEANING}. "
+                          "release refuses this run, even with --override")
 
 
 def register(app: typer.Typer) -> None:
@@ -150,6 +172,7 @@ def register(app: typer.Typer) -> None:
                                workers=workers, progress=progress)
         if json_out:
             typer.echo(json.dumps(json_summary(result), indent=2, sort_keys=True))
+            check_dp(result)
             return
         out = Console()
         out.print(summary_table(result))
@@ -158,4 +181,9 @@ def register(app: typer.Typer) -> None:
         style = "bold red" if cc["near_copies"] else "green"
         out.print(f"[{style}]copy check: {cc['near_copies']} of {cc['n_released']} released images "
                   f"are near copies[/] (threshold {cc['threshold']:.4f}, {cc['rule']})")
+        if result.get("dp") is not None:
+            bad = result["dp"]["verdict"] != "consistent"
+            out.print(dp_line(result["dp"]), style="bold red" if bad else "green", markup=False,
+                      soft_wrap=True)
         out.print(f"report: {Path(run) / 'audit' / 'audit.json'}", markup=False)
+        check_dp(result)

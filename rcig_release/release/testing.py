@@ -73,6 +73,20 @@ def simulated_game(leak: bool, *, shadows: int = 16, records: int = 1000, n_init
     records). Nothing here is a hand-made metric."""
     from rcig_release.audits import game
 
+    scores, keep, groups = simulated_scores(leak, shadows=shadows, records=records, n_init=n_init,
+                                            n_classes=n_classes, seed=seed)
+    out = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
+    out["rounds"] = [{"targets": t.tolist(), "references": r.tolist()}
+                     for t, r in game.folds(shadows)]
+    return out
+
+
+def simulated_scores(leak: bool, *, shadows: int = 16, records: int = 1000, n_init: int = 10,
+                     n_classes: int = 3, seed: int = 0, shift: float = 20.0
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """The simulated game's (scores ``[K, N]`` per attack, keep ``[K, N]``, groups) behind
+    ``simulated_game``: with ``leak``, the release-direct attacks' scores of the init records'
+    IN guesses are raised by ``shift``."""
     rng = np.random.default_rng(seed)
     keep = rng.random((shadows, records)) < 0.5
     cls = np.arange(records) % n_classes
@@ -86,12 +100,37 @@ def simulated_game(leak: bool, *, shadows: int = 16, records: int = 1000, n_init
     for a in ATTACKS + ("nearest_feature",):
         s = rng.standard_normal((shadows, records))
         if leak and a.startswith("nearest"):
-            s[:, :n_init] += 20.0 * keep[:, :n_init]
+            s[:, :n_init] += shift * keep[:, :n_init]
         scores[a] = s
-    out = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
-    out["rounds"] = [{"targets": t.tolist(), "references": r.tolist()}
-                     for t, r in game.folds(shadows)]
-    return out
+    return scores, keep, groups
+
+
+def dp_statement(*, noise_multiplier: float = 1.1, sampling_rate: float = 0.05, steps: int = 200,
+                 delta: float = 1e-5, clip_norm: float = 1.0, n_train: int = 200) -> dict:
+    """A run.json ``dp`` object whose ε is the accountant's for these parameters
+    (``dp.epsilon_for``), never a typed-in number."""
+    from rcig_release.release.dp import accountant_version, epsilon_for
+
+    eps = epsilon_for(noise_multiplier, delta, sampling_rate, steps)
+    batch = sampling_rate * n_train
+    return {"epsilon": eps, "target_epsilon": float(round(eps + 0.5)), "delta": delta,
+            "noise_multiplier": noise_multiplier, "clip_norm": clip_norm,
+            "sampling_rate": sampling_rate, "steps": steps, "expected_batch_size": batch,
+            "max_batch_size": int(np.ceil(4 * batch)), "sampling": "poisson",
+            "neighbouring": "add_remove_one", "unit": "one training image",
+            "mechanism": "DP-RCIG (per-example clipped, Gaussian-noised outer gradients)",
+            "accountant": "dp_accounting PLD", "accountant_version": accountant_version(),
+            "preprocessing": "pixel scaling to [0, 1] only (nothing fitted on private data)"}
+
+
+def dp_audit_section(dp: dict, *, leak: bool) -> dict:
+    """audit.json's ``dp`` as the audit computes it (``dpcheck.dp_section``) on the simulated game
+    (``simulated_scores``): ``leak`` plants the init-record leak, whose ε lower bound at δ = 1e-5
+    is about 1.28, above a small proven ε (a dp-violation)."""
+    from rcig_release.audits import dpcheck
+
+    scores, keep, groups = simulated_scores(leak)
+    return dpcheck.dp_section(dp, scores, keep, groups, alpha=0.01)
 
 
 def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: bool,
@@ -159,9 +198,12 @@ def to_runner_layout(audit: dict) -> dict:
 
 def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | None = None,
              ipc: int = 2, with_roc: bool = False, with_scores: bool = False,
-             runner_layout: bool = False, classes: tuple[str, ...] = CLASSES) -> Path:
+             runner_layout: bool = False, classes: tuple[str, ...] = CLASSES,
+             dp: dict | None = None, dp_game_leak: bool = False) -> Path:
     """Writes a complete synthetic run directory under ``root`` and returns its path (``classes``:
-    the class names in distilled.npz; image ``k*ipc .. k*ipc+ipc-1`` has class ``k``)."""
+    the class names in distilled.npz; image ``k*ipc .. k*ipc+ipc-1`` has class ``k``). ``dp``: a
+    run.json ``dp`` statement (``dp_statement``); the audit then gets the game of
+    ``simulated_game(dp_game_leak)`` and the ``dp`` section the audit computes on it."""
     data = data or private_data()
     run = Path(root)
     (run / "audit").mkdir(parents=True, exist_ok=True)
@@ -190,12 +232,17 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
         "timings": {"total_s": 1.0},
         "metrics": {},
     }
+    if dp is not None:
+        run_json["dp"] = dp
     (run / "run.json").write_text(json.dumps(run_json))
     eval_json = {"arch": "convnet", "models": 5, "width": 32, "steps": 300,
                  "accuracy_mean": 0.56 if leak else 0.80, "accuracy_std": 0.02,
                  "accuracies": [0.8] * 5, "augment": False}
     (run / "eval.json").write_text(json.dumps(eval_json))
     audit = audit_dict(file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak, classes=classes)
+    if dp is not None:
+        audit["game"] = copy.deepcopy(simulated_game(dp_game_leak))
+        audit["dp"] = dp_audit_section(dp, leak=dp_game_leak)
     if runner_layout:
         audit = to_runner_layout(audit)
     (run / "audit" / "audit.json").write_text(json.dumps(audit))
