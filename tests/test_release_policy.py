@@ -15,6 +15,7 @@ from rcig_release.release.testing import ATTACKS, simulated_game
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"
 STRICT = ROOT / "policies" / "strict.toml"
+DP = ROOT / "policies" / "dp.toml"
 
 MINIMAL = b"""
 [policy]
@@ -76,7 +77,7 @@ def test_shipped_policies_load():
 
 def test_every_shipped_key_is_commented():
     """Every `key = value` line in the shipped policies carries a comment on it or just above it."""
-    for path in (DEFAULT, STRICT):
+    for path in (DEFAULT, STRICT, DP):
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             if "=" in line and not line.lstrip().startswith("#"):
@@ -237,7 +238,7 @@ def test_a_tampered_game_section_is_one_clear_input_error(edit, message):
 def test_shipped_hashes_match_the_files_and_a_modified_copy_says_so(tmp_path):
     from rcig_release.release.policy import SHIPPED_SHA256
 
-    for path in (DEFAULT, STRICT):
+    for path in (DEFAULT, STRICT, DP):
         p = load_policy(path)
         assert SHIPPED_SHA256[p.name] == p.sha256 and not p.modified and p.label == p.name
     loose = tmp_path / "default.toml"

@@ -211,14 +211,15 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
     """Applies ``policy`` to one release.
 
     Args:
-      run_json: the run's run.json (only ``init.mode`` / ``config.init`` are read).
+      run_json: the run's run.json (only ``init.mode`` / ``config.init`` and ``dp`` are read).
       eval_json: the run's eval.json (``accuracy_mean``).
       audit: the run's audit/audit.json (validated by ``inputs.validate_audit``).
       policy: the loaded policy.
 
     Returns:
       A ``Decision`` with one rule per check, in a stable order: audit strength, init mode,
-      utility, then the game's rules per attack (group "all", then the policy's groups).
+      utility, the ``[dp]`` rules, then the game's rules per attack (group "all", then the
+      policy's groups).
     """
     rules: list[Rule] = []
     game = audit.get("game") if isinstance(audit.get("game"), Mapping) else {}
@@ -254,8 +255,30 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
     if policy.min_gain_over_naive is not None:
         rules.append(_gain_rule(acc, audit, policy.min_gain_over_naive))
 
+    rules += dp_rules(run_json, policy)
     rules += privacy_rules(audit, policy)
     return Decision(policy.label, policy.sha256, tuple(rules))
+
+
+def dp_rules(run_json: Mapping, policy: Policy) -> list[Rule]:
+    """``[dp]``: the run's proven ε (and δ) from run.json's ``dp`` statement. A run without one
+    fails ("not a DP run"). The statement's own validity (its ε recomputed by the accountant) is
+    checked by release and verify, not here."""
+    if policy.dp_max_epsilon is None:
+        return []
+    dp = run_json.get("dp")
+    pairs = [("dp.epsilon", "epsilon", policy.dp_max_epsilon)]
+    if policy.dp_max_delta is not None:
+        pairs.append(("dp.delta", "delta", policy.dp_max_delta))
+    if not isinstance(dp, Mapping):
+        return [Rule(name, None, limit, "<=", False, "not a DP run") for name, _, limit in pairs]
+    rules = []
+    for name, key, limit in pairs:
+        value = _num(dp.get(key))
+        note = "proven by the run's accountant" if key == "epsilon" else ""
+        rules.append(_le(name, value, limit, note) if value is not None else
+                     Rule(name, None, limit, "<=", False, f"dp.{key} missing or not a number"))
+    return rules
 
 
 def _gain_rule(eval_acc: float | None, audit: Mapping, limit: float) -> Rule:

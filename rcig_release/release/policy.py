@@ -5,7 +5,8 @@ attack that beats chance significantly refuses, at a family-wise false-refusal r
 for a release whose attacks are at chance; each such rule must also be *decidable* at the audit's
 sizes (power ≥ ``gate.power`` to detect an attack at the policy's ``detect_*`` effect sizes), or it
 fails closed. Besides: limits on the game's ε lower bounds, the audit's strength (attacks run,
-shadows), the initialisation, and utility. Unknown keys, missing keys, values of the wrong type,
+shadows), the initialisation, utility, and (optional ``[dp]``) the run's proven
+differential-privacy guarantee. Unknown keys, missing keys, values of the wrong type,
 NaN and values outside their meaningful range are ``InputError``: a typo in a privacy policy must
 never silently loosen it. The schema and the meaning of each key are in docs/release.md.
 """
@@ -43,6 +44,7 @@ _RENAMED = {"max_auc": "detect_auc", "max_tpr_at_fpr_0_01": "detect_tpr_at_fpr_0
 SHIPPED_SHA256 = {
     "default": "ea08e4cd486df81bbe834041be3797a03230436cae57cac023c1d18196517b0d",
     "strict": "eab74f3bdd60e4e27b35c89fcdd40f7c43f1970c890aaedeebcd10b06a086179",
+    "dp": "eaa87028dd71e18a0810dbe3864765395c77db783b5632b1874d511917cc3344",
 }
 
 
@@ -88,6 +90,8 @@ class Policy:
     min_gain_over_naive: float | None
     sha256: str  # of the policy file's bytes
     source_name: str  # the policy file's base name (never a path)
+    dp_max_epsilon: float | None = None  # [dp] max_epsilon: the run must be DP with proven ε <= this
+    dp_max_delta: float | None = None  # [dp] max_delta (optional): and its δ <= this
 
     @property
     def modified(self) -> bool:
@@ -256,6 +260,16 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
     min_accuracy = utility.number("min_accuracy", hi=1.0)
     min_gain = utility.number("min_gain_over_naive", lo=-1.0, hi=1.0, optional=True)
     utility.done()
+    dp_max_epsilon = dp_max_delta = None
+    dp_t = top.sub("dp", optional=True)
+    if dp_t is not None:
+        dp_max_epsilon = dp_t.number("max_epsilon")
+        if dp_max_epsilon <= 0:
+            raise InputError(f"policy {file}: dp.max_epsilon must be above 0")
+        dp_max_delta = dp_t.number("max_delta", hi=1.0, optional=True)
+        if dp_max_delta is not None and not 0 < dp_max_delta < 1:
+            raise InputError(f"policy {file}: dp.max_delta must be in (0, 1)")
+        dp_t.done()
     top.done()
 
     return Policy(
@@ -274,6 +288,8 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         min_gain_over_naive=min_gain,
         sha256=bytes_sha256(text),
         source_name=file,
+        dp_max_epsilon=dp_max_epsilon,
+        dp_max_delta=dp_max_delta,
     )
 
 
