@@ -26,8 +26,9 @@ from PIL import Image
 
 import rcig_release
 from rcig_release.errors import InputError, PolicyFailure
+from rcig_release.release import dp as dpmod
 from rcig_release.release import figures, signing
-from rcig_release.release.croissant import croissant
+from rcig_release.release.croissant import croissant, croissant_dp_text
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Summary, dataset_card, report_html
 from rcig_release.release.escape import check_text, csv_cell
@@ -52,6 +53,33 @@ class ReleaseRefused(PolicyFailure):
         super().__init__(message)
         self.decision = decision
         self.safety = safety
+
+
+class DpViolationRefused(ReleaseRefused):
+    """The audit of a DP run found an empirical ε lower bound above the proven ε (exit 4, like the
+    audit): a bug or a broken assumption; no policy and no --override releases it."""
+
+    exit_code = 4
+
+
+def run_dp(run_json: dict, where: str = "run.json dp") -> dict | None:
+    """The run's DP statement, validated and its ε recomputed by the accountant; None without DP.
+    A malformed statement or an ε the accountant does not give is an ``InputError``."""
+    if run_json.get("dp") is None:
+        return None
+    dp = dpmod.validate_dp(run_json["dp"], where)
+    wrong = dpmod.check_epsilon(dp, where)
+    if wrong:
+        raise InputError(wrong)
+    return dp
+
+
+def dp_verdict(run_json: dict, audit: dict) -> dict | None:
+    """verdict.json's ``dp``: the guarantee and the audit's check of it (None without DP)."""
+    dp = run_json.get("dp")
+    if not isinstance(dp, dict):
+        return None
+    return {"guarantee": dpmod.guarantee(dp), "audit_check": dpmod.audit_check(audit.get("dp"))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +204,7 @@ def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
         "evaluation": {k: v for k, v in inp.eval_json.items() if k != "accuracies"}
         | {"accuracies": inp.eval_json.get("accuracies")},
         "audit": {"config": audit_cfg, "n_shadows": inp.audit.get("n_shadows")},
+        "dp": dpmod.guarantee(run["dp"]) if isinstance(run.get("dp"), dict) else None,
         "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256,
                    "modified_shipped_policy": policy.modified},
     }
@@ -194,6 +223,7 @@ def verdict_json(decision: Decision, safety: SafetyResult, policy: Policy, overr
         "safety": safety.to_json(),
         "run_sha256": inp.run_sha256,
         "content_sha256": inp.content_sha256,
+        "dp": dp_verdict(inp.run_json, inp.audit),
     }
 
 
@@ -256,8 +286,10 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
     files[CROISSANT] = _json_bytes(croissant(
         name, license_spdx, files, classes,
         f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
-        f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}).",
+        f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}); "
+        f"{croissant_dp_text(prov.get('dp'))}.",
         date_published=_dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        dp=prov.get("dp"),
     ))
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")
 
@@ -347,6 +379,13 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
     inp = load_release_inputs(run_dir)
     for i, c in enumerate(inp.classes):
         check_text(c, f"class name {i} in RUN/distilled.npz")
+    # A DP run's statement must be what the accountant gives, and its audit must not contradict it:
+    # a dp-violation is refused before the policy is read, so no --override can release it.
+    problem, violation = dpmod.audit_consistency(run_dp(inp.run_json), inp.audit)
+    if violation:
+        raise DpViolationRefused(f"{violation}; no bundle written (--override does not bypass this)")
+    if problem:
+        raise InputError(problem)
     decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
     if not decision.passed and override is None:
         n = len(decision.failed)

@@ -42,7 +42,7 @@ from rcig_release.release.safety import SafetyResult
 
 VERDICT = "policy/verdict.json"
 # The parts of run.json the verdict and the card may read, as provenance.json carries them.
-RUN_KEYS = ("config", "init", "data", "versions", "device")
+RUN_KEYS = ("config", "init", "data", "versions", "device", "dp")
 _DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]*)"')
 _MASK = 'src="data:image/png;base64,…"'
 _GRID, _COPY_PLOT = b"<grid>", b"<copy-plot>"
@@ -269,3 +269,46 @@ def _decode(png: bytes) -> np.ndarray | None:
 def _same_pixels(a: bytes, b: bytes) -> bool:
     pa, pb = _decode(a), _decode(b)
     return pa is not None and pb is not None and pa.shape == pb.shape and np.array_equal(pa, pb)
+
+
+def check_dp(files: Mapping[str, bytes], prov: Mapping, verdict: Mapping, audit: Mapping | None,
+             problems: list[str]) -> None:
+    """The DP statement: provenance.json's ``dp`` is well formed and its ε is the accountant's for
+    its σ, q, steps and δ (recomputed); the audit compared that (ε, δ) and did not contradict it;
+    the verdict and croissant.json state the same guarantee. (The card and the report are rebuilt
+    from provenance.json's ``dp`` by ``check_documents``.)"""
+    from rcig_release.release import dp as dpmod
+    from rcig_release.release.bundle import CROISSANT, dp_verdict
+    from rcig_release.release.croissant import DP_RECORD_SET, dp_record_set
+
+    dp = prov.get("dp")
+    if dp is not None:
+        try:
+            dp = dpmod.validate_dp(dp, "provenance.json dp")
+        except InputError as e:
+            problems.append(str(e))
+            return
+        wrong = dpmod.check_epsilon(dp, "provenance.json dp")
+        if wrong:
+            problems.append(wrong)
+    if audit is not None:
+        problem, violation = dpmod.audit_consistency(dp, audit)
+        if problem:
+            problems.append(f"report/audit.json: {problem}")
+        if violation:
+            problems.append(f"report/audit.json: {violation}; no bundle should exist")
+    want = _as_json(dp_verdict({"dp": dp}, audit or {}))
+    if "dp" not in verdict or verdict.get("dp") != want:
+        problems.append(f"{VERDICT}: dp is {_short(verdict.get('dp'))}, the bundle's statement and "
+                        f"audit give {_short(want)}")
+    if CROISSANT in files:
+        try:
+            meta = json.loads(files[CROISSANT].decode("utf-8"))
+            sets = [r for r in meta.get("recordSet", []) if isinstance(r, Mapping)
+                    and r.get("@id") == DP_RECORD_SET]
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+            return  # verify's croissant check names an unreadable file
+        expected = [_as_json(dp_record_set(dp))] if dp is not None else []
+        if sets != expected:
+            problems.append(f"{CROISSANT}: the {DP_RECORD_SET} record set does not state the "
+                            "guarantee in provenance.json")

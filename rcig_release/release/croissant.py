@@ -8,7 +8,12 @@
   - ``images``: one record per line of ``data/metadata.jsonl``: ``index``, ``file``, the image
     (joined on ``file`` with ``png/file``), ``label`` (a class id) and ``soft_label`` (repeated
     float, one per class in id order).
-- ``citeAs``, ``datePublished``, ``version``, ``license``, ``url`` and the RAI note.
+  - ``differential_privacy`` (DP runs only): one inline record with the guarantee (ε, δ, unit,
+    neighbouring relation, mechanism, accountant and its version, σ, clip norm, sampling and its
+    rate, steps, batch sizes, target ε, preprocessing), the keys of run.json's ``dp``.
+- ``citeAs``, ``datePublished``, ``version``, ``license``, ``url`` and the RAI note
+  (``rai:personalSensitiveInformation``), which states the DP guarantee in one sentence or says
+  there is none; so does the description.
 
 Field ids are fixed words; class names appear only as JSON strings (``classes`` data, descriptions).
 """
@@ -60,9 +65,40 @@ def _jsonl(column: str) -> dict:
     return {"fileObject": {"@id": METADATA}, "extract": {"column": column}}
 
 
+DP_RECORD_SET = "differential_privacy"
+# The guarantee's fields in the differential_privacy record set: (key of run.json dp, dataType).
+DP_FIELDS = (("epsilon", "sc:Float"), ("delta", "sc:Float"), ("unit", "sc:Text"),
+             ("neighbouring", "sc:Text"), ("mechanism", "sc:Text"), ("accountant", "sc:Text"),
+             ("accountant_version", "sc:Text"), ("noise_multiplier", "sc:Float"),
+             ("clip_norm", "sc:Float"), ("sampling", "sc:Text"), ("sampling_rate", "sc:Float"),
+             ("steps", "sc:Integer"), ("expected_batch_size", "sc:Float"),
+             ("max_batch_size", "sc:Integer"), ("target_epsilon", "sc:Float"),
+             ("preprocessing", "sc:Text"))
+
+
+def croissant_dp_text(dp: dict | None) -> str:
+    """The guarantee in one sentence (description, RAI note), or plainly none."""
+    from rcig_release.release.dp import NO_GUARANTEE, statement
+
+    return NO_GUARANTEE if dp is None else statement(dp)
+
+
+def dp_record_set(dp: dict) -> dict:
+    """The guarantee as an inline record set (one record), so a Croissant reader gets it as data."""
+    fields = [{"@type": "cr:Field", "@id": f"{DP_RECORD_SET}/{k}", "name": k, "dataType": t}
+              for k, t in DP_FIELDS]
+    return {"@type": "cr:RecordSet", "@id": DP_RECORD_SET, "name": DP_RECORD_SET,
+            "description": "The release's differential-privacy guarantee, proven by the accountant "
+                           "(one record; provenance.json dp holds the same).",
+            "field": fields, "data": [{f"{DP_RECORD_SET}/{k}": dp[k] for k, _ in DP_FIELDS}]}
+
+
 def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], classes: tuple[str, ...],
-              description: str, *, date_published: str, version: str = "1.0.0") -> dict:
-    """Croissant 1.0 metadata for the bundle ``files`` (every file but croissant.json itself)."""
+              description: str, *, date_published: str, version: str = "1.0.0",
+              dp: dict | None = None) -> dict:
+    """Croissant 1.0 metadata for the bundle ``files`` (every file but croissant.json itself);
+    ``dp``: the run's DP statement (stated in the RAI note and the ``differential_privacy``
+    record set), None for a release without one (the RAI note says so)."""
     dist: list[dict] = []
     for path in sorted(files):
         dist.append({
@@ -118,7 +154,9 @@ def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], clas
         "keywords": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
         "rai:personalSensitiveInformation": (
             "Synthetic images distilled from private data; membership-inference audit and copy "
-            "check in report/audit.json, policy verdict in policy/verdict.json."
+            "check in report/audit.json, policy verdict in policy/verdict.json. Differential "
+            f"privacy: {croissant_dp_text(dp)}"
+            + ("" if dp is None else f" (record set {DP_RECORD_SET})") + "."
         ),
         "distribution": dist,
         "recordSet": [
@@ -132,7 +170,7 @@ def croissant(name: str, license_spdx: str | None, files: dict[str, bytes], clas
                             "field per class (soft_label_<class id>, in the order of data/distilled.npz).",
              "key": {"@id": "images/index"},
              "field": fields},
-        ],
+        ] + ([dp_record_set(dp)] if dp is not None else []),
     }
 
 

@@ -189,7 +189,8 @@ def card_metadata(s: Summary) -> dict[str, Any]:
         "task_ids": ["multi-class-image-classification"],
         "size_categories": [size_category(s.n_images)],
         "annotations_creators": ["machine-generated"],
-        "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
+        "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"]
+        + (["differential-privacy"] if run_dp(s) is not None else []),
         "dataset_info": {"features": features},
         # the imagefolder builder takes its features from the config (dataset_info alone is
         # replaced by what it infers from metadata.jsonl: an int label without names)
@@ -221,6 +222,69 @@ def _class_rows(s: Summary) -> list[list[str]]:
             for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class))]
 
 
+def run_dp(s: Summary) -> Mapping | None:
+    """The run's DP statement (validated by release and verify before any document is built)."""
+    dp = s.run_json.get("dp")
+    return dp if isinstance(dp, Mapping) else None
+
+
+def dp_rows(dp: Mapping, audit: Mapping) -> list[list[str]]:
+    """The guarantee, one property per row, then the audit's check of it."""
+    from rcig_release.release.dp import NEIGHBOURING_TEXT, _g
+
+    rows = [
+        ["ε (proven by the accountant)", _g(dp["epsilon"])],
+        ["δ", _g(dp["delta"])],
+        ["unit of privacy", str(dp["unit"])],
+        ["neighbouring data sets", NEIGHBOURING_TEXT.get(dp["neighbouring"], str(dp["neighbouring"]))],
+        ["mechanism", str(dp["mechanism"])],
+        ["accountant", f"{dp['accountant']} (dp-accounting {dp['accountant_version']})"],
+        ["noise multiplier σ", _g(dp["noise_multiplier"])],
+        ["clip norm", _g(dp["clip_norm"])],
+        ["sampling", f"{dp['sampling']}, rate {_g(dp['sampling_rate'])}"],
+        ["steps", _g(dp["steps"])],
+        ["batch size", f"expected {_g(dp['expected_batch_size'])}, at most {_g(dp['max_batch_size'])}"],
+        ["target ε", _g(dp["target_epsilon"])],
+        ["preprocessing", str(dp["preprocessing"])],
+    ]
+    a = audit.get("dp") if isinstance(audit.get("dp"), Mapping) else {}
+    if a:
+        rows.append(["audit: empirical ε lower bound at this δ",
+                     f"{fmt(a.get('empirical_epsilon_lower_bound'), 4)} (largest showable "
+                     f"{fmt(a.get('largest_showable_epsilon'), 4)}, joint confidence "
+                     f"{fmt(a.get('confidence'))}): {a.get('verdict')}"])
+    return rows
+
+
+DP_HEADER = ["property", "value"]
+
+
+def dp_card_section(s: Summary) -> str:
+    """The card's "Differential privacy" section: the guarantee, or plainly none."""
+    dp = run_dp(s)
+    if dp is None:
+        return ("This release has **no differential-privacy guarantee**: it was not made by a "
+                "differentially private mechanism. The audit below measures leakage empirically; it "
+                "does not bound it.\n")
+    return (f"This release is **(ε = {md(dp_g(dp['epsilon']))}, δ = {md(dp_g(dp['delta']))})-differentially "
+            f"private** with respect to adding or removing **one training image** of the private data: "
+            f"for any two training sets that differ in one image, the probability of any set of "
+            f"released images differs by at most a factor e^ε, except with probability δ. The proof "
+            f"covers the mechanism below; ε was computed by the accountant and `rcig-release verify` "
+            f"recomputes it from the noise multiplier, sampling rate, steps and δ.\n\n"
+            + _md_table(DP_HEADER, dp_rows(dp, s.audit)) + "\n\n"
+            "The audit's empirical ε lower bound (at the same δ, at its joint confidence) must not "
+            "exceed the proven ε; a bound above it would be a bug or a broken assumption, and "
+            "`release` refuses such an audit. A lower bound far below ε does not make ε smaller: "
+            "the guarantee is ε.\n")
+
+
+def dp_g(x: Any) -> str:
+    from rcig_release.release.dp import _g
+
+    return _g(x)
+
+
 def dataset_card(s: Summary) -> str:
     """README.md: YAML front matter (HF dataset card metadata), then the card body."""
     cfg = _config(s)
@@ -243,6 +307,18 @@ def dataset_card(s: Summary) -> str:
     n_shadows = shadow_count(s.audit)
     real_init_note = (" The images started from real private images and may retain visual traits of them."
                       if _init_mode(s) == "real" else "")
+    dp = run_dp(s)
+    if dp is None:
+        out_of_scope_dp = ("any claim of formal differential privacy (none is given: the audit "
+                           "measures leakage empirically, it does not bound it)")
+        audit_dp_note = "any formal privacy guarantee"
+    else:
+        out_of_scope_dp = (f"any privacy claim beyond the ({md(dp_g(dp['epsilon']))}, "
+                           f"{md(dp_g(dp['delta']))}) guarantee of **Differential privacy** (it is "
+                           "about one training image, not about groups of images or people with "
+                           "several images)")
+        audit_dp_note = ("a formal guarantee (that is the accountant's, in **Differential "
+                         "privacy**; the audit only checks it is not contradicted)")
     body = f"""
 # {md(s.name)}
 
@@ -275,8 +351,7 @@ Direct use: training or benchmarking image classifiers where the private data ma
 dataset-distillation research, and checking the audit in `report/`.
 
 Out-of-scope use: re-identifying or reconstructing people or records of the private data;
-treating the images as real samples of the source distribution; any claim of formal differential
-privacy (none is given: the audit measures leakage empirically, it does not bound it).
+treating the images as real samples of the source distribution; {out_of_scope_dp}.
 
 ## Dataset structure
 
@@ -307,6 +382,9 @@ is a `ClassLabel` with these names and ids, `soft_label` the soft label, `index`
 `data/distilled.npz`. `load_dataset("imagefolder", data_dir=".../data")` gives the same integer
 `label` and `soft_label` (from `data/metadata.jsonl`) without the class names.
 
+## Differential privacy
+
+{dp_card_section(s)}
 ## Privacy considerations
 
 Policy **{md(s.decision.policy_name)}** (policy file sha256 {md(s.decision.policy_sha256)}):
@@ -329,8 +407,7 @@ splits ({md(s.safety.metric)} distance): {md(s.safety.describe())}.
 
 What the audit does not cover: attacks stronger than those listed (white-box access to the
 distillation, more shadow models, other signals), leakage about groups or attributes rather than
-membership of single records, records outside the audited sample, and any formal privacy
-guarantee. "n/a" means the audit could not resolve the figure (for example too few non-members to
+membership of single records, records outside the audited sample, and {audit_dp_note}. "n/a" means the audit could not resolve the figure (for example too few non-members to
 measure a TPR at 0.1 % FPR).
 
 ## Utility
@@ -382,6 +459,17 @@ def _img(png: bytes | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _dp_html(s: Summary) -> str:
+    dp = run_dp(s)
+    if dp is None:
+        return ("<p>This release has <b>no differential-privacy guarantee</b>: it was not made by a "
+                "differentially private mechanism; the audit measures leakage empirically, it does "
+                "not bound it.</p>")
+    return (f"<p>This release is <b>(ε = {html.escape(dp_g(dp['epsilon']))}, "
+            f"δ = {html.escape(dp_g(dp['delta']))})-differentially private</b> with respect to adding "
+            "or removing one training image.</p>" + _h_table(DP_HEADER, dp_rows(dp, s.audit)))
+
+
 def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None) -> str:
     """report/report.html: one self-contained page (no external resources, images embedded)."""
     e = html.escape
@@ -407,6 +495,8 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         override,
         ("<h3>Failed rules</h3>" + _h_table(rule_header, [_rule_row(r) for r in s.decision.failed], 3))
         if s.decision.failed else "",
+        "<h2>Differential privacy</h2>",
+        _dp_html(s),
         "<h2>Membership-inference ROC (log-log)</h2>",
         _img(roc, "ROC of every attack"),
         "<h2>The released images</h2>",

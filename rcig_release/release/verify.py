@@ -8,6 +8,9 @@ Returns one line per problem (an empty list means intact):
 - ``data/``: image files, their folders and ``labels.csv`` against the arrays (``layout.py``);
 - the verdict recomputed from the bundled policy and audit, the card and the report rebuilt and
   compared (``consistency.py``);
+- a DP release's guarantee: its ε recomputed by the accountant from the bundled σ, sampling rate,
+  steps and δ, the audit's check of it, and the same statement in the verdict and croissant.json
+  (``consistency.check_dp``);
 - with a key, the OpenSSH signature of the manifest (``signing.py``).
 """
 
@@ -168,6 +171,7 @@ def _check_statements(files: dict[str, bytes], arrays, prov: dict, verdict: dict
     """The verdict recomputed from the bundled policy and audit; the card and report rebuilt."""
     if audit is None or not verdict:
         return
+    consistency.check_dp(files, prov, verdict, audit, problems)
     policy = consistency.load_policy_file(files, verdict, prov, problems)
     if policy is None:
         return
