@@ -2,7 +2,8 @@
 
 No JAX import at module level anywhere under ``cli/`` so ``--help`` is fast and CLI tests that
 patch the library never compile anything. Library errors (``RcigReleaseError``) become one line on
-stderr and their exit code (2 bad input, 3 policy failure), and so do usage errors (a bad option
+stderr and their exit code (2 bad input, 3 policy failure, 4 a DP run whose audit contradicts its
+proven ε), and so do usage errors (a bad option
 value, a missing argument, an unknown command: exit 2); nothing else is caught. Every user string
 is printed as text, never parsed as rich markup.
 """
