@@ -11,7 +11,7 @@ from rcig_release.errors import InputError
 H, C = 8, 4
 
 
-def _make_run(tmp_path, *, init="real"):
+def _make_run(tmp_path, *, init="real", dp=None):
     from rcig_release.config import DistillConfig, to_dict
     from rcig_release.data import fit_preprocessor, load_dataset
     from rcig_release.distill import distill
@@ -42,7 +42,8 @@ def _make_run(tmp_path, *, init="real"):
                                   "data": {"source": str(npz), "fingerprint": ds.fingerprint,
                                            "split_seed": ds.split_seed, "n_train": ds.n_train,
                                            "n_test": ds.n_test},
-                                  "init": {"mode": init, "indices": res.init_indices.tolist()}})
+                                  "init": {"mode": init, "indices": res.init_indices.tolist()},
+                                  **({"dp": dp} if dp is not None else {})})
     return run, res.init_indices
 
 
@@ -53,9 +54,20 @@ TINY = AuditConfig(shadows=2, targets=2, records=200, population=200, train_step
 
 @pytest.mark.slow  # ~60 s on the shared 2-core machine (mostly XLA compiles)
 def test_runner_end_to_end_planted_leak(tmp_path):
-    run, init = _make_run(tmp_path)
+    from rcig_release.release.testing import dp_statement
+
+    # the planted leak claiming a DP guarantee (ε from the accountant, the pipeline not DP):
+    # the audit must compare its game at the claim's δ
+    claim = dp_statement(noise_multiplier=5.0, steps=20)
+    run, init = _make_run(tmp_path, dp=claim)
     gallery = tmp_path / "gallery"
     out = run_audit(run, TINY, private_gallery=gallery, workers=1)
+    d = out["dp"]
+    assert (d["proven_epsilon"], d["delta"], d["confidence"]) == (claim["epsilon"], 1e-5, 0.99)
+    assert d["family_size"] == out["game"]["epsilon"]["family_size"]
+    assert 0 <= d["empirical_epsilon_lower_bound"] <= d["largest_showable_epsilon"] + 1e-6
+    assert d["consistent"] == (d["empirical_epsilon_lower_bound"] <= claim["epsilon"] + 1e-6)
+    assert d["verdict"] == ("consistent" if d["consistent"] else "dp-violation")
     audit = run / "audit"
     on_disk = json.loads((audit / "audit.json").read_text())
     assert on_disk == out
