@@ -4,12 +4,12 @@ and (only on request, outside the run directory) the private gallery."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

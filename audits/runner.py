@@ -13,15 +13,16 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from rcig_release.audits import copycheck, game, metrics, outputs, shadows
+from rcig_release.audits import copycheck, game, outputs, shadows
+from rcig_release.audits.config import AuditConfig, to_dict, validate
 from rcig_release.audits.metrics import release_metrics
 from rcig_release.audits.scoring import score_targets
-from rcig_release.audits.config import AuditConfig, to_dict, validate
 from rcig_release.errors import InputError
 
 Progress = Callable[[str, int, int], None]

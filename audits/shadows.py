@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

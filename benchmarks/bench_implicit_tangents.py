@@ -31,8 +31,7 @@ from jax.flatten_util import ravel_pytree
 from rcig_release.config import DistillConfig, resolve
 from rcig_release.rcig import linearize, solvers
 from rcig_release.rcig.state import init_state, make_setup
-from rcig_release.rcig.step import (InnerProblem, implicit_objective, outer_gradients,
-                                    support_set)
+from rcig_release.rcig.step import InnerProblem, implicit_objective, outer_gradients, support_set
 
 
 def _flat(tree: dict) -> np.ndarray:

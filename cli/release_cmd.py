@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -58,15 +57,15 @@ def release_command(
     run: Path = typer.Argument(..., help="Run directory (distilled.npz, run.json, eval.json, audit/)."),
     policy: Path = typer.Option(..., "--policy", help="Release policy TOML (e.g. policies/default.toml)."),
     out: Path = typer.Option(..., "--out", help="Bundle directory to create; must not exist."),
-    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the --out directory name)."),
-    license: Optional[str] = typer.Option(None, "--license", help="SPDX licence id for the dataset card (default: none stated)."),
-    override: Optional[str] = typer.Option(
+    name: str | None = typer.Option(None, "--name", help="Dataset name (default: the --out directory name)."),
+    license: str | None = typer.Option(None, "--license", help="SPDX licence id for the dataset card (default: none stated)."),
+    override: str | None = typer.Option(
         None, "--override", metavar="REASON",
         help="Release even though policy rules fail; the reason is recorded in the card, report and "
              "verdict. Never bypasses the memorisation (safety) check (default: none; every rule must pass)."),
-    data: Optional[str] = typer.Option(
+    data: str | None = typer.Option(
         None, "--data", help="Where to reload the private data for the memorisation check (default: run.json's source)."),
-    sign: Optional[Path] = typer.Option(
+    sign: Path | None = typer.Option(
         None, "--sign", metavar="KEY",
         help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig (default: unsigned)."),
 ) -> None:
@@ -94,7 +93,7 @@ def release_command(
 
 def verify_command(
     bundle: Path = typer.Argument(..., help="Bundle directory written by `release`."),
-    key: Optional[Path] = typer.Option(
+    key: Path | None = typer.Option(
         None, "--key", metavar="PUB",
         help="OpenSSH public key (or allowed-signers file) the bundle must be signed with (default: none; the signature is not checked)."),
 ) -> None:

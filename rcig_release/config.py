@@ -58,7 +58,7 @@ class DistillConfig:
     log_every: int = 10
     checkpoint_every: int = 50
 
-    def replace(self, **changes: Any) -> "DistillConfig":
+    def replace(self, **changes: Any) -> DistillConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -76,7 +76,7 @@ class EvalConfig:
     augment: bool = False
     seed: int = 0
 
-    def replace(self, **changes: Any) -> "EvalConfig":
+    def replace(self, **changes: Any) -> EvalConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -189,7 +189,7 @@ def default_steps(n_train: int, ipc: int = 1) -> int:
     return max(100, int((3600 - 120) / _seconds_per_step(ipc)) // 10 * 10)
 
 
-def with_data_defaults(cfg: "DistillConfig", n_train: int) -> "DistillConfig":
+def with_data_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     """Fills the values left to the data (``steps``, ``real_batch`` when None)."""
     changes: dict[str, Any] = {}
     if cfg.steps is None:

@@ -10,7 +10,8 @@ lists the fields and their alternatives.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 BASELINE_KEYS = {"naive": ("naive_release", "naive"), "real": ("real_model", "full_data")}
 

@@ -35,7 +35,13 @@ from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import find_leaks, redact
-from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_splits, to_uint8
+from rcig_release.release.safety import (
+    PrivateLoader,
+    SafetyResult,
+    check_safety,
+    load_private_splits,
+    to_uint8,
+)
 
 MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
@@ -159,7 +165,7 @@ def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
     audit_cfg = inp.audit.get("config") if isinstance(inp.audit.get("config"), dict) else {}
     return {
         "tool": {"name": "rcig-release", "version": rcig_release.__version__},
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "run_sha256": inp.run_sha256,
         "content_sha256": inp.content_sha256,
         "config": cfg,
@@ -257,7 +263,7 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         name, license_spdx, files, classes,
         f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
         f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}).",
-        date_published=_dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
     ))
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")
 

@@ -21,7 +21,8 @@ import binascii
 import io
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,9 +36,9 @@ from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Summary, dataset_card, report_html
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import validate_audit
+from rcig_release.release.memorisation import MemorisationResult
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import redact
-from rcig_release.release.memorisation import MemorisationResult
 from rcig_release.release.safety import SafetyResult
 
 VERDICT = "policy/verdict.json"

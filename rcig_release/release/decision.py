@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rcig_release.audits import stats
 from rcig_release.release.auditview import baseline, shadow_count, target_accuracy

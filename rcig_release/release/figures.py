@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 

@@ -209,7 +209,7 @@ class ImageCheck:
         return out
 
     @classmethod
-    def from_json(cls, d: dict, level: float) -> "ImageCheck":
+    def from_json(cls, d: dict, level: float) -> ImageCheck:
         """The bundle's copy back (training indices are not in it: -1 / None)."""
         return cls(index=int(d["index"]), nearest_record=-1, d_nearest=float(d["d_nearest_train"]),
                    d_second=float(d["d_second_train"]), gap=float(d["gap"]),
@@ -311,7 +311,7 @@ class MemorisationResult:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "MemorisationResult":
+    def from_json(cls, d: dict) -> MemorisationResult:
         """The bundle's copy back, so ``verify`` can rebuild the card and re-derive the outcome
         from the recorded p-values (it cannot recompute them: that needs the private data)."""
         level = float(d["level"])
