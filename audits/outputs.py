@@ -58,7 +58,7 @@ def plot_roc(path: Path, scores: Mapping[str, Mapping[str, np.ndarray]],
     attacks = list(scores["release"])
     fig, axes = _grid(len(attacks))
     floor = 1.0 / max(2, int((~member).sum()))
-    for ax, name in zip(axes, attacks):
+    for ax, name in zip(axes, attacks, strict=False):  # the grid may have spare panels
         for pipe, by_attack in scores.items():
             if name not in by_attack:
                 continue
@@ -80,7 +80,7 @@ def plot_roc(path: Path, scores: Mapping[str, Mapping[str, np.ndarray]],
 
 def plot_histograms(path: Path, scores: Mapping[str, np.ndarray], member: np.ndarray) -> None:
     fig, axes = _grid(len(scores))
-    for ax, (name, s) in zip(axes, scores.items()):
+    for ax, (name, s) in zip(axes, scores.items(), strict=False):  # the grid may have spare panels
         s = np.asarray(s, dtype=np.float64)
         s = np.clip(s, *np.percentile(s[np.isfinite(s)], [0.5, 99.5]))
         bins = np.histogram_bin_edges(s, bins=30)

@@ -151,7 +151,7 @@ def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, nu
     same = len({(s[0].shape, s[1].shape) for s in sets}) == 1
     if not same or len(sets) == 1:
         return [train_models(ds.arch, x, y, n_models=m, key=k, **kw)
-                for (x, y), k in zip(sets, keys)]
+                for (x, y), k in zip(sets, keys, strict=True)]
     x = np.repeat(np.stack([s[0] for s in sets]), m, axis=0)
     y = np.repeat(np.stack([s[1] for s in sets]), m, axis=0)
     all_keys = jax.numpy.concatenate([jax.random.split(k, m) for k in keys])
@@ -287,7 +287,7 @@ def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members
         keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
         params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
         n_rec = len(members) + len(nonmembers)
-        for k, p, prep, (xm, _) in zip(ks, params, preps, sets):
+        for k, p, prep, (xm, _) in zip(ks, params, preps, sets, strict=True):
             q = prep.transform(queries_pix)
             z = logits_on(p, ds, mirror_queries(q, mirror), num_classes)
             extra = {}

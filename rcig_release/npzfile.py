@@ -15,14 +15,14 @@ import math
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Union
+from typing import IO
 
 import numpy as np
 
 from rcig_release import limits
 from rcig_release.errors import InputError
 
-Source = Union[str, Path, bytes]
+Source = str | Path | bytes
 _HEADER_MAX = 100_000  # bytes of one .npy header (numpy's own default limit is 10,000)
 
 

@@ -28,7 +28,7 @@ def fingerprint_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
         ``"sha256:<64 hex digits>"``.
     """
     h = hashlib.sha256(_FINGERPRINT_DOMAIN)
-    for name, arr in zip(_ARRAY_NAMES, (x_train, y_train, x_test, y_test)):
+    for name, arr in zip(_ARRAY_NAMES, (x_train, y_train, x_test, y_test), strict=True):
         a = np.asarray(arr)
         a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
         header = f"{name}|{a.dtype.str}|{','.join(str(s) for s in a.shape)}\n"

@@ -82,7 +82,8 @@ def outer_loss(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Arra
                labels_t: jax.Array) -> jax.Array:
     """L_out(Δθ, ψ) on a real batch (§1.4); ψ enters through Φ_S, o_S, Y_S and τ."""
     x_s, y_s = support_set(setup, psi)
-    fwd = lambda x: linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x)
+    def fwd(x):
+        return linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x)
     phi_s, o_s = fwd(x_s)
     phi_t, o_t = fwd(x_t)
     y_hat = krr.predict(o_t, krr.linear_kernel(phi_t, phi_s), krr.linear_kernel(phi_s, phi_s),
@@ -102,7 +103,8 @@ def outer_gradients(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax
     """
     p0 = jax.lax.stop_gradient(theta0)
     vec0 = linearize.trainable_vector(p0)
-    net_t = lambda vec: setup.apply(linearize.with_trainable(p0, vec), x_t)
+    def net_t(vec):
+        return setup.apply(linearize.with_trainable(p0, vec), x_t)
     (_, phi_t), f_jvp = jax.linearize(net_t, vec0)
     o_t = f_jvp(d)[0]
 
@@ -129,7 +131,8 @@ def implicit_objective(setup: Setup, theta0: Any, d: jax.Array, v: jax.Array,
     phi, o_d = linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x_s)
     o_v = linearize.linear_forward(setup.apply, theta0, setup.tangents, v, x_s)[1]
     k_ss = krr.linear_kernel(phi, phi)
-    q = lambda o, s: krr.inner_loss(o, k_ss, y_s, setup.res.l2, s)
+    def q(o, s):
+        return krr.inner_loss(o, k_ss, y_s, setup.res.l2, s)
     return -jax.jvp(q, (o_d, jnp.vdot(d, d)), (o_v, 2.0 * jnp.vdot(d, v)))[1]
 
 
@@ -180,7 +183,7 @@ def _train_pool_member(setup: Setup, params: Any, opt_state: Any, psi: dict,
         p, s = carry
         upd, s_new = opt.update(jax.grad(loss)(p), s, p)
         new = (optax.apply_updates(p, upd), s_new)
-        carry = jax.tree.map(lambda a, b: jnp.where(i < n_steps, a, b), new, carry)
+        carry = jax.tree.map(functools.partial(jnp.where, i < n_steps), new, carry)
     return carry
 
 

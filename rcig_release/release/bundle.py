@@ -86,9 +86,9 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
         reserved = s.split(".")[0].casefold() in _RESERVED
         names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 or reserved else s)
     folded = [n.casefold() for n in names]
-    names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes)]
+    names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes, strict=True)]
     folded = [n.casefold() for n in names]
-    return tuple(f"{n}-{i}" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded)))
+    return tuple(f"{n}-{i}" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded, strict=True)))
 
 
 def png_bytes(image: np.ndarray) -> bytes:

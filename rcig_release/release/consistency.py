@@ -206,11 +206,11 @@ def summary(files: Mapping[str, bytes], images: np.ndarray, labels: np.ndarray, 
 
 def _first_difference(path: str, have: str, want: str, why: str, note: str) -> str:
     a, b = have.splitlines(), want.splitlines()
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     line = a[n] if n < len(a) else "(end of file)"
     if len(line) > 80:  # show where the line first differs (report lines are long)
         other = b[n] if n < len(b) else ""
-        at = next((i for i, (x, y) in enumerate(zip(line, other)) if x != y), min(len(line), len(other)))
+        at = next((i for i, (x, y) in enumerate(zip(line, other, strict=False)) if x != y), min(len(line), len(other)))
         start = max(0, min(at - 30, len(line) - 80))
         line = ("..." if start else "") + line[start:start + 80] + ("..." if start + 80 < len(line) else "")
     return f"{path}: line {n + 1} differs from the {why} rebuilt from the bundle ({line.strip()!r}){note}"
@@ -240,7 +240,7 @@ def _check_report(files: Mapping[str, bytes], s: Summary, images: np.ndarray, la
     if _DATA_URI.sub(_MASK, have) != _DATA_URI.sub(_MASK, want):
         problems.append(_first_difference(path, _DATA_URI.sub(_MASK, have), _DATA_URI.sub(_MASK, want), "report", note))
         return
-    for embedded, expected in zip(_DATA_URI.findall(have), _DATA_URI.findall(want)):
+    for embedded, expected in zip(_DATA_URI.findall(have), _DATA_URI.findall(want), strict=True):
         try:
             png = base64.b64decode(embedded, validate=True)
         except (binascii.Error, ValueError):

@@ -219,7 +219,7 @@ def front_matter(meta: Mapping[str, Any]) -> str:
 def _class_rows(s: Summary) -> list[list[str]]:
     dirs = s.class_dirs or ("",) * len(s.classes)
     return [[str(i), c, f"data/images/{d}/" if d else "", str(n)]
-            for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class))]
+            for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class, strict=True))]
 
 
 def dataset_card(s: Summary) -> str:
