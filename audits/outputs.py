@@ -19,7 +19,7 @@ from rcig_release.errors import InputError
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds may hit allow_pickle
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -119,7 +119,7 @@ def write_private_gallery(gallery: Path, run_dir: Path, released: np.ndarray,
             pair = np.concatenate([released[i], x_train[idx[i]]], axis=1)
             arr = (np.clip(pair, 0, 1) * 255).round().astype(np.uint8)
             img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-            img.resize((img.width * 4, img.height * 4), Image.NEAREST).save(
+            img.resize((img.width * 4, img.height * 4), Image.Resampling.NEAREST).save(
                 tmp / f"{rank:03d}_released{i}_train{idx[i]}.png")
         if g.exists():
             g.rmdir()

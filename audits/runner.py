@@ -286,7 +286,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
             "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"]}
         if name == "release":
             np.savez_compressed(audit_dir / "game_scores.npz", keep=keep,
-                                **{k: v.astype(np.float32) for k, v in gsc.items()})
+                                **{k: v.astype(np.float32) for k, v in gsc.items()})  # type: ignore[arg-type]
         say("attacks", i + 1, len(pipelines))
     timings["attacks"] = time.perf_counter() - t
 

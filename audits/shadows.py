@@ -146,7 +146,7 @@ def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, nu
     steps = ds.steps_for(len(sets[0][0]), loss)
     if ds.flip and loss == "mse":
         sets = [(np.concatenate([x, x[:, :, ::-1, :]]), np.concatenate([y, y])) for x, y in sets]
-    kw = dict(num_classes=num_classes, steps=steps, lr=ds.lr, warmup=ds.warmup, batch=ds.batch,
+    kw: dict[str, Any] = dict(num_classes=num_classes, steps=steps, lr=ds.lr, warmup=ds.warmup, batch=ds.batch,
               augment=ds.augment, width=ds.width, depth=ds.depth, loss=loss)
     same = len({(s[0].shape, s[1].shape) for s in sets}) == 1
     if not same or len(sets) == 1:
@@ -202,7 +202,7 @@ def _feature_fn(arch: str, num_classes: int, width: int, depth: int) -> Callable
 
 def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds may hit allow_pickle
     atomic_write_bytes(path, buf.getvalue())
 
 

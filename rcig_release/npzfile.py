@@ -125,7 +125,7 @@ def _read_data(fp: IO[bytes], h: ArrayHeader, what: str) -> np.ndarray:
     buf = bytearray(h.nbytes)
     view, got = memoryview(buf), 0
     while got < h.nbytes:
-        n = fp.readinto(view[got:])
+        n = fp.readinto(view[got:])  # type: ignore[attr-defined]  # a ZipExtFile, typed IO[bytes]
         if not n:
             raise NpzUnreadable(f"{what} is corrupt or truncated (array {h.key} is short)")
         got += n

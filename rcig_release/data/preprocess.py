@@ -108,6 +108,7 @@ class Preprocessor:
         z = self._check(z)
         s = z.astype(np.float64)
         if self._unzca is not None:
+            assert self.zca_mean is not None  # set with _unzca in __post_init__
             s = (s.reshape(s.shape[0], -1) @ self._unzca
                  + self.zca_mean.astype(np.float64)).reshape(z.shape)
         return (s * self.std.astype(np.float64) + self.mean.astype(np.float64)).astype(np.float32)

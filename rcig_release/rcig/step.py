@@ -65,6 +65,7 @@ class InnerProblem:
         # would give the Adam scan a carry whose dtype changes after one step
         d0 = jnp.zeros((self.setup.tangents.size,), jnp.result_type(self.k_ss, self.y_s))
         if self.setup.exact:
+            assert self.jac is not None  # the exact path materialises the Jacobian
             d = solvers.exact_inner(self.jac, self.k_ss, self.y_s, self.lam)
             return d, jnp.stack([self.loss(d0), self.loss(d)])
         return solvers.adam_minimize(self.loss, d0, lr, self.setup.cfg.n_inner_steps,
@@ -72,6 +73,7 @@ class InnerProblem:
 
     def inverse_hvp(self, d: jax.Array, g: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
         if self.setup.exact:
+            assert self.jac is not None
             v = solvers.exact_hvp_solve(self.jac, self.k_ss, self.lam, g)
             return v, jnp.stack([jnp.zeros(()), jnp.vdot(v, self.hvp(d)(v) - 2 * g)])
         return solvers.adam_hvp_solve(self.hvp(d), g, lr, self.setup.cfg.n_hvp_steps,
@@ -202,6 +204,7 @@ def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
 
     k = jax.random.randint(k_pool, (), 0, cfg.pool_size)
     theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
+    assert cfg.real_batch is not None  # with_data_defaults fills it before the setup
     n_real = min(cfg.real_batch, x_train.shape[0])
     idx = jax.random.choice(k_batch, x_train.shape[0], (n_real,), replace=False)
     x_t, labels_t = x_train[idx], y_train[idx]
@@ -239,9 +242,10 @@ def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
                          state.inner_lr)
     stats = jnp.where(step % cfg.adapt_lr_every == 0, jnp.zeros_like(stats), stats)
 
-    new_state = state.replace(step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema,
-                              ema_state=ema_state, pool_params=pool_params, pool_opt=pool_opt,
-                              pool_steps=pool_steps, inner_lr=inner_lr, lr_stats=stats)
+    new_state = state.replace(  # type: ignore[attr-defined]  # flax.struct adds replace
+        step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema, ema_state=ema_state,
+        pool_params=pool_params, pool_opt=pool_opt, pool_steps=pool_steps, inner_lr=inner_lr,
+        lr_stats=stats)
     metrics = {"outer_loss": aux["outer_loss"], "inner_loss": aux["inner_losses"][-1],
                "inner_loss_start": aux["inner_losses"][0],
                "hvp_residual": aux["hvp_residuals"][-1], "inner_lr": state.inner_lr,

@@ -158,11 +158,11 @@ def _source_label(source: Any) -> str | None:
 
 def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
     run = inp.run_json
-    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
-    data = dict(run.get("data")) if isinstance(run.get("data"), dict) else {}
+    cfg = got if isinstance(got := run.get("config"), dict) else {}
+    data = dict(got) if isinstance(got := run.get("data"), dict) else {}
     if "source" in data:
         data["source"] = _source_label(data["source"])
-    audit_cfg = inp.audit.get("config") if isinstance(inp.audit.get("config"), dict) else {}
+    audit_cfg = got if isinstance(got := inp.audit.get("config"), dict) else {}
     return {
         "tool": {"name": "rcig-release", "version": rcig_release.__version__},
         "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),

@@ -72,7 +72,7 @@ def load_policy_file(files: Mapping[str, bytes], verdict: Mapping, prov: Mapping
         return None
     data = files[POLICY_FILE]
     digest = bytes_sha256(data)
-    named = verdict.get("policy") if isinstance(verdict.get("policy"), Mapping) else {}
+    named = got if isinstance(got := verdict.get("policy"), Mapping) else {}
     for path, doc in ((VERDICT, named), ("provenance.json", prov.get("policy"))):
         if not isinstance(doc, Mapping) or doc.get("sha256") != digest:
             problems.append(f"{POLICY_FILE}: sha256 differs from the policy sha256 {path} records")
@@ -154,7 +154,7 @@ def check_safety(verdict: Mapping, audit: Mapping, policy: Policy, n_images: int
     """The recorded memorisation check. It needs the private data, so it is checked for
     consistency only: its outcome must follow from its own recorded p-values and level, it must
     cover every released image, and it must have passed (a failed check writes no bundle)."""
-    s = verdict.get("safety")
+    s: Any = verdict.get("safety")  # JSON, checked below
     try:
         result = SafetyResult(memorisation=MemorisationResult.from_json(s["memorisation"]),
                               allowed=bool(s["allowed_by_policy"]))

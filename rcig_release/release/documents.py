@@ -225,7 +225,7 @@ def _class_rows(s: Summary) -> list[list[str]]:
 def dataset_card(s: Summary) -> str:
     """README.md: YAML front matter (HF dataset card metadata), then the card body."""
     cfg = _config(s)
-    data = s.run_json.get("data") if isinstance(s.run_json.get("data"), Mapping) else {}
+    data = got if isinstance(got := s.run_json.get("data"), Mapping) else {}
     cc = s.audit.get("copy_check") or {}
     verdict = s.verdict
     override_text = ""
@@ -393,7 +393,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
     cc = s.audit.get("copy_check") or {}
     cc_rows = [[i, fmt(r["nearest_train"], 4), fmt(r["nearest_test"], 4), fmt(r["ratio"]), fmt(r["near_copy"])]
                for i, r in enumerate(copy_rows(cc))]
-    audit_cfg = s.audit.get("config") if isinstance(s.audit.get("config"), Mapping) else {}
+    audit_cfg = got if isinstance(got := s.audit.get("config"), Mapping) else {}
     rule_header = ["rule", "value", "limit", "outcome", "note"]
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",

@@ -17,7 +17,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from rcig_release.errors import InputError
 from rcig_release.release.hashing import bytes_sha256
@@ -162,6 +162,12 @@ class _Table:
                     f"(known: {', '.join(options)})"
                 )
         return tuple(value)
+
+    @overload
+    def sub(self, key: str, *, optional: Literal[False] = False) -> _Table: ...
+
+    @overload
+    def sub(self, key: str, *, optional: bool) -> _Table | None: ...
 
     def sub(self, key: str, *, optional: bool = False) -> _Table | None:
         value = self.take(key, dict, optional=optional)
