@@ -12,7 +12,7 @@ References: Yeom et al. 2018 (loss); Shokri et al. 2017 (shadow classifier); Car
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats

@@ -43,7 +43,7 @@ class AuditConfig:
     delta: float = 1e-8  # δ of the game's ε bounds (one-run adds ≈ 2·m·δ·c to its p-value: docs/audit.md)
     epsilon_alpha: float = 0.01  # the game's ε bounds hold jointly with probability 1 − this
 
-    def replace(self, **changes: Any) -> "AuditConfig":
+    def replace(self, **changes: Any) -> AuditConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -17,13 +17,19 @@ broken (e.g. the shadows did not run the accounted mechanism); it is never a pri
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from rcig_release.audits import epsilon, game
-from rcig_release.release.dp import (VERDICT_CONSISTENT, VERDICT_VIOLATION, VIOLATION_MEANING,
-                                     validate_dp, violates)
+from rcig_release.release.dp import (
+    VERDICT_CONSISTENT,
+    VERDICT_VIOLATION,
+    VIOLATION_MEANING,
+    validate_dp,
+    violates,
+)
 
 EPSILON_GROUPS = ("all", "init")
 

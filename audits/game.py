@@ -22,7 +22,8 @@ reported.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -76,9 +77,10 @@ def _fold_stats(s_in: np.ndarray, s_out: np.ndarray, *, delta: float, alpha_eps:
 
 def _combine(ps: list[float | None]) -> float | None:
     """Bonferroni over the folds: valid whatever their dependence."""
-    if any(p is None for p in ps):
+    known = [p for p in ps if p is not None]
+    if len(known) < len(ps):
         return None
-    return float(min(1.0, len(ps) * min(ps)))
+    return float(min(1.0, len(known) * min(known)))
 
 
 def group_statistics(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, *, delta: float,
@@ -105,8 +107,8 @@ def group_statistics(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, *, 
         out["p_value"][f"tpr_at_fpr_{f}"] = _combine(
             [p["tpr_at_fpr"][str(f)]["p_value"] for p in per])
     if alpha_eps is not None:
-        eps = [p.get("epsilon") for p in per]
-        if all(e is not None for e in eps):
+        eps = [e for p in per if (e := p.get("epsilon")) is not None]
+        if len(eps) == len(per):
             best = max(eps, key=lambda e: e["epsilon_lower_bound"])
             out["epsilon_lower_bound"] = best["epsilon_lower_bound"]
             out["max_epsilon"] = max(e["max_epsilon"] for e in eps)

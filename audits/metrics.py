@@ -14,7 +14,8 @@ Notes on what the numbers mean:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from scipy import stats

@@ -4,12 +4,12 @@ and (only on request, outside the run directory) the private gallery."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from rcig_release.errors import InputError
 
 def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds may hit allow_pickle
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -58,7 +58,7 @@ def plot_roc(path: Path, scores: Mapping[str, Mapping[str, np.ndarray]],
     attacks = list(scores["release"])
     fig, axes = _grid(len(attacks))
     floor = 1.0 / max(2, int((~member).sum()))
-    for ax, name in zip(axes, attacks):
+    for ax, name in zip(axes, attacks, strict=False):  # the grid may have spare panels
         for pipe, by_attack in scores.items():
             if name not in by_attack:
                 continue
@@ -80,7 +80,7 @@ def plot_roc(path: Path, scores: Mapping[str, Mapping[str, np.ndarray]],
 
 def plot_histograms(path: Path, scores: Mapping[str, np.ndarray], member: np.ndarray) -> None:
     fig, axes = _grid(len(scores))
-    for ax, (name, s) in zip(axes, scores.items()):
+    for ax, (name, s) in zip(axes, scores.items(), strict=False):  # the grid may have spare panels
         s = np.asarray(s, dtype=np.float64)
         s = np.clip(s, *np.percentile(s[np.isfinite(s)], [0.5, 99.5]))
         bins = np.histogram_bin_edges(s, bins=30)
@@ -119,7 +119,7 @@ def write_private_gallery(gallery: Path, run_dir: Path, released: np.ndarray,
             pair = np.concatenate([released[i], x_train[idx[i]]], axis=1)
             arr = (np.clip(pair, 0, 1) * 255).round().astype(np.uint8)
             img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-            img.resize((img.width * 4, img.height * 4), Image.NEAREST).save(
+            img.resize((img.width * 4, img.height * 4), Image.Resampling.NEAREST).save(
                 tmp / f"{rank:03d}_released{i}_train{idx[i]}.png")
         if g.exists():
             g.rmdir()

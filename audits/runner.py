@@ -13,15 +13,16 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from rcig_release.audits import copycheck, dpcheck, game, metrics, outputs, shadows
+from rcig_release.audits import copycheck, dpcheck, game, outputs, shadows
+from rcig_release.audits.config import AuditConfig, to_dict, validate
 from rcig_release.audits.metrics import release_metrics
 from rcig_release.audits.scoring import score_targets
-from rcig_release.audits.config import AuditConfig, to_dict, validate
 from rcig_release.errors import InputError
 
 Progress = Callable[[str, int, int], None]
@@ -290,7 +291,7 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
             "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"]}
         if name == "release":
             np.savez_compressed(audit_dir / "game_scores.npz", keep=keep,
-                                **{k: v.astype(np.float32) for k, v in gsc.items()})
+                                **{k: v.astype(np.float32) for k, v in gsc.items()})  # type: ignore[arg-type]
             if run.run_json.get("dp") is not None:  # a DP run: empirical ε LB against the proven ε
                 dp_audit = dpcheck.dp_section(run.run_json["dp"], gsc, keep,
                                               groups_for(p["init"], game_groups=True),

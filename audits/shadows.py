@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -145,12 +146,12 @@ def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, nu
     steps = ds.steps_for(len(sets[0][0]), loss)
     if ds.flip and loss == "mse":
         sets = [(np.concatenate([x, x[:, :, ::-1, :]]), np.concatenate([y, y])) for x, y in sets]
-    kw = dict(num_classes=num_classes, steps=steps, lr=ds.lr, warmup=ds.warmup, batch=ds.batch,
+    kw: dict[str, Any] = dict(num_classes=num_classes, steps=steps, lr=ds.lr, warmup=ds.warmup, batch=ds.batch,
               augment=ds.augment, width=ds.width, depth=ds.depth, loss=loss)
     same = len({(s[0].shape, s[1].shape) for s in sets}) == 1
     if not same or len(sets) == 1:
         return [train_models(ds.arch, x, y, n_models=m, key=k, **kw)
-                for (x, y), k in zip(sets, keys)]
+                for (x, y), k in zip(sets, keys, strict=True)]
     x = np.repeat(np.stack([s[0] for s in sets]), m, axis=0)
     y = np.repeat(np.stack([s[1] for s in sets]), m, axis=0)
     all_keys = jax.numpy.concatenate([jax.random.split(k, m) for k in keys])
@@ -201,7 +202,7 @@ def _feature_fn(arch: str, num_classes: int, width: int, depth: int) -> Callable
 
 def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub: **kwds may hit allow_pickle
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -286,7 +287,7 @@ def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members
         keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
         params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
         n_rec = len(members) + len(nonmembers)
-        for k, p, prep, (xm, _) in zip(ks, params, preps, sets):
+        for k, p, prep, (xm, _) in zip(ks, params, preps, sets, strict=True):
             q = prep.transform(queries_pix)
             z = logits_on(p, ds, mirror_queries(q, mirror), num_classes)
             extra = {}

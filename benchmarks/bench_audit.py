@@ -97,7 +97,7 @@ def bench_group(group: int, kind: str, n_models: int, steps: int | None) -> dict
 
     def per_pipeline():
         return [jax.block_until_ready(train_sets([s], down, 10, [k], loss=loss))
-                for s, k in zip(sets, keys)]
+                for s, k in zip(sets, keys, strict=True)]
 
     out = _warm_timings(grouped=grouped, per_pipeline=per_pipeline)
     out["ratio"] = out["per_pipeline"] / out["grouped"]

@@ -31,8 +31,7 @@ from jax.flatten_util import ravel_pytree
 from rcig_release.config import DistillConfig, resolve
 from rcig_release.rcig import linearize, solvers
 from rcig_release.rcig.state import init_state, make_setup
-from rcig_release.rcig.step import (InnerProblem, implicit_objective, outer_gradients,
-                                    support_set)
+from rcig_release.rcig.step import InnerProblem, implicit_objective, outer_gradients, support_set
 
 
 def _flat(tree: dict) -> np.ndarray:
@@ -57,9 +56,11 @@ def compare(setup, theta0, psi, x_t, labels_t, check: bool = False) -> dict[str,
     # Δθ* in the all-tangent layout: the trained leaves as solved, the Dense kernel at 0
     d_all = ravel_pytree(traverse_util.flatten_dict(setup.tangents.to_tree(d)))[0]
     assert all(np.array_equal(p, q) for p, q in zip(
-        jax.tree.leaves(all_t.to_tree(d_all)), jax.tree.leaves(setup.tangents.to_tree(d))))
+        jax.tree.leaves(all_t.to_tree(d_all)), jax.tree.leaves(setup.tangents.to_tree(d)),
+        strict=True))
     _, g_all, _ = outer_gradients_all(setup_all, theta0, d_all, psi, x_t, labels_t)
-    o_fn = lambda dd: linearize.linear_forward(setup.apply, theta0, all_t, dd, x_s)[1]
+    def o_fn(dd):
+        return linearize.linear_forward(setup.apply, theta0, all_t, dd, x_s)[1]
     jac_all = jax.jacfwd(o_fn)(jnp.zeros_like(d_all))
     v_all = solvers.exact_hvp_solve(jac_all, inner.k_ss, inner.lam, g_all)
     imp_all = jax.grad(lambda p: implicit_objective(setup_all, theta0, d_all, v_all, p))(psi)

@@ -14,6 +14,7 @@ Usage: python benchmarks/bench_train_vmap.py [--k 1 5 10] [--n 10 100] [--steps 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -51,17 +52,10 @@ def main() -> None:
         for k in args.k:
             keys = jax.random.split(jax.random.key(0), k)
 
-            def vmapped():
-                return train.train_models("convnet", x, y, n_models=k, key=keys,
-                                          side_by_side="vmap", **kw)
-
-            def mapped():
-                return train.train_models("convnet", x, y, n_models=k, key=keys,
-                                          side_by_side="map", **kw)
-
-            def loop():
-                return train.train_models("convnet", x, y, n_models=k, key=keys,
-                                          side_by_side="loop", **kw)
+            vmapped, mapped, loop = (
+                functools.partial(train.train_models, "convnet", x, y, n_models=k, key=keys,
+                                  side_by_side=mode, **kw)
+                for mode in ("vmap", "map", "loop"))
 
             vmapped()  # compile
             mapped()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -135,22 +135,22 @@ def register(app: typer.Typer) -> None:
         shadows: Annotated[int, typer.Option(help="Shadow pipelines (even; each record IN for half).")] = 16,
         targets: Annotated[int, typer.Option(help="Networks trained on the release (and per shadow).")] = 4,
         records: Annotated[int, typer.Option(help="Up to this many members and as many non-members.")] = 500,
-        attacks: Annotated[Optional[str], typer.Option(
+        attacks: Annotated[str | None, typer.Option(
             help=f"Comma-separated subset of: {', '.join(ATTACK_NAMES)} (default: all).")] = None,
         baselines: Annotated[str, typer.Option(help="Comma-separated: naive, full_data, or none.")] = "naive,full_data",
-        data: Annotated[Optional[str], typer.Option(
+        data: Annotated[str | None, typer.Option(
             help="Data source if run.json's is not reachable (must have the run's fingerprint; default: run.json's source).")] = None,
         resume: Annotated[bool, typer.Option(help="Continue an interrupted audit (finished shadows are kept).")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (default: off).")] = False,
-        private_gallery: Annotated[Optional[Path], typer.Option(
+        private_gallery: Annotated[Path | None, typer.Option(
             help="Write the closest released/private pairs as PNGs here (outside RUN; contains private images; default: none written).")] = None,
         seed: Annotated[int, typer.Option(help="Audit seed (records, keep matrix, shadows).")] = 0,
-        width: Annotated[Optional[int], typer.Option(help="Downstream network width (default: the run's).")] = None,
-        train_steps: Annotated[Optional[int], typer.Option(help="Downstream training steps (default: evaluate protocol).")] = None,
+        width: Annotated[int | None, typer.Option(help="Downstream network width (default: the run's).")] = None,
+        train_steps: Annotated[int | None, typer.Option(help="Downstream training steps (default: evaluate protocol).")] = None,
         full_steps: Annotated[int, typer.Option(help="Training steps of the full-data baseline's network.")] = 300,
         shadow_lrs: Annotated[str, typer.Option(
             help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes.")] = "run",
-        workers: Annotated[Optional[int], typer.Option(
+        workers: Annotated[int | None, typer.Option(
             help="Processes sharing the shadow pipelines (default: 2 on a CPU for images up to 16x16, else 1).")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (default: off).")] = False,
     ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,24 +26,24 @@ def _default_preset() -> str:
 def distill(
     data: Annotated[str, typer.Option(help="digits (built in), mnist, fashion-mnist, cifar10, "
                                            "a .npz file or an image folder")] = "digits",
-    out: Annotated[Optional[Path], typer.Option(
+    out: Annotated[Path | None, typer.Option(
         help=r"run directory, outside the data \[default: runs/<data>-ipc<ipc>]")] = None,
-    ipc: Annotated[Optional[int], typer.Option(help=r"images per class \[default: 1]")] = None,
-    steps: Annotated[Optional[int], typer.Option(
+    ipc: Annotated[int | None, typer.Option(help=r"images per class \[default: 1]")] = None,
+    steps: Annotated[int | None, typer.Option(
         help=r"outer iterations (0: export the initialisation) \[default: the preset's: paper "
              "10000; cpu 100 below 10,000 training images, else 1300 at 1 ipc and fewer above]")] = None,
-    init: Annotated[Optional[str], typer.Option(help=r"real (paper) or noise \[default: real]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help=r"random seed \[default: 0]")] = None,
-    preset: Annotated[Optional[str], typer.Option(
+    init: Annotated[str | None, typer.Option(help=r"real (paper) or noise \[default: real]")] = None,
+    seed: Annotated[int | None, typer.Option(help=r"random seed \[default: 0]")] = None,
+    preset: Annotated[str | None, typer.Option(
         help=r"cpu or paper \[default: cpu without a GPU, else paper]")] = None,
-    config: Annotated[Optional[Path], typer.Option(
+    config: Annotated[Path | None, typer.Option(
         help=r"TOML file of DistillConfig values \[default: none]")] = None,
-    width: Annotated[Optional[int], typer.Option(
+    width: Annotated[int | None, typer.Option(
         help=r"ConvNet width \[default: the preset's: cpu 32, paper 128]")] = None,
-    real_batch: Annotated[Optional[int], typer.Option(
+    real_batch: Annotated[int | None, typer.Option(
         help=r"real images per outer step \[default: paper 1024; cpu 256 below 10,000 training "
              "images, else 128]")] = None,
-    zca: Annotated[Optional[bool], typer.Option(
+    zca: Annotated[bool | None, typer.Option(
         "--zca/--no-zca", help=r"ZCA whitening \[default: on for colour data, off for grey]")] = None,
     resume: Annotated[bool, typer.Option(help="continue a killed or interrupted run in --out")] = False,
     force: Annotated[bool, typer.Option(help="start over in a non-empty --out (it is kept as <out>.bak<k>)")] = False,
@@ -99,17 +99,17 @@ def evaluate(
     models: Annotated[int, typer.Option(help="networks trained (vmapped)")] = 5,
     arch: Annotated[str, typer.Option(help="convnet, mlp, resnet18, vgg11 or alexnet")] = "convnet",
     augment: Annotated[bool, typer.Option(help="train with the paper's augmentation")] = False,
-    width: Annotated[Optional[int], typer.Option(help=r"network width \[default: the run's]")] = None,
-    steps: Annotated[Optional[int], typer.Option(help=r"training steps \[default: 1000 for ≤10 images, else 2000]")] = None,
+    width: Annotated[int | None, typer.Option(help=r"network width \[default: the run's]")] = None,
+    steps: Annotated[int | None, typer.Option(help=r"training steps \[default: 1000 for ≤10 images, else 2000]")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    data: Annotated[Optional[str], typer.Option(help=r"data source if not the run's own \[default: run.json's source]")] = None,
+    data: Annotated[str | None, typer.Option(help=r"data source if not the run's own \[default: run.json's source]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help=r"print eval.json to stdout \[default: off]")] = False,
 ) -> None:
     """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
     from rcig_release.config import EvalConfig
-    from rcig_release.models import ARCHS as ARCHS_EVAL
     from rcig_release.errors import InputError
     from rcig_release.evaluate import evaluate_run
+    from rcig_release.models import ARCHS as ARCHS_EVAL
 
     if arch not in ARCHS_EVAL:
         raise InputError(f"--arch must be one of {', '.join(ARCHS_EVAL)} (got {arch!r})")

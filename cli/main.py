@@ -11,8 +11,8 @@ is printed as text, never parsed as rich markup.
 from __future__ import annotations
 
 import functools
-import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ from rcig_release.errors import RcigReleaseError
 try:  # typer >= 0.20 carries its own click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
 except ImportError:  # pragma: no cover - older typer on click
-    from click.exceptions import NoArgsIsHelpError, UsageError
+    from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[assignment]
 
 
 class _OneLineUsageErrors(typer.core.TyperGroup):
@@ -106,4 +106,4 @@ def main() -> None:
 if __name__ == "__main__":  # pragma: no cover
     from rcig_release.cli.main import main as _main  # the importable module, commands registered
 
-    sys.exit(_main())
+    _main()

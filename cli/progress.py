@@ -4,11 +4,19 @@ known, and the audit's per-stage bars (stage, pipelines done/total, elapsed, ETA
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 StageCallback = Callable[[str, int, int], None]

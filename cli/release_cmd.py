@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -55,20 +55,22 @@ def _memorisation_table(safety) -> Table:
 
 
 def release_command(
-    run: Path = typer.Argument(..., help="Run directory (distilled.npz, run.json, eval.json, audit/)."),
-    policy: Path = typer.Option(..., "--policy", help="Release policy TOML (e.g. policies/default.toml)."),
-    out: Path = typer.Option(..., "--out", help="Bundle directory to create; must not exist."),
-    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the --out directory name)."),
-    license: Optional[str] = typer.Option(None, "--license", help="SPDX licence id for the dataset card (default: none stated)."),
-    override: Optional[str] = typer.Option(
-        None, "--override", metavar="REASON",
+    run: Annotated[Path, typer.Argument(help="Run directory (distilled.npz, run.json, eval.json, audit/).")],
+    policy: Annotated[Path, typer.Option("--policy", help="Release policy TOML (e.g. policies/default.toml).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to create; must not exist.")],
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Dataset name (default: the --out directory name).")] = None,
+    license: Annotated[str | None, typer.Option(
+        "--license", help="SPDX licence id for the dataset card (default: none stated).")] = None,
+    override: Annotated[str | None, typer.Option(
+        "--override", metavar="REASON",
         help="Release even though policy rules fail; the reason is recorded in the card, report and "
-             "verdict. Never bypasses the memorisation (safety) check (default: none; every rule must pass)."),
-    data: Optional[str] = typer.Option(
-        None, "--data", help="Where to reload the private data for the memorisation check (default: run.json's source)."),
-    sign: Optional[Path] = typer.Option(
-        None, "--sign", metavar="KEY",
-        help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig (default: unsigned)."),
+             "verdict. Never bypasses the memorisation (safety) check (default: none; every rule must pass).")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="Where to reload the private data for the memorisation check (default: run.json's source).")] = None,
+    sign: Annotated[Path | None, typer.Option(
+        "--sign", metavar="KEY",
+        help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig (default: unsigned).")] = None,
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
     from rcig_release.release.bundle import ReleaseRefused, release
@@ -93,10 +95,10 @@ def release_command(
 
 
 def verify_command(
-    bundle: Path = typer.Argument(..., help="Bundle directory written by `release`."),
-    key: Optional[Path] = typer.Option(
-        None, "--key", metavar="PUB",
-        help="OpenSSH public key (or allowed-signers file) the bundle must be signed with (default: none; the signature is not checked)."),
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `release`.")],
+    key: Annotated[Path | None, typer.Option(
+        "--key", metavar="PUB",
+        help="OpenSSH public key (or allowed-signers file) the bundle must be signed with (default: none; the signature is not checked).")] = None,
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
     from rcig_release.release.bundle import SIGNATURE

@@ -129,7 +129,8 @@ class VGG11(nn.Module):
             if item == "M":
                 h = _pool(h, "max")
                 continue
-            h = nn.Conv(base * int(item), (3, 3), padding="SAME", name=f"conv{i}")(h)
+            assert isinstance(item, int)
+            h = nn.Conv(base * item, (3, 3), padding="SAME", name=f"conv{i}")(h)
             h = nn.relu(_apply_norm(self.norm, f"norm{i}", h))
         feat = h.reshape((h.shape[0], -1))
         return nn.Dense(self.num_classes, name="head")(feat), feat

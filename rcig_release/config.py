@@ -8,6 +8,7 @@ image size, λ from ipc and the class count) so nothing downstream recomputes th
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class DistillConfig:
     log_every: int = 10
     checkpoint_every: int = 50
 
-    def replace(self, **changes: Any) -> "DistillConfig":
+    def replace(self, **changes: Any) -> DistillConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -76,7 +77,7 @@ class EvalConfig:
     augment: bool = False
     seed: int = 0
 
-    def replace(self, **changes: Any) -> "EvalConfig":
+    def replace(self, **changes: Any) -> EvalConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -164,10 +165,9 @@ _SECONDS_PER_STEP = {1: 1.18, 10: 12.2, 50: 109.8}
 
 
 def _seconds_per_step(ipc: int) -> float:
-    points = sorted(_SECONDS_PER_STEP.items())
-    for (i0, t0), (i1, t1) in zip(points, points[1:]):
-        if ipc <= i1:
-            break
+    pairs = list(itertools.pairwise(sorted(_SECONDS_PER_STEP.items())))
+    # the first segment that reaches ipc, else the last one (extrapolation)
+    (i0, t0), (i1, t1) = next((p for p in pairs if ipc <= p[1][0]), pairs[-1])
     return t0 + (t1 - t0) * (ipc - i0) / (i1 - i0)
 
 
@@ -189,7 +189,7 @@ def default_steps(n_train: int, ipc: int = 1) -> int:
     return max(100, int((3600 - 120) / _seconds_per_step(ipc)) // 10 * 10)
 
 
-def with_data_defaults(cfg: "DistillConfig", n_train: int) -> "DistillConfig":
+def with_data_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     """Fills the values left to the data (``steps``, ``real_batch`` when None)."""
     changes: dict[str, Any] = {}
     if cfg.steps is None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     enter = phase or (lambda _name: None)
     y = np.asarray(y, np.int64)
     cfg = with_data_defaults(cfg, len(y))
+    assert cfg.steps is not None  # with_data_defaults fills it
     check_ipc(y, cfg.ipc, num_classes)
     x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes, init_forced)
     if cfg.steps == 0:

@@ -7,11 +7,10 @@ features φ(x) as well as the output. Every other architecture in the registry f
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 
 def activation(softplus_temp: float) -> Callable[[jax.Array], jax.Array]:

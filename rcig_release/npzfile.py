@@ -15,14 +15,14 @@ import math
 import zipfile
 import zlib
 from pathlib import Path
-from typing import IO, Union
+from typing import IO
 
 import numpy as np
 
 from rcig_release import limits
 from rcig_release.errors import InputError
 
-Source = Union[str, Path, bytes]
+Source = str | Path | bytes
 _HEADER_MAX = 100_000  # bytes of one .npy header (numpy's own default limit is 10,000)
 
 
@@ -125,7 +125,7 @@ def _read_data(fp: IO[bytes], h: ArrayHeader, what: str) -> np.ndarray:
     buf = bytearray(h.nbytes)
     view, got = memoryview(buf), 0
     while got < h.nbytes:
-        n = fp.readinto(view[got:])
+        n = fp.readinto(view[got:])  # type: ignore[attr-defined]  # a ZipExtFile, typed IO[bytes]
         if not n:
             raise NpzUnreadable(f"{what} is corrupt or truncated (array {h.key} is short)")
         got += n

@@ -7,8 +7,9 @@ The CLI calls it; so can a notebook. Nothing is written before every input has b
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

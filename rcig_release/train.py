@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -299,7 +300,7 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
             raise InputError("weights must be finite, >= 0 and one per image")
         if np.any(w.sum(axis=-1) <= 0):
             raise InputError("every model needs at least one example with positive weight")
-    image_shape = tuple(int(s) for s in x.shape[lead:])
+    image_shape = (int(x.shape[lead]), int(x.shape[lead + 1]), int(x.shape[lead + 2]))
     side_by_side = resolve_side_by_side(side_by_side, image_shape)
     spec = _Spec(arch=arch, num_classes=num_classes, width=width,
                  depth=_resolve_depth(arch, depth, image_shape),

@@ -1,7 +1,6 @@
 """Copy check: nearest neighbours, SSIM, the near-copy rule, and a planted leak."""
 
 import numpy as np
-import pytest
 
 from rcig_release.audits import attacks, copycheck, metrics
 

@@ -4,6 +4,7 @@ Every simulated canary gets an independent fair coin (IN or OUT), as in the audi
 bound's guarantee is over these coins, so it is checked by repeating the audit with fresh coins.
 """
 
+import itertools
 import json
 import math
 
@@ -146,7 +147,7 @@ def test_max_epsilon_grows_with_sample_size():
     # With δ small against 1/m. (The one-run δ term is 2·m·δ: at δ = 1e-5 the cap levels off,
     # docs/audit.md.)
     caps = [E.max_epsilon(n, n, delta=1e-10, alpha=ALPHA) for n in (10, 50, 500, 5000)]
-    assert all(b > a for a, b in zip(caps, caps[1:])), caps
+    assert all(b > a for a, b in itertools.pairwise(caps)), caps
 
 
 def test_max_epsilon_bounds_every_configuration():

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def npy_header(shape, descr="|u1") -> bytes:
     """A version 1.0 .npy header written by hand: magic, length, padded dict (no data after)."""
-    d = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (descr, tuple(shape))
+    d = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     d += " " * (63 - (10 + len(d)) % 64) + "\n"
     assert (10 + len(d)) % 64 == 0
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(d)) + d.encode("latin1")

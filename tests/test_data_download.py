@@ -15,8 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from rcig_release.data import load_dataset
-from rcig_release.data import remote
+from rcig_release.data import load_dataset, remote
 from rcig_release.data.download import RemoteFile
 from rcig_release.errors import InputError
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,7 +66,7 @@ def test_digits_split_is_deterministic_and_seed_dependent():
 
 def test_dataset_is_frozen_and_read_only():
     ds = load_dataset("digits")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ds.source = "x"  # type: ignore[misc]
     with pytest.raises(ValueError):
         ds.x_train[0, 0, 0, 0] = 1.0

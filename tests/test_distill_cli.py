@@ -72,8 +72,8 @@ def test_distill_then_evaluate_writes_the_run_directory(tiny, tmp_path):
     assert rj["data"]["fingerprint"].startswith("sha256:") and rj["init"]["mode"] == "real"
     y_train = np.load(data)["y_train"]
     assert list(y_train[init]) == [0, 0, 1, 1, 2, 2] and rj["init"]["indices"] == init.tolist()
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [1, 2, 3, 4]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
     assert {"outer_loss", "inner_loss", "hvp_residual", "inner_lr", "hvp_lr", "temperature",
             "seconds"} <= set(lines[0])
     assert (run / "preview.png").stat().st_size > 0
@@ -86,7 +86,7 @@ def test_distill_then_evaluate_writes_the_run_directory(tiny, tmp_path):
     assert ev["arch"] == "convnet"
     r = invoke("evaluate", run, "--models", 1, "--steps", 20, "--width", 4)
     assert r.exit_code == 0, r.output
-    history = [json.loads(l) for l in (run / "evals.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (run / "evals.jsonl").read_text().splitlines()]
     assert [h["models"] for h in history] == [2, 1]  # the first evaluation is kept
     assert json.loads((run / "eval.json").read_text()) == history[-1]
 
@@ -170,8 +170,8 @@ def test_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
     def strip(p):
-        return [{k: v for k, v in json.loads(l).items() if k != "seconds"}
-                for l in (p / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (p / "metrics.jsonl").read_text().splitlines()]
 
     assert strip(straight) == strip(killed)
     assert json.loads((killed / "run.json").read_text())["resumed_from"] >= 4

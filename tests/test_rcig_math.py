@@ -51,7 +51,7 @@ def test_linearisation_is_the_first_order_taylor_term():
         f0 = apply(theta0, x)[0]
         errs = []
         for eps in (1e-2, 1e-3):
-            shifted = jax.tree.map(jnp.add, theta0, jax.tree.map(lambda t: eps * t,
+            shifted = jax.tree.map(jnp.add, theta0, jax.tree.map(lambda t, eps=eps: eps * t,
                                                                   setup.tangents.to_tree(d)))
             errs.append(float(jnp.abs(apply(shifted, x)[0] - f0 - eps * o).max()))
         assert errs[1] < errs[0] / 50  # remainder is O(eps²)
@@ -136,7 +136,8 @@ def test_meta_gradient_matches_finite_differences_and_unrolled_autodiff(shape):
         rng = np.random.default_rng(3)
 
         vec0 = linearize.trainable_vector(theta0)
-        f_one = lambda vec, xi: setup.apply(linearize.with_trainable(theta0, vec), xi[None])[0][0]
+        def f_one(vec, xi):
+            return setup.apply(linearize.with_trainable(theta0, vec), xi[None])[0][0]
 
         def total(p):  # L_out(Δθ*(ψ), ψ), Δθ* the exact minimiser, differentiable in ψ throughout
             # the flips are built here independently of support_set (W is axis 2)
@@ -151,9 +152,9 @@ def test_meta_gradient_matches_finite_differences_and_unrolled_autodiff(shape):
         grad, aux = jax.jit(lambda t, p: meta_gradient(setup, t, p, x_t, labels_t, 0.0, 0.0))(
             theta0, psi)
         assert float(optax_norm(aux["implicit"])) > 1e-6  # the implicit term is not negligible
+        eps = 1e-5
         for _ in range(3):
             v = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape)), psi)
-            eps = 1e-5
             plus = jax.tree.map(lambda a, b: a + eps * b, psi, v)
             minus = jax.tree.map(lambda a, b: a - eps * b, psi, v)
             fd = (total(plus) - total(minus)) / (2 * eps)
@@ -195,7 +196,8 @@ def test_adam_meta_gradient_is_close_to_the_exact_one_and_the_tolerance_separate
         assert aux_ad["inner_losses"].dtype == jnp.float64 and aux_ad["inner_losses"].shape == (21,)
 
         ref = _flat(g_ex)
-        rel = lambda g: float(jnp.linalg.norm(_flat(g) - ref) / jnp.linalg.norm(ref))
+        def rel(g):
+            return float(jnp.linalg.norm(_flat(g) - ref) / jnp.linalg.norm(ref))
         wrong_sign = jax.tree.map(jnp.subtract, aux_ex["direct"], aux_ex["implicit"])
         missing = aux_ex["direct"]
         tol = 0.3
@@ -234,10 +236,12 @@ def test_implicit_gradient_is_clipped_per_leaf_to_the_direct_norm():
         clipped = tiny_setup(inner_solver="exact", clip_implicit=True)
         theta0, psi, _ = _inner(clipped, tiny_state(clipped, seed=3))
         x_t, labels_t = _real_batch(SHAPE, seed=1)
-        run = lambda s: jax.jit(lambda t, p: meta_gradient(s, t, p, x_t, labels_t, 0.0, 0.0))(
-            theta0, psi)[1]
+        def run(s):
+            return jax.jit(lambda t, p: meta_gradient(s, t, p, x_t, labels_t, 0.0, 0.0))(
+                theta0, psi)[1]
         raw, aux = run(unclipped), run(clipped)
-        n = lambda a: float(jnp.linalg.norm(a))
+        def n(a):
+            return float(jnp.linalg.norm(a))
         # the case is what it should be: images over, labels under the direct norm
         assert n(raw["implicit"]["x"]) > 1.1 * n(raw["direct"]["x"])
         assert n(raw["implicit"]["y"]) < 0.9 * n(raw["direct"]["y"])

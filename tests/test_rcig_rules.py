@@ -54,7 +54,7 @@ def test_ema_is_the_debiased_average_of_the_iterates():
         iterates.append(jax.device_get(state.psi))
         w = np.array([(1 - beta) * beta ** (n - i) for i in range(1, n + 1)]) / (1 - beta ** n)
         for k in ("x", "y", "log_temp"):
-            expected = sum(wi * np.asarray(p[k], np.float64) for wi, p in zip(w, iterates))
+            expected = sum(wi * np.asarray(p[k], np.float64) for wi, p in zip(w, iterates, strict=True))
             np.testing.assert_allclose(np.asarray(state.psi_ema[k]), expected, rtol=1e-5,
                                        atol=1e-6)
         if n == 1:
@@ -99,7 +99,8 @@ def test_pool_model_is_reset_once_it_has_trained_100_steps(before):
     assert reset == {97: False, 98: m == 2, 99: True}[before]
     assert int(new.pool_steps[k]) == (0 if reset else before + m)
     assert int(new.pool_steps[1 - k]) == before  # the other model is untouched
-    for a, b in zip(jax.tree.leaves(new.pool_params), jax.tree.leaves(old.pool_params)):
+    for a, b in zip(jax.tree.leaves(new.pool_params), jax.tree.leaves(old.pool_params),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a)[1 - k], np.asarray(b)[1 - k])
     params_k = jax.tree.map(lambda p: np.asarray(p)[k], new.pool_params)
     counts = [int(np.asarray(c)[k]) for c in _count_leaves(new.pool_opt)]
@@ -108,13 +109,14 @@ def test_pool_model_is_reset_once_it_has_trained_100_steps(before):
         # a fresh init from the step's reset key (fold_in(key, step) split four ways, the last)
         k_reset = jax.random.split(jax.random.fold_in(state.key, state.step), 4)[3]
         fresh = setup.init_params(k_reset)
-        for a, b in zip(jax.tree.leaves(params_k), jax.tree.leaves(fresh)):
+        for a, b in zip(jax.tree.leaves(params_k), jax.tree.leaves(fresh), strict=True):
             np.testing.assert_allclose(a, np.asarray(b), rtol=1e-6, atol=1e-7)
         assert counts and all(c == 0 for c in counts)
     else:
-        assert all(c == o + m for c, o in zip(counts, old_counts))
+        assert all(c == o + m for c, o in zip(counts, old_counts, strict=True))
         moved = [not np.array_equal(a, np.asarray(b)[k])
-                 for a, b in zip(jax.tree.leaves(params_k), jax.tree.leaves(old.pool_params))]
+                 for a, b in zip(jax.tree.leaves(params_k), jax.tree.leaves(old.pool_params),
+                                 strict=True)]
         assert any(moved)
 
 

@@ -24,8 +24,15 @@ from rcig_release.release.bundle import DpViolationRefused, release
 from rcig_release.release.decision import evaluate_policy
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.policy import load_policy, parse_policy
-from rcig_release.release.testing import (dp_audit_section, dp_statement, fake_run, loader_for,
-                                          private_data, simulated_game, simulated_scores)
+from rcig_release.release.testing import (
+    dp_audit_section,
+    dp_statement,
+    fake_run,
+    loader_for,
+    private_data,
+    simulated_game,
+    simulated_scores,
+)
 from rcig_release.release.verify import verify_bundle
 
 ROOT = Path(__file__).resolve().parents[1]

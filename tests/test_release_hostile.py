@@ -226,7 +226,7 @@ def test_datasets_loads_label_ids_and_soft_labels(bundle, tmp_path, monkeypatch)
         np.testing.assert_array_equal(np.asarray(row["image"]), np.round(arrays["images"][i, ..., 0] * 255))
     plain = datasets.load_dataset("imagefolder", data_dir=str(out / "data"), split="train",
                                   cache_dir=str(tmp_path / "c2"))
-    assert sorted(zip(plain["index"], plain["label"])) == list(enumerate(want.tolist()))
+    assert sorted(zip(plain["index"], plain["label"], strict=True)) == list(enumerate(want.tolist()))
 
 
 def test_croissant_validates_without_warnings_and_reads_images_and_soft_labels(bundle, caplog):

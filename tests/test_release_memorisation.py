@@ -49,7 +49,7 @@ def test_displaced_training_images_are_flagged_by_the_init_test(digits):
     res = mem.memorisation_check(released, train, held, idx)
     assert res.n_tests == 20 and res.level == pytest.approx(0.05 / 20) and res.resolvable
     assert res.flagged == 10 and res.flagged_by("init") == 10 and not res.passed
-    for im, k in zip(res.images, idx):
+    for im, k in zip(res.images, idx, strict=True):
         dt, dh, p_init = brute_force(released[im.index], train, held, k)
         assert im.d_init == pytest.approx(0.09, abs=0.002) and im.d_init == pytest.approx(dt[k])
         assert im.p_init == pytest.approx(p_init) == pytest.approx(1 / (len(train) + len(held)))
@@ -119,7 +119,7 @@ def test_gap_null_pools_have_the_training_split_size():
     pick = np.sort(r2.choice(30, size=30, replace=False))
     comp = h[r2.integers(0, 5, size=30)]
     expect = []
-    for k, c in zip(pick, comp):
+    for k, c in zip(pick, comp, strict=True):
         q = mem.publish_pixels(t[k:k + 1])[0]
         pool = np.vstack([np.delete(t, k, axis=0), c[None]])
         assert len(pool) == len(t)

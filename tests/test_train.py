@@ -1,5 +1,7 @@
 """rcig_release.train: vmapped training, the MSE loss, the schedule, per-model data, accuracy."""
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +25,7 @@ def _blobs(n_per_class: int = 8, seed: int = 0, shift: float = 2.0):
 
 
 def _tree_close(a, b, **kw):
-    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), **kw)
 
 
@@ -113,7 +115,7 @@ def test_vmapped_equals_each_model_alone(arch):
     together = train.train_models(arch, x, y, n_models=2, key=keys, **kw)
     for m in range(2):
         alone = train.train_models(arch, x, y, n_models=1, key=keys[m:m + 1], **kw)
-        _tree_close(jax.tree.map(lambda a: a[m], together), jax.tree.map(lambda a: a[0], alone),
+        _tree_close(jax.tree.map(operator.itemgetter(m), together), jax.tree.map(lambda a: a[0], alone),
                     rtol=1e-4, atol=1e-5)
     # the models differ from each other (independent inits)
     k = jax.tree.leaves(together)[-1]
@@ -160,7 +162,7 @@ def test_chunked_progress_gives_same_result():
               width=4)
     seen = []
     a = train.train_models("mlp", x, y, **kw)
-    b = train.train_models("mlp", x, y, progress=lambda d, l: seen.append(d), chunk=3, **kw)
+    b = train.train_models("mlp", x, y, progress=lambda d, _loss: seen.append(d), chunk=3, **kw)
     assert seen == [3, 6]
     _tree_close(a, b, rtol=1e-6, atol=1e-7)
 

@@ -11,8 +11,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rcig_release.data.dataset import Dataset, fingerprint_arrays
 from rcig_release.data.preprocess import Preprocessor, fit_preprocessor

@@ -28,12 +28,12 @@ def fingerprint_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
         ``"sha256:<64 hex digits>"``.
     """
     h = hashlib.sha256(_FINGERPRINT_DOMAIN)
-    for name, arr in zip(_ARRAY_NAMES, (x_train, y_train, x_test, y_test)):
+    for name, arr in zip(_ARRAY_NAMES, (x_train, y_train, x_test, y_test), strict=True):
         a = np.asarray(arr)
         a = np.ascontiguousarray(a.astype(a.dtype.newbyteorder("<"), copy=False))
         header = f"{name}|{a.dtype.str}|{','.join(str(s) for s in a.shape)}\n"
         h.update(header.encode("ascii"))
-        h.update(memoryview(a).cast("B"))
+        h.update(a.data.cast("B"))
     return "sha256:" + h.hexdigest()
 
 
@@ -88,11 +88,12 @@ def make_dataset(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
 
     The arrays are made read-only so a ``Dataset`` cannot be changed behind its fingerprint.
     """
-    arrays = [np.ascontiguousarray(x_train, dtype=np.float32),
-              np.ascontiguousarray(y_train, dtype=np.int64),
-              np.ascontiguousarray(x_test, dtype=np.float32),
-              np.ascontiguousarray(y_test, dtype=np.int64)]
+    arrays: list[np.ndarray] = [np.ascontiguousarray(x_train, dtype=np.float32),
+                                np.ascontiguousarray(y_train, dtype=np.int64),
+                                np.ascontiguousarray(x_test, dtype=np.float32),
+                                np.ascontiguousarray(y_test, dtype=np.int64)]
     for a in arrays:
         a.flags.writeable = False
-    return Dataset(*arrays, classes=tuple(str(c) for c in classes), source=source,
-                   fingerprint=fingerprint_arrays(*arrays), split_seed=split_seed)
+    x_tr, y_tr, x_te, y_te = arrays
+    return Dataset(x_tr, y_tr, x_te, y_te, classes=tuple(str(c) for c in classes), source=source,
+                   fingerprint=fingerprint_arrays(x_tr, y_tr, x_te, y_te), split_seed=split_seed)

@@ -14,8 +14,8 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rcig_release.errors import InputError
 

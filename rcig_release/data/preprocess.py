@@ -21,7 +21,7 @@ eigendecomposition ``W = V diag(μ) Vᵀ`` of the stored matrix, in float64, the
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -108,6 +108,7 @@ class Preprocessor:
         z = self._check(z)
         s = z.astype(np.float64)
         if self._unzca is not None:
+            assert self.zca_mean is not None  # set with _unzca in __post_init__
             s = (s.reshape(s.shape[0], -1) @ self._unzca
                  + self.zca_mean.astype(np.float64)).reshape(z.shape)
         return (s * self.std.astype(np.float64) + self.mean.astype(np.float64)).astype(np.float32)
@@ -122,7 +123,7 @@ class Preprocessor:
                 ZCA_MEAN_KEY: np.array(zmean, dtype=np.float32)}
 
     @classmethod
-    def from_arrays(cls, d: Mapping[str, np.ndarray]) -> "Preprocessor":
+    def from_arrays(cls, d: Mapping[str, np.ndarray]) -> Preprocessor:
         """Inverse of ``to_arrays``; ``InputError`` if a key is missing or an array is malformed.
 
         Arrays written before the ZCA mean was subtracted have no ``prep_zca_mean``: they load

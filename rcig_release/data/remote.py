@@ -20,8 +20,8 @@ import dataclasses
 import gzip
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

@@ -8,8 +8,12 @@ import numpy as np
 
 from rcig_release.data.dataset import Dataset, make_dataset
 from rcig_release.data.splits import stratified_split
-from rcig_release.data.validate import (as_images, as_labels, check_label_range,
-                                        check_same_image_shape)
+from rcig_release.data.validate import (
+    as_images,
+    as_labels,
+    check_label_range,
+    check_same_image_shape,
+)
 from rcig_release.errors import InputError
 from rcig_release.npzfile import NpzUnreadable, read_npz
 

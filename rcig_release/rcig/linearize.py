@@ -8,7 +8,8 @@ it is kept as one flat vector ``d`` so the inner and HVP solvers work on plain a
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,7 @@ meta-gradient against finite differences, and ``inner_solver="exact"`` exposes t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

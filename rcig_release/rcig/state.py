@@ -39,7 +39,7 @@ class Setup:
         return self.res.num_classes
 
     def apply(self, params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return self.model.apply({"params": params}, x)
+        return self.model.apply({"params": params}, x)  # type: ignore[return-value]  # (logits, features)
 
     def init_params(self, key: jax.Array) -> Any:
         dummy = jnp.zeros((1, *self.image_shape), jnp.float32)

@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,7 @@ class InnerProblem:
         # would give the Adam scan a carry whose dtype changes after one step
         d0 = jnp.zeros((self.setup.tangents.size,), jnp.result_type(self.k_ss, self.y_s))
         if self.setup.exact:
+            assert self.jac is not None  # the exact path materialises the Jacobian
             d = solvers.exact_inner(self.jac, self.k_ss, self.y_s, self.lam)
             return d, jnp.stack([self.loss(d0), self.loss(d)])
         return solvers.adam_minimize(self.loss, d0, lr, self.setup.cfg.n_inner_steps,
@@ -71,6 +73,7 @@ class InnerProblem:
 
     def inverse_hvp(self, d: jax.Array, g: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
         if self.setup.exact:
+            assert self.jac is not None
             v = solvers.exact_hvp_solve(self.jac, self.k_ss, self.lam, g)
             return v, jnp.stack([jnp.zeros(()), jnp.vdot(v, self.hvp(d)(v) - 2 * g)])
         return solvers.adam_hvp_solve(self.hvp(d), g, lr, self.setup.cfg.n_hvp_steps,
@@ -81,7 +84,8 @@ def outer_loss(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Arra
                labels_t: jax.Array) -> jax.Array:
     """L_out(Δθ, ψ) on a real batch (§1.4); ψ enters through Φ_S, o_S, Y_S and τ."""
     x_s, y_s = support_set(setup, psi)
-    fwd = lambda x: linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x)
+    def fwd(x):
+        return linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x)
     phi_s, o_s = fwd(x_s)
     phi_t, o_t = fwd(x_t)
     y_hat = krr.predict(o_t, krr.linear_kernel(phi_t, phi_s), krr.linear_kernel(phi_s, phi_s),
@@ -101,7 +105,8 @@ def outer_gradients(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax
     """
     p0 = jax.lax.stop_gradient(theta0)
     vec0 = linearize.trainable_vector(p0)
-    net_t = lambda vec: setup.apply(linearize.with_trainable(p0, vec), x_t)
+    def net_t(vec):
+        return setup.apply(linearize.with_trainable(p0, vec), x_t)
     (_, phi_t), f_jvp = jax.linearize(net_t, vec0)
     o_t = f_jvp(d)[0]
 
@@ -128,7 +133,8 @@ def implicit_objective(setup: Setup, theta0: Any, d: jax.Array, v: jax.Array,
     phi, o_d = linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x_s)
     o_v = linearize.linear_forward(setup.apply, theta0, setup.tangents, v, x_s)[1]
     k_ss = krr.linear_kernel(phi, phi)
-    q = lambda o, s: krr.inner_loss(o, k_ss, y_s, setup.res.l2, s)
+    def q(o, s):
+        return krr.inner_loss(o, k_ss, y_s, setup.res.l2, s)
     return -jax.jvp(q, (o_d, jnp.vdot(d, d)), (o_v, 2.0 * jnp.vdot(d, v)))[1]
 
 
@@ -179,7 +185,7 @@ def _train_pool_member(setup: Setup, params: Any, opt_state: Any, psi: dict,
         p, s = carry
         upd, s_new = opt.update(jax.grad(loss)(p), s, p)
         new = (optax.apply_updates(p, upd), s_new)
-        carry = jax.tree.map(lambda a, b: jnp.where(i < n_steps, a, b), new, carry)
+        carry = jax.tree.map(functools.partial(jnp.where, i < n_steps), new, carry)
     return carry
 
 
@@ -198,6 +204,7 @@ def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
 
     k = jax.random.randint(k_pool, (), 0, cfg.pool_size)
     theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
+    assert cfg.real_batch is not None  # with_data_defaults fills it before the setup
     n_real = min(cfg.real_batch, x_train.shape[0])
     idx = jax.random.choice(k_batch, x_train.shape[0], (n_real,), replace=False)
     x_t, labels_t = x_train[idx], y_train[idx]
@@ -235,9 +242,10 @@ def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
                          state.inner_lr)
     stats = jnp.where(step % cfg.adapt_lr_every == 0, jnp.zeros_like(stats), stats)
 
-    new_state = state.replace(step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema,
-                              ema_state=ema_state, pool_params=pool_params, pool_opt=pool_opt,
-                              pool_steps=pool_steps, inner_lr=inner_lr, lr_stats=stats)
+    new_state = state.replace(  # type: ignore[attr-defined]  # flax.struct adds replace
+        step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema, ema_state=ema_state,
+        pool_params=pool_params, pool_opt=pool_opt, pool_steps=pool_steps, inner_lr=inner_lr,
+        lr_stats=stats)
     metrics = {"outer_loss": aux["outer_loss"], "inner_loss": aux["inner_losses"][-1],
                "inner_loss_start": aux["inner_losses"][0],
                "hvp_residual": aux["hvp_residuals"][-1], "inner_lr": state.inner_lr,

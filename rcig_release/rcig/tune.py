@@ -65,6 +65,7 @@ def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
         return state, {"skipped": "exact solver"}
     key = jax.random.fold_in(state.key, 0x7FFFFFFF)
     theta0 = jax.tree.map(lambda p: p[0], state.pool_params)
+    assert cfg.real_batch is not None  # with_data_defaults fills it before the setup
     n_real = min(cfg.real_batch, x_train.shape[0])
     idx = jax.random.choice(key, x_train.shape[0], (n_real,), replace=False)
     x_t, labels_t = x_train[idx], y_train[idx]
@@ -80,7 +81,7 @@ def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
     hvp_lr, n_h = _search(
         lambda lr: hvp_trial(theta0, x_s, y_s, k_ss, jac, d, g, jnp.float32(lr)),
         float(state.hvp_lr), cfg.tune_max_trials)
-    state = state.replace(inner_lr=jnp.asarray(inner_lr, jnp.float32),
-                          hvp_lr=jnp.asarray(hvp_lr, jnp.float32))
+    state = state.replace(  # type: ignore[attr-defined]  # flax.struct adds replace
+        inner_lr=jnp.asarray(inner_lr, jnp.float32), hvp_lr=jnp.asarray(hvp_lr, jnp.float32))
     return state, {"inner_lr": inner_lr, "inner_trials": n_in, "hvp_lr": hvp_lr,
                    "hvp_trials": n_h}

@@ -10,7 +10,8 @@ lists the fields and their alternatives.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 BASELINE_KEYS = {"naive": ("naive_release", "naive"), "real": ("real_model", "full_data")}
 
@@ -73,7 +74,7 @@ def copy_rows(copy_check: Mapping) -> list[dict]:
     per = copy_check.get("per_image")
     if isinstance(per, Mapping):  # columns
         n = max((len(v) for v in per.values() if isinstance(v, list)), default=0)
-        rows = [{k: (v[i] if isinstance(v, list) and i < len(v) else None) for k, v in per.items()}
+        rows: list[Mapping] = [{k: (v[i] if isinstance(v, list) and i < len(v) else None) for k, v in per.items()}
                 for i in range(n)]
     elif isinstance(per, list):
         rows = [r for r in per if isinstance(r, Mapping)]

@@ -36,7 +36,13 @@ from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import find_leaks, redact
-from rcig_release.release.safety import PrivateLoader, SafetyResult, check_safety, load_private_splits, to_uint8
+from rcig_release.release.safety import (
+    PrivateLoader,
+    SafetyResult,
+    check_safety,
+    load_private_splits,
+    to_uint8,
+)
 
 MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
@@ -108,9 +114,9 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
         reserved = s.split(".")[0].casefold() in _RESERVED
         names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 or reserved else s)
     folded = [n.casefold() for n in names]
-    names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes)]
+    names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes, strict=True)]
     folded = [n.casefold() for n in names]
-    return tuple(f"{n}-{i}" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded)))
+    return tuple(f"{n}-{i}" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded, strict=True)))
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -180,14 +186,14 @@ def _source_label(source: Any) -> str | None:
 
 def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
     run = inp.run_json
-    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
-    data = dict(run.get("data")) if isinstance(run.get("data"), dict) else {}
+    cfg = got if isinstance(got := run.get("config"), dict) else {}
+    data = dict(got) if isinstance(got := run.get("data"), dict) else {}
     if "source" in data:
         data["source"] = _source_label(data["source"])
-    audit_cfg = inp.audit.get("config") if isinstance(inp.audit.get("config"), dict) else {}
+    audit_cfg = got if isinstance(got := inp.audit.get("config"), dict) else {}
     return {
         "tool": {"name": "rcig-release", "version": rcig_release.__version__},
-        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
         "run_sha256": inp.run_sha256,
         "content_sha256": inp.content_sha256,
         "config": cfg,
@@ -288,7 +294,7 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
         f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
         f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}); "
         f"{croissant_dp_text(prov.get('dp'))}.",
-        date_published=_dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
         dp=prov.get("dp"),
     ))
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")

@@ -21,7 +21,8 @@ import binascii
 import io
 import json
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,9 +36,9 @@ from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Summary, dataset_card, report_html
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import validate_audit
+from rcig_release.release.memorisation import MemorisationResult
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import redact
-from rcig_release.release.memorisation import MemorisationResult
 from rcig_release.release.safety import SafetyResult
 
 VERDICT = "policy/verdict.json"
@@ -71,7 +72,7 @@ def load_policy_file(files: Mapping[str, bytes], verdict: Mapping, prov: Mapping
         return None
     data = files[POLICY_FILE]
     digest = bytes_sha256(data)
-    named = verdict.get("policy") if isinstance(verdict.get("policy"), Mapping) else {}
+    named = got if isinstance(got := verdict.get("policy"), Mapping) else {}
     for path, doc in ((VERDICT, named), ("provenance.json", prov.get("policy"))):
         if not isinstance(doc, Mapping) or doc.get("sha256") != digest:
             problems.append(f"{POLICY_FILE}: sha256 differs from the policy sha256 {path} records")
@@ -153,7 +154,7 @@ def check_safety(verdict: Mapping, audit: Mapping, policy: Policy, n_images: int
     """The recorded memorisation check. It needs the private data, so it is checked for
     consistency only: its outcome must follow from its own recorded p-values and level, it must
     cover every released image, and it must have passed (a failed check writes no bundle)."""
-    s = verdict.get("safety")
+    s: Any = verdict.get("safety")  # JSON, checked below
     try:
         result = SafetyResult(memorisation=MemorisationResult.from_json(s["memorisation"]),
                               allowed=bool(s["allowed_by_policy"]))
@@ -205,11 +206,11 @@ def summary(files: Mapping[str, bytes], images: np.ndarray, labels: np.ndarray, 
 
 def _first_difference(path: str, have: str, want: str, why: str, note: str) -> str:
     a, b = have.splitlines(), want.splitlines()
-    n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     line = a[n] if n < len(a) else "(end of file)"
     if len(line) > 80:  # show where the line first differs (report lines are long)
         other = b[n] if n < len(b) else ""
-        at = next((i for i, (x, y) in enumerate(zip(line, other)) if x != y), min(len(line), len(other)))
+        at = next((i for i, (x, y) in enumerate(zip(line, other, strict=False)) if x != y), min(len(line), len(other)))
         start = max(0, min(at - 30, len(line) - 80))
         line = ("..." if start else "") + line[start:start + 80] + ("..." if start + 80 < len(line) else "")
     return f"{path}: line {n + 1} differs from the {why} rebuilt from the bundle ({line.strip()!r}){note}"
@@ -239,7 +240,7 @@ def _check_report(files: Mapping[str, bytes], s: Summary, images: np.ndarray, la
     if _DATA_URI.sub(_MASK, have) != _DATA_URI.sub(_MASK, want):
         problems.append(_first_difference(path, _DATA_URI.sub(_MASK, have), _DATA_URI.sub(_MASK, want), "report", note))
         return
-    for embedded, expected in zip(_DATA_URI.findall(have), _DATA_URI.findall(want)):
+    for embedded, expected in zip(_DATA_URI.findall(have), _DATA_URI.findall(want), strict=True):
         try:
             png = base64.b64decode(embedded, validate=True)
         except (binascii.Error, ValueError):

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rcig_release.audits import stats
 from rcig_release.release.auditview import baseline, shadow_count, target_accuracy
@@ -148,7 +149,7 @@ def _targets(game: Mapping, policy: Policy) -> list[tuple[str, str, MetricLimits
     """(attack, group, limits) for every attack of the game: group "all" with the overall limits
     (merged with per-attack ones), and every group matching the policy's patterns."""
     out = []
-    attacks = game.get("attacks") if isinstance(game.get("attacks"), Mapping) else {}
+    attacks = got if isinstance(got := game.get("attacks"), Mapping) else {}
     for name in sorted(attacks):
         groups = attacks[name].get("groups") if isinstance(attacks[name], Mapping) else None
         if not isinstance(groups, Mapping):
@@ -172,7 +173,7 @@ def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
     targets = _targets(game, policy)
     n_tests = sum(1 for _, _, lim in targets for _, key, _ in _TESTS if getattr(lim, key) is not None)
     uses_eps = any(lim.max_epsilon_lower_bound is not None for _, _, lim in targets)
-    eps_info = game.get("epsilon") if isinstance(game.get("epsilon"), Mapping) else {}
+    eps_info = got if isinstance(got := game.get("epsilon"), Mapping) else {}
     conf = _num(eps_info.get("confidence"))
     alpha_eps = (1.0 - conf) if (uses_eps and conf is not None) else 0.0
     rules: list[Rule] = []
@@ -222,8 +223,8 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
       policy's groups).
     """
     rules: list[Rule] = []
-    game = audit.get("game") if isinstance(audit.get("game"), Mapping) else {}
-    attacks = game.get("attacks") if isinstance(game.get("attacks"), Mapping) else {}
+    game = got if isinstance(got := audit.get("game"), Mapping) else {}
+    attacks = got if isinstance(got := game.get("attacks"), Mapping) else {}
 
     for name in policy.required_attacks:
         ran = isinstance(attacks.get(name), Mapping)
@@ -238,7 +239,7 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
     rules.append(Rule("init.mode", mode, list(policy.allowed_init_modes), "in",
                       mode in policy.allowed_init_modes,
                       "" if mode is not None else "init mode missing in run.json"))
-    init = audit.get("init") if isinstance(audit.get("init"), Mapping) else {}
+    init = got if isinstance(got := audit.get("init"), Mapping) else {}
     if mode == "real":
         n_init = _int(init.get("n_init_records"))
         has = bool(attacks) and all(

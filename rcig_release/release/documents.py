@@ -12,7 +12,8 @@ import base64
 import dataclasses
 import html
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -219,7 +220,7 @@ def front_matter(meta: Mapping[str, Any]) -> str:
 def _class_rows(s: Summary) -> list[list[str]]:
     dirs = s.class_dirs or ("",) * len(s.classes)
     return [[str(i), c, f"data/images/{d}/" if d else "", str(n)]
-            for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class))]
+            for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class, strict=True))]
 
 
 def run_dp(s: Summary) -> Mapping | None:
@@ -288,7 +289,7 @@ def dp_g(x: Any) -> str:
 def dataset_card(s: Summary) -> str:
     """README.md: YAML front matter (HF dataset card metadata), then the card body."""
     cfg = _config(s)
-    data = s.run_json.get("data") if isinstance(s.run_json.get("data"), Mapping) else {}
+    data = got if isinstance(got := s.run_json.get("data"), Mapping) else {}
     cc = s.audit.get("copy_check") or {}
     verdict = s.verdict
     override_text = ""
@@ -480,7 +481,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
     cc = s.audit.get("copy_check") or {}
     cc_rows = [[i, fmt(r["nearest_train"], 4), fmt(r["nearest_test"], 4), fmt(r["ratio"]), fmt(r["near_copy"])]
                for i, r in enumerate(copy_rows(cc))]
-    audit_cfg = s.audit.get("config") if isinstance(s.audit.get("config"), Mapping) else {}
+    audit_cfg = got if isinstance(got := s.audit.get("config"), Mapping) else {}
     rule_header = ["rule", "value", "limit", "outcome", "note"]
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",

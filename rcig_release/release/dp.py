@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 from rcig_release.errors import InputError
 

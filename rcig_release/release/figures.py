@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -156,7 +156,7 @@ def grid_png(images: np.ndarray, classes: Sequence[str], image_class: np.ndarray
         for c, i in enumerate(np.flatnonzero(image_class == r)[:n_cols]):
             px = np.round(np.clip(images[i], 0, 1) * 255).astype(np.uint8)
             tile = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
-            canvas.paste(tile.resize((cell, cell), Image.NEAREST), (label_w + c * (cell + pad), y))
+            canvas.paste(tile.resize((cell, cell), Image.Resampling.NEAREST), (label_w + c * (cell + pad), y))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()

@@ -14,8 +14,9 @@ import math
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,8 @@ def load_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
         raise InputError(f"{what} is not a readable npz (or holds pickled objects)") from None
 
 
-def validate_arrays(arrays: Mapping[str, np.ndarray], what: str):
+def validate_arrays(arrays: Mapping[str, np.ndarray],
+                    what: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Checks and returns (images float32 [N,H,W,C], labels float32 [N,C], classes)."""
     for key in ("images", "labels", "classes"):
         if key not in arrays:
@@ -209,7 +211,7 @@ def init_indices_of(arrays: Mapping[str, np.ndarray], run_json: Mapping, n: int)
         if not ok or (a < -1).any():
             raise InputError(f"{what} must be {n} integers >= -1 (one per released image)")
         checked.append(a.astype(np.int64))
-    if len(checked) == 2 and not np.array_equal(*checked):
+    if len(checked) == 2 and not np.array_equal(checked[0], checked[1]):
         raise InputError("RUN/distilled.npz init_indices and run.json init.indices disagree")
     if checked:
         return checked[0]

@@ -209,7 +209,7 @@ class ImageCheck:
         return out
 
     @classmethod
-    def from_json(cls, d: dict, level: float) -> "ImageCheck":
+    def from_json(cls, d: dict, level: float) -> ImageCheck:
         """The bundle's copy back (training indices are not in it: -1 / None)."""
         return cls(index=int(d["index"]), nearest_record=-1, d_nearest=float(d["d_nearest_train"]),
                    d_second=float(d["d_second_train"]), gap=float(d["gap"]),
@@ -311,7 +311,7 @@ class MemorisationResult:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "MemorisationResult":
+    def from_json(cls, d: dict) -> MemorisationResult:
         """The bundle's copy back, so ``verify`` can rebuild the card and re-derive the outcome
         from the recorded p-values (it cannot recompute them: that needs the private data)."""
         level = float(d["level"])
@@ -388,13 +388,13 @@ def memorisation_check(released: np.ndarray, train: np.ndarray, heldout: np.ndar
     for i in range(n):
         d_init = p_init = d_flag_init = closer_h = closer_t = None
         if has_init[i]:
-            x = int(init[i])
+            j = int(init[i])
             dt = rms_distances(r[i:i + 1], t, t_sq)[0]
             dh = rms_distances(r[i:i + 1], h, h_sq)[0]
-            d_init = float(dt[x])
-            ref = np.concatenate([dh, np.delete(dt, x)])
+            d_init = float(dt[j])
+            ref = np.concatenate([dh, np.delete(dt, j)])
             closer_h = int((dh <= d_init).sum())
-            closer_t = int((np.delete(dt, x) <= d_init).sum())
+            closer_t = int((np.delete(dt, j) <= d_init).sum())
             p_init = (1.0 + closer_h + closer_t) / (init_reference + 1.0)
             if c_init >= 0:
                 d_flag_init = float(np.partition(ref, c_init)[c_init]) if c_init < len(ref) else math.inf

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, overload
 
 from rcig_release.errors import InputError
 from rcig_release.release.hashing import bytes_sha256
@@ -58,7 +59,7 @@ class MetricLimits:
     detect_tpr_at_fpr_0_001: float | None
     max_epsilon_lower_bound: float | None
 
-    def merged(self, override: "MetricLimits | None") -> "MetricLimits":
+    def merged(self, override: MetricLimits | None) -> MetricLimits:
         if override is None:
             return self
         return MetricLimits(
@@ -166,7 +167,13 @@ class _Table:
                 )
         return tuple(value)
 
-    def sub(self, key: str, *, optional: bool = False) -> "_Table | None":
+    @overload
+    def sub(self, key: str, *, optional: Literal[False] = False) -> _Table: ...
+
+    @overload
+    def sub(self, key: str, *, optional: bool) -> _Table | None: ...
+
+    def sub(self, key: str, *, optional: bool = False) -> _Table | None:
         value = self.take(key, dict, optional=optional)
         return None if value is None else _Table(value, self._key(key), self.file)
 

@@ -38,7 +38,8 @@ _CONTEXT_WORDS = r"(?:user|username|user_name|login|account|host|hostname|host_n
 @lru_cache(maxsize=1)
 def _names() -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
     """(user names, host names, home directory) of this machine; names of 2+ characters."""
-    users, hosts = set(), set()
+    users: set[str] = set()
+    hosts: set[str] = set()
     for get, into in ((getpass.getuser, users), (socket.gethostname, hosts), (socket.getfqdn, hosts)):
         try:
             value = get()
@@ -47,8 +48,8 @@ def _names() -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
         if value and value not in ("localhost", "localhost.localdomain"):
             into.add(value)
             into.add(value.split(".")[0])
-    home = os.path.expanduser("~")
-    home = home.rstrip("/") if home not in ("~", "/") else None
+    expanded = os.path.expanduser("~")
+    home = expanded.rstrip("/") if expanded not in ("~", "/") else None
 
     def keep(names):
         return tuple(sorted((n for n in names if len(n) >= 2), key=len, reverse=True))
@@ -139,7 +140,7 @@ def find_leaks(text: str) -> list[str]:
             found.append(f"an absolute path {_shown(token)}")
             break
     for what, pattern in _leak_patterns():
-        m = pattern.search(text)
-        if m:
-            found.append(f"{what} in {_shown(m.group(0))}")
+        hit = pattern.search(text)
+        if hit:
+            found.append(f"{what} in {_shown(hit.group(0))}")
     return found

@@ -12,7 +12,8 @@ switches nothing off (docs/release.md).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -59,7 +59,7 @@ def loader_for(data: types.SimpleNamespace):
         calls.append((source, seed))
         return data
 
-    load.calls = calls
+    load.calls = calls  # type: ignore[attr-defined]  # read by the tests
     return load
 
 
@@ -254,7 +254,7 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
         member = np.arange(40) % 2 == 0
         prefix = "release__" if runner_layout else ""
         extra = {"record_index": np.arange(40), "naive__loss": rng.standard_normal(40)} if runner_layout else {}
-        np.savez(run / "audit" / "scores.npz", member=member, **extra,
+        np.savez(run / "audit" / "scores.npz", member=member, **extra,  # type: ignore[arg-type]
                  **{prefix + a: rng.standard_normal(40) + member for a in ATTACKS})
     return run
 

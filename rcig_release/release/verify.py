@@ -22,6 +22,8 @@ import re
 import stat
 from pathlib import Path
 
+import numpy as np
+
 from rcig_release.errors import InputError
 from rcig_release.npzfile import check_npz_limits
 from rcig_release.release import consistency, layout, signing
@@ -141,7 +143,8 @@ def _check_croissant(files: dict[str, bytes], problems: list[str]) -> None:
         problems.append(f"extra: {path} (not in {CROISSANT})")
 
 
-def _arrays(files: dict[str, bytes], problems: list[str]):
+def _arrays(files: dict[str, bytes],
+            problems: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
     if "data/distilled.npz" not in files:
         return None
     try:
@@ -179,7 +182,7 @@ def _check_statements(files: dict[str, bytes], arrays, prov: dict, verdict: dict
     if decision is None:
         return
     override = consistency.check_verdict(verdict, decision, problems)
-    if arrays is None:
+    if arrays is None or content is None:
         return
     images, labels, classes = arrays
     safety = consistency.check_safety(verdict, audit, policy, len(images), problems)
@@ -189,7 +192,7 @@ def _check_statements(files: dict[str, bytes], arrays, prov: dict, verdict: dict
     if s is None:
         problems.append("provenance.json: no release name and licence; README.md and report/report.html not checked")
         return
-    tool = prov.get("tool") if isinstance(prov.get("tool"), dict) else {}
+    tool = got if isinstance(got := prov.get("tool"), dict) else {}
     consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
 
 
@@ -218,8 +221,9 @@ def verify_files(files: dict[str, bytes], key: str | Path | None = None) -> list
     prov = _json(files, "provenance.json", problems) or {}
     verdict = _json(files, "policy/verdict.json", problems) or {}
     audit = _json(files, "report/audit.json", problems)
-    content = arrays_sha256(*arrays) if arrays is not None else None
+    content = None
     if arrays is not None:
+        content = arrays_sha256(*arrays)
         _check_binding(content, prov, verdict, audit, files, problems)
         layout.check_images(files, *arrays, problems)
         layout.check_labels_csv(files, arrays[1], arrays[2], problems)
