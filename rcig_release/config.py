@@ -259,11 +259,15 @@ def with_dp_defaults(cfg: "DistillConfig", n_train: int) -> "DistillConfig":
         changes["dp_delta"] = delta
     if cfg.dp_sampling_rate is None:
         changes["dp_sampling_rate"] = q
-    if cfg.dp_noise_multiplier is None:
-        from rcig_release.rcig.accounting import calibrate_noise
+    from rcig_release.rcig.accounting import calibrate_noise, epsilon_for
 
+    if cfg.dp_noise_multiplier is None:
         changes["dp_noise_multiplier"] = calibrate_noise(cfg.dp_epsilon, delta, q,
                                                          max(1, cfg.steps))
+    elif epsilon_for(cfg.dp_noise_multiplier, delta, q, cfg.steps) > cfg.dp_epsilon:
+        raise InputError(f"dp_noise_multiplier {cfg.dp_noise_multiplier} is too small for "
+                         f"ε = {cfg.dp_epsilon} over {cfg.steps} steps (leave it unset to "
+                         "calibrate it)")
     return cfg.replace(**changes) if changes else cfg
 
 

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 
 import dp_accounting
@@ -45,6 +46,7 @@ def event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp_event
         int(steps))
 
 
+@functools.lru_cache(maxsize=64)  # pure; a run asks again on resume and per shadow
 def epsilon_for(noise_multiplier: float, delta: float, sampling_rate: float, steps: int) -> float:
     """ε at ``delta`` after ``steps`` steps of noise multiplier σ and sampling rate q."""
     if steps == 0:
@@ -53,6 +55,7 @@ def epsilon_for(noise_multiplier: float, delta: float, sampling_rate: float, ste
                  .get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=64)
 def calibrate_noise(epsilon: float, delta: float, sampling_rate: float, steps: int) -> float:
     """The smallest σ (within ``TOLERANCE``) whose ``steps`` steps are (ε, δ)-DP."""
     return float(dp_accounting.calibrate_dp_mechanism(
