@@ -96,7 +96,10 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     check_ipc(y, cfg.ipc, num_classes)
     x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes, init_forced)
     if cfg.steps == 0:
-        return DistillResult(x_init, y_init, 0.0, init_idx, {"steps": 0})
+        info0: dict[str, Any] = {"steps": 0}
+        if cfg.dp:  # noise only: ε = 0, but the record says how the run was configured
+            info0["dp"] = dp_record(cfg, len(y))
+        return DistillResult(x_init, y_init, 0.0, init_idx, info0)
 
     enter("setting up the model")
     res = resolve(cfg, tuple(x_model.shape[1:]), num_classes)
