@@ -89,16 +89,18 @@ def run_pipeline(kind: str, cfg: Any, x_pix: np.ndarray, y: np.ndarray, num_clas
     """One pipeline on one private set → (training images in model space, training labels,
     preprocessor). ``cfg`` is the run's ``DistillConfig``; ``init_forced``: positions in ``x_pix``
     that must be init images (real init: the audited init records this shadow holds)."""
-    from rcig_release.data import fit_preprocessor
+    from rcig_release.data import preprocessor_for
 
-    prep = fit_preprocessor(x_pix, zca=zca, zca_reg=cfg.zca_reg)
+    prep = preprocessor_for(x_pix, cfg, zca=zca)  # DP runs: fixed constants, as the release
     x_model = prep.transform(x_pix)
     if kind == "full":
         return x_model, np.asarray(y, np.int64), prep
     from rcig_release.distill import distill
 
+    # naive: ipc real images, whatever the run's privacy settings (it is a baseline, not DP)
     c = cfg.replace(seed=int(seed)) if kind == "release" else cfg.replace(
-        seed=int(seed), steps=0, init="real")
+        seed=int(seed), steps=0, init="real", dp_epsilon=None, dp_delta=None,
+        dp_sampling_rate=None, dp_noise_multiplier=None)
     forced = init_forced if c.init == "real" else None
     res = distill(c, x_model, np.asarray(y, np.int64), num_classes, init_forced=forced)
     return res.images_model, res.labels, prep

@@ -45,6 +45,15 @@ def distill(
              "images, else 128]")] = None,
     zca: Annotated[bool | None, typer.Option(
         "--zca/--no-zca", help=r"ZCA whitening \[default: on for colour data, off for grey]")] = None,
+    dp_epsilon: Annotated[float | None, typer.Option(
+        help=r"differential privacy: target ε of the whole run (DP-RCIG, docs/dp.md; needs "
+             r"--init noise, the DP default, and no ZCA) \[default: off]")] = None,
+    dp_delta: Annotated[float | None, typer.Option(
+        help=r"DP: δ \[default: 1e-5]")] = None,
+    dp_clip: Annotated[float | None, typer.Option(
+        help=r"DP: per-example gradient clip norm C \[default: 1.0]")] = None,
+    dp_sampling_rate: Annotated[float | None, typer.Option(
+        help=r"DP: Poisson sampling rate q \[default: real batch / training images]")] = None,
     resume: Annotated[bool, typer.Option(help="continue a killed or interrupted run in --out")] = False,
     force: Annotated[bool, typer.Option(help="start over in a non-empty --out (it is kept as <out>.bak<k>)")] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
@@ -64,7 +73,8 @@ def distill(
         file_values = load_toml(config) if config else None
         cfg = make_distill_config(preset or _default_preset(), file_values, ipc=ipc, steps=steps,
                                   init=init, seed=seed, width=width, real_batch=real_batch,
-                                  zca=zca)
+                                  zca=zca, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+                                  dp_clip=dp_clip, dp_sampling_rate=dp_sampling_rate)
         out = out or default_out(data, cfg.ipc)
 
     if quiet:

@@ -58,6 +58,16 @@ class DistillConfig:
     inner_solver: str = "adam"  # "adam" (the paper: n_inner_steps/n_hvp_steps Adam steps) or "exact"
     log_every: int = 10
     checkpoint_every: int = 50
+    # differential privacy (DP-RCIG, docs/dp.md; not in the paper): on iff dp_epsilon is set
+    dp_epsilon: float | None = None  # target ε for the whole run
+    dp_delta: float | None = None  # δ; None: 1e-5 with dp_epsilon
+    dp_clip: float = 1.0  # C: per-example L2 clip of (∂ℓ/∂W, ∂ℓ/∂Δθ, ∂ℓ/∂logτ)
+    dp_sampling_rate: float | None = None  # q of the Poisson sampling; None: real_batch / N
+    dp_noise_multiplier: float | None = None  # σ; None: calibrated to (ε, δ, q, steps)
+
+    @property
+    def dp(self) -> bool:
+        return self.dp_epsilon is not None
 
     def replace(self, **changes: Any) -> DistillConfig:
         return dataclasses.replace(self, **changes)
@@ -124,6 +134,8 @@ def make_distill_config(preset: str = "cpu", file_values: dict[str, Any] | None 
     values.update(file_values)
     values.update({k: v for k, v in overrides.items() if v is not None})
     _check_known(DistillConfig, values, "config")
+    if values.get("dp_epsilon") is not None and "init" not in values:
+        values["init"] = "noise"  # DP: noise is the default; an explicit "real" is refused
     cfg = DistillConfig(**values)
     validate_distill_config(cfg)
     return cfg
@@ -140,6 +152,39 @@ def validate_distill_config(cfg: DistillConfig) -> None:
         raise InputError(f"inner_solver must be 'adam' or 'exact' (got {cfg.inner_solver!r})")
     if cfg.width < 1 or (cfg.real_batch is not None and cfg.real_batch < 1) or cfg.pool_size < 1:
         raise InputError("width, real_batch and pool_size must be positive")
+    validate_dp(cfg)
+
+
+DP_DEFAULT_DELTA = 1e-5
+
+
+def validate_dp(cfg: DistillConfig) -> None:
+    """DP settings in range, and nothing in the run that reads private data outside the budget:
+    real-image initialisation and ZCA (fitted on the private data) are refused (docs/dp.md)."""
+    if not cfg.dp:
+        extra = [f"--{f.replace('_', '-')}" for f in ("dp_delta", "dp_sampling_rate",
+                                                      "dp_noise_multiplier")
+                 if getattr(cfg, f) is not None]
+        if extra:
+            raise InputError(f"{', '.join(extra)} needs --dp-epsilon")
+        return
+    assert cfg.dp_epsilon is not None  # cfg.dp
+    if not cfg.dp_epsilon > 0:
+        raise InputError(f"--dp-epsilon must be > 0 (got {cfg.dp_epsilon})")
+    if cfg.dp_delta is not None and not 0 < cfg.dp_delta < 1:
+        raise InputError(f"--dp-delta must be in (0, 1) (got {cfg.dp_delta})")
+    if not cfg.dp_clip > 0:
+        raise InputError(f"--dp-clip must be > 0 (got {cfg.dp_clip})")
+    if cfg.dp_sampling_rate is not None and not 0 < cfg.dp_sampling_rate <= 1:
+        raise InputError(f"--dp-sampling-rate must be in (0, 1] (got {cfg.dp_sampling_rate})")
+    if cfg.dp_noise_multiplier is not None and not cfg.dp_noise_multiplier > 0:
+        raise InputError(f"dp_noise_multiplier must be > 0 (got {cfg.dp_noise_multiplier})")
+    if cfg.init == "real":
+        raise InputError("--init real reads private images outside the DP budget; "
+                         "use --init noise with --dp-epsilon")
+    if cfg.zca:
+        raise InputError("--zca is fitted on the private images outside the DP budget; "
+                         "use --no-zca with --dp-epsilon")
 
 
 REAL_SIZED = 10_000  # training images from which a set counts as real-sized (MNIST: 60,000)
@@ -196,6 +241,35 @@ def with_data_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
         changes["steps"] = default_steps(n_train, cfg.ipc)
     if cfg.real_batch is None:
         changes["real_batch"] = default_real_batch(n_train)
+    cfg = cfg.replace(**changes) if changes else cfg
+    return with_dp_defaults(cfg, n_train)
+
+
+def with_dp_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
+    """DP runs: δ (1e-5), q (real_batch / N) and σ (calibrated to ε, δ, q and the step count)
+    when not given, so the configuration, stored in run.json and the checkpoint, fixes the
+    mechanism and a resumed run continues the same accounting."""
+    if not cfg.dp:
+        return cfg
+    validate_dp(cfg)
+    assert cfg.dp_epsilon is not None and cfg.real_batch is not None and cfg.steps is not None
+    changes: dict[str, Any] = {}
+    delta = cfg.dp_delta if cfg.dp_delta is not None else DP_DEFAULT_DELTA
+    q = cfg.dp_sampling_rate if cfg.dp_sampling_rate is not None else min(
+        1.0, cfg.real_batch / n_train)
+    if cfg.dp_delta is None:
+        changes["dp_delta"] = delta
+    if cfg.dp_sampling_rate is None:
+        changes["dp_sampling_rate"] = q
+    from rcig_release.rcig.accounting import calibrate_noise, epsilon_for
+
+    if cfg.dp_noise_multiplier is None:
+        changes["dp_noise_multiplier"] = calibrate_noise(cfg.dp_epsilon, delta, q,
+                                                         max(1, cfg.steps))
+    elif epsilon_for(cfg.dp_noise_multiplier, delta, q, cfg.steps) > cfg.dp_epsilon:
+        raise InputError(f"dp_noise_multiplier {cfg.dp_noise_multiplier} is too small for "
+                         f"ε = {cfg.dp_epsilon} over {cfg.steps} steps (leave it unset to "
+                         "calibrate it)")
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -224,7 +298,7 @@ class Resolved:
 def resolve(cfg: DistillConfig, image_shape: tuple[int, int, int], num_classes: int) -> Resolved:
     h, w, c = image_shape
     depth = cfg.depth or depth_for_size(max(h, w))
-    zca = cfg.zca if cfg.zca is not None else c == 3
+    zca = cfg.zca if cfg.zca is not None else (c == 3 and not cfg.dp)  # DP: never fitted
     n = cfg.ipc * num_classes
     flip = cfg.use_flip if cfg.use_flip is not None else c == 3
     # the authors' depth-4/5 configs (64 and 128 px) distil with ReLU, and depth_5 has l2 0.05

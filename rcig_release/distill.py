@@ -22,6 +22,8 @@ from rcig_release import checkpoint
 from rcig_release.config import DistillConfig, resolve, to_dict, with_data_defaults
 from rcig_release.data import check_ipc
 from rcig_release.errors import InputError, RcigReleaseError
+from rcig_release.rcig.dp import DPStep
+from rcig_release.rcig.dp import record as dp_record
 from rcig_release.rcig.state import init_state, make_setup
 from rcig_release.rcig.step import make_step
 from rcig_release.rcig.tune import tune_learning_rates
@@ -97,7 +99,10 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     check_ipc(y, cfg.ipc, num_classes)
     x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes, init_forced)
     if cfg.steps == 0:
-        return DistillResult(x_init, y_init, 0.0, init_idx, {"steps": 0})
+        info0: dict[str, Any] = {"steps": 0}
+        if cfg.dp:  # noise only: ε = 0, but the record says how the run was configured
+            info0["dp"] = dp_record(cfg, len(y))
+        return DistillResult(x_init, y_init, 0.0, init_idx, info0)
 
     enter("setting up the model")
     res = resolve(cfg, tuple(x_model.shape[1:]), num_classes)
@@ -131,7 +136,13 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
             checkpoint.save(checkpoint_dir, state,
                             {"step": int(state.step), "config": meta_cfg, "tuning": info["tuning"]})
 
-    step_fn = make_step(setup)
+    if cfg.dp:  # DP-RCIG (rcig/dp.py): host-side Poisson batches, clipped and noised sums
+        dp_step = DPStep(setup, cfg, len(y))
+        step_fn = lambda s, x, yy, t: dp_step(s, x, yy, t)  # noqa: E731
+        info["dp"] = dp_record(cfg, len(y))
+    else:
+        plain = make_step(setup)
+        step_fn = lambda s, x, yy, t: plain(s, x, yy)  # noqa: E731
     if int(state.step) < cfg.steps:
         enter("compiling the step")  # the first call compiles; progress() follows it
     t_start, first = time.perf_counter(), None
@@ -139,7 +150,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     t = int(state.step)  # counted on the host: no device sync per step except to log
     try:
         while t < cfg.steps:
-            state, metrics = step_fn(state, x_dev, y_dev)
+            state, metrics = step_fn(state, x_dev, y_dev, t)
             t += 1
             if first is None:
                 jax.block_until_ready(state)

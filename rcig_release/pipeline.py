@@ -16,6 +16,7 @@ import numpy as np
 from rcig_release import rundir
 from rcig_release.config import DistillConfig, resolve, to_dict, with_data_defaults
 from rcig_release.data import check_ipc
+from rcig_release.data.preprocess import FIXED_DESCRIPTION
 from rcig_release.distill import DistillResult, distill
 from rcig_release.errors import InputError
 
@@ -48,7 +49,7 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
 
     ``phase(name)`` is called as each setup phase starts ("loading data", "preprocessing", then
     distill's own), before ``progress`` reports steps."""
-    from rcig_release.data import fit_preprocessor, load_dataset
+    from rcig_release.data import load_dataset, preprocessor_for
     from rcig_release.data.paths import check_out_apart
 
     say = status or (lambda _msg: None)
@@ -63,7 +64,7 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
     rundir.prepare_out(out, resume=resume, force=force)
 
     enter("preprocessing")
-    prep = fit_preprocessor(ds.x_train, zca=res.zca, zca_reg=cfg.zca_reg)
+    prep = preprocessor_for(ds.x_train, cfg, zca=res.zca)
     x_model = prep.transform(ds.x_train).astype(np.float32)
     t_data = time.perf_counter() - t0
     env = rundir.environment()
@@ -105,6 +106,8 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
         "engine": {k: result.info[k] for k in ("materialized_jacobian", "tangent_params")
                    if k in result.info},
         "metrics": result.info.get("final", {}), "log_temp": result.log_temp})
+    if "dp" in result.info:  # DP runs only; an ordinary run.json has no "dp" key
+        run_json["dp"] = {**result.info["dp"], "preprocessing": FIXED_DESCRIPTION}
     if "resumed_from" in result.info:
         run_json["resumed_from"] = result.info["resumed_from"]
     rundir.write_json(out / rundir.RUN_JSON, run_json)

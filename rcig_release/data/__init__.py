@@ -15,7 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rcig_release.data.dataset import Dataset, fingerprint_arrays
-from rcig_release.data.preprocess import Preprocessor, fit_preprocessor
+from rcig_release.data.preprocess import (
+    Preprocessor,
+    fit_preprocessor,
+    fixed_preprocessor,
+    preprocessor_for,
+)
 from rcig_release.data.validate import check_ipc
 from rcig_release.errors import InputError
 
@@ -23,7 +28,7 @@ BUILTIN = "digits"
 REMOTE = ("mnist", "fashion-mnist", "cifar10")
 
 __all__ = ["Dataset", "Preprocessor", "check_ipc", "fingerprint_arrays", "fit_preprocessor",
-           "load_dataset"]
+           "fixed_preprocessor", "load_dataset", "preprocessor_for"]
 
 
 def load_dataset(spec: str, *, seed: int = 0, cache_dir: str | os.PathLike | None = None,

@@ -206,3 +206,28 @@ def fit_preprocessor(x_train: np.ndarray, *, zca: bool, zca_reg: float = 0.1) ->
     w = zca_matrix(cov, zca_reg)
     return Preprocessor(mean=mean, std=std, zca=w.astype(np.float32),
                         zca_mean=zca_mean.astype(np.float32))
+
+
+# DP runs (docs/dp.md): standardisation with fixed constants, not fitted on the private images,
+# so preprocessing costs no privacy budget. Pixels in [0, 1] map to [-1, 1], the range a
+# standardised image mostly occupies; the constants are a choice made without looking at data.
+FIXED_MEAN, FIXED_STD = 0.5, 0.5
+FIXED_DESCRIPTION = (f"fixed per-channel standardisation (mean {FIXED_MEAN}, std {FIXED_STD} "
+                     "on the 0..1 pixel scale), not fitted; no ZCA")
+
+
+def fixed_preprocessor(channels: int) -> Preprocessor:
+    """The data-independent standardisation of DP runs: ``(x − 0.5) / 0.5`` per channel."""
+    return Preprocessor(mean=np.full(channels, FIXED_MEAN, np.float32),
+                        std=np.full(channels, FIXED_STD, np.float32))
+
+
+def preprocessor_for(x_train: np.ndarray, cfg, *, zca: bool) -> Preprocessor:
+    """The preprocessing a run with ``cfg`` (a ``DistillConfig``) uses on ``x_train``: fixed for
+    DP runs (``cfg.dp_epsilon`` set; ZCA is refused there), else fitted (``fit_preprocessor``).
+    The pipeline and the audit's shadows both call this, so shadows preprocess as the release."""
+    if getattr(cfg, "dp_epsilon", None) is not None:
+        if zca:
+            raise InputError("ZCA is fitted on the private images: not available with DP")
+        return fixed_preprocessor(np.asarray(x_train).shape[-1])
+    return fit_preprocessor(x_train, zca=zca, zca_reg=cfg.zca_reg)

@@ -138,14 +138,20 @@ def implicit_objective(setup: Setup, theta0: Any, d: jax.Array, v: jax.Array,
     return -jax.jvp(q, (o_d, jnp.vdot(d, d)), (o_v, 2.0 * jnp.vdot(d, v)))[1]
 
 
-def meta_gradient(setup: Setup, theta0: Any, psi: dict, x_t: jax.Array, labels_t: jax.Array,
-                  inner_lr: jax.Array, hvp_lr: jax.Array) -> tuple[dict, dict]:
-    """Direct + (clipped) implicit gradient of L_out(Δθ*(ψ), ψ) with respect to ψ (§1.5)."""
+def inner_solution(setup: Setup, theta0: Any, psi: dict,
+                   inner_lr: jax.Array) -> tuple[InnerProblem, jax.Array, jax.Array]:
+    """(the inner problem, Δθ* (no gradient), inner losses) on the support set alone."""
     x_s, y_s = support_set(setup, psi)
     inner = InnerProblem(setup, theta0, x_s, y_s)
     d, inner_losses = inner.solve(inner_lr)
-    d = jax.lax.stop_gradient(d)
-    loss, g_t, direct = outer_gradients(setup, theta0, d, psi, x_t, labels_t)
+    return inner, jax.lax.stop_gradient(d), inner_losses
+
+
+def finish_meta_gradient(setup: Setup, theta0: Any, psi: dict, inner: InnerProblem,
+                         d: jax.Array, g_t: jax.Array, direct: dict,
+                         hvp_lr: jax.Array) -> tuple[dict, dict]:
+    """direct + clipped implicit gradient from g_t = ∂L_out/∂Δθ and the direct ψ-gradient;
+    reads no real data (shared by the ordinary and the DP step, dp.py)."""
     v, residuals = inner.inverse_hvp(d, g_t, hvp_lr)
     v = jax.lax.stop_gradient(v)
     implicit = jax.grad(lambda p: implicit_objective(setup, theta0, d, v, p))(psi)
@@ -153,9 +159,16 @@ def meta_gradient(setup: Setup, theta0: Any, psi: dict, x_t: jax.Array, labels_t
         implicit = jax.tree.map(_clip_to, implicit, direct)
     implicit = jax.tree.map(jnp.nan_to_num, implicit)
     grad = jax.tree.map(jnp.add, direct, implicit)
-    aux = {"outer_loss": loss, "inner_losses": inner_losses, "hvp_residuals": residuals,
-           "direct": direct, "implicit": implicit}
-    return grad, aux
+    return grad, {"hvp_residuals": residuals, "direct": direct, "implicit": implicit}
+
+
+def meta_gradient(setup: Setup, theta0: Any, psi: dict, x_t: jax.Array, labels_t: jax.Array,
+                  inner_lr: jax.Array, hvp_lr: jax.Array) -> tuple[dict, dict]:
+    """Direct + (clipped) implicit gradient of L_out(Δθ*(ψ), ψ) with respect to ψ (§1.5)."""
+    inner, d, inner_losses = inner_solution(setup, theta0, psi, inner_lr)
+    loss, g_t, direct = outer_gradients(setup, theta0, d, psi, x_t, labels_t)
+    grad, aux = finish_meta_gradient(setup, theta0, psi, inner, d, g_t, direct, hvp_lr)
+    return grad, {"outer_loss": loss, "inner_losses": inner_losses, **aux}
 
 
 def _clip_to(i: jax.Array, d: jax.Array) -> jax.Array:
@@ -195,33 +208,35 @@ def _adapt(lr: jax.Array, monotone: jax.Array, failed: jax.Array, every: int) ->
                      jnp.where(monotone / every >= 0.7, lr * 1.05, lr))
 
 
-def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
-               y_train: jax.Array) -> tuple[DistillState, dict]:
-    """One full RCIG iteration. ``x_train`` [N,H,W,C] model space, ``y_train`` int [N]."""
-    cfg = setup.cfg
+def step_keys(state: DistillState) -> dict[str, jax.Array]:
+    """This step's named keys: pool model, real batch (DP: the noise), pool steps, pool reset."""
     key = jax.random.fold_in(state.key, state.step)
-    k_pool, k_batch, k_m, k_reset = jax.random.split(key, 4)
+    return dict(zip(("pool", "batch", "m", "reset"), jax.random.split(key, 4), strict=True))
 
-    k = jax.random.randint(k_pool, (), 0, cfg.pool_size)
-    theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
-    assert cfg.real_batch is not None  # with_data_defaults fills it before the setup
-    n_real = min(cfg.real_batch, x_train.shape[0])
-    idx = jax.random.choice(k_batch, x_train.shape[0], (n_real,), replace=False)
-    x_t, labels_t = x_train[idx], y_train[idx]
 
-    grad, aux = meta_gradient(setup, theta0, state.psi, x_t, labels_t, state.inner_lr,
-                              state.hvp_lr)
+def pick_pool_model(setup: Setup, state: DistillState) -> tuple[jax.Array, Any]:
+    """(k, θ0 = pool[k]) for this step."""
+    k = jax.random.randint(step_keys(state)["pool"], (), 0, setup.cfg.pool_size)
+    return k, jax.tree.map(lambda p: p[k], state.pool_params)
+
+
+def apply_update(setup: Setup, state: DistillState, k: jax.Array, theta0: Any, grad: dict,
+                 aux: dict) -> tuple[DistillState, dict]:
+    """AdaBelief on ψ, EMA, pool training and re-initialisation, inner-lr adaptation: all
+    functions of the meta-gradient and the support set (shared with the DP step)."""
+    cfg = setup.cfg
+    keys = step_keys(state)
     tx = setup.psi_optimizer()
     updates, opt_state = tx.update(grad, state.opt_state, state.psi)
     psi = optax.apply_updates(state.psi, updates)
     psi_ema, ema_state = setup.ema().update(psi, state.ema_state)
 
     # pool: train the visited model on the updated support set, re-initialise when it is old
-    m = jax.random.randint(k_m, (), 1, cfg.pool_max_steps + 1)
+    m = jax.random.randint(keys["m"], (), 1, cfg.pool_max_steps + 1)
     pool_opt_k = jax.tree.map(lambda s: s[k], state.pool_opt)
     params_k, opt_k = _train_pool_member(setup, theta0, pool_opt_k, psi, m)
     steps_k = state.pool_steps[k] + m
-    fresh_params, fresh_opt = init_pool_member(setup, k_reset)
+    fresh_params, fresh_opt = init_pool_member(setup, keys["reset"])
     reset = steps_k >= cfg.pool_reset
     params_k = jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh_params, params_k)
     opt_k = jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh_opt, opt_k)
@@ -243,17 +258,32 @@ def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
     stats = jnp.where(step % cfg.adapt_lr_every == 0, jnp.zeros_like(stats), stats)
 
     new_state = state.replace(  # type: ignore[attr-defined]  # flax.struct adds replace
-        step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema, ema_state=ema_state,
-        pool_params=pool_params, pool_opt=pool_opt, pool_steps=pool_steps, inner_lr=inner_lr,
-        lr_stats=stats)
-    metrics = {"outer_loss": aux["outer_loss"], "inner_loss": aux["inner_losses"][-1],
+        step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema,
+                              ema_state=ema_state, pool_params=pool_params, pool_opt=pool_opt,
+                              pool_steps=pool_steps, inner_lr=inner_lr, lr_stats=stats)
+    metrics = {"inner_loss": aux["inner_losses"][-1],
                "inner_loss_start": aux["inner_losses"][0],
                "hvp_residual": aux["hvp_residuals"][-1], "inner_lr": state.inner_lr,
                "hvp_lr": state.hvp_lr, "temperature": jnp.exp(psi["log_temp"]),
                "pool_model": k, "pool_steps": m,
                "direct_norm": optax.tree.norm(aux["direct"]),
                "implicit_norm": optax.tree.norm(aux["implicit"])}
+    if "outer_loss" in aux:  # the DP step has none: it is a statistic of the private batch
+        metrics["outer_loss"] = aux["outer_loss"]
     return new_state, metrics
+
+
+def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
+               y_train: jax.Array) -> tuple[DistillState, dict]:
+    """One full RCIG iteration. ``x_train`` [N,H,W,C] model space, ``y_train`` int [N]."""
+    k, theta0 = pick_pool_model(setup, state)
+    assert setup.cfg.real_batch is not None  # with_data_defaults fills it before the setup
+    n_real = min(setup.cfg.real_batch, x_train.shape[0])
+    idx = jax.random.choice(step_keys(state)["batch"], x_train.shape[0], (n_real,),
+                            replace=False)
+    grad, aux = meta_gradient(setup, theta0, state.psi, x_train[idx], y_train[idx],
+                              state.inner_lr, state.hvp_lr)
+    return apply_update(setup, state, k, theta0, grad, aux)
 
 
 @functools.lru_cache(maxsize=8)

@@ -11,6 +11,7 @@ the search costs seconds, not the authors' half hour.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,13 +64,19 @@ def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
     cfg = setup.cfg
     if setup.exact:
         return state, {"skipped": "exact solver"}
-    key = jax.random.fold_in(state.key, 0x7FFFFFFF)
     theta0 = jax.tree.map(lambda p: p[0], state.pool_params)
-    assert cfg.real_batch is not None  # with_data_defaults fills it before the setup
-    n_real = min(cfg.real_batch, x_train.shape[0])
-    idx = jax.random.choice(key, x_train.shape[0], (n_real,), replace=False)
-    x_t, labels_t = x_train[idx], y_train[idx]
     x_s, y_s = support_set(setup, state.psi)
+    if cfg.dp_epsilon is not None:
+        # DP (docs/dp.md): the search reads no private image. The inner search uses the support
+        # set only; the HVP search's g comes from the support set standing in for the real
+        # batch (the initial set is noise under DP, so the whole search is data-independent).
+        x_t, labels_t = x_s, jnp.argmax(y_s, axis=-1)
+    else:
+        key = jax.random.fold_in(state.key, 0x7FFFFFFF)
+        assert cfg.real_batch is not None  # with_data_defaults fills it before the setup
+        n_real = min(cfg.real_batch, x_train.shape[0])
+        idx = jax.random.choice(key, x_train.shape[0], (n_real,), replace=False)
+        x_t, labels_t = x_train[idx], y_train[idx]
 
     prepare, inner_trial, outer_grad, hvp_trial = _trial_functions(setup)
     k_ss, jac = prepare(theta0, x_s, y_s)
@@ -82,6 +89,9 @@ def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
         lambda lr: hvp_trial(theta0, x_s, y_s, k_ss, jac, d, g, jnp.float32(lr)),
         float(state.hvp_lr), cfg.tune_max_trials)
     state = state.replace(  # type: ignore[attr-defined]  # flax.struct adds replace
-        inner_lr=jnp.asarray(inner_lr, jnp.float32), hvp_lr=jnp.asarray(hvp_lr, jnp.float32))
-    return state, {"inner_lr": inner_lr, "inner_trials": n_in, "hvp_lr": hvp_lr,
-                   "hvp_trials": n_h}
+        inner_lr=jnp.asarray(inner_lr, jnp.float32),
+                          hvp_lr=jnp.asarray(hvp_lr, jnp.float32))
+    record: dict[str, Any] = {"inner_lr": inner_lr, "inner_trials": n_in, "hvp_lr": hvp_lr, "hvp_trials": n_h}
+    if cfg.dp_epsilon is not None:
+        record["hvp_batch"] = "support set (DP: no private image read)"
+    return state, record

@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ def run_dp(run_json: dict, where: str = "run.json dp") -> dict | None:
     return dp
 
 
-def dp_verdict(run_json: dict, audit: dict) -> dict | None:
+def dp_verdict(run_json: Mapping, audit: Mapping) -> dict | None:
     """verdict.json's ``dp``: the guarantee and the audit's check of it (None without DP)."""
     dp = run_json.get("dp")
     if not isinstance(dp, dict):

@@ -6,9 +6,8 @@ without DP has no ``dp`` key. This module:
 - ``validate_dp``: every key present, of the right type and range, and the fixed-vocabulary keys
   (sampling, neighbouring relation, unit of privacy, accountant) equal to what this tool can
   recompute; anything else is an ``InputError`` (a malformed privacy claim is never carried on).
-- ``epsilon_for``: ε of the Poisson-subsampled Gaussian mechanism composed ``steps`` times, from
-  dp_accounting's PLD accountant with its defaults (the one small recomputation ``verify`` needs;
-  it must equal the mechanism's own accounting function).
+- ``epsilon_for``: the mechanism's own accounting function (``rcig_release.rcig.accounting``,
+  dp_accounting's PLD accountant), re-exported: ``verify`` recomputes ε exactly as distill did.
 - ``check_epsilon``: the recorded ε against ``epsilon_for`` (relative tolerance ``EPS_RTOL``).
 - ``audit_consistency``: the audit's ``dp`` section against the run's statement: the audit must be
   of this statement, and its empirical ε lower bound must not exceed the proven ε (if it does, the
@@ -18,20 +17,19 @@ without DP has no ``dp`` key. This module:
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
-from importlib import metadata
-from typing import Any
+from typing import Any, TypeGuard
 
 from rcig_release.errors import InputError
+from rcig_release.rcig.accounting import ACCOUNTANT, accountant_version, epsilon_for
 
 DP_KEYS = ("epsilon", "target_epsilon", "delta", "noise_multiplier", "clip_norm", "sampling_rate",
            "steps", "expected_batch_size", "max_batch_size", "sampling", "neighbouring", "unit",
            "mechanism", "accountant", "accountant_version", "preprocessing")
 # The vocabulary this tool can recompute and state; another value is refused, not re-described.
 FIXED = {"sampling": "poisson", "neighbouring": "add_remove_one", "unit": "one training image",
-         "accountant": "dp_accounting PLD"}
+         "accountant": ACCOUNTANT}
 NEIGHBOURING_TEXT = {"add_remove_one": "add or remove one training image"}
 # Recorded ε against the recomputation: the PLD accountant is deterministic for given inputs and
 # version, so only float formatting separates them.
@@ -46,7 +44,7 @@ VIOLATION_MEANING = ("this is a bug in the mechanism or its accounting, or a bro
                      "record entered outside the mechanism), not a privacy measurement")
 
 
-def _real(x: Any) -> bool:
+def _real(x: Any) -> TypeGuard[int | float]:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -82,29 +80,6 @@ def validate_dp(dp: Any, where: str = "run.json dp") -> dict:
         if dp[key] != want:
             raise InputError(f"{where}: {key} must be {want!r} (the only one this tool can check)")
     return dict(dp)
-
-
-@functools.lru_cache(maxsize=64)
-def epsilon_for(noise_multiplier: float, delta: float, sampling_rate: float, steps: int) -> float:
-    """ε at ``delta`` of ``steps`` compositions of the Poisson-subsampled Gaussian mechanism
-    (add/remove-one adjacency), from dp_accounting's ``PLDAccountant()`` with its defaults.
-
-    The mechanism's own accounting must call the accountant the same way (the recorded ε is
-    compared with this within ``EPS_RTOL``). Seconds per call (1-5 s for ε up to about 4 on
-    this project's 2-core VM, 5-20 s for ε of 10-50); cached per process."""
-    import dp_accounting
-    from dp_accounting.pld import pld_privacy_accountant
-
-    acc = pld_privacy_accountant.PLDAccountant()
-    acc.compose(dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(float(sampling_rate),
-                                            dp_accounting.GaussianDpEvent(float(noise_multiplier))),
-        int(steps)))
-    return float(acc.get_epsilon(float(delta)))
-
-
-def accountant_version() -> str:
-    return metadata.version("dp-accounting")
 
 
 def check_epsilon(dp: Mapping, where: str = "run.json dp") -> str | None:
@@ -145,7 +120,9 @@ def audit_consistency(run_dp: Mapping | None, audit: Mapping) -> tuple[str | Non
                 "lower bound with the proven ε (an audit from before DP-RCIG); re-run rcig-release "
                 "audit"), None
     lb, proven, delta = a.get("empirical_epsilon_lower_bound"), a.get("proven_epsilon"), a.get("delta")
-    if not (_real(lb) and lb >= 0 and _real(proven) and _real(delta)):
+    if _real(lb) and lb < 0:
+        return "audit.json dp: empirical_epsilon_lower_bound must be >= 0", None
+    if not (_real(lb) and _real(proven) and _real(delta)):
         return "audit.json dp: empirical_epsilon_lower_bound, proven_epsilon and delta must be numbers", None
     if proven != run_dp["epsilon"] or delta != run_dp["delta"]:
         return (f"audit.json dp compared ε {proven} at δ {delta}, but run.json states ε "
