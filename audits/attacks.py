@@ -26,8 +26,9 @@ GLOBAL_VARIANCE_BELOW = 64  # LiRA Fig. 9: per-example variances need many shado
 _VAR_FLOOR = 1e-8
 
 
-def _as_akn(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _as_akn(
+    target: np.ndarray, shadow: np.ndarray, keep: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = np.asarray(target, dtype=np.float64)
     s = np.asarray(shadow, dtype=np.float64)
     if t.ndim == 1:
@@ -63,8 +64,11 @@ def _fill_means(mu_in: np.ndarray, mu_out: np.ndarray) -> tuple[np.ndarray, np.n
     is the other side's mean shifted by the average IN−OUT gap of the records that have both (so the
     score stays defined and monotone); with no such record at all, the gap is 0."""
     both = np.isfinite(mu_in) & np.isfinite(mu_out)
-    gap = np.nanmean(np.where(both, mu_in - mu_out, np.nan), axis=1, keepdims=True) \
-        if both.any() else np.zeros((mu_in.shape[0], 1))
+    gap = (
+        np.nanmean(np.where(both, mu_in - mu_out, np.nan), axis=1, keepdims=True)
+        if both.any()
+        else np.zeros((mu_in.shape[0], 1))
+    )
     gap = np.nan_to_num(gap)
     mu_in2 = np.where(np.isfinite(mu_in), mu_in, mu_out + gap)
     mu_out2 = np.where(np.isfinite(mu_out), mu_out, mu_in - gap)
@@ -84,8 +88,9 @@ def _pooled_sd(s: np.ndarray, keep: np.ndarray, var_in: np.ndarray, var_out: np.
     return float(np.sqrt(max(float(np.var(vals)), _VAR_FLOOR)))
 
 
-def lira_online(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
-                global_variance: bool | None = None) -> np.ndarray:
+def lira_online(
+    target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *, global_variance: bool | None = None
+) -> np.ndarray:
     """LiRA online: Σ_a log N(x_a; μ_in,a, σ_in²) − log N(x_a; μ_out,a, σ_out²) (a spherical
     Gaussian over the A queries), μ per record and query from the IN/OUT reference shadows.
 
@@ -110,8 +115,9 @@ def lira_online(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
     return ll.sum(axis=0)
 
 
-def lira_offline(target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *,
-                 global_variance: bool | None = None) -> np.ndarray:
+def lira_offline(
+    target: np.ndarray, shadow: np.ndarray, keep: np.ndarray, *, global_variance: bool | None = None
+) -> np.ndarray:
     """LiRA offline (Eq. 4, one-sided): z = (x̄ − μ_out)/σ_out with μ_out, σ_out fitted on the OUT
     shadows and x̄ the statistic averaged over the A queries (for shadows too). Pr[Z < x̄] = Φ(z)
     is monotone in z, so z itself is returned: identical ranking, no saturation of Φ near 1.
@@ -145,9 +151,16 @@ def _p_out(ref: np.ndarray, keep: np.ndarray, a: float) -> np.ndarray:
     return np.where(cnt > 0, mean_out, back)
 
 
-def rmia_offline(target_p: np.ndarray, ref_p: np.ndarray, keep: np.ndarray,
-                 target_pz: np.ndarray, ref_pz: np.ndarray, *, a: float = 0.3,
-                 gamma: float = 1.0) -> np.ndarray:
+def rmia_offline(
+    target_p: np.ndarray,
+    ref_p: np.ndarray,
+    keep: np.ndarray,
+    target_pz: np.ndarray,
+    ref_pz: np.ndarray,
+    *,
+    a: float = 0.3,
+    gamma: float = 1.0,
+) -> np.ndarray:
     """RMIA offline: score(x) = Pr_z[ (P(x|θ)/P(x)) / (P(z|θ)/P(z)) ≥ γ ] over population z.
 
     P(·|θ): the target's true-label softmax probability (``[N]``, ``[Z]``); P(x) =
@@ -166,9 +179,14 @@ def rmia_offline(target_p: np.ndarray, ref_p: np.ndarray, keep: np.ndarray,
     return np.searchsorted(ratio_z, ratio_x / gamma, side="right") / ratio_z.size
 
 
-def tune_rmia_a(ref_p: np.ndarray, keep: np.ndarray, ref_pz: np.ndarray, *,
-                grid: Sequence[float] = tuple(np.round(np.arange(0.0, 1.01, 0.1), 2)),
-                max_pseudo_targets: int = 4) -> float:
+def tune_rmia_a(
+    ref_p: np.ndarray,
+    keep: np.ndarray,
+    ref_pz: np.ndarray,
+    *,
+    grid: Sequence[float] = tuple(np.round(np.arange(0.0, 1.01, 0.1), 2)),
+    max_pseudo_targets: int = 4,
+) -> float:
     """Chooses RMIA's offline ``a`` by attacking shadows with the other shadows as references and
     keeping the best mean AUC (the ml_privacy_meter recipe). Needs ≥ 2 shadows."""
     rp, k, rz = np.asarray(ref_p), np.asarray(keep, bool), np.asarray(ref_pz)
@@ -203,8 +221,9 @@ def shadow_features(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.concatenate([phi.T, loss[:, None], sp, onehot], axis=1)
 
 
-def fit_shadow_classifier(shadow_feats: np.ndarray, keep: np.ndarray, *, seed: int = 0
-                          ) -> HistGradientBoostingClassifier:
+def fit_shadow_classifier(
+    shadow_feats: np.ndarray, keep: np.ndarray, *, seed: int = 0
+) -> HistGradientBoostingClassifier:
     """Shokri et al.'s attack model: a classifier (sklearn HistGradientBoosting) trained on every
     reference shadow's features ``[K, N, F]`` labelled in/out by ``keep`` ``[K, N]``."""
     f = np.asarray(shadow_feats, dtype=np.float64)
@@ -222,8 +241,9 @@ def shadow_scores(clf: HistGradientBoostingClassifier, target_feats: np.ndarray)
         return clf.predict_proba(np.asarray(target_feats, dtype=np.float64))[:, 1]
 
 
-def shadow_attack(shadow_feats: np.ndarray, keep: np.ndarray, target_feats: np.ndarray, *,
-                  seed: int = 0) -> np.ndarray:
+def shadow_attack(
+    shadow_feats: np.ndarray, keep: np.ndarray, target_feats: np.ndarray, *, seed: int = 0
+) -> np.ndarray:
     """Shokri et al.: fit on the shadows (``fit_shadow_classifier``), apply to the target's
     features ``[N, F]``; returns P(in)."""
     return shadow_scores(fit_shadow_classifier(shadow_feats, keep, seed=seed), target_feats)

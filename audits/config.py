@@ -13,8 +13,12 @@ BASELINES = ("naive", "full_data")
 
 @dataclasses.dataclass(frozen=True)
 class AuditConfig:
-    shadows: int = 16  # K shadow pipelines (two folds of K/2 in the game; LiRA: shared variance below 64)
-    targets: int = 4  # networks trained on the release (and per shadow pipeline, so variances match)
+    shadows: int = (
+        16  # K shadow pipelines (two folds of K/2 in the game; LiRA: shared variance below 64)
+    )
+    targets: int = (
+        4  # networks trained on the release (and per shadow pipeline, so variances match)
+    )
     records: int = 500  # up to this many members and as many non-members (balanced)
     population: int = 1000  # held-out images (not audit records) used as RMIA's z samples
     attacks: tuple[str, ...] = ATTACKS
@@ -25,7 +29,9 @@ class AuditConfig:
     rmia_gamma: float = 1.0  # RMIA's γ (its documented default)
     arch: str = "convnet"  # downstream architecture (the evaluate protocol's default)
     width: int | None = None  # None: the run's distillation width (a CPU-sized network)
-    train_steps: int | None = None  # None: the evaluate protocol's U (1000 for ≤ 10 images, else 2000)
+    train_steps: int | None = (
+        None  # None: the evaluate protocol's U (1000 for ≤ 10 images, else 2000)
+    )
     lr: float = 1e-4  # evaluate protocol
     warmup: int = 500  # evaluate protocol
     batch: int = 256  # evaluate protocol
@@ -37,10 +43,14 @@ class AuditConfig:
     full_steps: int = 300
     full_lr: float = 2e-3
     full_warmup: int = 50
-    shadow_group: int | None = None  # pipelines whose networks train in one vmapped call; None: 1 on CPU, else by memory
+    shadow_group: int | None = (
+        None  # pipelines whose networks train in one vmapped call; None: 1 on CPU, else by memory
+    )
     shadow_lrs: str = "run"  # "run": shadows start from the run's tuned inner/HVP lrs (no re-tuning); "tune": each shadow tunes as the run did
     copy_percentile: float = 1.0  # near-copy threshold: this percentile of train NN distances
-    delta: float = 1e-8  # δ of the game's ε bounds (one-run adds ≈ 2·m·δ·c to its p-value: docs/audit.md)
+    delta: float = (
+        1e-8  # δ of the game's ε bounds (one-run adds ≈ 2·m·δ·c to its p-value: docs/audit.md)
+    )
     epsilon_alpha: float = 0.01  # the game's ε bounds hold jointly with probability 1 − this
 
     def replace(self, **changes: Any) -> AuditConfig:
@@ -60,8 +70,10 @@ def validate(cfg: AuditConfig) -> None:
         raise InputError(f"--records must be at least 2 (got {cfg.records})")
     unknown = [a for a in cfg.attacks if a not in ATTACKS]
     if unknown or not cfg.attacks:
-        raise InputError(f"unknown attack {unknown[0] if unknown else '(none)'}; choose from "
-                         f"{', '.join(ATTACKS)}")
+        raise InputError(
+            f"unknown attack {unknown[0] if unknown else '(none)'}; choose from "
+            f"{', '.join(ATTACKS)}"
+        )
     bad = [b for b in cfg.baselines if b not in BASELINES]
     if bad:
         raise InputError(f"unknown baseline {bad[0]}; choose from {', '.join(BASELINES)}")

@@ -29,8 +29,14 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], -1)
 
 
-def nearest(queries: np.ndarray, pool: np.ndarray, *, k: int = 1, exclude_self: bool = False,
-            chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    queries: np.ndarray,
+    pool: np.ndarray,
+    *,
+    k: int = 1,
+    exclude_self: bool = False,
+    chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
     """k nearest ``pool`` rows of every query by normalised L2. Returns (dist [Q,k], idx [Q,k]).
     With ``exclude_self`` queries are the pool's first rows and a row never matches itself."""
     q, p = _flat(queries), _flat(pool)
@@ -39,7 +45,7 @@ def nearest(queries: np.ndarray, pool: np.ndarray, *, k: int = 1, exclude_self: 
     k = min(k, p.shape[0] - (1 if exclude_self else 0))
     dists, idxs = [], []
     for s in range(0, q.shape[0], chunk):
-        qc = q[s:s + chunk].astype(np.float64)
+        qc = q[s : s + chunk].astype(np.float64)
         d2 = (qc**2).sum(axis=1)[:, None] + pn[None, :] - 2.0 * qc @ p.T.astype(np.float64)
         if exclude_self:
             d2[np.arange(qc.shape[0]), np.arange(s, s + qc.shape[0])] = np.inf
@@ -65,12 +71,17 @@ def ssim(a: np.ndarray, b: np.ndarray, *, win: int = 7) -> np.ndarray:
     cab = (uniform_filter(a * b, size) - mu_a * mu_b) * cov_n
     s = ((2 * mu_a * mu_b + _C1) * (2 * cab + _C2)) / ((mu_a**2 + mu_b**2 + _C1) * (va + vb + _C2))
     h = (w - 1) // 2  # drop the borders the filter padded, as skimage does
-    s = s[:, h:s.shape[1] - h, h:s.shape[2] - h, :]
+    s = s[:, h : s.shape[1] - h, h : s.shape[2] - h, :]
     return s.reshape(s.shape[0], -1).mean(axis=1)
 
 
-def near_copy_threshold(x_train: np.ndarray, *, sample: int = 2000, seed: int = 0,
-                        percentile: float = THRESHOLD_PERCENTILE) -> float:
+def near_copy_threshold(
+    x_train: np.ndarray,
+    *,
+    sample: int = 2000,
+    seed: int = 0,
+    percentile: float = THRESHOLD_PERCENTILE,
+) -> float:
     """The 1st percentile of real training images' distances to their nearest other one."""
     x = _flat(x_train)
     rng = np.random.default_rng(seed)
@@ -86,10 +97,17 @@ def _max_ssim(released: np.ndarray, pool: np.ndarray, idx: np.ndarray) -> np.nda
     return s.reshape(idx.shape).max(axis=1)
 
 
-def copy_check(released: np.ndarray, x_train: np.ndarray, x_test: np.ndarray, *,
-               init_indices: np.ndarray | None = None, ssim_candidates: int = 8,
-               threshold: float | None = None, percentile: float = THRESHOLD_PERCENTILE,
-               seed: int = 0) -> dict[str, Any]:
+def copy_check(
+    released: np.ndarray,
+    x_train: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    init_indices: np.ndarray | None = None,
+    ssim_candidates: int = 8,
+    threshold: float | None = None,
+    percentile: float = THRESHOLD_PERCENTILE,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Per released image: nearest train / held-out record (index, L2, best SSIM among the
     ``ssim_candidates`` L2-nearest), ratio d_train/d_holdout, near-copy flag, and — where
     ``init_indices[i] >= 0`` — the distance to the training image it was initialised from."""
@@ -103,17 +121,22 @@ def copy_check(released: np.ndarray, x_train: np.ndarray, x_test: np.ndarray, *,
         ratio = np.where(d_ho > 0, d_tr / d_ho, np.where(d_tr > 0, np.inf, 1.0))
     flag = d_tr <= threshold
     per_image: dict[str, Any] = {
-        "nearest_train_index": it[:, 0].tolist(), "nearest_train_l2": d_tr.tolist(),
-        "nearest_holdout_index": ih[:, 0].tolist(), "nearest_holdout_l2": d_ho.tolist(),
-        "ratio": ratio.tolist(), "near_copy": flag.tolist(),
+        "nearest_train_index": it[:, 0].tolist(),
+        "nearest_train_l2": d_tr.tolist(),
+        "nearest_holdout_index": ih[:, 0].tolist(),
+        "nearest_holdout_l2": d_ho.tolist(),
+        "ratio": ratio.tolist(),
+        "near_copy": flag.tolist(),
         "ssim_train": _max_ssim(rel, x_train, it).tolist(),
         "ssim_holdout": _max_ssim(rel, x_test, ih).tolist(),
     }
     out: dict[str, Any] = {
         "rule": f"near copy iff L2 to nearest private training record <= percentile "
-                f"{percentile:g} of training images' nearest-neighbour L2",
+        f"{percentile:g} of training images' nearest-neighbour L2",
         "distance": "normalised pixel L2 (RMS difference, images in [0,1])",
-        "threshold": float(threshold), "near_copies": int(flag.sum()), "n_released": int(len(rel)),
+        "threshold": float(threshold),
+        "near_copies": int(flag.sum()),
+        "n_released": int(len(rel)),
         "closer_to_train_fraction": float(np.mean(d_tr < d_ho)),
         "median_ratio": float(np.median(ratio)),
         "max_ssim_train": float(np.max(per_image["ssim_train"])),

@@ -34,9 +34,15 @@ from rcig_release.release.dp import (
 EPSILON_GROUPS = ("all", "init")
 
 
-def empirical_epsilon(scores: Mapping[str, np.ndarray], keep: np.ndarray,
-                      groups: Mapping[str, np.ndarray], *, delta: float, alpha: float,
-                      epsilon_groups: tuple[str, ...] = EPSILON_GROUPS) -> dict[str, Any]:
+def empirical_epsilon(
+    scores: Mapping[str, np.ndarray],
+    keep: np.ndarray,
+    groups: Mapping[str, np.ndarray],
+    *,
+    delta: float,
+    alpha: float,
+    epsilon_groups: tuple[str, ...] = EPSILON_GROUPS,
+) -> dict[str, Any]:
     """The game's largest ε lower bound at ``delta`` (joint confidence 1 − ``alpha``).
 
     Same family and per-bound level as ``game.statistics`` (so at the game's δ it returns the
@@ -63,13 +69,25 @@ def empirical_epsilon(scores: Mapping[str, np.ndarray], keep: np.ndarray,
                 cap = max(cap, epsilon.max_epsilon(s_in.size, s_out.size, delta=delta, alpha=level))
                 if e > best:
                     best, where = e, {"attack": name, "group": g, "fold": f}
-    return {"epsilon_lower_bound": float(best), "largest_showable_epsilon": float(cap),
-            "attained_by": where, "family_size": int(family), "alpha_per_bound": float(level),
-            "confidence": 1.0 - float(alpha), "delta": float(delta)}
+    return {
+        "epsilon_lower_bound": float(best),
+        "largest_showable_epsilon": float(cap),
+        "attained_by": where,
+        "family_size": int(family),
+        "alpha_per_bound": float(level),
+        "confidence": 1.0 - float(alpha),
+        "delta": float(delta),
+    }
 
 
-def dp_section(run_dp: Mapping, scores: Mapping[str, np.ndarray], keep: np.ndarray,
-               groups: Mapping[str, np.ndarray], *, alpha: float) -> dict[str, Any]:
+def dp_section(
+    run_dp: Mapping,
+    scores: Mapping[str, np.ndarray],
+    keep: np.ndarray,
+    groups: Mapping[str, np.ndarray],
+    *,
+    alpha: float,
+) -> dict[str, Any]:
     """audit.json's ``dp``: the run's proven (ε, δ) beside the game's empirical lower bound at that
     δ, and the verdict ``consistent`` or ``dp-violation``."""
     dp = validate_dp(run_dp)
@@ -88,10 +106,16 @@ def dp_section(run_dp: Mapping, scores: Mapping[str, np.ndarray], keep: np.ndarr
         "family_size": emp["family_size"],
         "alpha_per_bound": emp["alpha_per_bound"],
         "pipeline": "release (the game's shadow pipelines, which re-run the run's configuration)",
-        "comparison": ("the game's ε lower bounds recomputed at the run's δ (a bound at a smaller δ "
-                       "may legitimately exceed an ε proven at the run's δ)"),
-        "meaning": ("the empirical lower bound exceeds the accountant's proven ε: "
-                    + VIOLATION_MEANING) if bad else (
+        "comparison": (
+            "the game's ε lower bounds recomputed at the run's δ (a bound at a smaller δ "
+            "may legitimately exceed an ε proven at the run's δ)"
+        ),
+        "meaning": (
+            "the empirical lower bound exceeds the accountant's proven ε: " + VIOLATION_MEANING
+        )
+        if bad
+        else (
             "the empirical lower bound does not exceed the proven ε, as it must not for a correct "
-            "mechanism; it does not show that the proven ε is tight"),
+            "mechanism; it does not show that the proven ε is tight"
+        ),
     }

@@ -63,12 +63,16 @@ METHODS = ("one_run", "clopper_pearson")
 SATURATION_TOL = 1e-3
 
 _METHOD_NAMES = {
-    "one_run": ("one-run (Steinke, Nasr, Jagielski 2023), jax-privacy {v} "
-                "CanaryScoreAuditor.epsilon_one_run with Explicit thresholds, "
-                "Bonferroni over {g} pre-set top-k rules"),
-    "clopper_pearson": ("Clopper-Pearson (Jagielski et al. 2020), jax-privacy {v} "
-                        "CanaryScoreAuditor.epsilon_clopper_pearson with Explicit thresholds, "
-                        "Bonferroni over {g} pre-set top-k rules"),
+    "one_run": (
+        "one-run (Steinke, Nasr, Jagielski 2023), jax-privacy {v} "
+        "CanaryScoreAuditor.epsilon_one_run with Explicit thresholds, "
+        "Bonferroni over {g} pre-set top-k rules"
+    ),
+    "clopper_pearson": (
+        "Clopper-Pearson (Jagielski et al. 2020), jax-privacy {v} "
+        "CanaryScoreAuditor.epsilon_clopper_pearson with Explicit thresholds, "
+        "Bonferroni over {g} pre-set top-k rules"
+    ),
 }
 
 
@@ -115,8 +119,9 @@ def _check_params(delta: float, alpha: float, method: str) -> None:
             raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
 
 
-def epsilon_lower_bound(in_scores, out_scores, *, delta: float, alpha: float,
-                        method: str = "one_run") -> float:
+def epsilon_lower_bound(
+    in_scores, out_scores, *, delta: float, alpha: float, method: str = "one_run"
+) -> float:
     """ε such that, with probability ≥ 1 − alpha over the coins, the mechanism is not (ε', δ)-DP
     for any ε' < ε (add/remove one canary). 0.0 when nothing is rejected.
 
@@ -136,7 +141,7 @@ def epsilon_lower_bound(in_scores, out_scores, *, delta: float, alpha: float,
     pooled_desc = np.sort(np.concatenate([s_in, s_out]))[::-1]
     thresholds = np.unique(pooled_desc[grid - 1])  # ties: one evaluation, still counted
     in_sorted, out_sorted = np.sort(s_in), np.sort(s_out)
-    tp = s_in.size - np.searchsorted(in_sorted, thresholds, side="left")   # in  >= t
+    tp = s_in.size - np.searchsorted(in_sorted, thresholds, side="left")  # in  >= t
     fp = s_out.size - np.searchsorted(out_sorted, thresholds, side="left")  # out >= t
 
     if method == "one_run":
@@ -173,8 +178,9 @@ def _check_counts(n_in, n_out) -> None:
             raise ValueError(f"{name} must be a positive integer, got {n!r}")
 
 
-def max_epsilon(n_in: int, n_out: int, *, delta: float, alpha: float,
-                method: str = "one_run") -> float:
+def max_epsilon(
+    n_in: int, n_out: int, *, delta: float, alpha: float, method: str = "one_run"
+) -> float:
     """The largest value :func:`epsilon_lower_bound` can return with ``n_in`` IN and ``n_out``
     OUT scores: its value for a perfect attack whose IN scores tie (every IN above every OUT),
     which makes every rule with k ≤ n_in guess exactly the n_in INs. A property of the sample
@@ -185,8 +191,9 @@ def max_epsilon(n_in: int, n_out: int, *, delta: float, alpha: float,
     return _perfect_bound(int(n_in), int(n_out), float(delta), float(alpha), method, tied=True)
 
 
-def perfect_ranking_epsilon(n_in: int, n_out: int, *, delta: float, alpha: float,
-                            method: str = "one_run") -> float:
+def perfect_ranking_epsilon(
+    n_in: int, n_out: int, *, delta: float, alpha: float, method: str = "one_run"
+) -> float:
     """The bound of a perfect attack with distinct scores (every IN above every OUT, no ties).
 
     Its guesses come from the pre-set rules, so its best rule makes the largest grid k ≤ n_in
@@ -201,8 +208,9 @@ def perfect_ranking_epsilon(n_in: int, n_out: int, *, delta: float, alpha: float
 
 
 @functools.lru_cache(maxsize=256)
-def _perfect_bound(n_in: int, n_out: int, delta: float, alpha: float, method: str,
-                   tied: bool) -> float:
+def _perfect_bound(
+    n_in: int, n_out: int, delta: float, alpha: float, method: str, tied: bool
+) -> float:
     """Bound of a perfect attack; cached: it depends on the sizes and levels only, and a report
     asks for it once per (attack, group) at the same few sizes."""
     if tied:
@@ -212,8 +220,9 @@ def _perfect_bound(n_in: int, n_out: int, delta: float, alpha: float, method: st
     return epsilon_lower_bound(i, o, delta=delta, alpha=alpha, method=method)
 
 
-def epsilon_report(in_scores, out_scores, *, delta: float, alpha: float, family_size: int,
-                   method: str = "one_run") -> dict:
+def epsilon_report(
+    in_scores, out_scores, *, delta: float, alpha: float, family_size: int, method: str = "one_run"
+) -> dict:
     """JSON-ready ε lower bound of one (attack, group) among ``family_size`` reported together.
 
     The bound is computed at ``alpha_per_test = alpha / family_size``, so that all
@@ -224,8 +233,11 @@ def epsilon_report(in_scores, out_scores, *, delta: float, alpha: float, family_
     says the bound reached the latter (within ``SATURATION_TOL``): the number of canaries, not
     the attack, limited it.
     """
-    if isinstance(family_size, bool) or not isinstance(family_size, (int, np.integer)) \
-            or family_size < 1:
+    if (
+        isinstance(family_size, bool)
+        or not isinstance(family_size, (int, np.integer))
+        or family_size < 1
+    ):
         raise ValueError(f"family_size must be a positive integer, got {family_size!r}")
     _check_params(delta, alpha, method)
     s_in = _check_scores("in_scores", in_scores)
@@ -233,8 +245,9 @@ def epsilon_report(in_scores, out_scores, *, delta: float, alpha: float, family_
     level = alpha / int(family_size)
     eps = epsilon_lower_bound(s_in, s_out, delta=delta, alpha=level, method=method)
     cap = max_epsilon(s_in.size, s_out.size, delta=delta, alpha=level, method=method)
-    ranking = perfect_ranking_epsilon(s_in.size, s_out.size, delta=delta, alpha=level,
-                                      method=method)
+    ranking = perfect_ranking_epsilon(
+        s_in.size, s_out.size, delta=delta, alpha=level, method=method
+    )
     n_rules = int(top_k_grid(s_in.size + s_out.size, level).size)
     return {
         "epsilon_lower_bound": eps,

@@ -42,36 +42,65 @@ def folds(n_shadows: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(even, odd), (odd, even)]
 
 
-def play(names: tuple[str, ...], sl: np.ndarray, near: dict[str, np.ndarray] | None,
-         keep: np.ndarray, y_q: np.ndarray, n_rec: int, *, rmia_a: float | None = None,
-         rmia_gamma: float = 1.0, seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def play(
+    names: tuple[str, ...],
+    sl: np.ndarray,
+    near: dict[str, np.ndarray] | None,
+    keep: np.ndarray,
+    y_q: np.ndarray,
+    n_rec: int,
+    *,
+    rmia_a: float | None = None,
+    rmia_gamma: float = 1.0,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every shadow scored as a target by its fold's references: scores ``[K, N]`` per attack."""
     K = sl.shape[0]
     out: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"folds": [], "attack_seconds": 0.0}
     for f, (tg, rf) in enumerate(folds(K)):
         tnear = None if near is None else {k: v[tg] for k, v in near.items()}
-        sc, inf = score_targets(names, sl[tg], tnear, sl[rf], keep[rf], y_q, n_rec,
-                                rmia_a=rmia_a, rmia_gamma=rmia_gamma, seed=seed + f)
+        sc, inf = score_targets(
+            names,
+            sl[tg],
+            tnear,
+            sl[rf],
+            keep[rf],
+            y_q,
+            n_rec,
+            rmia_a=rmia_a,
+            rmia_gamma=rmia_gamma,
+            seed=seed + f,
+        )
         for name, s in sc.items():
             out.setdefault(name, np.zeros((K, n_rec)))[tg] = s
-        info["folds"].append({"targets": tg.tolist(), "references": rf.tolist(),
-                              "lira_variance": inf.get("lira_variance"),
-                              "rmia_a": inf.get("rmia_a")})
+        info["folds"].append(
+            {
+                "targets": tg.tolist(),
+                "references": rf.tolist(),
+                "lira_variance": inf.get("lira_variance"),
+                "rmia_a": inf.get("rmia_a"),
+            }
+        )
         info["attack_seconds"] += inf["attack_seconds"]
     return out, info
 
 
-def _fold_stats(s_in: np.ndarray, s_out: np.ndarray, *, delta: float, alpha_eps: float | None
-                ) -> dict[str, Any]:
-    r: dict[str, Any] = {"n_in": int(s_in.size), "n_out": int(s_out.size),
-                         "auc": stats.auc_test(s_in, s_out)}
+def _fold_stats(
+    s_in: np.ndarray, s_out: np.ndarray, *, delta: float, alpha_eps: float | None
+) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "n_in": int(s_in.size),
+        "n_out": int(s_out.size),
+        "auc": stats.auc_test(s_in, s_out),
+    }
     r["tpr_at_fpr"] = {str(f): stats.tpr_test(s_in, s_out, f) for f in FPRS}
     if alpha_eps is not None and s_in.size and s_out.size:
         from rcig_release.audits import epsilon
 
-        r["epsilon"] = epsilon.epsilon_report(s_in, s_out, delta=delta, alpha=alpha_eps,
-                                              family_size=1)
+        r["epsilon"] = epsilon.epsilon_report(
+            s_in, s_out, delta=delta, alpha=alpha_eps, family_size=1
+        )
     return r
 
 
@@ -83,8 +112,9 @@ def _combine(ps: list[float | None]) -> float | None:
     return float(min(1.0, len(known) * min(known)))
 
 
-def group_statistics(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, *, delta: float,
-                     alpha_eps: float | None) -> dict[str, Any]:
+def group_statistics(
+    scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, *, delta: float, alpha_eps: float | None
+) -> dict[str, Any]:
     """One attack on one group of records (``mask`` over N): per-fold tests, their combination,
     and descriptive figures over all K·|group| guesses."""
     fl = folds(scores.shape[0])
@@ -105,7 +135,8 @@ def group_statistics(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, *, 
     }
     for f in FPRS:
         out["p_value"][f"tpr_at_fpr_{f}"] = _combine(
-            [p["tpr_at_fpr"][str(f)]["p_value"] for p in per])
+            [p["tpr_at_fpr"][str(f)]["p_value"] for p in per]
+        )
     if alpha_eps is not None:
         eps = [e for p in per if (e := p.get("epsilon")) is not None]
         if len(eps) == len(per):
@@ -116,21 +147,38 @@ def group_statistics(scores: np.ndarray, keep: np.ndarray, mask: np.ndarray, *, 
     return out
 
 
-def statistics(scores: Mapping[str, np.ndarray], keep: np.ndarray,
-               groups: Mapping[str, np.ndarray], *, delta: float, alpha: float,
-               epsilon_groups: tuple[str, ...] = ("all", "init")) -> dict[str, Any]:
+def statistics(
+    scores: Mapping[str, np.ndarray],
+    keep: np.ndarray,
+    groups: Mapping[str, np.ndarray],
+    *,
+    delta: float,
+    alpha: float,
+    epsilon_groups: tuple[str, ...] = ("all", "init"),
+) -> dict[str, Any]:
     """The game's figures per attack and group. ε lower bounds are computed for the groups in
     ``epsilon_groups``, each at α/(family) with family = attacks × those groups × folds, so the
     largest reported bound holds at confidence 1 − α jointly."""
     eps_groups = [g for g in groups if g in epsilon_groups]
     family = max(1, len(scores) * len(eps_groups) * N_FOLDS)
-    out: dict[str, Any] = {"attacks": {}, "epsilon": {
-        "delta": delta, "confidence": 1 - alpha, "family_size": family,
-        "alpha_per_bound": alpha / family, "groups": eps_groups,
-        "correction": "Bonferroni over attacks x groups x folds"}}
+    out: dict[str, Any] = {
+        "attacks": {},
+        "epsilon": {
+            "delta": delta,
+            "confidence": 1 - alpha,
+            "family_size": family,
+            "alpha_per_bound": alpha / family,
+            "groups": eps_groups,
+            "correction": "Bonferroni over attacks x groups x folds",
+        },
+    }
     for name, s in scores.items():
-        out["attacks"][name] = {"groups": {
-            g: group_statistics(s, keep, m, delta=delta,
-                                alpha_eps=alpha / family if g in eps_groups else None)
-            for g, m in groups.items()}}
+        out["attacks"][name] = {
+            "groups": {
+                g: group_statistics(
+                    s, keep, m, delta=delta, alpha_eps=alpha / family if g in eps_groups else None
+                )
+                for g, m in groups.items()
+            }
+        }
     return out

@@ -39,8 +39,9 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return s, y
 
 
-def clopper_pearson(k: np.ndarray | int, n: np.ndarray | int, alpha: float = 0.05
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def clopper_pearson(
+    k: np.ndarray | int, n: np.ndarray | int, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact two-sided (1−α) interval for a binomial proportion k/n (vectorised)."""
     k = np.asarray(k, dtype=np.float64)
     n = np.asarray(n, dtype=np.float64)
@@ -55,8 +56,9 @@ def roc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return skm.roc_curve(y, s, drop_intermediate=False)
 
 
-def auc_with_ci(scores: np.ndarray, labels: np.ndarray, alpha: float = 0.05
-                ) -> tuple[float, tuple[float, float]]:
+def auc_with_ci(
+    scores: np.ndarray, labels: np.ndarray, alpha: float = 0.05
+) -> tuple[float, tuple[float, float]]:
     """ROC AUC (sklearn) and a normal interval from the Hanley–McNeil (1982) standard error."""
     s, y = _check(scores, labels)
     a = float(skm.roc_auc_score(y, s))
@@ -69,8 +71,9 @@ def auc_with_ci(scores: np.ndarray, labels: np.ndarray, alpha: float = 0.05
     return a, (max(0.0, a - half), min(1.0, a + half))
 
 
-def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr_target: float, alpha: float = 0.05
-               ) -> dict[str, Any]:
+def tpr_at_fpr(
+    scores: np.ndarray, labels: np.ndarray, fpr_target: float, alpha: float = 0.05
+) -> dict[str, Any]:
     """TPR at the largest empirical FPR ≤ ``fpr_target``, with a Clopper–Pearson interval.
 
     Returns ``{"tpr", "ci": [lo, hi], "fpr": achieved, "threshold", "reason"}``; all ``None``
@@ -80,15 +83,25 @@ def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, fpr_target: float, alpha:
     s, y = _check(scores, labels)
     n1, n0 = int(y.sum()), int((~y).sum())
     if n0 < int(np.ceil(1.0 / fpr_target - 1e-9)):
-        return {"tpr": None, "ci": None, "fpr": None, "threshold": None,
-                "reason": f"needs >= {int(np.ceil(1 / fpr_target))} non-members, has {n0}"}
+        return {
+            "tpr": None,
+            "ci": None,
+            "fpr": None,
+            "threshold": None,
+            "reason": f"needs >= {int(np.ceil(1 / fpr_target))} non-members, has {n0}",
+        }
     fpr, tpr, thr = skm.roc_curve(y, s, drop_intermediate=False)
     ok = np.nonzero(fpr <= fpr_target + 1e-12)[0]
     i = ok[np.argmax(tpr[ok])]
     k = int(round(tpr[i] * n1))
     lo, hi = clopper_pearson(k, n1, alpha)
-    return {"tpr": float(tpr[i]), "ci": [float(lo), float(hi)], "fpr": float(fpr[i]),
-            "threshold": float(thr[i]), "reason": None}
+    return {
+        "tpr": float(tpr[i]),
+        "ci": [float(lo), float(hi)],
+        "fpr": float(fpr[i]),
+        "threshold": float(thr[i]),
+        "reason": None,
+    }
 
 
 def advantage(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -97,19 +110,33 @@ def advantage(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.max(tpr - fpr))
 
 
-def attack_metrics(scores: np.ndarray, labels: np.ndarray, *,
-                   fprs: tuple[float, ...] = FPR_TARGETS) -> dict[str, Any]:
+def attack_metrics(
+    scores: np.ndarray, labels: np.ndarray, *, fprs: tuple[float, ...] = FPR_TARGETS
+) -> dict[str, Any]:
     """Every metric for one attack on one set of records (JSON-ready)."""
     s, y = _check(scores, labels)
     n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
-        return {"n_members": n1, "n_nonmembers": n0, "auc": None, "auc_ci": None,
-                "tpr_at_fpr": {str(f): None for f in fprs}, "tpr_at_fpr_ci": {str(f): None for f in fprs},
-                "tpr_at_fpr_reason": {str(f): "needs members and non-members" for f in fprs},
-                "advantage": None}
+        return {
+            "n_members": n1,
+            "n_nonmembers": n0,
+            "auc": None,
+            "auc_ci": None,
+            "tpr_at_fpr": {str(f): None for f in fprs},
+            "tpr_at_fpr_ci": {str(f): None for f in fprs},
+            "tpr_at_fpr_reason": {str(f): "needs members and non-members" for f in fprs},
+            "advantage": None,
+        }
     a, ci = auc_with_ci(s, y)
-    out: dict[str, Any] = {"n_members": n1, "n_nonmembers": n0, "auc": a, "auc_ci": list(ci),
-                           "tpr_at_fpr": {}, "tpr_at_fpr_ci": {}, "tpr_at_fpr_reason": {}}
+    out: dict[str, Any] = {
+        "n_members": n1,
+        "n_nonmembers": n0,
+        "auc": a,
+        "auc_ci": list(ci),
+        "tpr_at_fpr": {},
+        "tpr_at_fpr_ci": {},
+        "tpr_at_fpr_reason": {},
+    }
     for f in fprs:
         r = tpr_at_fpr(s, y, f)
         out["tpr_at_fpr"][str(f)] = r["tpr"]
@@ -119,8 +146,9 @@ def attack_metrics(scores: np.ndarray, labels: np.ndarray, *,
     return out
 
 
-def group_metrics(scores: np.ndarray, labels: np.ndarray, groups: Mapping[str, np.ndarray],
-                  **kw: Any) -> dict[str, dict[str, Any]]:
+def group_metrics(
+    scores: np.ndarray, labels: np.ndarray, groups: Mapping[str, np.ndarray], **kw: Any
+) -> dict[str, dict[str, Any]]:
     """Metrics per risk group. A group is a boolean mask over the records; its members are scored
     against the non-members inside the mask, or against all non-members when the mask holds none
     (e.g. the init-image group, which contains only members). ``nonmembers`` says which."""
@@ -139,8 +167,13 @@ def group_metrics(scores: np.ndarray, labels: np.ndarray, groups: Mapping[str, n
     return out
 
 
-def calibrated_tpr(scores: np.ndarray, member: np.ndarray, calibration: np.ndarray,
-                   fpr_target: float, alpha: float = 0.05) -> dict[str, Any]:
+def calibrated_tpr(
+    scores: np.ndarray,
+    member: np.ndarray,
+    calibration: np.ndarray,
+    fpr_target: float,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
     """TPR and FPR at a threshold chosen on an independent calibration set.
 
     ``calibration`` marks non-members used only to place the threshold (the highest score that at
@@ -153,43 +186,67 @@ def calibrated_tpr(scores: np.ndarray, member: np.ndarray, calibration: np.ndarr
     ev = ~y & ~cal
     n_cal = int(cal.sum())
     if n_cal < int(np.ceil(1.0 / fpr_target - 1e-9)) or not y.any() or not ev.any():
-        return {"tpr": None, "tpr_ci": None, "fpr": None, "fpr_ci": None, "threshold": None,
-                "reason": f"needs >= {int(np.ceil(1 / fpr_target))} calibration non-members, "
-                          f"has {n_cal}"}
+        return {
+            "tpr": None,
+            "tpr_ci": None,
+            "fpr": None,
+            "fpr_ci": None,
+            "threshold": None,
+            "reason": f"needs >= {int(np.ceil(1 / fpr_target))} calibration non-members, "
+            f"has {n_cal}",
+        }
     j = int(np.floor(fpr_target * n_cal + 1e-9))
     thr = float(np.sort(s[cal])[::-1][j])
     tp, n1 = int(np.sum(s[y] > thr)), int(y.sum())
     fp, n0 = int(np.sum(s[ev] > thr)), int(ev.sum())
     t_lo, t_hi = clopper_pearson(tp, n1, alpha)
     f_lo, f_hi = clopper_pearson(fp, n0, alpha)
-    return {"tpr": tp / n1, "tpr_ci": [float(t_lo), float(t_hi)], "fpr": fp / n0,
-            "fpr_ci": [float(f_lo), float(f_hi)], "threshold": thr, "reason": None}
+    return {
+        "tpr": tp / n1,
+        "tpr_ci": [float(t_lo), float(t_hi)],
+        "fpr": fp / n0,
+        "fpr_ci": [float(f_lo), float(f_hi)],
+        "threshold": thr,
+        "reason": None,
+    }
 
 
-def release_metrics(scores: np.ndarray, member: np.ndarray, calibration: np.ndarray,
-                    groups: Mapping[str, np.ndarray] | None = None,
-                    fprs: tuple[float, ...] = FPR_TARGETS) -> dict[str, Any]:
+def release_metrics(
+    scores: np.ndarray,
+    member: np.ndarray,
+    calibration: np.ndarray,
+    groups: Mapping[str, np.ndarray] | None = None,
+    fprs: tuple[float, ...] = FPR_TARGETS,
+) -> dict[str, Any]:
     """One attack on the custodian's own release (fixed members and non-members): AUC against the
     evaluation non-members, TPR/FPR at thresholds set on the calibration non-members, advantage.
     Descriptive only: membership here was not randomised, so no ε is derived from it."""
     s, y = _check(scores, member)
     cal = np.asarray(calibration, bool) & ~y
     ev_sel = ~cal
-    out: dict[str, Any] = {"n_members": int(y.sum()), "n_nonmembers": int((~y & ~cal).sum()),
-                           "n_calibration": int(cal.sum())}
+    out: dict[str, Any] = {
+        "n_members": int(y.sum()),
+        "n_nonmembers": int((~y & ~cal).sum()),
+        "n_calibration": int(cal.sum()),
+    }
     if y.any() and (~y & ~cal).any():
         a, ci = auc_with_ci(s[ev_sel], y[ev_sel])
         out.update(auc=a, auc_ci=list(ci), advantage=advantage(s[ev_sel], y[ev_sel]))
     else:
         out.update(auc=None, auc_ci=None, advantage=None)
-    out["tpr_at_fpr"], out["tpr_at_fpr_ci"], out["fpr_achieved"], out["tpr_at_fpr_reason"] = \
-        {}, {}, {}, {}
+    out["tpr_at_fpr"], out["tpr_at_fpr_ci"], out["fpr_achieved"], out["tpr_at_fpr_reason"] = (
+        {},
+        {},
+        {},
+        {},
+    )
     for f in fprs:
         r = calibrated_tpr(s, y, cal, f)
         out["tpr_at_fpr"][str(f)] = r["tpr"]
         out["tpr_at_fpr_ci"][str(f)] = r["tpr_ci"]
-        out["fpr_achieved"][str(f)] = None if r["fpr"] is None else {"fpr": r["fpr"],
-                                                                     "ci": r["fpr_ci"]}
+        out["fpr_achieved"][str(f)] = (
+            None if r["fpr"] is None else {"fpr": r["fpr"], "ci": r["fpr_ci"]}
+        )
         out["tpr_at_fpr_reason"][str(f)] = r["reason"]
     if groups:
         out["groups"] = {}

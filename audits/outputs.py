@@ -49,8 +49,9 @@ def _grid(n: int) -> tuple[Any, np.ndarray]:
 STYLES = {"release": "-", "naive": "--", "full_data": ":"}
 
 
-def plot_roc(path: Path, scores: Mapping[str, Mapping[str, np.ndarray]],
-             member: np.ndarray) -> None:
+def plot_roc(
+    path: Path, scores: Mapping[str, Mapping[str, np.ndarray]], member: np.ndarray
+) -> None:
     """Log-log ROC, one panel per attack; ``scores[pipeline][attack]``, pipelines drawn as
     release (solid), naive release (dashed), full-data model (dotted)."""
     from sklearn.metrics import roc_curve
@@ -63,8 +64,12 @@ def plot_roc(path: Path, scores: Mapping[str, Mapping[str, np.ndarray]],
             if name not in by_attack:
                 continue
             fpr, tpr, _ = roc_curve(member, by_attack[name])
-            ax.plot(np.maximum(fpr, floor / 2), np.maximum(tpr, floor / 2), STYLES.get(pipe, "-"),
-                    label=pipe)
+            ax.plot(
+                np.maximum(fpr, floor / 2),
+                np.maximum(tpr, floor / 2),
+                STYLES.get(pipe, "-"),
+                label=pipe,
+            )
         ax.plot([floor / 2, 1], [floor / 2, 1], color="0.7", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -102,8 +107,14 @@ def check_gallery(gallery: Path, run_dir: Path) -> Path:
     return g
 
 
-def write_private_gallery(gallery: Path, run_dir: Path, released: np.ndarray,
-                          x_train: np.ndarray, per_image: Mapping[str, Any], top: int = 16) -> int:
+def write_private_gallery(
+    gallery: Path,
+    run_dir: Path,
+    released: np.ndarray,
+    x_train: np.ndarray,
+    per_image: Mapping[str, Any],
+    top: int = 16,
+) -> int:
     """The ``top`` released images closest to a private training record, each beside that record.
     Refuses a directory inside the run directory or one that already has files."""
     g = check_gallery(gallery, run_dir)
@@ -120,7 +131,8 @@ def write_private_gallery(gallery: Path, run_dir: Path, released: np.ndarray,
             arr = (np.clip(pair, 0, 1) * 255).round().astype(np.uint8)
             img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
             img.resize((img.width * 4, img.height * 4), Image.Resampling.NEAREST).save(
-                tmp / f"{rank:03d}_released{i}_train{idx[i]}.png")
+                tmp / f"{rank:03d}_released{i}_train{idx[i]}.png"
+            )
         if g.exists():
             g.rmdir()
         os.replace(tmp, g)

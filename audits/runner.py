@@ -53,8 +53,10 @@ def load_data(run: Any, data: Any = None) -> Any:
     else:
         ds = data
     if want and ds.fingerprint != want:
-        raise InputError(f"the data's fingerprint ({ds.fingerprint[:19]}…) differs from the run's "
-                         f"({want[:19]}…): not the data this run was distilled from")
+        raise InputError(
+            f"the data's fingerprint ({ds.fingerprint[:19]}…) differs from the run's "
+            f"({want[:19]}…): not the data this run was distilled from"
+        )
     return ds
 
 
@@ -62,21 +64,25 @@ def _prepare_dir(audit_dir: Path, cfg: AuditConfig, resume: bool) -> None:
     cfg_path = audit_dir / "audit_config.json"
     if audit_dir.exists() and any(audit_dir.iterdir()):
         if not resume:
-            raise InputError(f"{audit_dir} exists; pass --resume to continue that audit, or move "
-                             "it away to start a new one")
+            raise InputError(
+                f"{audit_dir} exists; pass --resume to continue that audit, or move "
+                "it away to start a new one"
+            )
         if cfg_path.is_file():
             old = json.loads(cfg_path.read_text(encoding="utf-8"))
             new = json.loads(json.dumps(to_dict(cfg)))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
-                raise InputError(f"--resume with a different audit configuration (differs in: "
-                                 f"{', '.join(diff)})")
+                raise InputError(
+                    f"--resume with a different audit configuration (differs in: {', '.join(diff)})"
+                )
     audit_dir.mkdir(parents=True, exist_ok=True)
     outputs.write_json(cfg_path, to_dict(cfg))
 
 
-def sample_records(y_train: np.ndarray, n_test: int, cfg: AuditConfig,
-                   must_include: np.ndarray) -> dict[str, list[int]]:
+def sample_records(
+    y_train: np.ndarray, n_test: int, cfg: AuditConfig, must_include: np.ndarray
+) -> dict[str, list[int]]:
     """Balanced members (training split; ``must_include`` — the init images — always among them)
     and non-members (held-out split), plus RMIA population from the rest of the held-out split."""
     rng = np.random.default_rng([cfg.seed, 1])
@@ -88,18 +94,23 @@ def sample_records(y_train: np.ndarray, n_test: int, cfg: AuditConfig,
     members = np.sort(np.concatenate([forced, others[: max(0, n_mem - len(forced))]]))
     test_perm = rng.permutation(n_test)
     nonmembers = np.sort(test_perm[:n])
-    population = np.sort(test_perm[n:n + cfg.population])
+    population = np.sort(test_perm[n : n + cfg.population])
     if len(population) == 0:
         raise InputError("the held-out split is too small for audit records and RMIA's population")
     # half of the non-members only place the release report's thresholds (never evaluated)
     calibration = np.sort(rng.permutation(nonmembers)[: len(nonmembers) // 2])
-    return {"members": members.tolist(), "nonmembers": nonmembers.tolist(),
-            "population": population.tolist(), "init_records": forced.tolist(),
-            "calibration": calibration.tolist()}
+    return {
+        "members": members.tolist(),
+        "nonmembers": nonmembers.tolist(),
+        "population": population.tolist(),
+        "init_records": forced.tolist(),
+        "calibration": calibration.tolist(),
+    }
 
 
-def _load_or_make(audit_dir: Path, make_records: Callable[[], dict], cfg: AuditConfig,
-                  resume: bool) -> tuple[dict, np.ndarray]:
+def _load_or_make(
+    audit_dir: Path, make_records: Callable[[], dict], cfg: AuditConfig, resume: bool
+) -> tuple[dict, np.ndarray]:
     rec_path, keep_path = audit_dir / "records.json", audit_dir / "keep.npy"
     if resume and rec_path.is_file() and keep_path.is_file():
         return json.loads(rec_path.read_text(encoding="utf-8")), np.load(keep_path)
@@ -116,18 +127,37 @@ def _load_or_make(audit_dir: Path, make_records: Callable[[], dict], cfg: AuditC
     return rec, keep
 
 
-def _target(support: tuple[np.ndarray, np.ndarray], prep: Any, loss: str, ds: shadows.Downstream,
-            queries_pix: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, num_classes: int,
-            key: Any, mirror: bool) -> tuple[Any, np.ndarray, dict]:
+def _target(
+    support: tuple[np.ndarray, np.ndarray],
+    prep: Any,
+    loss: str,
+    ds: shadows.Downstream,
+    queries_pix: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+    key: Any,
+    mirror: bool,
+) -> tuple[Any, np.ndarray, dict]:
     params = shadows.train_sets([support], ds, num_classes, [key], loss=loss)[0]
-    z = shadows.logits_on(params, ds, shadows.mirror_queries(prep.transform(queries_pix), mirror),
-                          num_classes)
+    z = shadows.logits_on(
+        params, ds, shadows.mirror_queries(prep.transform(queries_pix), mirror), num_classes
+    )
     test = shadows.logits_on(params, ds, prep.transform(x_test)[None], num_classes)[:, 0]
     acc = np.mean(np.argmax(test, -1) == np.asarray(y_test)[None], axis=-1)
     steps = ds.steps_for(len(support[0]), loss)
-    return params, z, {"n_models": int(ds.n_models), "train_steps": steps, "lr": float(ds.lr),
-                       "test_accuracy_mean": float(acc.mean()),
-                       "test_accuracy_std": float(acc.std()), "n_train_images": int(len(support[0]))}
+    return (
+        params,
+        z,
+        {
+            "n_models": int(ds.n_models),
+            "train_steps": steps,
+            "lr": float(ds.lr),
+            "test_accuracy_mean": float(acc.mean()),
+            "test_accuracy_std": float(acc.std()),
+            "n_train_images": int(len(support[0])),
+        },
+    )
 
 
 def shadow_config(run: Any, cfg: AuditConfig) -> Any:
@@ -138,13 +168,21 @@ def shadow_config(run: Any, cfg: AuditConfig) -> Any:
     tuned = run.run_json.get("tuning") or {}
     if cfg.shadow_lrs != "run" or not run.config.tune_lr or "inner_lr" not in tuned:
         return run.config
-    return run.config.replace(tune_lr=False, inner_lr=float(tuned["inner_lr"]),
-                              hvp_lr=float(tuned["hvp_lr"]))
+    return run.config.replace(
+        tune_lr=False, inner_lr=float(tuned["inner_lr"]), hvp_lr=float(tuned["hvp_lr"])
+    )
 
 
-def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: Any = None,
-              resume: bool = False, private_gallery: str | Path | None = None,
-              workers: int | None = None, progress: Progress | None = None) -> dict[str, Any]:
+def run_audit(
+    run_dir: str | Path,
+    cfg: AuditConfig = AuditConfig(),
+    *,
+    data: Any = None,
+    resume: bool = False,
+    private_gallery: str | Path | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Audits a distillation run; writes ``RUN/audit/`` and returns ``audit.json``'s content.
 
     ``workers``: processes sharing the shadow pipelines (None: ``shadows.default_workers``). An
@@ -184,22 +222,32 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     n_workers = workers or shadows.default_workers(tuple(x_tr.shape[1:]))
     prep = run.preprocessor
     width = cfg.width or run.config.width
-    down = shadows.Downstream(arch=cfg.arch, width=width, depth=run.config.depth,
-                              n_models=cfg.targets, steps=cfg.train_steps, lr=cfg.lr,
-                              warmup=cfg.warmup, batch=cfg.batch, flip=res.use_flip)
+    down = shadows.Downstream(
+        arch=cfg.arch,
+        width=width,
+        depth=run.config.depth,
+        n_models=cfg.targets,
+        steps=cfg.train_steps,
+        lr=cfg.lr,
+        warmup=cfg.warmup,
+        batch=cfg.batch,
+        flip=res.use_flip,
+    )
     naive_cfg = run.config.replace(steps=0, init="real")
     naive_x, naive_lab, naive_idx = initial_set(naive_cfg, prep.transform(x_tr), y_tr, C)
     run_init = np.asarray(run.init_indices, np.int64)
     want_naive = "naive" in cfg.baselines
     forced = np.concatenate([run_init, naive_idx if want_naive else np.zeros(0, np.int64)])
 
-    rec, keep = _load_or_make(audit_dir, lambda: sample_records(y_tr, len(x_te), cfg, forced),
-                              cfg, resume)
+    rec, keep = _load_or_make(
+        audit_dir, lambda: sample_records(y_tr, len(x_te), cfg, forced), cfg, resume
+    )
     mem, non, pop = (np.asarray(rec[k], np.int64) for k in ("members", "nonmembers", "population"))
     n_rec = len(mem) + len(non)
     member = np.concatenate([np.ones(len(mem), bool), np.zeros(len(non), bool)])
-    calib = np.concatenate([np.zeros(len(mem), bool),
-                            np.isin(non, np.asarray(rec.get("calibration", []), np.int64))])
+    calib = np.concatenate(
+        [np.zeros(len(mem), bool), np.isin(non, np.asarray(rec.get("calibration", []), np.int64))]
+    )
     q_pix = np.concatenate([x_tr[mem], x_te[non], x_te[pop]])
     y_q = np.concatenate([y_tr[mem], y_te[non], y_te[pop]])
     rec_pix = q_pix[:n_rec]
@@ -213,56 +261,125 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         return {"all": np.ones(n_rec, bool), **g} if game_groups else g
 
     base_key = jax.random.key(cfg.seed)
-    common = dict(keep=keep, members=mem, nonmembers=non, x_train=x_tr, y_train=y_tr, x_test=x_te,
-                  y_test=y_te, queries_pix=q_pix, num_classes=C, zca=res.zca, ds=down,
-                  seed=cfg.seed, resume=resume, mirror=cfg.mirror, group=cfg.shadow_group,
-                  workers=n_workers, progress=say)
+    common = dict(
+        keep=keep,
+        members=mem,
+        nonmembers=non,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        queries_pix=q_pix,
+        num_classes=C,
+        zca=res.zca,
+        ds=down,
+        seed=cfg.seed,
+        resume=resume,
+        mirror=cfg.mirror,
+        group=cfg.shadow_group,
+        workers=n_workers,
+        progress=say,
+    )
 
     pipelines: dict[str, dict[str, Any]] = {}
     # --- the release -------------------------------------------------------------------------
     t = time.perf_counter()
     say("targets", 0, 1)
-    params, tl, tinfo = _target((run.images_model, run.labels), prep, "mse", down, q_pix, x_te,
-                                y_te, C, jax.random.fold_in(base_key, 1), cfg.mirror)
-    near = shadows.nearest_distances(params, down, prep, rec_pix, run.images_model, C) \
-        if "nearest" in cfg.attacks else None
+    params, tl, tinfo = _target(
+        (run.images_model, run.labels),
+        prep,
+        "mse",
+        down,
+        q_pix,
+        x_te,
+        y_te,
+        C,
+        jax.random.fold_in(base_key, 1),
+        cfg.mirror,
+    )
+    near = (
+        shadows.nearest_distances(params, down, prep, rec_pix, run.images_model, C)
+        if "nearest" in cfg.attacks
+        else None
+    )
     timings["targets"] = time.perf_counter() - t
     t = time.perf_counter()
     run_init_records = run_init[run_init >= 0] if run.config.init == "real" else None
-    sl, snear = shadows.run_shadows("release", cfg=shadow_config(run, cfg),
-                                    out_dir=audit_dir / "shadows", init_records=run_init_records,
-                                    **common)
+    sl, snear = shadows.run_shadows(
+        "release",
+        cfg=shadow_config(run, cfg),
+        out_dir=audit_dir / "shadows",
+        init_records=run_init_records,
+        **common,
+    )
     timings["shadows"] = time.perf_counter() - t
-    pipelines["release"] = dict(tl=tl, sl=sl, near=near, snear=snear, targets=tinfo,
-                                init=run_init)
+    pipelines["release"] = dict(tl=tl, sl=sl, near=near, snear=snear, targets=tinfo, init=run_init)
 
     # --- baselines ---------------------------------------------------------------------------
     if want_naive:
         t = time.perf_counter()
         naive_pix = x_tr[naive_idx]
-        p2, tl2, ti2 = _target((naive_x, naive_lab), prep, "mse", down, q_pix, x_te, y_te, C,
-                               jax.random.fold_in(base_key, 2), cfg.mirror)
-        near2 = shadows.nearest_distances(p2, down, prep, rec_pix, naive_x, C) \
-            if "nearest" in cfg.attacks else None
+        p2, tl2, ti2 = _target(
+            (naive_x, naive_lab),
+            prep,
+            "mse",
+            down,
+            q_pix,
+            x_te,
+            y_te,
+            C,
+            jax.random.fold_in(base_key, 2),
+            cfg.mirror,
+        )
+        near2 = (
+            shadows.nearest_distances(p2, down, prep, rec_pix, naive_x, C)
+            if "nearest" in cfg.attacks
+            else None
+        )
         del naive_pix
-        sl2, snear2 = shadows.run_shadows("naive", cfg=run.config,
-                                          out_dir=audit_dir / "shadows_naive",
-                                          init_records=naive_idx, **common)
-        pipelines["naive"] = dict(tl=tl2, sl=sl2, near=near2, snear=snear2, targets=ti2,
-                                  init=naive_idx)
+        sl2, snear2 = shadows.run_shadows(
+            "naive",
+            cfg=run.config,
+            out_dir=audit_dir / "shadows_naive",
+            init_records=naive_idx,
+            **common,
+        )
+        pipelines["naive"] = dict(
+            tl=tl2, sl=sl2, near=near2, snear=snear2, targets=ti2, init=naive_idx
+        )
         timings["baseline_naive"] = time.perf_counter() - t
     if "full_data" in cfg.baselines:
         t = time.perf_counter()
         # a released model is one network: full_models per target set and per shadow, trained
         # with the ordinary supervised recipe (full_steps/full_lr), not the distilled-set protocol
-        down_full = dataclasses.replace(down, n_models=cfg.full_models, steps=cfg.full_steps,
-                                        lr=cfg.full_lr, warmup=cfg.full_warmup)
-        p3, tl3, ti3 = _target((prep.transform(x_tr), y_tr), prep, "ce", down_full, q_pix, x_te,
-                               y_te, C, jax.random.fold_in(base_key, 3), cfg.mirror)
-        sl3, _ = shadows.run_shadows("full", cfg=run.config, out_dir=audit_dir / "shadows_full",
-                                     **{**common, "ds": down_full})
-        pipelines["full_data"] = dict(tl=tl3, sl=sl3, near=None, snear=None, targets=ti3,
-                                      init=np.zeros(0, np.int64))
+        down_full = dataclasses.replace(
+            down,
+            n_models=cfg.full_models,
+            steps=cfg.full_steps,
+            lr=cfg.full_lr,
+            warmup=cfg.full_warmup,
+        )
+        p3, tl3, ti3 = _target(
+            (prep.transform(x_tr), y_tr),
+            prep,
+            "ce",
+            down_full,
+            q_pix,
+            x_te,
+            y_te,
+            C,
+            jax.random.fold_in(base_key, 3),
+            cfg.mirror,
+        )
+        sl3, _ = shadows.run_shadows(
+            "full",
+            cfg=run.config,
+            out_dir=audit_dir / "shadows_full",
+            **{**common, "ds": down_full},
+        )
+        pipelines["full_data"] = dict(
+            tl=tl3, sl=sl3, near=None, snear=None, targets=ti3, init=np.zeros(0, np.int64)
+        )
         timings["baseline_full_data"] = time.perf_counter() - t
 
     # --- attacks: the game (every shadow a target) and this release -------------------------
@@ -273,51 +390,93 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     dp_audit: dict[str, Any] | None = None
     for i, (name, p) in enumerate(pipelines.items()):
         names = tuple(a for a in cfg.attacks if not (a == "nearest" and p["near"] is None))
-        gsc, ginfo = game.play(names, p["sl"], p["snear"], keep, y_q, n_rec, rmia_a=cfg.rmia_a,
-                               rmia_gamma=cfg.rmia_gamma, seed=cfg.seed)
-        gstats = game.statistics(gsc, keep, groups_for(p["init"], game_groups=True),
-                                 delta=cfg.delta, alpha=cfg.epsilon_alpha)
+        gsc, ginfo = game.play(
+            names,
+            p["sl"],
+            p["snear"],
+            keep,
+            y_q,
+            n_rec,
+            rmia_a=cfg.rmia_a,
+            rmia_gamma=cfg.rmia_gamma,
+            seed=cfg.seed,
+        )
+        gstats = game.statistics(
+            gsc,
+            keep,
+            groups_for(p["init"], game_groups=True),
+            delta=cfg.delta,
+            alpha=cfg.epsilon_alpha,
+        )
         near1 = None if p["near"] is None else {k: v[None] for k, v in p["near"].items()}
-        sc, info = score_targets(names, p["tl"][None], near1, p["sl"], keep, y_q, n_rec,
-                                 rmia_a=cfg.rmia_a, rmia_gamma=cfg.rmia_gamma, seed=cfg.seed)
+        sc, info = score_targets(
+            names,
+            p["tl"][None],
+            near1,
+            p["sl"],
+            keep,
+            y_q,
+            n_rec,
+            rmia_a=cfg.rmia_a,
+            rmia_gamma=cfg.rmia_gamma,
+            seed=cfg.seed,
+        )
         sc = {k: v[0] for k, v in sc.items()}
         all_scores[name] = sc
         groups = groups_for(p["init"], game_groups=False)
         results[name] = {
             "attacks": {a: release_metrics(s, member, calib, groups) for a, s in sc.items()},
-            "targets": p["targets"], "lira_variance": info.get("lira_variance"),
+            "targets": p["targets"],
+            "lira_variance": info.get("lira_variance"),
             "rmia_a": info.get("rmia_a"),
             "game": {**gstats, "rounds": ginfo["folds"]},
-            "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"]}
+            "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"],
+        }
         if name == "release":
-            np.savez_compressed(audit_dir / "game_scores.npz", keep=keep,
-                                **{k: v.astype(np.float32) for k, v in gsc.items()})  # type: ignore[arg-type]
+            np.savez_compressed(
+                audit_dir / "game_scores.npz",
+                keep=keep,
+                **{k: v.astype(np.float32) for k, v in gsc.items()},
+            )  # type: ignore[arg-type]
             if run.run_json.get("dp") is not None:  # a DP run: empirical ε LB against the proven ε
-                dp_audit = dpcheck.dp_section(run.run_json["dp"], gsc, keep,
-                                              groups_for(p["init"], game_groups=True),
-                                              alpha=cfg.epsilon_alpha)
+                dp_audit = dpcheck.dp_section(
+                    run.run_json["dp"],
+                    gsc,
+                    keep,
+                    groups_for(p["init"], game_groups=True),
+                    alpha=cfg.epsilon_alpha,
+                )
         say("attacks", i + 1, len(pipelines))
     timings["attacks"] = time.perf_counter() - t
 
     # --- copy check (information; the release recomputes its own memorisation check) --------
     t = time.perf_counter()
     has_init = run_init >= 0
-    cc = copycheck.copy_check(run.images, x_tr, x_te,
-                              init_indices=run_init if has_init.any() else None,
-                              percentile=cfg.copy_percentile, seed=cfg.seed)
+    cc = copycheck.copy_check(
+        run.images,
+        x_tr,
+        x_te,
+        init_indices=run_init if has_init.any() else None,
+        percentile=cfg.copy_percentile,
+        seed=cfg.seed,
+    )
     if want_naive:
-        cc_naive = copycheck.copy_check(x_tr[naive_idx], x_tr, x_te, threshold=cc["threshold"],
-                                        init_indices=naive_idx)
-        results["naive"]["copy_check"] = {k: cc_naive[k] for k in
-                                          ("near_copies", "threshold", "median_ratio",
-                                           "closer_to_train_fraction")}
+        cc_naive = copycheck.copy_check(
+            x_tr[naive_idx], x_tr, x_te, threshold=cc["threshold"], init_indices=naive_idx
+        )
+        results["naive"]["copy_check"] = {
+            k: cc_naive[k]
+            for k in ("near_copies", "threshold", "median_ratio", "closer_to_train_fraction")
+        }
     timings["copy_check"] = time.perf_counter() - t
 
     # --- files -------------------------------------------------------------------------------
-    arrays: dict[str, np.ndarray] = {"member": member, "calibration": calib,
-                                     "record_index": np.concatenate([mem, non]),
-                                     "record_split": np.concatenate([np.zeros(len(mem), np.int8),
-                                                                     np.ones(len(non), np.int8)])}
+    arrays: dict[str, np.ndarray] = {
+        "member": member,
+        "calibration": calib,
+        "record_index": np.concatenate([mem, non]),
+        "record_split": np.concatenate([np.zeros(len(mem), np.int8), np.ones(len(non), np.int8)]),
+    }
     for pipe, sc in all_scores.items():
         for name, s in sc.items():
             arrays[f"{pipe}__{name}"] = np.asarray(s, np.float64)
@@ -326,8 +485,9 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     outputs.plot_histograms(audit_dir / "histograms.png", all_scores["release"], member)
     gallery_n = None
     if private_gallery is not None:
-        gallery_n = outputs.write_private_gallery(Path(private_gallery), run.path, run.images, x_tr,
-                                                  cc["per_image"])
+        gallery_n = outputs.write_private_gallery(
+            Path(private_gallery), run.path, run.images, x_tr, cc["per_image"]
+        )
     timings["total"] = time.perf_counter() - t0
 
     rel = results["release"]
@@ -335,22 +495,44 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
     summary: dict[str, Any] = {
         "run_sha256": sha256_file(run.path / DISTILLED),
         "run": run.path.name,
-        "data": {"source_fingerprint": ds_data.fingerprint, "n_train": int(len(x_tr)),
-                 "n_test": int(len(x_te))},
+        "data": {
+            "source_fingerprint": ds_data.fingerprint,
+            "n_train": int(len(x_tr)),
+            "n_test": int(len(x_te)),
+        },
         "config": to_dict(cfg),
-        "seeds": {"audit": cfg.seed, "run": run.config.seed,
-                  "shadow_distill": [cfg.seed * 1000 + k for k in range(cfg.shadows)]},
+        "seeds": {
+            "audit": cfg.seed,
+            "run": run.config.seed,
+            "shadow_distill": [cfg.seed * 1000 + k for k in range(cfg.shadows)],
+        },
         "n_shadows": int(cfg.shadows),
-        "downstream": {"arch": down.arch, "width": down.width, "n_models": down.n_models,
-                       "steps": down.steps, "lr": down.lr, "warmup": down.warmup,
-                       "batch": down.batch},
-        "init": {"mode": run.config.init, "n_init_records": n_init,
-                 "init_aware_shadows": bool(run.config.init == "real" and n_init > 0)},
-        "records": {"members": int(len(mem)), "nonmembers": int(len(non)),
-                    "calibration": int(calib.sum()), "population": int(len(pop)),
-                    "file": "records.json"},
-        "membership": {"draw": "independent fair coin per (record, shadow pipeline)",
-                       "file": "keep.npy", "seed": [cfg.seed, 2]},
+        "downstream": {
+            "arch": down.arch,
+            "width": down.width,
+            "n_models": down.n_models,
+            "steps": down.steps,
+            "lr": down.lr,
+            "warmup": down.warmup,
+            "batch": down.batch,
+        },
+        "init": {
+            "mode": run.config.init,
+            "n_init_records": n_init,
+            "init_aware_shadows": bool(run.config.init == "real" and n_init > 0),
+        },
+        "records": {
+            "members": int(len(mem)),
+            "nonmembers": int(len(non)),
+            "calibration": int(calib.sum()),
+            "population": int(len(pop)),
+            "file": "records.json",
+        },
+        "membership": {
+            "draw": "independent fair coin per (record, shadow pipeline)",
+            "file": "keep.npy",
+            "seed": [cfg.seed, 2],
+        },
         "game": rel["game"],
         **({"dp": dp_audit} if dp_audit is not None else {}),
         "targets": rel["targets"],
@@ -361,8 +543,16 @@ def run_audit(run_dir: str | Path, cfg: AuditConfig = AuditConfig(), *, data: An
         "baselines": {k: v for k, v in results.items() if k != "release"},
         "timings": timings,
         "workers": n_workers,
-        "outputs": ["audit.json", "scores.npz", "game_scores.npz", "roc.png", "histograms.png",
-                    "records.json", "keep.npy", "audit_config.json"],
+        "outputs": [
+            "audit.json",
+            "scores.npz",
+            "game_scores.npz",
+            "roc.png",
+            "histograms.png",
+            "records.json",
+            "keep.npy",
+            "audit_config.json",
+        ],
         "private_gallery_images": gallery_n,
     }
     from rcig_release.rundir import environment

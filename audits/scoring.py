@@ -17,10 +17,19 @@ from rcig_release.audits import attacks as A
 from rcig_release.audits import signals
 
 
-def score_targets(names: tuple[str, ...], tl: np.ndarray, near: dict[str, np.ndarray] | None,
-                  rl: np.ndarray, ref_keep: np.ndarray, y_q: np.ndarray, n_rec: int, *,
-                  rmia_a: float | None = None, rmia_gamma: float = 1.0, seed: int = 0
-                  ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def score_targets(
+    names: tuple[str, ...],
+    tl: np.ndarray,
+    near: dict[str, np.ndarray] | None,
+    rl: np.ndarray,
+    ref_keep: np.ndarray,
+    y_q: np.ndarray,
+    n_rec: int,
+    *,
+    rmia_a: float | None = None,
+    rmia_gamma: float = 1.0,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Scores ``[T, N]`` per attack.
 
     Args:
@@ -46,29 +55,40 @@ def score_targets(names: tuple[str, ...], tl: np.ndarray, near: dict[str, np.nda
         clf = A.fit_shadow_classifier(feats, ref_keep, seed=seed)
     if "rmia" in names:
         pr = signals.true_prob(rl, y_q).mean(axis=(1, 2))  # [R, Q]
-        a = rmia_a if rmia_a is not None else A.tune_rmia_a(pr[:, :n_rec], ref_keep,
-                                                            pr[:, n_rec:])
+        a = rmia_a if rmia_a is not None else A.tune_rmia_a(pr[:, :n_rec], ref_keep, pr[:, n_rec:])
         info["rmia_a"] = a
     for t in range(T):
         z = tl[t]
         phi_t = signals.logit_confidence(z, y_q).mean(axis=0)[:, :n_rec]  # [A, N]
         if "loss" in names:
             out.setdefault("loss", []).append(
-                A.loss_attack(signals.cross_entropy(z[:, 0, :n_rec], y_rec)))
+                A.loss_attack(signals.cross_entropy(z[:, 0, :n_rec], y_rec))
+            )
         if "shadow" in names:
             out.setdefault("shadow", []).append(
-                A.shadow_scores(clf, A.shadow_features(z[:, :, :n_rec], y_rec)))
+                A.shadow_scores(clf, A.shadow_features(z[:, :, :n_rec], y_rec))
+            )
         if "lira_online" in names:
             out.setdefault("lira_online", []).append(
-                A.lira_online(phi_t, phi_r, ref_keep, global_variance=use_global))
+                A.lira_online(phi_t, phi_r, ref_keep, global_variance=use_global)
+            )
         if "lira_offline" in names:
             out.setdefault("lira_offline", []).append(
-                A.lira_offline(phi_t, phi_r, ref_keep, global_variance=use_global))
+                A.lira_offline(phi_t, phi_r, ref_keep, global_variance=use_global)
+            )
         if "rmia" in names:
             pt = signals.true_prob(z, y_q).mean(axis=(0, 1))  # [Q]
             out.setdefault("rmia", []).append(
-                A.rmia_offline(pt[:n_rec], pr[:, :n_rec], ref_keep, pt[n_rec:], pr[:, n_rec:],
-                               a=a, gamma=rmia_gamma))
+                A.rmia_offline(
+                    pt[:n_rec],
+                    pr[:, :n_rec],
+                    ref_keep,
+                    pt[n_rec:],
+                    pr[:, n_rec:],
+                    a=a,
+                    gamma=rmia_gamma,
+                )
+            )
         if "nearest" in names and near is not None:
             out.setdefault("nearest", []).append(A.nearest_attack(near["pixel"][t]))
             out.setdefault("nearest_feature", []).append(A.nearest_attack(near["feature"][t]))

@@ -68,11 +68,12 @@ def make_keep(n_shadows: int, n_records: int, rng: np.random.Generator) -> np.nd
     return rng.random((n_shadows, n_records)) < 0.5
 
 
-def shadow_indices(keep_row: np.ndarray, members: np.ndarray, nonmembers: np.ndarray,
-                   n_train: int) -> tuple[np.ndarray, np.ndarray]:
+def shadow_indices(
+    keep_row: np.ndarray, members: np.ndarray, nonmembers: np.ndarray, n_train: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(training-split indices, held-out-split indices) of one shadow's private set. ``keep_row``
     covers the records in the order members then non-members."""
-    k_mem, k_non = keep_row[: len(members)], keep_row[len(members):]
+    k_mem, k_non = keep_row[: len(members)], keep_row[len(members) :]
     rest = np.setdiff1d(np.arange(n_train), members)
     return np.sort(np.concatenate([rest, members[k_mem]])), np.sort(nonmembers[k_non])
 
@@ -83,9 +84,17 @@ def mirror_queries(x: np.ndarray, mirror: bool) -> np.ndarray:
     return np.stack([x, x[:, :, ::-1, :]]) if mirror else x[None]
 
 
-def run_pipeline(kind: str, cfg: Any, x_pix: np.ndarray, y: np.ndarray, num_classes: int, *,
-                 seed: int, zca: bool, init_forced: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, Any]:
+def run_pipeline(
+    kind: str,
+    cfg: Any,
+    x_pix: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    seed: int,
+    zca: bool,
+    init_forced: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, Any]:
     """One pipeline on one private set → (training images in model space, training labels,
     preprocessor). ``cfg`` is the run's ``DistillConfig``; ``init_forced``: positions in ``x_pix``
     that must be init images (real init: the audited init records this shadow holds)."""
@@ -98,9 +107,19 @@ def run_pipeline(kind: str, cfg: Any, x_pix: np.ndarray, y: np.ndarray, num_clas
     from rcig_release.distill import distill
 
     # naive: ipc real images, whatever the run's privacy settings (it is a baseline, not DP)
-    c = cfg.replace(seed=int(seed)) if kind == "release" else cfg.replace(
-        seed=int(seed), steps=0, init="real", dp_epsilon=None, dp_delta=None,
-        dp_sampling_rate=None, dp_noise_multiplier=None)
+    c = (
+        cfg.replace(seed=int(seed))
+        if kind == "release"
+        else cfg.replace(
+            seed=int(seed),
+            steps=0,
+            init="real",
+            dp_epsilon=None,
+            dp_delta=None,
+            dp_sampling_rate=None,
+            dp_noise_multiplier=None,
+        )
+    )
     forced = init_forced if c.init == "real" else None
     res = distill(c, x_model, np.asarray(y, np.int64), num_classes, init_forced=forced)
     return res.images_model, res.labels, prep
@@ -116,8 +135,14 @@ def forced_positions(train_idx: np.ndarray, init_records: np.ndarray | None) -> 
     return np.searchsorted(train_idx, held).astype(np.int64)
 
 
-def nearest_distances(params: Any, ds: Downstream, prep: Any, records_pix: np.ndarray,
-                      released_model: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+def nearest_distances(
+    params: Any,
+    ds: Downstream,
+    prep: Any,
+    records_pix: np.ndarray,
+    released_model: np.ndarray,
+    num_classes: int,
+) -> dict[str, np.ndarray]:
     """What the release-direct attacks observe: every record's distance to its nearest released
     image, in pixel space (normalised L2 of the images clipped to [0, 1], as published) ``[N]``
     and in each network's penultimate-feature space ``[M, N]``."""
@@ -135,8 +160,14 @@ def loss_for(kind: str) -> str:
     return "ce" if kind == "full" else "mse"
 
 
-def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, num_classes: int,
-               keys: Sequence[Any], *, loss: str) -> list[Any]:
+def train_sets(
+    sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    ds: Downstream,
+    num_classes: int,
+    keys: Sequence[Any],
+    *,
+    loss: str,
+) -> list[Any]:
     """Trains ``ds.n_models`` networks on every set; one vmapped call when the sets share a shape
     (model g·M + m trains on set g with key fold_in(keys[g], m)). Returns one stacked-params
     pytree (leading axis M) per set."""
@@ -148,33 +179,53 @@ def train_sets(sets: Sequence[tuple[np.ndarray, np.ndarray]], ds: Downstream, nu
     steps = ds.steps_for(len(sets[0][0]), loss)
     if ds.flip and loss == "mse":
         sets = [(np.concatenate([x, x[:, :, ::-1, :]]), np.concatenate([y, y])) for x, y in sets]
-    kw: dict[str, Any] = dict(num_classes=num_classes, steps=steps, lr=ds.lr, warmup=ds.warmup, batch=ds.batch,
-              augment=ds.augment, width=ds.width, depth=ds.depth, loss=loss)
+    kw: dict[str, Any] = dict(
+        num_classes=num_classes,
+        steps=steps,
+        lr=ds.lr,
+        warmup=ds.warmup,
+        batch=ds.batch,
+        augment=ds.augment,
+        width=ds.width,
+        depth=ds.depth,
+        loss=loss,
+    )
     same = len({(s[0].shape, s[1].shape) for s in sets}) == 1
     if not same or len(sets) == 1:
-        return [train_models(ds.arch, x, y, n_models=m, key=k, **kw)
-                for (x, y), k in zip(sets, keys, strict=True)]
+        return [
+            train_models(ds.arch, x, y, n_models=m, key=k, **kw)
+            for (x, y), k in zip(sets, keys, strict=True)
+        ]
     x = np.repeat(np.stack([s[0] for s in sets]), m, axis=0)
     y = np.repeat(np.stack([s[1] for s in sets]), m, axis=0)
     all_keys = jax.numpy.concatenate([jax.random.split(k, m) for k in keys])
-    params = train_models(ds.arch, x, y, n_models=len(sets) * m, key=all_keys,
-                          per_model_data=True, **kw)
+    params = train_models(
+        ds.arch, x, y, n_models=len(sets) * m, key=all_keys, per_model_data=True, **kw
+    )
     return [take_models(params, slice(g * m, (g + 1) * m)) for g in range(len(sets))]
 
 
-def logits_on(params: Any, ds: Downstream, queries_model: np.ndarray, num_classes: int
-              ) -> np.ndarray:
+def logits_on(
+    params: Any, ds: Downstream, queries_model: np.ndarray, num_classes: int
+) -> np.ndarray:
     """Logits ``[M, A, Q, C]`` of every network on queries ``[A, Q, H, W, C]`` (model space)."""
     from rcig_release.train import predict
 
     a, q = queries_model.shape[:2]
-    z = predict(ds.arch, params, queries_model.reshape(a * q, *queries_model.shape[2:]),
-                num_classes=num_classes, width=ds.width, depth=ds.depth)
+    z = predict(
+        ds.arch,
+        params,
+        queries_model.reshape(a * q, *queries_model.shape[2:]),
+        num_classes=num_classes,
+        width=ds.width,
+        depth=ds.depth,
+    )
     return z.reshape(z.shape[0], a, q, z.shape[-1])
 
 
-def features_on(params: Any, ds: Downstream, x_model: np.ndarray, num_classes: int,
-                batch: int = 1000) -> np.ndarray:
+def features_on(
+    params: Any, ds: Downstream, x_model: np.ndarray, num_classes: int, batch: int = 1000
+) -> np.ndarray:
     """Penultimate features ``[M, N, F]`` of every network (for the feature-space nearest attack)."""
     import jax
 
@@ -187,9 +238,15 @@ def features_on(params: Any, ds: Downstream, x_model: np.ndarray, num_classes: i
     x = np.asarray(x_model, np.float32)
     # the models side by side as train.predict does (XLA:CPU: one per call above 16x16 pixels)
     groups = model_groups(jax.tree.leaves(params)[0].shape[0], "auto", x.shape[1:])
-    return np.concatenate([
-        np.concatenate([np.asarray(fn(take_models(params, g), x[s:s + batch])) for g in groups])
-        for s in range(0, len(x), batch)], axis=1)
+    return np.concatenate(
+        [
+            np.concatenate(
+                [np.asarray(fn(take_models(params, g), x[s : s + batch])) for g in groups]
+            )
+            for s in range(0, len(x), batch)
+        ],
+        axis=1,
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -214,14 +271,30 @@ def _group_size(n_shadows: int, per_set_bytes: int, n_models: int, requested: in
     return int(max(1, min(n_shadows, _GROUP_BYTES // max(1, per_set_bytes * n_models))))
 
 
-def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
-                nonmembers: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
-                x_test: np.ndarray, y_test: np.ndarray, queries_pix: np.ndarray,
-                num_classes: int, zca: bool, ds: Downstream, out_dir: Path, seed: int,
-                resume: bool, mirror: bool = True, group: int | None = None,
-                workers: int = 1, init_records: np.ndarray | None = None,
-                progress: Callable[[str, int, int], None] | None = None
-                ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+def run_shadows(
+    kind: str,
+    *,
+    cfg: Any,
+    keep: np.ndarray,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    queries_pix: np.ndarray,
+    num_classes: int,
+    zca: bool,
+    ds: Downstream,
+    out_dir: Path,
+    seed: int,
+    resume: bool,
+    mirror: bool = True,
+    group: int | None = None,
+    workers: int = 1,
+    init_records: np.ndarray | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Runs (or, with ``resume``, reloads) every shadow pipeline of ``kind`` and returns the
     stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``) and, for
     pipelines that release images, each shadow's nearest-image distances of the audit records
@@ -230,19 +303,37 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
     ``workers`` > 1: the pipelines are shared among that many processes (``run_in_workers``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n_shadows = keep.shape[0]
-    todo = [k for k in range(n_shadows)
-            if not (resume and _valid(out_dir / f"{k}.npz", keep[k], kind != "full"))]
-    job = dict(kind=kind, cfg=cfg, keep=keep, members=members, nonmembers=nonmembers,
-               x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-               queries_pix=queries_pix, num_classes=num_classes, zca=zca, ds=ds, out_dir=out_dir,
-               seed=seed, mirror=mirror, group=group, init_records=init_records)
+    todo = [
+        k
+        for k in range(n_shadows)
+        if not (resume and _valid(out_dir / f"{k}.npz", keep[k], kind != "full"))
+    ]
+    job = dict(
+        kind=kind,
+        cfg=cfg,
+        keep=keep,
+        members=members,
+        nonmembers=nonmembers,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        queries_pix=queries_pix,
+        num_classes=num_classes,
+        zca=zca,
+        ds=ds,
+        out_dir=out_dir,
+        seed=seed,
+        mirror=mirror,
+        group=group,
+        init_records=init_records,
+    )
     if progress:
         progress(kind, n_shadows - len(todo), n_shadows)
     if workers > 1 and len(todo) > 1:
         run_in_workers(job, todo, workers, n_shadows, progress)
     else:
-        _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=progress,
-                  **job)
+        _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=progress, **job)
     out, pix, feat = [], [], []
     for k in range(n_shadows):
         with np.load(out_dir / f"{k}.npz") as f:
@@ -254,19 +345,40 @@ def run_shadows(kind: str, *, cfg: Any, keep: np.ndarray, members: np.ndarray,
     return np.stack(out), near
 
 
-def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members: np.ndarray,
-              nonmembers: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
-              x_test: np.ndarray, y_test: np.ndarray, queries_pix: np.ndarray, num_classes: int,
-              zca: bool, ds: Downstream, out_dir: Path, seed: int, mirror: bool,
-              group: int | None, init_records: np.ndarray | None = None, n_done: int = 0,
-              n_shadows: int = 0,
-              progress: Callable[[str, int, int], None] | None = None) -> None:
+def _run_todo(
+    todo: list[int],
+    *,
+    kind: str,
+    cfg: Any,
+    keep: np.ndarray,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    queries_pix: np.ndarray,
+    num_classes: int,
+    zca: bool,
+    ds: Downstream,
+    out_dir: Path,
+    seed: int,
+    mirror: bool,
+    group: int | None,
+    init_records: np.ndarray | None = None,
+    n_done: int = 0,
+    n_shadows: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> None:
     """The shadows ``todo`` of one pipeline kind, in this process; each written to
     ``<out_dir>/<k>.npz`` as soon as its group is done."""
     import jax
 
-    per_set = int(np.prod(x_train.shape[1:])) * 4 * (
-        len(x_train) if kind == "full" else cfg.ipc * num_classes)
+    per_set = (
+        int(np.prod(x_train.shape[1:]))
+        * 4
+        * (len(x_train) if kind == "full" else cfg.ipc * num_classes)
+    )
     if group is None and jax.default_backend() == "cpu":
         # Measured (benchmarks/bench_audit.py --part group): on XLA:CPU, even on 8x8 digits where
         # vmapping one pipeline's 4 networks beats a loop, putting 4 or 16 pipelines' networks in
@@ -276,14 +388,22 @@ def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members
     g = _group_size(len(todo), per_set, ds.n_models, group)
     done = n_done
     for start in range(0, len(todo), g):
-        ks = todo[start:start + g]
+        ks = todo[start : start + g]
         sets, preps = [], []
         for k in ks:
             tr, te = shadow_indices(keep[k], members, nonmembers, len(x_train))
             xs = np.concatenate([x_train[tr], x_test[te]])
             ys = np.concatenate([y_train[tr], y_test[te]])
-            xm, lab, prep = run_pipeline(kind, cfg, xs, ys, num_classes, seed=seed * 1000 + k,
-                                         zca=zca, init_forced=forced_positions(tr, init_records))
+            xm, lab, prep = run_pipeline(
+                kind,
+                cfg,
+                xs,
+                ys,
+                num_classes,
+                seed=seed * 1000 + k,
+                zca=zca,
+                init_forced=forced_positions(tr, init_records),
+            )
             sets.append((xm, lab))
             preps.append(prep)
         keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
@@ -295,8 +415,10 @@ def _run_todo(todo: list[int], *, kind: str, cfg: Any, keep: np.ndarray, members
             extra = {}
             if kind != "full":
                 near = nearest_distances(p, ds, prep, queries_pix[:n_rec], xm, num_classes)
-                extra = {"near_pixel": near["pixel"].astype(np.float32),
-                         "near_feature": near["feature"].astype(np.float32)}
+                extra = {
+                    "near_pixel": near["pixel"].astype(np.float32),
+                    "near_feature": near["feature"].astype(np.float32),
+                }
             _atomic_npz(out_dir / f"{k}.npz", logits=z.astype(np.float32), keep=keep[k], **extra)
         done += len(ks)
         if progress:
@@ -320,11 +442,18 @@ def default_workers(image_shape: tuple[int, ...]) -> int:
     if not hasattr(os, "sched_setaffinity"):  # workers could not be pinned to their own cores
         return 1
     small = int(np.prod(image_shape[:2])) <= CPU_VMAP_MAX_PIXELS
-    return 2 if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) >= 2 and small else 1
+    return (
+        2 if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) >= 2 and small else 1
+    )
 
 
-def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows: int,
-                   progress: Callable[[str, int, int], None] | None) -> None:
+def run_in_workers(
+    job: dict[str, Any],
+    todo: list[int],
+    workers: int,
+    n_shadows: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> None:
     """Shares the shadows ``todo`` among ``workers`` fresh processes (multiprocessing "spawn":
     JAX must not be forked), each pinned to its own share of this process's cores, on the CPU
     backend. Shadows are independent and written atomically one by one, so the parent only waits
@@ -346,8 +475,7 @@ def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows
         if not share:
             continue
         my_cores = cores[w::workers] if len(cores) >= workers else cores
-        procs.append(ctx.Process(target=_worker, args=(job, share, my_cores, errors),
-                                 daemon=True))
+        procs.append(ctx.Process(target=_worker, args=(job, share, my_cores, errors), daemon=True))
     out_dir, keep = job["out_dir"], job["keep"]
     seen = -1
     try:
@@ -374,8 +502,9 @@ def run_in_workers(job: dict[str, Any], todo: list[int], workers: int, n_shadows
             msg = errors.get(timeout=1)
         except queue.Empty:
             msg = f"exit code {failed[0]}"
-        raise RcigReleaseError(f"a shadow worker failed ({msg}); finished shadows are kept, "
-                               "continue with --resume")
+        raise RcigReleaseError(
+            f"a shadow worker failed ({msg}); finished shadows are kept, continue with --resume"
+        )
     missing = [k for k in todo if not _valid(out_dir / f"{k}.npz", keep[k], job["kind"] != "full")]
     if missing:
         raise RcigReleaseError(f"shadow workers ended without shadow {missing[0]}")

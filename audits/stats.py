@@ -50,8 +50,12 @@ def auc_test(in_scores: Any, out_scores: Any) -> dict[str, Any]:
     if a.size == 0 or b.size == 0:
         return {"auc": None, "p_value": None, "n_in": int(a.size), "n_out": int(b.size)}
     res = stats.mannwhitneyu(a, b, alternative="greater", method="asymptotic")
-    return {"auc": float(res.statistic) / (a.size * b.size), "p_value": float(res.pvalue),
-            "n_in": int(a.size), "n_out": int(b.size)}
+    return {
+        "auc": float(res.statistic) / (a.size * b.size),
+        "p_value": float(res.pvalue),
+        "n_in": int(a.size),
+        "n_out": int(b.size),
+    }
 
 
 def resolvable(n_out: int, fpr: float) -> bool:
@@ -65,15 +69,27 @@ def tpr_test(in_scores: Any, out_scores: Any, fpr: float) -> dict[str, Any]:
     n_in, n_out = int(a.size), int(b.size)
     base = {"n_in": n_in, "n_out": n_out, "fpr_target": fpr}
     if n_in == 0 or not resolvable(n_out, fpr):
-        return {**base, "tpr": None, "fpr": None, "k": None, "p_value": None,
-                "reason": f"needs >= {math.ceil(1 / fpr)} OUT guesses and one IN, has {n_out}"}
+        return {
+            **base,
+            "tpr": None,
+            "fpr": None,
+            "k": None,
+            "p_value": None,
+            "reason": f"needs >= {math.ceil(1 / fpr)} OUT guesses and one IN, has {n_out}",
+        }
     j = int(math.floor(fpr * n_out + 1e-9))
     thr = np.sort(b)[::-1][j]  # the (j+1)-th highest OUT score: at most j OUT scores above it
     k = int(np.sum(a > thr))
     fp = int(np.sum(b > thr))
     p = float(stats.nhypergeom(n_in + n_out, n_in, j + 1).sf(k - 1)) if k > 0 else 1.0
-    return {**base, "tpr": k / n_in, "fpr": fp / n_out, "k": k, "p_value": min(1.0, p),
-            "reason": None}
+    return {
+        **base,
+        "tpr": k / n_in,
+        "fpr": fp / n_out,
+        "k": k,
+        "p_value": min(1.0, p),
+        "reason": None,
+    }
 
 
 def tpr_critical(n_in: int, n_out: int, fpr: float, alpha: float) -> int | None:
@@ -105,7 +121,8 @@ def auc_power(n_in: int, n_out: int, auc: float, alpha: float) -> float:
     se0 = math.sqrt((n_in + n_out + 1) / (12.0 * n_in * n_out))
     crit = 0.5 + stats.norm.isf(alpha) * se0
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var1 = (auc * (1 - auc) + (n_in - 1) * (q1 - auc * auc) + (n_out - 1) * (q2 - auc * auc)) \
-        / (n_in * n_out)
+    var1 = (auc * (1 - auc) + (n_in - 1) * (q1 - auc * auc) + (n_out - 1) * (q2 - auc * auc)) / (
+        n_in * n_out
+    )
     se1 = math.sqrt(max(var1, 1e-12))
     return float(stats.norm.sf((crit - auc) / se1))

@@ -45,17 +45,27 @@ def bench_vmap(models: int, steps: int, width: int, n_images: int) -> dict:
     prep = fit_preprocessor(ds.x_train, zca=False)
     x = prep.transform(ds.x_train[:n_images])
     y = ds.y_train[:n_images]
-    kw = dict(num_classes=10, steps=steps, lr=1e-4, warmup=min(500, steps // 2), batch=256,
-              width=width, loss="mse")
+    kw = dict(
+        num_classes=10,
+        steps=steps,
+        lr=1e-4,
+        warmup=min(500, steps // 2),
+        batch=256,
+        width=width,
+        loss="mse",
+    )
     keys = jax.random.split(jax.random.key(0), models)
 
     def vmapped():
         return jax.block_until_ready(train_models("convnet", x, y, n_models=models, key=keys, **kw))
 
     def loop():
-        return [jax.block_until_ready(train_models("convnet", x, y, n_models=1,
-                                                   key=keys[m:m + 1], **kw))
-                for m in range(models)]
+        return [
+            jax.block_until_ready(
+                train_models("convnet", x, y, n_models=1, key=keys[m : m + 1], **kw)
+            )
+            for m in range(models)
+        ]
 
     out = _warm_timings(vmapped=vmapped, loop=loop)
     out["ratio"] = out["loop"] / out["vmapped"]
@@ -80,7 +90,9 @@ def bench_group(group: int, kind: str, n_models: int, steps: int | None) -> dict
     sets = []
     for _ in range(group):
         if kind == "release":
-            idx = np.concatenate([rng.choice(np.flatnonzero(ds.y_train == c), 1) for c in range(10)])
+            idx = np.concatenate(
+                [rng.choice(np.flatnonzero(ds.y_train == c), 1) for c in range(10)]
+            )
             sets.append((x[idx], (np.eye(10, dtype=np.float32) - 0.1)[ds.y_train[idx]]))
         else:
             idx = rng.permutation(len(x))
@@ -96,8 +108,10 @@ def bench_group(group: int, kind: str, n_models: int, steps: int | None) -> dict
         return jax.block_until_ready(train_sets(sets, down, 10, keys, loss=loss))
 
     def per_pipeline():
-        return [jax.block_until_ready(train_sets([s], down, 10, [k], loss=loss))
-                for s, k in zip(sets, keys, strict=True)]
+        return [
+            jax.block_until_ready(train_sets([s], down, 10, [k], loss=loss))
+            for s, k in zip(sets, keys, strict=True)
+        ]
 
     out = _warm_timings(grouped=grouped, per_pipeline=per_pipeline)
     out["ratio"] = out["per_pipeline"] / out["grouped"]
@@ -119,28 +133,56 @@ def make_digits_run(workdir: Path, steps: int, init: str) -> Path:
     secs = time.perf_counter() - t
     run = workdir / f"run_{init}_{steps}"
     run.mkdir(parents=True, exist_ok=True)
-    write_distilled(run, images=prep.inverse(res.images_model), labels=res.labels,
-                    classes=ds.classes, images_model=res.images_model, log_temp=res.log_temp,
-                    init_indices=res.init_indices, prep_arrays=prep.to_arrays())
-    write_json(run / "run.json", {
-        "config": to_dict(cfg),
-        "data": {"source": "digits", "fingerprint": ds.fingerprint, "split_seed": ds.split_seed,
-                 "n_train": ds.n_train, "n_test": ds.n_test},
-        "init": {"mode": init, "indices": res.init_indices.tolist()},
-        "timings": {"distill_seconds": secs}})
+    write_distilled(
+        run,
+        images=prep.inverse(res.images_model),
+        labels=res.labels,
+        classes=ds.classes,
+        images_model=res.images_model,
+        log_temp=res.log_temp,
+        init_indices=res.init_indices,
+        prep_arrays=prep.to_arrays(),
+    )
+    write_json(
+        run / "run.json",
+        {
+            "config": to_dict(cfg),
+            "data": {
+                "source": "digits",
+                "fingerprint": ds.fingerprint,
+                "split_seed": ds.split_seed,
+                "n_train": ds.n_train,
+                "n_test": ds.n_test,
+            },
+            "init": {"mode": init, "indices": res.init_indices.tolist()},
+            "timings": {"distill_seconds": secs},
+        },
+    )
     print(f"distilled digits ({steps} steps, init {init}) in {secs:.1f} s -> {run}")
     return run
 
 
-def bench_audit(workdir: Path, shadows: int, targets: int, records: int, distill_steps: int,
-                init: str, train_steps: int | None) -> dict:
+def bench_audit(
+    workdir: Path,
+    shadows: int,
+    targets: int,
+    records: int,
+    distill_steps: int,
+    init: str,
+    train_steps: int | None,
+) -> dict:
     from rcig_release.audits import AuditConfig, run_audit
 
     run = make_digits_run(workdir, distill_steps, init)
     cfg = AuditConfig(shadows=shadows, targets=targets, records=records, train_steps=train_steps)
     t = time.perf_counter()
-    out = run_audit(run, cfg, progress=lambda s, d, n: print(
-        f"  {time.perf_counter() - t:8.1f} s  {s} {d}/{n}", flush=True))
+    out = run_audit(
+        run,
+        cfg,
+        progress=lambda s, d, n: print(
+            f"  {time.perf_counter() - t:8.1f} s  {s} {d}/{n}", flush=True
+        ),
+    )
     out["wall"] = time.perf_counter() - t
     return out
 
@@ -148,9 +190,11 @@ def bench_audit(workdir: Path, shadows: int, targets: int, records: int, distill
 def _row(pipe: str, name: str, a: dict) -> str:
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     init = a.get("groups", {}).get("init", {}).get("tpr_at_fpr", {}).get("0.01")
-    return (f"| {pipe} | {name} | {f(a['auc'])} | {f(a['tpr_at_fpr']['0.001'])} | "
-            f"{f(a['tpr_at_fpr']['0.01'])} | {f(a['advantage'])} | {f(a['epsilon_lower_bound'])} "
-            f"| {f(init)} |")
+    return (
+        f"| {pipe} | {name} | {f(a['auc'])} | {f(a['tpr_at_fpr']['0.001'])} | "
+        f"{f(a['tpr_at_fpr']['0.01'])} | {f(a['advantage'])} | {f(a['epsilon_lower_bound'])} "
+        f"| {f(init)} |"
+    )
 
 
 def main() -> None:
@@ -171,8 +215,10 @@ def main() -> None:
     a = p.parse_args()
     if a.part in ("all", "vmap"):
         r = bench_vmap(a.models, a.vmap_steps, a.width, 10)
-        print(f"\n| downstream training, {a.models} ConvNets (width {a.width}), 10 digits images, "
-              f"{a.vmap_steps} steps | seconds | models/s |\n|---|---|---|")
+        print(
+            f"\n| downstream training, {a.models} ConvNets (width {a.width}), 10 digits images, "
+            f"{a.vmap_steps} steps | seconds | models/s |\n|---|---|---|"
+        )
         print(f"| vmapped (one call) | {r['vmapped']:.2f} | {r['models_per_s_vmapped']:.2f} |")
         print(f"| Python loop | {r['loop']:.2f} | {r['models_per_s_loop']:.2f} |")
         print(f"| ratio loop/vmapped | {r['ratio']:.2f}x | |")
@@ -183,14 +229,20 @@ def main() -> None:
             m = a.targets if kind == "release" else 1
             for g in a.group:
                 r = bench_group(g, kind, m, a.train_steps)
-                print(f"| {g} | {kind} | {g * m} | {r['grouped']:.2f} | {r['per_pipeline']:.2f} "
-                      f"| {r['ratio']:.2f}x |", flush=True)
+                print(
+                    f"| {g} | {kind} | {g * m} | {r['grouped']:.2f} | {r['per_pipeline']:.2f} "
+                    f"| {r['ratio']:.2f}x |",
+                    flush=True,
+                )
     if a.part in ("all", "audit"):
         work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_audit_"))
-        out = bench_audit(work, a.shadows, a.targets, a.records, a.distill_steps, a.init,
-                          a.train_steps)
-        print(f"\naudit wall time: {out['wall']:.1f} s; phases: "
-              + ", ".join(f"{k} {v:.1f} s" for k, v in out["timings"].items()))
+        out = bench_audit(
+            work, a.shadows, a.targets, a.records, a.distill_steps, a.init, a.train_steps
+        )
+        print(
+            f"\naudit wall time: {out['wall']:.1f} s; phases: "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in out["timings"].items())
+        )
         print("\n| pipeline | attack | AUC | TPR@0.1% | TPR@1% | adv. | eps LB | init TPR@1% |")
         print("|---|---|---|---|---|---|---|---|")
         for name, m in out["attacks"].items():
@@ -199,12 +251,16 @@ def main() -> None:
             for name, m in b["attacks"].items():
                 print(_row(pipe, name, m))
         cc = out["copy_check"]
-        print(f"\ncopy check: {cc['near_copies']}/{cc['n_released']} near copies "
-              f"(threshold {cc['threshold']:.4f})")
-        print(f"target test accuracy: {out['targets']['test_accuracy_mean']:.3f}; naive: "
-              f"{out['baselines'].get('naive', {}).get('targets', {}).get('test_accuracy_mean')}; "
-              f"full data: "
-              f"{out['baselines'].get('full_data', {}).get('targets', {}).get('test_accuracy_mean')}")
+        print(
+            f"\ncopy check: {cc['near_copies']}/{cc['n_released']} near copies "
+            f"(threshold {cc['threshold']:.4f})"
+        )
+        print(
+            f"target test accuracy: {out['targets']['test_accuracy_mean']:.3f}; naive: "
+            f"{out['baselines'].get('naive', {}).get('targets', {}).get('test_accuracy_mean')}; "
+            f"full data: "
+            f"{out['baselines'].get('full_data', {}).get('targets', {}).get('test_accuracy_mean')}"
+        )
 
 
 if __name__ == "__main__":

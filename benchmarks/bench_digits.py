@@ -35,36 +35,64 @@ def distill_grid(ds, prep, a) -> None:
     x, xt = prep.transform(ds.x_train), prep.transform(ds.x_test)
     print(f"{'steps':>6} {'proto_lr':>9} {'batch':>6} {'distill s':>10} {'accuracy %':>15}")
     for steps, lr, rb in itertools.product(a.steps, a.proto_lr, a.real_batch):
-        cfg = make_distill_config("cpu", ipc=a.ipc, steps=steps, proto_lr=lr, real_batch=rb,
-                                  seed=a.seed)
+        cfg = make_distill_config(
+            "cpu", ipc=a.ipc, steps=steps, proto_lr=lr, real_batch=rb, seed=a.seed
+        )
         res = resolve(cfg, ds.image_shape, ds.num_classes)
         t = time.perf_counter()
         out = distill(cfg, x, ds.y_train, ds.num_classes)
         secs = time.perf_counter() - t
-        r = evaluate_arrays(out.images_model, out.labels, xt, ds.y_test, arch="convnet",
-                            num_classes=ds.num_classes, n_models=5, seed=0, width=cfg.width,
-                            depth=res.depth)
-        print(f"{steps:>6} {lr:>9g} {rb:>6} {secs:>10.1f} "
-              f"{100 * r['accuracy_mean']:>8.2f} ± {100 * r['accuracy_std']:.2f}", flush=True)
+        r = evaluate_arrays(
+            out.images_model,
+            out.labels,
+            xt,
+            ds.y_test,
+            arch="convnet",
+            num_classes=ds.num_classes,
+            n_models=5,
+            seed=0,
+            width=cfg.width,
+            depth=res.depth,
+        )
+        print(
+            f"{steps:>6} {lr:>9g} {rb:>6} {secs:>10.1f} "
+            f"{100 * r['accuracy_mean']:>8.2f} ± {100 * r['accuracy_std']:.2f}",
+            flush=True,
+        )
 
 
 def full_recipes(ds, prep, a) -> None:
     x, xt = prep.transform(ds.x_train), prep.transform(ds.x_test)
     y, yt = np.asarray(ds.y_train), np.asarray(ds.y_test)
-    print(f"{'steps':>6} {'lr':>7} {'warmup':>6} {'train s':>8} {'train acc':>9} {'test acc':>8} "
-          f"{'train CE':>8} {'test CE':>8}")
+    print(
+        f"{'steps':>6} {'lr':>7} {'warmup':>6} {'train s':>8} {'train acc':>9} {'test acc':>8} "
+        f"{'train CE':>8} {'test CE':>8}"
+    )
     for spec in a.full_recipe:
         steps, lr, warmup = spec.split(":")
         t = time.perf_counter()
-        p = train_models("convnet", x, y, n_models=1, key=jax.random.key(a.seed),
-                         num_classes=ds.num_classes, steps=int(steps), lr=float(lr),
-                         warmup=int(warmup), batch=256, width=32, loss="ce")
+        p = train_models(
+            "convnet",
+            x,
+            y,
+            n_models=1,
+            key=jax.random.key(a.seed),
+            num_classes=ds.num_classes,
+            steps=int(steps),
+            lr=float(lr),
+            warmup=int(warmup),
+            batch=256,
+            width=32,
+            loss="ce",
+        )
         jax.block_until_ready(p)
         secs = time.perf_counter() - t
         z, zt = (predict("convnet", p, v, num_classes=ds.num_classes, width=32)[0] for v in (x, xt))
-        print(f"{steps:>6} {lr:>7} {warmup:>6} {secs:>8.1f} {np.mean(z.argmax(-1) == y):>9.4f} "
-              f"{np.mean(zt.argmax(-1) == yt):>8.4f} {_ce(z, y):>8.4f} {_ce(zt, yt):>8.4f}",
-              flush=True)
+        print(
+            f"{steps:>6} {lr:>7} {warmup:>6} {secs:>8.1f} {np.mean(z.argmax(-1) == y):>9.4f} "
+            f"{np.mean(zt.argmax(-1) == yt):>8.4f} {_ce(z, y):>8.4f} {_ce(zt, yt):>8.4f}",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -25,8 +25,7 @@ from pathlib import Path
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"
 
 
-def child(data: str, kind: str, ipc: int, steps: int, width: int | None,
-          real_batch: int) -> dict:
+def child(data: str, kind: str, ipc: int, steps: int, width: int | None, real_batch: int) -> dict:
     import resource
 
     import jax
@@ -38,8 +37,17 @@ def child(data: str, kind: str, ipc: int, steps: int, width: int | None,
 
     ds = load_dataset(data)
     dp = dict(dp_epsilon=8.0, dp_noise_multiplier=1.0) if kind == "dp" else {}
-    cfg = make_distill_config("cpu", None, ipc=ipc, steps=steps, tune_lr=False, init="noise",
-                              width=width, real_batch=real_batch, **dp)
+    cfg = make_distill_config(
+        "cpu",
+        None,
+        ipc=ipc,
+        steps=steps,
+        tune_lr=False,
+        init="noise",
+        width=width,
+        real_batch=real_batch,
+        **dp,
+    )
     cfg = with_data_defaults(cfg, len(ds.y_train))
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     x = preprocessor_for(ds.x_train, cfg, zca=res.zca).transform(ds.x_train).astype(np.float32)
@@ -54,11 +62,17 @@ def child(data: str, kind: str, ipc: int, steps: int, width: int | None,
 
     result = distill(cfg, x, ds.y_train, ds.num_classes, on_state=on_state)
     rest = sorted(times[1:])
-    row = {"kind": kind, "ipc": ipc, "width": cfg.width, "real_batch": cfg.real_batch,
-           "n_train": int(len(ds.y_train)), "first_step_s": times[0],
-           "s_per_step": rest[len(rest) // 2] if rest else float("nan"),
-           "steps_timed": len(rest),
-           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    row = {
+        "kind": kind,
+        "ipc": ipc,
+        "width": cfg.width,
+        "real_batch": cfg.real_batch,
+        "n_train": int(len(ds.y_train)),
+        "first_step_s": times[0],
+        "s_per_step": rest[len(rest) // 2] if rest else float("nan"),
+        "steps_timed": len(rest),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
     if kind == "dp":
         row["max_batch_size"] = result.info["dp"]["max_batch_size"]
     return row
@@ -75,36 +89,59 @@ def main() -> None:
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.data, a.child[0], int(a.child[1]), a.steps, a.width,
-                               a.real_batch)))
+        print(
+            json.dumps(child(a.data, a.child[0], int(a.child[1]), a.steps, a.width, a.real_batch))
+        )
         return
     rows = []
     for ipc in a.ipc:
         for kind in ("ordinary", "dp"):
-            cmd = [sys.executable, __file__, "--data", a.data, "--steps", str(a.steps),
-                   "--real-batch", str(a.real_batch), "--child", kind, str(ipc)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--data",
+                a.data,
+                "--steps",
+                str(a.steps),
+                "--real-batch",
+                str(a.real_batch),
+                "--child",
+                kind,
+                str(ipc),
+            ]
             if a.width:
                 cmd += ["--width", str(a.width)]
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
                 last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
                 err = out.stderr.strip().splitlines()
-                row = json.loads(last) if out.returncode == 0 else {
-                    "kind": kind, "ipc": ipc, "error": err[-1] if err else f"rc {out.returncode}"}
+                row = (
+                    json.loads(last)
+                    if out.returncode == 0
+                    else {
+                        "kind": kind,
+                        "ipc": ipc,
+                        "error": err[-1] if err else f"rc {out.returncode}",
+                    }
+                )
             except subprocess.TimeoutExpired:
                 row = {"kind": kind, "ipc": ipc, "error": f"over {a.timeout:g} s"}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{'ipc':>4} {'step':>9} {'first s':>8} {'s/step':>8} {'x ordinary':>10} "
-          f"{'peak GB':>8} {'B_max':>6}")
+    print(
+        f"\n{'ipc':>4} {'step':>9} {'first s':>8} {'s/step':>8} {'x ordinary':>10} "
+        f"{'peak GB':>8} {'B_max':>6}"
+    )
     base = {r["ipc"]: r for r in rows if r.get("kind") == "ordinary" and "error" not in r}
     for r in rows:
         if "error" in r:
             print(f"{r['ipc']:>4} {r['kind']:>9}  {r['error']}")
             continue
         ratio = r["s_per_step"] / base[r["ipc"]]["s_per_step"] if r["ipc"] in base else float("nan")
-        print(f"{r['ipc']:>4} {r['kind']:>9} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
-              f"{ratio:>10.2f} {r['peak_rss_gb']:>8.2f} {r.get('max_batch_size', ''):>6}")
+        print(
+            f"{r['ipc']:>4} {r['kind']:>9} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
+            f"{ratio:>10.2f} {r['peak_rss_gb']:>8.2f} {r.get('max_batch_size', ''):>6}"
+        )
 
 
 if __name__ == "__main__":

@@ -65,10 +65,15 @@ def run_row(kind, param, m, reps, *, alpha, delta, analysis="one_run", seed=0):
         vals.append(v)
     vals = np.asarray(vals)
     p5, med, p95 = np.percentile(vals, [5, 50, 95])
-    name = kind if kind == "null" else (
-        f"{kind} ε={param:g}" if kind == "randomised response" else f"{kind} μ={param:g}")
-    return (f"| {name} | {analysis} | {true_eps:.3f} | {m} | {reps} | {med:.3f} | {p5:.3f} | "
-            f"{p95:.3f} | {np.mean(vals <= true_eps + 1e-9):.3f} | {secs / reps:.4f} |")
+    name = (
+        kind
+        if kind == "null"
+        else (f"{kind} ε={param:g}" if kind == "randomised response" else f"{kind} μ={param:g}")
+    )
+    return (
+        f"| {name} | {analysis} | {true_eps:.3f} | {m} | {reps} | {med:.3f} | {p5:.3f} | "
+        f"{p95:.3f} | {np.mean(vals <= true_eps + 1e-9):.3f} | {secs / reps:.4f} |"
+    )
 
 
 def validity_table(quick: bool, alpha: float, delta: float) -> None:
@@ -92,12 +97,16 @@ def validity_table(quick: bool, alpha: float, delta: float) -> None:
         ("null", 0.0, 1000, rn, "library default"),
     ]
     print(f"α = {alpha}, δ = {delta}\n")
-    print("| mechanism | analysis | true ε | canaries | reps | median LB | 5th pct | 95th pct "
-          "| share LB ≤ true ε | s / audit |")
+    print(
+        "| mechanism | analysis | true ε | canaries | reps | median LB | 5th pct | 95th pct "
+        "| share LB ≤ true ε | s / audit |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for k, (kind, param, m, reps, analysis) in enumerate(rows):
-        print(run_row(kind, param, m, reps, alpha=alpha, delta=delta, analysis=analysis,
-                      seed=k), flush=True)
+        print(
+            run_row(kind, param, m, reps, alpha=alpha, delta=delta, analysis=analysis, seed=k),
+            flush=True,
+        )
 
 
 def caps_table(alpha: float) -> None:
@@ -108,20 +117,24 @@ def caps_table(alpha: float) -> None:
     for delta in (1e-5, 1e-6, 1e-7, 1e-9):
         for fam in (1, 30):
             a = alpha / fam
-            cells = [f"{E.max_epsilon(m // 2, m // 2, delta=delta, alpha=a):.2f} / "
-                     f"{E.perfect_ranking_epsilon(m // 2, m // 2, delta=delta, alpha=a):.2f}"
-                     for m in sizes]
+            cells = [
+                f"{E.max_epsilon(m // 2, m // 2, delta=delta, alpha=a):.2f} / "
+                f"{E.perfect_ranking_epsilon(m // 2, m // 2, delta=delta, alpha=a):.2f}"
+                for m in sizes
+            ]
             print(f"| {delta:g} | {fam} | " + " | ".join(cells) + " |", flush=True)
 
 
 def _grid_variant(per_doubling: int):
     """top_k_grid with ``per_doubling`` rules per halving of k (1 is the module's own)."""
+
     def grid(m, alpha):
         n = max(1, math.ceil(per_doubling * math.log2(m)))
         j = np.arange(1, n + 1) / per_doubling
-        ks = np.unique(np.clip(np.ceil(m * 2.0 ** -j - 1e-9).astype(np.int64), 1, m))
+        ks = np.unique(np.clip(np.ceil(m * 2.0**-j - 1e-9).astype(np.int64), 1, m))
         kept = ks[ks >= math.ceil(math.log2(ks.size / alpha))]
         return kept if kept.size else ks[-1:]
+
     return grid
 
 
@@ -139,12 +152,23 @@ def grid_table() -> None:
                     for per in (1, 2, 4):
                         E.top_k_grid = _grid_variant(per)
                         rng = np.random.default_rng(5)
-                        cells.append(np.median([E.epsilon_lower_bound(
-                            *_draw(rng, m, kind, param), delta=delta, alpha=alpha)
-                            for _ in range(5)]))
+                        cells.append(
+                            np.median(
+                                [
+                                    E.epsilon_lower_bound(
+                                        *_draw(rng, m, kind, param), delta=delta, alpha=alpha
+                                    )
+                                    for _ in range(5)
+                                ]
+                            )
+                        )
                     name = f"{kind} {'ε' if kind != 'Gaussian' else 'μ'}={param:g}"
-                    print(f"| {name} | {m} | {delta:g} | {alpha:.4g} | "
-                          + " | ".join(f"{c:.2f}" for c in cells) + " |", flush=True)
+                    print(
+                        f"| {name} | {m} | {delta:g} | {alpha:.4g} | "
+                        + " | ".join(f"{c:.2f}" for c in cells)
+                        + " |",
+                        flush=True,
+                    )
     finally:
         E.top_k_grid = own
 
@@ -180,13 +204,16 @@ def coins_table(reps: int, alpha: float, delta: float) -> None:
         for _ in range(reps):
             keep = rng.random((K, N)) < 0.5
             phi = rng.standard_normal(N)[None, :] + 0.5 * rng.standard_normal((K, N))
-            loo = np.stack([_lira_scores(phi[k], np.delete(phi, k, 0), np.delete(keep, k, 0))
-                            for k in range(K)])
+            loo = np.stack(
+                [
+                    _lira_scores(phi[k], np.delete(phi, k, 0), np.delete(keep, k, 0))
+                    for k in range(K)
+                ]
+            )
             h = K // 2
             ref = np.stack([_lira_scores(phi[k], phi[h:], keep[h:]) for k in range(h)])
             for name, sc, kp in (("leave-one-out", loo, keep), ("reference", ref, keep[:h])):
-                pos[name] += E.epsilon_lower_bound(sc[kp], sc[~kp], delta=delta,
-                                                   alpha=alpha) > 0
+                pos[name] += E.epsilon_lower_bound(sc[kp], sc[~kp], delta=delta, alpha=alpha) > 0
         for name, v in pos.items():
             m = K * N if name == "leave-one-out" else (K // 2) * N
             print(f"| {K} | {N} | {name} | {m} | {reps} | {v / reps:.3f} |", flush=True)

@@ -50,8 +50,14 @@ def rms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0) / a.shape[1])
 
 
-def simulate(scenario: str, K: int, N: int, n_init: int, rng: np.random.Generator,
-             pix: tuple[np.ndarray, np.ndarray]) -> tuple[dict, np.ndarray, dict]:
+def simulate(
+    scenario: str,
+    K: int,
+    N: int,
+    n_init: int,
+    rng: np.random.Generator,
+    pix: tuple[np.ndarray, np.ndarray],
+) -> tuple[dict, np.ndarray, dict]:
     keep = rng.random((K, N)) < 0.5
     common = rng.standard_normal((K, N))
     scores = {a: 0.6 * common + 0.8 * rng.standard_normal((K, N)) for a in ATTACKS}
@@ -86,8 +92,9 @@ def simulate(scenario: str, K: int, N: int, n_init: int, rng: np.random.Generato
 
 
 def privacy_passed(decision) -> bool:
-    return all(r.passed for r in decision.rules
-               if r.name.startswith(("game.", "init.records_audited")))
+    return all(
+        r.passed for r in decision.rules if r.name.startswith(("game.", "init.records_audited"))
+    )
 
 
 def main() -> None:
@@ -109,16 +116,26 @@ def main() -> None:
         rng = np.random.default_rng([args.seed, len(scenario)])
         passed, t0, failed_names = 0, time.perf_counter(), {}
         for _ in range(n):
-            scores, keep, groups = simulate(scenario, args.shadows, args.records, args.n_init,
-                                            rng, pix)
+            scores, keep, groups = simulate(
+                scenario, args.shadows, args.records, args.n_init, rng, pix
+            )
             stats = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
             real = scenario != "null"
-            audit = {"game": stats, "n_shadows": args.shadows,
-                     "init": {"mode": "real" if real else "noise",
-                              "n_init_records": args.n_init if real else 0,
-                              "init_aware_shadows": real}}
-            d = evaluate_policy({"init": {"mode": "real" if real else "noise"}},
-                                {"accuracy_mean": 1.0}, audit, policy)
+            audit = {
+                "game": stats,
+                "n_shadows": args.shadows,
+                "init": {
+                    "mode": "real" if real else "noise",
+                    "n_init_records": args.n_init if real else 0,
+                    "init_aware_shadows": real,
+                },
+            }
+            d = evaluate_policy(
+                {"init": {"mode": "real" if real else "noise"}},
+                {"accuracy_mean": 1.0},
+                audit,
+                policy,
+            )
             ok = privacy_passed(d)
             passed += ok
             for r in d.failed:
@@ -128,27 +145,38 @@ def main() -> None:
         sec = (time.perf_counter() - t0) / n
         rows.append((scenario, n, passed / n, 1 - passed / n, sec, failed_names))
         print(f"{scenario}: {passed} of {n} passed ({sec:.2f} s per audit)", flush=True)
-    print(f"policy {Path(args.policy).name}: K={args.shadows} shadows, N={args.records} records, "
-          f"{args.n_init} init records")
+    print(
+        f"policy {Path(args.policy).name}: K={args.shadows} shadows, N={args.records} records, "
+        f"{args.n_init} init records"
+    )
     print("| scenario | audits | passed | refused | s/audit | most frequent failed rules |")
     print("|---|---|---|---|---|---|")
     for sc, n, p, r, sec, names in rows:
         top = ", ".join(f"{k} ({v})" for k, v in sorted(names.items(), key=lambda kv: -kv[1])[:3])
         print(f"| {sc} | {n} | {p:.4f} | {r:.4f} | {sec:.2f} | {top or '-'} |")
     # decidability: the power of every test rule at these sizes (one simulated null audit)
-    scores, keep, groups = simulate("planted", args.shadows, args.records, args.n_init,
-                                    np.random.default_rng(1), pix)
+    scores, keep, groups = simulate(
+        "planted", args.shadows, args.records, args.n_init, np.random.default_rng(1), pix
+    )
     st = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
-    d = evaluate_policy({"init": {"mode": "real"}}, {"accuracy_mean": 1.0},
-                        {"game": st, "n_shadows": args.shadows,
-                         "init": {"mode": "real", "n_init_records": args.n_init,
-                                  "init_aware_shadows": True}}, policy)
+    d = evaluate_policy(
+        {"init": {"mode": "real"}},
+        {"accuracy_mean": 1.0},
+        {
+            "game": st,
+            "n_shadows": args.shadows,
+            "init": {"mode": "real", "n_init_records": args.n_init, "init_aware_shadows": True},
+        },
+        policy,
+    )
     print("\n| rule (attack loss; the same sizes for every attack) | α per test | decidability |")
     print("|---|---|---|")
     for r in d.rules:
         if r.name.startswith("game.loss"):
-            print(f"| {r.name} | {r.limit if r.comparison == 'p >' else '-'} | "
-                  f"{r.note.split('; ', 1)[-1] if r.comparison == 'p >' else r.note} |")
+            print(
+                f"| {r.name} | {r.limit if r.comparison == 'p >' else '-'} | "
+                f"{r.note.split('; ', 1)[-1] if r.comparison == 'p >' else r.note} |"
+            )
 
 
 if __name__ == "__main__":

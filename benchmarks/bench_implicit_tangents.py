@@ -55,29 +55,40 @@ def compare(setup, theta0, psi, x_t, labels_t, check: bool = False) -> dict[str,
 
     # Δθ* in the all-tangent layout: the trained leaves as solved, the Dense kernel at 0
     d_all = ravel_pytree(traverse_util.flatten_dict(setup.tangents.to_tree(d)))[0]
-    assert all(np.array_equal(p, q) for p, q in zip(
-        jax.tree.leaves(all_t.to_tree(d_all)), jax.tree.leaves(setup.tangents.to_tree(d)),
-        strict=True))
+    assert all(
+        np.array_equal(p, q)
+        for p, q in zip(
+            jax.tree.leaves(all_t.to_tree(d_all)),
+            jax.tree.leaves(setup.tangents.to_tree(d)),
+            strict=True,
+        )
+    )
     _, g_all, _ = outer_gradients_all(setup_all, theta0, d_all, psi, x_t, labels_t)
+
     def o_fn(dd):
         return linearize.linear_forward(setup.apply, theta0, all_t, dd, x_s)[1]
+
     jac_all = jax.jacfwd(o_fn)(jnp.zeros_like(d_all))
     v_all = solvers.exact_hvp_solve(jac_all, inner.k_ss, inner.lam, g_all)
     imp_all = jax.grad(lambda p: implicit_objective(setup_all, theta0, d_all, v_all, p))(psi)
 
     if check:  # the all-tangent machinery on the trained space reproduces the package's result
         _, g_chk, _ = outer_gradients_all(setup, theta0, d, psi, x_t, labels_t)
-        jac_tr = jax.jacfwd(lambda dd: linearize.linear_forward(
-            setup.apply, theta0, setup.tangents, dd, x_s)[1])(jnp.zeros_like(d))
+        jac_tr = jax.jacfwd(
+            lambda dd: linearize.linear_forward(setup.apply, theta0, setup.tangents, dd, x_s)[1]
+        )(jnp.zeros_like(d))
         v_chk = solvers.exact_hvp_solve(jac_tr, inner.k_ss, inner.lam, g_chk)
         imp_chk = jax.grad(lambda p: implicit_objective(setup, theta0, d, v_chk, p))(psi)
         np.testing.assert_allclose(_flat(imp_chk), _flat(imp_tr), rtol=1e-6, atol=1e-12)
 
     a, b = _flat(imp_tr), _flat(imp_all)
     dd = _flat(direct)
-    return {"cos_implicit": _cos(a, b), "norm_ratio": float(np.linalg.norm(b) / np.linalg.norm(a)),
-            "implicit_over_direct": float(np.linalg.norm(a) / np.linalg.norm(dd)),
-            "cos_total": _cos(dd + a, dd + b)}
+    return {
+        "cos_implicit": _cos(a, b),
+        "norm_ratio": float(np.linalg.norm(b) / np.linalg.norm(a)),
+        "implicit_over_direct": float(np.linalg.norm(a) / np.linalg.norm(dd)),
+        "cos_total": _cos(dd + a, dd + b),
+    }
 
 
 def outer_gradients_all(setup_all, theta0, d_all, psi, x_t, labels_t):
@@ -86,8 +97,8 @@ def outer_gradients_all(setup_all, theta0, d_all, psi, x_t, labels_t):
     from rcig_release.rcig.step import outer_loss
 
     value, (g, direct) = jax.value_and_grad(
-        lambda dd, p: outer_loss(setup_all, theta0, dd, p, x_t, labels_t), argnums=(0, 1))(
-        d_all, psi)
+        lambda dd, p: outer_loss(setup_all, theta0, dd, p, x_t, labels_t), argnums=(0, 1)
+    )(d_all, psi)
     return value, g, direct
 
 
@@ -97,8 +108,15 @@ def problem(name: str, width: int, seed: int):
         shape, c, ipc, n_real = (8, 8, 3), 3, 2, 32
         x_train = rng.standard_normal((200, *shape))
         y_train = rng.integers(0, c, 200)
-        cfg = DistillConfig(ipc=ipc, width=width, depth=1, pool_size=1, real_batch=n_real,
-                            inner_solver="exact", clip_implicit=False)
+        cfg = DistillConfig(
+            ipc=ipc,
+            width=width,
+            depth=1,
+            pool_size=1,
+            real_batch=n_real,
+            inner_solver="exact",
+            clip_implicit=False,
+        )
     else:
         from rcig_release.data import fit_preprocessor, load_dataset
 
@@ -106,11 +124,18 @@ def problem(name: str, width: int, seed: int):
         prep = fit_preprocessor(ds.x_train, zca=False)
         x_train, y_train = prep.transform(ds.x_train), ds.y_train
         shape, c, ipc, n_real = ds.image_shape, ds.num_classes, 1, 256
-        cfg = DistillConfig(ipc=ipc, width=width, pool_size=1, real_batch=n_real,
-                            inner_solver="exact", clip_implicit=False)
+        cfg = DistillConfig(
+            ipc=ipc,
+            width=width,
+            pool_size=1,
+            real_batch=n_real,
+            inner_solver="exact",
+            clip_implicit=False,
+        )
     setup = make_setup(cfg, resolve(cfg, shape, c), shape)
-    idx = np.concatenate([rng.choice(np.flatnonzero(y_train == k), ipc, replace=False)
-                          for k in range(c)])
+    idx = np.concatenate(
+        [rng.choice(np.flatnonzero(y_train == k), ipc, replace=False) for k in range(c)]
+    )
     y0 = (np.eye(c) - 1 / c)[np.repeat(np.arange(c), ipc)]
     state = init_state(setup, np.asarray(x_train)[idx], y0, jax.random.PRNGKey(seed))
     theta0 = jax.tree.map(lambda p: jnp.asarray(p[0], jnp.float64), state.pool_params)
@@ -124,17 +149,25 @@ def main() -> None:
     ap.add_argument("--problems", nargs="+", default=["toy", "digits"])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--width", type=int, default=4)
-    ap.add_argument("--check", action="store_true",
-                    help="also recompute the trained-space result with the all-tangent code path")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="also recompute the trained-space result with the all-tangent code path",
+    )
     a = ap.parse_args()
-    print(f"{'problem':>8} {'seed':>4} {'cos implicit':>12} {'|all|/|tr|':>10} "
-          f"{'|imp|/|dir|':>11} {'cos total':>9}")
+    print(
+        f"{'problem':>8} {'seed':>4} {'cos implicit':>12} {'|all|/|tr|':>10} "
+        f"{'|imp|/|dir|':>11} {'cos total':>9}"
+    )
     with jax.enable_x64():
         for name in a.problems:
             for seed in range(a.seeds):
                 r = compare(*problem(name, a.width, seed), check=a.check)
-                print(f"{name:>8} {seed:>4} {r['cos_implicit']:>12.4f} {r['norm_ratio']:>10.3f} "
-                      f"{r['implicit_over_direct']:>11.3f} {r['cos_total']:>9.4f}", flush=True)
+                print(
+                    f"{name:>8} {seed:>4} {r['cos_implicit']:>12.4f} {r['norm_ratio']:>10.3f} "
+                    f"{r['implicit_over_direct']:>11.3f} {r['cos_total']:>9.4f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,14 @@ def main() -> None:
             p = step(p)
         return p
 
-    fns = {"one step, straight-line": (jax.jit(step), 1),
-           "8 steps in fori_loop": (jax.jit(lambda p: jax.lax.fori_loop(0, 8, lambda i, q: step(q), p)), 8),
-           "8 steps unrolled": (jax.jit(unrolled), 8)}
+    fns = {
+        "one step, straight-line": (jax.jit(step), 1),
+        "8 steps in fori_loop": (
+            jax.jit(lambda p: jax.lax.fori_loop(0, 8, lambda i, q: step(q), p)),
+            8,
+        ),
+        "8 steps unrolled": (jax.jit(unrolled), 8),
+    }
     print(f"{'variant':28s} {'s per step':>10s}")
     for name, (f, n) in fns.items():
         jax.block_until_ready(f(params))

@@ -28,7 +28,9 @@ from rcig_release.train import evaluate_arrays
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"))
+    ap.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/mnist.npz")
+    )
     ap.add_argument("--ipc", type=int, default=1)
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--minutes", type=float, default=30)
@@ -43,8 +45,16 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(a.data)
-    cfg = make_distill_config(a.preset, None, ipc=a.ipc, steps=a.steps, width=a.width,
-                              real_batch=a.real_batch, proto_lr=a.proto_lr, seed=a.seed)
+    cfg = make_distill_config(
+        a.preset,
+        None,
+        ipc=a.ipc,
+        steps=a.steps,
+        width=a.width,
+        real_batch=a.real_batch,
+        proto_lr=a.proto_lr,
+        seed=a.seed,
+    )
     cfg = with_data_defaults(cfg, len(ds.y_train))
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     prep = fit_preprocessor(ds.x_train, zca=res.zca)
@@ -78,18 +88,38 @@ def main() -> None:
             xs, ys = np.concatenate([xs, xs[:, :, ::-1]]), np.concatenate([ys, ys])
         for w in widths:
             t = time.perf_counter()
-            r = evaluate_arrays(xs, ys, x_test, ds.y_test, arch="convnet",
-                                num_classes=ds.num_classes, n_models=5, seed=0, width=w,
-                                depth=res.depth)
-            rows.append({**s, "eval_width": w, "acc_mean": r["accuracy_mean"],
-                         "acc_std": r["accuracy_std"], "eval_s": time.perf_counter() - t})
+            r = evaluate_arrays(
+                xs,
+                ys,
+                x_test,
+                ds.y_test,
+                arch="convnet",
+                num_classes=ds.num_classes,
+                n_models=5,
+                seed=0,
+                width=w,
+                depth=res.depth,
+            )
+            rows.append(
+                {
+                    **s,
+                    "eval_width": w,
+                    "acc_mean": r["accuracy_mean"],
+                    "acc_std": r["accuracy_std"],
+                    "eval_s": time.perf_counter() - t,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{Path(a.data).name} ipc={a.ipc} preset={a.preset} width={cfg.width} "
-          f"real_batch={cfg.real_batch} zca={res.zca} flips={res.use_flip} test={len(ds.y_test)}")
+    print(
+        f"\n{Path(a.data).name} ipc={a.ipc} preset={a.preset} width={cfg.width} "
+        f"real_batch={cfg.real_batch} zca={res.zca} flips={res.use_flip} test={len(ds.y_test)}"
+    )
     print(f"{'minutes':>8} {'step':>6} {'eval width':>10} {'accuracy %':>16}")
     for r in rows:
-        print(f"{r['minutes']:>8g} {r['step']:>6} {r['eval_width']:>10} "
-              f"{100*r['acc_mean']:>8.2f} ± {100*r['acc_std']:.2f}")
+        print(
+            f"{r['minutes']:>8g} {r['step']:>6} {r['eval_width']:>10} "
+            f"{100 * r['acc_mean']:>8.2f} ± {100 * r['acc_std']:.2f}"
+        )
     (a.out / "curve.json").write_text(json.dumps(rows, indent=1))
 
 

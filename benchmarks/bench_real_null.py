@@ -56,12 +56,17 @@ def main() -> None:
         privacy = [r for r in d.rules if r.name.startswith("game.")]
         failed = [r.name for r in privacy if not r.passed]
         rows.append((seed, not failed, failed, time.perf_counter() - t0))
-        print(f"seed {seed}: {'pass' if not failed else 'FAIL ' + ', '.join(failed)} "
-              f"({len(privacy)} privacy rules, {rows[-1][3]:.0f} s)", flush=True)
+        print(
+            f"seed {seed}: {'pass' if not failed else 'FAIL ' + ', '.join(failed)} "
+            f"({len(privacy)} privacy rules, {rows[-1][3]:.0f} s)",
+            flush=True,
+        )
     n_pass = sum(r[1] for r in rows)
-    print(f"\n{n_pass} of {len(rows)} seeds pass every privacy rule of {Path(args.policy).name} "
-          f"({100 * n_pass / len(rows):.1f} %); mean {sum(r[3] for r in rows) / len(rows):.0f} s "
-          "per seed")
+    print(
+        f"\n{n_pass} of {len(rows)} seeds pass every privacy rule of {Path(args.policy).name} "
+        f"({100 * n_pass / len(rows):.1f} %); mean {sum(r[3] for r in rows) / len(rows):.0f} s "
+        "per seed"
+    )
 
 
 if __name__ == "__main__":

@@ -62,10 +62,18 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", float("nan")))
     mem = compiled.memory_analysis()
-    xla_gb = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**30
-    row = {"preset": preset, "ipc": ipc, "width": cfg.width, "real_batch": cfg.real_batch,
-           "materialized_jacobian": bool(setup.materialize_jacobian),
-           "gflop_per_step": flops / 1e9, "xla_buffers_gb": xla_gb}
+    xla_gb = (
+        mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    ) / 2**30
+    row = {
+        "preset": preset,
+        "ipc": ipc,
+        "width": cfg.width,
+        "real_batch": cfg.real_batch,
+        "materialized_jacobian": bool(setup.materialize_jacobian),
+        "gflop_per_step": flops / 1e9,
+        "xla_buffers_gb": xla_gb,
+    }
     if steps == 0:  # compile only: what one step would cost, without running it
         return {**row, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
     times: list[float] = []
@@ -81,9 +89,15 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
     rate = _matmul_rate()
     rest = sorted(times[1:])
     s = rest[len(rest) // 2] if rest else float("nan")
-    return {**row, "first_step_s": times[0], "s_per_step": s, "steps_timed": len(rest),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "achieved_gflops": flops / s / 1e9, "matmul_gflops": rate / 1e9}
+    return {
+        **row,
+        "first_step_s": times[0],
+        "s_per_step": s,
+        "steps_timed": len(rest),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "achieved_gflops": flops / s / 1e9,
+        "matmul_gflops": rate / 1e9,
+    }
 
 
 def main() -> None:
@@ -91,8 +105,12 @@ def main() -> None:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--preset", nargs="+", default=["cpu", "paper"])
-    ap.add_argument("--steps", type=int, default=4,
-                    help="steps to run; 0 compiles only (FLOPs and XLA's buffer sizes, no timing)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=4,
+        help="steps to run; 0 compiles only (FLOPs and XLA's buffer sizes, no timing)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -102,31 +120,52 @@ def main() -> None:
     rows = []
     for preset in a.preset:
         for ipc in a.ipc:
-            cmd = [sys.executable, __file__, "--data", a.data, "--child", preset, str(ipc),
-                   str(a.steps)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--data",
+                a.data,
+                "--child",
+                preset,
+                str(ipc),
+                str(a.steps),
+            ]
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
                 last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-                row = json.loads(last) if out.returncode == 0 else {
-                    "preset": preset, "ipc": ipc, "error": out.stderr.strip().splitlines()[-1]}
+                row = (
+                    json.loads(last)
+                    if out.returncode == 0
+                    else {
+                        "preset": preset,
+                        "ipc": ipc,
+                        "error": out.stderr.strip().splitlines()[-1],
+                    }
+                )
             except subprocess.TimeoutExpired:
                 row = {"preset": preset, "ipc": ipc, "error": f"over {a.timeout:g} s"}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{'preset':>6} {'ipc':>4} {'first s':>8} {'s/step':>8} {'peak GB':>8} "
-          f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'XLA GB':>7}")
+    print(
+        f"\n{'preset':>6} {'ipc':>4} {'first s':>8} {'s/step':>8} {'peak GB':>8} "
+        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'XLA GB':>7}"
+    )
     for r in rows:
         if "error" in r:
             print(f"{r['preset']:>6} {r['ipc']:>4}  {r['error']}")
             continue
         if "s_per_step" not in r:
-            print(f"{r['preset']:>6} {r['ipc']:>4}  compiled only: {r['gflop_per_step']:.1f} GFLOP/step, "
-                  f"XLA buffers {r['xla_buffers_gb']:.2f} GB, peak RSS while compiling "
-                  f"{r['peak_rss_gb']:.2f} GB")
+            print(
+                f"{r['preset']:>6} {r['ipc']:>4}  compiled only: {r['gflop_per_step']:.1f} GFLOP/step, "
+                f"XLA buffers {r['xla_buffers_gb']:.2f} GB, peak RSS while compiling "
+                f"{r['peak_rss_gb']:.2f} GB"
+            )
             continue
-        print(f"{r['preset']:>6} {r['ipc']:>4} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
-              f"{r['peak_rss_gb']:>8.2f} {r['gflop_per_step']:>10.1f} {r['achieved_gflops']:>8.1f} "
-              f"{r['matmul_gflops']:>14.0f} {r['xla_buffers_gb']:>7.2f}")
+        print(
+            f"{r['preset']:>6} {r['ipc']:>4} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
+            f"{r['peak_rss_gb']:>8.2f} {r['gflop_per_step']:>10.1f} {r['achieved_gflops']:>8.1f} "
+            f"{r['matmul_gflops']:>14.0f} {r['xla_buffers_gb']:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    print(f"ConvNet width {args.width}, {args.size}x{args.size}x1, {args.steps} steps, "
-          f"{os.cpu_count()} CPUs, jax {jax.__version__}")
+    print(
+        f"ConvNet width {args.width}, {args.size}x{args.size}x1, {args.steps} steps, "
+        f"{os.cpu_count()} CPUs, jax {jax.__version__}"
+    )
     print(f"{'images':>6} {'K':>3} {'vmap s':>8} {'lax.map s':>9} {'loop s':>8} {'loop/vmap':>9}")
     for n in args.n:
         x = rng.normal(size=(n, args.size, args.size, 1)).astype(np.float32)
@@ -53,9 +55,18 @@ def main() -> None:
             keys = jax.random.split(jax.random.key(0), k)
 
             vmapped, mapped, loop = (
-                functools.partial(train.train_models, "convnet", x, y, n_models=k, key=keys,
-                                  side_by_side=mode, **kw)
-                for mode in ("vmap", "map", "loop"))
+                functools.partial(
+                    train.train_models,
+                    "convnet",
+                    x,
+                    y,
+                    n_models=k,
+                    key=keys,
+                    side_by_side=mode,
+                    **kw,
+                )
+                for mode in ("vmap", "map", "loop")
+            )
 
             vmapped()  # compile
             mapped()

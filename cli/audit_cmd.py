@@ -39,11 +39,21 @@ def summary_table(audit: dict) -> Table:
     "at chance", the ε lower bound and the largest the sizes could show; the init group's AUC."""
     game = audit.get("game", {})
     eps = game.get("epsilon", {})
-    t = Table(title=f"Membership game: {audit['n_shadows']} shadow pipelines as targets in two "
-                    f"folds, {audit['records']['members'] + audit['records']['nonmembers']} "
-                    f"records (ε: δ = {eps.get('delta')}, joint confidence {eps.get('confidence')})")
-    for col in ("pipeline", "attack", "AUC", "p AUC", "p TPR@1%", "p TPR@0.1%", "ε LB (max)",
-                "init AUC (p)"):
+    t = Table(
+        title=f"Membership game: {audit['n_shadows']} shadow pipelines as targets in two "
+        f"folds, {audit['records']['members'] + audit['records']['nonmembers']} "
+        f"records (ε: δ = {eps.get('delta')}, joint confidence {eps.get('confidence')})"
+    )
+    for col in (
+        "pipeline",
+        "attack",
+        "AUC",
+        "p AUC",
+        "p TPR@1%",
+        "p TPR@0.1%",
+        "ε LB (max)",
+        "init AUC (p)",
+    ):
         t.add_column(col, justify="left" if col in ("pipeline", "attack") else "right")
     rows = [("release", game)]
     rows += [(k, v.get("game", {})) for k, v in audit.get("baselines", {}).items()]
@@ -52,11 +62,16 @@ def summary_table(audit: dict) -> Table:
             al, init = a["groups"]["all"], a["groups"].get("init")
             pv = al["p_value"]
             e = al.get("epsilon_lower_bound")
-            t.add_row(pipe, name, _fmt(al["auc"], pct=False), _p(pv["auc"]),
-                      _p(pv["tpr_at_fpr_0.01"]), _p(pv["tpr_at_fpr_0.001"]),
-                      "-" if e is None else f"{e:.2f} ({al['max_epsilon']:.2f})",
-                      f"{_fmt(init['auc'], pct=False)} ({_p(init['p_value']['auc'])})" if init
-                      else "-")
+            t.add_row(
+                pipe,
+                name,
+                _fmt(al["auc"], pct=False),
+                _p(pv["auc"]),
+                _p(pv["tpr_at_fpr_0.01"]),
+                _p(pv["tpr_at_fpr_0.001"]),
+                "-" if e is None else f"{e:.2f} ({al['max_epsilon']:.2f})",
+                f"{_fmt(init['auc'], pct=False)} ({_p(init['p_value']['auc'])})" if init else "-",
+            )
         t.add_section()
     return t
 
@@ -64,50 +79,71 @@ def summary_table(audit: dict) -> Table:
 def release_table(audit: dict) -> Table:
     """The custodian's release on its fixed members and non-members (descriptive, no ε)."""
     r = audit["records"]
-    t = Table(title=f"This release: {r['members']} members / {r['nonmembers'] - r.get('calibration', 0)}"
-                    f" non-members, thresholds on {r.get('calibration', 0)} calibration images")
+    t = Table(
+        title=f"This release: {r['members']} members / {r['nonmembers'] - r.get('calibration', 0)}"
+        f" non-members, thresholds on {r.get('calibration', 0)} calibration images"
+    )
     for col in ("attack", "AUC", "TPR@0.1%FPR", "TPR@1%FPR", "init AUC"):
         t.add_column(col, justify="left" if col == "attack" else "right")
     for name, a in audit["attacks"].items():
         init = a.get("groups", {}).get("init")
-        t.add_row(name, _fmt(a["auc"], pct=False),
-                  _fmt(a["tpr_at_fpr"]["0.001"]) + _ci(a["tpr_at_fpr_ci"]["0.001"]),
-                  _fmt(a["tpr_at_fpr"]["0.01"]) + _ci(a["tpr_at_fpr_ci"]["0.01"]),
-                  _fmt(init["auc"], pct=False) if init else "-")
+        t.add_row(
+            name,
+            _fmt(a["auc"], pct=False),
+            _fmt(a["tpr_at_fpr"]["0.001"]) + _ci(a["tpr_at_fpr_ci"]["0.001"]),
+            _fmt(a["tpr_at_fpr"]["0.01"]) + _ci(a["tpr_at_fpr_ci"]["0.01"]),
+            _fmt(init["auc"], pct=False) if init else "-",
+        )
     return t
 
 
 def json_summary(audit: dict) -> dict:
     """The headline numbers (the full report is RUN/audit/audit.json)."""
+
     def brief(game: dict) -> dict:
         out = {}
         for n, a in (game.get("attacks") or {}).items():
             al = a["groups"]["all"]
-            out[n] = {"auc": al["auc"], "p_value": al["p_value"],
-                      "epsilon_lower_bound": al.get("epsilon_lower_bound"),
-                      "max_epsilon": al.get("max_epsilon"),
-                      "init": ({"auc": a["groups"]["init"]["auc"],
-                                "p_value": a["groups"]["init"]["p_value"]}
-                               if "init" in a["groups"] else None)}
+            out[n] = {
+                "auc": al["auc"],
+                "p_value": al["p_value"],
+                "epsilon_lower_bound": al.get("epsilon_lower_bound"),
+                "max_epsilon": al.get("max_epsilon"),
+                "init": (
+                    {"auc": a["groups"]["init"]["auc"], "p_value": a["groups"]["init"]["p_value"]}
+                    if "init" in a["groups"]
+                    else None
+                ),
+            }
         return out
 
     cc = audit["copy_check"]
-    return {"run_sha256": audit["run_sha256"], "n_shadows": audit["n_shadows"],
-            "records": audit["records"], "game": brief(audit.get("game", {})),
-            "this_release": {n: {"auc": a["auc"], "tpr_at_fpr": a["tpr_at_fpr"]}
-                             for n, a in audit["attacks"].items()},
-            "baselines": {k: brief(v.get("game", {})) for k, v in audit.get("baselines", {}).items()},
-            "copy_check": {"near_copies": cc["near_copies"], "threshold": cc["threshold"],
-                           "n_released": cc["n_released"]},
-            **({"dp": audit["dp"]} if audit.get("dp") is not None else {})}
+    return {
+        "run_sha256": audit["run_sha256"],
+        "n_shadows": audit["n_shadows"],
+        "records": audit["records"],
+        "game": brief(audit.get("game", {})),
+        "this_release": {
+            n: {"auc": a["auc"], "tpr_at_fpr": a["tpr_at_fpr"]} for n, a in audit["attacks"].items()
+        },
+        "baselines": {k: brief(v.get("game", {})) for k, v in audit.get("baselines", {}).items()},
+        "copy_check": {
+            "near_copies": cc["near_copies"],
+            "threshold": cc["threshold"],
+            "n_released": cc["n_released"],
+        },
+        **({"dp": audit["dp"]} if audit.get("dp") is not None else {}),
+    }
 
 
 def dp_line(dp: dict) -> str:
     """The DP run's proven ε beside the game's empirical lower bound at the same δ."""
-    return (f"differential privacy: proven ε = {dp['proven_epsilon']:.4g} at δ = {dp['delta']:g}; "
-            f"empirical ε lower bound at that δ = {dp['empirical_epsilon_lower_bound']:.4g} "
-            f"(largest these sizes can show {dp['largest_showable_epsilon']:.4g}, joint confidence "
-            f"{dp['confidence']:g}): {dp['verdict']}")
+    return (
+        f"differential privacy: proven ε = {dp['proven_epsilon']:.4g} at δ = {dp['delta']:g}; "
+        f"empirical ε lower bound at that δ = {dp['empirical_epsilon_lower_bound']:.4g} "
+        f"(largest these sizes can show {dp['largest_showable_epsilon']:.4g}, joint confidence "
+        f"{dp['confidence']:g}): {dp['verdict']}"
+    )
 
 
 def check_dp(audit: dict) -> None:
@@ -117,10 +153,12 @@ def check_dp(audit: dict) -> None:
 
     dp = audit.get("dp")
     if dp is not None and dp.get("verdict") == VERDICT_VIOLATION:
-        raise DpViolation(f"{VERDICT_VIOLATION}: empirical ε lower bound "
-                          f"{dp['empirical_epsilon_lower_bound']:.4g} > proven ε "
-                          f"{dp['proven_epsilon']:.4g} at δ {dp['delta']:g}; {VIOLATION_MEANING}. "
-                          "release refuses this run, even with --override")
+        raise DpViolation(
+            f"{VERDICT_VIOLATION}: empirical ε lower bound "
+            f"{dp['empirical_epsilon_lower_bound']:.4g} > proven ε "
+            f"{dp['proven_epsilon']:.4g} at δ {dp['delta']:g}; {VIOLATION_MEANING}. "
+            "release refuses this run, even with --override"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -132,44 +170,102 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def audit(
         run: Annotated[Path, typer.Argument(help="Run directory written by `distill`.")],
-        shadows: Annotated[int, typer.Option(help="Shadow pipelines (even; each record IN for half).")] = 16,
-        targets: Annotated[int, typer.Option(help="Networks trained on the release (and per shadow).")] = 4,
-        records: Annotated[int, typer.Option(help="Up to this many members and as many non-members.")] = 500,
-        attacks: Annotated[str | None, typer.Option(
-            help=f"Comma-separated subset of: {', '.join(ATTACK_NAMES)} (default: all).")] = None,
-        baselines: Annotated[str, typer.Option(help="Comma-separated: naive, full_data, or none.")] = "naive,full_data",
-        data: Annotated[str | None, typer.Option(
-            help="Data source if run.json's is not reachable (must have the run's fingerprint; default: run.json's source).")] = None,
-        resume: Annotated[bool, typer.Option(help="Continue an interrupted audit (finished shadows are kept).")] = False,
-        json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON (default: off).")] = False,
-        private_gallery: Annotated[Path | None, typer.Option(
-            help="Write the closest released/private pairs as PNGs here (outside RUN; contains private images; default: none written).")] = None,
+        shadows: Annotated[
+            int, typer.Option(help="Shadow pipelines (even; each record IN for half).")
+        ] = 16,
+        targets: Annotated[
+            int, typer.Option(help="Networks trained on the release (and per shadow).")
+        ] = 4,
+        records: Annotated[
+            int, typer.Option(help="Up to this many members and as many non-members.")
+        ] = 500,
+        attacks: Annotated[
+            str | None,
+            typer.Option(
+                help=f"Comma-separated subset of: {', '.join(ATTACK_NAMES)} (default: all)."
+            ),
+        ] = None,
+        baselines: Annotated[
+            str, typer.Option(help="Comma-separated: naive, full_data, or none.")
+        ] = "naive,full_data",
+        data: Annotated[
+            str | None,
+            typer.Option(
+                help="Data source if run.json's is not reachable (must have the run's fingerprint; default: run.json's source)."
+            ),
+        ] = None,
+        resume: Annotated[
+            bool, typer.Option(help="Continue an interrupted audit (finished shadows are kept).")
+        ] = False,
+        json_out: Annotated[
+            bool, typer.Option("--json", help="Print the summary as JSON (default: off).")
+        ] = False,
+        private_gallery: Annotated[
+            Path | None,
+            typer.Option(
+                help="Write the closest released/private pairs as PNGs here (outside RUN; contains private images; default: none written)."
+            ),
+        ] = None,
         seed: Annotated[int, typer.Option(help="Audit seed (records, keep matrix, shadows).")] = 0,
-        width: Annotated[int | None, typer.Option(help="Downstream network width (default: the run's).")] = None,
-        train_steps: Annotated[int | None, typer.Option(help="Downstream training steps (default: evaluate protocol).")] = None,
-        full_steps: Annotated[int, typer.Option(help="Training steps of the full-data baseline's network.")] = 300,
-        shadow_lrs: Annotated[str, typer.Option(
-            help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes.")] = "run",
-        workers: Annotated[int | None, typer.Option(
-            help="Processes sharing the shadow pipelines (default: 2 on a CPU for images up to 16x16, else 1).")] = None,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (default: off).")] = False,
+        width: Annotated[
+            int | None, typer.Option(help="Downstream network width (default: the run's).")
+        ] = None,
+        train_steps: Annotated[
+            int | None, typer.Option(help="Downstream training steps (default: evaluate protocol).")
+        ] = None,
+        full_steps: Annotated[
+            int, typer.Option(help="Training steps of the full-data baseline's network.")
+        ] = 300,
+        shadow_lrs: Annotated[
+            str,
+            typer.Option(
+                help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes."
+            ),
+        ] = "run",
+        workers: Annotated[
+            int | None,
+            typer.Option(
+                help="Processes sharing the shadow pipelines (default: 2 on a CPU for images up to 16x16, else 1)."
+            ),
+        ] = None,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="No progress bars (default: off).")
+        ] = False,
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
         from rcig_release.audits.config import AuditConfig
 
-        chosen = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ATTACK_NAMES
+        chosen = (
+            tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ATTACK_NAMES
+        )
         base = tuple(b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none")
-        cfg = AuditConfig(shadows=shadows, targets=targets, records=records, attacks=chosen,
-                          baselines=base, seed=seed, width=width, train_steps=train_steps,
-                          full_steps=full_steps, shadow_lrs=shadow_lrs)
+        cfg = AuditConfig(
+            shadows=shadows,
+            targets=targets,
+            records=records,
+            attacks=chosen,
+            baselines=base,
+            seed=seed,
+            width=width,
+            train_steps=train_steps,
+            full_steps=full_steps,
+            shadow_lrs=shadow_lrs,
+        )
         console = Console(stderr=True)
         if private_gallery is not None and not str(private_gallery).strip():
             raise InputError("--private-gallery needs a directory")
         from rcig_release.audits.runner import run_audit
 
         with stage_progress(console, enabled=not quiet and not json_out) as progress:
-            result = run_audit(run, cfg, data=data, resume=resume, private_gallery=private_gallery,
-                               workers=workers, progress=progress)
+            result = run_audit(
+                run,
+                cfg,
+                data=data,
+                resume=resume,
+                private_gallery=private_gallery,
+                workers=workers,
+                progress=progress,
+            )
         if json_out:
             typer.echo(json.dumps(json_summary(result), indent=2, sort_keys=True))
             check_dp(result)
@@ -179,11 +275,17 @@ def register(app: typer.Typer) -> None:
         out.print(release_table(result))
         cc = result["copy_check"]
         style = "bold red" if cc["near_copies"] else "green"
-        out.print(f"[{style}]copy check: {cc['near_copies']} of {cc['n_released']} released images "
-                  f"are near copies[/] (threshold {cc['threshold']:.4f}, {cc['rule']})")
+        out.print(
+            f"[{style}]copy check: {cc['near_copies']} of {cc['n_released']} released images "
+            f"are near copies[/] (threshold {cc['threshold']:.4f}, {cc['rule']})"
+        )
         if result.get("dp") is not None:
             bad = result["dp"]["verdict"] != "consistent"
-            out.print(dp_line(result["dp"]), style="bold red" if bad else "green", markup=False,
-                      soft_wrap=True)
+            out.print(
+                dp_line(result["dp"]),
+                style="bold red" if bad else "green",
+                markup=False,
+                soft_wrap=True,
+            )
         out.print(f"report: {Path(run) / 'audit' / 'audit.json'}", markup=False)
         check_dp(result)

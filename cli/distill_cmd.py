@@ -24,38 +24,71 @@ def _default_preset() -> str:
 
 
 def distill(
-    data: Annotated[str, typer.Option(help="digits (built in), mnist, fashion-mnist, cifar10, "
-                                           "a .npz file or an image folder")] = "digits",
-    out: Annotated[Path | None, typer.Option(
-        help=r"run directory, outside the data \[default: runs/<data>-ipc<ipc>]")] = None,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="digits (built in), mnist, fashion-mnist, cifar10, a .npz file or an image folder"
+        ),
+    ] = "digits",
+    out: Annotated[
+        Path | None,
+        typer.Option(help=r"run directory, outside the data \[default: runs/<data>-ipc<ipc>]"),
+    ] = None,
     ipc: Annotated[int | None, typer.Option(help=r"images per class \[default: 1]")] = None,
-    steps: Annotated[int | None, typer.Option(
-        help=r"outer iterations (0: export the initialisation) \[default: the preset's: paper "
-             "10000; cpu 100 below 10,000 training images, else 1300 at 1 ipc and fewer above]")] = None,
-    init: Annotated[str | None, typer.Option(help=r"real (paper) or noise \[default: real]")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help=r"outer iterations (0: export the initialisation) \[default: the preset's: paper "
+            "10000; cpu 100 below 10,000 training images, else 1300 at 1 ipc and fewer above]"
+        ),
+    ] = None,
+    init: Annotated[
+        str | None, typer.Option(help=r"real (paper) or noise \[default: real]")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help=r"random seed \[default: 0]")] = None,
-    preset: Annotated[str | None, typer.Option(
-        help=r"cpu or paper \[default: cpu without a GPU, else paper]")] = None,
-    config: Annotated[Path | None, typer.Option(
-        help=r"TOML file of DistillConfig values \[default: none]")] = None,
-    width: Annotated[int | None, typer.Option(
-        help=r"ConvNet width \[default: the preset's: cpu 32, paper 128]")] = None,
-    real_batch: Annotated[int | None, typer.Option(
-        help=r"real images per outer step \[default: paper 1024; cpu 256 below 10,000 training "
-             "images, else 128]")] = None,
-    zca: Annotated[bool | None, typer.Option(
-        "--zca/--no-zca", help=r"ZCA whitening \[default: on for colour data, off for grey]")] = None,
-    dp_epsilon: Annotated[float | None, typer.Option(
-        help=r"differential privacy: target ε of the whole run (DP-RCIG, docs/dp.md; needs "
-             r"--init noise, the DP default, and no ZCA) \[default: off]")] = None,
-    dp_delta: Annotated[float | None, typer.Option(
-        help=r"DP: δ \[default: 1e-5]")] = None,
-    dp_clip: Annotated[float | None, typer.Option(
-        help=r"DP: per-example gradient clip norm C \[default: 1.0]")] = None,
-    dp_sampling_rate: Annotated[float | None, typer.Option(
-        help=r"DP: Poisson sampling rate q \[default: real batch / training images]")] = None,
-    resume: Annotated[bool, typer.Option(help="continue a killed or interrupted run in --out")] = False,
-    force: Annotated[bool, typer.Option(help="start over in a non-empty --out (it is kept as <out>.bak<k>)")] = False,
+    preset: Annotated[
+        str | None, typer.Option(help=r"cpu or paper \[default: cpu without a GPU, else paper]")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help=r"TOML file of DistillConfig values \[default: none]")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(help=r"ConvNet width \[default: the preset's: cpu 32, paper 128]")
+    ] = None,
+    real_batch: Annotated[
+        int | None,
+        typer.Option(
+            help=r"real images per outer step \[default: paper 1024; cpu 256 below 10,000 training "
+            "images, else 128]"
+        ),
+    ] = None,
+    zca: Annotated[
+        bool | None,
+        typer.Option(
+            "--zca/--no-zca", help=r"ZCA whitening \[default: on for colour data, off for grey]"
+        ),
+    ] = None,
+    dp_epsilon: Annotated[
+        float | None,
+        typer.Option(
+            help=r"differential privacy: target ε of the whole run (DP-RCIG, docs/dp.md; needs "
+            r"--init noise, the DP default, and no ZCA) \[default: off]"
+        ),
+    ] = None,
+    dp_delta: Annotated[float | None, typer.Option(help=r"DP: δ \[default: 1e-5]")] = None,
+    dp_clip: Annotated[
+        float | None, typer.Option(help=r"DP: per-example gradient clip norm C \[default: 1.0]")
+    ] = None,
+    dp_sampling_rate: Annotated[
+        float | None,
+        typer.Option(help=r"DP: Poisson sampling rate q \[default: real batch / training images]"),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue a killed or interrupted run in --out")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="start over in a non-empty --out (it is kept as <out>.bak<k>)")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Distil the training split of DATA into a few synthetic images per class with RCIG."""
@@ -71,10 +104,21 @@ def distill(
         cfg, data = resume_config(out)
     else:
         file_values = load_toml(config) if config else None
-        cfg = make_distill_config(preset or _default_preset(), file_values, ipc=ipc, steps=steps,
-                                  init=init, seed=seed, width=width, real_batch=real_batch,
-                                  zca=zca, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
-                                  dp_clip=dp_clip, dp_sampling_rate=dp_sampling_rate)
+        cfg = make_distill_config(
+            preset or _default_preset(),
+            file_values,
+            ipc=ipc,
+            steps=steps,
+            init=init,
+            seed=seed,
+            width=width,
+            real_batch=real_batch,
+            zca=zca,
+            dp_epsilon=dp_epsilon,
+            dp_delta=dp_delta,
+            dp_clip=dp_clip,
+            dp_sampling_rate=dp_sampling_rate,
+        )
         out = out or default_out(data, cfg.ipc)
 
     if quiet:
@@ -82,9 +126,15 @@ def distill(
     else:
         # the first column names the phase (loading data, learning-rate search, compiling the
         # step) until the steps start; the count stays empty while the total is unknown
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), CountColumn(),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   TextColumn("{task.fields[loss]}", markup=False))
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            CountColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[loss]}", markup=False),
+        )
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task("starting", total=None, loss="")
 
@@ -95,13 +145,30 @@ def distill(
                 loss = f"outer loss {last['outer_loss']:.4f}" if "outer_loss" in last else ""
                 bar.update(task, description="distill", completed=step, total=total, loss=loss)
 
-            run = distill_run(out, data, cfg, resume=resume, force=force, progress=progress,
-                              status=lambda m: console.print(m, markup=False), phase=phase)
-            bar.update(task, description="distill", completed=run["config"]["steps"],
-                       total=max(run["config"]["steps"], 1))
+            run = distill_run(
+                out,
+                data,
+                cfg,
+                resume=resume,
+                force=force,
+                progress=progress,
+                status=lambda m: console.print(m, markup=False),
+                phase=phase,
+            )
+            bar.update(
+                task,
+                description="distill",
+                completed=run["config"]["steps"],
+                total=max(run["config"]["steps"], 1),
+            )
     t = run["timings"]
-    console.print(Text.assemble(("done", "green"), f": {out} ({cfg.ipc * len(run['data']['classes'])} images, "
-                  f"{run['config']['steps']} steps, distillation {t['distill_seconds']:.1f} s)"))
+    console.print(
+        Text.assemble(
+            ("done", "green"),
+            f": {out} ({cfg.ipc * len(run['data']['classes'])} images, "
+            f"{run['config']['steps']} steps, distillation {t['distill_seconds']:.1f} s)",
+        )
+    )
 
 
 def evaluate(
@@ -110,10 +177,17 @@ def evaluate(
     arch: Annotated[str, typer.Option(help="convnet, mlp, resnet18, vgg11 or alexnet")] = "convnet",
     augment: Annotated[bool, typer.Option(help="train with the paper's augmentation")] = False,
     width: Annotated[int | None, typer.Option(help=r"network width \[default: the run's]")] = None,
-    steps: Annotated[int | None, typer.Option(help=r"training steps \[default: 1000 for ≤10 images, else 2000]")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help=r"training steps \[default: 1000 for ≤10 images, else 2000]")
+    ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    data: Annotated[str | None, typer.Option(help=r"data source if not the run's own \[default: run.json's source]")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help=r"print eval.json to stdout \[default: off]")] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(help=r"data source if not the run's own \[default: run.json's source]"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help=r"print eval.json to stdout \[default: off]")
+    ] = False,
 ) -> None:
     """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
     from rcig_release.config import EvalConfig
@@ -125,8 +199,7 @@ def evaluate(
         raise InputError(f"--arch must be one of {', '.join(ARCHS_EVAL)} (got {arch!r})")
     if models < 1:
         raise InputError(f"--models must be at least 1 (got {models})")
-    cfg = EvalConfig(arch=arch, models=models, augment=augment, width=width, steps=steps,
-                     seed=seed)
+    cfg = EvalConfig(arch=arch, models=models, augment=augment, width=width, steps=steps, seed=seed)
     with console.status(Text(f"training {models} {arch} networks on {run} …")):
         result = evaluate_run(run, cfg, data=data)
     if as_json:
@@ -135,9 +208,14 @@ def evaluate(
     table = Table(title=Text(f"Test accuracy of networks trained on {run}"))
     for col in ("arch", "width", "models", "steps", "augment", "accuracy"):
         table.add_column(col, justify="right")
-    table.add_row(arch, str(result["width"]), str(result["models"]), str(result["steps"]),
-                  str(result["augment"]),
-                  f"{100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} %")
+    table.add_row(
+        arch,
+        str(result["width"]),
+        str(result["models"]),
+        str(result["steps"]),
+        str(result["augment"]),
+        f"{100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_std']:.2f} %",
+    )
     Console().print(table)
 
 

@@ -37,8 +37,11 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
             raise
         except UsageError as e:
             where = e.ctx.command_path if e.ctx is not None else "rcig-release"
-            err_console.print(Text.assemble(("error:", "bold red"), " ", e.format_message(),
-                                            f" (see {where} --help)"))
+            err_console.print(
+                Text.assemble(
+                    ("error:", "bold red"), " ", e.format_message(), f" (see {where} --help)"
+                )
+            )
             raise typer.Exit(2) from None
 
 
@@ -63,9 +66,17 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
-                                       help="Print the package version and exit.")) -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the package version and exit.",
+    ),
+) -> None:
     """Distil a private image set with RCIG, audit it, release it behind a policy."""
+
 
 F = TypeVar("F", bound=Callable[..., Any])
 

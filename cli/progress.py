@@ -45,8 +45,14 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
     if not enabled:
         yield None
         return
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), CountColumn(),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        CountColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, refresh_per_second=2) as bar:
         tasks: dict[str, tuple[TaskID, int]] = {}
         current: list[str] = []

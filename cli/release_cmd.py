@@ -43,62 +43,138 @@ def _g(x) -> str:
 def _memorisation_table(safety) -> Table:
     """The flagged images of a refused release: p-values and distances (no training indices)."""
     m = safety.memorisation
-    table = Table(title=Text(f"Images flagged by the memorisation check (level {m.level:.3g})"), title_justify="left")
-    for col in ("image", "test", "p nearest", "d nearest", "flags below", "p init", "d init", "flags below"):
+    table = Table(
+        title=Text(f"Images flagged by the memorisation check (level {m.level:.3g})"),
+        title_justify="left",
+    )
+    for col in (
+        "image",
+        "test",
+        "p nearest",
+        "d nearest",
+        "flags below",
+        "p init",
+        "d init",
+        "flags below",
+    ):
         table.add_column(col, overflow="fold")
     for im in m.images:
         if im.flagged:
-            table.add_row(*(Text(c) for c in (
-                str(im.index), ", ".join(im.flagged_by), _g(im.p_nearest), _g(im.d_nearest),
-                _g(im.d_flag_nearest), _g(im.p_init), _g(im.d_init), _g(im.d_flag_init))))
+            table.add_row(
+                *(
+                    Text(c)
+                    for c in (
+                        str(im.index),
+                        ", ".join(im.flagged_by),
+                        _g(im.p_nearest),
+                        _g(im.d_nearest),
+                        _g(im.d_flag_nearest),
+                        _g(im.p_init),
+                        _g(im.d_init),
+                        _g(im.d_flag_init),
+                    )
+                )
+            )
     return table
 
 
 def release_command(
-    run: Annotated[Path, typer.Argument(help="Run directory (distilled.npz, run.json, eval.json, audit/).")],
-    policy: Annotated[Path, typer.Option("--policy", help="Release policy TOML (e.g. policies/default.toml).")],
+    run: Annotated[
+        Path, typer.Argument(help="Run directory (distilled.npz, run.json, eval.json, audit/).")
+    ],
+    policy: Annotated[
+        Path, typer.Option("--policy", help="Release policy TOML (e.g. policies/default.toml).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to create; must not exist.")],
-    name: Annotated[str | None, typer.Option(
-        "--name", help="Dataset name (default: the --out directory name).")] = None,
-    license: Annotated[str | None, typer.Option(
-        "--license", help="SPDX licence id for the dataset card (default: none stated).")] = None,
-    override: Annotated[str | None, typer.Option(
-        "--override", metavar="REASON",
-        help="Release even though policy rules fail; the reason is recorded in the card, report and "
-             "verdict. Never bypasses the memorisation (safety) check (default: none; every rule must pass).")] = None,
-    data: Annotated[str | None, typer.Option(
-        "--data", help="Where to reload the private data for the memorisation check (default: run.json's source).")] = None,
-    sign: Annotated[Path | None, typer.Option(
-        "--sign", metavar="KEY",
-        help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig (default: unsigned).")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Dataset name (default: the --out directory name).")
+    ] = None,
+    license: Annotated[
+        str | None,
+        typer.Option(
+            "--license", help="SPDX licence id for the dataset card (default: none stated)."
+        ),
+    ] = None,
+    override: Annotated[
+        str | None,
+        typer.Option(
+            "--override",
+            metavar="REASON",
+            help="Release even though policy rules fail; the reason is recorded in the card, report and "
+            "verdict. Never bypasses the memorisation (safety) check (default: none; every rule must pass).",
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Where to reload the private data for the memorisation check (default: run.json's source).",
+        ),
+    ] = None,
+    sign: Annotated[
+        Path | None,
+        typer.Option(
+            "--sign",
+            metavar="KEY",
+            help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig (default: unsigned).",
+        ),
+    ] = None,
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
     from rcig_release.release.bundle import ReleaseRefused, release
 
     try:
-        result = release(run, policy, out, name=name, license_spdx=license, override=override, data=data, sign=sign)
+        result = release(
+            run,
+            policy,
+            out,
+            name=name,
+            license_spdx=license,
+            override=override,
+            data=data,
+            sign=sign,
+        )
     except ReleaseRefused as e:
         if e.decision is not None and e.decision.failed and e.safety is None:
-            err_console.print(_rules_table(e.decision.failed, f"Failed rules of policy {e.decision.policy_name!r}"))
+            err_console.print(
+                _rules_table(
+                    e.decision.failed, f"Failed rules of policy {e.decision.policy_name!r}"
+                )
+            )
         if e.safety is not None and e.safety.flagged:
             err_console.print(_memorisation_table(e.safety))
         raise
     d = result.decision
     if d.passed:
-        console.print(Text.assemble((f"policy {d.policy_name!r} passed", "green"), f" ({len(d.rules)} rules)"))
+        console.print(
+            Text.assemble((f"policy {d.policy_name!r} passed", "green"), f" ({len(d.rules)} rules)")
+        )
     else:
-        err_console.print(_rules_table(d.failed, f"Failed rules of policy {d.policy_name!r} (overridden)"))
-        console.print(Text.assemble(("released with an override", "yellow"), f": {result.override}"))
+        err_console.print(
+            _rules_table(d.failed, f"Failed rules of policy {d.policy_name!r} (overridden)")
+        )
+        console.print(
+            Text.assemble(("released with an override", "yellow"), f": {result.override}")
+        )
     signed = " (signed)" if sign is not None else ""
-    console.print(Text(f"bundle written{signed}: {result.out} ({len(result.files)} files); check it "
-                       "with `rcig-release verify`"))
+    console.print(
+        Text(
+            f"bundle written{signed}: {result.out} ({len(result.files)} files); check it "
+            "with `rcig-release verify`"
+        )
+    )
 
 
 def verify_command(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `release`.")],
-    key: Annotated[Path | None, typer.Option(
-        "--key", metavar="PUB",
-        help="OpenSSH public key (or allowed-signers file) the bundle must be signed with (default: none; the signature is not checked).")] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            metavar="PUB",
+            help="OpenSSH public key (or allowed-signers file) the bundle must be signed with (default: none; the signature is not checked).",
+        ),
+    ] = None,
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
     from rcig_release.release.bundle import SIGNATURE
@@ -107,20 +183,36 @@ def verify_command(
     problems = verify_bundle(bundle, key=key)
     if problems:
         for p in problems:
-            err_console.print(Text(p, style="red"))  # Text: no markup, emoji codes or control characters
-        err_console.print(f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True)
+            err_console.print(
+                Text(p, style="red")
+            )  # Text: no markup, emoji codes or control characters
+        err_console.print(
+            f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True
+        )
         raise typer.Exit(1)
-    console.print("[green]bundle intact[/]: every checksum matches, the verdict follows from the bundled audit "
-                  "and policy, and the card, report, images and labels agree with them")
+    console.print(
+        "[green]bundle intact[/]: every checksum matches, the verdict follows from the bundled audit "
+        "and policy, and the card, report, images and labels agree with them"
+    )
     if key is not None:
-        console.print(Text.assemble(("signature valid", "green"),
-                                    f": the holder of the key in {key.name} released exactly these files"))
+        console.print(
+            Text.assemble(
+                ("signature valid", "green"),
+                f": the holder of the key in {key.name} released exactly these files",
+            )
+        )
     elif (bundle / SIGNATURE).is_file():
-        console.print("signature present but not checked (pass --key PUB): without it, anyone could have "
-                      "resealed this bundle", markup=False)
+        console.print(
+            "signature present but not checked (pass --key PUB): without it, anyone could have "
+            "resealed this bundle",
+            markup=False,
+        )
     else:
-        console.print("unsigned: this shows internal consistency only; anyone can edit and reseal an "
-                      "unsigned bundle", markup=False)
+        console.print(
+            "unsigned: this shows internal consistency only; anyone can edit and reseal an "
+            "unsigned bundle",
+            markup=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -178,8 +178,9 @@ def make(arch: str, num_classes: int, *, width: int = 128, norm: str = "none") -
       InputError: unknown architecture or norm, or a non-positive width.
     """
     if arch not in _REGISTRY:
-        raise InputError(f"unknown architecture {arch!r}; choose one of convnet, "
-                         f"{', '.join(_REGISTRY)}")
+        raise InputError(
+            f"unknown architecture {arch!r}; choose one of convnet, {', '.join(_REGISTRY)}"
+        )
     if width < 1:
         raise InputError(f"width must be positive (got {width})")
     if norm not in NORMS:

@@ -51,8 +51,9 @@ def _warp_one(img: jax.Array, mat: jax.Array, offset: jax.Array) -> jax.Array:
     """
     h, w = img.shape[0], img.shape[1]
     centre = jnp.array([(h - 1) / 2.0, (w - 1) / 2.0], dtype=jnp.float32)
-    rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
-                              jnp.arange(w, dtype=jnp.float32), indexing="ij")
+    rows, cols = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32), indexing="ij"
+    )
     grid = jnp.stack([rows.ravel(), cols.ravel()])  # [2, H*W]
     src = mat @ (grid - centre[:, None]) + (centre + offset)[:, None]
 

@@ -71,7 +71,9 @@ def load(directory: Path, template: Any) -> tuple[Any, dict[str, Any]]:
             raise ValueError("state file does not match its meta file")
         return serialization.from_bytes(template, data), meta
     except FileNotFoundError:
-        raise InputError(f"checkpoint in {directory} is unreadable: its state file is missing") from None
+        raise InputError(
+            f"checkpoint in {directory} is unreadable: its state file is missing"
+        ) from None
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
         raise InputError(f"checkpoint in {directory} is unreadable: {e}") from None
 
@@ -101,8 +103,9 @@ def _finite(o: Any) -> Any:
 
 def json_text(obj: Any, indent: int | None = 2) -> str:
     """Strict JSON (inf/nan as null, numpy values as Python ones), keys sorted."""
-    return json.dumps(_finite(obj), indent=indent, sort_keys=True, default=_jsonable,
-                      allow_nan=False)
+    return json.dumps(
+        _finite(obj), indent=indent, sort_keys=True, default=_jsonable, allow_nan=False
+    )
 
 
 def write_json(path: Path, obj: Any) -> None:

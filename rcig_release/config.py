@@ -27,10 +27,16 @@ class DistillConfig:
     # network (rcig-algorithm §1.2)
     width: int = 128  # channels of the first block; block i has width * 2**i
     depth: int | None = None  # None: from resolution (<=32 -> 3, 64 -> 4, 128 -> 5)
-    softplus_temp: float | None = None  # softplus(beta x)/beta while distilling, 0 = ReLU; None: 60 at depth 3 (depth_3 configs), 0 at depth 4/5 (depth_4_*, depth_5)
-    use_flip: bool | None = None  # flip-doubling of the support set; None: on for colour (depth_3), off for grey (depth_3_no_flip)
+    softplus_temp: float | None = (
+        None  # softplus(beta x)/beta while distilling, 0 = ReLU; None: 60 at depth 3 (depth_3 configs), 0 at depth 4/5 (depth_4_*, depth_5)
+    )
+    use_flip: bool | None = (
+        None  # flip-doubling of the support set; None: on for colour (depth_3), off for grey (depth_3_no_flip)
+    )
     # kernel-ridge head and inner problem (§1.2-§1.3)
-    l2_rate: float | None = None  # lambda = l2_rate * ipc * C; None: 5e-4, 0.05 at depth 5 (depth_5 config)
+    l2_rate: float | None = (
+        None  # lambda = l2_rate * ipc * C; None: 5e-4, 0.05 at depth 5 (depth_5 config)
+    )
     n_inner_steps: int = 20  # Adam steps on the tangent parameters, from 0
     n_hvp_steps: int = 20  # Adam steps on 1/2 v^T H v - g^T v
     inner_lr: float = 1e-5  # initial inner lr, then tuned (§1.9)
@@ -39,7 +45,9 @@ class DistillConfig:
     tune_max_trials: int = 100  # cap on tuning trials per learning rate
     adapt_lr_every: int = 50  # online adaptation period of the inner lr only (x0.9 on >=29 % fails, x1.05 on >=70 % monotone)
     # outer problem (§1.4-§1.6)
-    real_batch: int | None = 1024  # real images per outer step; None: by data size (default_real_batch)
+    real_batch: int | None = (
+        1024  # real images per outer step; None: by data size (default_real_batch)
+    )
     proto_lr: float = 3e-3  # AdaBelief lr for images and labels
     temp_lr: float = 3e-2  # AdaBelief lr for log-temperature
     learn_labels: bool = True
@@ -55,7 +63,9 @@ class DistillConfig:
     zca_reg: float = 0.1
     # engineering (not in the paper)
     jacobian_mb: float = 512.0  # materialise the support Jacobian when it fits in this many MiB
-    inner_solver: str = "adam"  # "adam" (the paper: n_inner_steps/n_hvp_steps Adam steps) or "exact"
+    inner_solver: str = (
+        "adam"  # "adam" (the paper: n_inner_steps/n_hvp_steps Adam steps) or "exact"
+    )
     log_every: int = 10
     checkpoint_every: int = 50
     # differential privacy (DP-RCIG, docs/dp.md; not in the paper): on iff dp_epsilon is set
@@ -82,7 +92,9 @@ class EvalConfig:
     width: int | None = None  # None: the run's distillation width (the paper evaluates at 128)
     lr: float = 1e-4  # Adam peak lr
     warmup: int = 500  # linear warm-up steps
-    steps: int | None = None  # None: 1000 for a 10-image set, else 2000 (the paper's U), images counted before flips
+    steps: int | None = (
+        None  # None: 1000 for a 10-image set, else 2000 (the paper's U), images counted before flips
+    )
     batch: int = 256  # full batch when the set has <= batch images
     augment: bool = False
     seed: int = 0
@@ -122,8 +134,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise InputError(f"config file {p} is not valid TOML: {e}") from None
 
 
-def make_distill_config(preset: str = "cpu", file_values: dict[str, Any] | None = None,
-                        **overrides: Any) -> DistillConfig:
+def make_distill_config(
+    preset: str = "cpu", file_values: dict[str, Any] | None = None, **overrides: Any
+) -> DistillConfig:
     """Preset, then the TOML values (a ``[distill]`` table or top level), then CLI overrides."""
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -162,9 +175,11 @@ def validate_dp(cfg: DistillConfig) -> None:
     """DP settings in range, and nothing in the run that reads private data outside the budget:
     real-image initialisation and ZCA (fitted on the private data) are refused (docs/dp.md)."""
     if not cfg.dp:
-        extra = [f"--{f.replace('_', '-')}" for f in ("dp_delta", "dp_sampling_rate",
-                                                      "dp_noise_multiplier")
-                 if getattr(cfg, f) is not None]
+        extra = [
+            f"--{f.replace('_', '-')}"
+            for f in ("dp_delta", "dp_sampling_rate", "dp_noise_multiplier")
+            if getattr(cfg, f) is not None
+        ]
         if extra:
             raise InputError(f"{', '.join(extra)} needs --dp-epsilon")
         return
@@ -180,11 +195,15 @@ def validate_dp(cfg: DistillConfig) -> None:
     if cfg.dp_noise_multiplier is not None and not cfg.dp_noise_multiplier > 0:
         raise InputError(f"dp_noise_multiplier must be > 0 (got {cfg.dp_noise_multiplier})")
     if cfg.init == "real":
-        raise InputError("--init real reads private images outside the DP budget; "
-                         "use --init noise with --dp-epsilon")
+        raise InputError(
+            "--init real reads private images outside the DP budget; "
+            "use --init noise with --dp-epsilon"
+        )
     if cfg.zca:
-        raise InputError("--zca is fitted on the private images outside the DP budget; "
-                         "use --no-zca with --dp-epsilon")
+        raise InputError(
+            "--zca is fitted on the private images outside the DP budget; "
+            "use --no-zca with --dp-epsilon"
+        )
 
 
 REAL_SIZED = 10_000  # training images from which a set counts as real-sized (MNIST: 60,000)
@@ -255,8 +274,11 @@ def with_dp_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     assert cfg.dp_epsilon is not None and cfg.real_batch is not None and cfg.steps is not None
     changes: dict[str, Any] = {}
     delta = cfg.dp_delta if cfg.dp_delta is not None else DP_DEFAULT_DELTA
-    q = cfg.dp_sampling_rate if cfg.dp_sampling_rate is not None else min(
-        1.0, cfg.real_batch / n_train)
+    q = (
+        cfg.dp_sampling_rate
+        if cfg.dp_sampling_rate is not None
+        else min(1.0, cfg.real_batch / n_train)
+    )
     if cfg.dp_delta is None:
         changes["dp_delta"] = delta
     if cfg.dp_sampling_rate is None:
@@ -264,12 +286,15 @@ def with_dp_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     from rcig_release.rcig.accounting import calibrate_noise, epsilon_for
 
     if cfg.dp_noise_multiplier is None:
-        changes["dp_noise_multiplier"] = calibrate_noise(cfg.dp_epsilon, delta, q,
-                                                         max(1, cfg.steps))
+        changes["dp_noise_multiplier"] = calibrate_noise(
+            cfg.dp_epsilon, delta, q, max(1, cfg.steps)
+        )
     elif epsilon_for(cfg.dp_noise_multiplier, delta, q, cfg.steps) > cfg.dp_epsilon:
-        raise InputError(f"dp_noise_multiplier {cfg.dp_noise_multiplier} is too small for "
-                         f"ε = {cfg.dp_epsilon} over {cfg.steps} steps (leave it unset to "
-                         "calibrate it)")
+        raise InputError(
+            f"dp_noise_multiplier {cfg.dp_noise_multiplier} is too small for "
+            f"ε = {cfg.dp_epsilon} over {cfg.steps} steps (leave it unset to "
+            "calibrate it)"
+        )
     return cfg.replace(**changes) if changes else cfg
 
 
@@ -304,8 +329,15 @@ def resolve(cfg: DistillConfig, image_shape: tuple[int, int, int], num_classes: 
     # the authors' depth-4/5 configs (64 and 128 px) distil with ReLU, and depth_5 has l2 0.05
     beta = cfg.softplus_temp if cfg.softplus_temp is not None else (60.0 if depth <= 3 else 0.0)
     l2_rate = cfg.l2_rate if cfg.l2_rate is not None else (0.05 if depth >= 5 else 5e-4)
-    return Resolved(depth=depth, num_classes=num_classes, l2=l2_rate * n, softplus_temp=beta,
-                    zca=zca, use_flip=flip, n_support=2 * n if flip else n)
+    return Resolved(
+        depth=depth,
+        num_classes=num_classes,
+        l2=l2_rate * n,
+        softplus_temp=beta,
+        zca=zca,
+        use_flip=flip,
+        n_support=2 * n if flip else n,
+    )
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

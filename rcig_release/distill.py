@@ -44,8 +44,13 @@ class Interrupted(RcigReleaseError):
     exit_code = 130
 
 
-def initial_set(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes: int,
-                forced: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def initial_set(
+    cfg: DistillConfig,
+    x_model: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    forced: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ipc random real images per class (indices recorded) or 0.3·N(0,1) noise; labels one-hot − 1/C
     (rcig-algorithm §1.8). Images are ordered class by class.
 
@@ -61,8 +66,11 @@ def initial_set(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_clas
         fixed = want[np.isin(want, pool)]
         if len(fixed) > cfg.ipc:
             raise ValueError(f"{len(fixed)} forced init images for class {c}, ipc is {cfg.ipc}")
-        rest = rng.choice(np.setdiff1d(pool, fixed), cfg.ipc - len(fixed), replace=False) \
-            if forced is not None else rng.choice(pool, cfg.ipc, replace=False)
+        rest = (
+            rng.choice(np.setdiff1d(pool, fixed), cfg.ipc - len(fixed), replace=False)
+            if forced is not None
+            else rng.choice(pool, cfg.ipc, replace=False)
+        )
         parts.append(np.concatenate([fixed, rest]))
     idx = np.concatenate(parts).astype(np.int64)
     classes = np.repeat(np.arange(num_classes), cfg.ipc)
@@ -77,13 +85,20 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
-def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes: int, *,
-            checkpoint_dir: Path | None = None, resume: bool = False,
-            on_log: Callable[[int, dict[str, float]], None] | None = None,
-            progress: Callable[[int, int, dict[str, float]], None] | None = None,
-            on_state: Callable[[int, Any], None] | None = None,
-            init_forced: np.ndarray | None = None,
-            phase: Callable[[str], None] | None = None) -> DistillResult:
+def distill(
+    cfg: DistillConfig,
+    x_model: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    *,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    on_state: Callable[[int, Any], None] | None = None,
+    init_forced: np.ndarray | None = None,
+    phase: Callable[[str], None] | None = None,
+) -> DistillResult:
     """Runs RCIG for ``cfg.steps`` outer iterations and returns the EMA distilled set.
 
     ``x_model``: float32 [N,H,W,C] preprocessed training images; ``y``: int labels in 0..C−1.
@@ -110,16 +125,20 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
     state = init_state(setup, x_init, y_init, jax.random.PRNGKey(cfg.seed))
     x_dev, y_dev = jnp.asarray(x_model, jnp.float32), jnp.asarray(y, jnp.int32)
     meta_cfg = to_dict(cfg)
-    info: dict[str, Any] = {"materialized_jacobian": setup.materialize_jacobian,
-                            "tangent_params": setup.tangents.size}
+    info: dict[str, Any] = {
+        "materialized_jacobian": setup.materialize_jacobian,
+        "tangent_params": setup.tangents.size,
+    }
 
     if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
         enter("loading the checkpoint")
         state, meta = checkpoint.load(checkpoint_dir, state)
         if meta.get("config") != meta_cfg:
             changed = sorted(k for k in meta_cfg if meta.get("config", {}).get(k) != meta_cfg[k])
-            raise InputError("--resume with a different configuration than the checkpoint "
-                             f"(differs in: {', '.join(changed) or 'config'})")
+            raise InputError(
+                "--resume with a different configuration than the checkpoint "
+                f"(differs in: {', '.join(changed) or 'config'})"
+            )
         info["tuning"] = meta.get("tuning", {})
         info["resumed_from"] = int(state.step)
     else:
@@ -133,8 +152,11 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
 
     def save() -> None:
         if checkpoint_dir is not None:
-            checkpoint.save(checkpoint_dir, state,
-                            {"step": int(state.step), "config": meta_cfg, "tuning": info["tuning"]})
+            checkpoint.save(
+                checkpoint_dir,
+                state,
+                {"step": int(state.step), "config": meta_cfg, "tuning": info["tuning"]},
+            )
 
     if cfg.dp:  # DP-RCIG (rcig/dp.py): host-side Poisson batches, clipped and noised sums
         dp_step = DPStep(setup, cfg, len(y))
@@ -156,8 +178,7 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
                 jax.block_until_ready(state)
                 first = time.perf_counter() - t_start
             if t % cfg.log_every == 0 or t == cfg.steps:
-                last = {"step": t, **_scalars(metrics),
-                        "seconds": time.perf_counter() - t_start}
+                last = {"step": t, **_scalars(metrics), "seconds": time.perf_counter() - t_start}
                 if on_log:
                     on_log(t, last)
             if progress:
@@ -168,11 +189,18 @@ def distill(cfg: DistillConfig, x_model: np.ndarray, y: np.ndarray, num_classes:
                 save()
     except KeyboardInterrupt:
         save()
-        raise Interrupted(f"interrupted at step {t}; checkpoint written, "
-                          "continue with --resume") from None
+        raise Interrupted(
+            f"interrupted at step {t}; checkpoint written, continue with --resume"
+        ) from None
     save()
-    info.update({"first_step_seconds": first, "loop_seconds": time.perf_counter() - t_start,
-                 "final": last})
+    info.update(
+        {"first_step_seconds": first, "loop_seconds": time.perf_counter() - t_start, "final": last}
+    )
     ema = jax.device_get(state.psi_ema)
-    return DistillResult(np.asarray(ema["x"], np.float32), np.asarray(ema["y"], np.float32),
-                         float(ema["log_temp"]), init_idx, info)
+    return DistillResult(
+        np.asarray(ema["x"], np.float32),
+        np.asarray(ema["y"], np.float32),
+        float(ema["log_temp"]),
+        init_idx,
+        info,
+    )

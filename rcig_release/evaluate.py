@@ -28,8 +28,9 @@ def load_run_data(run: rundir.Run, data: str | None = None):
         raise InputError(f"{run.path / rundir.RUN_JSON} does not name its data source; pass --data")
     ds = load_dataset(source, seed=int(info.get("split_seed") or 0))
     if info.get("fingerprint") and ds.fingerprint != info["fingerprint"]:
-        raise InputError(f"data {source!r} is not the data this run was distilled from "
-                         "(fingerprint differs)")
+        raise InputError(
+            f"data {source!r} is not the data this run was distilled from (fingerprint differs)"
+        )
     return ds
 
 
@@ -51,8 +52,9 @@ def default_eval_steps(run: rundir.Run) -> int:
     return default_steps(len(run.images_model))
 
 
-def evaluate_run(run_dir: Any, cfg: EvalConfig, *, data: str | None = None,
-                 write: bool = True) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Any, cfg: EvalConfig, *, data: str | None = None, write: bool = True
+) -> dict[str, Any]:
     """Trains ``cfg.models`` networks side by side and writes ``RUN/eval.json``.
 
     ``eval.json`` holds the latest result; every result is also appended to ``RUN/evals.jsonl``,
@@ -65,13 +67,29 @@ def evaluate_run(run_dir: Any, cfg: EvalConfig, *, data: str | None = None,
     x_test = run.preprocessor.transform(ds.x_test).astype(np.float32)
     x_s, y_s = support_arrays(run)
     width = cfg.width or run.config.width
-    result = evaluate_arrays(x_s, y_s, x_test, ds.y_test, arch=cfg.arch,
-                             num_classes=run.num_classes, n_models=cfg.models, seed=cfg.seed,
-                             steps=cfg.steps if cfg.steps is not None else default_eval_steps(run),
-                             lr=cfg.lr, warmup=cfg.warmup, batch=cfg.batch,
-                             augment=cfg.augment, width=width, depth=run.config.depth)
-    result = {**result, "config": dataclasses.asdict(cfg) | {"width": width},
-              "n_test": int(len(ds.y_test)), "n_support": int(len(x_s))}
+    result = evaluate_arrays(
+        x_s,
+        y_s,
+        x_test,
+        ds.y_test,
+        arch=cfg.arch,
+        num_classes=run.num_classes,
+        n_models=cfg.models,
+        seed=cfg.seed,
+        steps=cfg.steps if cfg.steps is not None else default_eval_steps(run),
+        lr=cfg.lr,
+        warmup=cfg.warmup,
+        batch=cfg.batch,
+        augment=cfg.augment,
+        width=width,
+        depth=run.config.depth,
+    )
+    result = {
+        **result,
+        "config": dataclasses.asdict(cfg) | {"width": width},
+        "n_test": int(len(ds.y_test)),
+        "n_support": int(len(x_s)),
+    }
     if write:
         latest, history = run.path / rundir.EVAL_JSON, run.path / rundir.EVAL_HISTORY
         if latest.is_file() and not history.is_file():  # written before the history existed

@@ -65,14 +65,18 @@ def check_bytes(n: int, what: str, detail: str = "") -> None:
     cap = max_bytes()
     if n > cap:
         detail = f" ({detail})" if detail else ""
-        raise InputError(f"{what} is too large: {fmt_bytes(n)} once loaded{detail}, more than the "
-                         f"cap of {fmt_bytes(cap)} (raise it with {MAX_BYTES_ENV}, e.g. "
-                         f"{MAX_BYTES_ENV}=16G)")
+        raise InputError(
+            f"{what} is too large: {fmt_bytes(n)} once loaded{detail}, more than the "
+            f"cap of {fmt_bytes(cap)} (raise it with {MAX_BYTES_ENV}, e.g. "
+            f"{MAX_BYTES_ENV}=16G)"
+        )
 
 
 def check_pixels(width: int, height: int, what: str) -> None:
     """Raises ``InputError`` if one ``width`` × ``height`` image exceeds the pixel cap."""
     cap = max_pixels()
     if width * height > cap:
-        raise InputError(f"{what} is too large: {width}x{height} = {width * height:,} pixels, "
-                         f"more than the cap of {cap:,} pixels (raise it with {MAX_PIXELS_ENV})")
+        raise InputError(
+            f"{what} is too large: {width}x{height} = {width * height:,} pixels, "
+            f"more than the cap of {cap:,} pixels (raise it with {MAX_PIXELS_ENV})"
+        )

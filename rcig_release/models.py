@@ -49,12 +49,14 @@ class ConvNet(nn.Module):
 ARCHS = ("convnet", "mlp", "resnet18", "vgg11", "alexnet")
 
 
-def make_model(arch: str, num_classes: int, *, width: int = 128, depth: int = 3,
-               softplus_temp: float = 0.0) -> nn.Module:
+def make_model(
+    arch: str, num_classes: int, *, width: int = 128, depth: int = 3, softplus_temp: float = 0.0
+) -> nn.Module:
     """Returns a flax module whose ``apply(params, x)`` gives ``(logits, features)``."""
     if arch == "convnet":
-        return ConvNet(num_classes=num_classes, width=width, depth=depth,
-                       softplus_temp=softplus_temp)
+        return ConvNet(
+            num_classes=num_classes, width=width, depth=depth, softplus_temp=softplus_temp
+        )
     from rcig_release import archs  # the evaluation-only architectures
 
     return archs.make(arch, num_classes, width=width)

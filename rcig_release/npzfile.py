@@ -64,15 +64,14 @@ def _read_header(fp: IO[bytes], key: str, what: str) -> tuple[tuple[int, ...], b
             shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=_HEADER_MAX)
         else:
             raise ValueError(f"npy format {version}")
-    except (ValueError, TypeError, SyntaxError, EOFError, OSError, zlib.error,
-            zipfile.BadZipFile):
-        raise NpzUnreadable(f"{what} is corrupt or truncated (array {key} has an unreadable "
-                            "header)") from None
+    except (ValueError, TypeError, SyntaxError, EOFError, OSError, zlib.error, zipfile.BadZipFile):
+        raise NpzUnreadable(
+            f"{what} is corrupt or truncated (array {key} has an unreadable header)"
+        ) from None
     if any(not isinstance(d, int) or d < 0 for d in shape):
         raise NpzUnreadable(f"{what} is corrupt (array {key} has an invalid shape)")
     if dtype.hasobject:
-        raise NpzUnreadable(f"{what} needs pickle to load (array {key} holds objects)",
-                            pickle=True)
+        raise NpzUnreadable(f"{what} needs pickle to load (array {key} holds objects)", pickle=True)
     return tuple(shape), bool(fortran), dtype
 
 
@@ -87,10 +86,18 @@ def _headers(zf: zipfile.ZipFile, what: str) -> list[ArrayHeader]:
                 shape, fortran, dtype = _read_header(fp, key, what)
         except NpzUnreadable:
             raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-                NotImplementedError, RuntimeError):
-            raise NpzUnreadable(f"{what} is corrupt or truncated (cannot read array {key})") \
-                from None
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            OSError,
+            ValueError,
+            NotImplementedError,
+            RuntimeError,
+        ):
+            raise NpzUnreadable(
+                f"{what} is corrupt or truncated (cannot read array {key})"
+            ) from None
         out.append(ArrayHeader(key, member, shape, dtype, fortran))
     return out
 
@@ -158,8 +165,16 @@ def read_npz(source: Source, what: str) -> dict[str, np.ndarray]:
                     arrays[h.key] = _read_data(fp, h, what)
             except NpzUnreadable:
                 raise
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-                    NotImplementedError, RuntimeError):
-                raise NpzUnreadable(f"{what} is corrupt or truncated (cannot read array "
-                                    f"{h.key})") from None
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                EOFError,
+                OSError,
+                ValueError,
+                NotImplementedError,
+                RuntimeError,
+            ):
+                raise NpzUnreadable(
+                    f"{what} is corrupt or truncated (cannot read array {h.key})"
+                ) from None
     return arrays

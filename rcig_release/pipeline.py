@@ -40,11 +40,17 @@ def resume_config(out: Path) -> tuple[DistillConfig, str]:
         raise InputError(f"--resume: {p} is unreadable ({type(e).__name__})") from None
 
 
-def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = False,
-                force: bool = False,
-                progress: Callable[[int, int, dict[str, float]], None] | None = None,
-                status: Callable[[str], None] | None = None,
-                phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+def distill_run(
+    out: Path,
+    data: str,
+    cfg: DistillConfig,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    status: Callable[[str], None] | None = None,
+    phase: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Runs one distillation into ``out`` and returns the final ``run.json`` content.
 
     ``phase(name)`` is called as each setup phase starts ("loading data", "preprocessing", then
@@ -69,43 +75,87 @@ def distill_run(out: Path, data: str, cfg: DistillConfig, *, resume: bool = Fals
     t_data = time.perf_counter() - t0
     env = rundir.environment()
     run_json: dict[str, Any] = {
-        "status": "running", "config": to_dict(cfg),
-        "resolved": {"depth": res.depth, "lambda": res.l2, "softplus_temp": res.softplus_temp,
-                     "zca": res.zca,
-                     "use_flip": res.use_flip, "n_support": res.n_support},
-        "data": {"source": data, "fingerprint": ds.fingerprint, "split_seed": ds.split_seed,
-                 "n_train": int(ds.n_train), "n_test": int(ds.n_test),
-                 "image_shape": list(ds.image_shape), "classes": list(ds.classes)},
-        "seed": cfg.seed, **env}
+        "status": "running",
+        "config": to_dict(cfg),
+        "resolved": {
+            "depth": res.depth,
+            "lambda": res.l2,
+            "softplus_temp": res.softplus_temp,
+            "zca": res.zca,
+            "use_flip": res.use_flip,
+            "n_support": res.n_support,
+        },
+        "data": {
+            "source": data,
+            "fingerprint": ds.fingerprint,
+            "split_seed": ds.split_seed,
+            "n_train": int(ds.n_train),
+            "n_test": int(ds.n_test),
+            "image_shape": list(ds.image_shape),
+            "classes": list(ds.classes),
+        },
+        "seed": cfg.seed,
+        **env,
+    }
     if not resume:
         rundir.write_json(out / rundir.RUN_JSON, run_json)
     keep = rundir.checkpoint_step(out) if resume else None
     log = rundir.MetricsLog(out / rundir.METRICS, keep_up_to=keep)
-    say(f"distilling {cfg.ipc * ds.num_classes} images from {ds.n_train} training images "
-        f"({data}, {'resuming at step ' + str(keep) if resume else 'new run'})")
+    say(
+        f"distilling {cfg.ipc * ds.num_classes} images from {ds.n_train} training images "
+        f"({data}, {'resuming at step ' + str(keep) if resume else 'new run'})"
+    )
     t1 = time.perf_counter()
-    result: DistillResult = distill(cfg, x_model, ds.y_train, ds.num_classes,
-                                    checkpoint_dir=out / rundir.CHECKPOINTS, resume=resume,
-                                    on_log=log, progress=progress, phase=phase)
+    result: DistillResult = distill(
+        cfg,
+        x_model,
+        ds.y_train,
+        ds.num_classes,
+        checkpoint_dir=out / rundir.CHECKPOINTS,
+        resume=resume,
+        on_log=log,
+        progress=progress,
+        phase=phase,
+    )
     t_distill = time.perf_counter() - t1
 
     images = np.clip(prep.inverse(result.images_model), 0.0, 1.0)
-    rundir.write_distilled(out, images=images, labels=result.labels, classes=ds.classes,
-                           images_model=result.images_model, log_temp=result.log_temp,
-                           init_indices=result.init_indices, prep_arrays=prep.to_arrays())
+    rundir.write_distilled(
+        out,
+        images=images,
+        labels=result.labels,
+        classes=ds.classes,
+        images_model=result.images_model,
+        log_temp=result.log_temp,
+        init_indices=result.init_indices,
+        prep_arrays=prep.to_arrays(),
+    )
     rundir.write_preview(out / rundir.PREVIEW, images, list(ds.classes), cfg.ipc)
-    run_json.update({
-        "status": "done",
-        "init": {"mode": cfg.init, "indices": result.init_indices.tolist(),
-                 "indices_refer_to": "the training split of data.source (data.split_seed)"},
-        "timings": {"data_seconds": t_data, "distill_seconds": t_distill,
-                    "tuning_seconds": result.info.get("tuning", {}).get("seconds"),
-                    "first_step_seconds": result.info.get("first_step_seconds"),
-                    "loop_seconds": result.info.get("loop_seconds")},
-        "tuning": result.info.get("tuning", {}),
-        "engine": {k: result.info[k] for k in ("materialized_jacobian", "tangent_params")
-                   if k in result.info},
-        "metrics": result.info.get("final", {}), "log_temp": result.log_temp})
+    run_json.update(
+        {
+            "status": "done",
+            "init": {
+                "mode": cfg.init,
+                "indices": result.init_indices.tolist(),
+                "indices_refer_to": "the training split of data.source (data.split_seed)",
+            },
+            "timings": {
+                "data_seconds": t_data,
+                "distill_seconds": t_distill,
+                "tuning_seconds": result.info.get("tuning", {}).get("seconds"),
+                "first_step_seconds": result.info.get("first_step_seconds"),
+                "loop_seconds": result.info.get("loop_seconds"),
+            },
+            "tuning": result.info.get("tuning", {}),
+            "engine": {
+                k: result.info[k]
+                for k in ("materialized_jacobian", "tangent_params")
+                if k in result.info
+            },
+            "metrics": result.info.get("final", {}),
+            "log_temp": result.log_temp,
+        }
+    )
     if "dp" in result.info:  # DP runs only; an ordinary run.json has no "dp" key
         run_json["dp"] = {**result.info["dp"], "preprocessing": FIXED_DESCRIPTION}
     if "resumed_from" in result.info:

@@ -29,7 +29,9 @@ METRICS = "metrics.jsonl"
 PREVIEW = "preview.png"
 CHECKPOINTS = "checkpoints"
 EVAL_JSON = "eval.json"  # the latest evaluation
-EVAL_HISTORY = "evals.jsonl"  # every evaluation, one line each, so a new one loses no earlier result
+EVAL_HISTORY = (
+    "evals.jsonl"  # every evaluation, one line each, so a new one loses no earlier result
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +64,10 @@ def prepare_out(out: Path, *, resume: bool, force: bool) -> None:
         return
     if non_empty:
         if not force:
-            raise InputError(f"--out {out} exists and is not empty; use --resume to continue it "
-                             "or --force to start over (the old directory is kept as a backup)")
+            raise InputError(
+                f"--out {out} exists and is not empty; use --resume to continue it "
+                "or --force to start over (the old directory is kept as a backup)"
+            )
         k = 1
         while out.with_name(f"{out.name}.bak{k}").exists():
             k += 1
@@ -77,19 +81,31 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def write_distilled(out: Path, *, images: np.ndarray, labels: np.ndarray, classes: Iterable[str],
-                    images_model: np.ndarray, log_temp: float, init_indices: np.ndarray,
-                    prep_arrays: dict[str, np.ndarray]) -> None:
-    arrays = {"images": np.clip(images, 0.0, 1.0).astype(np.float32),
-              "labels": labels.astype(np.float32),
-              "classes": np.asarray(list(classes), dtype=str),
-              "images_model": images_model.astype(np.float32),
-              "log_temp": np.asarray(log_temp, np.float32),
-              "init_indices": init_indices.astype(np.int64), **prep_arrays}
+def write_distilled(
+    out: Path,
+    *,
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: Iterable[str],
+    images_model: np.ndarray,
+    log_temp: float,
+    init_indices: np.ndarray,
+    prep_arrays: dict[str, np.ndarray],
+) -> None:
+    arrays = {
+        "images": np.clip(images, 0.0, 1.0).astype(np.float32),
+        "labels": labels.astype(np.float32),
+        "classes": np.asarray(list(classes), dtype=str),
+        "images_model": images_model.astype(np.float32),
+        "log_temp": np.asarray(log_temp, np.float32),
+        "init_indices": init_indices.astype(np.int64),
+        **prep_arrays,
+    }
     checkpoint.atomic_write_bytes(out / DISTILLED, _npz_bytes(arrays))
 
 
 write_json = checkpoint.write_json  # atomic, sorted keys, NaN/inf as null
+
 
 def environment() -> dict[str, Any]:
     import flax
@@ -97,11 +113,17 @@ def environment() -> dict[str, Any]:
     import optax
 
     dev = jax.devices()
-    return {"versions": {"rcig_release": __version__, "jax": jax.__version__,
-                         "flax": flax.__version__, "optax": optax.__version__,
-                         "numpy": np.__version__, "python": platform.python_version()},
-            "device": {"platform": dev[0].platform, "kind": dev[0].device_kind,
-                       "count": len(dev)}}
+    return {
+        "versions": {
+            "rcig_release": __version__,
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "device": {"platform": dev[0].platform, "kind": dev[0].device_kind, "count": len(dev)},
+    }
 
 
 class MetricsLog:
@@ -113,8 +135,11 @@ class MetricsLog:
         if keep_up_to is None:
             path.write_text("", encoding="utf-8")
         elif path.exists():
-            kept = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= keep_up_to]
+            kept = [
+                ln
+                for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= keep_up_to
+            ]
             checkpoint.atomic_write_text(path, "".join(ln + "\n" for ln in kept))
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
@@ -153,8 +178,9 @@ def write_preview(path: Path, images: np.ndarray, classes: list[str], ipc: int) 
             ax.set_yticks([])
             if j == 0:
                 # a class name is text, never matplotlib mathtext (an unbalanced "$..$" crashes)
-                ax.set_ylabel(classes[i].replace("$", r"\$"), rotation=0, ha="right",
-                              va="center", fontsize=8)
+                ax.set_ylabel(
+                    classes[i].replace("$", r"\$"), rotation=0, ha="right", va="center", fontsize=8
+                )
     fig.tight_layout(pad=0.2)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
@@ -183,10 +209,17 @@ def load_run(path: str | Path) -> Run:
         raise InputError(f"{p / DISTILLED} is unreadable: not a plain-array .npz") from None
     try:
         prep = Preprocessor.from_arrays(arrays)
-        return Run(path=p, config=cfg, run_json=run_json, images=arrays["images"],
-                   images_model=arrays["images_model"], labels=arrays["labels"],
-                   classes=tuple(str(c) for c in arrays["classes"]),
-                   init_indices=arrays["init_indices"], preprocessor=prep,
-                   log_temp=float(arrays["log_temp"]))
+        return Run(
+            path=p,
+            config=cfg,
+            run_json=run_json,
+            images=arrays["images"],
+            images_model=arrays["images_model"],
+            labels=arrays["labels"],
+            classes=tuple(str(c) for c in arrays["classes"]),
+            init_indices=arrays["init_indices"],
+            preprocessor=prep,
+            log_temp=float(arrays["log_temp"]),
+        )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
         raise InputError(f"{p / DISTILLED} is unreadable: {type(e).__name__}") from None

@@ -115,11 +115,18 @@ class _Spec:
 
 
 @functools.lru_cache(maxsize=32)
-def _build_init(arch: str, num_classes: int, width: int, depth: int | None,
-                softplus_temp: float, image_shape: tuple[int, int, int]) -> Callable:
+def _build_init(
+    arch: str,
+    num_classes: int,
+    width: int,
+    depth: int | None,
+    softplus_temp: float,
+    image_shape: tuple[int, int, int],
+) -> Callable:
     """Jitted ``keys [M] -> stacked params`` for one architecture and image shape."""
-    model = make_model(arch, num_classes, width=width, depth=depth or 3,
-                       softplus_temp=softplus_temp)
+    model = make_model(
+        arch, num_classes, width=width, depth=depth or 3, softplus_temp=softplus_temp
+    )
     x0 = np.zeros((1, *image_shape), np.float32)
     return jax.jit(jax.vmap(lambda key: model.init(key, jnp.asarray(x0))))
 
@@ -128,8 +135,13 @@ def _build_init(arch: str, num_classes: int, width: int, depth: int | None,
 def _build_run(spec: _Spec) -> tuple[Callable, Callable]:
     """Jitted ``params -> opt_state`` and
     ``(params, opt_state, keys, step_ids, x, y, w) -> (params, opt_state, losses)``."""
-    model = make_model(spec.arch, spec.num_classes, width=spec.width, depth=spec.depth or 3,
-                       softplus_temp=spec.softplus_temp)
+    model = make_model(
+        spec.arch,
+        spec.num_classes,
+        width=spec.width,
+        depth=spec.depth or 3,
+        softplus_temp=spec.softplus_temp,
+    )
     tx = _optimizer(spec)
 
     def loss_fn(params, xb, yb, wb):
@@ -160,14 +172,16 @@ def _build_run(spec: _Spec) -> tuple[Callable, Callable]:
             p, o, loss = step_one(p, o, jax.random.fold_in(key, i), x, y, w)
             return (p, o), loss
 
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), step_ids,
-                                                   unroll=_unroll())
+        (params, opt_state), losses = jax.lax.scan(
+            body, (params, opt_state), step_ids, unroll=_unroll()
+        )
         return params, opt_state, losses
 
     d = 0 if spec.per_model else None
     if spec.side_by_side == "vmap":
         run = jax.vmap(train_one, in_axes=(0, 0, 0, None, d, d, d))
     else:  # one model after another inside the same jit: no grouped convolutions
+
         def run(params, opt_state, keys, step_ids, x, y, w):
             def one(args):
                 p, o, k, xm, ym, wm = args
@@ -176,6 +190,7 @@ def _build_run(spec: _Spec) -> tuple[Callable, Callable]:
             if spec.per_model:
                 return jax.lax.map(one, (params, opt_state, keys, x, y, w))
             return jax.lax.map(lambda a: one((*a, x, y, w)), (params, opt_state, keys))
+
     return jax.jit(jax.vmap(tx.init)), jax.jit(run)
 
 
@@ -230,12 +245,29 @@ def _prepare_labels(y: np.ndarray, loss: str, num_classes: int, lead: int) -> np
     return y.astype(np.float32)
 
 
-def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, key: jax.Array,
-                 steps: int, lr: float = 1e-4, warmup: int = 500, batch: int = 256,
-                 augment: bool = False, width: int = 128, depth: int | None = None,
-                 loss: str = "mse", per_model_data: bool = False, softplus_temp: float = 0.0,
-                 weights: Any = None, progress: Callable[[int, float], None] | None = None,
-                 chunk: int = 100, side_by_side: str = "auto") -> Params:
+def train_models(
+    arch: str,
+    x: Any,
+    y: Any,
+    *,
+    num_classes: int,
+    n_models: int,
+    key: jax.Array,
+    steps: int,
+    lr: float = 1e-4,
+    warmup: int = 500,
+    batch: int = 256,
+    augment: bool = False,
+    width: int = 128,
+    depth: int | None = None,
+    loss: str = "mse",
+    per_model_data: bool = False,
+    softplus_temp: float = 0.0,
+    weights: Any = None,
+    progress: Callable[[int, float], None] | None = None,
+    chunk: int = 100,
+    side_by_side: str = "auto",
+) -> Params:
     """Trains ``n_models`` fresh networks side by side (vmap over models, scan over steps).
 
     Args:
@@ -282,8 +314,10 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
     x = np.asarray(x, dtype=np.float32)
     lead = 2 if per_model_data else 1
     if x.ndim != lead + 3:
-        raise InputError(f"images must have shape {'[M,N,H,W,C]' if per_model_data else '[N,H,W,C]'}"
-                         f" (got {x.ndim} dimensions)")
+        raise InputError(
+            f"images must have shape {'[M,N,H,W,C]' if per_model_data else '[N,H,W,C]'}"
+            f" (got {x.ndim} dimensions)"
+        )
     if per_model_data and x.shape[0] != n_models:
         raise InputError(f"per_model_data needs {n_models} sets (got {x.shape[0]})")
     n = x.shape[lead - 1]
@@ -302,13 +336,24 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
             raise InputError("every model needs at least one example with positive weight")
     image_shape = (int(x.shape[lead]), int(x.shape[lead + 1]), int(x.shape[lead + 2]))
     side_by_side = resolve_side_by_side(side_by_side, image_shape)
-    spec = _Spec(arch=arch, num_classes=num_classes, width=width,
-                 depth=_resolve_depth(arch, depth, image_shape),
-                 softplus_temp=float(softplus_temp), image_shape=image_shape, n=n, lr=float(lr),
-                 warmup=int(warmup), steps=max(int(steps), 1), batch=int(batch),
-                 augment=bool(augment), loss=loss, per_model=per_model_data,
-                 weighted=weights is not None,
-                 side_by_side="map" if side_by_side == "map" else "vmap")
+    spec = _Spec(
+        arch=arch,
+        num_classes=num_classes,
+        width=width,
+        depth=_resolve_depth(arch, depth, image_shape),
+        softplus_temp=float(softplus_temp),
+        image_shape=image_shape,
+        n=n,
+        lr=float(lr),
+        warmup=int(warmup),
+        steps=max(int(steps), 1),
+        batch=int(batch),
+        augment=bool(augment),
+        loss=loss,
+        per_model=per_model_data,
+        weighted=weights is not None,
+        side_by_side="map" if side_by_side == "map" else "vmap",
+    )
     init = _build_init(arch, num_classes, width, spec.depth, spec.softplus_temp, image_shape)
     opt_init, run = _build_run(spec)
     size = steps if progress is None else max(1, min(chunk, steps))
@@ -326,8 +371,10 @@ def train_models(arch: str, x: Any, y: Any, *, num_classes: int, n_models: int, 
         states = [(take_models(params, g), take_models(opt_state, g)) for g in groups]
         # data on the device once, not re-sent with every chunk and model
         xd, yd, wd = jnp.asarray(x), jnp.asarray(y), jnp.asarray(w)
-        inputs = [(train_keys[g], *((xd[g], yd[g], wd[g]) if per_model_data else (xd, yd, wd)))
-                  for g in groups]
+        inputs = [
+            (train_keys[g], *((xd[g], yd[g], wd[g]) if per_model_data else (xd, yd, wd)))
+            for g in groups
+        ]
         done = 0
         while done < steps:
             c = min(size, steps - done)
@@ -363,8 +410,9 @@ def resolve_side_by_side(side_by_side: str, image_shape: tuple[int, ...] | None 
     return side_by_side
 
 
-def model_groups(n_models: int, side_by_side: str,
-                 image_shape: tuple[int, ...] | None = None) -> list[slice]:
+def model_groups(
+    n_models: int, side_by_side: str, image_shape: tuple[int, ...] | None = None
+) -> list[slice]:
     """The model slices run per call: one per model for ``"loop"`` (the batched program at
     M = 1), else one slice of all M."""
     if resolve_side_by_side(side_by_side, image_shape) == "loop":
@@ -382,16 +430,27 @@ def _concat(trees: list[Any]) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
-def _build_predict(arch: str, num_classes: int, width: int, depth: int | None,
-                   softplus_temp: float) -> Callable:
-    model = make_model(arch, num_classes, width=width, depth=depth or 3,
-                       softplus_temp=softplus_temp)
+def _build_predict(
+    arch: str, num_classes: int, width: int, depth: int | None, softplus_temp: float
+) -> Callable:
+    model = make_model(
+        arch, num_classes, width=width, depth=depth or 3, softplus_temp=softplus_temp
+    )
     return jax.jit(jax.vmap(lambda p, xb: model.apply(p, xb)[0], in_axes=(0, None)))
 
 
-def predict(arch: str, params: Params, x: Any, *, num_classes: int, width: int,
-            depth: int | None = None, batch: int = 1000, softplus_temp: float = 0.0,
-            side_by_side: str = "auto") -> np.ndarray:
+def predict(
+    arch: str,
+    params: Params,
+    x: Any,
+    *,
+    num_classes: int,
+    width: int,
+    depth: int | None = None,
+    batch: int = 1000,
+    softplus_temp: float = 0.0,
+    side_by_side: str = "auto",
+) -> np.ndarray:
     """Logits of every model on every image.
 
     Args:
@@ -404,19 +463,23 @@ def predict(arch: str, params: Params, x: Any, *, num_classes: int, width: int,
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 4:
         raise InputError(f"images must have shape [N,H,W,C] (got {x.ndim} dimensions)")
-    fn = _build_predict(arch, num_classes, width, _resolve_depth(arch, depth, x.shape[1:]),
-                        float(softplus_temp))
+    fn = _build_predict(
+        arch, num_classes, width, _resolve_depth(arch, depth, x.shape[1:]), float(softplus_temp)
+    )
     n, m = x.shape[0], jax.tree.leaves(params)[0].shape[0]
     size = max(1, min(batch, n))
     groups = model_groups(m, side_by_side, x.shape[1:])
     outs = []
     for start in range(0, n, size):
-        xb = x[start:start + size]
+        xb = x[start : start + size]
         pad = size - xb.shape[0]
         if pad:
             xb = np.concatenate([xb, np.zeros((pad, *x.shape[1:]), np.float32)])
-        outs.append(np.concatenate([np.asarray(fn(take_models(params, g), xb)) for g in groups]
-                                   )[:, :size - pad])
+        outs.append(
+            np.concatenate([np.asarray(fn(take_models(params, g), xb)) for g in groups])[
+                :, : size - pad
+            ]
+        )
     return np.concatenate(outs, axis=1)
 
 
@@ -427,11 +490,25 @@ def accuracy(logits: Any, y: Any) -> np.ndarray:
     return np.mean(np.argmax(logits, axis=-1) == y, axis=-1)
 
 
-def evaluate_arrays(x_support: Any, y_support: Any, x_test: Any, y_test: Any, *, arch: str,
-                    num_classes: int, n_models: int, seed: int, steps: int | None = None,
-                    lr: float = 1e-4, warmup: int = 500, batch: int = 256, augment: bool = False,
-                    width: int = 128, depth: int | None = None,
-                    progress: Callable[[int, float], None] | None = None) -> dict:
+def evaluate_arrays(
+    x_support: Any,
+    y_support: Any,
+    x_test: Any,
+    y_test: Any,
+    *,
+    arch: str,
+    num_classes: int,
+    n_models: int,
+    seed: int,
+    steps: int | None = None,
+    lr: float = 1e-4,
+    warmup: int = 500,
+    batch: int = 256,
+    augment: bool = False,
+    width: int = 128,
+    depth: int | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
     """Trains ``n_models`` networks on the support set and tests them (the evaluate protocol).
 
     Args:
@@ -447,10 +524,23 @@ def evaluate_arrays(x_support: Any, y_support: Any, x_test: Any, y_test: Any, *,
     """
     x_support = np.asarray(x_support, dtype=np.float32)
     n_steps = default_steps(len(x_support)) if steps is None else int(steps)
-    params = train_models(arch, x_support, y_support, num_classes=num_classes, n_models=n_models,
-                          key=jax.random.key(seed), steps=n_steps, lr=lr, warmup=warmup,
-                          batch=batch, augment=augment, width=width, depth=depth, loss="mse",
-                          progress=progress)
+    params = train_models(
+        arch,
+        x_support,
+        y_support,
+        num_classes=num_classes,
+        n_models=n_models,
+        key=jax.random.key(seed),
+        steps=n_steps,
+        lr=lr,
+        warmup=warmup,
+        batch=batch,
+        augment=augment,
+        width=width,
+        depth=depth,
+        loss="mse",
+        progress=progress,
+    )
     logits = predict(arch, params, x_test, num_classes=num_classes, width=width, depth=depth)
     accs = accuracy(logits, np.asarray(y_test))
     return {

@@ -6,8 +6,10 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the whole session, subprocesses included: tests that distil the same
 # tiny shapes (and the resume test's three runs) compile the outer step once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"rcig-release-test-jax-{os.getuid()}"))
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"rcig-release-test-jax-{os.getuid()}"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
 import jax  # noqa: E402

@@ -12,10 +12,10 @@ MARK = "document.body.setAttribute('data-pwned','yes')"
 
 HTML_JS = (
     f'<img src=x onerror="{MARK}">',
-    f"<svg onload=\"{MARK}\">",
+    f'<svg onload="{MARK}">',
     "<script>document.title='PWNED'</script>",
     f'<a href="javascript:{MARK}">click</a>',
-    f"<iframe srcdoc=\"<script>parent.{MARK}</script>\"></iframe>",
+    f'<iframe srcdoc="<script>parent.{MARK}</script>"></iframe>',
 )
 MARKDOWN_YAML = (
     "---",
@@ -38,7 +38,7 @@ MARKDOWN_YAML = (
     "!important",
     "~/notes",  # a home-relative path would be refused; not used as a class (see LEAKY)
 )
-CSV_FORMULA = ("=1+1", "+SUM(A1)", "-2", "@cmd", "'quoted", "=HYPERLINK(\"http://x\")")
+CSV_FORMULA = ("=1+1", "+SUM(A1)", "-2", "@cmd", "'quoted", '=HYPERLINK("http://x")')
 UNICODE = ("猫", "🐶 dog", "T-shirt/top", "ＣＡＴ", "Ä", "a/b", "a_b", "Cat", "cat", "..", ".")
 LONG = ("a" * 70 + "1", "a" * 70 + "2")
 COLUMNS = ("index", "file", "class", "label")  # equal to labels.csv / metadata.jsonl column names
@@ -52,7 +52,14 @@ HOST = socket.gethostname().split(".")[0] or "localhost"
 
 def class_names() -> tuple[str, ...]:
     """Every hostile class name, in a deliberately unsorted order, plus the user and host names."""
-    names = [*HTML_JS, *(n for n in MARKDOWN_YAML if n != "~/notes"), *CSV_FORMULA, *UNICODE, *LONG, *COLUMNS]
+    names = [
+        *HTML_JS,
+        *(n for n in MARKDOWN_YAML if n != "~/notes"),
+        *CSV_FORMULA,
+        *UNICODE,
+        *LONG,
+        *COLUMNS,
+    ]
     for extra in (USER, HOST, "root", "vm"):
         if extra not in names:
             names.append(extra)
@@ -61,8 +68,18 @@ def class_names() -> tuple[str, ...]:
 
 
 DATASET_NAME = f"<script>document.title='PWNED'</script> --- license: mit # {HOST}"
-OVERRIDE = f"<svg onload=\"{MARK}\"> [x](javascript:alert(1)) | =1+1 approved by {USER}"
+OVERRIDE = f'<svg onload="{MARK}"> [x](javascript:alert(1)) | =1+1 approved by {USER}'
 
 # Refused with exit 2: each holds a control character (a separator or a bidi override included).
-CONTROL = ("line\nbreak", "tab\there", "esc\x1b[31mred", "nu\x00l", "bell\x07", "cr\rreturn",
-           "rtl\u202eevil", "sep\u2028line", "del\x7f", "c1\x85")
+CONTROL = (
+    "line\nbreak",
+    "tab\there",
+    "esc\x1b[31mred",
+    "nu\x00l",
+    "bell\x07",
+    "cr\rreturn",
+    "rtl\u202eevil",
+    "sep\u2028line",
+    "del\x7f",
+    "c1\x85",
+)

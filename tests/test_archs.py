@@ -68,15 +68,30 @@ def _data():
     return x, y
 
 
-@pytest.mark.parametrize("arch", [
-    "mlp", "alexnet",
-    pytest.param("vgg11", marks=pytest.mark.slow),  # ~20 s of compile on 2 loaded cores
-    pytest.param("resnet18", marks=pytest.mark.slow),  # ~35 s
-])
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "mlp",
+        "alexnet",
+        pytest.param("vgg11", marks=pytest.mark.slow),  # ~20 s of compile on 2 loaded cores
+        pytest.param("resnet18", marks=pytest.mark.slow),  # ~35 s
+    ],
+)
 def test_trains(arch):
     """A few Adam steps on two separable classes fit the training set."""
     x, y = _data()
-    params = train.train_models(arch, x, y, num_classes=2, n_models=1, key=jax.random.key(0),
-                                steps=40, lr=3e-3, warmup=5, width=8, loss="ce")
+    params = train.train_models(
+        arch,
+        x,
+        y,
+        num_classes=2,
+        n_models=1,
+        key=jax.random.key(0),
+        steps=40,
+        lr=3e-3,
+        warmup=5,
+        width=8,
+        loss="ce",
+    )
     acc = train.accuracy(train.predict(arch, params, x, num_classes=2, width=8), y)
     assert acc[0] == 1.0

@@ -31,7 +31,7 @@ def test_lira_online_hand_case():
     keep = np.array([[True], [True], [False], [False]])
     t = np.array([2.5])
     got = attacks.lira_online(t, shadow, keep, global_variance=False)
-    want = (stats.norm.logpdf(2.5, 2.0, np.sqrt(2.0)) - stats.norm.logpdf(2.5, -1.0, np.sqrt(2.0)))
+    want = stats.norm.logpdf(2.5, 2.0, np.sqrt(2.0)) - stats.norm.logpdf(2.5, -1.0, np.sqrt(2.0))
     assert got[0] == pytest.approx(want)
     off = attacks.lira_offline(t, shadow, keep, global_variance=False)
     assert off[0] == pytest.approx((2.5 + 1.0) / np.sqrt(2.0))
@@ -63,8 +63,12 @@ def _planted(n=400, k=16, a=2, gap=1.0, seed=0):
 def test_lira_beats_global_threshold_on_planted_signal(global_variance):
     target, shadow, keep, member = _planted()
     base = roc_auc_score(member, target.mean(0))  # a global threshold sees the difficulty spread
-    on = roc_auc_score(member, attacks.lira_online(target, shadow, keep, global_variance=global_variance))
-    off = roc_auc_score(member, attacks.lira_offline(target, shadow, keep, global_variance=global_variance))
+    on = roc_auc_score(
+        member, attacks.lira_online(target, shadow, keep, global_variance=global_variance)
+    )
+    off = roc_auc_score(
+        member, attacks.lira_offline(target, shadow, keep, global_variance=global_variance)
+    )
     assert base < 0.75
     assert on > 0.95 and off > 0.93
 
@@ -129,4 +133,6 @@ def test_shadow_attack_learns_planted_confidence_gap():
 
 
 def test_nearest_attack_sign():
-    np.testing.assert_allclose(attacks.nearest_attack(np.array([[0.0, 1.0], [0.2, 0.6]])), [-0.1, -0.8])
+    np.testing.assert_allclose(
+        attacks.nearest_attack(np.array([[0.0, 1.0], [0.2, 0.6]])), [-0.1, -0.8]
+    )

@@ -6,17 +6,35 @@ from typer.testing import CliRunner
 
 from rcig_release.cli.main import app
 
-_G = {"auc": 0.6, "p_value": {"auc": 0.002, "tpr_at_fpr_0.01": 0.5, "tpr_at_fpr_0.001": None},
-      "epsilon_lower_bound": 0.0, "max_epsilon": 2.5}
+_G = {
+    "auc": 0.6,
+    "p_value": {"auc": 0.002, "tpr_at_fpr_0.01": 0.5, "tpr_at_fpr_0.001": None},
+    "epsilon_lower_bound": 0.0,
+    "max_epsilon": 2.5,
+}
 FAKE = {
-    "run_sha256": "ab" * 32, "n_shadows": 4,
-    "records": {"members": 10, "nonmembers": 10, "calibration": 5, "population": 5,
-                "file": "records.json"},
-    "game": {"epsilon": {"delta": 1e-8, "confidence": 0.99},
-             "attacks": {"loss": {"groups": {"all": _G, "init": {**_G, "auc": 0.9}}}}},
-    "attacks": {"loss": {"auc": 0.6, "tpr_at_fpr": {"0.001": None, "0.01": 0.1},
-                         "tpr_at_fpr_ci": {"0.001": None, "0.01": [0.01, 0.3]},
-                         "advantage": 0.2, "groups": {"init": {"auc": 1.0}}}},
+    "run_sha256": "ab" * 32,
+    "n_shadows": 4,
+    "records": {
+        "members": 10,
+        "nonmembers": 10,
+        "calibration": 5,
+        "population": 5,
+        "file": "records.json",
+    },
+    "game": {
+        "epsilon": {"delta": 1e-8, "confidence": 0.99},
+        "attacks": {"loss": {"groups": {"all": _G, "init": {**_G, "auc": 0.9}}}},
+    },
+    "attacks": {
+        "loss": {
+            "auc": 0.6,
+            "tpr_at_fpr": {"0.001": None, "0.01": 0.1},
+            "tpr_at_fpr_ci": {"0.001": None, "0.01": [0.01, 0.3]},
+            "advantage": 0.2,
+            "groups": {"init": {"auc": 1.0}},
+        }
+    },
     "baselines": {},
     "copy_check": {"near_copies": 2, "threshold": 0.1, "n_released": 10, "rule": "r"},
 }
@@ -30,16 +48,34 @@ def test_flags_reach_the_library(monkeypatch, tmp_path):
         return FAKE
 
     monkeypatch.setattr("rcig_release.audits.runner.run_audit", fake)
-    r = CliRunner().invoke(app, ["audit", str(tmp_path), "--shadows", "4", "--targets", "2",
-                                 "--records", "10", "--attacks", "loss,rmia", "--baselines",
-                                 "none", "--resume", "--json"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            str(tmp_path),
+            "--shadows",
+            "4",
+            "--targets",
+            "2",
+            "--records",
+            "10",
+            "--attacks",
+            "loss,rmia",
+            "--baselines",
+            "none",
+            "--resume",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = seen["cfg"]
     assert (cfg.shadows, cfg.targets, cfg.records) == (4, 2, 10)
     assert cfg.attacks == ("loss", "rmia") and cfg.baselines == () and seen["resume"] is True
     out = json.loads(r.stdout)
     assert out["copy_check"]["near_copies"] == 2 and out["game"]["loss"]["auc"] == 0.6
-    assert out["game"]["loss"]["p_value"]["auc"] == 0.002 and out["game"]["loss"]["init"]["auc"] == 0.9
+    assert (
+        out["game"]["loss"]["p_value"]["auc"] == 0.002 and out["game"]["loss"]["init"]["auc"] == 0.9
+    )
     assert out["this_release"]["loss"]["auc"] == 0.6
 
 

@@ -71,6 +71,7 @@ def count_violations(draw, true_eps, seed, estimator=None, reps=REPS):
 
 # --- validity: bound ≤ true ε in ≥ 1 − alpha of the audits ------------------------------------
 
+
 @pytest.mark.parametrize("eps", [1.0, 2.0, 4.0])
 def test_valid_on_randomised_response(eps):
     v = count_violations(lambda rng: randomised_response(rng, 1000, eps), eps, seed=int(eps))
@@ -99,8 +100,13 @@ def test_validity_check_catches_an_overclaiming_estimator():
     def point_estimate(i, o):
         return float(CanaryScoreAuditor(i, o).epsilon_raw_counts(min_count=1))
 
-    v = count_violations(lambda rng: randomised_response(rng, 1000, 2.0), 2.0, seed=3,
-                         estimator=point_estimate, reps=100)
+    v = count_violations(
+        lambda rng: randomised_response(rng, 1000, 2.0),
+        2.0,
+        seed=3,
+        estimator=point_estimate,
+        reps=100,
+    )
     assert v > allowed_violations(100, ALPHA)
 
 
@@ -108,12 +114,14 @@ def test_clopper_pearson_valid_on_randomised_response():
     def cp(i, o):
         return E.epsilon_lower_bound(i, o, delta=DELTA, alpha=ALPHA, method="clopper_pearson")
 
-    v = count_violations(lambda rng: randomised_response(rng, 1000, 2.0), 2.0, seed=4,
-                         estimator=cp, reps=100)
+    v = count_violations(
+        lambda rng: randomised_response(rng, 1000, 2.0), 2.0, seed=4, estimator=cp, reps=100
+    )
     assert v <= allowed_violations(100, ALPHA), v
 
 
 # --- power: close to the truth when the signal is strong ----------------------------------------
+
 
 @pytest.mark.parametrize("eps", [1.0, 2.0])
 def test_near_truth_with_many_canaries(eps):
@@ -127,12 +135,14 @@ def test_near_truth_with_many_canaries(eps):
 
 # --- max_epsilon ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n_in,n_out", [(5, 7), (50, 50), (480, 520), (520, 480)])
 def test_max_epsilon_is_the_perfect_attack(n_in, n_out):
     # Another perfect configuration than max_epsilon's own 1/0 scores: tied INs above
     # distinct OUTs.
-    perfect = E.epsilon_lower_bound(np.full(n_in, 5.0), np.arange(n_out) - n_out,
-                                    delta=DELTA, alpha=ALPHA)
+    perfect = E.epsilon_lower_bound(
+        np.full(n_in, 5.0), np.arange(n_out) - n_out, delta=DELTA, alpha=ALPHA
+    )
     cap = E.max_epsilon(n_in, n_out, delta=DELTA, alpha=ALPHA)
     assert cap == pytest.approx(perfect, abs=1e-6)
     # A perfect ranking with distinct scores reaches at most the cap: its best rule guesses
@@ -172,6 +182,7 @@ def test_max_epsilon_bounds_every_configuration():
 
 # --- implementation properties -----------------------------------------------------------------
 
+
 def test_threshold_grid_is_fixed_by_m_and_alpha():
     # m = 1000: k = ceil(1000/2^j) = 500, 250, 125, 63, 32, 16, 8, 4, 2, 1 (J = 10);
     # k_min = ceil(log2(10 / 0.05)) = 8, since 2^-k > 0.05/10 for k < 8.
@@ -190,11 +201,15 @@ def test_pruned_search_equals_every_rule():
         grid = E.top_k_grid(m, ALPHA)
         pooled = np.sort(np.r_[i, o])[::-1]
         aud = CanaryScoreAuditor(i, o)
-        full = max(aud.epsilon_one_run(ALPHA / grid.size, DELTA,
-                                       threshold_strategy=Explicit(float(pooled[k - 1])))
-                   for k in grid)
+        full = max(
+            aud.epsilon_one_run(
+                ALPHA / grid.size, DELTA, threshold_strategy=Explicit(float(pooled[k - 1]))
+            )
+            for k in grid
+        )
         assert E.epsilon_lower_bound(i, o, delta=DELTA, alpha=ALPHA) == pytest.approx(
-            max(full, 0.0), abs=1e-9)
+            max(full, 0.0), abs=1e-9
+        )
 
 
 def test_report_family_correction_and_keys():
@@ -202,12 +217,21 @@ def test_report_family_correction_and_keys():
     i, o = gaussian(rng, 2000, 2.0)
     rep = E.epsilon_report(i, o, delta=DELTA, alpha=ALPHA, family_size=20)
     json.dumps(rep)
-    assert set(rep) == {"epsilon_lower_bound", "max_epsilon", "perfect_ranking_epsilon",
-                        "saturated", "method", "delta", "confidence", "alpha_per_test",
-                        "family_size", "n_in", "n_out"}
+    assert set(rep) == {
+        "epsilon_lower_bound",
+        "max_epsilon",
+        "perfect_ranking_epsilon",
+        "saturated",
+        "method",
+        "delta",
+        "confidence",
+        "alpha_per_test",
+        "family_size",
+        "n_in",
+        "n_out",
+    }
     assert rep["alpha_per_test"] == pytest.approx(ALPHA / 20)
-    assert rep["epsilon_lower_bound"] == E.epsilon_lower_bound(i, o, delta=DELTA,
-                                                               alpha=ALPHA / 20)
+    assert rep["epsilon_lower_bound"] == E.epsilon_lower_bound(i, o, delta=DELTA, alpha=ALPHA / 20)
     assert rep["max_epsilon"] == E.max_epsilon(i.size, o.size, delta=DELTA, alpha=ALPHA / 20)
     assert 0 < rep["epsilon_lower_bound"] < E.epsilon_lower_bound(i, o, delta=DELTA, alpha=ALPHA)
     assert rep["saturated"] is False
@@ -217,34 +241,47 @@ def test_report_family_correction_and_keys():
 
 
 def test_report_saturated():
-    perfect = E.epsilon_report(np.full(40, 3.0), np.zeros(60), delta=DELTA, alpha=ALPHA,
-                               family_size=2)
+    perfect = E.epsilon_report(
+        np.full(40, 3.0), np.zeros(60), delta=DELTA, alpha=ALPHA, family_size=2
+    )
     assert perfect["saturated"] and perfect["epsilon_lower_bound"] == perfect["max_epsilon"] > 0
     # A perfect ranking with distinct scores is saturated too, although with n_in < m/2 its
     # bound stays below max_epsilon (test above).
-    ranked = E.epsilon_report(np.arange(400) + 600.0, np.arange(600.0), delta=DELTA,
-                              alpha=ALPHA, family_size=2)
+    ranked = E.epsilon_report(
+        np.arange(400) + 600.0, np.arange(600.0), delta=DELTA, alpha=ALPHA, family_size=2
+    )
     assert ranked["saturated"] and ranked["epsilon_lower_bound"] < ranked["max_epsilon"] - 0.1
     # One OUT above every IN and one IN below every OUT: not saturated.
-    near = E.epsilon_report(np.r_[np.arange(399) + 600.0, -1.0], np.r_[np.arange(599.0), 1e4],
-                            delta=DELTA, alpha=ALPHA, family_size=2)
+    near = E.epsilon_report(
+        np.r_[np.arange(399) + 600.0, -1.0],
+        np.r_[np.arange(599.0), 1e4],
+        delta=DELTA,
+        alpha=ALPHA,
+        family_size=2,
+    )
     assert not near["saturated"]
     # Too few canaries to reject anything: the cap is 0, so any result is saturated.
     tiny = E.epsilon_report([1.0, 2.0], [0.0], delta=DELTA, alpha=ALPHA, family_size=1)
     assert tiny["max_epsilon"] == 0.0 and tiny["saturated"]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(in_scores=[], out_scores=[0.0]), "in_scores is empty"),
-    (dict(in_scores=[1.0], out_scores=[]), "out_scores is empty"),
-    (dict(in_scores=[1.0, np.nan], out_scores=[0.0]), "non-finite"),
-    (dict(in_scores=[1.0], out_scores=[np.inf]), "non-finite"),
-    (dict(in_scores=[[1.0]], out_scores=[0.0]), "one-dimensional"),
-    (dict(alpha=0.0), "alpha"), (dict(alpha=1.0), "alpha"),
-    (dict(delta=0.0), "delta"), (dict(delta=1.0), "delta"),
-    (dict(method="gdp"), "method"),
-    (dict(alpha=float("nan")), "alpha"), (dict(delta=True), "delta"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(in_scores=[], out_scores=[0.0]), "in_scores is empty"),
+        (dict(in_scores=[1.0], out_scores=[]), "out_scores is empty"),
+        (dict(in_scores=[1.0, np.nan], out_scores=[0.0]), "non-finite"),
+        (dict(in_scores=[1.0], out_scores=[np.inf]), "non-finite"),
+        (dict(in_scores=[[1.0]], out_scores=[0.0]), "one-dimensional"),
+        (dict(alpha=0.0), "alpha"),
+        (dict(alpha=1.0), "alpha"),
+        (dict(delta=0.0), "delta"),
+        (dict(delta=1.0), "delta"),
+        (dict(method="gdp"), "method"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(delta=True), "delta"),
+    ],
+)
 def test_input_validation(kwargs, match):
     args = dict(in_scores=[1.0, 2.0], out_scores=[0.0, 0.5], delta=DELTA, alpha=ALPHA)
     args.update(kwargs)
@@ -253,8 +290,9 @@ def test_input_validation(kwargs, match):
 
 
 def test_numpy_scalars_accepted():
-    a = E.epsilon_lower_bound(np.r_[1.0, 2.0], np.r_[0.0], delta=np.float32(1e-5),
-                              alpha=np.float64(0.05))
+    a = E.epsilon_lower_bound(
+        np.r_[1.0, 2.0], np.r_[0.0], delta=np.float32(1e-5), alpha=np.float64(0.05)
+    )
     assert a == E.epsilon_lower_bound([1.0, 2.0], [0.0], delta=1e-5, alpha=0.05)
 
 

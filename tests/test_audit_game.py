@@ -61,8 +61,12 @@ def test_auc_power_matches_simulation():
     rng = np.random.default_rng(2)
     n, alpha, mu = 150, 0.01, 0.45  # binormal shift: AUC = Phi(mu / sqrt(2))
     auc = sps.norm.cdf(mu / np.sqrt(2))
-    rej = np.mean([stats.auc_test(rng.normal(mu, 1, n), rng.normal(0, 1, n))["p_value"] <= alpha
-                   for _ in range(400)])
+    rej = np.mean(
+        [
+            stats.auc_test(rng.normal(mu, 1, n), rng.normal(0, 1, n))["p_value"] <= alpha
+            for _ in range(400)
+        ]
+    )
     assert abs(rej - stats.auc_power(n, n, auc, alpha)) < 0.08
 
 
@@ -72,16 +76,18 @@ def test_lira_shared_variance_ranks_an_extreme_in_record_above_every_out():
     keep = np.zeros((K, N), bool)
     keep[:4] = True
     # OUT observations widely spread, IN observations tight and higher: sigma_in < sigma_out
-    shadow = np.where(keep, 2.0 + 0.1 * rng.standard_normal((K, N)),
-                      0.0 + 1.0 * rng.standard_normal((K, N)))
+    shadow = np.where(
+        keep, 2.0 + 0.1 * rng.standard_normal((K, N)), 0.0 + 1.0 * rng.standard_normal((K, N))
+    )
     target = rng.standard_normal(N)  # OUT-like records
     target[0] = 6.0  # an extreme IN record (a memorised init image: far beyond the IN mean)
     s = A.lira_online(target, shadow, keep, global_variance=True)
     assert s[0] > s[1:].max()
     # the separate-variance form it replaces would score it as OUT
     mu_in, mu_out = shadow[:4].mean(0), shadow[4:].mean(0)
-    sep = (sps.norm.logpdf(target, mu_in, shadow[:4].std()) -
-           sps.norm.logpdf(target, mu_out, shadow[4:].std()))
+    sep = sps.norm.logpdf(target, mu_in, shadow[:4].std()) - sps.norm.logpdf(
+        target, mu_out, shadow[4:].std()
+    )
     assert sep[0] < np.median(sep[1:])
 
 
@@ -127,8 +133,12 @@ def test_game_p_values_are_valid_when_nothing_leaks():
     for _ in range(reps):
         z, near, keep, y = _fake_game(8, 60, rng)
         sc, _ = game.play(NAMES, z, near, keep, y, 60)
-        ps = [game.group_statistics(s, keep, np.ones(60, bool), delta=1e-5,
-                                    alpha_eps=None)["p_value"]["auc"] for s in sc.values()]
+        ps = [
+            game.group_statistics(s, keep, np.ones(60, bool), delta=1e-5, alpha_eps=None)[
+                "p_value"
+            ]["auc"]
+            for s in sc.values()
+        ]
         rej += min(ps) <= 0.05 / len(ps)  # Bonferroni over the attacks: family-wise 5 %
     assert rej / reps <= _binom_upper(0.05, reps)
 

@@ -35,21 +35,48 @@ def _make_run(tmp_path, *, init="real", dp=None):
     res = distill(cfg, prep.transform(ds.x_train), ds.y_train, C)
     run = tmp_path / "run"
     run.mkdir()
-    write_distilled(run, images=prep.inverse(res.images_model), labels=res.labels,
-                    classes=ds.classes, images_model=res.images_model, log_temp=res.log_temp,
-                    init_indices=res.init_indices, prep_arrays=prep.to_arrays())
-    write_json(run / "run.json", {"config": to_dict(cfg),
-                                  "data": {"source": str(npz), "fingerprint": ds.fingerprint,
-                                           "split_seed": ds.split_seed, "n_train": ds.n_train,
-                                           "n_test": ds.n_test},
-                                  "init": {"mode": init, "indices": res.init_indices.tolist()},
-                                  **({"dp": dp} if dp is not None else {})})
+    write_distilled(
+        run,
+        images=prep.inverse(res.images_model),
+        labels=res.labels,
+        classes=ds.classes,
+        images_model=res.images_model,
+        log_temp=res.log_temp,
+        init_indices=res.init_indices,
+        prep_arrays=prep.to_arrays(),
+    )
+    write_json(
+        run / "run.json",
+        {
+            "config": to_dict(cfg),
+            "data": {
+                "source": str(npz),
+                "fingerprint": ds.fingerprint,
+                "split_seed": ds.split_seed,
+                "n_train": ds.n_train,
+                "n_test": ds.n_test,
+            },
+            "init": {"mode": init, "indices": res.init_indices.tolist()},
+            **({"dp": dp} if dp is not None else {}),
+        },
+    )
     return run, res.init_indices
 
 
 # mlp and one shadow per vmapped call: the fewest distinct compiles (the targets' shapes).
-TINY = AuditConfig(shadows=2, targets=2, records=200, population=200, train_steps=30, warmup=5,
-                   full_steps=30, full_warmup=5, batch=64, arch="mlp", shadow_group=1)
+TINY = AuditConfig(
+    shadows=2,
+    targets=2,
+    records=200,
+    population=200,
+    train_steps=30,
+    warmup=5,
+    full_steps=30,
+    full_warmup=5,
+    batch=64,
+    arch="mlp",
+    shadow_group=1,
+)
 
 
 @pytest.mark.slow  # ~60 s on the shared 2-core machine (mostly XLA compiles)
@@ -83,12 +110,17 @@ def test_runner_end_to_end_planted_leak(tmp_path):
         assert "calibration" in a["tpr_at_fpr_reason"]["0.01"] and "init" in a["groups"]
         g = out["game"]["attacks"][name]["groups"]  # the game: every shadow a target
         assert {"all", "init"} <= set(g) and 0.0 <= g["all"]["p_value"]["auc"] <= 1.0
-        assert g["all"]["n_guesses"] == 2 * (out["records"]["members"] + out["records"]["nonmembers"])
+        assert g["all"]["n_guesses"] == 2 * (
+            out["records"]["members"] + out["records"]["nonmembers"]
+        )
         assert g["all"]["epsilon_lower_bound"] >= 0 and g["all"]["max_epsilon"] >= 0
     assert out["game"]["epsilon"]["family_size"] == 7 * 2 * 2  # attacks x {all, init} x folds
-    assert out["game"]["rounds"][0] == {"targets": [0], "references": [1],
-                                        "lira_variance": "shared global",
-                                        "rmia_a": out["game"]["rounds"][0]["rmia_a"]}
+    assert out["game"]["rounds"][0] == {
+        "targets": [0],
+        "references": [1],
+        "lira_variance": "shared global",
+        "rmia_a": out["game"]["rounds"][0]["rmia_a"],
+    }
     # init-aware shadows: an init record IN for a shadow is one of its init images, so the
     # nearest attack finds every such guess (distance 0) in the game's init group
     assert out["init"]["init_aware_shadows"] is True
@@ -117,8 +149,9 @@ def test_runner_end_to_end_planted_leak(tmp_path):
     # nothing in the audit directory stores images: shadows keep logits and distances
     for f in audit.glob("shadows*/*.npz"):
         with np.load(f) as z:
-            want = {"logits", "keep"} | (set() if "full" in f.parent.name else
-                                          {"near_pixel", "near_feature"})
+            want = {"logits", "keep"} | (
+                set() if "full" in f.parent.name else {"near_pixel", "near_feature"}
+            )
             assert set(z.files) == want and z["logits"].shape[-1] == C
     assert all(sc[k].ndim == 1 for k in sc.files)
     assert not list(audit.rglob("*.png"))[2:]  # only roc.png and histograms.png
@@ -129,7 +162,9 @@ def test_runner_end_to_end_planted_leak(tmp_path):
     mtime = (audit / "shadows" / "0.npz").stat().st_mtime_ns
     again = run_audit(run, TINY, resume=True, workers=2)  # finished shadows: nothing spawned
     assert (audit / "shadows" / "0.npz").stat().st_mtime_ns == mtime
-    assert again["attacks"]["lira_online"]["auc"] == pytest.approx(out["attacks"]["lira_online"]["auc"])
+    assert again["attacks"]["lira_online"]["auc"] == pytest.approx(
+        out["attacks"]["lira_online"]["auc"]
+    )
     with pytest.raises(InputError, match="differs in: shadows"):
         run_audit(run, TINY.replace(shadows=4), resume=True)
 
@@ -138,8 +173,13 @@ def test_runner_refuses_other_data_and_inner_gallery(tmp_path):
     run, _ = _make_run(tmp_path)
     other = tmp_path / "other.npz"
     rng = np.random.default_rng(9)
-    np.savez(other, x_train=rng.random((40, H, H, 1)), y_train=np.arange(40) % C,
-             x_test=rng.random((40, H, H, 1)), y_test=np.arange(40) % C)
+    np.savez(
+        other,
+        x_train=rng.random((40, H, H, 1)),
+        y_train=np.arange(40) % C,
+        x_test=rng.random((40, H, H, 1)),
+        y_test=np.arange(40) % C,
+    )
     with pytest.raises(InputError, match="fingerprint"):
         run_audit(run, TINY, data=str(other))
     with pytest.raises(InputError, match="outside the run directory"):
@@ -158,12 +198,15 @@ def test_shadow_config_reuses_the_runs_tuned_learning_rates():
     from rcig_release.audits.runner import shadow_config
     from rcig_release.config import DistillConfig
 
-    tuned = SimpleNamespace(config=DistillConfig(tune_lr=True),
-                            run_json={"tuning": {"inner_lr": 2e-3, "hvp_lr": 4.5}})
+    tuned = SimpleNamespace(
+        config=DistillConfig(tune_lr=True), run_json={"tuning": {"inner_lr": 2e-3, "hvp_lr": 4.5}}
+    )
     c = shadow_config(tuned, AuditConfig())
     assert (c.tune_lr, c.inner_lr, c.hvp_lr) == (False, 2e-3, 4.5)
-    assert c.replace(tune_lr=True, inner_lr=tuned.config.inner_lr,
-                     hvp_lr=tuned.config.hvp_lr) == tuned.config  # nothing else changes
+    assert (
+        c.replace(tune_lr=True, inner_lr=tuned.config.inner_lr, hvp_lr=tuned.config.hvp_lr)
+        == tuned.config
+    )  # nothing else changes
     assert shadow_config(tuned, AuditConfig(shadow_lrs="tune")) == tuned.config
     untuned = SimpleNamespace(config=DistillConfig(tune_lr=False), run_json={"tuning": {}})
     assert shadow_config(untuned, AuditConfig()) == untuned.config
@@ -193,14 +236,27 @@ def test_shadow_workers_write_the_same_shadows_as_one_process(tmp_path):
     x_te, y_te = rng.random((40, H, H, 1)).astype(np.float32), np.arange(40) % C
     members, nonmembers = np.arange(0, 20), np.arange(0, 20)
     keep = shadows.make_keep(4, 40, np.random.default_rng(0))
-    kw = dict(cfg=DistillConfig(ipc=2, width=4), keep=keep, members=members,
-              nonmembers=nonmembers, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
-              queries_pix=np.concatenate([x_tr[:20], x_te[:20], x_te[:10]]), num_classes=C, zca=False, seed=0, resume=False,
-              ds=shadows.Downstream(arch="mlp", width=8, n_models=2, steps=20, warmup=2))
+    kw = dict(
+        cfg=DistillConfig(ipc=2, width=4),
+        keep=keep,
+        members=members,
+        nonmembers=nonmembers,
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        queries_pix=np.concatenate([x_tr[:20], x_te[:20], x_te[:10]]),
+        num_classes=C,
+        zca=False,
+        seed=0,
+        resume=False,
+        ds=shadows.Downstream(arch="mlp", width=8, n_models=2, steps=20, warmup=2),
+    )
     seen = []
     one, near1 = shadows.run_shadows("naive", out_dir=tmp_path / "one", workers=1, **kw)
-    two, near2 = shadows.run_shadows("naive", out_dir=tmp_path / "two", workers=2,
-                                     progress=lambda *a: seen.append(a[1:]), **kw)
+    two, near2 = shadows.run_shadows(
+        "naive", out_dir=tmp_path / "two", workers=2, progress=lambda *a: seen.append(a[1:]), **kw
+    )
     assert one.shape == two.shape == (4, 2, 2, 50, C)
     np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-5)
     assert near1["pixel"].shape == (4, 40) and near1["feature"].shape == (4, 2, 40)
@@ -211,8 +267,12 @@ def test_shadow_workers_write_the_same_shadows_as_one_process(tmp_path):
     assert seen[0] == (0, 4) and seen[-1] == (4, 4)
     # a failing worker is one error naming the way on, not a hang
     with pytest.raises(RcigReleaseError, match="--resume"):
-        shadows.run_shadows("naive", out_dir=tmp_path / "bad", workers=2,
-                            **{**kw, "cfg": DistillConfig(ipc=50, width=4)})
+        shadows.run_shadows(
+            "naive",
+            out_dir=tmp_path / "bad",
+            workers=2,
+            **{**kw, "cfg": DistillConfig(ipc=50, width=4)},
+        )
 
 
 def test_default_workers_rule():

@@ -28,9 +28,21 @@ def trained():
     idx = [np.flatnonzero(member), np.arange(N, N + 40)] + [np.flatnonzero(k) for k in keep]
     xs = np.stack([x[i] for i in idx])
     ys = np.stack([y[i] for i in idx])
-    params = train_models("mlp", xs, ys, num_classes=C, n_models=len(idx), key=jax.random.key(0),
-                          steps=300, lr=3e-3, warmup=10, batch=64, width=64, loss="ce",
-                          per_model_data=True)
+    params = train_models(
+        "mlp",
+        xs,
+        ys,
+        num_classes=C,
+        n_models=len(idx),
+        key=jax.random.key(0),
+        steps=300,
+        lr=3e-3,
+        warmup=10,
+        batch=64,
+        width=64,
+        loss="ce",
+        per_model_data=True,
+    )
     q = np.stack([x[:N], x[:N, :, ::-1, :]])  # [A, N, ...] with the mirror query
     z = predict("mlp", params, q.reshape(2 * N, 6, 6, 1), num_classes=C, width=64)
     z = z.reshape(len(idx), 2, N, C)
@@ -40,9 +52,11 @@ def trained():
 def _scores(z_target, z_shadows, y, keep):
     phi_t = signals.logit_confidence(z_target, y)
     phi_s = signals.logit_confidence(z_shadows, y)
-    return {"loss": attacks.loss_attack(signals.cross_entropy(z_target[0], y)),
-            "lira_online": attacks.lira_online(phi_t, phi_s, keep),
-            "lira_offline": attacks.lira_offline(phi_t, phi_s, keep)}
+    return {
+        "loss": attacks.loss_attack(signals.cross_entropy(z_target[0], y)),
+        "lira_online": attacks.lira_online(phi_t, phi_s, keep),
+        "lira_offline": attacks.lira_offline(phi_t, phi_s, keep),
+    }
 
 
 def test_overfit_target_is_found(trained):

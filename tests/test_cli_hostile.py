@@ -50,12 +50,22 @@ def claiming_npz(path: Path, **members: tuple) -> Path:
 
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose IHDR says ``width`` × ``height`` (1-bit grey) over a few bytes of IDAT."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 8))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 8))
+        + chunk(b"IEND", b"")
+    )
 
 
 def image_folder(root: Path, classes=("a", "b"), n=4) -> Path:
@@ -115,20 +125,33 @@ def test_npz_claiming_1e12_images_is_refused_by_distill(tmp_path):
     assert big.stat().st_size < 1000
     before = snapshot(tmp_path)
     r = invoke(*DISTILL, "--data", big, "--out", tmp_path / "out")
-    line = assert_refused(r, 2, "big.npz is too large", "cap of 4.0 GiB", "RCIG_RELEASE_MAX_BYTES",
-                          "1000000000000×28×28")
+    line = assert_refused(
+        r,
+        2,
+        "big.npz is too large",
+        "cap of 4.0 GiB",
+        "RCIG_RELEASE_MAX_BYTES",
+        "1000000000000×28×28",
+    )
     assert "MemoryError" not in line
     assert snapshot(tmp_path) == before  # --out not created, nothing else written
 
 
 def test_byte_cap_is_adjustable_by_environment(tmp_path):
     data = tiny_npz(tmp_path / "d.npz")
-    r = invoke(*DISTILL, "--data", data, "--out", tmp_path / "out",
-               env={"RCIG_RELEASE_MAX_BYTES": "1000"})
+    r = invoke(
+        *DISTILL, "--data", data, "--out", tmp_path / "out", env={"RCIG_RELEASE_MAX_BYTES": "1000"}
+    )
     assert_refused(r, 2, "d.npz is too large", "cap of 1000 bytes", "RCIG_RELEASE_MAX_BYTES")
     assert not (tmp_path / "out").exists()
-    r = invoke(*DISTILL, "--data", data, "--out", tmp_path / "out",
-               env={"RCIG_RELEASE_MAX_BYTES": "nonsense"})
+    r = invoke(
+        *DISTILL,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "out",
+        env={"RCIG_RELEASE_MAX_BYTES": "nonsense"},
+    )
     assert_refused(r, 2, "RCIG_RELEASE_MAX_BYTES must be a positive integer")
 
 
@@ -164,20 +187,33 @@ def test_oversized_png_is_too_large_not_corrupt(tmp_path, size):
     (root / "b" / "huge.png").write_bytes(png_claiming(*size))
     before = snapshot(tmp_path)
     r = invoke(*DISTILL, "--data", root, "--out", tmp_path / "out")
-    line = assert_refused(r, 2, "image b/huge.png is too large", f"{size[0]}x{size[1]}",
-                          "cap of 16,777,216 pixels", "RCIG_RELEASE_MAX_PIXELS")
+    line = assert_refused(
+        r,
+        2,
+        "image b/huge.png is too large",
+        f"{size[0]}x{size[1]}",
+        "cap of 16,777,216 pixels",
+        "RCIG_RELEASE_MAX_PIXELS",
+    )
     assert "corrupt" not in line
     assert snapshot(tmp_path) == before
 
 
 def test_pixel_cap_is_adjustable_by_environment(tmp_path):
     root = image_folder(tmp_path / "imgs")
-    r = invoke(*DISTILL, "--data", root, "--out", tmp_path / "out",
-               env={"RCIG_RELEASE_MAX_PIXELS": "35"})  # the images are 6x6 = 36 pixels
+    r = invoke(
+        *DISTILL, "--data", root, "--out", tmp_path / "out", env={"RCIG_RELEASE_MAX_PIXELS": "35"}
+    )  # the images are 6x6 = 36 pixels
     assert_refused(r, 2, "is too large: 6x6 = 36 pixels", "cap of 35 pixels")
     (root / "b" / "huge.png").write_bytes(png_claiming(20000, 20000))
-    r = invoke(*DISTILL, "--data", root, "--out", tmp_path / "out",
-               env={"RCIG_RELEASE_MAX_PIXELS": str(10**9)})  # past the pixel cap: the next check
+    r = invoke(
+        *DISTILL,
+        "--data",
+        root,
+        "--out",
+        tmp_path / "out",
+        env={"RCIG_RELEASE_MAX_PIXELS": str(10**9)},
+    )  # past the pixel cap: the next check
     assert_refused(r, 2, "images of different sizes")
     assert not (tmp_path / "out").exists()
 
@@ -200,8 +236,15 @@ def test_out_inside_or_around_the_data_is_refused(tmp_path, where):
     before = snapshot(tmp_path)
     r = invoke(*DISTILL, "--data", data, "--out", out, "--force")  # --force would move it aside
     line = assert_refused(r, 2, f"--out {out} ")
-    assert any(s in line for s in ("inside the data folder", "is the data file itself",
-                                   "is the data folder itself", "contains the data"))
+    assert any(
+        s in line
+        for s in (
+            "inside the data folder",
+            "is the data file itself",
+            "is the data folder itself",
+            "contains the data",
+        )
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -299,8 +342,13 @@ def test_help_shows_every_default_and_help_text_has_no_live_markup():
     r = invoke("distill", "--help")
     assert r.exit_code == 0
     flat = re.sub(r"[\s│]+", " ", r.stdout)
-    for text in ("[default: runs/<data>-ipc<ipc>]", "[default: digits]", "[default: real]",
-                 "[default: 1]", "[default: cpu without a GPU, else paper]"):
+    for text in (
+        "[default: runs/<data>-ipc<ipc>]",
+        "[default: digits]",
+        "[default: real]",
+        "[default: 1]",
+        "[default: cpu without a GPU, else paper]",
+    ):
         assert text in flat, text
 
 
@@ -317,8 +365,17 @@ def test_audit_progress_bars_name_stage_count_and_eta():
         progress("attacks", 1, 2)
         progress("done", 1, 1)
     text = buf.getvalue()
-    for expect in ("target networks", "1/1", "shadow pipelines (release)", "16/16",
-                   "shadow pipelines (naive)", "16/16", "attacks", "2/2", "ETA"):
+    for expect in (
+        "target networks",
+        "1/1",
+        "shadow pipelines (release)",
+        "16/16",
+        "shadow pipelines (naive)",
+        "16/16",
+        "attacks",
+        "2/2",
+        "ETA",
+    ):
         assert expect in text, (expect, text)
     with stage_progress(console, enabled=False) as progress:
         assert progress is None
@@ -349,14 +406,30 @@ def test_distill_names_its_setup_phases(tmp_path):
     from rcig_release.config import make_distill_config
     from rcig_release.distill import distill
 
-    cfg = make_distill_config("cpu", {"width": 2, "depth": 1, "pool_size": 1,
-                                      "pool_max_steps": 1, "real_batch": 8,
-                                      "tune_max_trials": 2}, steps=1, ipc=1)
+    cfg = make_distill_config(
+        "cpu",
+        {
+            "width": 2,
+            "depth": 1,
+            "pool_size": 1,
+            "pool_max_steps": 1,
+            "real_batch": 8,
+            "tune_max_trials": 2,
+        },
+        steps=1,
+        ipc=1,
+    )
     x = np.random.default_rng(0).standard_normal((12, 4, 4, 1)).astype(np.float32)
     seen: list[str] = []
     steps: list[int] = []
-    distill(cfg, x, np.repeat(np.arange(3), 4), 3, phase=seen.append,
-            progress=lambda t, total, last: steps.append(t))
+    distill(
+        cfg,
+        x,
+        np.repeat(np.arange(3), 4),
+        3,
+        phase=seen.append,
+        progress=lambda t, total, last: steps.append(t),
+    )
     assert seen == ["setting up the model", "learning-rate search", "compiling the step"]
     assert steps == [1]
 
@@ -376,12 +449,21 @@ def test_readme_test_command_is_the_ci_command_and_finds_a_python_3_11_or_newer(
     assert ci[-1] == tests and "python3.11 -m" not in quickstart + tests
     picker = tests.split(" -m venv", 1)[0]
     assert quickstart.startswith(picker)
-    r = subprocess.run(["bash", "-c", picker + ' -c "import sys; print(sys.version_info[:2])"'],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["bash", "-c", picker + ' -c "import sys; print(sys.version_info[:2])"'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert eval(r.stdout) >= (3, 11)  # noqa: S307 - a tuple printed by python itself
-    empty = subprocess.run(["/bin/bash", "-c", picker + " -V"], capture_output=True, text=True,
-                           env={"PATH": "/nonexistent"}, timeout=60)
+    empty = subprocess.run(
+        ["/bin/bash", "-c", picker + " -V"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/nonexistent"},
+        timeout=60,
+    )
     assert empty.returncode != 0 and "no Python 3.11 or newer" in empty.stderr
 
 
@@ -401,12 +483,15 @@ def test_distill_command_shows_the_phase_not_0_of_unknown(tmp_path, monkeypatch)
     assert r.stderr.splitlines()[-1] == "error: stop here"
 
 
-@pytest.mark.parametrize("args,expect", [
-    (["distill", "--ipc", "abc"], "Invalid value for '--ipc'"),
-    (["distill", "--bogus"], "No such option: --bogus"),
-    (["verify"], "Missing argument"),
-    (["no-such-command"], "No such command"),
-])
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["distill", "--ipc", "abc"], "Invalid value for '--ipc'"),
+        (["distill", "--bogus"], "No such option: --bogus"),
+        (["verify"], "Missing argument"),
+        (["no-such-command"], "No such command"),
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(tmp_path, args, expect):
     before = snapshot(tmp_path)
     assert_refused(invoke(*args), 2, expect, "--help)")

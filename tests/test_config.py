@@ -54,12 +54,15 @@ def test_bad_values_are_refused_in_one_line(tmp_path):
         make_distill_config("cpu", load_toml(toml))
 
 
-@pytest.mark.parametrize("size,depth,beta,l2_rate", [
-    (28, 3, 60.0, 5e-4),    # depth_3_no_flip / depth_3: softplus β = 60, l2 5e-4
-    (32, 3, 60.0, 5e-4),
-    (64, 4, 0.0, 5e-4),     # depth_4_200 / depth_4_big: ReLU
-    (128, 5, 0.0, 0.05),    # depth_5: ReLU, l2 0.05
-])
+@pytest.mark.parametrize(
+    "size,depth,beta,l2_rate",
+    [
+        (28, 3, 60.0, 5e-4),  # depth_3_no_flip / depth_3: softplus β = 60, l2 5e-4
+        (32, 3, 60.0, 5e-4),
+        (64, 4, 0.0, 5e-4),  # depth_4_200 / depth_4_big: ReLU
+        (128, 5, 0.0, 0.05),  # depth_5: ReLU, l2 0.05
+    ],
+)
 def test_activation_and_l2_follow_the_authors_config_for_the_depth(size, depth, beta, l2_rate):
     res = resolve(DistillConfig(ipc=2), (size, size, 3), 10)
     assert res.depth == depth

@@ -56,8 +56,9 @@ def server(tmp_path):
         def log_message(self, *args):  # keep test output quiet
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(Handler, directory=str(www)))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(www))
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -194,8 +195,13 @@ def test_cifar10_binary_archive(server, tmp_path, monkeypatch):
     archive = buf.getvalue()
     (www / remote.CIFAR_ARCHIVE).write_bytes(archive)
     src = remote.REMOTE_SOURCES["cifar10"]
-    monkeypatch.setitem(remote.REMOTE_SOURCES, "cifar10", dataclasses.replace(
-        src, files=(RemoteFile(remote.CIFAR_ARCHIVE, md5=_md5(archive), sha256=_sha(archive)),)))
+    monkeypatch.setitem(
+        remote.REMOTE_SOURCES,
+        "cifar10",
+        dataclasses.replace(
+            src, files=(RemoteFile(remote.CIFAR_ARCHIVE, md5=_md5(archive), sha256=_sha(archive)),)
+        ),
+    )
     ds = load_dataset("cifar10", cache_dir=tmp_path / "cache", base_url=base)
     assert ds.x_train.shape == (10, 32, 32, 3) and ds.x_test.shape == (2, 32, 32, 3)
     x_tr = np.concatenate([parts[n][0] for n in remote.CIFAR_TRAIN])
@@ -222,5 +228,7 @@ def test_official_checksums_are_recorded():
     for src in remote.REMOTE_SOURCES.values():
         for f in src.files:
             assert f.md5 is not None and len(f.md5) == 32
-    assert all(f.content_sha256 and len(f.content_sha256) == 64
-               for f in remote.REMOTE_SOURCES["mnist"].files)
+    assert all(
+        f.content_sha256 and len(f.content_sha256) == 64
+        for f in remote.REMOTE_SOURCES["mnist"].files
+    )

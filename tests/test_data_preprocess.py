@@ -64,7 +64,7 @@ def test_zca_closed_form_and_whitened_covariance():
     d = cov.shape[0]
     r = reg * np.trace(cov) / d
     u, lam, _ = np.linalg.svd(cov + r * np.eye(d))
-    w = u @ np.diag(lam ** -0.5) @ u.T
+    w = u @ np.diag(lam**-0.5) @ u.T
     np.testing.assert_allclose(p.zca, w, atol=2e-4 * np.abs(w).max())
     # the whitened training data has covariance W Cov W = U diag(λ/(λ+r)) Uᵀ
     z = p.transform(x).reshape(300, -1).astype(np.float64)
@@ -111,9 +111,11 @@ def test_zca_subtracts_the_per_pixel_mean_before_whitening():
     # without the subtraction every image would be shifted by the constant m @ W
     assert np.abs(m @ p.zca.astype(np.float64)).max() > 0.1
     # the inverse adds it back: a model-space zero is the mean image
-    np.testing.assert_allclose(p.inverse(np.zeros((1, 4, 4, 3), np.float32)).reshape(-1),
-                               (m.reshape(16, 3) * x.std(axis=(0, 1, 2))
-                                + x.mean(axis=(0, 1, 2))).reshape(-1), atol=1e-5)
+    np.testing.assert_allclose(
+        p.inverse(np.zeros((1, 4, 4, 3), np.float32)).reshape(-1),
+        (m.reshape(16, 3) * x.std(axis=(0, 1, 2)) + x.mean(axis=(0, 1, 2))).reshape(-1),
+        atol=1e-5,
+    )
 
 
 def test_arrays_without_a_zca_mean_load_as_the_preprocessing_they_were_made_with():
@@ -125,8 +127,9 @@ def test_arrays_without_a_zca_mean_load_as_the_preprocessing_they_were_made_with
     q = Preprocessor.from_arrays(old)
     np.testing.assert_array_equal(q.zca_mean, np.zeros(48, np.float32))
     s = ((x - p.mean) / p.std).reshape(len(x), -1).astype(np.float64)
-    np.testing.assert_allclose(q.transform(x).reshape(len(x), -1), s @ p.zca.astype(np.float64),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        q.transform(x).reshape(len(x), -1), s @ p.zca.astype(np.float64), atol=1e-4
+    )
     np.testing.assert_allclose(q.inverse(q.transform(x)), x, atol=1e-4)
     with pytest.raises(InputError, match="ZCA mean"):
         Preprocessor(mean=p.mean, std=p.std, zca=p.zca, zca_mean=np.zeros(5))

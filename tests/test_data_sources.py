@@ -140,27 +140,30 @@ def test_shared_mnist_loads_if_present():
     assert abs(float(ds.x_train.mean()) - 0.1306605) < 1e-5
 
 
-@pytest.mark.parametrize("case,expect", [
-    ("missing", "not found"),
-    ("truncated", "corrupt or truncated"),
-    ("pickle", "needs pickle"),
-    ("nan", "NaN or infinite"),
-    ("inf", "NaN or infinite"),
-    ("float_range", "must be in [0, 1]"),
-    ("int_range", "0..255"),
-    ("label_float", "labels must be integers"),
-    ("label_neg", "outside 0..2"),
-    ("label_too_big", "outside 0..1"),
-    ("keys", "expected x_train, y_train, x_test, y_test"),
-    ("shape_5d", "N×H×W or N×H×W×C"),
-    ("shape_nchw", "channels-last"),
-    ("sizes", "images of different sizes"),
-    ("count", "labels but there are"),
-    ("onehot", "1-D array"),
-    ("npy", "not an .npz"),
-    ("junk", "not an .npz"),
-    ("empty", "no images"),
-])
+@pytest.mark.parametrize(
+    "case,expect",
+    [
+        ("missing", "not found"),
+        ("truncated", "corrupt or truncated"),
+        ("pickle", "needs pickle"),
+        ("nan", "NaN or infinite"),
+        ("inf", "NaN or infinite"),
+        ("float_range", "must be in [0, 1]"),
+        ("int_range", "0..255"),
+        ("label_float", "labels must be integers"),
+        ("label_neg", "outside 0..2"),
+        ("label_too_big", "outside 0..1"),
+        ("keys", "expected x_train, y_train, x_test, y_test"),
+        ("shape_5d", "N×H×W or N×H×W×C"),
+        ("shape_nchw", "channels-last"),
+        ("sizes", "images of different sizes"),
+        ("count", "labels but there are"),
+        ("onehot", "1-D array"),
+        ("npy", "not an .npz"),
+        ("junk", "not an .npz"),
+        ("empty", "no images"),
+    ],
+)
 def test_npz_bad_inputs(tmp_path, case, expect):
     x, y = _toy()
     p = tmp_path / "bad.npz"
@@ -228,8 +231,9 @@ def test_folder_presplit_grey(tmp_path):
     assert ds.classes == ("a_cls", "b_cls")  # sorted folder names
     assert ds.x_train.shape == (6, 6, 7, 1) and ds.x_test.shape == (4, 6, 7, 1)
     assert ds.y_train.tolist() == [0, 0, 0, 1, 1, 1] and ds.split_seed is None
-    np.testing.assert_allclose(ds.x_train[3, ..., 0], imgs[("train", "b_cls", 0)] / 255.0,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        ds.x_train[3, ..., 0], imgs[("train", "b_cls", 0)] / 255.0, atol=1e-7
+    )
 
 
 def test_folder_flat_rgb_jpeg_and_png_split(tmp_path):
@@ -259,16 +263,19 @@ def test_folder_mixed_grey_and_colour_becomes_rgb(tmp_path):
     np.testing.assert_allclose(grey, 200 / 255.0, atol=1e-7)
 
 
-@pytest.mark.parametrize("case,expect", [
-    ("empty", "is empty"),
-    ("empty_class", "class folder b has no PNG/JPEG images"),
-    ("corrupt", "corrupt or unreadable image: b/bad.png"),
-    ("truncated", "corrupt or unreadable image: a/1.png"),
-    ("sizes", "images of different sizes"),
-    ("train_only", "has train/ but no test/"),
-    ("class_mismatch", "same class folders"),
-    ("single", "fewer than 2 images"),
-])
+@pytest.mark.parametrize(
+    "case,expect",
+    [
+        ("empty", "is empty"),
+        ("empty_class", "class folder b has no PNG/JPEG images"),
+        ("corrupt", "corrupt or unreadable image: b/bad.png"),
+        ("truncated", "corrupt or unreadable image: a/1.png"),
+        ("sizes", "images of different sizes"),
+        ("train_only", "has train/ but no test/"),
+        ("class_mismatch", "same class folders"),
+        ("single", "fewer than 2 images"),
+    ],
+)
 def test_folder_bad_inputs(tmp_path, case, expect):
     root = tmp_path / "imgs"
     root.mkdir()

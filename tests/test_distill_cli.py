@@ -59,8 +59,20 @@ def invoke(*args):
 def test_distill_then_evaluate_writes_the_run_directory(tiny, tmp_path):
     data, toml = tiny
     run = tmp_path / "run"
-    r = invoke("distill", "--data", data, "--out", run, "--config", toml, "--steps", 4,
-               "--ipc", 2, "--quiet")
+    r = invoke(
+        "distill",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--config",
+        toml,
+        "--steps",
+        4,
+        "--ipc",
+        2,
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     with np.load(run / "distilled.npz") as z:
         assert z["images"].shape == (6, 8, 8, 1) and z["labels"].shape == (6, 3)
@@ -74,8 +86,15 @@ def test_distill_then_evaluate_writes_the_run_directory(tiny, tmp_path):
     assert list(y_train[init]) == [0, 0, 1, 1, 2, 2] and rj["init"]["indices"] == init.tolist()
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4]
-    assert {"outer_loss", "inner_loss", "hvp_residual", "inner_lr", "hvp_lr", "temperature",
-            "seconds"} <= set(lines[0])
+    assert {
+        "outer_loss",
+        "inner_loss",
+        "hvp_residual",
+        "inner_lr",
+        "hvp_lr",
+        "temperature",
+        "seconds",
+    } <= set(lines[0])
     assert (run / "preview.png").stat().st_size > 0
     assert str(tmp_path) not in (run / "run.json").read_text().replace(str(data), "")
 
@@ -94,18 +113,30 @@ def test_distill_then_evaluate_writes_the_run_directory(tiny, tmp_path):
 def test_steps_zero_exports_the_initial_real_images(tiny, tmp_path):
     data, toml = tiny
     run = tmp_path / "run0"
-    r = invoke("distill", "--data", data, "--out", run, "--config", toml, "--steps", 0,
-               "--ipc", 3, "--quiet")
+    r = invoke(
+        "distill",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--config",
+        toml,
+        "--steps",
+        0,
+        "--ipc",
+        3,
+        "--quiet",
+    )
     assert r.exit_code == 0, r.output
     with np.load(run / "distilled.npz") as z:
         x_train = np.load(data)["x_train"][..., None]
         np.testing.assert_allclose(z["images"], x_train[z["init_indices"]], atol=1e-5)
-        np.testing.assert_allclose(z["labels"], np.repeat(np.eye(3) - 1 / 3, 3, axis=0),
-                                   atol=1e-7)
+        np.testing.assert_allclose(z["labels"], np.repeat(np.eye(3) - 1 / 3, 3, axis=0), atol=1e-7)
 
 
-@pytest.mark.parametrize("case", ["missing", "ipc0", "too_few", "nan", "nonempty", "badinit",
-                                  "unknown_key"])
+@pytest.mark.parametrize(
+    "case", ["missing", "ipc0", "too_few", "nan", "nonempty", "badinit", "unknown_key"]
+)
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny, tmp_path, case):
     data, toml = tiny
     out = tmp_path / "out"
@@ -149,8 +180,9 @@ def test_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
     base = ["distill", "--data", data, "--config", toml, "--steps", 200, "--ipc", 2, "--quiet"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen(_cli(*base, "--out", killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(*base, "--out", killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     meta = killed / "checkpoints" / "meta.json"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -162,16 +194,22 @@ def test_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
     proc.wait()
     assert not (killed / "distilled.npz").exists()
     subprocess.run(_cli(*base, "--out", straight), env=env, check=True, capture_output=True)
-    r = subprocess.run(_cli("distill", "--out", killed, "--resume", "--quiet"), env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        _cli("distill", "--out", killed, "--resume", "--quiet"),
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     with np.load(straight / "distilled.npz") as a, np.load(killed / "distilled.npz") as b:
         for k in ("images", "labels", "images_model", "log_temp", "init_indices"):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
     def strip(p):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (p / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (p / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert strip(straight) == strip(killed)
     assert json.loads((killed / "run.json").read_text())["resumed_from"] >= 4

@@ -30,8 +30,9 @@ def _flat(tree):
     return np.concatenate([np.ravel(np.asarray(tree[k])) for k in sorted(tree)])
 
 
-@pytest.mark.parametrize("solver,shape", [("exact", (8, 8, 3)), ("adam", SHAPE)],
-                         ids=["exact-colour-flips", "adam-grey"])
+@pytest.mark.parametrize(
+    "solver,shape", [("exact", (8, 8, 3)), ("adam", SHAPE)], ids=["exact-colour-flips", "adam-grey"]
+)
 def test_dp_meta_gradient_without_clip_and_noise_is_the_ordinary_one(solver, shape):
     with enable_x64():
         setup = tiny_setup(shape, inner_solver=solver, clip_implicit=False)
@@ -42,20 +43,36 @@ def test_dp_meta_gradient_without_clip_and_noise_is_the_ordinary_one(solver, sha
         x_t, labels_t = _real_batch(shape)
         lr_in, lr_h = jnp.float64(1e-2), jnp.float64(1e-2)
         ref, aux = jax.jit(lambda t, p: meta_gradient(setup, t, p, x_t, labels_t, lr_in, lr_h))(
-            theta0, psi)
+            theta0, psi
+        )
         mask = jnp.ones(len(labels_t), bool)
-        got, daux = jax.jit(lambda t, p: dp.dp_meta_gradient(
-            setup, t, p, x_t, labels_t, mask, lr_in, lr_h, clip=jnp.inf, noise_std=0.0,
-            normaliser=float(len(labels_t)), key=jax.random.PRNGKey(0)))(theta0, psi)
+        got, daux = jax.jit(
+            lambda t, p: dp.dp_meta_gradient(
+                setup,
+                t,
+                p,
+                x_t,
+                labels_t,
+                mask,
+                lr_in,
+                lr_h,
+                clip=jnp.inf,
+                noise_std=0.0,
+                normaliser=float(len(labels_t)),
+                key=jax.random.PRNGKey(0),
+            )
+        )(theta0, psi)
         for part in ("direct", "implicit"):
             assert float(np.linalg.norm(_flat(aux[part]))) > 1e-8  # both terms are present
             for k in LEAVES:
-                np.testing.assert_allclose(daux[part][k], aux[part][k], rtol=1e-7, atol=1e-12,
-                                           err_msg=f"{part} {k}")
+                np.testing.assert_allclose(
+                    daux[part][k], aux[part][k], rtol=1e-7, atol=1e-12, err_msg=f"{part} {k}"
+                )
         for k in LEAVES:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-7, atol=1e-12)
-        np.testing.assert_allclose(daux["hvp_residuals"], aux["hvp_residuals"], rtol=1e-7,
-                                   atol=1e-14)
+        np.testing.assert_allclose(
+            daux["hvp_residuals"], aux["hvp_residuals"], rtol=1e-7, atol=1e-14
+        )
 
 
 def _per_example(setup, seed=0, n=12, big=None):
@@ -63,24 +80,28 @@ def _per_example(setup, seed=0, n=12, big=None):
     image scaled by 1e3, so ‖φ_i‖ and ∂ℓ_i/∂W are huge)."""
     state = tiny_state(setup, seed)
     theta0 = jax.tree.map(lambda p: p[0], state.pool_params)
-    d = jnp.asarray(np.random.default_rng(seed).standard_normal(setup.tangents.size) * 1e-2,
-                    jnp.float32)
+    d = jnp.asarray(
+        np.random.default_rng(seed).standard_normal(setup.tangents.size) * 1e-2, jnp.float32
+    )
     x, labels = _real_batch(setup.image_shape, seed=seed + 1, n=n)
     x = jnp.asarray(x, jnp.float32)
     w = dp.head_weights(setup, theta0, d, state.psi)
     if big is not None:  # a huge image with its worst label: ∂ℓ/∂W ≈ φ_i (p − e_label) is huge
         x = x.at[big].multiply(1e3)
-        losses = [dp.example_loss(setup, theta0, w, d, state.psi["log_temp"], x[big], c)
-                  for c in range(C)]
+        losses = [
+            dp.example_loss(setup, theta0, w, d, state.psi["log_temp"], x[big], c) for c in range(C)
+        ]
         labels = labels.at[big].set(int(np.argmax(losses)))
-    z = jax.jit(lambda x, lab: dp.per_example_gradients(setup, theta0, w, d,
-                                                      state.psi["log_temp"], x, lab))(x, labels)
+    z = jax.jit(
+        lambda x, lab: dp.per_example_gradients(setup, theta0, w, d, state.psi["log_temp"], x, lab)
+    )(x, labels)
     return z
 
 
 def _norm(tree):
-    return float(np.sqrt(sum(np.sum(np.asarray(a, np.float64) ** 2)
-                             for a in jax.tree.leaves(tree))))
+    return float(
+        np.sqrt(sum(np.sum(np.asarray(a, np.float64) ** 2) for a in jax.tree.leaves(tree)))
+    )
 
 
 def test_clipping_bounds_each_example_and_the_sensitivity_of_the_sum():
@@ -145,16 +166,31 @@ def test_chunks_cover_the_batch_without_truncation():
     parts = dp.chunks(idx, 3)
     assert len(parts) == 3 and all(len(i) == 3 and len(m) == 3 for i, m in parts)
     np.testing.assert_array_equal(np.concatenate([i[m] for i, m in parts]), idx)
-    (i0, m0), = dp.chunks(np.zeros(0, np.int64), 4)  # an empty batch: one all-padding chunk
+    ((i0, m0),) = dp.chunks(np.zeros(0, np.int64), 4)  # an empty batch: one all-padding chunk
     assert not m0.any()
 
 
 def _dp_cfg(**kw):
-    kw = {"ipc": 2, "width": 2, "depth": 1, "pool_size": 2, "pool_max_steps": 2,
-          "real_batch": 16, "steps": 3, "init": "noise", "dp_epsilon": 8.0,
-          "dp_noise_multiplier": 2.0, "dp_sampling_rate": 0.4, "dp_delta": 1e-5,
-          "tune_lr": False, "inner_lr": 1e-3, "hvp_lr": 1e-3, "log_every": 1,
-          "checkpoint_every": 2, **kw}
+    kw = {
+        "ipc": 2,
+        "width": 2,
+        "depth": 1,
+        "pool_size": 2,
+        "pool_max_steps": 2,
+        "real_batch": 16,
+        "steps": 3,
+        "init": "noise",
+        "dp_epsilon": 8.0,
+        "dp_noise_multiplier": 2.0,
+        "dp_sampling_rate": 0.4,
+        "dp_delta": 1e-5,
+        "tune_lr": False,
+        "inner_lr": 1e-3,
+        "hvp_lr": 1e-3,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        **kw,
+    }
     return DistillConfig(**kw)
 
 
@@ -189,8 +225,12 @@ def test_accountant_matches_dp_accounting_and_is_monotone():
     direct = dp_accounting.calibrate_dp_mechanism(
         lambda: PLDAccountant(value_discretization_interval=1e-3),
         lambda s: dp_event.SelfComposedDpEvent(
-            dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(s)), steps),
-        eps, delta, tol=1e-4)
+            dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(s)), steps
+        ),
+        eps,
+        delta,
+        tol=1e-4,
+    )
     assert sigma == pytest.approx(direct, abs=2e-4)
     got = accounting.epsilon_for(sigma, delta, q, steps)
     assert got <= eps and got > eps - 0.02
@@ -200,10 +240,17 @@ def test_accountant_matches_dp_accounting_and_is_monotone():
     assert accounting.accountant_version() == "0.6.0"
 
 
-@pytest.mark.parametrize("overrides,word", [
-    (dict(init="real"), "--init real"), (dict(zca=True), "--zca"),
-    (dict(dp_epsilon=0.0), "--dp-epsilon"), (dict(dp_delta=1.0), "--dp-delta"),
-    (dict(dp_clip=0.0), "--dp-clip"), (dict(dp_sampling_rate=1.5), "--dp-sampling-rate")])
+@pytest.mark.parametrize(
+    "overrides,word",
+    [
+        (dict(init="real"), "--init real"),
+        (dict(zca=True), "--zca"),
+        (dict(dp_epsilon=0.0), "--dp-epsilon"),
+        (dict(dp_delta=1.0), "--dp-delta"),
+        (dict(dp_clip=0.0), "--dp-clip"),
+        (dict(dp_sampling_rate=1.5), "--dp-sampling-rate"),
+    ],
+)
 def test_dp_refuses_private_preprocessing_real_init_and_bad_values(overrides, word):
     with pytest.raises(InputError, match=word):
         make_distill_config("cpu", None, **{"dp_epsilon": 1.0, **overrides})
@@ -215,16 +262,24 @@ def test_dp_defaults_noise_init_and_fixed_preprocessing_and_library_refusal():
         make_distill_config("cpu", None, dp_delta=1e-6)
     x, y = _data()
     prep = preprocessor_for(x * 7 + 3, DistillConfig(dp_epsilon=1.0), zca=False)
-    np.testing.assert_array_equal(prep.mean, [0.5]) and np.testing.assert_array_equal(prep.std, [0.5])
+    np.testing.assert_array_equal(prep.mean, [0.5]) and np.testing.assert_array_equal(
+        prep.std, [0.5]
+    )
     with pytest.raises(InputError, match="init real"):  # the library refuses too
         distill(DistillConfig(dp_epsilon=1.0, steps=1), x, y, C)
 
 
-@pytest.mark.parametrize("args", [["--dp-epsilon", "1", "--init", "real"],
-                                  ["--dp-epsilon", "1", "--zca"],
-                                  ["--dp-epsilon", "-1"], ["--dp-epsilon", "1", "--dp-delta", "2"],
-                                  ["--dp-epsilon", "1", "--dp-clip", "0"],
-                                  ["--dp-epsilon", "1", "--dp-sampling-rate", "0"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--dp-epsilon", "1", "--init", "real"],
+        ["--dp-epsilon", "1", "--zca"],
+        ["--dp-epsilon", "-1"],
+        ["--dp-epsilon", "1", "--dp-delta", "2"],
+        ["--dp-epsilon", "1", "--dp-clip", "0"],
+        ["--dp-epsilon", "1", "--dp-sampling-rate", "0"],
+    ],
+)
 def test_cli_dp_refusals_are_one_line_exit_2(tmp_path, args):
     r = invoke("distill", "--data", "digits", "--out", tmp_path / "run", "--quiet", *args)
     assert r.exit_code == 2, r.output
@@ -254,18 +309,47 @@ def test_dp_resume_draws_the_same_batches_and_noise(tmp_path):
 
 def test_cli_dp_run_writes_the_dp_object(tmp_path):
     data = make_npz(tmp_path / "tiny.npz")
-    (tmp_path / "tiny.toml").write_text(TINY_TOML + "tune_lr = false\n"
-                                        "dp_noise_multiplier = 2.0\n")
+    (tmp_path / "tiny.toml").write_text(TINY_TOML + "tune_lr = false\ndp_noise_multiplier = 2.0\n")
     run = tmp_path / "run"
-    r = invoke("distill", "--data", data, "--out", run, "--config", tmp_path / "tiny.toml",
-               "--steps", 3, "--ipc", 2, "--quiet", "--dp-epsilon", 8, "--dp-clip", 0.5)
+    r = invoke(
+        "distill",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--config",
+        tmp_path / "tiny.toml",
+        "--steps",
+        3,
+        "--ipc",
+        2,
+        "--quiet",
+        "--dp-epsilon",
+        8,
+        "--dp-clip",
+        0.5,
+    )
     assert r.exit_code == 0, r.output
     rj = json.loads((run / "run.json").read_text())
     d = rj["dp"]
-    assert set(d) == {"epsilon", "target_epsilon", "delta", "noise_multiplier", "clip_norm",
-                      "sampling_rate", "steps", "expected_batch_size", "max_batch_size",
-                      "sampling", "neighbouring", "unit", "mechanism", "accountant",
-                      "accountant_version", "preprocessing"}
+    assert set(d) == {
+        "epsilon",
+        "target_epsilon",
+        "delta",
+        "noise_multiplier",
+        "clip_norm",
+        "sampling_rate",
+        "steps",
+        "expected_batch_size",
+        "max_batch_size",
+        "sampling",
+        "neighbouring",
+        "unit",
+        "mechanism",
+        "accountant",
+        "accountant_version",
+        "preprocessing",
+    }
     assert d["epsilon"] <= d["target_epsilon"] == 8.0 and d["noise_multiplier"] == 2.0
     assert d["clip_norm"] == 0.5 and d["steps"] == 3 and d["delta"] == 1e-5
     assert d["sampling_rate"] == pytest.approx(16 / 36)

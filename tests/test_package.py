@@ -13,7 +13,8 @@ def test_namespace_imports():
 
 
 def test_cli_help():
-    out = subprocess.run([sys.executable, "-m", "rcig_release.cli.main", "--help"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "rcig_release.cli.main", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "distill" in out.stdout or "Usage" in out.stdout

@@ -20,8 +20,16 @@ C = 3
 
 
 def setup_for(**kw):
-    kw = {"ipc": 1, "width": 2, "depth": 1, "pool_size": 2, "pool_max_steps": 2,
-          "real_batch": 16, "tune_lr": False, **kw}
+    kw = {
+        "ipc": 1,
+        "width": 2,
+        "depth": 1,
+        "pool_size": 2,
+        "pool_max_steps": 2,
+        "real_batch": 16,
+        "tune_lr": False,
+        **kw,
+    }
     cfg = DistillConfig(**kw)
     return make_setup(cfg, resolve(cfg, SHAPE, C), SHAPE)
 
@@ -41,6 +49,7 @@ def start(setup, seed=0):
 
 # --- EMA ------------------------------------------------------------------------------------
 
+
 def test_ema_is_the_debiased_average_of_the_iterates():
     """After n updates with decay β: ema = Σ_i (1−β) β^(n−i) ψ_i / (1 − β^n) (the authors'
     bias-corrected EMA, decay 0.99); after one update it is ψ_1 itself."""
@@ -52,22 +61,32 @@ def test_ema_is_the_debiased_average_of_the_iterates():
     for n in range(1, 5):
         state, _ = step(state, x, y)
         iterates.append(jax.device_get(state.psi))
-        w = np.array([(1 - beta) * beta ** (n - i) for i in range(1, n + 1)]) / (1 - beta ** n)
+        w = np.array([(1 - beta) * beta ** (n - i) for i in range(1, n + 1)]) / (1 - beta**n)
         for k in ("x", "y", "log_temp"):
-            expected = sum(wi * np.asarray(p[k], np.float64) for wi, p in zip(w, iterates, strict=True))
-            np.testing.assert_allclose(np.asarray(state.psi_ema[k]), expected, rtol=1e-5,
-                                       atol=1e-6)
+            expected = sum(
+                wi * np.asarray(p[k], np.float64) for wi, p in zip(w, iterates, strict=True)
+            )
+            np.testing.assert_allclose(np.asarray(state.psi_ema[k]), expected, rtol=1e-5, atol=1e-6)
         if n == 1:
-            np.testing.assert_allclose(np.asarray(state.psi_ema["x"]), iterates[0]["x"],
-                                       rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(state.psi_ema["x"]), iterates[0]["x"], rtol=1e-5, atol=1e-6
+            )
     # the average is not the last iterate (the test would see an exported ψ instead of the EMA)
     assert not np.allclose(np.asarray(state.psi_ema["x"]), iterates[-1]["x"], rtol=1e-4, atol=1e-6)
 
 
 def test_distill_exports_the_ema_set():
     x, y = data()
-    cfg = DistillConfig(ipc=1, width=2, depth=1, pool_size=2, pool_max_steps=2, real_batch=16,
-                        tune_lr=False, steps=4)
+    cfg = DistillConfig(
+        ipc=1,
+        width=2,
+        depth=1,
+        pool_size=2,
+        pool_max_steps=2,
+        real_batch=16,
+        tune_lr=False,
+        steps=4,
+    )
     last = {}
     res = distill(cfg, x, y, C, on_state=lambda t, s: last.update(state=s))
     state = last["state"]
@@ -78,6 +97,7 @@ def test_distill_exports_the_ema_set():
 
 
 # --- pool -----------------------------------------------------------------------------------
+
 
 def _count_leaves(opt_state):
     return [a for a in jax.tree.leaves(opt_state) if jnp.issubdtype(a.dtype, jnp.integer)]
@@ -99,8 +119,9 @@ def test_pool_model_is_reset_once_it_has_trained_100_steps(before):
     assert reset == {97: False, 98: m == 2, 99: True}[before]
     assert int(new.pool_steps[k]) == (0 if reset else before + m)
     assert int(new.pool_steps[1 - k]) == before  # the other model is untouched
-    for a, b in zip(jax.tree.leaves(new.pool_params), jax.tree.leaves(old.pool_params),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(new.pool_params), jax.tree.leaves(old.pool_params), strict=True
+    ):
         np.testing.assert_array_equal(np.asarray(a)[1 - k], np.asarray(b)[1 - k])
     params_k = jax.tree.map(lambda p: np.asarray(p)[k], new.pool_params)
     counts = [int(np.asarray(c)[k]) for c in _count_leaves(new.pool_opt)]
@@ -114,30 +135,40 @@ def test_pool_model_is_reset_once_it_has_trained_100_steps(before):
         assert counts and all(c == 0 for c in counts)
     else:
         assert all(c == o + m for c, o in zip(counts, old_counts, strict=True))
-        moved = [not np.array_equal(a, np.asarray(b)[k])
-                 for a, b in zip(jax.tree.leaves(params_k), jax.tree.leaves(old.pool_params),
-                                 strict=True)]
+        moved = [
+            not np.array_equal(a, np.asarray(b)[k])
+            for a, b in zip(
+                jax.tree.leaves(params_k), jax.tree.leaves(old.pool_params), strict=True
+            )
+        ]
         assert any(moved)
 
 
 # --- online learning-rate rule --------------------------------------------------------------
 
-@pytest.mark.parametrize("step,stats,factor", [
-    (49, [35, 0, 45, 0], 1.05),   # step 50: ≥ 70 % monotone inner runs → ×1.05
-    (49, [0, 15, 0, 45], 0.9),    # step 50: ≥ 29 % failed inner runs → ×0.9
-    (99, [36, 16, 45, 0], 0.9),   # failing is checked first
-    (48, [35, 0, 45, 0], 1.0),    # step 49: not a multiple of 50, nothing changes
-    (49, [10, 5, 45, 0], 1.0),    # step 50, neither threshold reached
-])
+
+@pytest.mark.parametrize(
+    "step,stats,factor",
+    [
+        (49, [35, 0, 45, 0], 1.05),  # step 50: ≥ 70 % monotone inner runs → ×1.05
+        (49, [0, 15, 0, 45], 0.9),  # step 50: ≥ 29 % failed inner runs → ×0.9
+        (99, [36, 16, 45, 0], 0.9),  # failing is checked first
+        (48, [35, 0, 45, 0], 1.0),  # step 49: not a multiple of 50, nothing changes
+        (49, [10, 5, 45, 0], 1.0),  # step 50, neither threshold reached
+    ],
+)
 def test_online_rule_moves_only_the_inner_rate(step, stats, factor):
     """The HVP statistics are chosen so that, if the rule were applied to the HVP rate too, it
     would move as well; it must keep its tuned value (the authors' algorithms.py:L179/L184)."""
     setup = setup_for()
     state, x, y = start(setup)
     inner, hvp = np.float32(2e-3), np.float32(7e-2)
-    state = state.replace(step=jnp.int32(step), inner_lr=jnp.float32(inner),
-                          hvp_lr=jnp.float32(hvp),
-                          lr_stats=jnp.asarray(stats, jnp.float32))
+    state = state.replace(
+        step=jnp.int32(step),
+        inner_lr=jnp.float32(inner),
+        hvp_lr=jnp.float32(hvp),
+        lr_stats=jnp.asarray(stats, jnp.float32),
+    )
     new, metrics = make_step(setup)(state, x, y)
     # this step adds at most one run to each count: the thresholds above hold either way
     np.testing.assert_allclose(float(new.inner_lr), float(inner * np.float32(factor)), rtol=1e-6)
@@ -150,6 +181,7 @@ def test_online_rule_moves_only_the_inner_rate(step, stats, factor):
 
 
 # --- initial search --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("first_failing_power", [0, 1, 5, 17])
 def test_search_ends_at_084_times_the_first_failing_rate(first_failing_power):
@@ -164,7 +196,7 @@ def test_search_ends_at_084_times_the_first_failing_rate(first_failing_power):
         return [3.0, 2.0, 1.0] if lr < threshold else [3.0, 3.5, 1.0]
 
     lr, trials = tune._search(run, lr0, 100)
-    first_failing = lr0 * 1.2 ** first_failing_power
+    first_failing = lr0 * 1.2**first_failing_power
     assert trials == first_failing_power + 1 == len(tried)
     assert tried[-1] == pytest.approx(first_failing, rel=1e-12)
     assert lr == pytest.approx(0.84 * first_failing, rel=1e-12)
@@ -172,4 +204,4 @@ def test_search_ends_at_084_times_the_first_failing_rate(first_failing_power):
 
 def test_search_stops_at_the_trial_cap():
     lr, trials = tune._search(lambda lr: [3.0, 2.0, 1.0], 1.0, 4)
-    assert trials == 4 and lr == pytest.approx(1.2 ** 4)
+    assert trials == 4 and lr == pytest.approx(1.2**4)

@@ -26,9 +26,18 @@ from rcig_release.release.verify import verify_bundle
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"
 EXPECTED = {
-    "README.md", "croissant.json", "manifest-sha256.txt", "provenance.json",
-    "data/distilled.npz", "data/labels.csv", "data/metadata.jsonl",
-    "report/audit.json", "report/roc.png", "report/report.html", "policy/verdict.json", "policy/policy.toml",
+    "README.md",
+    "croissant.json",
+    "manifest-sha256.txt",
+    "provenance.json",
+    "data/distilled.npz",
+    "data/labels.csv",
+    "data/metadata.jsonl",
+    "report/audit.json",
+    "report/roc.png",
+    "report/report.html",
+    "policy/verdict.json",
+    "policy/policy.toml",
 }
 
 
@@ -58,7 +67,9 @@ def built(tmp_path_factory):
     (run / "run.json").write_text(json.dumps(run_json))
     load = loader_for(data)
     out = tmp / "out" / "bundle"
-    result = release(run, DEFAULT, out, load_private=load, license_spdx="CC-BY-4.0", name="Toy: set")
+    result = release(
+        run, DEFAULT, out, load_private=load, license_spdx="CC-BY-4.0", name="Toy: set"
+    )
     return run, out, result, load, tmp
 
 
@@ -66,7 +77,10 @@ def test_pass_writes_the_bundle(built):
     clean_run, out, result, load, _ = built
     assert result.decision.passed and result.safety.passed and result.safety.flagged == 0
     assert load.calls == [(str(clean_run.resolve() / "private" / "secret.npz"), 7)]
-    images = {f"data/images/{c}/{i}.png" for i, c in enumerate(["zero", "zero", "one", "one", "two", "two"])}
+    images = {
+        f"data/images/{c}/{i}.png"
+        for i, c in enumerate(["zero", "zero", "one", "one", "two", "two"])
+    }
     assert files_of(out) == EXPECTED | images
     assert verify_bundle(out) == []
     # nothing else left next to the bundle (the temporary directory was renamed)
@@ -120,32 +134,57 @@ def test_card_front_matter(built):
     assert meta["task_categories"] == ["image-classification"]
     assert meta["size_categories"] == ["n<1K"]
     assert {"synthetic", "dataset-distillation"} <= set(meta["tags"])
-    for section in ("## How it was made", "## Uses", "## Privacy considerations", "## Utility",
-                    "## Bias, risks, and limitations"):
+    for section in (
+        "## How it was made",
+        "## Uses",
+        "## Privacy considerations",
+        "## Utility",
+        "## Bias, risks, and limitations",
+    ):
         assert section in body
     assert "verdict **pass**" in body and "naive game AUC" in body and "does not cover" in body
 
 
 def test_card_license_unknown_and_missing(tmp_path, clean_run, data):
-    release(clean_run, DEFAULT, tmp_path / "a", load_private=loader_for(data), license_spdx="LicenseRef-Custom")
+    release(
+        clean_run,
+        DEFAULT,
+        tmp_path / "a",
+        load_private=loader_for(data),
+        license_spdx="LicenseRef-Custom",
+    )
     meta_a = yaml.safe_load((tmp_path / "a/README.md").read_text().split("---\n")[1])
     assert meta_a["license"] == "other" and meta_a["license_name"] == "LicenseRef-Custom"
     assert hf_license(None) == {"license": "other", "license_name": "unspecified"}
     assert hf_license("Apache-2.0") == {"license": "apache-2.0"}
     with pytest.raises(InputError, match="not an SPDX"):
-        release(clean_run, DEFAULT, tmp_path / "c", load_private=loader_for(data), license_spdx="MIT; rm -rf")
+        release(
+            clean_run,
+            DEFAULT,
+            tmp_path / "c",
+            load_private=loader_for(data),
+            license_spdx="MIT; rm -rf",
+        )
 
 
 def test_croissant_lists_every_file_with_sha256(built):
     out = built[1]
     meta = json.loads((out / "croissant.json").read_text())
-    assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.0" and meta["@type"] == "sc:Dataset"
-    listed = {d["contentUrl"]: d["sha256"] for d in meta["distribution"] if d["@type"] == "cr:FileObject"}
-    assert [d["includes"] for d in meta["distribution"] if d["@type"] == "cr:FileSet"] == ["data/images/*/*.png"]
+    assert (
+        meta["conformsTo"] == "http://mlcommons.org/croissant/1.0" and meta["@type"] == "sc:Dataset"
+    )
+    listed = {
+        d["contentUrl"]: d["sha256"] for d in meta["distribution"] if d["@type"] == "cr:FileObject"
+    }
+    assert [d["includes"] for d in meta["distribution"] if d["@type"] == "cr:FileSet"] == [
+        "data/images/*/*.png"
+    ]
     assert set(listed) == files_of(out) - {"croissant.json", "manifest-sha256.txt"}
     for path, digest in listed.items():
         assert bytes_sha256((out / path).read_bytes()) == digest
-    manifest = dict(line.split("  ")[::-1] for line in (out / "manifest-sha256.txt").read_text().splitlines())
+    manifest = dict(
+        line.split("  ")[::-1] for line in (out / "manifest-sha256.txt").read_text().splitlines()
+    )
     assert set(manifest) == files_of(out) - {"manifest-sha256.txt"}
 
 
@@ -157,7 +196,9 @@ def test_no_paths_user_or_host_names_in_bundle(built):
         if path.suffix in (".png", ".npz") or path.is_dir():
             continue
         text = path.read_text()
-        assert str(tmp_path) not in text and "/tmp/" not in text and str(Path.home()) + "/" not in text, path
+        assert (
+            str(tmp_path) not in text and "/tmp/" not in text and str(Path.home()) + "/" not in text
+        ), path
         for name in (getpass.getuser(), os.uname().nodename):
             if len(name) >= 2:
                 assert not re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text), (path, name)
@@ -166,7 +207,9 @@ def test_no_paths_user_or_host_names_in_bundle(built):
 def test_roc_copied_or_rendered(tmp_path, data):
     with_roc = fake_run(tmp_path / "r1", data=data, with_roc=True)
     release(with_roc, DEFAULT, tmp_path / "b1", load_private=loader_for(data))
-    assert (tmp_path / "b1/report/roc.png").read_bytes() == (with_roc / "audit/roc.png").read_bytes()
+    assert (tmp_path / "b1/report/roc.png").read_bytes() == (
+        with_roc / "audit/roc.png"
+    ).read_bytes()
     with_scores = fake_run(tmp_path / "r2", data=data, with_scores=True)
     release(with_scores, DEFAULT, tmp_path / "b2", load_private=loader_for(data))
     for b in ("b1", "b2"):
@@ -185,7 +228,9 @@ def test_fail_writes_nothing_and_exits_3(tmp_path, data, monkeypatch):
     assert not out.exists() and not out.parent.exists()
 
     monkeypatch.setattr(safety, "default_loader", loader_for(data))
-    res = CliRunner().invoke(app, ["release", str(leak), "--policy", str(DEFAULT), "--out", str(out)])
+    res = CliRunner().invoke(
+        app, ["release", str(leak), "--policy", str(DEFAULT), "--out", str(out)]
+    )
     assert res.exit_code == 3, res.output
     assert "game.nearest[init].auc" in res.output and "no bundle written" in res.output
     assert "Traceback" not in res.output
@@ -197,10 +242,14 @@ def test_override_is_recorded(tmp_path, data):
     other = private_data(seed=9)  # the safety check sees data the release does not copy
     other.fingerprint = FINGERPRINT
     out = tmp_path / "b"
-    result = release(leak, DEFAULT, out, load_private=loader_for(other), override="  internal   test release ")
+    result = release(
+        leak, DEFAULT, out, load_private=loader_for(other), override="  internal   test release "
+    )
     assert not result.decision.passed and result.override == "internal test release"
     verdict = json.loads((out / "policy/verdict.json").read_text())
-    assert verdict["verdict"] == "overridden" and verdict["override"] == {"reason": "internal test release"}
+    assert verdict["verdict"] == "overridden" and verdict["override"] == {
+        "reason": "internal test release"
+    }
     assert "game.nearest[init].auc" in verdict["failed"]
     card = (out / "README.md").read_text()
     assert "released with an override" in card and "internal test release" in card
@@ -219,17 +268,24 @@ def test_safety_check_is_never_overridden(tmp_path, data):
     leaky = private_data()
     leaky.x_train = x
     for override in (None, "I know what I am doing"):
-        with pytest.raises(ReleaseRefused, match="memorisation check: 2 of 6 released image.* flagged") as e:
+        with pytest.raises(
+            ReleaseRefused, match="memorisation check: 2 of 6 released image.* flagged"
+        ) as e:
             release(run, DEFAULT, tmp_path / "b", load_private=loader_for(leaky), override=override)
         assert e.value.safety.flagged == 2 and e.value.safety.exact_copies == 1
         assert [im.index for im in e.value.safety.memorisation.images if im.flagged] == [1, 4]
         assert not (tmp_path / "b").exists()
     # a policy allowing near copies in the bundle no longer switches the check off
     allow = tmp_path / "allow.toml"
-    allow.write_text(DEFAULT.read_text().replace("allow_near_copies_in_bundle = false",
-                                                  "allow_near_copies_in_bundle = true"))
+    allow.write_text(
+        DEFAULT.read_text().replace(
+            "allow_near_copies_in_bundle = false", "allow_near_copies_in_bundle = true"
+        )
+    )
     with pytest.raises(ReleaseRefused, match="memorisation check"):
-        release(run, allow, tmp_path / "b", load_private=loader_for(leaky), override="allowed anyway")
+        release(
+            run, allow, tmp_path / "b", load_private=loader_for(leaky), override="allowed anyway"
+        )
     assert not (tmp_path / "b").exists()
 
 
@@ -308,8 +364,21 @@ def test_cli_pass_and_verify(tmp_path, clean_run, data, monkeypatch):
     monkeypatch.setattr(safety, "default_loader", loader_for(data))
     out = tmp_path / "b"
     runner = CliRunner()
-    res = runner.invoke(app, ["release", str(clean_run), "--policy", str(DEFAULT), "--out", str(out),
-                              "--license", "MIT", "--override", "belt and braces"])
+    res = runner.invoke(
+        app,
+        [
+            "release",
+            str(clean_run),
+            "--policy",
+            str(DEFAULT),
+            "--out",
+            str(out),
+            "--license",
+            "MIT",
+            "--override",
+            "belt and braces",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "passed" in res.output and out.is_dir()
     verdict = json.loads((out / "policy/verdict.json").read_text())
@@ -319,8 +388,17 @@ def test_cli_pass_and_verify(tmp_path, clean_run, data, monkeypatch):
     assert res.exit_code == 0 and "bundle intact" in res.output
     res = runner.invoke(app, ["verify", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "not found" in res.output
-    res = runner.invoke(app, ["release", str(clean_run), "--policy", str(tmp_path / "x.toml"), "--out",
-                              str(tmp_path / "c")])
+    res = runner.invoke(
+        app,
+        [
+            "release",
+            str(clean_run),
+            "--policy",
+            str(tmp_path / "x.toml"),
+            "--out",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 2 and "policy file not readable" in res.output
 
 

@@ -54,8 +54,12 @@ def small():
 
 
 def game_audit(leak=False):
-    return {"run_sha256": "0" * 64, "game": copy.deepcopy(simulated_game(leak)), "n_shadows": 16,
-            "init": {"mode": "noise", "n_init_records": 0, "init_aware_shadows": False}}
+    return {
+        "run_sha256": "0" * 64,
+        "game": copy.deepcopy(simulated_game(leak)),
+        "n_shadows": 16,
+        "init": {"mode": "noise", "n_init_records": 0, "init_aware_shadows": False},
+    }
 
 
 # ---- the accountant recomputation -----------------------------------------------------------
@@ -66,19 +70,24 @@ def test_epsilon_for_is_the_pld_accountant_and_check_epsilon_catches_an_edit(sta
     assert statement["epsilon"] == eps and 3.0 < eps < 5.0
     assert dpmod.epsilon_for(2.0, 1e-5, 0.05, 200) < eps  # more noise, smaller ε
     assert dpmod.check_epsilon(statement) is None
-    assert "not what the accountant gives" in dpmod.check_epsilon({**statement, "epsilon": eps * 0.9})
+    assert "not what the accountant gives" in dpmod.check_epsilon(
+        {**statement, "epsilon": eps * 0.9}
+    )
     assert dpmod.check_epsilon({**statement, "epsilon": eps * (1 + 1e-8)}) is None  # within 1e-6
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d.pop("clip_norm"), "missing key clip_norm"),
-    (lambda d: d.update(extra=1), "unknown key extra"),
-    (lambda d: d.update(epsilon=float("nan")), "epsilon must be a finite number > 0"),
-    (lambda d: d.update(delta=0.0), "delta must be a number in (0, 1)"),
-    (lambda d: d.update(steps=1.5), "steps must be an integer"),
-    (lambda d: d.update(sampling="shuffle"), "sampling must be 'poisson'"),
-    (lambda d: d.update(neighbouring="replace_one"), "neighbouring must be 'add_remove_one'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.pop("clip_norm"), "missing key clip_norm"),
+        (lambda d: d.update(extra=1), "unknown key extra"),
+        (lambda d: d.update(epsilon=float("nan")), "epsilon must be a finite number > 0"),
+        (lambda d: d.update(delta=0.0), "delta must be a number in (0, 1)"),
+        (lambda d: d.update(steps=1.5), "steps must be an integer"),
+        (lambda d: d.update(sampling="shuffle"), "sampling must be 'poisson'"),
+        (lambda d: d.update(neighbouring="replace_one"), "neighbouring must be 'add_remove_one'"),
+    ],
+)
 def test_a_malformed_statement_is_an_input_error(statement, edit, message):
     d = copy.deepcopy(statement)
     edit(d)
@@ -94,8 +103,11 @@ def test_the_audit_bound_at_the_games_delta_is_the_games_own_maximum():
     scores, keep, groups = simulated_scores(True)
     e = dpcheck.empirical_epsilon(scores, keep, groups, delta=1e-8, alpha=0.01)
     g = simulated_game(True)
-    game_max = max(gm.get("epsilon_lower_bound", 0.0) for a in g["attacks"].values()
-                   for gm in a["groups"].values())
+    game_max = max(
+        gm.get("epsilon_lower_bound", 0.0)
+        for a in g["attacks"].values()
+        for gm in a["groups"].values()
+    )
     assert e["epsilon_lower_bound"] == pytest.approx(game_max, abs=1e-9) and game_max > 1.0
     assert e["family_size"] == g["epsilon"]["family_size"] and e["confidence"] == 0.99
     assert e["attained_by"]["group"] == "init" and e["attained_by"]["attack"].startswith("nearest")
@@ -118,21 +130,37 @@ def test_dp_section_consistent_and_violation(statement, small):
 
 
 def _cli_audit(dp_section):
-    g = {"auc": 0.5, "p_value": {"auc": 0.5, "tpr_at_fpr_0.01": 0.5, "tpr_at_fpr_0.001": 0.5},
-         "epsilon_lower_bound": 0.0, "max_epsilon": 2.5}
-    return {"run_sha256": "ab" * 32, "n_shadows": 16,
-            "records": {"members": 10, "nonmembers": 10, "calibration": 5},
-            "game": {"epsilon": {"delta": 1e-8, "confidence": 0.99},
-                     "attacks": {"loss": {"groups": {"all": g}}}},
-            "attacks": {"loss": {"auc": 0.5, "tpr_at_fpr": {"0.001": None, "0.01": 0.1},
-                                 "tpr_at_fpr_ci": {"0.001": None, "0.01": [0.0, 0.2]}}},
-            "baselines": {}, "dp": dp_section,
-            "copy_check": {"near_copies": 0, "threshold": 0.1, "n_released": 10, "rule": "r"}}
+    g = {
+        "auc": 0.5,
+        "p_value": {"auc": 0.5, "tpr_at_fpr_0.01": 0.5, "tpr_at_fpr_0.001": 0.5},
+        "epsilon_lower_bound": 0.0,
+        "max_epsilon": 2.5,
+    }
+    return {
+        "run_sha256": "ab" * 32,
+        "n_shadows": 16,
+        "records": {"members": 10, "nonmembers": 10, "calibration": 5},
+        "game": {
+            "epsilon": {"delta": 1e-8, "confidence": 0.99},
+            "attacks": {"loss": {"groups": {"all": g}}},
+        },
+        "attacks": {
+            "loss": {
+                "auc": 0.5,
+                "tpr_at_fpr": {"0.001": None, "0.01": 0.1},
+                "tpr_at_fpr_ci": {"0.001": None, "0.01": [0.0, 0.2]},
+            }
+        },
+        "baselines": {},
+        "dp": dp_section,
+        "copy_check": {"near_copies": 0, "threshold": 0.1, "n_released": 10, "rule": "r"},
+    }
 
 
 @pytest.mark.parametrize("json_out", [False, True])
-def test_audit_cli_prints_both_epsilons_and_exits_4_on_a_violation(monkeypatch, tmp_path, statement,
-                                                                    small, json_out):
+def test_audit_cli_prints_both_epsilons_and_exits_4_on_a_violation(
+    monkeypatch, tmp_path, statement, small, json_out
+):
     flags = ["--json"] if json_out else ["--quiet"]
     good = _cli_audit(dp_audit_section(statement, leak=True))
     monkeypatch.setattr("rcig_release.audits.runner.run_audit", lambda run, cfg, **kw: good)
@@ -148,7 +176,9 @@ def test_audit_cli_prints_both_epsilons_and_exits_4_on_a_violation(monkeypatch, 
     monkeypatch.setattr("rcig_release.audits.runner.run_audit", lambda run, cfg, **kw: bad)
     r = CliRunner().invoke(app, ["audit", str(tmp_path), *flags])
     assert r.exit_code == DpViolation.exit_code == 4, r.output
-    assert "dp-violation" in r.output and "bug" in r.output and "not a privacy measurement" in r.output
+    assert (
+        "dp-violation" in r.output and "bug" in r.output and "not a privacy measurement" in r.output
+    )
 
 
 # ---- policy -----------------------------------------------------------------------------------
@@ -171,26 +201,36 @@ def test_dp_policy_rule_pass_fail_and_non_dp(statement):
     assert [r.name for r in d.failed] == ["dp.delta"]
 
     d = evaluate_policy({"init": {"mode": "noise"}}, EVAL, audit, pol)
-    assert {r.name: r.note for r in d.failed} == {"dp.epsilon": "not a DP run", "dp.delta": "not a DP run"}
+    assert {r.name: r.note for r in d.failed} == {
+        "dp.epsilon": "not a DP run",
+        "dp.delta": "not a DP run",
+    }
     # a policy without [dp] has no dp rule, DP run or not
-    assert not [r for r in evaluate_policy({"init": {"mode": "noise"}, "dp": statement}, EVAL,
-                                           audit, load_policy(DEFAULT)).rules
-                if r.name.startswith("dp.")]
+    assert not [
+        r
+        for r in evaluate_policy(
+            {"init": {"mode": "noise"}, "dp": statement}, EVAL, audit, load_policy(DEFAULT)
+        ).rules
+        if r.name.startswith("dp.")
+    ]
 
 
-@pytest.mark.parametrize("table, message", [
-    ("[dp]\nmax_epsilon = nan\n", "dp.max_epsilon must be a finite number"),
-    ("[dp]\nmax_epsilon = inf\n", "dp.max_epsilon must be a finite number"),
-    ("[dp]\nmax_epsilon = 0\n", "dp.max_epsilon must be above 0"),
-    ("[dp]\nmax_epsilon = -1\n", "dp.max_epsilon must be in"),
-    ("[dp]\nmax_epsilon = \"10\"\n", "dp.max_epsilon has the wrong type"),
-    ("[dp]\nmax_epsilon = true\n", "dp.max_epsilon has the wrong type"),
-    ("[dp]\nmax_delta = 1e-5\n", "missing key dp.max_epsilon"),
-    ("[dp]\nmax_epsilon = 8\nmax_delta = 0\n", "dp.max_delta must be in (0, 1)"),
-    ("[dp]\nmax_epsilon = 8\nmax_delta = 1\n", "dp.max_delta must be in (0, 1)"),
-    ("[dp]\nmax_epsilon = 8\nmax_delta = nan\n", "dp.max_delta must be a finite number"),
-    ("[dp]\nmax_epsilon = 8\nmax_eps = 1\n", "unknown key dp.max_eps"),
-])
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ("[dp]\nmax_epsilon = nan\n", "dp.max_epsilon must be a finite number"),
+        ("[dp]\nmax_epsilon = inf\n", "dp.max_epsilon must be a finite number"),
+        ("[dp]\nmax_epsilon = 0\n", "dp.max_epsilon must be above 0"),
+        ("[dp]\nmax_epsilon = -1\n", "dp.max_epsilon must be in"),
+        ('[dp]\nmax_epsilon = "10"\n', "dp.max_epsilon has the wrong type"),
+        ("[dp]\nmax_epsilon = true\n", "dp.max_epsilon has the wrong type"),
+        ("[dp]\nmax_delta = 1e-5\n", "missing key dp.max_epsilon"),
+        ("[dp]\nmax_epsilon = 8\nmax_delta = 0\n", "dp.max_delta must be in (0, 1)"),
+        ("[dp]\nmax_epsilon = 8\nmax_delta = 1\n", "dp.max_delta must be in (0, 1)"),
+        ("[dp]\nmax_epsilon = 8\nmax_delta = nan\n", "dp.max_delta must be a finite number"),
+        ("[dp]\nmax_epsilon = 8\nmax_eps = 1\n", "unknown key dp.max_eps"),
+    ],
+)
 def test_dp_table_values_are_validated(table, message):
     text = DEFAULT.read_bytes() + b"\n" + table.encode()
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -202,7 +242,9 @@ def test_cli_bad_dp_policy_exits_2(tmp_path, statement):
     run = fake_run(tmp_path / "run", data=data, dp=statement)
     bad = tmp_path / "bad.toml"
     bad.write_bytes(DP.read_bytes().replace(b"max_epsilon = 10", b"max_epsilon = nan"))
-    r = CliRunner().invoke(app, ["release", str(run), "--policy", str(bad), "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        app, ["release", str(run), "--policy", str(bad), "--out", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "dp.max_epsilon" in r.output
     assert not (tmp_path / "o").exists()
 
@@ -216,12 +258,27 @@ def test_a_dp_violation_is_refused_even_with_override(tmp_path, small, monkeypat
     assert json.loads((run / "audit" / "audit.json").read_text())["dp"]["verdict"] == "dp-violation"
     for policy in (DEFAULT, DP):
         with pytest.raises(DpViolationRefused, match="dp-violation.*--override does not bypass"):
-            release(run, policy, tmp_path / "out", load_private=loader_for(data), override="ship it")
+            release(
+                run, policy, tmp_path / "out", load_private=loader_for(data), override="ship it"
+            )
     assert not (tmp_path / "out").exists()
-    monkeypatch.setattr("rcig_release.release.bundle.load_private_splits",
-                        lambda *a, **k: pytest.fail("the private data must not be read"))
-    r = CliRunner().invoke(app, ["release", str(run), "--policy", str(DP), "--out",
-                                 str(tmp_path / "out"), "--override", "ship it"])
+    monkeypatch.setattr(
+        "rcig_release.release.bundle.load_private_splits",
+        lambda *a, **k: pytest.fail("the private data must not be read"),
+    )
+    r = CliRunner().invoke(
+        app,
+        [
+            "release",
+            str(run),
+            "--policy",
+            str(DP),
+            "--out",
+            str(tmp_path / "out"),
+            "--override",
+            "ship it",
+        ],
+    )
     assert r.exit_code == 4, r.output
     assert "dp-violation" in r.output and "bug" in r.output
     assert not (tmp_path / "out").exists()
@@ -232,7 +289,10 @@ def test_a_hidden_violation_and_a_stale_or_missing_dp_audit_are_refused(tmp_path
     run = fake_run(tmp_path / "run", data=data, dp=small, dp_game_leak=True)
     a_path = run / "audit" / "audit.json"
     audit = json.loads(a_path.read_text())
-    audit["dp"]["verdict"], audit["dp"]["consistent"] = "consistent", True  # the numbers still say it
+    audit["dp"]["verdict"], audit["dp"]["consistent"] = (
+        "consistent",
+        True,
+    )  # the numbers still say it
     a_path.write_text(json.dumps(audit))
     with pytest.raises(DpViolationRefused):
         release(run, DP, tmp_path / "o1", load_private=loader_for(data), override="x")
@@ -280,9 +340,17 @@ def test_the_guarantee_is_stated_in_every_document(dp_bundle, statement):
     eps = f"{statement['epsilon']:.6g}"
     card = (dp_bundle / "README.md").read_text()
     section = card.split("## Differential privacy")[1].split("## Privacy considerations")[0]
-    for text in (f"ε = {eps}, δ = 1e-05", "one training image", "add or remove one training image",
-                 "dp\\_accounting PLD \\(dp-accounting 0.6.0\\)", "| noise multiplier σ | 1.1 |",
-                 "| clip norm | 1 |", "poisson, rate 0.05", "| steps | 200 |", "consistent"):
+    for text in (
+        f"ε = {eps}, δ = 1e-05",
+        "one training image",
+        "add or remove one training image",
+        "dp\\_accounting PLD \\(dp-accounting 0.6.0\\)",
+        "| noise multiplier σ | 1.1 |",
+        "| clip norm | 1 |",
+        "poisson, rate 0.05",
+        "| steps | 200 |",
+        "consistent",
+    ):
         assert text in section, text
     assert "no differential-privacy guarantee" not in card
     assert "differential-privacy" in card.split("---")[1]  # the front matter's tag
@@ -299,8 +367,13 @@ def test_the_guarantee_is_stated_in_every_document(dp_bundle, statement):
     assert f"({eps}, 1e-05)-differentially private" in meta["description"]
     assert "one training image" in meta["rai:personalSensitiveInformation"]
     (rs,) = [r for r in meta["recordSet"] if r["@id"] == "differential_privacy"]
-    assert rs["data"] == [{f"differential_privacy/{k}": v for k, v in statement.items()
-                           if k in {f["name"] for f in rs["field"]}}]
+    assert rs["data"] == [
+        {
+            f"differential_privacy/{k}": v
+            for k, v in statement.items()
+            if k in {f["name"] for f in rs["field"]}
+        }
+    ]
     assert len(rs["field"]) == len(dpmod.DP_KEYS)
 
     report = (dp_bundle / "report" / "report.html").read_text()
@@ -317,15 +390,18 @@ def test_a_non_dp_bundle_says_there_is_no_guarantee(plain_bundle):
     assert "no differential-privacy guarantee" in meta["description"]
     assert "no differential-privacy guarantee" in meta["rai:personalSensitiveInformation"]
     assert not [r for r in meta["recordSet"] if r["@id"] == "differential_privacy"]
-    assert "no differential-privacy guarantee" in (plain_bundle / "report" / "report.html").read_text()
+    assert (
+        "no differential-privacy guarantee" in (plain_bundle / "report" / "report.html").read_text()
+    )
 
 
 def test_dp_croissant_validates_without_warnings(dp_bundle, caplog, statement):
     mlc = pytest.importorskip("mlcroissant")
     with caplog.at_level(logging.WARNING):
         ds = mlc.Dataset(jsonld=str(dp_bundle / "croissant.json"))
-    assert not ds.metadata.ctx.issues.errors and not ds.metadata.ctx.issues.warnings, \
+    assert not ds.metadata.ctx.issues.errors and not ds.metadata.ctx.issues.warnings, (
         ds.metadata.ctx.issues.report()
+    )
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     (rec,) = list(ds.records("differential_privacy"))
     assert rec["differential_privacy/epsilon"] == statement["epsilon"]
@@ -342,10 +418,14 @@ def _reseal(bundle: Path) -> None:
         if entry.get("@type") == "cr:FileObject":
             entry["sha256"] = bytes_sha256((bundle / entry["contentUrl"]).read_bytes())
     (bundle / "croissant.json").write_text(json.dumps(meta))
-    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
-                   if p.is_file() and p.name != "manifest-sha256.txt")
+    files = sorted(
+        p.relative_to(bundle).as_posix()
+        for p in bundle.rglob("*")
+        if p.is_file() and p.name != "manifest-sha256.txt"
+    )
     (bundle / "manifest-sha256.txt").write_text(
-        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files))
+        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files)
+    )
 
 
 def _edit_json(path: Path, edit) -> None:
@@ -363,17 +443,29 @@ def test_verify_detects_a_tampered_epsilon_everywhere_resealed(dp_bundle, tmp_pa
     shutil.copytree(dp_bundle, b)
     old, new = statement["epsilon"], 1.0
     _edit_json(b / "provenance.json", lambda p: p["dp"].update(epsilon=new))
-    _edit_json(b / "policy" / "verdict.json", lambda v: (
-        v["dp"]["guarantee"].update(epsilon=new),
-        [r.update(value=new) for r in v["rules"] if r["name"] == "dp.epsilon"]))
+    _edit_json(
+        b / "policy" / "verdict.json",
+        lambda v: (
+            v["dp"]["guarantee"].update(epsilon=new),
+            [r.update(value=new) for r in v["rules"] if r["name"] == "dp.epsilon"],
+        ),
+    )
     _edit_json(b / "report" / "audit.json", lambda a: a["dp"].update(proven_epsilon=new))
-    _edit_json(b / "croissant.json", lambda m: [r["data"][0].update({"differential_privacy/epsilon": new})
-                                                 for r in m["recordSet"] if r["@id"] == "differential_privacy"])
+    _edit_json(
+        b / "croissant.json",
+        lambda m: [
+            r["data"][0].update({"differential_privacy/epsilon": new})
+            for r in m["recordSet"]
+            if r["@id"] == "differential_privacy"
+        ],
+    )
     for f in ("README.md", "report/report.html", "croissant.json"):
         (b / f).write_text((b / f).read_text().replace(f"{old:.6g}", f"{new:.6g}"))
     _reseal(b)
     problems = verify_bundle(b)
-    assert any("provenance.json dp: epsilon 1 is not what the accountant gives" in p for p in problems), problems
+    assert any(
+        "provenance.json dp: epsilon 1 is not what the accountant gives" in p for p in problems
+    ), problems
     assert not any(p.startswith(("changed:", "extra:", "missing:")) for p in problems), problems
 
 
@@ -388,12 +480,19 @@ def test_verify_detects_a_document_stating_another_epsilon(dp_bundle, tmp_path, 
         (b / "README.md").write_text((b / "README.md").read_text().replace(eps, "1.5"))
         expect = "README.md: line"
     elif where == "verdict":
-        _edit_json(b / "policy" / "verdict.json", lambda v: v["dp"]["guarantee"].update(epsilon=1.5))
+        _edit_json(
+            b / "policy" / "verdict.json", lambda v: v["dp"]["guarantee"].update(epsilon=1.5)
+        )
         expect = "policy/verdict.json: dp is"
     else:
-        _edit_json(b / "croissant.json", lambda m: [
-            r["data"][0].update({"differential_privacy/epsilon": 1.5})
-            for r in m["recordSet"] if r["@id"] == "differential_privacy"])
+        _edit_json(
+            b / "croissant.json",
+            lambda m: [
+                r["data"][0].update({"differential_privacy/epsilon": 1.5})
+                for r in m["recordSet"]
+                if r["@id"] == "differential_privacy"
+            ],
+        )
         expect = "croissant.json: the differential_privacy record set"
     _reseal(b)
     problems = verify_bundle(b)
@@ -406,8 +505,10 @@ def test_verify_flags_a_dp_violation_inside_a_bundle(dp_bundle, tmp_path, statem
 
     b = tmp_path / "b"
     shutil.copytree(dp_bundle, b)
-    _edit_json(b / "report" / "audit.json", lambda a: a["dp"].update(
-        empirical_epsilon_lower_bound=statement["epsilon"] + 1.0))
+    _edit_json(
+        b / "report" / "audit.json",
+        lambda a: a["dp"].update(empirical_epsilon_lower_bound=statement["epsilon"] + 1.0),
+    )
     _reseal(b)
     problems = verify_bundle(b)
     assert any("dp-violation" in p and "no bundle should exist" in p for p in problems), problems

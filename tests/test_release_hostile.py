@@ -33,8 +33,14 @@ from rcig_release.release.testing import fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium"))
-                 if p and Path(p).exists()), None)
+CHROMIUM = next(
+    (
+        p
+        for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium"))
+        if p and Path(p).exists()
+    ),
+    None,
+)
 CLASSES = hostile.class_names()
 
 
@@ -49,8 +55,15 @@ def bundle(tmp_path_factory):
     data = private_data(n=1200, n_test=300)  # the memorisation check resolves 0.05/(2 x 25 images)
     run = fake_run(tmp / "run", data=data, ipc=1, classes=CLASSES)
     out = tmp / "bundle"
-    release(run, DEFAULT, out, load_private=loader_for(data), name=hostile.DATASET_NAME,
-            override=hostile.OVERRIDE, license_spdx="MIT")
+    release(
+        run,
+        DEFAULT,
+        out,
+        load_private=loader_for(data),
+        name=hostile.DATASET_NAME,
+        override=hostile.OVERRIDE,
+        license_spdx="MIT",
+    )
     with np.load(out / "data/distilled.npz") as z:
         arrays = {k: z[k] for k in z.files}
     return out, arrays
@@ -70,8 +83,17 @@ def test_front_matter_round_trips_every_hostile_string(bundle):
     meta, body = split_card((out / "README.md").read_text("utf-8"))
     assert meta["pretty_name"] == hostile.DATASET_NAME
     assert meta["license"] == "mit"  # from --license, not from a class called "license: mit"
-    assert set(meta) == {"license", "pretty_name", "task_categories", "task_ids", "size_categories",
-                         "annotations_creators", "tags", "dataset_info", "configs"}
+    assert set(meta) == {
+        "license",
+        "pretty_name",
+        "task_categories",
+        "task_ids",
+        "size_categories",
+        "annotations_creators",
+        "tags",
+        "dataset_info",
+        "configs",
+    }
     label = next(f for f in meta["dataset_info"]["features"] if f["name"] == "label")
     names = label["dtype"]["class_label"]["names"]
     assert [names[str(i)] for i in range(len(names))] == list(CLASSES) == list(arrays["classes"])
@@ -100,9 +122,27 @@ def test_card_body_renders_every_string_literally(bundle):
     rendered = markdown.markdown(body, extensions=["tables"])
     p = _Tags()
     p.feed(rendered)
-    assert set(p.tags) <= {"h1", "h2", "h3", "p", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td",
-                           "strong", "em", "code"}, set(p.tags)
-    assert p.attrs == [] or all(k == "style" and tag in ("th", "td") for tag, k, _ in p.attrs), p.attrs
+    assert set(p.tags) <= {
+        "h1",
+        "h2",
+        "h3",
+        "p",
+        "ul",
+        "ol",
+        "li",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "strong",
+        "em",
+        "code",
+    }, set(p.tags)
+    assert p.attrs == [] or all(k == "style" and tag in ("th", "td") for tag, k, _ in p.attrs), (
+        p.attrs
+    )
     text = "".join(p.text)
     for c in CLASSES:  # each name shows up as its own literal text (in the class table)
         assert c in text, c
@@ -120,42 +160,68 @@ def test_md_escape_renders_the_literal_string():
 
 # --- Chromium: nothing executes -------------------------------------------------------------------
 
-_PROBE = ("<script>window.addEventListener('load', function () {"
-          "document.body.setAttribute('data-title', document.title);"
-          "document.body.setAttribute('data-probe', 'ran');});</script>")
+_PROBE = (
+    "<script>window.addEventListener('load', function () {"
+    "document.body.setAttribute('data-title', document.title);"
+    "document.body.setAttribute('data-probe', 'ran');});</script>"
+)
 
 
 def _chromium_dom(page: Path, tmp: Path) -> str:
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", "--disable-extensions", f"--user-data-dir={tmp / 'profile'}",
-           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-probe="ran"' in proc.stdout, "the probe script did not run:\n" + proc.stdout[:500]
     return proc.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium (.ci/run installs it with "
-                                              "apt-get where it can; `apt-get install -y chromium` here)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium at /usr/bin/chromium (.ci/run installs it with "
+    "apt-get where it can; `apt-get install -y chromium` here)",
+)
 def test_nothing_executes_in_chromium(bundle, tmp_path):
     markdown = pytest.importorskip("markdown")
     out, _ = bundle
     _, body = split_card((out / "README.md").read_text("utf-8"))
     card = tmp_path / "card.html"
-    card.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><title>card</title></head><body>"
-                    + markdown.markdown(body, extensions=["tables"]) + _PROBE + "</body></html>", "utf-8")
+    card.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>card</title></head><body>"
+        + markdown.markdown(body, extensions=["tables"])
+        + _PROBE
+        + "</body></html>",
+        "utf-8",
+    )
     dom = _chromium_dom(card, tmp_path)
     assert 'data-title="card"' in dom and 'data-pwned="yes"' not in dom
     assert "<img" not in dom and "<svg" not in dom and "<iframe" not in dom
 
     report = tmp_path / "report.html"
-    report.write_text((out / "report/report.html").read_text("utf-8").replace("</body>", _PROBE + "</body>"),
-                      "utf-8")
+    report.write_text(
+        (out / "report/report.html").read_text("utf-8").replace("</body>", _PROBE + "</body>"),
+        "utf-8",
+    )
     dom = _chromium_dom(report, tmp_path)
     assert 'data-pwned="yes"' not in dom
     title = re.search(r'data-title="([^"]*)"', dom).group(1)
-    assert title != "PWNED" and title.endswith(": release report") and "document.title=" in title, title
+    assert title != "PWNED" and title.endswith(": release report") and "document.title=" in title, (
+        title
+    )
     assert len(re.findall(r"<img ", dom)) == 3  # the three figures, nothing injected
 
 
@@ -171,25 +237,35 @@ def test_labels_csv_cells_cannot_start_formulas(bundle):
         for cell in row[:3] + (row[3:] if row is header else []):
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
     assert [csv_uncell(r[2]) for r in body] == [CLASSES[i] for i in arrays["labels"].argmax(1)]
-    np.testing.assert_array_equal(np.array([r[3:] for r in body], dtype=np.float32), arrays["labels"])
-    assert csv_cell("-2") == "'-2" and csv_cell("'x") == "''x" and csv_uncell(csv_cell("'=x")) == "'=x"
+    np.testing.assert_array_equal(
+        np.array([r[3:] for r in body], dtype=np.float32), arrays["labels"]
+    )
+    assert (
+        csv_cell("-2") == "'-2" and csv_cell("'x") == "''x" and csv_uncell(csv_cell("'=x")) == "'=x"
+    )
 
 
 def test_class_folders_are_distinct_and_recorded(bundle):
     out, arrays = bundle
     dirs = sorted(p.name for p in (out / "data/images").iterdir())
     assert len(dirs) == len(CLASSES) == len({d.casefold() for d in dirs})
-    assert all(re.fullmatch(r"[\w.-]+", d) and not d.startswith(".") and len(d) <= 64 for d in dirs), dirs
+    assert all(
+        re.fullmatch(r"[\w.-]+", d) and not d.startswith(".") and len(d) <= 64 for d in dirs
+    ), dirs
     card = (out / "README.md").read_text("utf-8")
     for d in dirs:
         assert f"data/images/{md(d)}/" in card
-    meta = [json.loads(line) for line in (out / "data/metadata.jsonl").read_text("utf-8").splitlines()]
+    meta = [
+        json.loads(line) for line in (out / "data/metadata.jsonl").read_text("utf-8").splitlines()
+    ]
     assert [m["index"] for m in meta] == list(range(len(CLASSES)))
     assert {m["file_name"].split("/")[1] for m in meta} == set(dirs)
 
 
 def test_class_dir_names_never_collide():
-    names = class_dir_names(("a" * 70 + "1", "a" * 70 + "2", "Cat", "cat", "a/b", "a_b", ".", "..", "", "x"))
+    names = class_dir_names(
+        ("a" * 70 + "1", "a" * 70 + "2", "Cat", "cat", "a/b", "a_b", ".", "..", "", "x")
+    )
     assert len({n.casefold() for n in names}) == len(names)
     assert names[-1] == "x" and names[6] == "class_6" and all(len(n) <= 64 for n in names)
     assert class_dir_names(("zero", "one")) == ("zero", "one")  # plain names stay as they are
@@ -198,7 +274,9 @@ def test_class_dir_names_never_collide():
 
 def test_hostile_bundle_verifies_apart_from_the_escaped_csv_header(bundle):
     problems = verify_bundle(bundle[0])
-    assert set(problems) <= {"data/labels.csv: soft labels differ from data/distilled.npz"}, problems
+    assert set(problems) <= {"data/labels.csv: soft labels differ from data/distilled.npz"}, (
+        problems
+    )
 
 
 def test_hostile_bundle_verifies(bundle):
@@ -223,10 +301,15 @@ def test_datasets_loads_label_ids_and_soft_labels(bundle, tmp_path, monkeypatch)
         i = row["index"]
         assert row["label"] == want[i]
         np.testing.assert_array_equal(np.array(row["soft_label"], np.float32), arrays["labels"][i])
-        np.testing.assert_array_equal(np.asarray(row["image"]), np.round(arrays["images"][i, ..., 0] * 255))
-    plain = datasets.load_dataset("imagefolder", data_dir=str(out / "data"), split="train",
-                                  cache_dir=str(tmp_path / "c2"))
-    assert sorted(zip(plain["index"], plain["label"], strict=True)) == list(enumerate(want.tolist()))
+        np.testing.assert_array_equal(
+            np.asarray(row["image"]), np.round(arrays["images"][i, ..., 0] * 255)
+        )
+    plain = datasets.load_dataset(
+        "imagefolder", data_dir=str(out / "data"), split="train", cache_dir=str(tmp_path / "c2")
+    )
+    assert sorted(zip(plain["index"], plain["label"], strict=True)) == list(
+        enumerate(want.tolist())
+    )
 
 
 def test_croissant_validates_without_warnings_and_reads_images_and_soft_labels(bundle, caplog):
@@ -234,7 +317,9 @@ def test_croissant_validates_without_warnings_and_reads_images_and_soft_labels(b
     out, arrays = bundle
     with caplog.at_level(logging.WARNING):
         ds = mlc.Dataset(jsonld=str(out / "croissant.json"))
-    assert not ds.metadata.ctx.issues.errors and not ds.metadata.ctx.issues.warnings, ds.metadata.ctx.issues.report()
+    assert not ds.metadata.ctx.issues.errors and not ds.metadata.ctx.issues.warnings, (
+        ds.metadata.ctx.issues.report()
+    )
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     names = {r["classes/id"]: r["classes/name"] for r in ds.records("classes")}
     names = {k: v.decode() if isinstance(v, bytes) else v for k, v in names.items()}
@@ -244,7 +329,9 @@ def test_croissant_validates_without_warnings_and_reads_images_and_soft_labels(b
         i = rec["images/index"]
         px = np.asarray(rec["images/image"].convert("L"))
         np.testing.assert_array_equal(px, np.round(arrays["images"][i, ..., 0] * 255))
-        np.testing.assert_array_equal(np.array(rec["images/soft_label"], np.float32), arrays["labels"][i])
+        np.testing.assert_array_equal(
+            np.array(rec["images/soft_label"], np.float32), arrays["labels"][i]
+        )
         assert rec["images/label"] == arrays["labels"][i].argmax()
         seen.append(i)
     assert sorted(seen) == list(range(len(CLASSES)))
@@ -299,8 +386,14 @@ def test_nul_in_name_is_refused_by_the_library(cli_env):
 
 def test_error_messages_are_not_rich_markup(cli_env):
     tmp, _ = cli_env
-    res = _cli([tmp / "nope", "--policy", DEFAULT, "--out", tmp / "b", "--license", "[red]x[/red] :smile:"])
-    assert res.exit_code == 2 and "'[red]x[/red] :smile:'" in res.output and res.output.count("\n") == 1
+    res = _cli(
+        [tmp / "nope", "--policy", DEFAULT, "--out", tmp / "b", "--license", "[red]x[/red] :smile:"]
+    )
+    assert (
+        res.exit_code == 2
+        and "'[red]x[/red] :smile:'" in res.output
+        and res.output.count("\n") == 1
+    )
 
 
 # --- the leak scan ---------------------------------------------------------------------------------
@@ -309,38 +402,46 @@ def test_error_messages_are_not_rich_markup(cli_env):
 @pytest.fixture
 def machine(monkeypatch):
     """Pretend this machine is user ``alice`` on host ``vm`` (fqdn vm.corp.example)."""
-    monkeypatch.setattr(redact, "_names", lambda: (("alice",), ("vm.corp.example", "vm"), "/home/alice"))
+    monkeypatch.setattr(
+        redact, "_names", lambda: (("alice",), ("vm.corp.example", "vm"), "/home/alice")
+    )
     redact._leak_patterns.cache_clear()
     yield
     redact._leak_patterns.cache_clear()
 
 
-@pytest.mark.parametrize("text", [
-    "class vm and class alice",  # bare words: a class or dataset name
-    "Classes: root, vm, alice.",
-    "data/images/vm/0.png and data/images/alice/1.png",
-    '<img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgvmAAAvm/home/alice/vm@xx==">',
-    "released by the vm team; alice approved",
-    "a.vm.b",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "class vm and class alice",  # bare words: a class or dataset name
+        "Classes: root, vm, alice.",
+        "data/images/vm/0.png and data/images/alice/1.png",
+        '<img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgvmAAAvm/home/alice/vm@xx==">',
+        "released by the vm team; alice approved",
+        "a.vm.b",
+    ],
+)
 def test_leak_scan_ignores_bare_names_and_image_payloads(machine, text):
     assert redact.find_leaks(text) == []
 
 
-@pytest.mark.parametrize("text, what", [
-    ("see /home/alice/project", "absolute path"),
-    ("cd ~/secret", "absolute path"),
-    ("from /root/run", "absolute path"),
-    ("home is /home/alice", "home directory"),
-    ("mail alice@example.org", "user name"),
-    ("ssh bob@vm", "host name"),
-    ("copied from //vm/share", "host name"),
-    ("rsync vm:/data", "host name"),
-    ("hostname: vm", "host name"),
-    ('"user": "alice"', "user name"),
-    ("node vm.corp.example is up", "host name"),
-    ("~alice/x", "user name"),
-])
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        ("see /home/alice/project", "absolute path"),
+        ("cd ~/secret", "absolute path"),
+        ("from /root/run", "absolute path"),
+        ("home is /home/alice", "home directory"),
+        ("mail alice@example.org", "user name"),
+        ("ssh bob@vm", "host name"),
+        ("copied from //vm/share", "host name"),
+        ("rsync vm:/data", "host name"),
+        ("hostname: vm", "host name"),
+        ('"user": "alice"', "user name"),
+        ("node vm.corp.example is up", "host name"),
+        ("~alice/x", "user name"),
+    ],
+)
 def test_leak_scan_refuses_what_identifies_the_machine(machine, text, what):
     leaks = redact.find_leaks(text)
     assert leaks and any(what in leak for leak in leaks), leaks
@@ -349,21 +450,34 @@ def test_leak_scan_refuses_what_identifies_the_machine(machine, text, what):
 def test_names_equal_to_user_and_host_are_released(tmp_path):
     """The real user and host names as class names and --name are written as given."""
     data = private_data()
-    run = fake_run(tmp_path / "run", data=data, classes=tuple(dict.fromkeys((hostile.USER, hostile.HOST, "root", "vm"))))
+    run = fake_run(
+        tmp_path / "run",
+        data=data,
+        classes=tuple(dict.fromkeys((hostile.USER, hostile.HOST, "root", "vm"))),
+    )
     out = tmp_path / "b"
-    release(run, DEFAULT, out, load_private=loader_for(data), name=hostile.HOST,
-            override=f"checked by {hostile.USER}")
+    release(
+        run,
+        DEFAULT,
+        out,
+        load_private=loader_for(data),
+        name=hostile.HOST,
+        override=f"checked by {hostile.USER}",
+    )
     meta, body = split_card((out / "README.md").read_text("utf-8"))
     assert meta["pretty_name"] == hostile.HOST and "<redacted>" not in body
     assert json.loads((out / "policy/verdict.json").read_text())["override"] == {
-        "reason": f"checked by {hostile.USER}"}
+        "reason": f"checked by {hostile.USER}"
+    }
 
 
 def test_a_leak_is_refused_with_file_and_match(cli_env):
     tmp, data = cli_env
     run = fake_run(tmp / "run", data=data)
     home = os.path.expanduser("~")
-    res = _cli([run, "--policy", DEFAULT, "--out", tmp / "b", "--override", f"see {home}/notes.txt"])
+    res = _cli(
+        [run, "--policy", DEFAULT, "--out", tmp / "b", "--override", f"see {home}/notes.txt"]
+    )
     assert res.exit_code == 2 and res.output.count("\n") == 1, res.output
     assert "refusing to write README.md" in res.output and f"{home}/notes.txt" in res.output
     assert not (tmp / "b").exists()
@@ -373,7 +487,12 @@ def test_a_leak_is_refused_with_file_and_match(cli_env):
 
 
 def test_small_numbers_are_readable():
-    assert fmt(3e-4) == "3.0e-04" and fmt(0.0) == "0.000" and fmt(0.0123) == "0.012" and fmt(-2e-5) == "-2.0e-05"
+    assert (
+        fmt(3e-4) == "3.0e-04"
+        and fmt(0.0) == "0.000"
+        and fmt(0.0123) == "0.012"
+        and fmt(-2e-5) == "-2.0e-05"
+    )
 
 
 def test_grid_labels_are_drawable_and_distinct():
@@ -381,7 +500,9 @@ def test_grid_labels_are_drawable_and_distinct():
     assert drawable_name("猫 🐶 T-shirt", covered) == "\\u732b \\U0001f436 T-shirt"
     labels = []
     for i, name in enumerate(hostile.LONG):
-        lines = label_lines(f"{i}: {drawable_name(name, covered)}", 142, font.getlength, max_lines=4)
+        lines = label_lines(
+            f"{i}: {drawable_name(name, covered)}", 142, font.getlength, max_lines=4
+        )
         assert all(font.getlength(line) <= 142 for line in lines) and len(lines) <= 4
         labels.append("".join(lines))
     assert labels[0] != labels[1] and labels[0].startswith("0: ") and labels[1].endswith("2")

@@ -54,7 +54,9 @@ def test_displaced_training_images_are_flagged_by_the_init_test(digits):
         assert im.d_init == pytest.approx(0.09, abs=0.002) and im.d_init == pytest.approx(dt[k])
         assert im.p_init == pytest.approx(p_init) == pytest.approx(1 / (len(train) + len(held)))
         assert im.d_init < im.d_flag_init  # the stated threshold agrees with the decision
-        assert im.d_nearest == pytest.approx(dt.min()) and im.d_second == pytest.approx(np.sort(dt)[1])
+        assert im.d_nearest == pytest.approx(dt.min()) and im.d_second == pytest.approx(
+            np.sort(dt)[1]
+        )
 
 
 def test_nearest_record_test_flags_copies_without_init_information(digits):
@@ -63,7 +65,10 @@ def test_nearest_record_test_flags_copies_without_init_information(digits):
     idx = rng.choice(len(train), size=10, replace=False)
     exact = mem.memorisation_check(train[idx], train, held)  # 8-bit copies, no init indices
     assert exact.flagged == 10 and exact.flagged_by("nearest") == 10 and exact.exact_copies == 10
-    assert all(im.p_nearest == pytest.approx(1 / (exact.null_heldout + exact.null_train + 1)) for im in exact.images)
+    assert all(
+        im.p_nearest == pytest.approx(1 / (exact.null_heldout + exact.null_train + 1))
+        for im in exact.images
+    )
     # displaced by RMS 0.06 the nearest-record test alone still finds them (power ~0.95 measured);
     # at 0.09 on 8x8 digits it finds ~45 % (docs/release.md): the init test carries those
     close = mem.memorisation_check(displaced(train[idx], 0.06, rng), train, held)
@@ -120,7 +125,7 @@ def test_gap_null_pools_have_the_training_split_size():
     comp = h[r2.integers(0, 5, size=30)]
     expect = []
     for k, c in zip(pick, comp, strict=True):
-        q = mem.publish_pixels(t[k:k + 1])[0]
+        q = mem.publish_pixels(t[k : k + 1])[0]
         pool = np.vstack([np.delete(t, k, axis=0), c[None]])
         assert len(pool) == len(t)
         d = np.sort(np.sqrt(((pool - q) ** 2).mean(1)))
@@ -151,12 +156,17 @@ def test_release_ignores_audit_json_and_cannot_be_overridden(tmp_path, monkeypat
 
     def refused(run, **kw):
         with pytest.raises(ReleaseRefused, match="memorisation check: 6 of 6") as e:
-            release(run, DEFAULT, tmp_path / "out", load_private=load, override="audit says fine", **kw)
+            release(
+                run, DEFAULT, tmp_path / "out", load_private=load, override="audit says fine", **kw
+            )
         assert not (tmp_path / "out").exists()
         return e.value.safety.to_json()
 
     before = refused(leak)
-    assert before["memorisation"]["flagged_init"] == 6 and before["memorisation"]["flagged_nearest"] == 6
+    assert (
+        before["memorisation"]["flagged_init"] == 6
+        and before["memorisation"]["flagged_nearest"] == 6
+    )
     # an edited audit (a metric that used to disable the old check, a zero threshold, no near copies)
     audit_path = leak / "audit/audit.json"
     audit = json.loads(audit_path.read_text())
@@ -169,10 +179,15 @@ def test_release_ignores_audit_json_and_cannot_be_overridden(tmp_path, monkeypat
     # the CLI: exit 3, the flagged images named, no traceback, nothing written
     monkeypatch.setattr(safety, "default_loader", load)
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["release", str(leak), "--policy", str(DEFAULT), "--out", str(out),
-                                   "--override", "please"])
+    res = CliRunner().invoke(
+        app,
+        ["release", str(leak), "--policy", str(DEFAULT), "--out", str(out), "--override", "please"],
+    )
     assert res.exit_code == 3, res.output
-    assert "memorisation check: 6 of 6" in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert (
+        "memorisation check: 6 of 6" in " ".join(res.output.split())
+        and "Traceback" not in res.output
+    )
     assert not out.exists()
 
     # and a clean run passes whatever its audit says
@@ -190,7 +205,9 @@ def test_init_indices_come_from_the_run(tmp_path):
     leak = fake_run(tmp_path / "leak", data=data, leak=True)
     inp = load_release_inputs(leak)
     run_json = json.loads((leak / "run.json").read_text())
-    assert inp.init_indices.tolist() == run_json["init"]["indices"] and (inp.init_indices >= 0).all()
+    assert (
+        inp.init_indices.tolist() == run_json["init"]["indices"] and (inp.init_indices >= 0).all()
+    )
     run_json["init"]["indices"][0] = (run_json["init"]["indices"][0] + 1) % len(data.x_train)
     (leak / "run.json").write_text(json.dumps(run_json))
     with pytest.raises(InputError, match="disagree"):
@@ -205,14 +222,20 @@ def test_init_indices_come_from_the_run(tmp_path):
     out_of_range = private_data(n=3, n_test=100)
     out_of_range.fingerprint = FINGERPRINT
     with pytest.raises(InputError, match="out of range"):
-        mem.memorisation_check(data.x_train[:2], out_of_range.x_train, out_of_range.x_test, np.array([5, -1]))
+        mem.memorisation_check(
+            data.x_train[:2], out_of_range.x_train, out_of_range.x_test, np.array([5, -1])
+        )
 
 
 def test_bundle_holds_no_training_indices(tmp_path):
     data = private_data()
     leak = fake_run(tmp_path / "leak", data=data, leak=True)
-    res = mem.memorisation_check(load_release_inputs(leak).images, data.x_train, data.x_test,
-                                 load_release_inputs(leak).init_indices)
+    res = mem.memorisation_check(
+        load_release_inputs(leak).images,
+        data.x_train,
+        data.x_test,
+        load_release_inputs(leak).init_indices,
+    )
     private = res.to_json(include_indices=True)["images"]
     public = json.dumps(res.to_json())
     assert all("init_train_index" in im and "nearest_train_index" in im for im in private)

@@ -53,9 +53,16 @@ def policy(text: bytes = MINIMAL, **replace: str):
 
 def audit(leak=False, shadows=16, records=1000, **kw):
     g = copy.deepcopy(simulated_game(leak, shadows=shadows, records=records, **kw))
-    return {"run_sha256": "0" * 64, "game": g, "n_shadows": shadows,
-            "init": {"mode": "real" if leak else "noise", "n_init_records": 10 if leak else 0,
-                     "init_aware_shadows": leak}}
+    return {
+        "run_sha256": "0" * 64,
+        "game": g,
+        "n_shadows": shadows,
+        "init": {
+            "mode": "real" if leak else "noise",
+            "n_init_records": 10 if leak else 0,
+            "init_aware_shadows": leak,
+        },
+    }
 
 
 NOISE = {"init": {"mode": "noise"}}
@@ -81,7 +88,9 @@ def test_every_shipped_key_is_commented():
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             if "=" in line and not line.lstrip().startswith("#"):
-                assert "#" in line or lines[i - 1].lstrip().startswith("#"), f"{path.name}:{i + 1}: {line}"
+                assert "#" in line or lines[i - 1].lstrip().startswith("#"), (
+                    f"{path.name}:{i + 1}: {line}"
+                )
 
 
 @pytest.mark.parametrize(
@@ -93,23 +102,49 @@ def test_every_shipped_key_is_commented():
         ({"detect_auc__0.55": "detect_auc = 1.5"}, "limits.detect_auc must be in"),
         ({"detect_auc__0.55": "detect_auc = 0.5"}, "limits.detect_auc must be above 0.5"),
         ({"detect_auc__0.55": "detect_auc = nan"}, "limits.detect_auc must be a finite number"),
-        ({"max_epsilon_lower_bound__1.0": "max_epsilon_lower_bound = inf"}, "must be a finite number"),
+        (
+            {"max_epsilon_lower_bound__1.0": "max_epsilon_lower_bound = inf"},
+            "must be a finite number",
+        ),
         ({"detect_auc__0.55": 'detect_auc = "0.6"'}, "limits.detect_auc has the wrong type"),
-        ({"detect_tpr_at_fpr_0_001__0.01": "detect_tpr_at_fpr_0_001 = 0.0005"}, "must be above 0.001"),
-        ({"detect_auc__0.55": "detect_auc = 0.55\nmax_auc = 0.6"}, "unknown key limits.max_auc (the gate now tests"),
-        ({"detect_auc__0.55": "max_auc = 0.6"}, "missing key limits.detect_auc (limits.max_auc is the earlier"),
+        (
+            {"detect_tpr_at_fpr_0_001__0.01": "detect_tpr_at_fpr_0_001 = 0.0005"},
+            "must be above 0.001",
+        ),
+        (
+            {"detect_auc__0.55": "detect_auc = 0.55\nmax_auc = 0.6"},
+            "unknown key limits.max_auc (the gate now tests",
+        ),
+        (
+            {"detect_auc__0.55": "max_auc = 0.6"},
+            "missing key limits.detect_auc (limits.max_auc is the earlier",
+        ),
         ({"alpha__0.05": "alpha = 0.5"}, "gate.alpha must be in"),
         ({"power__0.99": "power = 1.0"}, "gate.power must be in"),
         ({"min_shadows__4": "min_shadows = 0"}, "min_shadows must be >= 2"),
-        ({'required_attacks__["loss", "nearest"]': "required_attacks = []"}, "must name at least one attack"),
+        (
+            {'required_attacks__["loss", "nearest"]': "required_attacks = []"},
+            "must name at least one attack",
+        ),
         ({'patterns__["init*"]': "patterns = []"}, "patterns must list at least one"),
-        ({'required_attacks__["loss", "nearest"]': 'required_attacks = ["loss", "lira"]'}, "unknown value 'lira'"),
-        ({'allowed_modes__["real", "noise"]': 'allowed_modes = ["real", "zeros"]'}, "unknown value 'zeros'"),
+        (
+            {'required_attacks__["loss", "nearest"]': 'required_attacks = ["loss", "lira"]'},
+            "unknown value 'lira'",
+        ),
+        (
+            {'allowed_modes__["real", "noise"]': 'allowed_modes = ["real", "zeros"]'},
+            "unknown value 'zeros'",
+        ),
         ({'allowed_modes__["real", "noise"]': "allowed_modes = []"}, "must name at least one mode"),
         ({"max_epsilon_lower_bound__1.0\n": "\n"}, "missing key limits.max_epsilon_lower_bound"),
-        ({"[limits.groups]": "[limits.attack.lira]\ndetect_auc = 0.6\n[limits.groups]"}, "unknown attack limits.attack.lira"),
-        ({"[limits.groups]": "[limits.attack.nearest]\nmax_aux = 0.5\n[limits.groups]"},
-         "unknown key limits.attack.nearest.max_aux"),
+        (
+            {"[limits.groups]": "[limits.attack.lira]\ndetect_auc = 0.6\n[limits.groups]"},
+            "unknown attack limits.attack.lira",
+        ),
+        (
+            {"[limits.groups]": "[limits.attack.nearest]\nmax_aux = 0.5\n[limits.groups]"},
+            "unknown key limits.attack.nearest.max_aux",
+        ),
         ({'name__"t"': "name = "}, "not valid TOML"),
     ],
 )
@@ -151,7 +186,8 @@ def test_rules_the_sizes_cannot_decide_fail_closed_with_the_option_to_raise():
     assert d.rule("game.loss[all].epsilon_lower_bound").passed  # 200 guesses per fold can show 2.3
     p = policy(**{"max_epsilon_lower_bound__1.0": "max_epsilon_lower_bound = 3.0"})
     eps = evaluate_policy(NOISE, EVAL, audit(shadows=4, records=100), p).rule(
-        "game.loss[all].epsilon_lower_bound")
+        "game.loss[all].epsilon_lower_bound"
+    )
     assert not eps.passed and "largest ε lower bound they can show" in eps.note
 
 
@@ -175,12 +211,15 @@ def test_missing_game_and_missing_init_group_fail():
     assert not d.rule("init.records_audited").passed
 
 
-@pytest.mark.parametrize("run, ev, rule", [
-    ({"init": {"mode": "zeros"}}, EVAL, "init.mode"),
-    ({}, EVAL, "init.mode"),
-    (NOISE, {"accuracy_mean": 0.29}, "utility.accuracy"),
-    (NOISE, {}, "utility.accuracy"),
-])
+@pytest.mark.parametrize(
+    "run, ev, rule",
+    [
+        ({"init": {"mode": "zeros"}}, EVAL, "init.mode"),
+        ({}, EVAL, "init.mode"),
+        (NOISE, {"accuracy_mean": 0.29}, "utility.accuracy"),
+        (NOISE, {}, "utility.accuracy"),
+    ],
+)
 def test_non_privacy_rules(run, ev, rule):
     d = evaluate_policy(run, ev, audit(), policy())
     assert {r.name for r in d.failed} == {rule}
@@ -196,7 +235,9 @@ def test_too_few_shadows_and_gain_over_naive():
 
 
 def test_per_attack_override_changes_only_that_attack():
-    p = policy(**{"[limits.groups]": "[limits.attack.nearest]\ndetect_auc = 0.501\n[limits.groups]"})
+    p = policy(
+        **{"[limits.groups]": "[limits.attack.nearest]\ndetect_auc = 0.501\n[limits.groups]"}
+    )
     d = evaluate_policy(NOISE, EVAL, audit(), p)
     assert not d.rule("game.nearest[all].auc").passed
     assert "undecidable" in d.rule("game.nearest[all].auc").note
@@ -216,15 +257,35 @@ def test_strict_needs_noise_init_and_64_shadows():
     assert not d.rule("init.mode").passed and not d.rule("audit.min_shadows").passed
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda g: g["attacks"]["loss"]["groups"]["all"]["p_value"].update(auc=1.5), "p_value.auc must be a number in [0, 1]"),
-    (lambda g: g["attacks"]["loss"]["groups"]["all"]["p_value"].update(auc="0.5"), "p_value.auc must be a number"),
-    (lambda g: g["attacks"]["loss"]["groups"]["all"].update(folds=[]), "folds must be a non-empty list"),
-    (lambda g: g["attacks"]["loss"]["groups"]["all"]["folds"][0]["auc"].update(n_in=-3), "n_in must be a count"),
-    (lambda g: g["attacks"]["loss"].update(groups=[]), "groups must be a non-empty object"),
-    (lambda g: g["attacks"]["loss"]["groups"]["all"].update(epsilon_lower_bound=float("nan")), "finite number"),
-    (lambda g: g["epsilon"].update(confidence=2), "confidence must be a number in (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda g: g["attacks"]["loss"]["groups"]["all"]["p_value"].update(auc=1.5),
+            "p_value.auc must be a number in [0, 1]",
+        ),
+        (
+            lambda g: g["attacks"]["loss"]["groups"]["all"]["p_value"].update(auc="0.5"),
+            "p_value.auc must be a number",
+        ),
+        (
+            lambda g: g["attacks"]["loss"]["groups"]["all"].update(folds=[]),
+            "folds must be a non-empty list",
+        ),
+        (
+            lambda g: g["attacks"]["loss"]["groups"]["all"]["folds"][0]["auc"].update(n_in=-3),
+            "n_in must be a count",
+        ),
+        (lambda g: g["attacks"]["loss"].update(groups=[]), "groups must be a non-empty object"),
+        (
+            lambda g: g["attacks"]["loss"]["groups"]["all"].update(
+                epsilon_lower_bound=float("nan")
+            ),
+            "finite number",
+        ),
+        (lambda g: g["epsilon"].update(confidence=2), "confidence must be a number in (0, 1)"),
+    ],
+)
 def test_a_tampered_game_section_is_one_clear_input_error(edit, message):
     from rcig_release.release.inputs import validate_game
 

@@ -12,8 +12,14 @@ from rcig_release.release.bundle import release
 from rcig_release.release.testing import fake_run, loader_for, private_data
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium"))
-                 if p and Path(p).exists()), None)
+CHROMIUM = next(
+    (
+        p
+        for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium"))
+        if p and Path(p).exists()
+    ),
+    None,
+)
 
 
 class _Refs(HTMLParser):
@@ -58,18 +64,28 @@ def test_report_is_self_contained_and_verdict_first(report):
     text = report.read_text()
     parser.feed(text)
     assert parser.external == []
-    assert len(parser.imgs) == 3 and all(s.startswith("data:image/png;base64,") for s in parser.imgs)
+    assert len(parser.imgs) == 3 and all(
+        s.startswith("data:image/png;base64,") for s in parser.imgs
+    )
     order = [h for h in parser.headings if h]
     assert order[0].endswith("release report") and order[1].startswith("Policy passed")
-    wanted = ["Membership-inference ROC", "The released images", "Copy check", "Utility", "Baselines"]
+    wanted = [
+        "Membership-inference ROC",
+        "The released images",
+        "Copy check",
+        "Utility",
+        "Baselines",
+    ]
     positions = [next(i for i, h in enumerate(order) if h.startswith(w)) for w in wanted]
     assert positions == sorted(positions), order
 
 
 def test_report_opens_in_headless_chromium_with_every_image_loaded(report, tmp_path):
     if CHROMIUM is None:
-        pytest.skip("no Chromium at /usr/bin/chromium (CI installs it with apt-get where it can; "
-                    "this machine has no browser and no way to install one)")
+        pytest.skip(
+            "no Chromium at /usr/bin/chromium (CI installs it with apt-get where it can; "
+            "this machine has no browser and no way to install one)"
+        )
     probe = tmp_path / "probe.html"
     script = (
         "<script>window.addEventListener('load', function () {"
@@ -79,9 +95,19 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(report, tmp_p
         "});</script></body>"
     )
     probe.write_text(report.read_text().replace("</body>", script))
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--no-first-run", "--disable-extensions", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r'data-probe="images (\d+)/(\d+)"', proc.stdout)

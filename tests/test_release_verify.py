@@ -74,7 +74,9 @@ def test_one_changed_byte_is_named(bundle, rel):
 def test_removed_file_is_named(bundle, rel):
     (bundle / rel).unlink()
     problems = verify_bundle(bundle)
-    assert f"missing: {rel}" in problems or any(p.startswith(f"missing: {rel}") for p in problems), problems
+    assert f"missing: {rel}" in problems or any(
+        p.startswith(f"missing: {rel}") for p in problems
+    ), problems
 
 
 def test_added_file_is_named(bundle):
@@ -104,10 +106,14 @@ def _rewrite_checksums(bundle: Path) -> None:
         if "contentUrl" in d:  # FileObjects; the FileSet of the PNGs has no checksum
             d["sha256"] = bytes_sha256((bundle / d["contentUrl"]).read_bytes())
     (bundle / "croissant.json").write_text(json.dumps(meta))
-    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
-                   if p.is_file() and p.name != "manifest-sha256.txt")
+    files = sorted(
+        p.relative_to(bundle).as_posix()
+        for p in bundle.rglob("*")
+        if p.is_file() and p.name != "manifest-sha256.txt"
+    )
     (bundle / "manifest-sha256.txt").write_text(
-        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files))
+        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files)
+    )
 
 
 def test_swapped_data_with_fixed_checksums_breaks_the_binding(bundle):
@@ -140,7 +146,9 @@ def test_labels_csv_must_match_the_arrays(bundle):
     text[1] = ",".join(cells)
     (bundle / "data/labels.csv").write_text("\n".join(text) + "\n")
     _rewrite_checksums(bundle)
-    assert verify_bundle(bundle) == ["data/labels.csv: row 1: soft labels of image 0 differ from data/distilled.npz"]
+    assert verify_bundle(bundle) == [
+        "data/labels.csv: row 1: soft labels of image 0 differ from data/distilled.npz"
+    ]
 
 
 def test_verify_cli_exit_codes(bundle, tmp_path):
@@ -159,8 +167,12 @@ def test_verify_cli_exit_codes(bundle, tmp_path):
 
 def test_npz_with_pickles_is_refused(bundle):
     buf = io.BytesIO()
-    np.savez(buf, images=np.zeros((1, 2, 2, 1), np.float32), labels=np.zeros((1, 3), np.float32),
-             classes=np.array([object(), 1, "x"], dtype=object))
+    np.savez(
+        buf,
+        images=np.zeros((1, 2, 2, 1), np.float32),
+        labels=np.zeros((1, 3), np.float32),
+        classes=np.array([object(), 1, "x"], dtype=object),
+    )
     (bundle / "data/distilled.npz").write_bytes(buf.getvalue())
     problems = verify_bundle(bundle)
     assert "changed: data/distilled.npz (sha256 differs from manifest-sha256.txt)" in problems

@@ -20,7 +20,7 @@ def _blobs(n_per_class: int = 8, seed: int = 0, shift: float = 2.0):
     y = np.repeat(np.arange(C), n_per_class)
     x = rng.normal(size=(len(y), 8, 8, 1)).astype(np.float32) * 0.5
     for c in range(C):
-        x[y == c, 2 * c:2 * c + 3, :, 0] += shift
+        x[y == c, 2 * c : 2 * c + 3, :, 0] += shift
     return x, y
 
 
@@ -71,9 +71,12 @@ def test_evaluation_steps_count_the_images_before_flips():
     from rcig_release.evaluate import default_eval_steps, support_arrays
 
     for n, steps in ((10, 1000), (11, 2000)):
-        run = SimpleNamespace(images_model=np.zeros((n, 8, 8, 3), np.float32),
-                              labels=np.zeros((n, 10), np.float32), config=DistillConfig(),
-                              num_classes=10)
+        run = SimpleNamespace(
+            images_model=np.zeros((n, 8, 8, 3), np.float32),
+            labels=np.zeros((n, 10), np.float32),
+            config=DistillConfig(),
+            num_classes=10,
+        )
         assert len(support_arrays(run)[0]) == 2 * n  # colour: flipped copies added
         assert default_eval_steps(run) == steps
 
@@ -86,8 +89,9 @@ def test_one_step_matches_numpy_mse_and_adam():
     y = np.random.default_rng(1).normal(size=(len(x), C)).astype(np.float32)
     key = jax.random.key(3)
     p0 = train.train_models("mlp", x, y, num_classes=C, n_models=1, key=key, steps=0, width=4)
-    p1 = train.train_models("mlp", x, y, num_classes=C, n_models=1, key=key, steps=1, width=4,
-                            lr=1e-2, warmup=0)
+    p1 = train.train_models(
+        "mlp", x, y, num_classes=C, n_models=1, key=key, steps=1, width=4, lr=1e-2, warmup=0
+    )
     model = make_model("mlp", C, width=4)
     p0_one = jax.tree.map(lambda a: a[0], p0)
     out = np.asarray(model.apply(p0_one, x)[0])
@@ -110,13 +114,18 @@ def test_vmapped_equals_each_model_alone(arch):
     augmentation on, so the per-step keys are checked too). ConvNet: ~30 s of compile."""
     x, y = _blobs(4)
     keys = jax.random.split(jax.random.key(7), 2)
-    kw = dict(num_classes=C, steps=6, lr=1e-3, warmup=2, width=4, batch=5,
-              augment=arch == "convnet")
+    kw = dict(
+        num_classes=C, steps=6, lr=1e-3, warmup=2, width=4, batch=5, augment=arch == "convnet"
+    )
     together = train.train_models(arch, x, y, n_models=2, key=keys, **kw)
     for m in range(2):
-        alone = train.train_models(arch, x, y, n_models=1, key=keys[m:m + 1], **kw)
-        _tree_close(jax.tree.map(operator.itemgetter(m), together), jax.tree.map(lambda a: a[0], alone),
-                    rtol=1e-4, atol=1e-5)
+        alone = train.train_models(arch, x, y, n_models=1, key=keys[m : m + 1], **kw)
+        _tree_close(
+            jax.tree.map(operator.itemgetter(m), together),
+            jax.tree.map(lambda a: a[0], alone),
+            rtol=1e-4,
+            atol=1e-5,
+        )
     # the models differ from each other (independent inits)
     k = jax.tree.leaves(together)[-1]
     assert not np.allclose(np.asarray(k[0]), np.asarray(k[1]))
@@ -125,8 +134,16 @@ def test_vmapped_equals_each_model_alone(arch):
 @pytest.mark.parametrize("mode", ["map", "loop"])
 def test_side_by_side_modes_equal_vmap(mode):
     x, y = _blobs(2)
-    kw = dict(num_classes=C, n_models=2, key=jax.random.key(4), steps=5, lr=1e-3, warmup=1,
-              width=4, batch=4)
+    kw = dict(
+        num_classes=C,
+        n_models=2,
+        key=jax.random.key(4),
+        steps=5,
+        lr=1e-3,
+        warmup=1,
+        width=4,
+        batch=4,
+    )
     a = train.train_models("mlp", x, y, side_by_side="vmap", **kw)
     b = train.train_models("mlp", x, y, side_by_side=mode, **kw)
     _tree_close(a, b, rtol=1e-5, atol=1e-6)
@@ -137,8 +154,12 @@ def test_side_by_side_modes_equal_vmap(mode):
     q = np.asarray(x[:3])
     np.testing.assert_allclose(
         train.predict("mlp", a, q, num_classes=C, width=4, side_by_side="vmap"),
-        train.predict("mlp", a, q, num_classes=C, width=4, side_by_side=mode if mode == "loop" else "vmap"),
-        rtol=1e-5, atol=1e-6)
+        train.predict(
+            "mlp", a, q, num_classes=C, width=4, side_by_side=mode if mode == "loop" else "vmap"
+        ),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU rule")
@@ -158,8 +179,7 @@ def test_side_by_side_rejects_unknown_mode():
 
 def test_chunked_progress_gives_same_result():
     x, y = _blobs(2)
-    kw = dict(num_classes=C, n_models=2, key=jax.random.key(0), steps=6, lr=1e-3, warmup=2,
-              width=4)
+    kw = dict(num_classes=C, n_models=2, key=jax.random.key(0), steps=6, lr=1e-3, warmup=2, width=4)
     seen = []
     a = train.train_models("mlp", x, y, **kw)
     b = train.train_models("mlp", x, y, progress=lambda d, _loss: seen.append(d), chunk=3, **kw)
@@ -170,11 +190,33 @@ def test_chunked_progress_gives_same_result():
 def test_separable_data_reaches_high_accuracy():
     x, y = _blobs(10)
     xt, yt = _blobs(10, seed=1)
-    res = train.evaluate_arrays(x, y, xt, yt, arch="convnet", num_classes=C, n_models=2, seed=0,
-                                steps=80, lr=3e-3, warmup=10, batch=256, augment=False, width=8)
+    res = train.evaluate_arrays(
+        x,
+        y,
+        xt,
+        yt,
+        arch="convnet",
+        num_classes=C,
+        n_models=2,
+        seed=0,
+        steps=80,
+        lr=3e-3,
+        warmup=10,
+        batch=256,
+        augment=False,
+        width=8,
+    )
     assert res["accuracy_mean"] >= 0.9
-    assert set(res) >= {"arch", "models", "width", "steps", "accuracy_mean", "accuracy_std",
-                        "accuracies", "augment"}
+    assert set(res) >= {
+        "arch",
+        "models",
+        "width",
+        "steps",
+        "accuracy_mean",
+        "accuracy_std",
+        "accuracies",
+        "augment",
+    }
     assert res["models"] == 2 and len(res["accuracies"]) == 2 and res["steps"] == 80
     assert res["accuracy_std"] == pytest.approx(float(np.std(res["accuracies"])))
     assert res["depth"] == 3
@@ -186,9 +228,20 @@ def test_per_model_data_trains_each_model_on_its_own_set():
     perm = np.array([1, 2, 0])
     xs = np.stack([x, x])
     ys = np.stack([y, perm[y]])
-    params = train.train_models("mlp", xs, ys, num_classes=C, n_models=2, key=jax.random.key(1),
-                                steps=150, lr=3e-3, warmup=10, width=8, loss="ce",
-                                per_model_data=True)
+    params = train.train_models(
+        "mlp",
+        xs,
+        ys,
+        num_classes=C,
+        n_models=2,
+        key=jax.random.key(1),
+        steps=150,
+        lr=3e-3,
+        warmup=10,
+        width=8,
+        loss="ce",
+        per_model_data=True,
+    )
     acc = train.accuracy(train.predict("mlp", params, x, num_classes=C, width=8), ys)
     assert acc[0] == 1.0 and acc[1] == 1.0
     cross = train.accuracy(train.predict("mlp", params, x, num_classes=C, width=8), y)
@@ -202,8 +255,17 @@ def test_weight_mask_ignores_padding():
     xs = np.stack([np.concatenate([x, x]), np.concatenate([x, x])])
     ys = np.stack([np.concatenate([y, pad_y]), np.concatenate([y, y])])
     w = np.stack([np.r_[np.ones(len(y)), np.zeros(len(y))], np.ones(2 * len(y))])
-    kw = dict(num_classes=C, n_models=2, key=jax.random.key(2), steps=100, lr=3e-3, warmup=10,
-              width=8, loss="ce", per_model_data=True)
+    kw = dict(
+        num_classes=C,
+        n_models=2,
+        key=jax.random.key(2),
+        steps=100,
+        lr=3e-3,
+        warmup=10,
+        width=8,
+        loss="ce",
+        per_model_data=True,
+    )
     params = train.train_models("mlp", xs, ys, weights=w, **kw)
     acc = train.accuracy(train.predict("mlp", params, x, num_classes=C, width=8), y)
     assert acc[0] == 1.0 and acc[1] == 1.0
@@ -215,8 +277,9 @@ def test_weight_mask_ignores_padding():
 
 def test_predict_chunks_and_accuracy():
     x, y = _blobs(3)
-    params = train.train_models("mlp", x, y, num_classes=C, n_models=2, key=jax.random.key(0),
-                                steps=0, width=4)
+    params = train.train_models(
+        "mlp", x, y, num_classes=C, n_models=2, key=jax.random.key(0), steps=0, width=4
+    )
     full = train.predict("mlp", params, x, num_classes=C, width=4, batch=1000)
     chunked = train.predict("mlp", params, x, num_classes=C, width=4, batch=4)
     assert full.shape == (2, len(x), C)

@@ -27,13 +27,27 @@ from rcig_release.errors import InputError
 BUILTIN = "digits"
 REMOTE = ("mnist", "fashion-mnist", "cifar10")
 
-__all__ = ["Dataset", "Preprocessor", "check_ipc", "fingerprint_arrays", "fit_preprocessor",
-           "fixed_preprocessor", "load_dataset", "preprocessor_for"]
+__all__ = [
+    "Dataset",
+    "Preprocessor",
+    "check_ipc",
+    "fingerprint_arrays",
+    "fit_preprocessor",
+    "fixed_preprocessor",
+    "load_dataset",
+    "preprocessor_for",
+]
 
 
-def load_dataset(spec: str, *, seed: int = 0, cache_dir: str | os.PathLike | None = None,
-                 base_url: str | None = None, test_fraction: float = 0.2,
-                 log: Callable[[str], None] | None = None) -> Dataset:
+def load_dataset(
+    spec: str,
+    *,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    test_fraction: float = 0.2,
+    log: Callable[[str], None] | None = None,
+) -> Dataset:
     """Loads a data source into a validated pixel-space ``Dataset``.
 
     Args:
@@ -58,8 +72,10 @@ def load_dataset(spec: str, *, seed: int = 0, cache_dir: str | os.PathLike | Non
         ((8, 8, 1), 10, 1797)
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise InputError("--data must name a source (digits, mnist, fashion-mnist, cifar10, an "
-                         ".npz file or an image folder)")
+        raise InputError(
+            "--data must name a source (digits, mnist, fashion-mnist, cifar10, an "
+            ".npz file or an image folder)"
+        )
     if spec == BUILTIN:
         from rcig_release.data.sources import load_digits_dataset
 
@@ -67,8 +83,9 @@ def load_dataset(spec: str, *, seed: int = 0, cache_dir: str | os.PathLike | Non
     if spec in REMOTE:
         from rcig_release.data.remote import load_remote_dataset
 
-        return load_remote_dataset(spec, cache_dir=Path(cache_dir) if cache_dir else None,
-                                   base_url=base_url, log=log)
+        return load_remote_dataset(
+            spec, cache_dir=Path(cache_dir) if cache_dir else None, base_url=base_url, log=log
+        )
     path = Path(spec).expanduser()
     if path.is_dir():
         from rcig_release.data.folder import load_folder_dataset
@@ -78,5 +95,7 @@ def load_dataset(spec: str, *, seed: int = 0, cache_dir: str | os.PathLike | Non
         from rcig_release.data.sources import load_npz_dataset
 
         return load_npz_dataset(spec, path, seed=seed, test_fraction=test_fraction)
-    raise InputError(f"data source not found: {spec} (expected digits, mnist, fashion-mnist, "
-                     "cifar10, an .npz file or an image folder)")
+    raise InputError(
+        f"data source not found: {spec} (expected digits, mnist, fashion-mnist, "
+        "cifar10, an .npz file or an image folder)"
+    )

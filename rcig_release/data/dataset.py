@@ -16,8 +16,9 @@ _FINGERPRINT_DOMAIN = b"rcig-release/dataset/v1\n"
 _ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 
 
-def fingerprint_arrays(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                       y_test: np.ndarray) -> str:
+def fingerprint_arrays(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> str:
     """Canonical sha256 of the four split arrays.
 
     Each array is hashed as its name, little-endian dtype string, shape and C-order bytes, in the
@@ -81,19 +82,35 @@ class Dataset:
         return int(self.x_test.shape[0])
 
 
-def make_dataset(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 y_test: np.ndarray, classes: tuple[str, ...], source: str,
-                 split_seed: int | None) -> Dataset:
+def make_dataset(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: tuple[str, ...],
+    source: str,
+    split_seed: int | None,
+) -> Dataset:
     """Builds a ``Dataset`` from arrays already in the canonical dtypes, computing the fingerprint.
 
     The arrays are made read-only so a ``Dataset`` cannot be changed behind its fingerprint.
     """
-    arrays: list[np.ndarray] = [np.ascontiguousarray(x_train, dtype=np.float32),
-                                np.ascontiguousarray(y_train, dtype=np.int64),
-                                np.ascontiguousarray(x_test, dtype=np.float32),
-                                np.ascontiguousarray(y_test, dtype=np.int64)]
+    arrays: list[np.ndarray] = [
+        np.ascontiguousarray(x_train, dtype=np.float32),
+        np.ascontiguousarray(y_train, dtype=np.int64),
+        np.ascontiguousarray(x_test, dtype=np.float32),
+        np.ascontiguousarray(y_test, dtype=np.int64),
+    ]
     for a in arrays:
         a.flags.writeable = False
     x_tr, y_tr, x_te, y_te = arrays
-    return Dataset(x_tr, y_tr, x_te, y_te, classes=tuple(str(c) for c in classes), source=source,
-                   fingerprint=fingerprint_arrays(x_tr, y_tr, x_te, y_te), split_seed=split_seed)
+    return Dataset(
+        x_tr,
+        y_tr,
+        x_te,
+        y_te,
+        classes=tuple(str(c) for c in classes),
+        source=source,
+        fingerprint=fingerprint_arrays(x_tr, y_tr, x_te, y_te),
+        split_seed=split_seed,
+    )

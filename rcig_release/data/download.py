@@ -61,16 +61,21 @@ def _digests(path: Path) -> tuple[str, str]:
 def file_matches(path: Path, spec: RemoteFile) -> bool:
     """True if the file's md5 and sha256 match every checksum the spec gives."""
     md5, sha = _digests(path)
-    return (spec.md5 is None or md5 == spec.md5.lower()) and \
-        (spec.sha256 is None or sha == spec.sha256.lower())
+    return (spec.md5 is None or md5 == spec.md5.lower()) and (
+        spec.sha256 is None or sha == spec.sha256.lower()
+    )
 
 
 def check_content(data: bytes, spec: RemoteFile, dataset: str) -> None:
     """Raises ``InputError`` if decompressed ``data`` does not match ``spec.content_sha256``."""
-    if spec.content_sha256 is not None and \
-            hashlib.sha256(data).hexdigest() != spec.content_sha256.lower():
-        raise InputError(f"{dataset}: the content of {spec.name} does not match its published "
-                         "checksum; delete it from the cache and try again")
+    if (
+        spec.content_sha256 is not None
+        and hashlib.sha256(data).hexdigest() != spec.content_sha256.lower()
+    ):
+        raise InputError(
+            f"{dataset}: the content of {spec.name} does not match its published "
+            "checksum; delete it from the cache and try again"
+        )
 
 
 def _fetch(url: str, dest: Path, spec: RemoteFile, dataset: str) -> None:
@@ -83,16 +88,23 @@ def _fetch(url: str, dest: Path, spec: RemoteFile, dataset: str) -> None:
             for block in iter(lambda: resp.read(_CHUNK), b""):
                 out.write(block)
         if not file_matches(tmp, spec):
-            raise InputError(f"{dataset}: downloaded {spec.name} from {url} does not match its "
-                             "published checksum (not used)")
+            raise InputError(
+                f"{dataset}: downloaded {spec.name} from {url} does not match its "
+                "published checksum (not used)"
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def ensure_files(dataset: str, files: tuple[RemoteFile, ...], base_urls: tuple[str, ...], *,
-                 cache_dir: Path | None = None,
-                 log: Callable[[str], None] | None = None) -> dict[str, Path]:
+def ensure_files(
+    dataset: str,
+    files: tuple[RemoteFile, ...],
+    base_urls: tuple[str, ...],
+    *,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
     """Makes sure every file is in the cache and verified; downloads what is missing.
 
     Args:
@@ -129,8 +141,10 @@ def ensure_files(dataset: str, files: tuple[RemoteFile, ...], base_urls: tuple[s
                 reason = getattr(e, "reason", None) or e
                 errors.append(f"{url}: {reason}")
         else:
-            raise InputError(f"{dataset}: could not get {spec.name} (not in the cache {root}; "
-                             f"tried {'; '.join(errors)})")
+            raise InputError(
+                f"{dataset}: could not get {spec.name} (not in the cache {root}; "
+                f"tried {'; '.join(errors)})"
+            )
         paths[spec.name] = dest
     return paths
 

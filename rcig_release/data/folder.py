@@ -30,8 +30,13 @@ from rcig_release.errors import InputError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _GREY_MODES = {"1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N"}
 _COLOUR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
-_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-               Image.DecompressionBombError)
+_UNREADABLE = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
 
 
 def _rel(p: Path, root: Path) -> str:
@@ -40,8 +45,10 @@ def _rel(p: Path, root: Path) -> str:
 
 def _no_symlink(p: Path, root: Path) -> None:
     if p.is_symlink():
-        raise InputError(f"symlink in the image folder: {_rel(p, root)} (symlinks are not "
-                         "followed; copy the file or folder in instead)")
+        raise InputError(
+            f"symlink in the image folder: {_rel(p, root)} (symlinks are not "
+            "followed; copy the file or folder in instead)"
+        )
 
 
 def _visible_dirs(d: Path, root: Path) -> list[Path]:
@@ -70,8 +77,7 @@ def _scan(split_dir: Path, root: Path) -> tuple[list[str], list[tuple[Path, int]
     """Class names and ``(file, label)`` pairs under ``split_dir``."""
     class_dirs = _visible_dirs(split_dir, root)
     if not class_dirs:
-        where = (f"image folder {root.name}" if split_dir == root
-                 else f"{_rel(split_dir, root)}/")
+        where = f"image folder {root.name}" if split_dir == root else f"{_rel(split_dir, root)}/"
         raise InputError(f"{where} is empty: no class sub-folders (expected <class>/<images>)")
     items: list[tuple[Path, int]] = []
     for label, cdir in enumerate(class_dirs):
@@ -129,12 +135,15 @@ def _check_headers(items: list[tuple[Path, int]], root: Path, what: str) -> None
         if first is None:
             first = (_rel(path, root), w, h)
         elif (w, h) != first[1:]:
-            raise InputError(f"images of different sizes: {first[0]} is {first[1]}x{first[2]} "
-                             f"but {_rel(path, root)} is {w}x{h}")
+            raise InputError(
+                f"images of different sizes: {first[0]} is {first[1]}x{first[2]} "
+                f"but {_rel(path, root)} is {w}x{h}"
+            )
         total += nbytes
     if first is not None:
-        limits.check_bytes(total, f"image folder {what}",
-                           f"{len(items)} images of {first[1]}x{first[2]} pixels")
+        limits.check_bytes(
+            total, f"image folder {what}", f"{len(items)} images of {first[1]}x{first[2]} pixels"
+        )
 
 
 def _read_image(path: Path, root: Path) -> np.ndarray:
@@ -168,8 +177,9 @@ def _load_items(items: list[tuple[Path, int]], root: Path) -> tuple[list[np.ndar
             first = (_rel(path, root), hw)
         elif hw != first[1]:
             (w0, h0), rel = first[1][::-1], _rel(path, root)
-            raise InputError(f"images of different sizes: {first[0]} is {w0}x{h0} "
-                             f"but {rel} is {hw[1]}x{hw[0]}")
+            raise InputError(
+                f"images of different sizes: {first[0]} is {w0}x{h0} but {rel} is {hw[1]}x{hw[0]}"
+            )
         images.append(img)
     labels = np.array([label for _, label in items], dtype=np.int64)
     return images, labels
@@ -201,8 +211,10 @@ def load_folder_dataset(source: str, root: Path, *, seed: int, test_fraction: fl
         test_classes, test_items = _scan(test_dir, root)
         if test_classes != classes:
             missing = sorted(set(classes) ^ set(test_classes))
-            raise InputError(f"train/ and test/ must have the same class folders "
-                             f"(differ in: {', '.join(missing)})")
+            raise InputError(
+                f"train/ and test/ must have the same class folders "
+                f"(differ in: {', '.join(missing)})"
+            )
         _check_headers(train_items + test_items, root, root.name)
         tr_imgs, y_tr = _load_items(train_items, root)
         te_imgs, y_te = _load_items(test_items, root)
@@ -215,8 +227,10 @@ def load_folder_dataset(source: str, root: Path, *, seed: int, test_fraction: fl
     if train_dir.is_dir() != test_dir.is_dir():
         present = "train" if train_dir.is_dir() else "test"
         absent = "test" if present == "train" else "train"
-        raise InputError(f"image folder has {present}/ but no {absent}/ (use both, or put the "
-                         "class folders directly in the folder)")
+        raise InputError(
+            f"image folder has {present}/ but no {absent}/ (use both, or put the "
+            "class folders directly in the folder)"
+        )
     classes, items = _scan(root, root)
     _check_headers(items, root, root.name)
     imgs, y = _load_items(items, root)

@@ -36,8 +36,10 @@ def check_out_apart(spec: str, out: str | os.PathLike, flag: str = "--out") -> N
     if dest == data:
         raise InputError(f"{flag} {out} is the data {kind} itself; write the output elsewhere")
     if data in dest.parents:
-        raise InputError(f"{flag} {out} is inside the data folder {spec}; write the output "
-                         "outside it")
+        raise InputError(
+            f"{flag} {out} is inside the data folder {spec}; write the output outside it"
+        )
     if dest in data.parents:
-        raise InputError(f"{flag} {out} contains the data {kind} {spec}; write the output "
-                         "elsewhere")
+        raise InputError(
+            f"{flag} {out} contains the data {kind} {spec}; write the output elsewhere"
+        )

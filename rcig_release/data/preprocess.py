@@ -28,7 +28,9 @@ import numpy as np
 from rcig_release.errors import InputError
 
 ARRAY_KEYS = ("prep_mean", "prep_std", "prep_zca")  # required
-ZCA_MEAN_KEY = "prep_zca_mean"  # written since the per-pixel ZCA mean is subtracted (see from_arrays)
+ZCA_MEAN_KEY = (
+    "prep_zca_mean"  # written since the per-pixel ZCA mean is subtracted (see from_arrays)
+)
 _COV_CHUNK = 4096
 
 
@@ -64,19 +66,26 @@ class Preprocessor:
             return
         zca = np.asarray(self.zca, dtype=np.float32)
         if zca.ndim != 2 or zca.shape[0] != zca.shape[1] or zca.shape[0] % mean.size:
-            raise InputError(f"preprocessing: ZCA matrix must be square with a side divisible by "
-                             f"the channel count (got shape {zca.shape})")
+            raise InputError(
+                f"preprocessing: ZCA matrix must be square with a side divisible by "
+                f"the channel count (got shape {zca.shape})"
+            )
         if not np.isfinite(zca).all():
             raise InputError("preprocessing: ZCA matrix is not finite")
         w = zca.astype(np.float64)
         evals, evecs = np.linalg.eigh((w + w.T) / 2.0)
         if evals.min() <= 0:
             raise InputError("preprocessing: ZCA matrix is not positive definite")
-        zmean = (np.zeros(zca.shape[0], np.float32) if self.zca_mean is None
-                 else np.asarray(self.zca_mean, dtype=np.float32).reshape(-1))
+        zmean = (
+            np.zeros(zca.shape[0], np.float32)
+            if self.zca_mean is None
+            else np.asarray(self.zca_mean, dtype=np.float32).reshape(-1)
+        )
         if zmean.shape != (zca.shape[0],) or not np.isfinite(zmean).all():
-            raise InputError(f"preprocessing: ZCA mean must be {zca.shape[0]} finite values "
-                             f"(got shape {zmean.shape})")
+            raise InputError(
+                f"preprocessing: ZCA mean must be {zca.shape[0]} finite values "
+                f"(got shape {zmean.shape})"
+            )
         object.__setattr__(self, "zca", zca)
         object.__setattr__(self, "zca_mean", zmean)
         object.__setattr__(self, "_unzca", (evecs / evals) @ evecs.T)
@@ -88,11 +97,14 @@ class Preprocessor:
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 4 or x.shape[-1] != self.channels:
-            raise InputError(f"preprocessing expects images [N,H,W,{self.channels}] "
-                             f"(got shape {tuple(x.shape)})")
+            raise InputError(
+                f"preprocessing expects images [N,H,W,{self.channels}] (got shape {tuple(x.shape)})"
+            )
         if self.zca is not None and int(np.prod(x.shape[1:])) != self.zca.shape[0]:
-            raise InputError(f"preprocessing: images of shape {tuple(x.shape[1:])} do not match "
-                             f"the ZCA size {self.zca.shape[0]}")
+            raise InputError(
+                f"preprocessing: images of shape {tuple(x.shape[1:])} do not match "
+                f"the ZCA size {self.zca.shape[0]}"
+            )
         return x
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -109,8 +121,9 @@ class Preprocessor:
         s = z.astype(np.float64)
         if self._unzca is not None:
             assert self.zca_mean is not None  # set with _unzca in __post_init__
-            s = (s.reshape(s.shape[0], -1) @ self._unzca
-                 + self.zca_mean.astype(np.float64)).reshape(z.shape)
+            s = (
+                s.reshape(s.shape[0], -1) @ self._unzca + self.zca_mean.astype(np.float64)
+            ).reshape(z.shape)
         return (s * self.std.astype(np.float64) + self.mean.astype(np.float64)).astype(np.float32)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -118,9 +131,12 @@ class Preprocessor:
         (zca 0×0 and zca mean of length 0 when ZCA is off)."""
         zca = self.zca if self.zca is not None else np.zeros((0, 0), dtype=np.float32)
         zmean = self.zca_mean if self.zca_mean is not None else np.zeros((0,), dtype=np.float32)
-        return {"prep_mean": self.mean.copy(), "prep_std": self.std.copy(),
-                "prep_zca": np.array(zca, dtype=np.float32),
-                ZCA_MEAN_KEY: np.array(zmean, dtype=np.float32)}
+        return {
+            "prep_mean": self.mean.copy(),
+            "prep_std": self.std.copy(),
+            "prep_zca": np.array(zca, dtype=np.float32),
+            ZCA_MEAN_KEY: np.array(zmean, dtype=np.float32),
+        }
 
     @classmethod
     def from_arrays(cls, d: Mapping[str, np.ndarray]) -> Preprocessor:
@@ -135,9 +151,12 @@ class Preprocessor:
             raise InputError(f"preprocessing arrays missing: {', '.join(missing)}")
         zca = np.asarray(d["prep_zca"])
         zmean = np.asarray(d[ZCA_MEAN_KEY]) if ZCA_MEAN_KEY in d else None
-        return cls(mean=np.asarray(d["prep_mean"]), std=np.asarray(d["prep_std"]),
-                   zca=None if zca.size == 0 else zca,
-                   zca_mean=None if zmean is None or zmean.size == 0 else zmean)
+        return cls(
+            mean=np.asarray(d["prep_mean"]),
+            std=np.asarray(d["prep_std"]),
+            zca=None if zca.size == 0 else zca,
+            zca_mean=None if zmean is None or zmean.size == 0 else zmean,
+        )
 
 
 def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +179,7 @@ def _covariance(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> tuple[np.nd
     total = np.zeros(d, dtype=np.float64)
     gram = np.zeros((d, d), dtype=np.float64)
     for i in range(0, n, _COV_CHUNK):
-        block = ((x[i:i + _COV_CHUNK].astype(np.float64) - mean) / std).reshape(-1, d)
+        block = ((x[i : i + _COV_CHUNK].astype(np.float64) - mean) / std).reshape(-1, d)
         total += block.sum(axis=0)
         gram += block.T @ block
     mu = total / n
@@ -197,29 +216,34 @@ def fit_preprocessor(x_train: np.ndarray, *, zca: bool, zca_reg: float = 0.1) ->
     """
     x = np.asarray(x_train)
     if x.ndim != 4 or x.shape[0] < 2:
-        raise InputError(f"fit_preprocessor needs at least 2 images [N,H,W,C] "
-                         f"(got shape {tuple(x.shape)})")
+        raise InputError(
+            f"fit_preprocessor needs at least 2 images [N,H,W,C] (got shape {tuple(x.shape)})"
+        )
     mean, std = _channel_stats(x)
     if not zca:
         return Preprocessor(mean=mean, std=std)
     zca_mean, cov = _covariance(x, mean, std)
     w = zca_matrix(cov, zca_reg)
-    return Preprocessor(mean=mean, std=std, zca=w.astype(np.float32),
-                        zca_mean=zca_mean.astype(np.float32))
+    return Preprocessor(
+        mean=mean, std=std, zca=w.astype(np.float32), zca_mean=zca_mean.astype(np.float32)
+    )
 
 
 # DP runs (docs/dp.md): standardisation with fixed constants, not fitted on the private images,
 # so preprocessing costs no privacy budget. Pixels in [0, 1] map to [-1, 1], the range a
 # standardised image mostly occupies; the constants are a choice made without looking at data.
 FIXED_MEAN, FIXED_STD = 0.5, 0.5
-FIXED_DESCRIPTION = (f"fixed per-channel standardisation (mean {FIXED_MEAN}, std {FIXED_STD} "
-                     "on the 0..1 pixel scale), not fitted; no ZCA")
+FIXED_DESCRIPTION = (
+    f"fixed per-channel standardisation (mean {FIXED_MEAN}, std {FIXED_STD} "
+    "on the 0..1 pixel scale), not fitted; no ZCA"
+)
 
 
 def fixed_preprocessor(channels: int) -> Preprocessor:
     """The data-independent standardisation of DP runs: ``(x − 0.5) / 0.5`` per channel."""
-    return Preprocessor(mean=np.full(channels, FIXED_MEAN, np.float32),
-                        std=np.full(channels, FIXED_STD, np.float32))
+    return Preprocessor(
+        mean=np.full(channels, FIXED_MEAN, np.float32), std=np.full(channels, FIXED_STD, np.float32)
+    )
 
 
 def preprocessor_for(x_train: np.ndarray, cfg, *, zca: bool) -> Preprocessor:

@@ -58,22 +58,32 @@ REMOTE_SOURCES: dict[str, RemoteSource] = {
     "mnist": RemoteSource(
         name="mnist",
         files=(
-            RemoteFile(MNIST_FILES["train_images"], md5="f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                       content_sha256="ba891046e6505d7aadcbbe25680a0738"
-                                      "ad16aec93bde7f9b65e87a2fc25776db"),
-            RemoteFile(MNIST_FILES["train_labels"], md5="d53e105ee54ea40749a09fcbcd1e9432",
-                       content_sha256="65a50cbbf4e906d70832878ad85ccda5"
-                                      "333a97f0f4c3dd2ef09a8a9eef7101c5"),
-            RemoteFile(MNIST_FILES["test_images"], md5="9fb629c4189551a2d022fa330f9573f3",
-                       content_sha256="0fa7898d509279e482958e8ce81c8e77"
-                                      "db3f2f8254e26661ceb7762c4d494ce7"),
-            RemoteFile(MNIST_FILES["test_labels"], md5="ec29112dd5afa0611ce80d1b7f02629c",
-                       content_sha256="ff7bcfd416de33731a308c3f266cc351"
-                                      "222c34898ecbeaf847f06e48f7ec33f2"),
+            RemoteFile(
+                MNIST_FILES["train_images"],
+                md5="f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                content_sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            ),
+            RemoteFile(
+                MNIST_FILES["train_labels"],
+                md5="d53e105ee54ea40749a09fcbcd1e9432",
+                content_sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            ),
+            RemoteFile(
+                MNIST_FILES["test_images"],
+                md5="9fb629c4189551a2d022fa330f9573f3",
+                content_sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            ),
+            RemoteFile(
+                MNIST_FILES["test_labels"],
+                md5="ec29112dd5afa0611ce80d1b7f02629c",
+                content_sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+            ),
         ),
         # The publisher's host first; the S3 mirror serves byte-identical files.
-        urls=("http://yann.lecun.com/exdb/mnist/",
-              "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        urls=(
+            "http://yann.lecun.com/exdb/mnist/",
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        ),
         classes=tuple(str(i) for i in range(10)),
         kind="idx",
     ),
@@ -86,16 +96,36 @@ REMOTE_SOURCES: dict[str, RemoteSource] = {
             RemoteFile(MNIST_FILES["test_labels"], md5="bb300cfdad3c16e7a12a480ee83cd310"),
         ),
         urls=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                 "Sneaker", "Bag", "Ankle boot"),
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),
         kind="idx",
     ),
     "cifar10": RemoteSource(
         name="cifar10",
         files=(RemoteFile(CIFAR_ARCHIVE, md5="c32a1d4ab5d03f1284b67883e8d87530"),),
         urls=("https://www.cs.toronto.edu/~kriz/",),
-        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                 "ship", "truck"),
+        classes=(
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ),
         kind="cifar-binary",
     ),
 }
@@ -111,7 +141,7 @@ def parse_idx(data: bytes, what: str) -> np.ndarray:
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
         raise InputError(f"{what} is a truncated IDX file")
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     size = int(np.prod(shape, dtype=np.int64))
     if len(data) != header + size:
         raise InputError(f"{what}: IDX size does not match its header (truncated or corrupt)")
@@ -138,8 +168,10 @@ def _load_idx_source(src: RemoteSource, paths: dict[str, Path]) -> tuple[np.ndar
     for split in ("train", "test"):
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise InputError(f"{src.name}: {split} images and labels do not match "
-                             f"(shapes {x.shape} and {y.shape})")
+            raise InputError(
+                f"{src.name}: {split} images and labels do not match "
+                f"(shapes {x.shape} and {y.shape})"
+            )
         out += [x[..., None].astype(np.float32) / np.float32(255.0), y.astype(np.int64)]
     return tuple(out)
 
@@ -172,19 +204,24 @@ def _load_cifar_binary(src: RemoteSource, paths: dict[str, Path]) -> tuple[np.nd
         raise InputError(f"{src.name}: {CIFAR_ARCHIVE} lacks {', '.join(missing)}")
     out = []
     for names in (CIFAR_TRAIN, CIFAR_TEST):
-        parts = [parse_cifar_records(members[f"{CIFAR_DIR}/{n}"], f"{src.name}/{n}")
-                 for n in names]
+        parts = [parse_cifar_records(members[f"{CIFAR_DIR}/{n}"], f"{src.name}/{n}") for n in names]
         x = np.concatenate([p[0] for p in parts])
         out += [x.astype(np.float32) / np.float32(255.0), np.concatenate([p[1] for p in parts])]
     return tuple(out)
 
 
-def load_remote_dataset(name: str, *, cache_dir: Path | None = None, base_url: str | None = None,
-                        log: Callable[[str], None] | None = None) -> Dataset:
+def load_remote_dataset(
+    name: str,
+    *,
+    cache_dir: Path | None = None,
+    base_url: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Dataset:
     """Downloads (once) and parses one of ``REMOTE_SOURCES``; official train/test splits."""
     src = REMOTE_SOURCES[name]
-    paths = ensure_files(src.name, src.files, mirror_urls(src.urls, base_url),
-                         cache_dir=cache_dir, log=log)
+    paths = ensure_files(
+        src.name, src.files, mirror_urls(src.urls, base_url), cache_dir=cache_dir, log=log
+    )
     if src.kind == "idx":
         x_tr, y_tr, x_te, y_te = _load_idx_source(src, paths)
     else:

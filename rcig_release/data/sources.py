@@ -32,8 +32,9 @@ def load_digits_dataset(source: str, *, seed: int, test_fraction: float) -> Data
     x = (np.asarray(bunch.images, dtype=np.float32) / np.float32(16.0))[..., None]
     y = np.asarray(bunch.target, dtype=np.int64)
     tr, te = stratified_split(y, seed=seed, test_fraction=test_fraction, what="digits")
-    return make_dataset(x[tr], y[tr], x[te], y[te], tuple(str(i) for i in range(10)), source,
-                        split_seed=seed)
+    return make_dataset(
+        x[tr], y[tr], x[te], y[te], tuple(str(i) for i in range(10)), source, split_seed=seed
+    )
 
 
 def _read_npz(path: Path, name: str) -> dict[str, np.ndarray]:
@@ -53,8 +54,10 @@ def _read_npz(path: Path, name: str) -> dict[str, np.ndarray]:
         return read_npz(path, name)
     except NpzUnreadable as e:
         if e.pickle:
-            raise InputError(f"{name} needs pickle to load (object arrays); save plain numeric "
-                             "arrays and string class names instead") from None
+            raise InputError(
+                f"{name} needs pickle to load (object arrays); save plain numeric "
+                "arrays and string class names instead"
+            ) from None
         raise InputError(corrupt) from None
 
 
@@ -64,8 +67,9 @@ def _npz_classes(arrays: dict[str, np.ndarray], name: str, num_labels: int) -> t
     c = arrays["classes"]
     if c.ndim != 1 or c.dtype.kind not in "US" or c.shape[0] == 0:
         raise InputError(f"{name}: 'classes' must be a non-empty 1-D array of strings")
-    names = tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                  for v in c.tolist())
+    names = tuple(
+        v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in c.tolist()
+    )
     if len(set(names)) != len(names):
         raise InputError(f"{name}: 'classes' has duplicate names")
     return names
@@ -94,8 +98,9 @@ def load_npz_dataset(source: str, path: Path, *, seed: int, test_fraction: float
         y = as_labels(arrays["y"], x.shape[0], "y")
         split_seed = seed
     else:
-        raise InputError(f"{name} has keys {sorted(keys)}; expected x_train, y_train, x_test, "
-                         "y_test (or x, y)")
+        raise InputError(
+            f"{name} has keys {sorted(keys)}; expected x_train, y_train, x_test, y_test (or x, y)"
+        )
     all_y = np.concatenate([y_tr, y_te]) if split_seed is None else y
     num_labels = max(int(all_y.max()) + 1, 1)
     classes = _npz_classes(arrays, name, num_labels)

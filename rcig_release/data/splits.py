@@ -8,8 +8,9 @@ from sklearn.model_selection import train_test_split
 from rcig_release.errors import InputError
 
 
-def stratified_split(y: np.ndarray, *, seed: int, test_fraction: float = 0.2,
-                     what: str = "data") -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, *, seed: int, test_fraction: float = 0.2, what: str = "data"
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of a stratified split (scikit-learn ``train_test_split``, ``random_state=seed``).
 
     Args:
@@ -31,12 +32,15 @@ def stratified_split(y: np.ndarray, *, seed: int, test_fraction: float = 0.2,
     present = np.flatnonzero(counts)
     small = [int(k) for k in present if counts[k] < 2]
     if small:
-        raise InputError(f"{what}: class {small[0]} has fewer than 2 images, too few to split "
-                         "into train and test")
+        raise InputError(
+            f"{what}: class {small[0]} has fewer than 2 images, too few to split "
+            "into train and test"
+        )
     idx = np.arange(y.shape[0])
     try:
         tr, te = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
     except ValueError as e:  # e.g. a test split smaller than the number of classes
-        raise InputError(f"{what}: cannot make a stratified split with test fraction "
-                         f"{test_fraction}: {e}") from None
+        raise InputError(
+            f"{what}: cannot make a stratified split with test fraction {test_fraction}: {e}"
+        ) from None
     return np.sort(tr).astype(np.int64), np.sort(te).astype(np.int64)

@@ -32,16 +32,19 @@ def as_images(x: Any, what: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4:
-        raise InputError(f"{what} must have shape N×H×W or N×H×W×C (got {x.ndim} dimensions, "
-                         f"shape {tuple(x.shape)})")
+        raise InputError(
+            f"{what} must have shape N×H×W or N×H×W×C (got {x.ndim} dimensions, "
+            f"shape {tuple(x.shape)})"
+        )
     n, h, w, c = x.shape
     if n == 0:
         raise InputError(f"{what} has no images")
     if h < 1 or w < 1:
         raise InputError(f"{what} has empty images (shape {tuple(x.shape)})")
     if c not in SUPPORTED_CHANNELS:
-        raise InputError(f"{what} must be channels-last with 1 or 3 channels "
-                         f"(got shape {tuple(x.shape)})")
+        raise InputError(
+            f"{what} must be channels-last with 1 or 3 channels (got shape {tuple(x.shape)})"
+        )
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
             raise InputError(f"{what}: integer pixels must be in 0..255")
@@ -50,8 +53,10 @@ def as_images(x: Any, what: str) -> np.ndarray:
         if not np.isfinite(x).all():
             raise InputError(f"{what} contains NaN or infinite pixels")
         if x.size and (x.min() < 0.0 or x.max() > 1.0):
-            raise InputError(f"{what}: float pixels must be in [0, 1] "
-                             "(save 0..255 data as uint8, or divide by 255)")
+            raise InputError(
+                f"{what}: float pixels must be in [0, 1] "
+                "(save 0..255 data as uint8, or divide by 255)"
+            )
         return x.astype(np.float32)
     raise InputError(f"{what} has unsupported dtype {x.dtype} (use uint8 0..255 or float 0..1)")
 
@@ -66,8 +71,9 @@ def as_labels(y: Any, n: int, what: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise InputError(f"{what} must be a 1-D array of integer class labels "
-                         f"(got shape {tuple(y.shape)})")
+        raise InputError(
+            f"{what} must be a 1-D array of integer class labels (got shape {tuple(y.shape)})"
+        )
     if y.shape[0] != n:
         raise InputError(f"{what} has {y.shape[0]} labels but there are {n} images")
     if y.dtype.kind in "iu":
@@ -88,9 +94,11 @@ def check_label_range(y: np.ndarray, num_classes: int, what: str) -> None:
 
 def check_same_image_shape(a: np.ndarray, b: np.ndarray, what_a: str, what_b: str) -> None:
     if a.shape[1:] != b.shape[1:]:
-        raise InputError(f"images of different sizes: {what_a} has H×W×C "
-                         f"{'×'.join(map(str, a.shape[1:]))}, {what_b} has "
-                         f"{'×'.join(map(str, b.shape[1:]))}")
+        raise InputError(
+            f"images of different sizes: {what_a} has H×W×C "
+            f"{'×'.join(map(str, a.shape[1:]))}, {what_b} has "
+            f"{'×'.join(map(str, b.shape[1:]))}"
+        )
 
 
 def check_ipc(dataset_or_y: Any, ipc: int, num_classes: int | None = None) -> None:
@@ -116,5 +124,6 @@ def check_ipc(dataset_or_y: Any, ipc: int, num_classes: int | None = None) -> No
         classes = getattr(dataset_or_y, "classes", None)
         name = f" ({classes[k]!r})" if classes is not None and k < len(classes) else ""
         more = f" (and {short.size - 1} more class(es))" if short.size > 1 else ""
-        raise InputError(f"class {k}{name} has {int(counts[k])} training image(s), fewer than "
-                         f"--ipc {ipc}{more}")
+        raise InputError(
+            f"class {k}{name} has {int(counts[k])} training image(s), fewer than --ipc {ipc}{more}"
+        )

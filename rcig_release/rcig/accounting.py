@@ -35,15 +35,18 @@ def accountant_version() -> str:
 
 
 def make_accountant() -> PLDAccountant:
-    return PLDAccountant(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-                         value_discretization_interval=DISCRETIZATION)
+    return PLDAccountant(
+        dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        value_discretization_interval=DISCRETIZATION,
+    )
 
 
 def event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp_event.DpEvent:
     """``steps`` Poisson-subsampled Gaussian mechanisms (one per outer step)."""
     return dp_event.SelfComposedDpEvent(
         dp_event.PoissonSampledDpEvent(sampling_rate, dp_event.GaussianDpEvent(noise_multiplier)),
-        int(steps))
+        int(steps),
+    )
 
 
 @functools.lru_cache(maxsize=64)  # pure; a run asks again on resume and per shadow
@@ -51,13 +54,16 @@ def epsilon_for(noise_multiplier: float, delta: float, sampling_rate: float, ste
     """ε at ``delta`` after ``steps`` steps of noise multiplier σ and sampling rate q."""
     if steps == 0:
         return 0.0
-    return float(make_accountant().compose(event(noise_multiplier, sampling_rate, steps))
-                 .get_epsilon(delta))
+    return float(
+        make_accountant().compose(event(noise_multiplier, sampling_rate, steps)).get_epsilon(delta)
+    )
 
 
 @functools.lru_cache(maxsize=64)
 def calibrate_noise(epsilon: float, delta: float, sampling_rate: float, steps: int) -> float:
     """The smallest σ (within ``TOLERANCE``) whose ``steps`` steps are (ε, δ)-DP."""
-    return float(dp_accounting.calibrate_dp_mechanism(
-        make_accountant, lambda s: event(s, sampling_rate, steps), epsilon, delta,
-        tol=TOLERANCE))
+    return float(
+        dp_accounting.calibrate_dp_mechanism(
+            make_accountant, lambda s: event(s, sampling_rate, steps), epsilon, delta, tol=TOLERANCE
+        )
+    )

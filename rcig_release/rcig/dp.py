@@ -46,13 +46,15 @@ from rcig_release.rcig.step import (
     support_set,
 )
 
-MECHANISM = ("DP-RCIG: per-example clipped (∂ℓ/∂W, ∂ℓ/∂Δθ, ∂ℓ/∂logτ), Gaussian noise, "
-             "post-processing")
+MECHANISM = (
+    "DP-RCIG: per-example clipped (∂ℓ/∂W, ∂ℓ/∂Δθ, ∂ℓ/∂logτ), Gaussian noise, post-processing"
+)
 TAIL = 1e-12  # B_max: the smallest size with P(Binomial(N, q) > B_max) ≤ TAIL
 _SALT = 0x0D9  # separates the batch stream from other uses of the seed
 
 
 # ---- the mechanism (pure functions) -------------------------------------------------------
+
 
 def head_weights(setup: Setup, theta0: Any, d: jax.Array, psi: dict) -> jax.Array:
     """W = Φ_Sᵀ (K_SS + λI)⁻¹ (Y_S − o_S), [F, C]: the kernel-ridge head in feature space."""
@@ -62,19 +64,34 @@ def head_weights(setup: Setup, theta0: Any, d: jax.Array, psi: dict) -> jax.Arra
     return phi_s.T @ alpha
 
 
-def example_loss(setup: Setup, theta0: Any, w: jax.Array, d: jax.Array, log_temp: jax.Array,
-                 x: jax.Array, label: jax.Array) -> jax.Array:
+def example_loss(
+    setup: Setup,
+    theta0: Any,
+    w: jax.Array,
+    d: jax.Array,
+    log_temp: jax.Array,
+    x: jax.Array,
+    label: jax.Array,
+) -> jax.Array:
     """ℓ_i = CE(exp(logτ)·(J_i Δθ + φ_iᵀW), label) for one image ``x`` [H,W,C]."""
     phi, o = linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x[None])
     logits = jnp.exp(log_temp) * (o[0] + phi[0] @ w)
     return -jax.nn.log_softmax(logits)[label]
 
 
-def per_example_gradients(setup: Setup, theta0: Any, w: jax.Array, d: jax.Array,
-                          log_temp: jax.Array, x: jax.Array, labels: jax.Array) -> dict:
+def per_example_gradients(
+    setup: Setup,
+    theta0: Any,
+    w: jax.Array,
+    d: jax.Array,
+    log_temp: jax.Array,
+    x: jax.Array,
+    labels: jax.Array,
+) -> dict:
     """z_i for every image: {"w": [B,F,C], "d": [B,P], "log_temp": [B]}."""
-    grad = jax.grad(lambda w, d, t, xi, li: example_loss(setup, theta0, w, d, t, xi, li),
-                    argnums=(0, 1, 2))
+    grad = jax.grad(
+        lambda w, d, t, xi, li: example_loss(setup, theta0, w, d, t, xi, li), argnums=(0, 1, 2)
+    )
     gw, gd, gt = jax.vmap(grad, in_axes=(None, None, None, 0, 0))(w, d, log_temp, x, labels)
     return {"w": gw, "d": gd, "log_temp": gt}
 
@@ -100,37 +117,62 @@ def clip_and_sum(z: dict, mask: jax.Array, clip: jax.Array | float) -> dict:
     return jax.tree.map(masked_sum, z)
 
 
-def clipped_sums(setup: Setup, theta0: Any, d: jax.Array, w: jax.Array, log_temp: jax.Array,
-                 x: jax.Array, labels: jax.Array, mask: jax.Array,
-                 clip: jax.Array | float) -> dict:
+def clipped_sums(
+    setup: Setup,
+    theta0: Any,
+    d: jax.Array,
+    w: jax.Array,
+    log_temp: jax.Array,
+    x: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    clip: jax.Array | float,
+) -> dict:
     """The pre-noise sums of one chunk of (padded) examples."""
-    return clip_and_sum(per_example_gradients(setup, theta0, w, d, log_temp, x, labels), mask,
-                        clip)
+    return clip_and_sum(per_example_gradients(setup, theta0, w, d, log_temp, x, labels), mask, clip)
 
 
-def noisy_mean(sums: dict, key: jax.Array, noise_std: jax.Array | float,
-               normaliser: jax.Array | float) -> dict:
+def noisy_mean(
+    sums: dict, key: jax.Array, noise_std: jax.Array | float, normaliser: jax.Array | float
+) -> dict:
     """(sums + N(0, noise_std²I)) / normaliser; noise_std = σC, normaliser = qN (fixed)."""
     keys = dict(zip(sorted(sums), jax.random.split(key, len(sums)), strict=True))
-    return {k: (v + noise_std * jax.random.normal(keys[k], v.shape, v.dtype)) / normaliser
-            for k, v in sums.items()}
+    return {
+        k: (v + noise_std * jax.random.normal(keys[k], v.shape, v.dtype)) / normaliser
+        for k, v in sums.items()
+    }
 
 
-def post_process(setup: Setup, theta0: Any, d: jax.Array, psi: dict,
-                 mean: dict) -> tuple[jax.Array, dict]:
+def post_process(
+    setup: Setup, theta0: Any, d: jax.Array, psi: dict, mean: dict
+) -> tuple[jax.Array, dict]:
     """(g = ∂L/∂Δθ, direct ψ-gradient) from the noised mean gradients: reads no real data."""
     _, vjp = jax.vjp(lambda p, dd: head_weights(setup, theta0, dd, p), psi, d)
     direct, g_support = vjp(mean["w"].astype(jnp.result_type(d)))
     margin = jax.grad(lambda y: -krr.label_margin(y))(psi["y"])
-    direct = {**direct, "y": direct["y"] + margin,
-              "log_temp": direct["log_temp"] + mean["log_temp"]}
+    direct = {
+        **direct,
+        "y": direct["y"] + margin,
+        "log_temp": direct["log_temp"] + mean["log_temp"],
+    }
     return g_support + mean["d"], direct
 
 
-def dp_meta_gradient(setup: Setup, theta0: Any, psi: dict, x_t: jax.Array, labels_t: jax.Array,
-                     mask: jax.Array, inner_lr: jax.Array, hvp_lr: jax.Array, *,
-                     clip: float, noise_std: float, normaliser: float,
-                     key: jax.Array) -> tuple[dict, dict]:
+def dp_meta_gradient(
+    setup: Setup,
+    theta0: Any,
+    psi: dict,
+    x_t: jax.Array,
+    labels_t: jax.Array,
+    mask: jax.Array,
+    inner_lr: jax.Array,
+    hvp_lr: jax.Array,
+    *,
+    clip: float,
+    noise_std: float,
+    normaliser: float,
+    key: jax.Array,
+) -> tuple[dict, dict]:
     """The DP meta-gradient on one batch in one function (tests; the step runs the same pieces
     in three jitted parts). With clip = inf, noise_std = 0 and normaliser = the batch size it
     equals ``step.meta_gradient``."""
@@ -143,6 +185,7 @@ def dp_meta_gradient(setup: Setup, theta0: Any, psi: dict, x_t: jax.Array, label
 
 
 # ---- Poisson sampling on the host ---------------------------------------------------------
+
 
 def max_batch_size(n: int, q: float, tail: float = TAIL) -> int:
     """B_max: the smallest b with P(Binomial(n, q) > b) ≤ ``tail`` (at least 1)."""
@@ -165,14 +208,15 @@ def chunks(idx: np.ndarray, b_max: int) -> list[tuple[np.ndarray, np.ndarray]]:
     mask False: ⌈|batch| / b_max⌉ of them (at least one), never truncated."""
     out = []
     for s in range(0, max(len(idx), 1), b_max):
-        part = idx[s:s + b_max]
+        part = idx[s : s + b_max]
         pad = np.zeros(b_max, np.int32)
-        pad[:len(part)] = part
+        pad[: len(part)] = part
         out.append((pad, np.arange(b_max) < len(part)))
     return out
 
 
 # ---- the step -----------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=8)
 def _jitted(setup: Setup):
@@ -180,14 +224,14 @@ def _jitted(setup: Setup):
     def prepare(state: DistillState):
         k, theta0 = pick_pool_model(setup, state)
         inner, d, inner_losses = inner_solution(setup, theta0, state.psi, state.inner_lr)
-        return k, d, head_weights(setup, theta0, d, state.psi), inner.k_ss, inner.jac, \
-            inner_losses
+        return k, d, head_weights(setup, theta0, d, state.psi), inner.k_ss, inner.jac, inner_losses
 
     @jax.jit
     def chunk(state: DistillState, k, d, w, x_train, y_train, idx, mask, clip):
         theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
-        return clipped_sums(setup, theta0, d, w, state.psi["log_temp"], x_train[idx],
-                            y_train[idx], mask, clip)
+        return clipped_sums(
+            setup, theta0, d, w, state.psi["log_temp"], x_train[idx], y_train[idx], mask, clip
+        )
 
     @jax.jit
     def finish(state: DistillState, k, d, k_ss, jac, inner_losses, sums, noise_std, normaliser):
@@ -196,8 +240,9 @@ def _jitted(setup: Setup):
         g, direct = post_process(setup, theta0, d, state.psi, mean)
         x_s, y_s = support_set(setup, state.psi)
         inner = InnerProblem(setup, theta0, x_s, y_s, k_ss=k_ss, jac=jac)
-        grad, aux = finish_meta_gradient(setup, theta0, state.psi, inner, d, g, direct,
-                                         state.hvp_lr)
+        grad, aux = finish_meta_gradient(
+            setup, theta0, state.psi, inner, d, g, direct, state.hvp_lr
+        )
         return apply_update(setup, state, k, theta0, grad, {"inner_losses": inner_losses, **aux})
 
     return prepare, chunk, finish
@@ -210,20 +255,23 @@ class DPStep:
     ``cfg`` is the run's configuration with the DP defaults filled (``with_data_defaults``);
     ``b_max`` overrides B_max (tests force chunking with a tiny one)."""
 
-    def __init__(self, setup: Setup, cfg: DistillConfig, n_train: int,
-                 b_max: int | None = None):
+    def __init__(self, setup: Setup, cfg: DistillConfig, n_train: int, b_max: int | None = None):
         if cfg.dp_noise_multiplier is None or cfg.dp_sampling_rate is None:
             raise ValueError("DPStep needs the DP defaults filled (config.with_data_defaults)")
         self.setup, self.seed, self.n = setup, int(cfg.seed), int(n_train)
-        self.q, self.sigma, self.clip = (float(cfg.dp_sampling_rate),
-                                         float(cfg.dp_noise_multiplier), float(cfg.dp_clip))
+        self.q, self.sigma, self.clip = (
+            float(cfg.dp_sampling_rate),
+            float(cfg.dp_noise_multiplier),
+            float(cfg.dp_clip),
+        )
         self.b_max = b_max or max_batch_size(self.n, self.q)
         self.normaliser = self.q * self.n
         self.chunks_run = 0  # chunks summed so far (tests and benchmarks)
         self._prepare, self._chunk, self._finish = _jitted(setup)
 
-    def __call__(self, state: DistillState, x_train: jax.Array, y_train: jax.Array,
-                 t: int) -> tuple[DistillState, dict]:
+    def __call__(
+        self, state: DistillState, x_train: jax.Array, y_train: jax.Array, t: int
+    ) -> tuple[DistillState, dict]:
         k, d, w, k_ss, jac, inner_losses = self._prepare(state)
         sums = None
         clip = jnp.float32(self.clip)
@@ -231,8 +279,17 @@ class DPStep:
             part = self._chunk(state, k, d, w, x_train, y_train, idx, mask, clip)
             sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
             self.chunks_run += 1
-        return self._finish(state, k, d, k_ss, jac, inner_losses, sums,
-                            jnp.float32(self.sigma * self.clip), jnp.float32(self.normaliser))
+        return self._finish(
+            state,
+            k,
+            d,
+            k_ss,
+            jac,
+            inner_losses,
+            sums,
+            jnp.float32(self.sigma * self.clip),
+            jnp.float32(self.normaliser),
+        )
 
 
 def record(cfg: DistillConfig, n_train: int) -> dict[str, Any]:
@@ -244,11 +301,20 @@ def record(cfg: DistillConfig, n_train: int) -> dict[str, Any]:
     assert cfg.dp_noise_multiplier is not None and cfg.dp_delta is not None
     assert cfg.dp_epsilon is not None
     q, steps = float(cfg.dp_sampling_rate), int(cfg.steps)
-    return {"epsilon": accounting.epsilon_for(cfg.dp_noise_multiplier, cfg.dp_delta, q, steps),
-            "target_epsilon": float(cfg.dp_epsilon), "delta": float(cfg.dp_delta),
-            "noise_multiplier": float(cfg.dp_noise_multiplier), "clip_norm": float(cfg.dp_clip),
-            "sampling_rate": q, "steps": steps, "expected_batch_size": q * n_train,
-            "max_batch_size": max_batch_size(n_train, q), "sampling": "poisson",
-            "neighbouring": "add_remove_one", "unit": "one training image",
-            "mechanism": MECHANISM, "accountant": accounting.ACCOUNTANT,
-            "accountant_version": accounting.accountant_version()}
+    return {
+        "epsilon": accounting.epsilon_for(cfg.dp_noise_multiplier, cfg.dp_delta, q, steps),
+        "target_epsilon": float(cfg.dp_epsilon),
+        "delta": float(cfg.dp_delta),
+        "noise_multiplier": float(cfg.dp_noise_multiplier),
+        "clip_norm": float(cfg.dp_clip),
+        "sampling_rate": q,
+        "steps": steps,
+        "expected_batch_size": q * n_train,
+        "max_batch_size": max_batch_size(n_train, q),
+        "sampling": "poisson",
+        "neighbouring": "add_remove_one",
+        "unit": "one training image",
+        "mechanism": MECHANISM,
+        "accountant": accounting.ACCOUNTANT,
+        "accountant_version": accounting.accountant_version(),
+    }

@@ -24,8 +24,9 @@ def ridge_coefficients(k_ss: jax.Array, y_s: jax.Array, o_s: jax.Array, lam: flo
     return jnp.linalg.solve(k_ss + lam * jnp.eye(n, dtype=k_ss.dtype), y_s - o_s)
 
 
-def inner_loss(o_s: jax.Array, k_ss: jax.Array, y_s: jax.Array, lam: float,
-               tangent_sq_norm: jax.Array) -> jax.Array:
+def inner_loss(
+    o_s: jax.Array, k_ss: jax.Array, y_s: jax.Array, lam: float, tangent_sq_norm: jax.Array
+) -> jax.Array:
     """L_in = [½‖Y − ŷ_S‖² + ½λ(tr(αᵀKα) + ‖Δθ‖²)] / (n·C)  (§1.3; convex in Δθ).
 
     Equals λ/(2nC)·[tr(rᵀ(K+λI)⁻¹r) + ‖Δθ‖²] with r = Y − o (a test checks this identity); the
@@ -39,8 +40,9 @@ def inner_loss(o_s: jax.Array, k_ss: jax.Array, y_s: jax.Array, lam: float,
     return (fit + reg) / (n * c)
 
 
-def predict(o_t: jax.Array, k_ts: jax.Array, k_ss: jax.Array, y_s: jax.Array, o_s: jax.Array,
-            lam: float) -> jax.Array:
+def predict(
+    o_t: jax.Array, k_ts: jax.Array, k_ss: jax.Array, y_s: jax.Array, o_s: jax.Array, lam: float
+) -> jax.Array:
     """ŷ_T = o_T + K_TS (K_SS + λI)⁻¹ (Y_S − o_S)."""
     return o_t + k_ts @ ridge_coefficients(k_ss, y_s, o_s, lam)
 
@@ -52,8 +54,9 @@ def label_margin(y_s: jax.Array) -> jax.Array:
     return jnp.mean(jnp.minimum(top2[:, 0] - top2[:, 1], 1.0 / (2 * c)))
 
 
-def outer_loss(y_hat_t: jax.Array, labels_t: jax.Array, log_temp: jax.Array,
-               y_s: jax.Array) -> jax.Array:
+def outer_loss(
+    y_hat_t: jax.Array, labels_t: jax.Array, log_temp: jax.Array, y_s: jax.Array
+) -> jax.Array:
     """L_out = mean CE(softmax(exp(logτ)·ŷ_T), onehot) − label margin (§1.4). ``labels_t`` int."""
     logits = jnp.exp(log_temp) * y_hat_t
     logp = jax.nn.log_softmax(logits, axis=-1)

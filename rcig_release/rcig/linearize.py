@@ -40,15 +40,18 @@ def tangent_space(params: Params, include_head: bool = False) -> Tangents:
     implicit gradient run over that space (their inner solve masks the kernel out); this package
     uses it only to measure the difference (benchmarks/bench_implicit_tangents.py).
     """
-    flat = {k: jnp.zeros(v.shape, v.dtype)
-            for k, v in traverse_util.flatten_dict(params).items()}  # works on shape structs
+    flat = {
+        k: jnp.zeros(v.shape, v.dtype) for k, v in traverse_util.flatten_dict(params).items()
+    }  # works on shape structs
     trainable = {k: v for k, v in flat.items() if include_head or is_trainable(k)}
     vec, unravel = ravel_pytree(trainable)
 
     def to_tree(d: jax.Array) -> Params:
         parts = unravel(d)  # (unravel casts to the template's dtype; follow d's instead)
-        full = {k: (parts[k].astype(d.dtype) if k in parts else jnp.zeros(v.shape, d.dtype))
-                for k, v in flat.items()}
+        full = {
+            k: (parts[k].astype(d.dtype) if k in parts else jnp.zeros(v.shape, d.dtype))
+            for k, v in flat.items()
+        }
         return traverse_util.unflatten_dict(full)
 
     return Tangents(size=int(vec.size), to_tree=to_tree)
@@ -68,8 +71,9 @@ def with_trainable(params: Params, vec: jax.Array) -> Params:
     return traverse_util.unflatten_dict({**frozen, **unravel(vec)})
 
 
-def linear_forward(apply: Apply, params0: Params, tangents: Tangents, d: jax.Array,
-                   x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def linear_forward(
+    apply: Apply, params0: Params, tangents: Tangents, d: jax.Array, x: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """``(φ0(x), o(x))``: primal features at θ0 and the tangent output J_f(x; θ0)·d.
 
     θ0 is wrapped in ``stop_gradient``; the primal output f(x; θ0) is dropped (centred model).

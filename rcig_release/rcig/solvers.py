@@ -17,8 +17,13 @@ import jax.numpy as jnp
 import optax
 
 
-def adam_minimize(loss_fn: Callable[[jax.Array], jax.Array], x0: jax.Array, lr: jax.Array,
-                  steps: int, unroll: bool = False) -> tuple[jax.Array, jax.Array]:
+def adam_minimize(
+    loss_fn: Callable[[jax.Array], jax.Array],
+    x0: jax.Array,
+    lr: jax.Array,
+    steps: int,
+    unroll: bool = False,
+) -> tuple[jax.Array, jax.Array]:
     """``steps`` Adam steps on ``loss_fn`` from ``x0``; returns (x, losses[steps + 1]).
 
     ``losses[i]`` is the loss before step i; the last entry is the loss at the returned x.
@@ -35,8 +40,13 @@ def adam_minimize(loss_fn: Callable[[jax.Array], jax.Array], x0: jax.Array, lr: 
     return x, jnp.concatenate([losses, loss_fn(x)[None]])
 
 
-def adam_hvp_solve(hvp: Callable[[jax.Array], jax.Array], g: jax.Array, lr: jax.Array,
-                   steps: int, unroll: bool = False) -> tuple[jax.Array, jax.Array]:
+def adam_hvp_solve(
+    hvp: Callable[[jax.Array], jax.Array],
+    g: jax.Array,
+    lr: jax.Array,
+    steps: int,
+    unroll: bool = False,
+) -> tuple[jax.Array, jax.Array]:
     """Approximately solve H v = g by Adam on q(v) = ½vᵀHv − gᵀv from v = 0 (gradient Hv − g).
 
     Returns (v, residuals[steps + 1]) with residual vᵀ(Hv − 2g) = 2q(v), as the authors log it.

@@ -48,11 +48,15 @@ class Setup:
     def psi_optimizer(self) -> optax.GradientTransformation:
         """AdaBelief 3e-3 on images and labels, 3e-2 on log-temperature (§1.6)."""
         cfg = self.cfg
-        labels = {"x": "proto", "y": "proto" if cfg.learn_labels else "frozen",
-                  "log_temp": "temp"}
+        labels = {"x": "proto", "y": "proto" if cfg.learn_labels else "frozen", "log_temp": "temp"}
         return optax.multi_transform(
-            {"proto": optax.adabelief(cfg.proto_lr), "temp": optax.adabelief(cfg.temp_lr),
-             "frozen": optax.set_to_zero()}, labels)
+            {
+                "proto": optax.adabelief(cfg.proto_lr),
+                "temp": optax.adabelief(cfg.temp_lr),
+                "frozen": optax.set_to_zero(),
+            },
+            labels,
+        )
 
     def ema(self) -> optax.GradientTransformation:
         return optax.ema(self.cfg.ema_decay, debias=True)
@@ -73,21 +77,33 @@ def make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, i
     with one configuration and a different seed per shadow. ``setup.cfg`` carries the defaults
     for those fields; read them from the run's own configuration."""
     defaults = DistillConfig()
-    return _make_setup(cfg.replace(**{f: getattr(defaults, f) for f in _RUN_ONLY}), res,
-                       image_shape)
+    return _make_setup(
+        cfg.replace(**{f: getattr(defaults, f) for f in _RUN_ONLY}), res, image_shape
+    )
 
 
 @functools.lru_cache(maxsize=8)
 def _make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, int]) -> Setup:
-    model = ConvNet(num_classes=res.num_classes, width=cfg.width, depth=res.depth,
-                    softplus_temp=res.softplus_temp)
+    model = ConvNet(
+        num_classes=res.num_classes,
+        width=cfg.width,
+        depth=res.depth,
+        softplus_temp=res.softplus_temp,
+    )
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy)["params"])
     tangents = linearize.tangent_space(shapes)
     need = linearize.jacobian_bytes(res.n_support, res.num_classes, tangents.size)
     materialize = cfg.inner_solver == "exact" or need <= cfg.jacobian_mb * 2**20
-    return Setup(cfg=cfg, res=res, model=model, tangents=tangents, image_shape=image_shape,
-                 materialize_jacobian=materialize, exact=cfg.inner_solver == "exact")
+    return Setup(
+        cfg=cfg,
+        res=res,
+        model=model,
+        tangents=tangents,
+        image_shape=image_shape,
+        materialize_jacobian=materialize,
+        exact=cfg.inner_solver == "exact",
+    )
 
 
 @flax.struct.dataclass
@@ -111,20 +127,32 @@ def init_pool_member(setup: Setup, key: jax.Array) -> tuple[Any, Any]:
     return params, setup.pool_optimizer().init(params)
 
 
-def init_state(setup: Setup, x_init: np.ndarray, y_init: np.ndarray, key: jax.Array) -> DistillState:
+def init_state(
+    setup: Setup, x_init: np.ndarray, y_init: np.ndarray, key: jax.Array
+) -> DistillState:
     """The state before step 0 from the initial distilled images and labels (model space)."""
     cfg = setup.cfg
     k_pool, k_run = jax.random.split(key)
-    psi = {"x": jnp.asarray(x_init, jnp.float32), "y": jnp.asarray(y_init, jnp.float32),
-           "log_temp": jnp.zeros((), jnp.float32)}
+    psi = {
+        "x": jnp.asarray(x_init, jnp.float32),
+        "y": jnp.asarray(y_init, jnp.float32),
+        "log_temp": jnp.zeros((), jnp.float32),
+    }
     pool_params, pool_opt = jax.vmap(lambda k: init_pool_member(setup, k))(
-        jax.random.split(k_pool, cfg.pool_size))
+        jax.random.split(k_pool, cfg.pool_size)
+    )
     ema_state = setup.ema().init(psi)
     return DistillState(
-        step=jnp.zeros((), jnp.int32), key=k_run, psi=psi,
-        opt_state=setup.psi_optimizer().init(psi), psi_ema=psi, ema_state=ema_state,
-        pool_params=pool_params, pool_opt=pool_opt,
+        step=jnp.zeros((), jnp.int32),
+        key=k_run,
+        psi=psi,
+        opt_state=setup.psi_optimizer().init(psi),
+        psi_ema=psi,
+        ema_state=ema_state,
+        pool_params=pool_params,
+        pool_opt=pool_opt,
         pool_steps=jnp.zeros((cfg.pool_size,), jnp.int32),
         inner_lr=jnp.asarray(cfg.inner_lr, jnp.float32),
         hvp_lr=jnp.asarray(cfg.hvp_lr, jnp.float32),
-        lr_stats=jnp.zeros((4,), jnp.float32))
+        lr_stats=jnp.zeros((4,), jnp.float32),
+    )

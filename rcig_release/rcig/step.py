@@ -1,13 +1,13 @@
 """One outer iteration of RCIG as a pure function; ``make_step`` jits it (rcig-algorithm §1.12).
 
-    k ~ pool;  θ0 = pool[k];  S = X (+ flipped X)
-    Δθ* ← inner solve of L_in (20 Adam steps from 0)
-    g_t, d ← ∇_{Δθ, ψ} L_out(Δθ*, ψ)                       (direct gradient)
-    v ← H⁻¹ g_t  (20 Adam steps on ½vᵀHv − gᵀv, H = ∇²_Δθ L_in)
-    i ← −∇_ψ ⟨v, ∇_Δθ L_in(Δθ*, ψ)⟩                          (implicit gradient)
-    ψ ← AdaBelief(ψ, d + clip(i, ‖d‖));  ψ_ema ← EMA(ψ)
-    pool[k] ← m ~ U{1..15} Adam steps of MSE on S;  reset at 100 steps
-    every 50 steps: adapt the inner learning rate (the HVP rate keeps its tuned value)
+k ~ pool;  θ0 = pool[k];  S = X (+ flipped X)
+Δθ* ← inner solve of L_in (20 Adam steps from 0)
+g_t, d ← ∇_{Δθ, ψ} L_out(Δθ*, ψ)                       (direct gradient)
+v ← H⁻¹ g_t  (20 Adam steps on ½vᵀHv − gᵀv, H = ∇²_Δθ L_in)
+i ← −∇_ψ ⟨v, ∇_Δθ L_in(Δθ*, ψ)⟩                          (implicit gradient)
+ψ ← AdaBelief(ψ, d + clip(i, ‖d‖));  ψ_ema ← EMA(ψ)
+pool[k] ← m ~ U{1..15} Adam steps of MSE on S;  reset at 100 steps
+every 50 steps: adapt the inner learning rate (the HVP rate keeps its tuned value)
 """
 
 from __future__ import annotations
@@ -36,8 +36,15 @@ def support_set(setup: Setup, psi: dict) -> tuple[jax.Array, jax.Array]:
 class InnerProblem:
     """L_in(d) for one pool model and one support set, with o_S from J_S or from the jvp."""
 
-    def __init__(self, setup: Setup, theta0: Any, x_s: jax.Array, y_s: jax.Array,
-                 k_ss: jax.Array | None = None, jac: jax.Array | None = None):
+    def __init__(
+        self,
+        setup: Setup,
+        theta0: Any,
+        x_s: jax.Array,
+        y_s: jax.Array,
+        k_ss: jax.Array | None = None,
+        jac: jax.Array | None = None,
+    ):
         self.setup, self.theta0, self.y_s, self.x_s = setup, theta0, y_s, x_s
         self.lam = setup.res.l2
         if k_ss is None:
@@ -50,8 +57,9 @@ class InnerProblem:
     def outputs(self, d: jax.Array) -> jax.Array:
         if self.jac is not None:
             return jnp.einsum("ncp,p->nc", self.jac, d)
-        return linearize.linear_forward(self.setup.apply, self.theta0, self.setup.tangents, d,
-                                        self.x_s)[1]
+        return linearize.linear_forward(
+            self.setup.apply, self.theta0, self.setup.tangents, d, self.x_s
+        )[1]
 
     def loss(self, d: jax.Array) -> jax.Array:
         return krr.inner_loss(self.outputs(d), self.k_ss, self.y_s, self.lam, jnp.vdot(d, d))
@@ -68,33 +76,45 @@ class InnerProblem:
             assert self.jac is not None  # the exact path materialises the Jacobian
             d = solvers.exact_inner(self.jac, self.k_ss, self.y_s, self.lam)
             return d, jnp.stack([self.loss(d0), self.loss(d)])
-        return solvers.adam_minimize(self.loss, d0, lr, self.setup.cfg.n_inner_steps,
-                                     unroll=self.jac is None)
+        return solvers.adam_minimize(
+            self.loss, d0, lr, self.setup.cfg.n_inner_steps, unroll=self.jac is None
+        )
 
     def inverse_hvp(self, d: jax.Array, g: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
         if self.setup.exact:
             assert self.jac is not None
             v = solvers.exact_hvp_solve(self.jac, self.k_ss, self.lam, g)
             return v, jnp.stack([jnp.zeros(()), jnp.vdot(v, self.hvp(d)(v) - 2 * g)])
-        return solvers.adam_hvp_solve(self.hvp(d), g, lr, self.setup.cfg.n_hvp_steps,
-                                      unroll=self.jac is None)
+        return solvers.adam_hvp_solve(
+            self.hvp(d), g, lr, self.setup.cfg.n_hvp_steps, unroll=self.jac is None
+        )
 
 
-def outer_loss(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array,
-               labels_t: jax.Array) -> jax.Array:
+def outer_loss(
+    setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array, labels_t: jax.Array
+) -> jax.Array:
     """L_out(Δθ, ψ) on a real batch (§1.4); ψ enters through Φ_S, o_S, Y_S and τ."""
     x_s, y_s = support_set(setup, psi)
+
     def fwd(x):
         return linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x)
+
     phi_s, o_s = fwd(x_s)
     phi_t, o_t = fwd(x_t)
-    y_hat = krr.predict(o_t, krr.linear_kernel(phi_t, phi_s), krr.linear_kernel(phi_s, phi_s),
-                        y_s, o_s, setup.res.l2)
+    y_hat = krr.predict(
+        o_t,
+        krr.linear_kernel(phi_t, phi_s),
+        krr.linear_kernel(phi_s, phi_s),
+        y_s,
+        o_s,
+        setup.res.l2,
+    )
     return krr.outer_loss(y_hat, labels_t, psi["log_temp"], psi["y"])
 
 
-def outer_gradients(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array,
-                    labels_t: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+def outer_gradients(
+    setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array, labels_t: jax.Array
+) -> tuple[jax.Array, jax.Array, dict]:
     """(L_out, g_t = ∂L_out/∂Δθ, direct = ∂L_out/∂ψ) at fixed Δθ, the same values as
     ``jax.value_and_grad(outer_loss, argnums=(0, 1))`` but cheaper on the real batch.
 
@@ -105,16 +125,24 @@ def outer_gradients(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax
     """
     p0 = jax.lax.stop_gradient(theta0)
     vec0 = linearize.trainable_vector(p0)
+
     def net_t(vec):
         return setup.apply(linearize.with_trainable(p0, vec), x_t)
+
     (_, phi_t), f_jvp = jax.linearize(net_t, vec0)
     o_t = f_jvp(d)[0]
 
     def loss(dd, o_t, p):
         x_s, y_s = support_set(setup, p)
         phi_s, o_s = linearize.linear_forward(setup.apply, theta0, setup.tangents, dd, x_s)
-        y_hat = krr.predict(o_t, krr.linear_kernel(phi_t, phi_s),
-                            krr.linear_kernel(phi_s, phi_s), y_s, o_s, setup.res.l2)
+        y_hat = krr.predict(
+            o_t,
+            krr.linear_kernel(phi_t, phi_s),
+            krr.linear_kernel(phi_s, phi_s),
+            y_s,
+            o_s,
+            setup.res.l2,
+        )
         return krr.outer_loss(y_hat, labels_t, p["log_temp"], p["y"])
 
     value, (g_s, u_t, direct) = jax.value_and_grad(loss, argnums=(0, 1, 2))(d, o_t, psi)
@@ -122,8 +150,9 @@ def outer_gradients(setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax
     return value, g_s + g_t, direct
 
 
-def implicit_objective(setup: Setup, theta0: Any, d: jax.Array, v: jax.Array,
-                       psi: dict) -> jax.Array:
+def implicit_objective(
+    setup: Setup, theta0: Any, d: jax.Array, v: jax.Array, psi: dict
+) -> jax.Array:
     """−⟨v, ∇_Δθ L_in(Δθ*, ψ)⟩ as a function of ψ: its ψ-gradient is the implicit gradient.
 
     o_S is linear in Δθ, so the directional derivative is a jvp of the small quadratic in
@@ -133,13 +162,16 @@ def implicit_objective(setup: Setup, theta0: Any, d: jax.Array, v: jax.Array,
     phi, o_d = linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x_s)
     o_v = linearize.linear_forward(setup.apply, theta0, setup.tangents, v, x_s)[1]
     k_ss = krr.linear_kernel(phi, phi)
+
     def q(o, s):
         return krr.inner_loss(o, k_ss, y_s, setup.res.l2, s)
+
     return -jax.jvp(q, (o_d, jnp.vdot(d, d)), (o_v, 2.0 * jnp.vdot(d, v)))[1]
 
 
-def inner_solution(setup: Setup, theta0: Any, psi: dict,
-                   inner_lr: jax.Array) -> tuple[InnerProblem, jax.Array, jax.Array]:
+def inner_solution(
+    setup: Setup, theta0: Any, psi: dict, inner_lr: jax.Array
+) -> tuple[InnerProblem, jax.Array, jax.Array]:
     """(the inner problem, Δθ* (no gradient), inner losses) on the support set alone."""
     x_s, y_s = support_set(setup, psi)
     inner = InnerProblem(setup, theta0, x_s, y_s)
@@ -147,9 +179,16 @@ def inner_solution(setup: Setup, theta0: Any, psi: dict,
     return inner, jax.lax.stop_gradient(d), inner_losses
 
 
-def finish_meta_gradient(setup: Setup, theta0: Any, psi: dict, inner: InnerProblem,
-                         d: jax.Array, g_t: jax.Array, direct: dict,
-                         hvp_lr: jax.Array) -> tuple[dict, dict]:
+def finish_meta_gradient(
+    setup: Setup,
+    theta0: Any,
+    psi: dict,
+    inner: InnerProblem,
+    d: jax.Array,
+    g_t: jax.Array,
+    direct: dict,
+    hvp_lr: jax.Array,
+) -> tuple[dict, dict]:
     """direct + clipped implicit gradient from g_t = ∂L_out/∂Δθ and the direct ψ-gradient;
     reads no real data (shared by the ordinary and the DP step, dp.py)."""
     v, residuals = inner.inverse_hvp(d, g_t, hvp_lr)
@@ -162,8 +201,15 @@ def finish_meta_gradient(setup: Setup, theta0: Any, psi: dict, inner: InnerProbl
     return grad, {"hvp_residuals": residuals, "direct": direct, "implicit": implicit}
 
 
-def meta_gradient(setup: Setup, theta0: Any, psi: dict, x_t: jax.Array, labels_t: jax.Array,
-                  inner_lr: jax.Array, hvp_lr: jax.Array) -> tuple[dict, dict]:
+def meta_gradient(
+    setup: Setup,
+    theta0: Any,
+    psi: dict,
+    x_t: jax.Array,
+    labels_t: jax.Array,
+    inner_lr: jax.Array,
+    hvp_lr: jax.Array,
+) -> tuple[dict, dict]:
     """Direct + (clipped) implicit gradient of L_out(Δθ*(ψ), ψ) with respect to ψ (§1.5)."""
     inner, d, inner_losses = inner_solution(setup, theta0, psi, inner_lr)
     loss, g_t, direct = outer_gradients(setup, theta0, d, psi, x_t, labels_t)
@@ -177,8 +223,9 @@ def _clip_to(i: jax.Array, d: jax.Array) -> jax.Array:
     return jnp.where(ni > 0, i * (jnp.minimum(ni, nd) / jnp.where(ni > 0, ni, 1.0)), i)
 
 
-def _train_pool_member(setup: Setup, params: Any, opt_state: Any, psi: dict,
-                       n_steps: jax.Array) -> tuple[Any, Any]:
+def _train_pool_member(
+    setup: Setup, params: Any, opt_state: Any, psi: dict, n_steps: jax.Array
+) -> tuple[Any, Any]:
     """``n_steps`` (traced, ≤ pool_max_steps) Adam steps of ½‖f(S;θ) − Y_S‖²/(nC) on the
     ordinary network (§1.7).
 
@@ -204,8 +251,9 @@ def _train_pool_member(setup: Setup, params: Any, opt_state: Any, psi: dict,
 
 def _adapt(lr: jax.Array, monotone: jax.Array, failed: jax.Array, every: int) -> jax.Array:
     """§1.9 online rule: ×0.9 if ≥29 % of runs failed, else ×1.05 if ≥70 % were monotone."""
-    return jnp.where(failed / every >= 0.29, lr * 0.9,
-                     jnp.where(monotone / every >= 0.7, lr * 1.05, lr))
+    return jnp.where(
+        failed / every >= 0.29, lr * 0.9, jnp.where(monotone / every >= 0.7, lr * 1.05, lr)
+    )
 
 
 def step_keys(state: DistillState) -> dict[str, jax.Array]:
@@ -220,8 +268,9 @@ def pick_pool_model(setup: Setup, state: DistillState) -> tuple[jax.Array, Any]:
     return k, jax.tree.map(lambda p: p[k], state.pool_params)
 
 
-def apply_update(setup: Setup, state: DistillState, k: jax.Array, theta0: Any, grad: dict,
-                 aux: dict) -> tuple[DistillState, dict]:
+def apply_update(
+    setup: Setup, state: DistillState, k: jax.Array, theta0: Any, grad: dict, aux: dict
+) -> tuple[DistillState, dict]:
     """AdaBelief on ψ, EMA, pool training and re-initialisation, inner-lr adaptation: all
     functions of the meta-gradient and the support set (shared with the DP step)."""
     cfg = setup.cfg
@@ -253,41 +302,57 @@ def apply_update(setup: Setup, state: DistillState, k: jax.Array, theta0: Any, g
     stats = state.lr_stats + jnp.stack([in_mono, in_fail, h_mono, h_fail]).astype(jnp.float32)
     step = state.step + 1
     adapt = jnp.logical_and(step % cfg.adapt_lr_every == 0, not setup.exact)
-    inner_lr = jnp.where(adapt, _adapt(state.inner_lr, stats[0], stats[1], cfg.adapt_lr_every),
-                         state.inner_lr)
+    inner_lr = jnp.where(
+        adapt, _adapt(state.inner_lr, stats[0], stats[1], cfg.adapt_lr_every), state.inner_lr
+    )
     stats = jnp.where(step % cfg.adapt_lr_every == 0, jnp.zeros_like(stats), stats)
 
     new_state = state.replace(  # type: ignore[attr-defined]  # flax.struct adds replace
-        step=step, psi=psi, opt_state=opt_state, psi_ema=psi_ema,
-                              ema_state=ema_state, pool_params=pool_params, pool_opt=pool_opt,
-                              pool_steps=pool_steps, inner_lr=inner_lr, lr_stats=stats)
-    metrics = {"inner_loss": aux["inner_losses"][-1],
-               "inner_loss_start": aux["inner_losses"][0],
-               "hvp_residual": aux["hvp_residuals"][-1], "inner_lr": state.inner_lr,
-               "hvp_lr": state.hvp_lr, "temperature": jnp.exp(psi["log_temp"]),
-               "pool_model": k, "pool_steps": m,
-               "direct_norm": optax.tree.norm(aux["direct"]),
-               "implicit_norm": optax.tree.norm(aux["implicit"])}
+        step=step,
+        psi=psi,
+        opt_state=opt_state,
+        psi_ema=psi_ema,
+        ema_state=ema_state,
+        pool_params=pool_params,
+        pool_opt=pool_opt,
+        pool_steps=pool_steps,
+        inner_lr=inner_lr,
+        lr_stats=stats,
+    )
+    metrics = {
+        "inner_loss": aux["inner_losses"][-1],
+        "inner_loss_start": aux["inner_losses"][0],
+        "hvp_residual": aux["hvp_residuals"][-1],
+        "inner_lr": state.inner_lr,
+        "hvp_lr": state.hvp_lr,
+        "temperature": jnp.exp(psi["log_temp"]),
+        "pool_model": k,
+        "pool_steps": m,
+        "direct_norm": optax.tree.norm(aux["direct"]),
+        "implicit_norm": optax.tree.norm(aux["implicit"]),
+    }
     if "outer_loss" in aux:  # the DP step has none: it is a statistic of the private batch
         metrics["outer_loss"] = aux["outer_loss"]
     return new_state, metrics
 
 
-def outer_step(setup: Setup, state: DistillState, x_train: jax.Array,
-               y_train: jax.Array) -> tuple[DistillState, dict]:
+def outer_step(
+    setup: Setup, state: DistillState, x_train: jax.Array, y_train: jax.Array
+) -> tuple[DistillState, dict]:
     """One full RCIG iteration. ``x_train`` [N,H,W,C] model space, ``y_train`` int [N]."""
     k, theta0 = pick_pool_model(setup, state)
     assert setup.cfg.real_batch is not None  # with_data_defaults fills it before the setup
     n_real = min(setup.cfg.real_batch, x_train.shape[0])
-    idx = jax.random.choice(step_keys(state)["batch"], x_train.shape[0], (n_real,),
-                            replace=False)
-    grad, aux = meta_gradient(setup, theta0, state.psi, x_train[idx], y_train[idx],
-                              state.inner_lr, state.hvp_lr)
+    idx = jax.random.choice(step_keys(state)["batch"], x_train.shape[0], (n_real,), replace=False)
+    grad, aux = meta_gradient(
+        setup, theta0, state.psi, x_train[idx], y_train[idx], state.inner_lr, state.hvp_lr
+    )
     return apply_update(setup, state, k, theta0, grad, aux)
 
 
 @functools.lru_cache(maxsize=8)
-def make_step(setup: Setup) -> Callable[[DistillState, jax.Array, jax.Array],
-                                        tuple[DistillState, dict]]:
+def make_step(
+    setup: Setup,
+) -> Callable[[DistillState, jax.Array, jax.Array], tuple[DistillState, dict]]:
     """The jitted outer step; data are arguments (never closed-over constants)."""
     return jax.jit(lambda s, x, y: outer_step(setup, s, x, y))

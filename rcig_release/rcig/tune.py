@@ -58,8 +58,9 @@ def _trial_functions(setup: Setup):
     return prepare, inner_trial, outer_grad, hvp_trial
 
 
-def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
-                        y_train: jax.Array) -> tuple[DistillState, dict]:
+def tune_learning_rates(
+    setup: Setup, state: DistillState, x_train: jax.Array, y_train: jax.Array
+) -> tuple[DistillState, dict]:
     """Returns the state with tuned ``inner_lr``/``hvp_lr`` and a record of the search."""
     cfg = setup.cfg
     if setup.exact:
@@ -82,16 +83,25 @@ def tune_learning_rates(setup: Setup, state: DistillState, x_train: jax.Array,
     k_ss, jac = prepare(theta0, x_s, y_s)
     inner_lr, n_in = _search(
         lambda lr: inner_trial(theta0, x_s, y_s, k_ss, jac, jnp.float32(lr))[1],
-        float(state.inner_lr), cfg.tune_max_trials)
+        float(state.inner_lr),
+        cfg.tune_max_trials,
+    )
     d = inner_trial(theta0, x_s, y_s, k_ss, jac, jnp.float32(inner_lr))[0]
     g = outer_grad(theta0, d, state.psi, x_t, labels_t)
     hvp_lr, n_h = _search(
         lambda lr: hvp_trial(theta0, x_s, y_s, k_ss, jac, d, g, jnp.float32(lr)),
-        float(state.hvp_lr), cfg.tune_max_trials)
+        float(state.hvp_lr),
+        cfg.tune_max_trials,
+    )
     state = state.replace(  # type: ignore[attr-defined]  # flax.struct adds replace
-        inner_lr=jnp.asarray(inner_lr, jnp.float32),
-                          hvp_lr=jnp.asarray(hvp_lr, jnp.float32))
-    record: dict[str, Any] = {"inner_lr": inner_lr, "inner_trials": n_in, "hvp_lr": hvp_lr, "hvp_trials": n_h}
+        inner_lr=jnp.asarray(inner_lr, jnp.float32), hvp_lr=jnp.asarray(hvp_lr, jnp.float32)
+    )
+    record: dict[str, Any] = {
+        "inner_lr": inner_lr,
+        "inner_trials": n_in,
+        "hvp_lr": hvp_lr,
+        "hvp_trials": n_h,
+    }
     if cfg.dp_epsilon is not None:
         record["hvp_batch"] = "support set (DP: no private image read)"
     return state, record

@@ -62,7 +62,12 @@ def shadow_count(audit: Mapping) -> int | None:
 
 
 _TRAIN = ("nearest_train_distance", "nearest_train_l2")
-_TEST = ("nearest_test_distance", "nearest_holdout_distance", "nearest_holdout_l2", "nearest_test_l2")
+_TEST = (
+    "nearest_test_distance",
+    "nearest_holdout_distance",
+    "nearest_holdout_l2",
+    "nearest_test_l2",
+)
 
 
 def _first(row: Mapping, keys: tuple[str, ...]) -> Any:
@@ -74,15 +79,20 @@ def copy_rows(copy_check: Mapping) -> list[dict]:
     per = copy_check.get("per_image")
     if isinstance(per, Mapping):  # columns
         n = max((len(v) for v in per.values() if isinstance(v, list)), default=0)
-        rows: list[Mapping] = [{k: (v[i] if isinstance(v, list) and i < len(v) else None) for k, v in per.items()}
-                for i in range(n)]
+        rows: list[Mapping] = [
+            {k: (v[i] if isinstance(v, list) and i < len(v) else None) for k, v in per.items()}
+            for i in range(n)
+        ]
     elif isinstance(per, list):
         rows = [r for r in per if isinstance(r, Mapping)]
     else:
         rows = []
-    return [{
-        "nearest_train": number(_first(r, _TRAIN)),
-        "nearest_test": number(_first(r, _TEST)),
-        "ratio": number(r.get("ratio")),
-        "near_copy": r.get("near_copy") if isinstance(r.get("near_copy"), bool) else None,
-    } for r in rows]
+    return [
+        {
+            "nearest_train": number(_first(r, _TRAIN)),
+            "nearest_test": number(_first(r, _TEST)),
+            "ratio": number(r.get("ratio")),
+            "near_copy": r.get("near_copy") if isinstance(r.get("near_copy"), bool) else None,
+        }
+        for r in rows
+    ]

@@ -49,14 +49,23 @@ MANIFEST = "manifest-sha256.txt"
 CROISSANT = "croissant.json"
 POLICY_FILE = "policy/policy.toml"  # the exact bytes of the policy the verdict was reached with
 SIGNATURE = MANIFEST + ".sig"  # OpenSSH signature of the manifest (release --sign)
-_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+_RESERVED = {
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"com{i}" for i in range(10)),
+    *(f"lpt{i}" for i in range(10)),
+}
 _SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 
 
 class ReleaseRefused(PolicyFailure):
     """A policy failure carrying the decision (and safety result) so the CLI can render it."""
 
-    def __init__(self, message: str, decision: Decision | None = None, safety: SafetyResult | None = None):
+    def __init__(
+        self, message: str, decision: Decision | None = None, safety: SafetyResult | None = None
+    ):
         super().__init__(message)
         self.decision = decision
         self.safety = safety
@@ -106,6 +115,7 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
     first 8 hex digits of the sha256 of the original name, so truncation never merges classes
     (a Windows device name such as ``con`` or ``nul.txt`` gets the suffix too).
     """
+
     def digest(c: str) -> str:
         return hashlib.sha256(c.encode("utf-8")).hexdigest()[:8]
 
@@ -115,9 +125,15 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
         reserved = s.split(".")[0].casefold() in _RESERVED
         names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 or reserved else s)
     folded = [n.casefold() for n in names]
-    names = [f"{n}-{digest(c)}" if folded.count(f) > 1 else n for n, f, c in zip(names, folded, classes, strict=True)]
+    names = [
+        f"{n}-{digest(c)}" if folded.count(f) > 1 else n
+        for n, f, c in zip(names, folded, classes, strict=True)
+    ]
     folded = [n.casefold() for n in names]
-    return tuple(f"{n}-{i}" if folded.count(f) > 1 else n for i, (n, f) in enumerate(zip(names, folded, strict=True)))
+    return tuple(
+        f"{n}-{i}" if folded.count(f) > 1 else n
+        for i, (n, f) in enumerate(zip(names, folded, strict=True))
+    )
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -128,14 +144,23 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def labels_csv(labels: np.ndarray, classes: tuple[str, ...], files: list[str], image_class: np.ndarray) -> bytes:
+def labels_csv(
+    labels: np.ndarray, classes: tuple[str, ...], files: list[str], image_class: np.ndarray
+) -> bytes:
     """index,file,class,<one soft-label column per class>; text cells pass through ``csv_cell``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["index", "file", "class", *(csv_cell(c) for c in classes)])
     for i, f in enumerate(files):
         # repr of a float32 widened to float64 round-trips exactly back to the float32
-        w.writerow([i, csv_cell(f), csv_cell(classes[image_class[i]]), *(repr(float(v)) for v in labels[i])])
+        w.writerow(
+            [
+                i,
+                csv_cell(f),
+                csv_cell(classes[image_class[i]]),
+                *(repr(float(v)) for v in labels[i]),
+            ]
+        )
     return buf.getvalue().encode("utf-8")
 
 
@@ -145,19 +170,29 @@ def metadata_jsonl(labels: np.ndarray, files: list[str], image_class: np.ndarray
     ``soft_label`` (the float32 soft label, exact)."""
     lines = []
     for i, f in enumerate(files):
-        lines.append(json.dumps({
-            "file_name": f.removeprefix("data/"),
-            "index": i,
-            "label": int(image_class[i]),
-            "soft_label": [float(v) for v in labels[i]],
-        }, ensure_ascii=False, allow_nan=False))
+        lines.append(
+            json.dumps(
+                {
+                    "file_name": f.removeprefix("data/"),
+                    "index": i,
+                    "label": int(image_class[i]),
+                    "soft_label": [float(v) for v in labels[i]],
+                },
+                ensure_ascii=False,
+                allow_nan=False,
+            )
+        )
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def npz_bytes(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> bytes:
     buf = io.BytesIO()
-    np.savez_compressed(buf, images=images.astype(np.float32), labels=labels.astype(np.float32),
-                        classes=np.array(classes, dtype=str))
+    np.savez_compressed(
+        buf,
+        images=images.astype(np.float32),
+        labels=labels.astype(np.float32),
+        classes=np.array(classes, dtype=str),
+    )
     return buf.getvalue()
 
 
@@ -212,18 +247,31 @@ def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
         | {"accuracies": inp.eval_json.get("accuracies")},
         "audit": {"config": audit_cfg, "n_shadows": inp.audit.get("n_shadows")},
         "dp": dpmod.guarantee(run["dp"]) if isinstance(run.get("dp"), dict) else None,
-        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256,
-                   "modified_shipped_policy": policy.modified},
+        "policy": {
+            "name": policy.name,
+            "file": policy.source_name,
+            "sha256": policy.sha256,
+            "modified_shipped_policy": policy.modified,
+        },
     }
 
 
-def verdict_json(decision: Decision, safety: SafetyResult, policy: Policy, override: str | None,
-                 inp: ReleaseInputs) -> dict:
+def verdict_json(
+    decision: Decision,
+    safety: SafetyResult,
+    policy: Policy,
+    override: str | None,
+    inp: ReleaseInputs,
+) -> dict:
     verdict = "pass" if decision.passed else ("overridden" if override else "fail")
     return {
         "verdict": verdict,
-        "policy": {"name": policy.name, "file": policy.source_name, "sha256": policy.sha256,
-                   "modified_shipped_policy": policy.modified},
+        "policy": {
+            "name": policy.name,
+            "file": policy.source_name,
+            "sha256": policy.sha256,
+            "modified_shipped_policy": policy.modified,
+        },
         "override": {"reason": override} if override else None,
         "rules": [r.to_json() for r in decision.rules],
         "failed": [r.name for r in decision.failed],
@@ -234,9 +282,17 @@ def verdict_json(decision: Decision, safety: SafetyResult, policy: Policy, overr
     }
 
 
-def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, policy: Policy, *,
-                name: str, license_spdx: str | None, override: str | None,
-                policy_bytes: bytes | None = None) -> dict[str, bytes]:
+def build_files(
+    inp: ReleaseInputs,
+    decision: Decision,
+    safety: SafetyResult,
+    policy: Policy,
+    *,
+    name: str,
+    license_spdx: str | None,
+    override: str | None,
+    policy_bytes: bytes | None = None,
+) -> dict[str, bytes]:
     """Every bundle file as bytes, keyed by its relative path (POSIX separators).
 
     ``policy_bytes`` (the policy file as read) is bundled as ``policy/policy.toml`` so that
@@ -257,7 +313,9 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
 
     audit = _sanitize(redact(inp.audit))
     files["report/audit.json"] = _json_bytes(audit)
-    files["report/roc.png"] = inp.roc_png if inp.roc_png is not None else figures.roc_png(audit, inp.scores)
+    files["report/roc.png"] = (
+        inp.roc_png if inp.roc_png is not None else figures.roc_png(audit, inp.scores)
+    )
     summary = Summary(
         name=name,
         license_spdx=license_spdx,
@@ -282,7 +340,9 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
     ).encode("utf-8")
     files["README.md"] = dataset_card(summary).encode("utf-8")
     verdict = _sanitize(redact(verdict_json(decision, safety, policy, override, inp)))
-    verdict["override"] = {"reason": override} if override else None  # what the user typed, never rewritten
+    verdict["override"] = (
+        {"reason": override} if override else None
+    )  # what the user typed, never rewritten
     files["policy/verdict.json"] = _json_bytes(verdict)
     if policy_bytes is not None:
         files[POLICY_FILE] = policy_bytes
@@ -290,23 +350,32 @@ def build_files(inp: ReleaseInputs, decision: Decision, safety: SafetyResult, po
     # what verify rebuilds the card with: what the user typed, never rewritten (as the override)
     prov["release"] = {"name": name, "license": license_spdx}
     files["provenance.json"] = _json_bytes(prov)
-    files[CROISSANT] = _json_bytes(croissant(
-        name, license_spdx, files, classes,
-        f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
-        f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}); "
-        f"{croissant_dp_text(prov.get('dp'))}.",
-        date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
-        dp=prov.get("dp"),
-    ))
-    files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode("utf-8")
+    files[CROISSANT] = _json_bytes(
+        croissant(
+            name,
+            license_spdx,
+            files,
+            classes,
+            f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
+            f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}); "
+            f"{croissant_dp_text(prov.get('dp'))}.",
+            date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
+            dp=prov.get("dp"),
+        )
+    )
+    files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode(
+        "utf-8"
+    )
 
     for path in sorted(files):
         if path.endswith((".png", ".npz")):
             continue
         leaks = find_leaks(files[path].decode("utf-8"))
         if leaks:
-            raise InputError(f"refusing to write {path}: it would contain {leaks[0]}, which identifies "
-                             "this machine (docs/release.md, 'What identifies the machine')")
+            raise InputError(
+                f"refusing to write {path}: it would contain {leaks[0]}, which identifies "
+                "this machine (docs/release.md, 'What identifies the machine')"
+            )
     return files
 
 
@@ -320,7 +389,9 @@ def write_atomic(out: Path, files: dict[str, bytes]) -> None:
         for rel, data in files.items():
             target = tmp / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd = os.open(
+                target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
+            )
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         os.chmod(tmp, 0o755)
@@ -351,9 +422,18 @@ def self_check(files: dict[str, bytes]) -> None:
         raise InputError(f"refusing to write the bundle: it would not verify ({problems[0]})")
 
 
-def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, name: str | None = None,
-            license_spdx: str | None = None, override: str | None = None, data: str | None = None,
-            load_private: PrivateLoader | None = None, sign: str | Path | None = None) -> ReleaseResult:
+def release(
+    run_dir: str | Path,
+    policy_path: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    license_spdx: str | None = None,
+    override: str | None = None,
+    data: str | None = None,
+    load_private: PrivateLoader | None = None,
+    sign: str | Path | None = None,
+) -> ReleaseResult:
     """Releases RUN behind the policy; raises ``ReleaseRefused`` (exit 3) and writes nothing on failure.
 
     Args:
@@ -390,7 +470,9 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
     # a dp-violation is refused before the policy is read, so no --override can release it.
     problem, violation = dpmod.audit_consistency(run_dp(inp.run_json), inp.audit)
     if violation:
-        raise DpViolationRefused(f"{violation}; no bundle written (--override does not bypass this)")
+        raise DpViolationRefused(
+            f"{violation}; no bundle written (--override does not bypass this)"
+        )
     if problem:
         raise InputError(problem)
     decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
@@ -398,23 +480,43 @@ def release(run_dir: str | Path, policy_path: str | Path, out: str | Path, *, na
         n = len(decision.failed)
         raise ReleaseRefused(
             f"policy {policy.label!r}: {n} of {len(decision.rules)} rules failed; no bundle written "
-            "(--override REASON releases anyway)", decision)
+            "(--override REASON releases anyway)",
+            decision,
+        )
 
     # The memorisation check: from the run's data and the images about to be published, never from
     # audit.json; neither --override nor any policy key bypasses it.
     private = load_private_splits(inp.run_json, data=data, loader=load_private)
-    safety = check_safety(inp.images, private.x_train, private.x_test, inp.init_indices,
-                          allowed=policy.allow_near_copies_in_bundle)
+    safety = check_safety(
+        inp.images,
+        private.x_train,
+        private.x_test,
+        inp.init_indices,
+        allowed=policy.allow_near_copies_in_bundle,
+    )
     del private
     if not safety.passed:
         raise ReleaseRefused(
             f"safety check: {safety.memorisation.describe()}; no bundle written "
-            "(--override does not bypass this)", decision, safety)
+            "(--override does not bypass this)",
+            decision,
+            safety,
+        )
 
-    files = build_files(inp, decision, safety, policy, name=name, license_spdx=license_spdx, override=override,
-                        policy_bytes=policy_bytes)
+    files = build_files(
+        inp,
+        decision,
+        safety,
+        policy,
+        name=name,
+        license_spdx=license_spdx,
+        override=override,
+        policy_bytes=policy_bytes,
+    )
     self_check(files)
     if sign is not None:
         files[SIGNATURE] = signing.sign_manifest(files[MANIFEST], sign)
     write_atomic(out, files)
-    return ReleaseResult(out=out, decision=decision, safety=safety, override=override, files=tuple(sorted(files)))
+    return ReleaseResult(
+        out=out, decision=decision, safety=safety, override=override, files=tuple(sorted(files))
+    )

@@ -66,7 +66,9 @@ def _short(x: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def load_policy_file(files: Mapping[str, bytes], verdict: Mapping, prov: Mapping, problems: list[str]) -> Policy | None:
+def load_policy_file(
+    files: Mapping[str, bytes], verdict: Mapping, prov: Mapping, problems: list[str]
+) -> Policy | None:
     """The bundled policy, after checking it is the file the verdict and the provenance name."""
     if POLICY_FILE not in files:
         return None
@@ -82,12 +84,16 @@ def load_policy_file(files: Mapping[str, bytes], verdict: Mapping, prov: Mapping
         problems.append(f"{POLICY_FILE}: {e}")
         return None
     if named.get("name") != policy.name:
-        problems.append(f"{VERDICT}: policy name {_short(named.get('name'))} is not the bundled policy's "
-                        f"{_short(policy.name)}")
+        problems.append(
+            f"{VERDICT}: policy name {_short(named.get('name'))} is not the bundled policy's "
+            f"{_short(policy.name)}"
+        )
     return policy
 
 
-def recompute(audit: Mapping, prov: Mapping, policy: Policy, problems: list[str]) -> Decision | None:
+def recompute(
+    audit: Mapping, prov: Mapping, policy: Policy, problems: list[str]
+) -> Decision | None:
     try:
         validate_audit(audit)
     except InputError as e:
@@ -97,7 +103,9 @@ def recompute(audit: Mapping, prov: Mapping, policy: Policy, problems: list[str]
     try:
         return evaluate_policy(run, evaluation, audit, policy)
     except Exception as e:  # noqa: BLE001 - a forged audit must not crash verify
-        problems.append(f"{VERDICT}: the decision cannot be recomputed from the bundle ({type(e).__name__})")
+        problems.append(
+            f"{VERDICT}: the decision cannot be recomputed from the bundle ({type(e).__name__})"
+        )
         return None
 
 
@@ -105,22 +113,30 @@ def check_verdict(verdict: Mapping, decision: Decision, problems: list[str]) -> 
     """Compares the recorded verdict with the recomputed decision; returns the override reason."""
     expected = _as_json([r.to_json() for r in decision.rules])
     recorded = verdict.get("rules")
-    if not isinstance(recorded, list) or not all(isinstance(r, Mapping) and "name" in r for r in recorded):
+    if not isinstance(recorded, list) or not all(
+        isinstance(r, Mapping) and "name" in r for r in recorded
+    ):
         problems.append(f"{VERDICT}: rules is not a list of rules")
         recorded = []
     want = {r["name"]: r for r in expected}
     have = {str(r["name"]): r for r in recorded}
     for name in want:
         if name not in have:
-            problems.append(f"{VERDICT}: rule {name} is missing (the bundled policy applied to the audit has it)")
+            problems.append(
+                f"{VERDICT}: rule {name} is missing (the bundled policy applied to the audit has it)"
+            )
             continue
         for field in sorted(set(want[name]) | set(have[name])):
             if want[name].get(field) != have[name].get(field):
-                problems.append(f"{VERDICT}: rule {name}: {field} is {_short(have[name].get(field))}, "
-                                f"recomputed {_short(want[name].get(field))}")
+                problems.append(
+                    f"{VERDICT}: rule {name}: {field} is {_short(have[name].get(field))}, "
+                    f"recomputed {_short(want[name].get(field))}"
+                )
     for name in have:
         if name not in want:
-            problems.append(f"{VERDICT}: rule {name} is not a rule of the bundled policy applied to the audit")
+            problems.append(
+                f"{VERDICT}: rule {name} is not a rule of the bundled policy applied to the audit"
+            )
     if len(have) != len(recorded):
         problems.append(f"{VERDICT}: rules names a rule more than once")
     elif [r["name"] for r in recorded] != list(want) and set(have) == set(want):
@@ -128,8 +144,10 @@ def check_verdict(verdict: Mapping, decision: Decision, problems: list[str]) -> 
 
     failed = [r["name"] for r in expected if not r["passed"]]
     if verdict.get("failed") != failed:
-        problems.append(f"{VERDICT}: failed lists {_count(verdict.get('failed'))} rule(s), "
-                        f"recomputed {len(failed)}: {_short(failed)}")
+        problems.append(
+            f"{VERDICT}: failed lists {_count(verdict.get('failed'))} rule(s), "
+            f"recomputed {len(failed)}: {_short(failed)}"
+        )
 
     override = verdict.get("override")
     reason = override.get("reason") if isinstance(override, Mapping) else None
@@ -138,10 +156,14 @@ def check_verdict(verdict: Mapping, decision: Decision, problems: list[str]) -> 
         reason = None
     outcome = "pass" if decision.passed else ("overridden" if reason else "fail")
     if verdict.get("verdict") != outcome:
-        problems.append(f"{VERDICT}: verdict is {_short(verdict.get('verdict'))}, recomputed {outcome!r}")
+        problems.append(
+            f"{VERDICT}: verdict is {_short(verdict.get('verdict'))}, recomputed {outcome!r}"
+        )
     if outcome == "fail":
-        problems.append(f"{VERDICT}: {len(failed)} rule(s) fail and no override is recorded; "
-                        "no bundle should exist")
+        problems.append(
+            f"{VERDICT}: {len(failed)} rule(s) fail and no override is recorded; "
+            "no bundle should exist"
+        )
     return reason
 
 
@@ -149,37 +171,59 @@ def _count(x: Any) -> str:
     return str(len(x)) if isinstance(x, list) else "no list of"
 
 
-def check_safety(verdict: Mapping, audit: Mapping, policy: Policy, n_images: int,
-                 problems: list[str]) -> SafetyResult | None:
+def check_safety(
+    verdict: Mapping, audit: Mapping, policy: Policy, n_images: int, problems: list[str]
+) -> SafetyResult | None:
     """The recorded memorisation check. It needs the private data, so it is checked for
     consistency only: its outcome must follow from its own recorded p-values and level, it must
     cover every released image, and it must have passed (a failed check writes no bundle)."""
     s: Any = verdict.get("safety")  # JSON, checked below
     try:
-        result = SafetyResult(memorisation=MemorisationResult.from_json(s["memorisation"]),
-                              allowed=bool(s["allowed_by_policy"]))
+        result = SafetyResult(
+            memorisation=MemorisationResult.from_json(s["memorisation"]),
+            allowed=bool(s["allowed_by_policy"]),
+        )
     except (TypeError, KeyError, ValueError, AttributeError):
         problems.append(f"{VERDICT}: safety is missing or malformed")
         return None
     m = s["memorisation"]
     if result.n_images != n_images or s.get("n_images") != n_images:
-        problems.append(f"{VERDICT}: safety covers {result.n_images} images, data/distilled.npz has "
-                        f"{n_images}")
+        problems.append(
+            f"{VERDICT}: safety covers {result.n_images} images, data/distilled.npz has {n_images}"
+        )
     if result.allowed != policy.allow_near_copies_in_bundle:
         problems.append(f"{VERDICT}: safety.allowed_by_policy differs from the bundled policy")
-    if abs(result.memorisation.level - result.memorisation.alpha / max(1, result.memorisation.n_tests)) > 1e-12:
+    if (
+        abs(
+            result.memorisation.level
+            - result.memorisation.alpha / max(1, result.memorisation.n_tests)
+        )
+        > 1e-12
+    ):
         problems.append(f"{VERDICT}: safety level is not alpha / tests")
-    if m.get("flagged") != result.flagged or m.get("passed") is not result.passed \
-            or s.get("passed") is not result.passed:
+    if (
+        m.get("flagged") != result.flagged
+        or m.get("passed") is not result.passed
+        or s.get("passed") is not result.passed
+    ):
         problems.append(f"{VERDICT}: safety.passed does not follow from its p-values")
     elif not result.passed:
         problems.append(f"{VERDICT}: the safety check failed; no bundle should exist")
     return result
 
 
-def summary(files: Mapping[str, bytes], images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
-            audit: Mapping, prov: Mapping, decision: Decision, safety: SafetyResult, override: str | None,
-            content_sha256: str) -> Summary | None:
+def summary(
+    files: Mapping[str, bytes],
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    audit: Mapping,
+    prov: Mapping,
+    decision: Decision,
+    safety: SafetyResult,
+    override: str | None,
+    content_sha256: str,
+) -> Summary | None:
     """The ``Summary`` the writer built, from the bundle's own files (None without provenance.release)."""
     rel = prov.get("release")
     if not isinstance(rel, Mapping) or not isinstance(rel.get("name"), str):
@@ -210,17 +254,33 @@ def _first_difference(path: str, have: str, want: str, why: str, note: str) -> s
     line = a[n] if n < len(a) else "(end of file)"
     if len(line) > 80:  # show where the line first differs (report lines are long)
         other = b[n] if n < len(b) else ""
-        at = next((i for i, (x, y) in enumerate(zip(line, other, strict=False)) if x != y), min(len(line), len(other)))
+        at = next(
+            (i for i, (x, y) in enumerate(zip(line, other, strict=False)) if x != y),
+            min(len(line), len(other)),
+        )
         start = max(0, min(at - 30, len(line) - 80))
-        line = ("..." if start else "") + line[start:start + 80] + ("..." if start + 80 < len(line) else "")
+        line = (
+            ("..." if start else "")
+            + line[start : start + 80]
+            + ("..." if start + 80 < len(line) else "")
+        )
     return f"{path}: line {n + 1} differs from the {why} rebuilt from the bundle ({line.strip()!r}){note}"
 
 
-def check_documents(files: Mapping[str, bytes], s: Summary, images: np.ndarray, labels: np.ndarray,
-                    tool_version: Any, problems: list[str]) -> None:
+def check_documents(
+    files: Mapping[str, bytes],
+    s: Summary,
+    images: np.ndarray,
+    labels: np.ndarray,
+    tool_version: Any,
+    problems: list[str],
+) -> None:
     """README.md and report/report.html against the ones rebuilt from ``s``."""
-    note = ("" if tool_version == rcig_release.__version__ else
-            f"; written by rcig-release {tool_version}, checked with {rcig_release.__version__}")
+    note = (
+        ""
+        if tool_version == rcig_release.__version__
+        else f"; written by rcig-release {tool_version}, checked with {rcig_release.__version__}"
+    )
     if "README.md" in files:
         have = files["README.md"].decode("utf-8", "replace")
         want = dataset_card(s)
@@ -230,15 +290,29 @@ def check_documents(files: Mapping[str, bytes], s: Summary, images: np.ndarray, 
         _check_report(files, s, images, labels, note, problems)
 
 
-def _check_report(files: Mapping[str, bytes], s: Summary, images: np.ndarray, labels: np.ndarray, note: str,
-                  problems: list[str]) -> None:
+def _check_report(
+    files: Mapping[str, bytes],
+    s: Summary,
+    images: np.ndarray,
+    labels: np.ndarray,
+    note: str,
+    problems: list[str],
+) -> None:
     path = "report/report.html"
     have = files[path].decode("utf-8", "replace")
-    has_copy_plot = any(r["nearest_train"] is not None and r["nearest_test"] is not None
-                        for r in copy_rows(s.audit.get("copy_check") or {}))
-    want = report_html(s, roc=files["report/roc.png"], grid=_GRID, copy_plot=_COPY_PLOT if has_copy_plot else None)
+    has_copy_plot = any(
+        r["nearest_train"] is not None and r["nearest_test"] is not None
+        for r in copy_rows(s.audit.get("copy_check") or {})
+    )
+    want = report_html(
+        s, roc=files["report/roc.png"], grid=_GRID, copy_plot=_COPY_PLOT if has_copy_plot else None
+    )
     if _DATA_URI.sub(_MASK, have) != _DATA_URI.sub(_MASK, want):
-        problems.append(_first_difference(path, _DATA_URI.sub(_MASK, have), _DATA_URI.sub(_MASK, want), "report", note))
+        problems.append(
+            _first_difference(
+                path, _DATA_URI.sub(_MASK, have), _DATA_URI.sub(_MASK, want), "report", note
+            )
+        )
         return
     for embedded, expected in zip(_DATA_URI.findall(have), _DATA_URI.findall(want), strict=True):
         try:
@@ -249,7 +323,9 @@ def _check_report(files: Mapping[str, bytes], s: Summary, images: np.ndarray, la
         if expected == _GRID:
             grid = figures.grid_png(images, s.classes, labels.argmax(1))
             if not _same_pixels(png, grid):
-                problems.append(f"{path}: the image grid does not show the images of data/distilled.npz")
+                problems.append(
+                    f"{path}: the image grid does not show the images of data/distilled.npz"
+                )
         elif expected == _COPY_PLOT:
             if _decode(png) is None:
                 problems.append(f"{path}: the copy-check plot is not a PNG")
@@ -272,8 +348,13 @@ def _same_pixels(a: bytes, b: bytes) -> bool:
     return pa is not None and pb is not None and pa.shape == pb.shape and np.array_equal(pa, pb)
 
 
-def check_dp(files: Mapping[str, bytes], prov: Mapping, verdict: Mapping, audit: Mapping | None,
-             problems: list[str]) -> None:
+def check_dp(
+    files: Mapping[str, bytes],
+    prov: Mapping,
+    verdict: Mapping,
+    audit: Mapping | None,
+    problems: list[str],
+) -> None:
     """The DP statement: provenance.json's ``dp`` is well formed and its ε is the accountant's for
     its σ, q, steps and δ (recomputed); the audit compared that (ε, δ) and did not contradict it;
     the verdict and croissant.json state the same guarantee. (The card and the report are rebuilt
@@ -300,16 +381,23 @@ def check_dp(files: Mapping[str, bytes], prov: Mapping, verdict: Mapping, audit:
             problems.append(f"report/audit.json: {violation}; no bundle should exist")
     want = _as_json(dp_verdict({"dp": dp}, audit or {}))
     if "dp" not in verdict or verdict.get("dp") != want:
-        problems.append(f"{VERDICT}: dp is {_short(verdict.get('dp'))}, the bundle's statement and "
-                        f"audit give {_short(want)}")
+        problems.append(
+            f"{VERDICT}: dp is {_short(verdict.get('dp'))}, the bundle's statement and "
+            f"audit give {_short(want)}"
+        )
     if CROISSANT in files:
         try:
             meta = json.loads(files[CROISSANT].decode("utf-8"))
-            sets = [r for r in meta.get("recordSet", []) if isinstance(r, Mapping)
-                    and r.get("@id") == DP_RECORD_SET]
+            sets = [
+                r
+                for r in meta.get("recordSet", [])
+                if isinstance(r, Mapping) and r.get("@id") == DP_RECORD_SET
+            ]
         except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
             return  # verify's croissant check names an unreadable file
         expected = [_as_json(dp_record_set(dp))] if dp is not None else []
         if sets != expected:
-            problems.append(f"{CROISSANT}: the {DP_RECORD_SET} record set does not state the "
-                            "guarantee in provenance.json")
+            problems.append(
+                f"{CROISSANT}: the {DP_RECORD_SET} record set does not state the "
+                "guarantee in provenance.json"
+            )

@@ -29,8 +29,11 @@ from rcig_release.release.policy import MetricLimits, Policy
 # Ties within this tolerance pass: a limit of 0.6 must not fail on 0.6000000000000001.
 _TOL = 1e-9
 # The game's test keys, the policy key holding their effect size, and the FPR (None: AUC).
-_TESTS = (("auc", "detect_auc", None), ("tpr_at_fpr_0.01", "detect_tpr_at_fpr_0_01", 0.01),
-          ("tpr_at_fpr_0.001", "detect_tpr_at_fpr_0_001", 0.001))
+_TESTS = (
+    ("auc", "detect_auc", None),
+    ("tpr_at_fpr_0.01", "detect_tpr_at_fpr_0_01", 0.01),
+    ("tpr_at_fpr_0.001", "detect_tpr_at_fpr_0_001", 0.001),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +111,16 @@ def _int(x: Any) -> int | None:
     return None if v is None else int(v)
 
 
-def _test_rule(name: str, g: Mapping, key: str, effect: float, fpr: float | None, alpha_t: float,
-               power: float, group: str) -> Rule:
+def _test_rule(
+    name: str,
+    g: Mapping,
+    key: str,
+    effect: float,
+    fpr: float | None,
+    alpha_t: float,
+    power: float,
+    group: str,
+) -> Rule:
     """One test of "at chance" from the game, with its decidability."""
     counts = _fold_counts(g, key)
     p = _num((g.get("p_value") or {}).get(key))
@@ -117,18 +128,31 @@ def _test_rule(name: str, g: Mapping, key: str, effect: float, fpr: float | None
     if not counts:
         return Rule(name, p, alpha_t, "p >", False, "missing in the audit's game")
     alpha_f = alpha_t / len(counts)  # each fold is tested at alpha_t / folds (Bonferroni)
-    powers = [stats.auc_power(i, o, effect, alpha_f) if fpr is None
-              else stats.tpr_power(i, o, fpr, effect, alpha_f) for i, o in counts]
+    powers = [
+        stats.auc_power(i, o, effect, alpha_f)
+        if fpr is None
+        else stats.tpr_power(i, o, fpr, effect, alpha_f)
+        for i, o in counts
+    ]
     best = max(powers)
-    desc = (f"{what} {effect:g} detected with power {best:.3f} "
-            f"({counts[0][0]} IN / {counts[0][1]} OUT guesses per fold)")
+    desc = (
+        f"{what} {effect:g} detected with power {best:.3f} "
+        f"({counts[0][0]} IN / {counts[0][1]} OUT guesses per fold)"
+    )
     if best < power - _TOL:
-        return Rule(name, p, alpha_t, "p >", False,
-                    f"undecidable at these sizes: {desc}, needs {power:g}; raise "
-                    f"{_raise_hint(group)}")
+        return Rule(
+            name,
+            p,
+            alpha_t,
+            "p >",
+            False,
+            f"undecidable at these sizes: {desc}, needs {power:g}; raise {_raise_hint(group)}",
+        )
     if p is None:
         return Rule(name, None, alpha_t, "p >", False, "p-value missing in the audit's game")
-    observed = _num(g.get("auc")) if fpr is None else _num((g.get("tpr_at_fpr") or {}).get(str(fpr)))
+    observed = (
+        _num(g.get("auc")) if fpr is None else _num((g.get("tpr_at_fpr") or {}).get(str(fpr)))
+    )
     seen = "" if observed is None else f"observed {what} {observed:.4f}; "
     return Rule(name, p, alpha_t, "p >", p > alpha_t, f"{seen}{desc}")
 
@@ -138,9 +162,15 @@ def _eps_rule(name: str, g: Mapping, limit: float, group: str) -> Rule:
     if eps is None or cap is None:
         return Rule(name, eps, limit, "<=", False, "ε lower bound missing in the audit's game")
     if cap <= limit + _TOL:
-        return Rule(name, eps, limit, "<=", False,
-                    f"undecidable at these sizes: the largest ε lower bound they can show is "
-                    f"{cap:.3f}; raise {_raise_hint(group)}")
+        return Rule(
+            name,
+            eps,
+            limit,
+            "<=",
+            False,
+            f"undecidable at these sizes: the largest ε lower bound they can show is "
+            f"{cap:.3f}; raise {_raise_hint(group)}",
+        )
     sat = " (saturated: the sample size, not a measurement)" if g.get("epsilon_saturated") else ""
     return _le(name, eps, limit, f"largest showable {cap:.3f}{sat}")
 
@@ -157,8 +187,11 @@ def _targets(game: Mapping, policy: Policy) -> list[tuple[str, str, MetricLimits
         if isinstance(groups.get("all"), Mapping):
             out.append((name, "all", policy.overall.merged(policy.per_attack.get(name))))
         for group in sorted(groups):
-            if group != "all" and isinstance(groups[group], Mapping) and any(
-                    fnmatch.fnmatchcase(group, pat) for pat in policy.groups.patterns):
+            if (
+                group != "all"
+                and isinstance(groups[group], Mapping)
+                and any(fnmatch.fnmatchcase(group, pat) for pat in policy.groups.patterns)
+            ):
                 out.append((name, group, policy.groups.limits))
     return out
 
@@ -167,11 +200,21 @@ def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
     """The game's rules (tests of chance, their decidability, ε limits)."""
     game = audit.get("game")
     if not isinstance(game, Mapping) or not isinstance(game.get("attacks"), Mapping):
-        return [Rule("game.present", False, True, "present", False,
-                     "the audit has no membership game (an audit from before it); re-run "
-                     "rcig-release audit")]
+        return [
+            Rule(
+                "game.present",
+                False,
+                True,
+                "present",
+                False,
+                "the audit has no membership game (an audit from before it); re-run "
+                "rcig-release audit",
+            )
+        ]
     targets = _targets(game, policy)
-    n_tests = sum(1 for _, _, lim in targets for _, key, _ in _TESTS if getattr(lim, key) is not None)
+    n_tests = sum(
+        1 for _, _, lim in targets for _, key, _ in _TESTS if getattr(lim, key) is not None
+    )
     uses_eps = any(lim.max_epsilon_lower_bound is not None for _, _, lim in targets)
     eps_info = got if isinstance(got := game.get("epsilon"), Mapping) else {}
     conf = _num(eps_info.get("confidence"))
@@ -179,9 +222,17 @@ def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
     rules: list[Rule] = []
     budget = policy.alpha - alpha_eps
     if uses_eps and (conf is None or budget <= 0):
-        rules.append(Rule("game.epsilon_confidence", conf, 1 - policy.alpha, ">", False,
-                          "the audit's ε bounds do not leave any of the policy's false-refusal "
-                          "budget for its tests; audit with a smaller --epsilon-alpha"))
+        rules.append(
+            Rule(
+                "game.epsilon_confidence",
+                conf,
+                1 - policy.alpha,
+                ">",
+                False,
+                "the audit's ε bounds do not leave any of the policy's false-refusal "
+                "budget for its tests; audit with a smaller --epsilon-alpha",
+            )
+        )
         budget = policy.alpha
     alpha_t = budget / max(1, n_tests)
     for name, group, lim in targets:
@@ -190,11 +241,13 @@ def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
         for key, pkey, fpr in _TESTS:
             effect = getattr(lim, pkey)
             if effect is not None:
-                rules.append(_test_rule(f"{prefix}.{key}", g, key, effect, fpr, alpha_t,
-                                        policy.power, group))
+                rules.append(
+                    _test_rule(f"{prefix}.{key}", g, key, effect, fpr, alpha_t, policy.power, group)
+                )
         if lim.max_epsilon_lower_bound is not None:
-            rules.append(_eps_rule(f"{prefix}.epsilon_lower_bound", g,
-                                   lim.max_epsilon_lower_bound, group))
+            rules.append(
+                _eps_rule(f"{prefix}.epsilon_lower_bound", g, lim.max_epsilon_lower_bound, group)
+            )
     return rules
 
 
@@ -208,7 +261,9 @@ def _init_mode(run_json: Mapping) -> str | None:
     return None
 
 
-def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, policy: Policy) -> Decision:
+def evaluate_policy(
+    run_json: Mapping, eval_json: Mapping, audit: Mapping, policy: Policy
+) -> Decision:
     """Applies ``policy`` to one release.
 
     Args:
@@ -228,31 +283,71 @@ def evaluate_policy(run_json: Mapping, eval_json: Mapping, audit: Mapping, polic
 
     for name in policy.required_attacks:
         ran = isinstance(attacks.get(name), Mapping)
-        rules.append(Rule(f"audit.attack_ran.{name}", ran, True, "present", ran,
-                          "" if ran else "attack missing from the audit's game"))
+        rules.append(
+            Rule(
+                f"audit.attack_ran.{name}",
+                ran,
+                True,
+                "present",
+                ran,
+                "" if ran else "attack missing from the audit's game",
+            )
+        )
     n_shadows = shadow_count(audit)
-    rules.append(Rule("audit.min_shadows", n_shadows, policy.min_shadows, ">=",
-                      n_shadows is not None and n_shadows >= policy.min_shadows,
-                      "" if n_shadows is not None else "shadow count missing in the audit"))
+    rules.append(
+        Rule(
+            "audit.min_shadows",
+            n_shadows,
+            policy.min_shadows,
+            ">=",
+            n_shadows is not None and n_shadows >= policy.min_shadows,
+            "" if n_shadows is not None else "shadow count missing in the audit",
+        )
+    )
 
     mode = _init_mode(run_json)
-    rules.append(Rule("init.mode", mode, list(policy.allowed_init_modes), "in",
-                      mode in policy.allowed_init_modes,
-                      "" if mode is not None else "init mode missing in run.json"))
+    rules.append(
+        Rule(
+            "init.mode",
+            mode,
+            list(policy.allowed_init_modes),
+            "in",
+            mode in policy.allowed_init_modes,
+            "" if mode is not None else "init mode missing in run.json",
+        )
+    )
     init = got if isinstance(got := audit.get("init"), Mapping) else {}
     if mode == "real":
         n_init = _int(init.get("n_init_records"))
         has = bool(attacks) and all(
             isinstance((a.get("groups") or {}).get("init"), Mapping)
-            for a in attacks.values() if isinstance(a, Mapping))
+            for a in attacks.values()
+            if isinstance(a, Mapping)
+        )
         ok = bool(n_init) and has and bool(init.get("init_aware_shadows"))
-        rules.append(Rule("init.records_audited", ok, True, "present", ok,
-                          "" if ok else "a real-init run needs its init records audited as a "
-                          "group by init-aware shadows; re-run rcig-release audit"))
+        rules.append(
+            Rule(
+                "init.records_audited",
+                ok,
+                True,
+                "present",
+                ok,
+                ""
+                if ok
+                else "a real-init run needs its init records audited as a "
+                "group by init-aware shadows; re-run rcig-release audit",
+            )
+        )
 
     acc = _num(eval_json.get("accuracy_mean"))
-    rules.append(_ge("utility.accuracy", acc, policy.min_accuracy,
-                     "" if acc is not None else "accuracy_mean missing in eval.json"))
+    rules.append(
+        _ge(
+            "utility.accuracy",
+            acc,
+            policy.min_accuracy,
+            "" if acc is not None else "accuracy_mean missing in eval.json",
+        )
+    )
     if policy.min_gain_over_naive is not None:
         rules.append(_gain_rule(acc, audit, policy.min_gain_over_naive))
 
@@ -277,8 +372,11 @@ def dp_rules(run_json: Mapping, policy: Policy) -> list[Rule]:
     for name, key, limit in pairs:
         value = _num(dp.get(key))
         note = "proven by the run's accountant" if key == "epsilon" else ""
-        rules.append(_le(name, value, limit, note) if value is not None else
-                     Rule(name, None, limit, "<=", False, f"dp.{key} missing or not a number"))
+        rules.append(
+            _le(name, value, limit, note)
+            if value is not None
+            else Rule(name, None, limit, "<=", False, f"dp.{key} missing or not a number")
+        )
     return rules
 
 
@@ -286,14 +384,29 @@ def _gain_rule(eval_acc: float | None, audit: Mapping, limit: float) -> Rule:
     """Accuracy over the naive release, on the same protocol where the audit gives both numbers."""
     naive, source = target_accuracy(baseline(audit, "naive"))
     if naive is None:
-        return Rule("utility.gain_over_naive", None, limit, ">=", False,
-                    "naive-release accuracy missing in the audit")
+        return Rule(
+            "utility.gain_over_naive",
+            None,
+            limit,
+            ">=",
+            False,
+            "naive-release accuracy missing in the audit",
+        )
     if source == "targets":
         own, _ = target_accuracy(audit)  # the audit's networks trained on this release
         if own is not None:
-            return _ge("utility.gain_over_naive", own - naive, limit, "audit target networks, both sets")
+            return _ge(
+                "utility.gain_over_naive", own - naive, limit, "audit target networks, both sets"
+            )
     if eval_acc is None:
-        return Rule("utility.gain_over_naive", None, limit, ">=", False, "accuracy_mean missing in eval.json")
+        return Rule(
+            "utility.gain_over_naive",
+            None,
+            limit,
+            ">=",
+            False,
+            "accuracy_mean missing in eval.json",
+        )
     return _ge("utility.gain_over_naive", eval_acc - naive, limit)
 
 

@@ -24,9 +24,26 @@ from rcig_release.release.safety import SafetyResult
 
 # SPDX ids whose lower-case form is also a Hugging Face licence id.
 _HF_LICENSES = {
-    "apache-2.0", "mit", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc-by-nc-sa-4.0",
-    "cc-by-nd-4.0", "cc-by-nc-nd-4.0", "bsd-2-clause", "bsd-3-clause", "odbl", "odc-by", "pddl",
-    "gpl-3.0", "lgpl-3.0", "mpl-2.0", "cdla-permissive-2.0", "cdla-sharing-1.0", "unlicense",
+    "apache-2.0",
+    "mit",
+    "cc0-1.0",
+    "cc-by-4.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-4.0",
+    "cc-by-nc-sa-4.0",
+    "cc-by-nd-4.0",
+    "cc-by-nc-nd-4.0",
+    "bsd-2-clause",
+    "bsd-3-clause",
+    "odbl",
+    "odc-by",
+    "pddl",
+    "gpl-3.0",
+    "lgpl-3.0",
+    "mpl-2.0",
+    "cdla-permissive-2.0",
+    "cdla-sharing-1.0",
+    "unlicense",
 }
 ATTACK_ORDER = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 
@@ -64,8 +81,12 @@ def hf_license(spdx: str | None) -> dict[str, str]:
 
 
 def size_category(n: int) -> str:
-    for hi, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                      (1_000_000, "100K<n<1M")):
+    for hi, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < hi:
             return label
     return "1M<n<10M"
@@ -79,7 +100,7 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         if not math.isfinite(x):
             return "n/a"
-        if x != 0 and abs(x) < 0.5 * 10 ** -digits:  # would print as 0.000: a learning rate, say
+        if x != 0 and abs(x) < 0.5 * 10**-digits:  # would print as 0.000: a learning rate, say
             return f"{x:.1e}"
         return f"{x:.{digits}f}"
     if isinstance(x, (list, tuple)):
@@ -104,7 +125,11 @@ def headline_rows(audit: Mapping) -> list[list[str]]:
     """One row per attack: this release's AUC and calibrated TPR@1%, then the game's pooled AUC,
     its p-value of "at chance" and ε lower bound (largest showable), then the baselines' games."""
     attacks = audit.get("attacks") or {}
-    game = (audit.get("game") or {}).get("attacks") or {} if isinstance(audit.get("game"), Mapping) else {}
+    game = (
+        (audit.get("game") or {}).get("attacks") or {}
+        if isinstance(audit.get("game"), Mapping)
+        else {}
+    )
     names = [a for a in ATTACK_ORDER if a in attacks or a in game]
     names += sorted((set(attacks) | set(game)) - set(ATTACK_ORDER))
     naive, real = baseline(audit, "naive"), baseline(audit, "real")
@@ -112,19 +137,31 @@ def headline_rows(audit: Mapping) -> list[list[str]]:
     for a in names:
         m, g = attacks.get(a) or {}, _game_all(audit, a)
         eps = g.get("epsilon_lower_bound")
-        rows.append([
-            a,
-            fmt(m.get("auc")), fmt(_tpr(m, "0.01")),
-            fmt(g.get("auc")), fmt((g.get("p_value") or {}).get("auc")),
-            "n/a" if eps is None else f"{fmt(eps, 2)} (of {fmt(g.get('max_epsilon'), 2)})",
-            fmt(_game_all(naive, a).get("auc")), fmt(_game_all(real, a).get("auc")),
-        ])
+        rows.append(
+            [
+                a,
+                fmt(m.get("auc")),
+                fmt(_tpr(m, "0.01")),
+                fmt(g.get("auc")),
+                fmt((g.get("p_value") or {}).get("auc")),
+                "n/a" if eps is None else f"{fmt(eps, 2)} (of {fmt(g.get('max_epsilon'), 2)})",
+                fmt(_game_all(naive, a).get("auc")),
+                fmt(_game_all(real, a).get("auc")),
+            ]
+        )
     return rows
 
 
-HEADLINE_HEADER = ["attack", "this release AUC", "this release TPR@1%FPR", "game AUC",
-                   "game p (AUC at chance)", "game ε lower bound", "naive game AUC",
-                   "real-model game AUC"]
+HEADLINE_HEADER = [
+    "attack",
+    "this release AUC",
+    "this release TPR@1%FPR",
+    "game AUC",
+    "game p (AUC at chance)",
+    "game ε lower bound",
+    "naive game AUC",
+    "real-model game AUC",
+]
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -161,15 +198,31 @@ def _utility_rows(s: Summary) -> list[list[str]]:
     e = s.eval_json
     acc = e.get("accuracy_mean")
     std = e.get("accuracy_std")
-    rows = [["this release (evaluate)", f"{fmt(acc)} ± {fmt(std)}", fmt(e.get("arch")), fmt(e.get("models"))]]
+    rows = [
+        [
+            "this release (evaluate)",
+            f"{fmt(acc)} ± {fmt(std)}",
+            fmt(e.get("arch")),
+            fmt(e.get("models")),
+        ]
+    ]
     own, source = target_accuracy(s.audit)
     if own is not None:
         rows.append(["this release (audit target networks)", fmt(own), "", ""])
-    for kind, label in (("naive", "naive release (same number of random real images)"),
-                        ("real", "network trained on the full private training split")):
+    for kind, label in (
+        ("naive", "naive release (same number of random real images)"),
+        ("real", "network trained on the full private training split"),
+    ):
         b_acc, b_src = target_accuracy(baseline(s.audit, kind))
         if b_acc is not None:
-            rows.append([label + (" (audit target networks)" if b_src == "targets" else ""), fmt(b_acc), "", ""])
+            rows.append(
+                [
+                    label + (" (audit target networks)" if b_src == "targets" else ""),
+                    fmt(b_acc),
+                    "",
+                    "",
+                ]
+            )
     return rows
 
 
@@ -180,27 +233,36 @@ def card_metadata(s: Summary) -> dict[str, Any]:
     features = [
         {"name": "image", "dtype": "image"},
         {"name": "index", "dtype": "int64"},
-        {"name": "label", "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(s.classes)}}}},
+        {
+            "name": "label",
+            "dtype": {"class_label": {"names": {str(i): c for i, c in enumerate(s.classes)}}},
+        },
         {"name": "soft_label", "sequence": "float32"},
     ]
     meta: dict[str, Any] = dict(hf_license(s.license_spdx))
-    meta.update({
-        "pretty_name": s.name,
-        "task_categories": ["image-classification"],
-        "task_ids": ["multi-class-image-classification"],
-        "size_categories": [size_category(s.n_images)],
-        "annotations_creators": ["machine-generated"],
-        "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"]
-        + (["differential-privacy"] if run_dp(s) is not None else []),
-        "dataset_info": {"features": features},
-        # the imagefolder builder takes its features from the config (dataset_info alone is
-        # replaced by what it infers from metadata.jsonl: an int label without names)
-        "configs": [{
-            "config_name": "default",
-            "data_files": [{"split": "train", "path": ["data/metadata.jsonl", "data/images/*/*.png"]}],
-            "features": features,
-        }],
-    })
+    meta.update(
+        {
+            "pretty_name": s.name,
+            "task_categories": ["image-classification"],
+            "task_ids": ["multi-class-image-classification"],
+            "size_categories": [size_category(s.n_images)],
+            "annotations_creators": ["machine-generated"],
+            "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"]
+            + (["differential-privacy"] if run_dp(s) is not None else []),
+            "dataset_info": {"features": features},
+            # the imagefolder builder takes its features from the config (dataset_info alone is
+            # replaced by what it infers from metadata.jsonl: an int label without names)
+            "configs": [
+                {
+                    "config_name": "default",
+                    "data_files": [
+                        {"split": "train", "path": ["data/metadata.jsonl", "data/images/*/*.png"]}
+                    ],
+                    "features": features,
+                }
+            ],
+        }
+    )
     return meta
 
 
@@ -212,15 +274,23 @@ def front_matter(meta: Mapping[str, Any]) -> str:
         def ignore_aliases(self, data):
             return True
 
-    text = yaml.dump(dict(meta), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False, width=2 ** 31 - 1)
+    text = yaml.dump(
+        dict(meta),
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+        width=2**31 - 1,
+    )
     return "---\n" + text + "---\n"
 
 
 def _class_rows(s: Summary) -> list[list[str]]:
     dirs = s.class_dirs or ("",) * len(s.classes)
-    return [[str(i), c, f"data/images/{d}/" if d else "", str(n)]
-            for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class, strict=True))]
+    return [
+        [str(i), c, f"data/images/{d}/" if d else "", str(n)]
+        for i, (c, d, n) in enumerate(zip(s.classes, dirs, s.per_class, strict=True))
+    ]
 
 
 def run_dp(s: Summary) -> Mapping | None:
@@ -237,23 +307,33 @@ def dp_rows(dp: Mapping, audit: Mapping) -> list[list[str]]:
         ["ε (proven by the accountant)", _g(dp["epsilon"])],
         ["δ", _g(dp["delta"])],
         ["unit of privacy", str(dp["unit"])],
-        ["neighbouring data sets", NEIGHBOURING_TEXT.get(dp["neighbouring"], str(dp["neighbouring"]))],
+        [
+            "neighbouring data sets",
+            NEIGHBOURING_TEXT.get(dp["neighbouring"], str(dp["neighbouring"])),
+        ],
         ["mechanism", str(dp["mechanism"])],
         ["accountant", f"{dp['accountant']} (dp-accounting {dp['accountant_version']})"],
         ["noise multiplier σ", _g(dp["noise_multiplier"])],
         ["clip norm", _g(dp["clip_norm"])],
         ["sampling", f"{dp['sampling']}, rate {_g(dp['sampling_rate'])}"],
         ["steps", _g(dp["steps"])],
-        ["batch size", f"expected {_g(dp['expected_batch_size'])}, at most {_g(dp['max_batch_size'])}"],
+        [
+            "batch size",
+            f"expected {_g(dp['expected_batch_size'])}, at most {_g(dp['max_batch_size'])}",
+        ],
         ["target ε", _g(dp["target_epsilon"])],
         ["preprocessing", str(dp["preprocessing"])],
     ]
     a = audit.get("dp") if isinstance(audit.get("dp"), Mapping) else {}
     if a:
-        rows.append(["audit: empirical ε lower bound at this δ",
-                     f"{fmt(a.get('empirical_epsilon_lower_bound'), 4)} (largest showable "
-                     f"{fmt(a.get('largest_showable_epsilon'), 4)}, joint confidence "
-                     f"{fmt(a.get('confidence'))}): {a.get('verdict')}"])
+        rows.append(
+            [
+                "audit: empirical ε lower bound at this δ",
+                f"{fmt(a.get('empirical_epsilon_lower_bound'), 4)} (largest showable "
+                f"{fmt(a.get('largest_showable_epsilon'), 4)}, joint confidence "
+                f"{fmt(a.get('confidence'))}): {a.get('verdict')}",
+            ]
+        )
     return rows
 
 
@@ -264,20 +344,25 @@ def dp_card_section(s: Summary) -> str:
     """The card's "Differential privacy" section: the guarantee, or plainly none."""
     dp = run_dp(s)
     if dp is None:
-        return ("This release has **no differential-privacy guarantee**: it was not made by a "
-                "differentially private mechanism. The audit below measures leakage empirically; it "
-                "does not bound it.\n")
-    return (f"This release is **(ε = {md(dp_g(dp['epsilon']))}, δ = {md(dp_g(dp['delta']))})-differentially "
-            f"private** with respect to adding or removing **one training image** of the private data: "
-            f"for any two training sets that differ in one image, the probability of any set of "
-            f"released images differs by at most a factor e^ε, except with probability δ. The proof "
-            f"covers the mechanism below; ε was computed by the accountant and `rcig-release verify` "
-            f"recomputes it from the noise multiplier, sampling rate, steps and δ.\n\n"
-            + _md_table(DP_HEADER, dp_rows(dp, s.audit)) + "\n\n"
-            "The audit's empirical ε lower bound (at the same δ, at its joint confidence) must not "
-            "exceed the proven ε; a bound above it would be a bug or a broken assumption, and "
-            "`release` refuses such an audit. A lower bound far below ε does not make ε smaller: "
-            "the guarantee is ε.\n")
+        return (
+            "This release has **no differential-privacy guarantee**: it was not made by a "
+            "differentially private mechanism. The audit below measures leakage empirically; it "
+            "does not bound it.\n"
+        )
+    return (
+        f"This release is **(ε = {md(dp_g(dp['epsilon']))}, δ = {md(dp_g(dp['delta']))})-differentially "
+        f"private** with respect to adding or removing **one training image** of the private data: "
+        f"for any two training sets that differ in one image, the probability of any set of "
+        f"released images differs by at most a factor e^ε, except with probability δ. The proof "
+        f"covers the mechanism below; ε was computed by the accountant and `rcig-release verify` "
+        f"recomputes it from the noise multiplier, sampling rate, steps and δ.\n\n"
+        + _md_table(DP_HEADER, dp_rows(dp, s.audit))
+        + "\n\n"
+        "The audit's empirical ε lower bound (at the same δ, at its joint confidence) must not "
+        "exceed the proven ε; a bound above it would be a bug or a broken assumption, and "
+        "`release` refuses such an audit. A lower bound far below ε does not make ε smaller: "
+        "the guarantee is ε.\n"
+    )
 
 
 def dp_g(x: Any) -> str:
@@ -303,28 +388,42 @@ def dataset_card(s: Summary) -> str:
     failed = s.decision.failed
     failed_text = ""
     if failed:
-        failed_text = "\nFailed rules:\n\n" + _md_table(
-            ["rule", "value", "limit", "outcome", "note"], [_rule_row(r) for r in failed]) + "\n"
+        failed_text = (
+            "\nFailed rules:\n\n"
+            + _md_table(
+                ["rule", "value", "limit", "outcome", "note"], [_rule_row(r) for r in failed]
+            )
+            + "\n"
+        )
     n_shadows = shadow_count(s.audit)
-    real_init_note = (" The images started from real private images and may retain visual traits of them."
-                      if _init_mode(s) == "real" else "")
+    real_init_note = (
+        " The images started from real private images and may retain visual traits of them."
+        if _init_mode(s) == "real"
+        else ""
+    )
     dp = run_dp(s)
     if dp is None:
-        out_of_scope_dp = ("any claim of formal differential privacy (none is given: the audit "
-                           "measures leakage empirically, it does not bound it)")
+        out_of_scope_dp = (
+            "any claim of formal differential privacy (none is given: the audit "
+            "measures leakage empirically, it does not bound it)"
+        )
         audit_dp_note = "any formal privacy guarantee"
     else:
-        out_of_scope_dp = (f"any privacy claim beyond the ({md(dp_g(dp['epsilon']))}, "
-                           f"{md(dp_g(dp['delta']))}) guarantee of **Differential privacy** (it is "
-                           "about one training image, not about groups of images or people with "
-                           "several images)")
-        audit_dp_note = ("a formal guarantee (that is the accountant's, in **Differential "
-                         "privacy**; the audit only checks it is not contradicted)")
+        out_of_scope_dp = (
+            f"any privacy claim beyond the ({md(dp_g(dp['epsilon']))}, "
+            f"{md(dp_g(dp['delta']))}) guarantee of **Differential privacy** (it is "
+            "about one training image, not about groups of images or people with "
+            "several images)"
+        )
+        audit_dp_note = (
+            "a formal guarantee (that is the accountant's, in **Differential "
+            "privacy**; the audit only checks it is not contradicted)"
+        )
     body = f"""
 # {md(s.name)}
 
 A synthetic image-classification set of {s.n_images} images ({len(s.classes)} classes,
-{'×'.join(str(d) for d in s.image_shape)} pixels) distilled with RCIG from a private image set,
+{"×".join(str(d) for d in s.image_shape)} pixels) distilled with RCIG from a private image set,
 released behind a privacy policy after a membership-inference audit. The images are optimised
 synthetic images, not photographs of people or records, but they are derived from private data:
 read **Privacy considerations** before using them.
@@ -440,7 +539,9 @@ font-weight:bold}img{max-width:100%;border:1px solid #ddd}code{background:#f5f5f
 """
 
 
-def _h_table(header: Sequence[str], rows: Sequence[Sequence[Any]], bad_col: int | None = None) -> str:
+def _h_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], bad_col: int | None = None
+) -> str:
     out = ["<table><thead><tr>"] + [f"<th>{html.escape(str(h))}</th>" for h in header]
     out.append("</tr></thead><tbody>")
     for row in rows:
@@ -463,29 +564,44 @@ def _img(png: bytes | None, alt: str) -> str:
 def _dp_html(s: Summary) -> str:
     dp = run_dp(s)
     if dp is None:
-        return ("<p>This release has <b>no differential-privacy guarantee</b>: it was not made by a "
-                "differentially private mechanism; the audit measures leakage empirically, it does "
-                "not bound it.</p>")
-    return (f"<p>This release is <b>(ε = {html.escape(dp_g(dp['epsilon']))}, "
-            f"δ = {html.escape(dp_g(dp['delta']))})-differentially private</b> with respect to adding "
-            "or removing one training image.</p>" + _h_table(DP_HEADER, dp_rows(dp, s.audit)))
+        return (
+            "<p>This release has <b>no differential-privacy guarantee</b>: it was not made by a "
+            "differentially private mechanism; the audit measures leakage empirically, it does "
+            "not bound it.</p>"
+        )
+    return (
+        f"<p>This release is <b>(ε = {html.escape(dp_g(dp['epsilon']))}, "
+        f"δ = {html.escape(dp_g(dp['delta']))})-differentially private</b> with respect to adding "
+        "or removing one training image.</p>" + _h_table(DP_HEADER, dp_rows(dp, s.audit))
+    )
 
 
 def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None) -> str:
     """report/report.html: one self-contained page (no external resources, images embedded)."""
     e = html.escape
     verdict = s.verdict
-    headline = {"pass": "Policy passed", "fail": "Policy failed",
-                "overridden": "Policy failed, released with an override"}[verdict]
-    override = (f"<p><b>Override reason:</b> {e(s.override)}</p>" if s.override else "")
+    headline = {
+        "pass": "Policy passed",
+        "fail": "Policy failed",
+        "overridden": "Policy failed, released with an override",
+    }[verdict]
+    override = f"<p><b>Override reason:</b> {e(s.override)}</p>" if s.override else ""
     cc = s.audit.get("copy_check") or {}
-    cc_rows = [[i, fmt(r["nearest_train"], 4), fmt(r["nearest_test"], 4), fmt(r["ratio"]), fmt(r["near_copy"])]
-               for i, r in enumerate(copy_rows(cc))]
+    cc_rows = [
+        [
+            i,
+            fmt(r["nearest_train"], 4),
+            fmt(r["nearest_test"], 4),
+            fmt(r["ratio"]),
+            fmt(r["near_copy"]),
+        ]
+        for i, r in enumerate(copy_rows(cc))
+    ]
     audit_cfg = got if isinstance(got := s.audit.get("config"), Mapping) else {}
     rule_header = ["rule", "value", "limit", "outcome", "note"]
     parts = [
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">",
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>{e(s.name)}: release report</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(s.name)}: release report</h1>",
         f'<div class="verdict {verdict}"><b>{e(headline)}</b>: policy <code>{e(s.decision.policy_name)}</code>, '
@@ -494,8 +610,12 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"({s.safety.flagged} image(s) flagged by the memorisation check; {s.safety.exact_copies} exact "
         f"copies, {s.safety.within_threshold} near copies).</div>",
         override,
-        ("<h3>Failed rules</h3>" + _h_table(rule_header, [_rule_row(r) for r in s.decision.failed], 3))
-        if s.decision.failed else "",
+        (
+            "<h3>Failed rules</h3>"
+            + _h_table(rule_header, [_rule_row(r) for r in s.decision.failed], 3)
+        )
+        if s.decision.failed
+        else "",
         "<h2>Differential privacy</h2>",
         _dp_html(s),
         "<h2>Membership-inference ROC (log-log)</h2>",
@@ -508,8 +628,12 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"{e(fmt(cc.get('threshold'), 4))}). Release safety check, recomputed from the private splits "
         f"({e(s.safety.metric)} distance): {e(s.safety.describe())}.</p>",
         _img(copy_plot, "copy-check distances"),
-        _h_table(["image", "nearest train distance", "nearest held-out distance", "ratio", "near copy"], cc_rows)
-        if cc_rows else "",
+        _h_table(
+            ["image", "nearest train distance", "nearest held-out distance", "ratio", "near copy"],
+            cc_rows,
+        )
+        if cc_rows
+        else "",
         "<h2>Utility</h2>",
         _h_table(["trained on", "test accuracy", "architecture", "networks"], _utility_rows(s)),
         "<h2>Baselines: the same attacks on the naive release and on a real model</h2>",

@@ -24,12 +24,31 @@ from typing import Any, TypeGuard
 from rcig_release.errors import InputError
 from rcig_release.rcig.accounting import ACCOUNTANT, accountant_version, epsilon_for
 
-DP_KEYS = ("epsilon", "target_epsilon", "delta", "noise_multiplier", "clip_norm", "sampling_rate",
-           "steps", "expected_batch_size", "max_batch_size", "sampling", "neighbouring", "unit",
-           "mechanism", "accountant", "accountant_version", "preprocessing")
+DP_KEYS = (
+    "epsilon",
+    "target_epsilon",
+    "delta",
+    "noise_multiplier",
+    "clip_norm",
+    "sampling_rate",
+    "steps",
+    "expected_batch_size",
+    "max_batch_size",
+    "sampling",
+    "neighbouring",
+    "unit",
+    "mechanism",
+    "accountant",
+    "accountant_version",
+    "preprocessing",
+)
 # The vocabulary this tool can recompute and state; another value is refused, not re-described.
-FIXED = {"sampling": "poisson", "neighbouring": "add_remove_one", "unit": "one training image",
-         "accountant": ACCOUNTANT}
+FIXED = {
+    "sampling": "poisson",
+    "neighbouring": "add_remove_one",
+    "unit": "one training image",
+    "accountant": ACCOUNTANT,
+}
 NEIGHBOURING_TEXT = {"add_remove_one": "add or remove one training image"}
 # Recorded ε against the recomputation: the PLD accountant is deterministic for given inputs and
 # version, so only float formatting separates them.
@@ -39,9 +58,11 @@ EPS_RTOL = 1e-6
 VIOLATION_TOL = 1e-6
 VERDICT_CONSISTENT = "consistent"
 VERDICT_VIOLATION = "dp-violation"
-VIOLATION_MEANING = ("this is a bug in the mechanism or its accounting, or a broken assumption (the "
-                     "shadows did not run the accounted mechanism, sampling was not Poisson, a "
-                     "record entered outside the mechanism), not a privacy measurement")
+VIOLATION_MEANING = (
+    "this is a bug in the mechanism or its accounting, or a broken assumption (the "
+    "shadows did not run the accounted mechanism, sampling was not Poisson, a "
+    "record entered outside the mechanism), not a privacy measurement"
+)
 
 
 def _real(x: Any) -> TypeGuard[int | float]:
@@ -84,16 +105,24 @@ def validate_dp(dp: Any, where: str = "run.json dp") -> dict:
 
 def check_epsilon(dp: Mapping, where: str = "run.json dp") -> str | None:
     """None when the recorded ε is the accountant's ε for the recorded σ, q, steps, δ; else why not."""
-    eps = epsilon_for(float(dp["noise_multiplier"]), float(dp["delta"]), float(dp["sampling_rate"]),
-                      int(dp["steps"]))
+    eps = epsilon_for(
+        float(dp["noise_multiplier"]),
+        float(dp["delta"]),
+        float(dp["sampling_rate"]),
+        int(dp["steps"]),
+    )
     if not math.isclose(float(dp["epsilon"]), eps, rel_tol=EPS_RTOL, abs_tol=0.0):
         version = ""
         if dp.get("accountant_version") != accountant_version():
-            version = (f" (recorded with dp-accounting {dp.get('accountant_version')}, recomputed "
-                       f"with {accountant_version()})")
-        return (f"{where}: epsilon {float(dp['epsilon']):.6g} is not what the accountant gives for "
-                f"noise_multiplier {dp['noise_multiplier']}, sampling_rate {dp['sampling_rate']}, "
-                f"steps {dp['steps']}, delta {dp['delta']}: {eps:.6g}{version}")
+            version = (
+                f" (recorded with dp-accounting {dp.get('accountant_version')}, recomputed "
+                f"with {accountant_version()})"
+            )
+        return (
+            f"{where}: epsilon {float(dp['epsilon']):.6g} is not what the accountant gives for "
+            f"noise_multiplier {dp['noise_multiplier']}, sampling_rate {dp['sampling_rate']}, "
+            f"steps {dp['steps']}, delta {dp['delta']}: {eps:.6g}{version}"
+        )
     return None
 
 
@@ -116,22 +145,35 @@ def audit_consistency(run_dp: Mapping | None, audit: Mapping) -> tuple[str | Non
             return "audit.json has a dp section but run.json has no dp statement", None
         return None, None
     if not isinstance(a, Mapping):
-        return ("the run is differentially private but its audit did not compare its empirical ε "
-                "lower bound with the proven ε (an audit from before DP-RCIG); re-run rcig-release "
-                "audit"), None
-    lb, proven, delta = a.get("empirical_epsilon_lower_bound"), a.get("proven_epsilon"), a.get("delta")
+        return (
+            "the run is differentially private but its audit did not compare its empirical ε "
+            "lower bound with the proven ε (an audit from before DP-RCIG); re-run rcig-release "
+            "audit"
+        ), None
+    lb, proven, delta = (
+        a.get("empirical_epsilon_lower_bound"),
+        a.get("proven_epsilon"),
+        a.get("delta"),
+    )
     if _real(lb) and lb < 0:
         return "audit.json dp: empirical_epsilon_lower_bound must be >= 0", None
     if not (_real(lb) and _real(proven) and _real(delta)):
-        return "audit.json dp: empirical_epsilon_lower_bound, proven_epsilon and delta must be numbers", None
+        return (
+            "audit.json dp: empirical_epsilon_lower_bound, proven_epsilon and delta must be numbers",
+            None,
+        )
     if proven != run_dp["epsilon"] or delta != run_dp["delta"]:
-        return (f"audit.json dp compared ε {proven} at δ {delta}, but run.json states ε "
-                f"{run_dp['epsilon']} at δ {run_dp['delta']} (a stale audit? re-run it)"), None
+        return (
+            f"audit.json dp compared ε {proven} at δ {delta}, but run.json states ε "
+            f"{run_dp['epsilon']} at δ {run_dp['delta']} (a stale audit? re-run it)"
+        ), None
     recorded = a.get("verdict") == VERDICT_VIOLATION or a.get("consistent") is False
     if violates(float(lb), float(proven)) or recorded:
-        return None, (f"the audit's verdict is {VERDICT_VIOLATION}: empirical ε lower bound "
-                      f"{float(lb):.4g} > proven ε {float(proven):.4g} at δ {delta:g}; "
-                      f"{VIOLATION_MEANING}")
+        return None, (
+            f"the audit's verdict is {VERDICT_VIOLATION}: empirical ε lower bound "
+            f"{float(lb):.4g} > proven ε {float(proven):.4g} at δ {delta:g}; "
+            f"{VIOLATION_MEANING}"
+        )
     return None, None
 
 
@@ -145,22 +187,35 @@ def audit_check(audit_dp: Mapping | None) -> dict | None:
     """The part of the audit's dp section the verdict repeats."""
     if not isinstance(audit_dp, Mapping):
         return None
-    return {k: audit_dp.get(k) for k in ("empirical_epsilon_lower_bound", "largest_showable_epsilon",
-                                         "confidence", "delta", "consistent", "verdict")}
+    return {
+        k: audit_dp.get(k)
+        for k in (
+            "empirical_epsilon_lower_bound",
+            "largest_showable_epsilon",
+            "confidence",
+            "delta",
+            "consistent",
+            "verdict",
+        )
+    }
 
 
 def statement(dp: Mapping) -> str:
     """One plain sentence of the guarantee (card, croissant); numbers via ``%g``-style formatting."""
-    return (f"({_g(dp['epsilon'])}, {_g(dp['delta'])})-differentially private with respect to "
-            f"{NEIGHBOURING_TEXT.get(dp['neighbouring'], dp['neighbouring'])} (unit of privacy: "
-            f"{dp['unit']}), by the {dp['mechanism']} mechanism: noise multiplier "
-            f"{_g(dp['noise_multiplier'])}, clip norm {_g(dp['clip_norm'])}, {dp['sampling']} "
-            f"sampling at rate {_g(dp['sampling_rate'])} for {dp['steps']} steps; ε from the "
-            f"{dp['accountant']} accountant (dp-accounting {dp['accountant_version']})")
+    return (
+        f"({_g(dp['epsilon'])}, {_g(dp['delta'])})-differentially private with respect to "
+        f"{NEIGHBOURING_TEXT.get(dp['neighbouring'], dp['neighbouring'])} (unit of privacy: "
+        f"{dp['unit']}), by the {dp['mechanism']} mechanism: noise multiplier "
+        f"{_g(dp['noise_multiplier'])}, clip norm {_g(dp['clip_norm'])}, {dp['sampling']} "
+        f"sampling at rate {_g(dp['sampling_rate'])} for {dp['steps']} steps; ε from the "
+        f"{dp['accountant']} accountant (dp-accounting {dp['accountant_version']})"
+    )
 
 
-NO_GUARANTEE = ("no differential-privacy guarantee: this release was not made by a differentially "
-                "private mechanism; the audit measures leakage empirically, it does not bound it")
+NO_GUARANTEE = (
+    "no differential-privacy guarantee: this release was not made by a differentially "
+    "private mechanism; the audit measures leakage empirically, it does not bound it"
+)
 
 
 def _g(x: Any) -> str:

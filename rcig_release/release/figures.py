@@ -29,7 +29,14 @@ _MEMBER_KEYS = ("member", "members", "membership", "is_member", "labels")
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # tight bounding box: no axis label or title is clipped, whatever its length
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.15)
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=100,
+        metadata={"Software": None},
+        bbox_inches="tight",
+        pad_inches=0.15,
+    )
     plt.close(fig)
     return buf.getvalue()
 
@@ -43,7 +50,9 @@ def _score_curves(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
         return {}
     curves = {}
     keys = sorted(scores)
-    if any("__" in k for k in keys):  # audit runner layout: "<pipeline>__<attack>"; plot the release
+    if any(
+        "__" in k for k in keys
+    ):  # audit runner layout: "<pipeline>__<attack>"; plot the release
         keys = [k for k in keys if k.startswith("release__")]
     for key in keys:
         if key == member_key or key.startswith("record_"):
@@ -55,7 +64,10 @@ def _score_curves(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
         if not np.isfinite(s).all():
             continue
         fpr, tpr, _ = roc_curve(member, s)
-        curves[key.removeprefix("release__").removeprefix("scores_").removeprefix("score_")] = (fpr, tpr)
+        curves[key.removeprefix("release__").removeprefix("scores_").removeprefix("score_")] = (
+            fpr,
+            tpr,
+        )
     return curves
 
 
@@ -70,8 +82,11 @@ def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
         ax.set_title("ROC of every attack (log-log)")
     else:
         for name, m in sorted((audit.get("attacks") or {}).items()):
-            pts = [(float(f), float(t)) for f, t in (m.get("tpr_at_fpr") or {}).items()
-                   if isinstance(t, (int, float)) and not isinstance(t, bool)]
+            pts = [
+                (float(f), float(t))
+                for f, t in (m.get("tpr_at_fpr") or {}).items()
+                if isinstance(t, (int, float)) and not isinstance(t, bool)
+            ]
             if pts:
                 pts.sort()
                 ax.plot([p[0] for p in pts], [max(p[1], floor) for p in pts], "o-", label=name)
@@ -132,8 +147,14 @@ def label_lines(text: str, width: float, measure, max_lines: int) -> list[str]:
     return lines
 
 
-def grid_png(images: np.ndarray, classes: Sequence[str], image_class: np.ndarray, *, cell: int = 56,
-             max_cols: int = 20) -> bytes:
+def grid_png(
+    images: np.ndarray,
+    classes: Sequence[str],
+    image_class: np.ndarray,
+    *,
+    cell: int = 56,
+    max_cols: int = 20,
+) -> bytes:
     """The released images, one row per class (at most ``max_cols``), as a PIL mosaic. Each row is
     labelled ``<class id>: <name>``, wrapped (ellipsised past 4 lines), undrawable characters as
     code points; the report's class table has every full name."""
@@ -148,15 +169,21 @@ def grid_png(images: np.ndarray, classes: Sequence[str], image_class: np.ndarray
     draw = ImageDraw.Draw(canvas)
     for r, name in enumerate(classes):
         y = pad + r * (cell + pad)
-        lines = label_lines(f"{r}: {drawable_name(str(name), covered)}", label_w - 2 * pad,
-                            font.getlength, max_lines=cell // line_h)
+        lines = label_lines(
+            f"{r}: {drawable_name(str(name), covered)}",
+            label_w - 2 * pad,
+            font.getlength,
+            max_lines=cell // line_h,
+        )
         top = y + (cell - len(lines) * line_h) // 2
         for k, line in enumerate(lines):
             draw.text((pad, top + k * line_h), line, fill="black", font=font)
         for c, i in enumerate(np.flatnonzero(image_class == r)[:n_cols]):
             px = np.round(np.clip(images[i], 0, 1) * 255).astype(np.uint8)
             tile = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px).convert("RGB")
-            canvas.paste(tile.resize((cell, cell), Image.Resampling.NEAREST), (label_w + c * (cell + pad), y))
+            canvas.paste(
+                tile.resize((cell, cell), Image.Resampling.NEAREST), (label_w + c * (cell + pad), y)
+            )
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
@@ -166,8 +193,11 @@ def copy_check_png(copy_check: Mapping) -> bytes | None:
     """Nearest-train vs nearest-held-out distance per released image, with the threshold."""
     from rcig_release.release.auditview import copy_rows
 
-    ok = [(r["nearest_train"], r["nearest_test"]) for r in copy_rows(copy_check)
-          if r["nearest_train"] is not None and r["nearest_test"] is not None]
+    ok = [
+        (r["nearest_train"], r["nearest_test"])
+        for r in copy_rows(copy_check)
+        if r["nearest_train"] is not None and r["nearest_test"] is not None
+    ]
     if not ok:
         return None
     a, b = np.array(ok, dtype=np.float64).T

@@ -46,7 +46,9 @@ def file_sha256(path: Path) -> str:
 
 def _array_part(name: str, a: np.ndarray) -> bytes:
     a = np.ascontiguousarray(a)
-    header = json.dumps({"name": name, "dtype": a.dtype.newbyteorder("<").str, "shape": list(a.shape)})
+    header = json.dumps(
+        {"name": name, "dtype": a.dtype.newbyteorder("<").str, "shape": list(a.shape)}
+    )
     return header.encode() + b"\n" + a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
 
 

@@ -39,7 +39,9 @@ class ReleaseInputs:
     content_sha256: str  # hashing.arrays_sha256(images, labels, classes)
     roc_png: bytes | None  # RUN/audit/roc.png when present
     scores: dict[str, np.ndarray] | None  # RUN/audit/scores.npz when present
-    init_indices: np.ndarray | None = None  # int64 [N]: training record each image started from, -1 none
+    init_indices: np.ndarray | None = (
+        None  # int64 [N]: training record each image started from, -1 none
+    )
 
 
 def read_nofollow(path: Path, what: str) -> bytes:
@@ -84,19 +86,24 @@ def load_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
         raise InputError(f"{what} is not a readable npz (or holds pickled objects)") from None
 
 
-def validate_arrays(arrays: Mapping[str, np.ndarray],
-                    what: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+def validate_arrays(
+    arrays: Mapping[str, np.ndarray], what: str
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Checks and returns (images float32 [N,H,W,C], labels float32 [N,C], classes)."""
     for key in ("images", "labels", "classes"):
         if key not in arrays:
             raise InputError(f"{what}: missing array {key!r}")
     images, labels, classes = arrays["images"], arrays["labels"], arrays["classes"]
     if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3):
-        raise InputError(f"{what}: images must be [N,H,W,C] with N > 0 and C in (1, 3), got {images.shape}")
+        raise InputError(
+            f"{what}: images must be [N,H,W,C] with N > 0 and C in (1, 3), got {images.shape}"
+        )
     if not np.issubdtype(images.dtype, np.floating) or not np.issubdtype(labels.dtype, np.floating):
         raise InputError(f"{what}: images and labels must be floating point")
     if labels.ndim != 2 or labels.shape[0] != images.shape[0]:
-        raise InputError(f"{what}: labels must be [N,C] with N = {images.shape[0]}, got {labels.shape}")
+        raise InputError(
+            f"{what}: labels must be [N,C] with N = {images.shape[0]}, got {labels.shape}"
+        )
     if classes.ndim != 1 or classes.dtype.kind != "U" or classes.shape[0] != labels.shape[1]:
         raise InputError(f"{what}: classes must be {labels.shape[1]} strings")
     if not (np.isfinite(images).all() and np.isfinite(labels).all()):
@@ -149,17 +156,24 @@ def validate_game(game: Any) -> None:
             if not isinstance(folds, list) or not folds:
                 raise InputError(f"audit.json: {where}.folds must be a non-empty list")
             for i, f in enumerate(folds):
-                tests = [f.get("auc")] + list((f.get("tpr_at_fpr") or {}).values()) \
-                    if isinstance(f, Mapping) else [None]
+                tests = (
+                    [f.get("auc")] + list((f.get("tpr_at_fpr") or {}).values())
+                    if isinstance(f, Mapping)
+                    else [None]
+                )
                 for t in tests:
                     if not isinstance(t, Mapping):
                         raise InputError(f"audit.json: {where}.folds[{i}] is malformed")
                     _count_field(t.get("n_in"), f"{where}.folds[{i}] n_in")
                     _count_field(t.get("n_out"), f"{where}.folds[{i}] n_out")
     eps = game.get("epsilon")
-    if eps is not None and (not isinstance(eps, Mapping) or
-                            (eps.get("confidence") is not None and
-                             not (_finite(eps["confidence"]) and 0 < eps["confidence"] < 1))):
+    if eps is not None and (
+        not isinstance(eps, Mapping)
+        or (
+            eps.get("confidence") is not None
+            and not (_finite(eps["confidence"]) and 0 < eps["confidence"] < 1)
+        )
+    ):
         raise InputError("audit.json: game.epsilon.confidence must be a number in (0, 1)")
 
 
@@ -216,7 +230,9 @@ def init_indices_of(arrays: Mapping[str, np.ndarray], run_json: Mapping, n: int)
     if checked:
         return checked[0]
     mode = init.get("mode") if isinstance(init, Mapping) else None
-    if mode == "real" or (isinstance(run_json.get("config"), Mapping) and run_json["config"].get("init") == "real"):
+    if mode == "real" or (
+        isinstance(run_json.get("config"), Mapping) and run_json["config"].get("init") == "real"
+    ):
         raise InputError("a real-init run without init_indices: the memorisation check needs them")
     return np.full(n, -1, np.int64)
 
@@ -245,15 +261,19 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
 
     run_sha = bytes_sha256(npz_bytes)
     if audit["run_sha256"].lower().removeprefix("sha256:") != run_sha:
-        raise InputError("audit.json: run_sha256 does not match RUN/distilled.npz (stale audit? re-run it)")
+        raise InputError(
+            "audit.json: run_sha256 does not match RUN/distilled.npz (stale audit? re-run it)"
+        )
 
     roc = None
     if os.path.lexists(run / "audit" / "roc.png"):
         roc = read_nofollow(run / "audit" / "roc.png", "RUN/audit/roc.png")
     scores = None
     if os.path.lexists(run / "audit" / "scores.npz"):
-        scores = load_npz(read_nofollow(run / "audit" / "scores.npz", "RUN/audit/scores.npz"),
-                          "RUN/audit/scores.npz")
+        scores = load_npz(
+            read_nofollow(run / "audit" / "scores.npz", "RUN/audit/scores.npz"),
+            "RUN/audit/scores.npz",
+        )
     return ReleaseInputs(
         images=images,
         labels=labels,

@@ -43,8 +43,13 @@ def _pixels(data: bytes) -> np.ndarray | None:
     return px[..., None] if px.ndim == 2 else px
 
 
-def check_images(files: dict[str, bytes], images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...],
-                 problems: list[str]) -> None:
+def check_images(
+    files: dict[str, bytes],
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: tuple[str, ...],
+    problems: list[str],
+) -> None:
     expected = expected_image_paths(labels, classes)
     index = {p: i for i, p in enumerate(expected)}
     pixels = to_uint8(images)
@@ -53,7 +58,9 @@ def check_images(files: dict[str, bytes], images: np.ndarray, labels: np.ndarray
             m = _NUMBERED.match(path)
             i = int(m.group(1)) if m else -1
             if 0 <= i < len(expected):
-                problems.append(f"{path}: not where the release files image {i} (expected {expected[i]})")
+                problems.append(
+                    f"{path}: not where the release files image {i} (expected {expected[i]})"
+                )
             else:
                 problems.append(f"{path}: not an image of the release")
             continue
@@ -68,8 +75,9 @@ def check_images(files: dict[str, bytes], images: np.ndarray, labels: np.ndarray
             problems.append(f"missing: {path} (image {i} of data/distilled.npz)")
 
 
-def check_labels_csv(files: dict[str, bytes], labels: np.ndarray, classes: tuple[str, ...],
-                     problems: list[str]) -> None:
+def check_labels_csv(
+    files: dict[str, bytes], labels: np.ndarray, classes: tuple[str, ...], problems: list[str]
+) -> None:
     if LABELS not in files:
         return
     try:
@@ -78,15 +86,23 @@ def check_labels_csv(files: dict[str, bytes], labels: np.ndarray, classes: tuple
         problems.append(f"{LABELS}: not a readable CSV file")
         return
     header = ["index", "file", "class", *classes]
-    if not rows or rows[0][:3] != header[:3] or [csv_uncell(h) for h in rows[0][3:]] != list(classes):
-        problems.append(f"{LABELS}: header is not index,file,class and the classes of data/distilled.npz")
+    if (
+        not rows
+        or rows[0][:3] != header[:3]
+        or [csv_uncell(h) for h in rows[0][3:]] != list(classes)
+    ):
+        problems.append(
+            f"{LABELS}: header is not index,file,class and the classes of data/distilled.npz"
+        )
         return
     body = rows[1:]
     if len(body) != len(labels):
-        problems.append(f"{LABELS}: {len(body)} rows for {len(labels)} images in data/distilled.npz")
+        problems.append(
+            f"{LABELS}: {len(body)} rows for {len(labels)} images in data/distilled.npz"
+        )
     paths = expected_image_paths(labels, classes)
     winners = labels.argmax(1)
-    for i, row in enumerate(body[:len(labels)]):
+    for i, row in enumerate(body[: len(labels)]):
         where = f"{LABELS}: row {i + 1}"
         if len(row) != len(header):
             problems.append(f"{where}: {len(row)} columns, expected {len(header)}")
@@ -96,7 +112,9 @@ def check_labels_csv(files: dict[str, bytes], labels: np.ndarray, classes: tuple
         if row[1] != paths[i]:
             problems.append(f"{where}: file {row[1]!r} is not {paths[i]}")
         if csv_uncell(row[2]) != classes[winners[i]]:
-            problems.append(f"{where}: class {row[2]!r} is not {classes[winners[i]]!r} (its label's highest class)")
+            problems.append(
+                f"{where}: class {row[2]!r} is not {classes[winners[i]]!r} (its label's highest class)"
+            )
         try:
             values = np.array([float(v) for v in row[3:]], dtype=np.float32)
         except ValueError:

@@ -63,8 +63,9 @@ def rms_distances(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray | None = None) 
     return np.sqrt(np.maximum(d2, 0.0) / a.shape[1])
 
 
-def nearest_two(queries: np.ndarray, pool: np.ndarray, *, exclude: np.ndarray | None = None,
-                chunk: int = _CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def nearest_two(
+    queries: np.ndarray, pool: np.ndarray, *, exclude: np.ndarray | None = None, chunk: int = _CHUNK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest and second-nearest ``pool`` distance of every query, and the nearest's index.
 
     ``exclude[q]`` (optional) is a pool index query ``q`` may not match (leave-one-out)."""
@@ -73,15 +74,15 @@ def nearest_two(queries: np.ndarray, pool: np.ndarray, *, exclude: np.ndarray | 
     i1 = np.empty(len(queries), np.int64)
     pool_sq = np.einsum("ij,ij->i", pool, pool)
     for s in range(0, len(queries), chunk):
-        d = rms_distances(queries[s:s + chunk], pool, pool_sq)
+        d = rms_distances(queries[s : s + chunk], pool, pool_sq)
         if exclude is not None:
-            d[np.arange(len(d)), exclude[s:s + chunk]] = np.inf
+            d[np.arange(len(d)), exclude[s : s + chunk]] = np.inf
         two = np.argpartition(d, 1, axis=1)[:, :2]
         dd = np.take_along_axis(d, two, axis=1)
         order = np.argsort(dd, axis=1, kind="stable")
-        d1[s:s + chunk] = np.take_along_axis(dd, order[:, :1], axis=1)[:, 0]
-        d2[s:s + chunk] = np.take_along_axis(dd, order[:, 1:], axis=1)[:, 0]
-        i1[s:s + chunk] = np.take_along_axis(two, order[:, :1], axis=1)[:, 0]
+        d1[s : s + chunk] = np.take_along_axis(dd, order[:, :1], axis=1)[:, 0]
+        d2[s : s + chunk] = np.take_along_axis(dd, order[:, 1:], axis=1)[:, 0]
+        i1[s : s + chunk] = np.take_along_axis(two, order[:, :1], axis=1)[:, 0]
     return d1, d2, i1
 
 
@@ -95,7 +96,9 @@ def gap_ratio(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:
 def rank_pvalues(stat: np.ndarray, null: np.ndarray) -> np.ndarray:
     """Exact rank p-values ``(1 + #{null <= s}) / (len(null) + 1)`` (small s is extreme)."""
     srt = np.sort(np.asarray(null, np.float64))
-    return (1.0 + np.searchsorted(srt, np.asarray(stat, np.float64), side="right")) / (len(srt) + 1.0)
+    return (1.0 + np.searchsorted(srt, np.asarray(stat, np.float64), side="right")) / (
+        len(srt) + 1.0
+    )
 
 
 def max_count(level: float, n_null: int) -> int:
@@ -112,7 +115,9 @@ def flag_threshold(null_sorted: np.ndarray, level: float) -> float | None:
     return float(null_sorted[c]) if c < len(null_sorted) else math.inf
 
 
-def n_extra_pseudo_releases(n_tests: int, n_heldout: int, n_train: int, alpha: float = ALPHA) -> int:
+def n_extra_pseudo_releases(
+    n_tests: int, n_heldout: int, n_train: int, alpha: float = ALPHA
+) -> int:
     """How many training records to add to the held-out pseudo-releases so that the smallest
     attainable p-value is at most ``level / RESOLUTION_FACTOR`` (capped at ``n_train``)."""
     need = math.ceil(RESOLUTION_FACTOR * n_tests / alpha) - 1
@@ -142,8 +147,12 @@ def gap_null(train: np.ndarray, heldout: np.ndarray, n_extra: int, *, seed: int 
         first = np.minimum(e1, dc)
         second = np.where(dc < e1, e1, np.minimum(e2, dc))
         values.append(gap_ratio(first, second))
-    return GapNull(values=np.sort(np.concatenate(values)), n_heldout=len(heldout), n_train=n_extra,
-                   heldout_nearest=d1)
+    return GapNull(
+        values=np.sort(np.concatenate(values)),
+        n_heldout=len(heldout),
+        n_train=n_extra,
+        heldout_nearest=d1,
+    )
 
 
 def _opt(x, kind=float):
@@ -211,14 +220,24 @@ class ImageCheck:
     @classmethod
     def from_json(cls, d: dict, level: float) -> ImageCheck:
         """The bundle's copy back (training indices are not in it: -1 / None)."""
-        return cls(index=int(d["index"]), nearest_record=-1, d_nearest=float(d["d_nearest_train"]),
-                   d_second=float(d["d_second_train"]), gap=float(d["gap"]),
-                   p_nearest=float(d["p_nearest"]), d_flag_nearest=_opt(d["d_flag_nearest"]),
-                   init_record=None, d_init=_opt(d["d_init"]), p_init=_opt(d["p_init"]),
-                   d_flag_init=_opt(d["d_flag_init"]),
-                   init_closer_heldout=_opt(d["init_closer_heldout"], int),
-                   init_closer_train=_opt(d["init_closer_train"], int), level=level,
-                   exact_copy=bool(d["exact_copy"]), near_copy=bool(d["near_copy"]))
+        return cls(
+            index=int(d["index"]),
+            nearest_record=-1,
+            d_nearest=float(d["d_nearest_train"]),
+            d_second=float(d["d_second_train"]),
+            gap=float(d["gap"]),
+            p_nearest=float(d["p_nearest"]),
+            d_flag_nearest=_opt(d["d_flag_nearest"]),
+            init_record=None,
+            d_init=_opt(d["d_init"]),
+            p_init=_opt(d["p_init"]),
+            d_flag_init=_opt(d["d_flag_init"]),
+            init_closer_heldout=_opt(d["init_closer_heldout"], int),
+            init_closer_train=_opt(d["init_closer_train"], int),
+            level=level,
+            exact_copy=bool(d["exact_copy"]),
+            near_copy=bool(d["near_copy"]),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,12 +294,16 @@ class MemorisationResult:
         """One line: the outcome, by test, and the level."""
         tests = "nearest-record test" + (" and init test" if self.has_init else "")
         if not self.resolvable:
-            return (f"memorisation check cannot reach its level alpha/m = {self.alpha:g}/{self.n_tests} "
-                    f"with {self.n_heldout} held-out and {self.n_train} training images ({tests})")
-        return (f"memorisation check: {self.flagged} of {self.n_images} released image(s) flagged "
-                f"(nearest-record test {self.flagged_by('nearest')}"
-                + (f", init test {self.flagged_by('init')}" if self.has_init else "")
-                + f"; Bonferroni level alpha/m = {self.alpha:g}/{self.n_tests} = {self.level:.3g})")
+            return (
+                f"memorisation check cannot reach its level alpha/m = {self.alpha:g}/{self.n_tests} "
+                f"with {self.n_heldout} held-out and {self.n_train} training images ({tests})"
+            )
+        return (
+            f"memorisation check: {self.flagged} of {self.n_images} released image(s) flagged "
+            f"(nearest-record test {self.flagged_by('nearest')}"
+            + (f", init test {self.flagged_by('init')}" if self.has_init else "")
+            + f"; Bonferroni level alpha/m = {self.alpha:g}/{self.n_tests} = {self.level:.3g})"
+        )
 
     def to_json(self, *, include_indices: bool = False) -> dict:
         return {
@@ -291,11 +314,13 @@ class MemorisationResult:
             "level": self.level,
             "n_train": self.n_train,
             "n_heldout": self.n_heldout,
-            "nearest_null": {"statistic": "d1/d2 over the training split",
-                             "pseudo_releases_heldout": self.null_heldout,
-                             "pseudo_releases_train_leave_one_out": self.null_train,
-                             "quantiles": {str(q): v for q, v in self.null_quantiles.items()},
-                             "flag_below": self.gap_flag},
+            "nearest_null": {
+                "statistic": "d1/d2 over the training split",
+                "pseudo_releases_heldout": self.null_heldout,
+                "pseudo_releases_train_leave_one_out": self.null_train,
+                "quantiles": {str(q): v for q, v in self.null_quantiles.items()},
+                "flag_below": self.gap_flag,
+            },
             "init_reference_records": self.init_reference if self.has_init else None,
             "resolvable": self.resolvable,
             "flagged": self.flagged,
@@ -305,7 +330,7 @@ class MemorisationResult:
             "near_copies": self.near_copies,
             "near_copy_threshold": self.near_copy_threshold,
             "near_copy_rule": f"nearest training distance <= percentile {NEAR_COPY_PERCENTILE:g} of the "
-                              "held-out images' nearest training distances (information only)",
+            "held-out images' nearest training distances (information only)",
             "passed": self.passed,
             "images": [im.to_json(include_indices=include_indices) for im in self.images],
         }
@@ -318,14 +343,20 @@ class MemorisationResult:
         null = d["nearest_null"]
         imgs = tuple(ImageCheck.from_json(im, level) for im in d["images"])
         has_init = any(im.p_init is not None for im in imgs)
-        return cls(alpha=float(d["alpha"]), n_tests=int(d["n_tests"]), level=level,
-                   n_train=int(d["n_train"]), n_heldout=int(d["n_heldout"]),
-                   null_heldout=int(null["pseudo_releases_heldout"]),
-                   null_train=int(null["pseudo_releases_train_leave_one_out"]),
-                   null_quantiles={float(q): v for q, v in null["quantiles"].items()},
-                   gap_flag=_opt(null["flag_below"]),
-                   init_reference=int(d["init_reference_records"]) if has_init else 0,
-                   near_copy_threshold=float(d["near_copy_threshold"]), images=imgs)
+        return cls(
+            alpha=float(d["alpha"]),
+            n_tests=int(d["n_tests"]),
+            level=level,
+            n_train=int(d["n_train"]),
+            n_heldout=int(d["n_heldout"]),
+            null_heldout=int(null["pseudo_releases_heldout"]),
+            null_train=int(null["pseudo_releases_train_leave_one_out"]),
+            null_quantiles={float(q): v for q, v in null["quantiles"].items()},
+            gap_flag=_opt(null["flag_below"]),
+            init_reference=int(d["init_reference_records"]) if has_init else 0,
+            near_copy_threshold=float(d["near_copy_threshold"]),
+            images=imgs,
+        )
 
 
 def _exact_copy_flags(released_pub: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -334,9 +365,15 @@ def _exact_copy_flags(released_pub: np.ndarray, train: np.ndarray) -> np.ndarray
     return np.array([row.tobytes() in seen for row in px], bool)
 
 
-def memorisation_check(released: np.ndarray, train: np.ndarray, heldout: np.ndarray,
-                       init_indices: np.ndarray | None = None, *, alpha: float = ALPHA,
-                       seed: int = SEED) -> MemorisationResult:
+def memorisation_check(
+    released: np.ndarray,
+    train: np.ndarray,
+    heldout: np.ndarray,
+    init_indices: np.ndarray | None = None,
+    *,
+    alpha: float = ALPHA,
+    seed: int = SEED,
+) -> MemorisationResult:
     """Runs both tests on every released image (module docstring).
 
     Args:
@@ -351,17 +388,27 @@ def memorisation_check(released: np.ndarray, train: np.ndarray, heldout: np.ndar
     shape = tuple(released.shape[1:])
     for name, x in (("training", train), ("held-out", heldout)):
         if x.ndim != 4 or tuple(x.shape[1:]) != shape:
-            raise InputError(f"private {name} images have shape {tuple(x.shape[1:])}, released images "
-                             f"{shape}: not the data this run was distilled from")
+            raise InputError(
+                f"private {name} images have shape {tuple(x.shape[1:])}, released images "
+                f"{shape}: not the data this run was distilled from"
+            )
     if len(train) < 3 or len(heldout) < 1:
-        raise InputError(f"the memorisation check needs at least 3 training and 1 held-out image, "
-                         f"the run's data has {len(train)} and {len(heldout)}")
+        raise InputError(
+            f"the memorisation check needs at least 3 training and 1 held-out image, "
+            f"the run's data has {len(train)} and {len(heldout)}"
+        )
     if not 0.0 < alpha < 1.0:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
     n = len(released)
-    init = np.full(n, -1, np.int64) if init_indices is None else np.asarray(init_indices).astype(np.int64)
+    init = (
+        np.full(n, -1, np.int64)
+        if init_indices is None
+        else np.asarray(init_indices).astype(np.int64)
+    )
     if init.shape != (n,):
-        raise InputError(f"init_indices must hold one entry per released image ({n}), got shape {init.shape}")
+        raise InputError(
+            f"init_indices must hold one entry per released image ({n}), got shape {init.shape}"
+        )
     if (init >= len(train)).any() or (init < -1).any():
         raise InputError(f"init_indices out of range of the training split ({len(train)} images)")
 
@@ -389,33 +436,37 @@ def memorisation_check(released: np.ndarray, train: np.ndarray, heldout: np.ndar
         d_init = p_init = d_flag_init = closer_h = closer_t = None
         if has_init[i]:
             j = int(init[i])
-            dt = rms_distances(r[i:i + 1], t, t_sq)[0]
-            dh = rms_distances(r[i:i + 1], h, h_sq)[0]
+            dt = rms_distances(r[i : i + 1], t, t_sq)[0]
+            dh = rms_distances(r[i : i + 1], h, h_sq)[0]
             d_init = float(dt[j])
             ref = np.concatenate([dh, np.delete(dt, j)])
             closer_h = int((dh <= d_init).sum())
             closer_t = int((np.delete(dt, j) <= d_init).sum())
             p_init = (1.0 + closer_h + closer_t) / (init_reference + 1.0)
             if c_init >= 0:
-                d_flag_init = float(np.partition(ref, c_init)[c_init]) if c_init < len(ref) else math.inf
-        images.append(ImageCheck(
-            index=i,
-            nearest_record=int(i1[i]),
-            d_nearest=float(d1[i]),
-            d_second=float(d2[i]),
-            gap=float(g[i]),
-            p_nearest=float(p_near[i]),
-            d_flag_nearest=None if gap_flag is None else float(gap_flag * d2[i]),
-            init_record=int(init[i]) if has_init[i] else None,
-            d_init=d_init,
-            p_init=p_init,
-            d_flag_init=d_flag_init,
-            init_closer_heldout=closer_h,
-            init_closer_train=closer_t,
-            level=level,
-            exact_copy=bool(exact[i]),
-            near_copy=bool(d1[i] <= near_thr),
-        ))
+                d_flag_init = (
+                    float(np.partition(ref, c_init)[c_init]) if c_init < len(ref) else math.inf
+                )
+        images.append(
+            ImageCheck(
+                index=i,
+                nearest_record=int(i1[i]),
+                d_nearest=float(d1[i]),
+                d_second=float(d2[i]),
+                gap=float(g[i]),
+                p_nearest=float(p_near[i]),
+                d_flag_nearest=None if gap_flag is None else float(gap_flag * d2[i]),
+                init_record=int(init[i]) if has_init[i] else None,
+                d_init=d_init,
+                p_init=p_init,
+                d_flag_init=d_flag_init,
+                init_closer_heldout=closer_h,
+                init_closer_train=closer_t,
+                level=level,
+                exact_copy=bool(exact[i]),
+                near_copy=bool(d1[i] <= near_thr),
+            )
+        )
     return MemorisationResult(
         alpha=alpha,
         n_tests=n_tests,

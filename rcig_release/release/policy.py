@@ -35,9 +35,14 @@ METRIC_KEYS = (
     "max_epsilon_lower_bound",
 )
 # Keys of the earlier schema (point limits on the custodian's fixed split), named in the error.
-_RENAMED = {"max_auc": "detect_auc", "max_tpr_at_fpr_0_01": "detect_tpr_at_fpr_0_01",
-            "max_tpr_at_fpr_0_001": "detect_tpr_at_fpr_0_001", "bound": None, "unresolved": None,
-            "max_near_copies": None}
+_RENAMED = {
+    "max_auc": "detect_auc",
+    "max_tpr_at_fpr_0_01": "detect_tpr_at_fpr_0_01",
+    "max_tpr_at_fpr_0_001": "detect_tpr_at_fpr_0_001",
+    "bound": None,
+    "unresolved": None,
+    "max_near_copies": None,
+}
 
 
 # sha256 of the policy files shipped in policies/ (tests/test_release_policy.py keeps them equal):
@@ -63,8 +68,10 @@ class MetricLimits:
         if override is None:
             return self
         return MetricLimits(
-            **{k: (getattr(override, k) if getattr(override, k) is not None else getattr(self, k))
-               for k in METRIC_KEYS}
+            **{
+                k: (getattr(override, k) if getattr(override, k) is not None else getattr(self, k))
+                for k in METRIC_KEYS
+            }
         )
 
 
@@ -91,7 +98,9 @@ class Policy:
     min_gain_over_naive: float | None
     sha256: str  # of the policy file's bytes
     source_name: str  # the policy file's base name (never a path)
-    dp_max_epsilon: float | None = None  # [dp] max_epsilon: the run must be DP with proven ε <= this
+    dp_max_epsilon: float | None = (
+        None  # [dp] max_epsilon: the run must be DP with proven ε <= this
+    )
     dp_max_delta: float | None = None  # [dp] max_delta (optional): and its δ <= this
 
     @property
@@ -103,8 +112,10 @@ class Policy:
     def label(self) -> str:
         """How verdicts, cards and the CLI name the policy: a modified shipped policy says so."""
         if self.modified:
-            return (f"{self.name} (modified: sha256 {self.sha256[:12]}… is not the shipped "
-                    f"{self.name}.toml)")
+            return (
+                f"{self.name} (modified: sha256 {self.sha256[:12]}… is not the shipped "
+                f"{self.name}.toml)"
+            )
         return self.name
 
 
@@ -126,8 +137,11 @@ class _Table:
             if optional:
                 return None
             old = [k for k, v in _RENAMED.items() if v == key and k in self.data]
-            hint = f" ({self._key(old[0])} is the earlier schema's key: see docs/release.md)" \
-                if old else ""
+            hint = (
+                f" ({self._key(old[0])} is the earlier schema's key: see docs/release.md)"
+                if old
+                else ""
+            )
             raise InputError(f"policy {self.file}: missing key {self._key(key)}{hint}")
         value = self.data.pop(key)
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
@@ -151,7 +165,9 @@ class _Table:
     def choice(self, key: str, options: tuple[str, ...]) -> str:
         value = self.take(key, str)
         if value not in options:
-            raise InputError(f"policy {self.file}: {self._key(key)} must be one of {', '.join(options)}")
+            raise InputError(
+                f"policy {self.file}: {self._key(key)} must be one of {', '.join(options)}"
+            )
         return value
 
     def strings(self, key: str, options: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -183,8 +199,11 @@ class _Table:
             hint = ""
             if key in _RENAMED:
                 new = _RENAMED[key]
-                hint = (f" (the gate now tests the audit's game: use {new}, see docs/release.md)"
-                        if new else " (no longer used: see docs/release.md)")
+                hint = (
+                    f" (the gate now tests the audit's game: use {new}, see docs/release.md)"
+                    if new
+                    else " (no longer used: see docs/release.md)"
+                )
             raise InputError(f"policy {self.file}: unknown key {self._key(key)}{hint}")
 
 
@@ -224,7 +243,9 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         raise InputError(f"policy {file}: audit.required_attacks must name at least one attack")
     min_shadows = audit.take("min_shadows", int)
     if min_shadows < 2:
-        raise InputError(f"policy {file}: audit.min_shadows must be >= 2 (the game needs two folds)")
+        raise InputError(
+            f"policy {file}: audit.min_shadows must be >= 2 (the game needs two folds)"
+        )
     audit.done()
 
     gate = top.sub("gate")

@@ -27,9 +27,25 @@ from typing import Any
 
 REDACTED = "<redacted>"
 # An absolute POSIX path with at least one more component, a home-relative path, or a Windows drive path.
-_ABS_PATH = re.compile(r"(?<![\w.:/])(?:~[\w.-]*|/(?:[A-Za-z0-9_.-]+))/[^\s\"'<>]*|\b[A-Za-z]:\\[^\s\"'<>]*")
+_ABS_PATH = re.compile(
+    r"(?<![\w.:/])(?:~[\w.-]*|/(?:[A-Za-z0-9_.-]+))/[^\s\"'<>]*|\b[A-Za-z]:\\[^\s\"'<>]*"
+)
 # Directories that only ever appear as the start of an absolute path on a real machine.
-_ROOTS = ("home", "Users", "root", "tmp", "var", "work", "mnt", "opt", "srv", "private", "usr", "etc", "data")
+_ROOTS = (
+    "home",
+    "Users",
+    "root",
+    "tmp",
+    "var",
+    "work",
+    "mnt",
+    "opt",
+    "srv",
+    "private",
+    "usr",
+    "etc",
+    "data",
+)
 # Embedded binary: the base64 payload of data: URIs (the PNGs in report.html).
 _BINARY = re.compile(r"data:[\w.+/-]+;base64,[A-Za-z0-9+/=]*")
 _CONTEXT_WORDS = r"(?:user|username|user_name|login|account|host|hostname|host_name|node|nodename|machine|server)"
@@ -40,7 +56,11 @@ def _names() -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
     """(user names, host names, home directory) of this machine; names of 2+ characters."""
     users: set[str] = set()
     hosts: set[str] = set()
-    for get, into in ((getpass.getuser, users), (socket.gethostname, hosts), (socket.getfqdn, hosts)):
+    for get, into in (
+        (getpass.getuser, users),
+        (socket.gethostname, hosts),
+        (socket.getfqdn, hosts),
+    ):
         try:
             value = get()
         except Exception:  # noqa: BLE001 - any failure just means one name fewer to look for
@@ -64,7 +84,9 @@ def _alt(names: tuple[str, ...]) -> str:
 def _identity_pattern() -> re.Pattern | None:
     """Any user or host name as a whole word (for rewriting machine-recorded JSON only)."""
     users, hosts, home = _names()
-    ids = tuple(sorted(set(users) | set(hosts) | ({home} if home else set()), key=len, reverse=True))
+    ids = tuple(
+        sorted(set(users) | set(hosts) | ({home} if home else set()), key=len, reverse=True)
+    )
     if not ids:
         return None
     return re.compile(r"(?<![\w])(?:" + _alt(ids) + r")(?![\w])")

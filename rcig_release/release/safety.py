@@ -26,7 +26,9 @@ METRIC = "rms_pixel"
 @dataclasses.dataclass(frozen=True)
 class SafetyResult:
     memorisation: MemorisationResult
-    allowed: bool  # the policy's copies.allow_near_copies_in_bundle (recorded; switches nothing off)
+    allowed: (
+        bool  # the policy's copies.allow_near_copies_in_bundle (recorded; switches nothing off)
+    )
 
     metric = METRIC
 
@@ -35,7 +37,9 @@ class SafetyResult:
         return self.memorisation.n_images
 
     @property
-    def exact_copies(self) -> int:  # released images equal (as 8-bit PNG pixels) to a training image
+    def exact_copies(
+        self,
+    ) -> int:  # released images equal (as 8-bit PNG pixels) to a training image
         return self.memorisation.exact_copies
 
     @property
@@ -60,8 +64,10 @@ class SafetyResult:
 
     def describe(self) -> str:
         """One line for the card, the report and error messages (no training indices)."""
-        return (f"{self.memorisation.describe()}; information: {self.exact_copies} exact copies, "
-                f"{self.within_threshold} near copies (nearest training distance <= {self.threshold:.4f})")
+        return (
+            f"{self.memorisation.describe()}; information: {self.exact_copies} exact copies, "
+            f"{self.within_threshold} near copies (nearest training distance <= {self.threshold:.4f})"
+        )
 
     def to_json(self) -> dict:
         """The bundle's copy: counts, p-values and distances only (no training indices)."""
@@ -83,7 +89,7 @@ def nearest_distances(images: np.ndarray, private: np.ndarray, *, chunk: int = 4
     a_sq = (a * a).sum(1)
     best = np.full(len(a), np.inf)
     for start in range(0, len(private), chunk):
-        b = np.asarray(private[start:start + chunk], np.float64).reshape(-1, a.shape[1])
+        b = np.asarray(private[start : start + chunk], np.float64).reshape(-1, a.shape[1])
         d2 = a_sq[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
         best = np.minimum(best, d2.min(1))
     return np.sqrt(np.maximum(best, 0.0)) / np.sqrt(a.shape[1])
@@ -94,13 +100,23 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def check_safety(images: np.ndarray, train: np.ndarray, heldout: np.ndarray,
-                 init_indices: np.ndarray | None = None, *, allowed: bool = False) -> SafetyResult:
+def check_safety(
+    images: np.ndarray,
+    train: np.ndarray,
+    heldout: np.ndarray,
+    init_indices: np.ndarray | None = None,
+    *,
+    allowed: bool = False,
+) -> SafetyResult:
     """The memorisation check of ``images`` (as published) against the run's splits."""
-    return SafetyResult(memorisation=memorisation_check(images, train, heldout, init_indices), allowed=allowed)
+    return SafetyResult(
+        memorisation=memorisation_check(images, train, heldout, init_indices), allowed=allowed
+    )
 
 
-PrivateLoader = Callable[[str, int], Any]  # (source, split_seed) -> object with x_train, fingerprint
+PrivateLoader = Callable[
+    [str, int], Any
+]  # (source, split_seed) -> object with x_train, fingerprint
 
 
 def default_loader(source: str, seed: int) -> Any:
@@ -115,12 +131,15 @@ class PrivateSplits:
     x_test: np.ndarray  # the held-out split, same layout
 
 
-def load_private_splits(run_json: dict, *, data: str | None = None,
-                        loader: PrivateLoader | None = None) -> PrivateSplits:
+def load_private_splits(
+    run_json: dict, *, data: str | None = None, loader: PrivateLoader | None = None
+) -> PrivateSplits:
     """Reloads the run's private training and held-out splits; checks the fingerprint against run.json."""
     info = run_json.get("data")
     if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), str):
-        raise InputError("run.json: data.fingerprint missing; cannot check the release against the private data")
+        raise InputError(
+            "run.json: data.fingerprint missing; cannot check the release against the private data"
+        )
     source = data if data is not None else info.get("source")
     if not isinstance(source, str) or not source:
         raise InputError("run.json: data.source missing; pass --data")
@@ -131,15 +150,20 @@ def load_private_splits(run_json: dict, *, data: str | None = None,
         raise InputError("run.json: data.split_seed must be an integer or null")
     dataset = (loader or default_loader)(source, seed)
     if getattr(dataset, "fingerprint", None) != info["fingerprint"]:
-        raise InputError("the private data's fingerprint differs from run.json's: not the data this run was distilled from")
+        raise InputError(
+            "the private data's fingerprint differs from run.json's: not the data this run was distilled from"
+        )
     x_test = getattr(dataset, "x_test", None)
     if x_test is None or len(x_test) == 0:
         raise InputError("the run's data has no held-out split: the memorisation check needs one")
-    return PrivateSplits(x_train=np.asarray(dataset.x_train, dtype=np.float32),
-                         x_test=np.asarray(x_test, dtype=np.float32))
+    return PrivateSplits(
+        x_train=np.asarray(dataset.x_train, dtype=np.float32),
+        x_test=np.asarray(x_test, dtype=np.float32),
+    )
 
 
-def load_private_train(run_json: dict, *, data: str | None = None,
-                       loader: PrivateLoader | None = None) -> np.ndarray:
+def load_private_train(
+    run_json: dict, *, data: str | None = None, loader: PrivateLoader | None = None
+) -> np.ndarray:
     """The run's private training split (``load_private_splits``)."""
     return load_private_splits(run_json, data=data, loader=loader).x_train

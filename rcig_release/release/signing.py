@@ -30,7 +30,9 @@ def ssh_keygen() -> str:
     """The ssh-keygen executable; ``InputError`` (exit 2) when it is not on PATH."""
     exe = shutil.which("ssh-keygen")
     if exe is None:
-        raise InputError("ssh-keygen not found on PATH (OpenSSH 8.2 or later signs and checks bundles)")
+        raise InputError(
+            "ssh-keygen not found on PATH (OpenSSH 8.2 or later signs and checks bundles)"
+        )
     return exe
 
 
@@ -54,7 +56,9 @@ def _last_line(stderr: bytes) -> str:
 
 def _run(args: list[str], data: bytes | None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(args, input=data, capture_output=True, timeout=_TIMEOUT_S, check=False)
+        return subprocess.run(
+            args, input=data, capture_output=True, timeout=_TIMEOUT_S, check=False
+        )
     except subprocess.TimeoutExpired:
         raise InputError(f"ssh-keygen did not finish within {_TIMEOUT_S} s") from None
     except OSError as e:
@@ -67,7 +71,9 @@ def sign_manifest(manifest: bytes, key: str | Path) -> bytes:
     read_key(key, "signing key")
     res = _run([exe, "-Y", "sign", "-f", str(key), "-n", NAMESPACE], manifest)
     if res.returncode != 0 or not res.stdout.startswith(b"-----BEGIN SSH SIGNATURE-----"):
-        raise InputError(f"ssh-keygen could not sign with {Path(key).name}: {_last_line(res.stderr)}")
+        raise InputError(
+            f"ssh-keygen could not sign with {Path(key).name}: {_last_line(res.stderr)}"
+        )
     return res.stdout
 
 
@@ -102,7 +108,9 @@ def verify_manifest(manifest: bytes, signature: bytes, key: str | Path) -> str |
         sig.write_bytes(signature)
         if keys is not None:
             allowed = Path(tmp) / "allowed_signers"
-            allowed.write_text("".join(f'{SIGNER} namespaces="{NAMESPACE}" {t} {b}\n' for t, b in keys))
+            allowed.write_text(
+                "".join(f'{SIGNER} namespaces="{NAMESPACE}" {t} {b}\n' for t, b in keys)
+            )
             principal = SIGNER
         else:
             allowed = Path(key)
@@ -111,8 +119,22 @@ def verify_manifest(manifest: bytes, signature: bytes, key: str | Path) -> str |
             if found.returncode != 0 or not names:
                 return f"not made by a key in {Path(key).name} ({_last_line(found.stderr)})"
             principal = names[0]
-        res = _run([exe, "-Y", "verify", "-f", str(allowed), "-I", principal, "-n", NAMESPACE, "-s", str(sig)],
-                   manifest)
+        res = _run(
+            [
+                exe,
+                "-Y",
+                "verify",
+                "-f",
+                str(allowed),
+                "-I",
+                principal,
+                "-n",
+                NAMESPACE,
+                "-s",
+                str(sig),
+            ],
+            manifest,
+        )
     if res.returncode != 0:
         return f"does not verify with {Path(key).name} ({_last_line(res.stderr)})"
     return None

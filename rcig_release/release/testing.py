@@ -23,8 +23,11 @@ CLASSES = ("zero", "one", "two")
 FINGERPRINT = "sha256:" + "ab" * 32
 
 
-def metrics(auc: float, tpr01: float | None, tpr1: float | None, eps: float, *, width: float = 0.04) -> dict:
+def metrics(
+    auc: float, tpr01: float | None, tpr1: float | None, eps: float, *, width: float = 0.04
+) -> dict:
     """One attack's metric dict in the audit.json schema (issue 3)."""
+
     def ci(x):
         return None if x is None else [max(0.0, x - width), min(1.0, x + width)]
 
@@ -43,7 +46,9 @@ LEAK = metrics(0.99, 1.0, 1.0, 4.5, width=0.01)
 ATTACKS = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 
 
-def private_data(n: int = 200, shape=(8, 8, 1), seed: int = 0, n_test: int = 100) -> types.SimpleNamespace:
+def private_data(
+    n: int = 200, shape=(8, 8, 1), seed: int = 0, n_test: int = 100
+) -> types.SimpleNamespace:
     """A uniform-noise "private" data set: ``x_train`` [n], ``x_test`` [n_test] (the held-out split
     the memorisation check measures its null on; enough images to resolve it for a few images)."""
     rng = np.random.default_rng(seed)
@@ -64,8 +69,15 @@ def loader_for(data: types.SimpleNamespace):
 
 
 @functools.lru_cache(maxsize=8)
-def simulated_game(leak: bool, *, shadows: int = 16, records: int = 1000, n_init: int = 10,
-                   n_classes: int = 3, seed: int = 0) -> dict:
+def simulated_game(
+    leak: bool,
+    *,
+    shadows: int = 16,
+    records: int = 1000,
+    n_init: int = 10,
+    n_classes: int = 3,
+    seed: int = 0,
+) -> dict:
     """``audit["game"]`` computed by the audit's own statistics (``game.statistics``) on simulated
     game scores at the audit's default sizes: every attack's scores independent of membership
     (a release at chance), or, with ``leak``, the init records' IN guesses ranked first by the
@@ -73,17 +85,26 @@ def simulated_game(leak: bool, *, shadows: int = 16, records: int = 1000, n_init
     records). Nothing here is a hand-made metric."""
     from rcig_release.audits import game
 
-    scores, keep, groups = simulated_scores(leak, shadows=shadows, records=records, n_init=n_init,
-                                            n_classes=n_classes, seed=seed)
+    scores, keep, groups = simulated_scores(
+        leak, shadows=shadows, records=records, n_init=n_init, n_classes=n_classes, seed=seed
+    )
     out = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
-    out["rounds"] = [{"targets": t.tolist(), "references": r.tolist()}
-                     for t, r in game.folds(shadows)]
+    out["rounds"] = [
+        {"targets": t.tolist(), "references": r.tolist()} for t, r in game.folds(shadows)
+    ]
     return out
 
 
-def simulated_scores(leak: bool, *, shadows: int = 16, records: int = 1000, n_init: int = 10,
-                     n_classes: int = 3, seed: int = 0, shift: float = 20.0
-                     ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+def simulated_scores(
+    leak: bool,
+    *,
+    shadows: int = 16,
+    records: int = 1000,
+    n_init: int = 10,
+    n_classes: int = 3,
+    seed: int = 0,
+    shift: float = 20.0,
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """The simulated game's (scores ``[K, N]`` per attack, keep ``[K, N]``, groups) behind
     ``simulated_game``: with ``leak``, the release-direct attacks' scores of the init records'
     IN guesses are raised by ``shift``."""
@@ -105,22 +126,39 @@ def simulated_scores(leak: bool, *, shadows: int = 16, records: int = 1000, n_in
     return scores, keep, groups
 
 
-def dp_statement(*, noise_multiplier: float = 1.1, sampling_rate: float = 0.05, steps: int = 200,
-                 delta: float = 1e-5, clip_norm: float = 1.0, n_train: int = 200) -> dict:
+def dp_statement(
+    *,
+    noise_multiplier: float = 1.1,
+    sampling_rate: float = 0.05,
+    steps: int = 200,
+    delta: float = 1e-5,
+    clip_norm: float = 1.0,
+    n_train: int = 200,
+) -> dict:
     """A run.json ``dp`` object whose ε is the accountant's for these parameters
     (``dp.epsilon_for``), never a typed-in number."""
     from rcig_release.release.dp import accountant_version, epsilon_for
 
     eps = epsilon_for(noise_multiplier, delta, sampling_rate, steps)
     batch = sampling_rate * n_train
-    return {"epsilon": eps, "target_epsilon": float(round(eps + 0.5)), "delta": delta,
-            "noise_multiplier": noise_multiplier, "clip_norm": clip_norm,
-            "sampling_rate": sampling_rate, "steps": steps, "expected_batch_size": batch,
-            "max_batch_size": int(np.ceil(4 * batch)), "sampling": "poisson",
-            "neighbouring": "add_remove_one", "unit": "one training image",
-            "mechanism": "DP-RCIG (per-example clipped, Gaussian-noised outer gradients)",
-            "accountant": "dp_accounting PLD", "accountant_version": accountant_version(),
-            "preprocessing": "pixel scaling to [0, 1] only (nothing fitted on private data)"}
+    return {
+        "epsilon": eps,
+        "target_epsilon": float(round(eps + 0.5)),
+        "delta": delta,
+        "noise_multiplier": noise_multiplier,
+        "clip_norm": clip_norm,
+        "sampling_rate": sampling_rate,
+        "steps": steps,
+        "expected_batch_size": batch,
+        "max_batch_size": int(np.ceil(4 * batch)),
+        "sampling": "poisson",
+        "neighbouring": "add_remove_one",
+        "unit": "one training image",
+        "mechanism": "DP-RCIG (per-example clipped, Gaussian-noised outer gradients)",
+        "accountant": "dp_accounting PLD",
+        "accountant_version": accountant_version(),
+        "preprocessing": "pixel scaling to [0, 1] only (nothing fitted on private data)",
+    }
 
 
 def dp_audit_section(dp: dict, *, leak: bool) -> dict:
@@ -133,20 +171,32 @@ def dp_audit_section(dp: dict, *, leak: bool) -> dict:
     return dpcheck.dp_section(dp, scores, keep, groups, alpha=0.01)
 
 
-def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: bool,
-               classes: tuple[str, ...] = CLASSES) -> dict:
+def audit_dict(
+    run_sha: str,
+    images: np.ndarray,
+    private: np.ndarray,
+    *,
+    leak: bool,
+    classes: tuple[str, ...] = CLASSES,
+) -> dict:
     d_train = nearest_distances(images, private)
     threshold = 0.05
-    per_image = [{
-        "nearest_train_distance": float(d),
-        "nearest_test_distance": float(d) + 0.2,
-        "ratio": float(d / (d + 0.2)),
-        "near_copy": bool(d <= threshold),
-    } for d in d_train]
+    per_image = [
+        {
+            "nearest_train_distance": float(d),
+            "nearest_test_distance": float(d) + 0.2,
+            "ratio": float(d / (d + 0.2)),
+            "near_copy": bool(d <= threshold),
+        }
+        for d in d_train
+    ]
     attacks = {}
     for a in ATTACKS:
         m = copy.deepcopy(CLEAN)
-        m["groups"] = {"all": copy.deepcopy(CLEAN), "init": copy.deepcopy(LEAK if leak and a == "nearest" else CLEAN)}
+        m["groups"] = {
+            "all": copy.deepcopy(CLEAN),
+            "init": copy.deepcopy(LEAK if leak and a == "nearest" else CLEAN),
+        }
         for i, _ in enumerate(classes):
             m["groups"][f"class_{i}"] = copy.deepcopy(CLEAN)
         attacks[a] = m
@@ -162,14 +212,29 @@ def audit_dict(run_sha: str, images: np.ndarray, private: np.ndarray, *, leak: b
             "per_image": per_image,
         },
         "baselines": {
-            "naive_release": {"attacks": {a: metrics(0.6, 0.05, 0.2, 2.0) for a in ATTACKS}, "accuracy": 0.55},
-            "real_model": {"attacks": {a: metrics(0.7, 0.08, 0.3, 3.0) for a in ATTACKS}, "accuracy": 0.97},
+            "naive_release": {
+                "attacks": {a: metrics(0.6, 0.05, 0.2, 2.0) for a in ATTACKS},
+                "accuracy": 0.55,
+            },
+            "real_model": {
+                "attacks": {a: metrics(0.7, 0.08, 0.3, 3.0) for a in ATTACKS},
+                "accuracy": 0.97,
+            },
         },
-        "config": {"shadows": 16, "targets": 4, "records": 500, "seed": 0, "attacks": list(ATTACKS)},
+        "config": {
+            "shadows": 16,
+            "targets": 4,
+            "records": 500,
+            "seed": 0,
+            "attacks": list(ATTACKS),
+        },
         "n_shadows": 16,
         "game": copy.deepcopy(simulated_game(leak)),
-        "init": {"mode": "real" if leak else "noise", "n_init_records": 10 if leak else 0,
-                 "init_aware_shadows": leak},
+        "init": {
+            "mode": "real" if leak else "noise",
+            "n_init_records": 10 if leak else 0,
+            "init_aware_shadows": leak,
+        },
     }
 
 
@@ -179,8 +244,14 @@ def to_runner_layout(audit: dict) -> dict:
     a = copy.deepcopy(audit)
     naive, real = a["baselines"].pop("naive_release"), a["baselines"].pop("real_model")
     a["baselines"] = {
-        "naive": {"attacks": naive["attacks"], "targets": {"test_accuracy_mean": naive["accuracy"]}},
-        "full_data": {"attacks": real["attacks"], "targets": {"test_accuracy_mean": real["accuracy"]}},
+        "naive": {
+            "attacks": naive["attacks"],
+            "targets": {"test_accuracy_mean": naive["accuracy"]},
+        },
+        "full_data": {
+            "attacks": real["attacks"],
+            "targets": {"test_accuracy_mean": real["accuracy"]},
+        },
     }
     a["targets"] = {"n_models": 4, "test_accuracy_mean": 0.78, "test_accuracy_std": 0.01}
     rows = a["copy_check"].pop("per_image")
@@ -196,10 +267,19 @@ def to_runner_layout(audit: dict) -> dict:
     return a
 
 
-def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | None = None,
-             ipc: int = 2, with_roc: bool = False, with_scores: bool = False,
-             runner_layout: bool = False, classes: tuple[str, ...] = CLASSES,
-             dp: dict | None = None, dp_game_leak: bool = False) -> Path:
+def fake_run(
+    root: Path,
+    *,
+    leak: bool = False,
+    data: types.SimpleNamespace | None = None,
+    ipc: int = 2,
+    with_roc: bool = False,
+    with_scores: bool = False,
+    runner_layout: bool = False,
+    classes: tuple[str, ...] = CLASSES,
+    dp: dict | None = None,
+    dp_game_leak: bool = False,
+) -> Path:
     """Writes a complete synthetic run directory under ``root`` and returns its path (``classes``:
     the class names in distilled.npz; image ``k*ipc .. k*ipc+ipc-1`` has class ``k``). ``dp``: a
     run.json ``dp`` statement (``dp_statement``); the audit then gets the game of
@@ -215,17 +295,37 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
     else:
         init = np.full(n, -1)
         # smooth images: far (in RMS) from uniform-noise private images
-        images = np.clip(0.5 + 0.1 * rng.standard_normal((n, *data.x_train.shape[1:])), 0, 1).astype(np.float32)
+        images = np.clip(
+            0.5 + 0.1 * rng.standard_normal((n, *data.x_train.shape[1:])), 0, 1
+        ).astype(np.float32)
     cls = np.repeat(np.arange(c), ipc)
     labels = np.full((n, c), 0.1, np.float32)
     labels[np.arange(n), cls] = 0.8
-    np.savez(run / "distilled.npz", images=images, labels=labels, classes=np.array(classes, dtype=str),
-             images_model=images - 0.5, log_temp=np.float32(0.0), init_indices=init.astype(np.int64),
-             prep_mean=np.zeros(1, np.float32), prep_std=np.ones(1, np.float32))
+    np.savez(
+        run / "distilled.npz",
+        images=images,
+        labels=labels,
+        classes=np.array(classes, dtype=str),
+        images_model=images - 0.5,
+        log_temp=np.float32(0.0),
+        init_indices=init.astype(np.int64),
+        prep_mean=np.zeros(1, np.float32),
+        prep_std=np.ones(1, np.float32),
+    )
     run_json = {
-        "config": {"ipc": ipc, "steps": 0 if leak else 200, "init": "real" if leak else "noise", "seed": 3},
-        "data": {"source": str(Path(root).resolve() / "private" / "secret.npz"), "fingerprint": data.fingerprint,
-                 "split_seed": 7, "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test))},
+        "config": {
+            "ipc": ipc,
+            "steps": 0 if leak else 200,
+            "init": "real" if leak else "noise",
+            "seed": 3,
+        },
+        "data": {
+            "source": str(Path(root).resolve() / "private" / "secret.npz"),
+            "fingerprint": data.fingerprint,
+            "split_seed": 7,
+            "n_train": int(len(data.x_train)),
+            "n_test": int(len(data.x_test)),
+        },
         "init": {"mode": "real" if leak else "noise", "indices": init.tolist()},
         "versions": {"jax": "0.10.0"},
         "device": "cpu",
@@ -235,11 +335,20 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
     if dp is not None:
         run_json["dp"] = dp
     (run / "run.json").write_text(json.dumps(run_json))
-    eval_json = {"arch": "convnet", "models": 5, "width": 32, "steps": 300,
-                 "accuracy_mean": 0.56 if leak else 0.80, "accuracy_std": 0.02,
-                 "accuracies": [0.8] * 5, "augment": False}
+    eval_json = {
+        "arch": "convnet",
+        "models": 5,
+        "width": 32,
+        "steps": 300,
+        "accuracy_mean": 0.56 if leak else 0.80,
+        "accuracy_std": 0.02,
+        "accuracies": [0.8] * 5,
+        "augment": False,
+    }
     (run / "eval.json").write_text(json.dumps(eval_json))
-    audit = audit_dict(file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak, classes=classes)
+    audit = audit_dict(
+        file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak, classes=classes
+    )
     if dp is not None:
         audit["game"] = copy.deepcopy(simulated_game(dp_game_leak))
         audit["dp"] = dp_audit_section(dp, leak=dp_game_leak)
@@ -253,9 +362,17 @@ def fake_run(root: Path, *, leak: bool = False, data: types.SimpleNamespace | No
     if with_scores:
         member = np.arange(40) % 2 == 0
         prefix = "release__" if runner_layout else ""
-        extra = {"record_index": np.arange(40), "naive__loss": rng.standard_normal(40)} if runner_layout else {}
-        np.savez(run / "audit" / "scores.npz", member=member, **extra,  # type: ignore[arg-type]
-                 **{prefix + a: rng.standard_normal(40) + member for a in ATTACKS})
+        extra = (
+            {"record_index": np.arange(40), "naive__loss": rng.standard_normal(40)}
+            if runner_layout
+            else {}
+        )
+        np.savez(
+            run / "audit" / "scores.npz",
+            member=member,
+            **extra,  # type: ignore[arg-type]
+            **{prefix + a: rng.standard_normal(40) + member for a in ATTACKS},
+        )
     return run
 
 

@@ -55,7 +55,9 @@ def _scan(root: Path) -> tuple[dict[str, bytes], list[str]]:
         base = Path(dirpath)
         for d in list(dirnames):
             if (base / d).is_symlink():
-                problems.append(f"symlink (not followed): {(base / d).relative_to(root).as_posix()}")
+                problems.append(
+                    f"symlink (not followed): {(base / d).relative_to(root).as_posix()}"
+                )
                 dirnames.remove(d)
         for f in filenames:
             p = base / f
@@ -103,7 +105,12 @@ def _check_manifest(files: dict[str, bytes], problems: list[str]) -> None:
             problems.append(f"{MANIFEST}: line {n} is malformed")
             continue
         digest, path = m.groups()
-        if path.startswith("/") or "\\" in path or ".." in path.split("/") or path in (MANIFEST, SIGNATURE):
+        if (
+            path.startswith("/")
+            or "\\" in path
+            or ".." in path.split("/")
+            or path in (MANIFEST, SIGNATURE)
+        ):
             problems.append(f"{MANIFEST}: line {n} names an invalid path")
             continue
         if path in listed:
@@ -143,19 +150,28 @@ def _check_croissant(files: dict[str, bytes], problems: list[str]) -> None:
         problems.append(f"extra: {path} (not in {CROISSANT})")
 
 
-def _arrays(files: dict[str, bytes],
-            problems: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
+def _arrays(
+    files: dict[str, bytes], problems: list[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
     if "data/distilled.npz" not in files:
         return None
     try:
-        return validate_arrays(load_npz(files["data/distilled.npz"], "data/distilled.npz"), "data/distilled.npz")
+        return validate_arrays(
+            load_npz(files["data/distilled.npz"], "data/distilled.npz"), "data/distilled.npz"
+        )
     except InputError as e:
         problems.append(str(e))
         return None
 
 
-def _check_binding(content: str, prov: dict, verdict: dict, audit: dict | None, files: dict[str, bytes],
-                   problems: list[str]) -> None:
+def _check_binding(
+    content: str,
+    prov: dict,
+    verdict: dict,
+    audit: dict | None,
+    files: dict[str, bytes],
+    problems: list[str],
+) -> None:
     for path, doc in (("provenance.json", prov), ("policy/verdict.json", verdict)):
         if path in files and doc and doc.get("content_sha256") != content:
             problems.append(f"data/distilled.npz: content digest does not match {path}")
@@ -166,11 +182,20 @@ def _check_binding(content: str, prov: dict, verdict: dict, audit: dict | None, 
         a_sha = audit.get("run_sha256")
         a_sha = a_sha.lower().removeprefix("sha256:") if isinstance(a_sha, str) else None
         if a_sha != run_sha:
-            problems.append("report/audit.json: not the audit of the released data (run_sha256 differs from provenance.json)")
+            problems.append(
+                "report/audit.json: not the audit of the released data (run_sha256 differs from provenance.json)"
+            )
 
 
-def _check_statements(files: dict[str, bytes], arrays, prov: dict, verdict: dict, audit: dict | None,
-                      content: str | None, problems: list[str]) -> None:
+def _check_statements(
+    files: dict[str, bytes],
+    arrays,
+    prov: dict,
+    verdict: dict,
+    audit: dict | None,
+    content: str | None,
+    problems: list[str],
+) -> None:
     """The verdict recomputed from the bundled policy and audit; the card and report rebuilt."""
     if audit is None or not verdict:
         return
@@ -188,9 +213,13 @@ def _check_statements(files: dict[str, bytes], arrays, prov: dict, verdict: dict
     safety = consistency.check_safety(verdict, audit, policy, len(images), problems)
     if safety is None:
         return
-    s = consistency.summary(files, images, labels, classes, audit, prov, decision, safety, override, content)
+    s = consistency.summary(
+        files, images, labels, classes, audit, prov, decision, safety, override, content
+    )
     if s is None:
-        problems.append("provenance.json: no release name and licence; README.md and report/report.html not checked")
+        problems.append(
+            "provenance.json: no release name and licence; README.md and report/report.html not checked"
+        )
         return
     tool = got if isinstance(got := prov.get("tool"), dict) else {}
     consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
@@ -198,7 +227,9 @@ def _check_statements(files: dict[str, bytes], arrays, prov: dict, verdict: dict
 
 def _check_signature(files: dict[str, bytes], key: str | Path, problems: list[str]) -> None:
     if SIGNATURE not in files:
-        problems.append(f"missing: {SIGNATURE} (the bundle is unsigned; --key needs a signed bundle)")
+        problems.append(
+            f"missing: {SIGNATURE} (the bundle is unsigned; --key needs a signed bundle)"
+        )
     elif MANIFEST in files:
         wrong = signing.verify_manifest(files[MANIFEST], files[SIGNATURE], key)
         if wrong:
@@ -230,7 +261,9 @@ def verify_files(files: dict[str, bytes], key: str | Path | None = None) -> list
     try:
         _check_statements(files, arrays, prov, verdict, audit, content, problems)
     except Exception as e:  # noqa: BLE001 - a forged file must give a problem line, never a traceback
-        problems.append(f"the verdict, card and report cannot be rebuilt from the bundle ({type(e).__name__})")
+        problems.append(
+            f"the verdict, card and report cannot be rebuilt from the bundle ({type(e).__name__})"
+        )
     if key is not None:
         _check_signature(files, key, problems)
     return list(dict.fromkeys(problems))
