@@ -177,7 +177,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
     data, toml = tiny
     # enough steps that the run is still going when the watcher sees the step-4 checkpoint,
     # even with a warm compilation cache
-    base = ["distill", "--data", data, "--config", toml, "--steps", 200, "--ipc", 2, "--quiet"]
+    base = ["distill", "--data", data, "--config", toml, "--steps", 60, "--ipc", 2, "--quiet"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(
