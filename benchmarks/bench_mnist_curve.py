@@ -23,7 +23,7 @@ import numpy as np
 from rcig_release.config import make_distill_config, resolve, with_data_defaults
 from rcig_release.data import fit_preprocessor, load_dataset
 from rcig_release.distill import distill
-from rcig_release.train import evaluate_arrays
+from rcig_release.train import default_steps, evaluate_arrays
 
 
 def main() -> None:
@@ -42,6 +42,12 @@ def main() -> None:
     ap.add_argument("--eval-width", help="comma-separated evaluation widths (default: --width's)")
     ap.add_argument("--seed", type=int, help="distillation seed (default: the config's)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="evaluate the snapshots already in --out (snaps.json) without distilling",
+    )
+    ap.add_argument("--eval-marks", help="comma-separated minutes to evaluate (default: all)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(a.data)
@@ -70,20 +76,28 @@ def main() -> None:
             ema = jax.device_get(state.psi_ema)
             np.savez(a.out / f"snap_{m:g}.npz", x=ema["x"], y=ema["y"])
             snaps.append({"minutes": m, "step": int(step), "elapsed": elapsed * 60})
+            (a.out / "snaps.json").write_text(json.dumps(snaps, indent=1))
             print(f"snapshot at {elapsed:.1f} min, step {step}", flush=True)
             if not marks:
                 raise KeyboardInterrupt  # time budget reached
 
-    try:
-        distill(cfg, x, ds.y_train, ds.num_classes, on_state=on_state)
-    except Exception as e:  # Interrupted is raised by the budget stop
-        print("stopped:", type(e).__name__)
+    if a.eval_only:
+        snaps = json.loads((a.out / "snaps.json").read_text())
+    else:
+        try:
+            distill(cfg, x, ds.y_train, ds.num_classes, on_state=on_state)
+        except Exception as e:  # Interrupted is raised by the budget stop
+            print("stopped:", type(e).__name__)
+    if a.eval_marks:
+        keep = {float(m) for m in a.eval_marks.split(",")}
+        snaps = [s for s in snaps if s["minutes"] in keep]
     x_test = prep.transform(ds.x_test).astype(np.float32)
     rows = []
     widths = [int(w) for w in a.eval_width.split(",")] if a.eval_width else [cfg.width]
     for s in snaps:
         z = np.load(a.out / f"snap_{s['minutes']:g}.npz")
         xs, ys = z["x"], z["y"]
+        steps = default_steps(len(xs))  # the protocol's U from the count before the flips
         if res.use_flip:
             xs, ys = np.concatenate([xs, xs[:, :, ::-1]]), np.concatenate([ys, ys])
         for w in widths:
@@ -99,11 +113,13 @@ def main() -> None:
                 seed=0,
                 width=w,
                 depth=res.depth,
+                steps=steps,
             )
             rows.append(
                 {
                     **s,
                     "eval_width": w,
+                    "eval_steps": steps,
                     "acc_mean": r["accuracy_mean"],
                     "acc_std": r["accuracy_std"],
                     "eval_s": time.perf_counter() - t,
@@ -120,7 +136,8 @@ def main() -> None:
             f"{r['minutes']:>8g} {r['step']:>6} {r['eval_width']:>10} "
             f"{100 * r['acc_mean']:>8.2f} ± {100 * r['acc_std']:.2f}"
         )
-    (a.out / "curve.json").write_text(json.dumps(rows, indent=1))
+    name = "curve.json" if not a.eval_only else f"curve-{'-'.join(map(str, widths))}.json"
+    (a.out / name).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
