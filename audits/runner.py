@@ -436,8 +436,8 @@ def run_audit(
             np.savez_compressed(
                 audit_dir / "game_scores.npz",
                 keep=keep,
-                **{k: v.astype(np.float32) for k, v in gsc.items()},
-            )  # type: ignore[arg-type]
+                **{k: v.astype(np.float32) for k, v in gsc.items()},  # type: ignore[arg-type]
+            )
             if run.run_json.get("dp") is not None:  # a DP run: empirical ε LB against the proven ε
                 dp_audit = dpcheck.dp_section(
                     run.run_json["dp"],
