@@ -22,6 +22,7 @@ from rcig_release.distill import Interrupted, distill
 from rcig_release.errors import InputError
 from rcig_release.rcig import accounting, dp
 from rcig_release.rcig.step import meta_gradient
+from rcig_release.release.dp import DP_KEYS
 
 LEAVES = ("x", "y", "log_temp")
 
@@ -332,24 +333,7 @@ def test_cli_dp_run_writes_the_dp_object(tmp_path):
     assert r.exit_code == 0, r.output
     rj = json.loads((run / "run.json").read_text())
     d = rj["dp"]
-    assert set(d) == {
-        "epsilon",
-        "target_epsilon",
-        "delta",
-        "noise_multiplier",
-        "clip_norm",
-        "sampling_rate",
-        "steps",
-        "expected_batch_size",
-        "max_batch_size",
-        "sampling",
-        "neighbouring",
-        "unit",
-        "mechanism",
-        "accountant",
-        "accountant_version",
-        "preprocessing",
-    }
+    assert set(d) == set(DP_KEYS)  # exactly what audit, release and verify read
     assert d["epsilon"] <= d["target_epsilon"] == 8.0 and d["noise_multiplier"] == 2.0
     assert d["clip_norm"] == 0.5 and d["steps"] == 3 and d["delta"] == 1e-5
     assert d["sampling_rate"] == pytest.approx(16 / 36)
