@@ -23,6 +23,14 @@ from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
 
 ACCOUNTANT = "dp_accounting PLD"
+# What a DP run's ε is about, as run.json records it: the only vocabulary this accountant (and so
+# audit, release and verify) can recompute. rcig/dp.record writes it; release/dp.FIXED checks it.
+GUARANTEE = {
+    "sampling": "poisson",
+    "neighbouring": "add_remove_one",
+    "unit": "one training image",
+    "accountant": ACCOUNTANT,
+}
 # PLD grid of privacy-loss values. The estimate is pessimistic (an upper bound) at any grid;
 # 1e-3 is within 1e-3 of 1e-4's ε on the MNIST configuration (q = 128/60000, 1300 steps,
 # σ = 0.6: 2.5599 against 2.5595) and 10x faster (0.8 s against 8 s per evaluation).

@@ -311,10 +311,7 @@ def record(cfg: DistillConfig, n_train: int) -> dict[str, Any]:
         "steps": steps,
         "expected_batch_size": q * n_train,
         "max_batch_size": max_batch_size(n_train, q),
-        "sampling": "poisson",
-        "neighbouring": "add_remove_one",
-        "unit": "one training image",
         "mechanism": MECHANISM,
-        "accountant": accounting.ACCOUNTANT,
+        **accounting.GUARANTEE,
         "accountant_version": accounting.accountant_version(),
     }

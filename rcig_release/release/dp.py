@@ -22,7 +22,11 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from rcig_release.errors import InputError
-from rcig_release.rcig.accounting import ACCOUNTANT, accountant_version, epsilon_for
+from rcig_release.rcig.accounting import (
+    GUARANTEE,
+    accountant_version,
+    epsilon_for,
+)
 
 DP_KEYS = (
     "epsilon",
@@ -43,12 +47,7 @@ DP_KEYS = (
     "preprocessing",
 )
 # The vocabulary this tool can recompute and state; another value is refused, not re-described.
-FIXED = {
-    "sampling": "poisson",
-    "neighbouring": "add_remove_one",
-    "unit": "one training image",
-    "accountant": ACCOUNTANT,
-}
+FIXED = GUARANTEE
 NEIGHBOURING_TEXT = {"add_remove_one": "add or remove one training image"}
 # Recorded ε against the recomputation: the PLD accountant is deterministic for given inputs and
 # version, so only float formatting separates them.

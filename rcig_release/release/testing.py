@@ -137,7 +137,7 @@ def dp_statement(
 ) -> dict:
     """A run.json ``dp`` object whose ε is the accountant's for these parameters
     (``dp.epsilon_for``), never a typed-in number."""
-    from rcig_release.release.dp import accountant_version, epsilon_for
+    from rcig_release.release.dp import GUARANTEE, accountant_version, epsilon_for
 
     eps = epsilon_for(noise_multiplier, delta, sampling_rate, steps)
     batch = sampling_rate * n_train
@@ -151,11 +151,8 @@ def dp_statement(
         "steps": steps,
         "expected_batch_size": batch,
         "max_batch_size": int(np.ceil(4 * batch)),
-        "sampling": "poisson",
-        "neighbouring": "add_remove_one",
-        "unit": "one training image",
+        **GUARANTEE,
         "mechanism": "DP-RCIG (per-example clipped, Gaussian-noised outer gradients)",
-        "accountant": "dp_accounting PLD",
         "accountant_version": accountant_version(),
         "preprocessing": "pixel scaling to [0, 1] only (nothing fitted on private data)",
     }
