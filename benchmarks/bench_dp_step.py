@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from steptiming import StepTimer, peak_rss_gb, run_child
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"
 
 
 def child(data: str, kind: str, ipc: int, steps: int, width: int | None, real_batch: int) -> dict:
-    import resource
-
-    import jax
     import numpy as np
 
     from rcig_release.config import make_distill_config, resolve, with_data_defaults
@@ -51,27 +48,16 @@ def child(data: str, kind: str, ipc: int, steps: int, width: int | None, real_ba
     cfg = with_data_defaults(cfg, len(ds.y_train))
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     x = preprocessor_for(ds.x_train, cfg, zca=res.zca).transform(ds.x_train).astype(np.float32)
-    times: list[float] = []
-    t = [time.perf_counter()]
-
-    def on_state(step, st):
-        jax.block_until_ready(st)
-        now = time.perf_counter()
-        times.append(now - t[0])
-        t[0] = now
-
-    result = distill(cfg, x, ds.y_train, ds.num_classes, on_state=on_state)
-    rest = sorted(times[1:])
+    timer = StepTimer()
+    result = distill(cfg, x, ds.y_train, ds.num_classes, on_state=timer)
     row = {
         "kind": kind,
         "ipc": ipc,
         "width": cfg.width,
         "real_batch": cfg.real_batch,
         "n_train": int(len(ds.y_train)),
-        "first_step_s": times[0],
-        "s_per_step": rest[len(rest) // 2] if rest else float("nan"),
-        "steps_timed": len(rest),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        **timer.summary(),
+        "peak_rss_gb": peak_rss_gb(),
     }
     if kind == "dp":
         row["max_batch_size"] = result.info["dp"]["max_batch_size"]
@@ -111,21 +97,7 @@ def main() -> None:
             ]
             if a.width:
                 cmd += ["--width", str(a.width)]
-            try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-                last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-                err = out.stderr.strip().splitlines()
-                row = (
-                    json.loads(last)
-                    if out.returncode == 0
-                    else {
-                        "kind": kind,
-                        "ipc": ipc,
-                        "error": err[-1] if err else f"rc {out.returncode}",
-                    }
-                )
-            except subprocess.TimeoutExpired:
-                row = {"kind": kind, "ipc": ipc, "error": f"over {a.timeout:g} s"}
+            row = run_child(cmd, a.timeout, {"kind": kind, "ipc": ipc})
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from steptiming import StepTimer, peak_rss_gb, run_child
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"
 
@@ -38,8 +39,6 @@ def _matmul_rate() -> float:
 
 
 def child(data: str, preset: str, ipc: int, steps: int) -> dict:
-    import resource
-
     import jax
     import numpy as np
 
@@ -75,27 +74,16 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
         "xla_buffers_gb": xla_gb,
     }
     if steps == 0:  # compile only: what one step would cost, without running it
-        return {**row, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
-    times: list[float] = []
-    t = [time.perf_counter()]
-
-    def on_state(step, st):
-        jax.block_until_ready(st)
-        now = time.perf_counter()
-        times.append(now - t[0])
-        t[0] = now
-
-    distill(cfg, x, ds.y_train, ds.num_classes, on_state=on_state)
+        return {**row, "peak_rss_gb": peak_rss_gb()}
+    timer = StepTimer()
+    distill(cfg, x, ds.y_train, ds.num_classes, on_state=timer)
     rate = _matmul_rate()
-    rest = sorted(times[1:])
-    s = rest[len(rest) // 2] if rest else float("nan")
+    timing = timer.summary()
     return {
         **row,
-        "first_step_s": times[0],
-        "s_per_step": s,
-        "steps_timed": len(rest),
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "achieved_gflops": flops / s / 1e9,
+        **timing,
+        "peak_rss_gb": peak_rss_gb(),
+        "achieved_gflops": flops / timing["s_per_step"] / 1e9,
         "matmul_gflops": rate / 1e9,
     }
 
@@ -130,20 +118,7 @@ def main() -> None:
                 str(ipc),
                 str(a.steps),
             ]
-            try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-                last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
-                row = (
-                    json.loads(last)
-                    if out.returncode == 0
-                    else {
-                        "preset": preset,
-                        "ipc": ipc,
-                        "error": out.stderr.strip().splitlines()[-1],
-                    }
-                )
-            except subprocess.TimeoutExpired:
-                row = {"preset": preset, "ipc": ipc, "error": f"over {a.timeout:g} s"}
+            row = run_child(cmd, a.timeout, {"preset": preset, "ipc": ipc})
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(
