@@ -251,7 +251,6 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
     images, labels, classes = validate_arrays(arrays, "RUN/distilled.npz")
     run_json_bytes = read_nofollow(run / "run.json", "RUN/run.json")
     run_json = _json(run_json_bytes, "RUN/run.json")
-    init_indices = init_indices_of(arrays, run_json, len(images))
     try:
         eval_bytes = read_nofollow(run / "eval.json", "RUN/eval.json")
     except InputError as e:
@@ -271,6 +270,7 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
             "(stale audit? re-run it)"
         )
     run_json_sha = check_run_json_audited(audit, run_json_bytes)
+    init_indices = init_indices_of(arrays, run_json, len(images))
 
     roc = None
     if os.path.lexists(run / "audit" / "roc.png"):
