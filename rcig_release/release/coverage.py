@@ -140,7 +140,7 @@ def sentence(table: list[tuple[str, str, str, str]], eps: str, delta: str) -> st
     """The card's DP sentence, generated from the coverage table (Markdown; file names as code)."""
 
     def files(status: str) -> list[str]:
-        return [f"`{f}`" for f, s, _, _ in table if s == status]
+        return [f"`{f.replace('`', '')}`" for f, s, _, _ in table if s == status]
 
     yes, partly, no = files("yes"), files("partly"), files("no")
     text = (
