@@ -125,8 +125,8 @@ def release_command(
             "--fingerprint-key",
             metavar="FILE",
             help="Key of the keyed data fingerprint the bundle publishes (HMAC-SHA256; keep it as "
-            "private as the data, outside the bundle). Default: $XDG_CONFIG_HOME/rcig-release/"
-            "fingerprint.key (~/.config/...), created with 32 random bytes, mode 0600, if absent.",
+            "private as the data, outside the bundle) (default: $XDG_CONFIG_HOME/rcig-release/"
+            "fingerprint.key, i.e. ~/.config/..., created with 32 random bytes, mode 0600, if absent).",
         ),
     ] = None,
     include_private_stats: Annotated[
@@ -135,7 +135,7 @@ def release_command(
             "--include-private-stats",
             help="DP runs: also publish the audit, the memorisation check's statistics and the "
             "accuracies, which the (ε, δ) guarantee does not cover (the card lists them file by "
-            "file). Default: withheld. Runs without DP always include them.",
+            "file; default: withheld). Runs without DP always include them.",
         ),
     ] = False,
     replay: Annotated[
@@ -144,7 +144,8 @@ def release_command(
             "--replay",
             help="Re-derive RUN/distilled.npz from the recorded configuration, seed and private "
             "data and require identical bytes (same JAX version and device kind); a DP run: its "
-            "checkpoint chain. Required by policies with [release] require_replay (strict.toml).",
+            "checkpoint chain. Required by policies with \\[release] require_replay (strict.toml) "
+            "(default: off).",
         ),
     ] = False,
 ) -> None:
@@ -248,7 +249,7 @@ def verify_command(
             "--run",
             metavar="RUN",
             help="With --fingerprint-key: the run directory whose run.json fingerprint the "
-            "bundle should hold.",
+            "bundle should hold (default: none).",
         ),
     ] = None,
     data: Annotated[
@@ -257,7 +258,7 @@ def verify_command(
             "--data",
             metavar="SPEC",
             help="With --fingerprint-key: the private data itself (as distill's --data), split "
-            "with the bundle's recorded seed.",
+            "with the bundle's recorded seed (default: none).",
         ),
     ] = None,
 ) -> None:
