@@ -151,13 +151,6 @@ def test_editing_run_json_or_distilled_npz_after_the_audit_is_exit_2(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_the_audit_runner_records_both_digests():
-    """audits/runner.py writes run_json_sha256 beside run_sha256 (read from the source: a real
-    audit is too slow for this file; tests/test_audit_runner.py runs one)."""
-    src = (ROOT / "audits" / "runner.py").read_text()
-    assert '"run_json_sha256": sha256_file(run.path / RUN_JSON)' in src
-
-
 def test_a_policy_requiring_replay_refuses_a_release_without_it(tmp_path):
     data = private_data()
     run = fake_run(tmp_path / "run", data=data)

@@ -531,10 +531,10 @@ def _card_withheld(s: Summary) -> str:
 
 Policy **{md(o.policy_name)}** (policy file sha256 {md(o.policy_sha256)}): verdict **{o.verdict}**.
 {override_text}
-Before writing this bundle, `rcig-release release` audited the pipeline with membership-inference
-attacks over shadow pipelines, applied the policy to the audit, and ran the memorisation check on
-every image against the private training and held-out splits; the memorisation check passed (no
-bundle is written otherwise). The verdict is a function of the private data that the (ε, δ)
+Before this bundle was written, `rcig-release audit` attacked the pipeline with
+membership-inference attacks over shadow pipelines, and `rcig-release release` applied the policy
+to the audit and ran the memorisation check on every image against the private training and
+held-out splits; the memorisation check passed (no bundle is written otherwise). The verdict is a function of the private data that the (ε, δ)
 statement does not cover (see the table above). The audit's figures (attack statistics, p-values,
 ε lower bounds), the memorisation check's distances and p-values and the accuracies measured on
 the private test split are **not in this bundle**: they are statistics of the private data outside
