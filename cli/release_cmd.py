@@ -194,7 +194,7 @@ def release_command(
             Text(
                 "replay: RUN/distilled.npz is identical to "
                 + (
-                    f"a replay of run.json's pipeline ({b.jax}, {b.device})"
+                    f"a replay of run.json's pipeline (JAX {b.jax}, {b.device})"
                     if b.method == "replay"
                     else "the run's last checkpoint (DP run: checkpoint chain)"
                 )
