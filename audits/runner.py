@@ -196,7 +196,7 @@ def run_audit(
 
     from rcig_release.config import resolve
     from rcig_release.distill import initial_set
-    from rcig_release.rundir import DISTILLED, load_run
+    from rcig_release.rundir import DISTILLED, RUN_JSON, load_run
 
     validate(cfg)
     if workers is not None and workers < 1:
@@ -204,6 +204,11 @@ def run_audit(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     run = load_run(run_dir)
+    # what this audit certifies: release refuses a run.json or distilled.npz changed since
+    audited = {
+        "run_sha256": sha256_file(run.path / DISTILLED),
+        "run_json_sha256": sha256_file(run.path / RUN_JSON),
+    }
     if run.run_json.get("dp") is not None:  # a malformed DP statement fails before any work
         from rcig_release.release.dp import validate_dp
 
@@ -493,7 +498,7 @@ def run_audit(
     rel = results["release"]
     n_init = int(np.isin(mem, run_init[run_init >= 0]).sum())
     summary: dict[str, Any] = {
-        "run_sha256": sha256_file(run.path / DISTILLED),
+        **audited,
         "run": run.path.name,
         "data": {
             "source_fingerprint": ds_data.fingerprint,

@@ -102,6 +102,7 @@ def test_runner_end_to_end_planted_leak(tmp_path):
     import hashlib
 
     assert out["run_sha256"] == hashlib.sha256((run / "distilled.npz").read_bytes()).hexdigest()
+    assert out["run_json_sha256"] == hashlib.sha256((run / "run.json").read_bytes()).hexdigest()
     for name in ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest"):
         a = out["attacks"][name]  # this release: fixed members, thresholds on calibration images
         assert 0.0 <= a["auc"] <= 1.0 and "epsilon_lower_bound" not in a

@@ -30,6 +30,7 @@ from rcig_release.release.testing import (
     fake_run,
     loader_for,
     private_data,
+    rebind_audit,
     simulated_game,
     simulated_scores,
 )
@@ -301,6 +302,9 @@ def test_a_hidden_violation_and_a_stale_or_missing_dp_audit_are_refused(tmp_path
     run_json = json.loads((run / "run.json").read_text())
     run_json["dp"] = small  # a new statement, the audit of the old one
     (run / "run.json").write_text(json.dumps(run_json))
+    with pytest.raises(InputError, match="RUN/run.json changed since the audit"):
+        release(run, DP, tmp_path / "o2", load_private=loader_for(data))
+    rebind_audit(run)  # the audit's record of run.json updated, its dp section not
     with pytest.raises(InputError, match="stale audit"):
         release(run, DP, tmp_path / "o2", load_private=loader_for(data))
     audit = json.loads((run / "audit" / "audit.json").read_text())
@@ -310,6 +314,7 @@ def test_a_hidden_violation_and_a_stale_or_missing_dp_audit_are_refused(tmp_path
         release(run, DP, tmp_path / "o3", load_private=loader_for(data))
     run_json["dp"] = {**small, "epsilon": 0.01}  # not what the accountant gives
     (run / "run.json").write_text(json.dumps(run_json))
+    rebind_audit(run)
     with pytest.raises(InputError, match="not what the accountant gives"):
         release(run, DP, tmp_path / "o4", load_private=loader_for(data))
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
@@ -321,7 +326,9 @@ def dp_bundle(tmp_path_factory, statement):
     data = private_data()
     run = fake_run(tmp / "run", data=data, dp=statement)
     out = tmp / "bundle"
-    result = release(run, DP, out, load_private=loader_for(data), name="DP toy")
+    result = release(
+        run, DP, out, load_private=loader_for(data), name="DP toy", include_private_stats=True
+    )
     assert result.decision.passed, [(r.name, r.note) for r in result.decision.failed]
     return out
 
@@ -377,7 +384,8 @@ def test_the_guarantee_is_stated_in_every_document(dp_bundle, statement):
     assert len(rs["field"]) == len(dpmod.DP_KEYS)
 
     report = (dp_bundle / "report" / "report.html").read_text()
-    assert f"(ε = {eps}, δ = 1e-05)-differentially private" in report
+    assert f"(ε = {eps}, δ = 1e-05) differential-privacy guarantee" in report
+    assert "It does <b>not</b> cover this report" in report
 
 
 def test_a_non_dp_bundle_says_there_is_no_guarantee(plain_bundle):

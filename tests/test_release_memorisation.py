@@ -14,7 +14,14 @@ from rcig_release.release import memorisation as mem
 from rcig_release.release import safety
 from rcig_release.release.bundle import ReleaseRefused, release
 from rcig_release.release.inputs import load_release_inputs
-from rcig_release.release.testing import FINGERPRINT, displaced, fake_run, loader_for, private_data
+from rcig_release.release.testing import (
+    FINGERPRINT,
+    displaced,
+    fake_run,
+    loader_for,
+    private_data,
+    rebind_audit,
+)
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 
@@ -210,6 +217,7 @@ def test_init_indices_come_from_the_run(tmp_path):
     )
     run_json["init"]["indices"][0] = (run_json["init"]["indices"][0] + 1) % len(data.x_train)
     (leak / "run.json").write_text(json.dumps(run_json))
+    rebind_audit(leak)  # as an audit of the edited run would record it
     with pytest.raises(InputError, match="disagree"):
         load_release_inputs(leak)
     run_json["init"]["indices"] = None
@@ -217,6 +225,7 @@ def test_init_indices_come_from_the_run(tmp_path):
     with np.load(leak / "distilled.npz") as z:
         arrays = {k: z[k] for k in z.files if k != "init_indices"}
     np.savez(leak / "distilled.npz", **arrays)
+    rebind_audit(leak)
     with pytest.raises(InputError, match="real-init run without init_indices"):
         load_release_inputs(leak)
     out_of_range = private_data(n=3, n_test=100)

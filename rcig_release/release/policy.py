@@ -49,7 +49,7 @@ _RENAMED = {
 # a file that calls itself one of these names but differs is reported as modified.
 SHIPPED_SHA256 = {
     "default": "ea08e4cd486df81bbe834041be3797a03230436cae57cac023c1d18196517b0d",
-    "strict": "eab74f3bdd60e4e27b35c89fcdd40f7c43f1970c890aaedeebcd10b06a086179",
+    "strict": "c2c188eb4cfe9803bb90284c21dcd855aaa7c700d650dbd5e9579c84f1dd0d52",
     "dp": "eaa87028dd71e18a0810dbe3864765395c77db783b5632b1874d511917cc3344",
 }
 
@@ -102,6 +102,8 @@ class Policy:
         None  # [dp] max_epsilon: the run must be DP with proven ε <= this
     )
     dp_max_delta: float | None = None  # [dp] max_delta (optional): and its δ <= this
+    # [release] require_replay (optional): release needs --replay (docs/release.md, "Binding")
+    require_replay: bool = False
 
     @property
     def modified(self) -> bool:
@@ -298,6 +300,11 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         if dp_max_delta is not None and not 0 < dp_max_delta < 1:
             raise InputError(f"policy {file}: dp.max_delta must be in (0, 1)")
         dp_t.done()
+    require_replay = False
+    release_t = top.sub("release", optional=True)
+    if release_t is not None:
+        require_replay = release_t.take("require_replay", bool)
+        release_t.done()
     top.done()
 
     return Policy(
@@ -318,6 +325,7 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         source_name=file,
         dp_max_epsilon=dp_max_epsilon,
         dp_max_delta=dp_max_delta,
+        require_replay=require_replay,
     )
 
 
