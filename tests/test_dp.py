@@ -4,6 +4,7 @@ dp_accounting run directly, the refusals, and a tiny DP run end to end with resu
 that each fail on a deliberately broken copy of the step are in test_dp_mechanism.py."""
 
 import json
+from pathlib import Path
 
 import dp_accounting
 import jax
@@ -406,3 +407,25 @@ def test_delta_not_below_one_over_n_is_warned_about_in_one_line(tmp_path):
     assert config_warning(DistillConfig(dp_epsilon=1.0, dp_delta=1e-6), 60000) is None
     assert config_warning(DistillConfig(dp_epsilon=1.0, dp_delta=1e-5), 100000) is not None
     assert config_warning(DistillConfig(), 10**9) is None  # not a DP run
+
+
+def test_release_never_copies_a_dp_runs_checkpoints(tmp_path):
+    """DP checkpoints are private run-directory files (docs/dp.md): the bundle holds none of their
+    files or bytes."""
+    from rcig_release.release.bundle import release
+    from rcig_release.release.testing import dp_statement, fake_run, loader_for, private_data
+
+    data = private_data()
+    run = fake_run(tmp_path / "run", data=data, dp=dp_statement())
+    sentinel = b"CHECKPOINT-SENTINEL-7f3a"
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "state-0123456789abcdef.msgpack").write_bytes(sentinel)
+    (run / "checkpoints" / "meta.json").write_text(
+        json.dumps({"step": 1, "note": sentinel.decode()})
+    )
+    out = tmp_path / "bundle"
+    policy = Path(__file__).resolve().parents[1] / "policies" / "dp.toml"
+    release(run, policy, out, load_private=loader_for(data), name="DP toy")
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and not any("checkpoint" in str(p.relative_to(out)) for p in files)
+    assert not any(sentinel in p.read_bytes() for p in files)
