@@ -308,7 +308,16 @@ def test_dp_resume_continues_the_same_run_with_fresh_randomness(tmp_path):
     with pytest.raises(Interrupted):
         distill(cfg, x, y, C, checkpoint_dir=tmp_path / "ck", on_state=stop)
     meta = json.loads((tmp_path / "ck" / "meta.json").read_text())
-    assert set(meta) == {"step", "config", "tuning", "state_sha256", "state_file"}
+    # no secret in the checkpoint's meta: only public bookkeeping and hashes of the state chain
+    assert set(meta) == {
+        "step",
+        "config",
+        "tuning",
+        "state_sha256",
+        "state_file",
+        "chain",
+        "previous_state_sha256",
+    }
     assert meta["step"] == 2
     steps = []
     resumed = distill(
