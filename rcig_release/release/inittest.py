@@ -126,7 +126,7 @@ def _draw_without_replacement(rng: np.random.Generator, n: int, k: int, draws: i
     """[draws, k] ordered samples without replacement from 0..n-1, each uniform."""
     if k == 1:
         return rng.integers(0, n, size=(draws, 1))
-    if n <= 4 * k or n <= 64:
+    if k * k > n:  # many collisions: a random permutation's first k
         return np.argsort(rng.random((draws, n)), axis=1)[:, :k]
     out = rng.integers(0, n, size=(draws, k))
     while True:  # rejection: uniform over ordered k-tuples of distinct values

@@ -17,7 +17,8 @@ pool of training records, three statistics, each small when q is a copy of a rec
   record t_i and mean-centred on the overlap window, by ``a t_i``, and r2 that of
   ``a t_i + b t_j`` over the other records t_j: near 0 for a blend of two records (in the same
   alignment), near 1 when a second record explains nothing more. t_i runs over the
-  ``fit_records`` nearest records and then over the best partner each of them found.
+  ``fit_records`` nearest records by distance and by lowpass angle, then over the best partner
+  each of them found.
 
 Which records are compared is part of the statistics (applied identically to every query, so
 every rank test built on them stays valid). When ``records x transforms x pixels`` is at most
@@ -56,7 +57,7 @@ class NearConfig:
     pca_dims: int = 32  # PCA dimensions of the lowpass statistic and the prefilters (<= pixels / 4)
     spectral_freqs: int = 4  # Fourier prefilter: |frequency| <= this in both axes
     candidates: int = 24  # records each prefilter hands to the exact stage
-    fit_records: int = 3  # nearest records tried as t_i of the blend fit
+    fit_records: int = 2  # nearest records (by distance, and by lowpass angle) tried as t_i
     partners: int = 8  # partners t_j per t_i fitted exactly (best of all records in PCA)
     pca_fit_records: int = 10000  # records the PCA basis is fitted on (a seeded subset)
     seed: int = 0  # chooses that subset
@@ -225,7 +226,7 @@ def prepare_images(x: np.ndarray, ref_basis: np.ndarray, cfg: NearConfig) -> Ima
     z = ((flat - flat.mean(1, keepdims=True)) @ ref_basis.T.astype(np.float32)).astype(np.float64)
     return Images(
         flat=flat,
-        win=_window_sums(x * x, cfg.shifts()),
+        win=_window_sums(np.square(x, dtype=np.float64), cfg.shifts()),
         spec=_spectral(x, cfg.spectral_freqs, cfg.flips),
         z=z,
         zunit=_unit(z).astype(np.float32),
@@ -411,16 +412,22 @@ def _block(ref: Reference, q: np.ndarray, excl: np.ndarray, comp: np.ndarray) ->
     # lowpass: sine of the angle in the PCA projection, the query as it is or flipped
     plain = [v for v, (_, sh) in enumerate(ref.variants) if ref.shifts[sh] == (0, 0)]
     zq = _unit(_centre(var[:, plain]) @ ref.basis.T)  # [B, F, k]
-    cos = np.max(_products(ref, zq, pool.zunit64, cz.zunit64, cand, excl, comp), axis=1)
-    sin = np.sqrt(1.0 - np.clip(cos, 0.0, 1.0) ** 2)
+    cos_v = _products(ref, zq, pool.zunit64, cz.zunit64, cand, excl, comp)  # [B, F, M]
+    sin = np.sqrt(1.0 - np.clip(np.max(cos_v, axis=1), 0.0, 1.0) ** 2)
     sin[dup] = np.inf
     s2 = np.partition(sin, 1, axis=1)[:, :2]
+    nf = min(sin.shape[1], ref.config.fit_records)
+    part = np.argpartition(sin, nf - 1, axis=1)[:, :nf]
+    low_order = np.take_along_axis(
+        part, np.lexsort((part, np.take_along_axis(sin, part, 1)), axis=1), 1
+    )  # the nf nearest by angle, each with its own alignment (as it is, or flipped)
+    low_v = np.array(plain)[np.argmax(cos_v, axis=1)[rows[:, None], low_order]]
 
     nearest = cand[rows, order[:, 0]]
     return (
         _gap(d1, d2),
         _gap(s2[:, 0], s2[:, 1]),
-        _blend(ref, var, cand, order, best_v, excl, comp, dist),
+        _blend(ref, var, cand, order, best_v, low_order, low_v, excl, comp, dist, sin),
         d1,
         d2,
         np.where(nearest == excl, -2, nearest).astype(np.int64),
@@ -459,20 +466,25 @@ def _blend(
     cand: np.ndarray,
     order: np.ndarray,
     best_v: np.ndarray,
+    low_order: np.ndarray,
+    low_v: np.ndarray,
     excl: np.ndarray,
     comp: np.ndarray,
     dist: np.ndarray,
+    sin: np.ndarray,
 ) -> np.ndarray:
-    """r2 / r1 per query (module docstring). Round 1 tries the ``fit_records`` nearest candidates
-    as t_i; round 2 tries, as t_i, the best partner each of them found (in its alignment), so a
-    blend of two records is fitted when either one is among the nearest or a partner of them."""
+    """r2 / r1 per query (module docstring). Round 1 tries as t_i the ``fit_records`` nearest
+    candidates by distance (each in its best transform) and by lowpass angle (as it is, or
+    flipped); round 2 tries the best partner each of them found (in its alignment), so a blend of
+    two records is fitted when either one is among those nearest or a partner of them."""
     cfg = ref.config
-    b = len(var)
-    rows = np.arange(b)[:, None]
+    rows = np.arange(len(var))[:, None]
     f = min(cfg.fit_records, cand.shape[1])
-    rec = cand[rows, order[:, :f]]  # [B, F]
-    v = best_v[rows, order[:, :f]]
-    ok = np.isfinite(dist[rows, order[:, :f]])
+    rec = np.concatenate([cand[rows, order[:, :f]], cand[rows, low_order]], 1)  # [B, F]
+    v = np.concatenate([best_v[rows, order[:, :f]], low_v], 1)
+    ok = np.concatenate(
+        [np.isfinite(dist[rows, order[:, :f]]), np.isfinite(sin[rows, low_order])], 1
+    )
     r1, r2, best = _fit_round(ref, var, rec, v, ok, excl, comp)
     r1b, r2b, _ = _fit_round(ref, var, best, v, ok, excl, comp)
     return _gap(np.minimum(r2.min(1), r2b.min(1)), np.minimum(r1.min(1), r1b.min(1)))
