@@ -74,7 +74,7 @@ def rank_tables(
     for k in np.flatnonzero(init >= 0):
         cls = labels[init[k]]
         pool = np.flatnonzero(labels == cls)
-        d = _rms(released[k], train[pool])
+        d = _rms(np.asarray(released[k], np.float64), np.asarray(train[pool], np.float64))
         srt = np.sort(d)
         rank = np.searchsorted(srt, d, side="right")  # ties count against
         members.append(pool)
@@ -150,7 +150,7 @@ def init_test(
 
     Args:
       released: float [N, D] the images as published.
-      train: float [M, D] the training split as stored.
+      train: float [M, D] the training split as stored (rows of a class are read as float64).
       labels: int [M] its labels.
       init: int [N] each image's init record (-1: none).
       draws: Monte Carlo redraws (exact enumeration when there are at most this many init sets).
@@ -160,9 +160,7 @@ def init_test(
     if not (init >= 0).any():
         return None
     labels = np.asarray(labels, np.int64)
-    members, tables, observed = rank_tables(
-        np.asarray(released, np.float64), np.asarray(train, np.float64), labels, init
-    )
+    members, tables, observed = rank_tables(released, train, labels, init)
     tested = init >= 0
     sizes = np.zeros(len(init), np.int64)
     for k, pool in zip(np.flatnonzero(tested), members, strict=True):

@@ -552,12 +552,13 @@ class MemorisationResult:
         )
 
 
-def _exact_copy_flags(released_pub: np.ndarray, train: np.ndarray) -> np.ndarray:
-    n = len(train)
-    seen = {
-        row.tobytes()
-        for row in np.round(np.clip(train.reshape(n, -1), 0.0, 1.0) * 255.0).astype(np.uint8)
-    }
+def eight_bit_rows(train: np.ndarray) -> frozenset[bytes]:
+    """The training records as 8-bit pixel rows (for the exact-copy count)."""
+    px = np.round(np.clip(np.asarray(train).reshape(len(train), -1), 0.0, 1.0) * 255.0)
+    return frozenset(row.tobytes() for row in px.astype(np.uint8))
+
+
+def _exact_copy_flags(released_pub: np.ndarray, seen: frozenset[bytes]) -> np.ndarray:
     px = np.round(released_pub.reshape(len(released_pub), -1) * 255.0).astype(np.uint8)
     return np.array([row.tobytes() in seen for row in px], bool)
 
@@ -613,6 +614,7 @@ class Prepared:
     config: CheckConfig
     n_train: int
     n_heldout: int
+    train_rows: frozenset[bytes] = frozenset()  # 8-bit training rows (exact-copy count)
 
 
 def prepare(
@@ -634,6 +636,7 @@ def prepare(
         config=config,
         n_train=len(train),
         n_heldout=len(heldout),
+        train_rows=eight_bit_rows(train),
     )
 
 
@@ -672,15 +675,14 @@ def run_check(
         if len(null.heldout_nearest)
         else 0.0
     )
-    exact = _exact_copy_flags(pub, np.asarray(train))
+    exact = _exact_copy_flags(pub, prep.train_rows or eight_bit_rows(train))
     it = None
     summary = None
     if has_init:
         assert a_init is not None and train_labels is not None
-        flat_t = np.asarray(train, np.float64).reshape(len(train), -1)
         it = inittest.init_test(
             pub.reshape(n, -1),
-            flat_t,
+            np.asarray(train).reshape(len(train), -1),
             np.asarray(train_labels),
             init,
             draws=cfg.init_draws,

@@ -13,12 +13,13 @@ pool of training records, three statistics, each small when q is a copy of a rec
   (q as it is, or flipped). Projecting onto a few directions keeps the image and drops most of
   any added pixel noise; the angle ignores a brightness offset and a contrast scale, which is
   what clipping does to a noisy copy on average.
-* ``blend``: ``r2 / r1`` where r1 is the residual (RMS) of the best fit of q, aligned to a nearby
-  record t_i and mean-centred on the overlap window, by ``a t_i``, and r2 that of
-  ``a t_i + b t_j`` over the other records t_j: near 0 for a blend of two records (in the same
-  alignment), near 1 when a second record explains nothing more. t_i runs over the
-  ``fit_records`` nearest records by distance and by lowpass angle, then over the best partner
-  each of them found.
+* ``blend``: ``r2 / r2'``, the residual (RMS, mean-centred on the overlap window) of the best
+  fit of q, aligned to a record t_i, by ``a t_i + b t_j``, over that of the best fit by another
+  pair of records (differing in at least one record): near 0 when q is a blend of two records (in
+  the same alignment) and no other pair comes close; near 1 when many pairs explain q about
+  equally (natural images, and averages of many records). t_i runs over the ``fit_records``
+  nearest records by distance and by lowpass angle, then over the best partner each of them
+  found; t_j over the ``partners`` records whose PCA projections complete the fit best.
 
 Which records are compared is part of the statistics (applied identically to every query, so
 every rank test built on them stays valid). When ``records x transforms x pixels`` is at most
@@ -473,10 +474,11 @@ def _blend(
     dist: np.ndarray,
     sin: np.ndarray,
 ) -> np.ndarray:
-    """r2 / r1 per query (module docstring). Round 1 tries as t_i the ``fit_records`` nearest
-    candidates by distance (each in its best transform) and by lowpass angle (as it is, or
-    flipped); round 2 tries the best partner each of them found (in its alignment), so a blend of
-    two records is fitted when either one is among those nearest or a partner of them."""
+    """The blend statistic per query (module docstring). Round 1 tries as t_i the
+    ``fit_records`` nearest candidates by distance (each in its best transform) and by lowpass
+    angle (as it is, or flipped), each with its ``partners`` best partners t_j; round 2 tries the
+    best partner each t_i found as t_i (in the same alignment). The statistic is the residual of
+    the best pair over that of the best pair of other records (differing in at least one)."""
     cfg = ref.config
     rows = np.arange(len(var))[:, None]
     f = min(cfg.fit_records, cand.shape[1])
@@ -485,9 +487,14 @@ def _blend(
     ok = np.concatenate(
         [np.isfinite(dist[rows, order[:, :f]]), np.isfinite(sin[rows, low_order])], 1
     )
-    r1, r2, best = _fit_round(ref, var, rec, v, ok, excl, comp)
-    r1b, r2b, _ = _fit_round(ref, var, best, v, ok, excl, comp)
-    return _gap(np.minimum(r2.min(1), r2b.min(1)), np.minimum(r1.min(1), r1b.min(1)))
+    r2a, pa, best = _fit_round(ref, var, rec, v, ok, excl, comp)
+    r2b, pb, _ = _fit_round(ref, var, best, v, ok, excl, comp)
+    res = np.concatenate([r2a, r2b], 1)  # [B, K] residuals of the pairs tried
+    pair = np.concatenate([pa, pb], 1)  # [B, K] unordered pair ids
+    first = np.argmin(res, axis=1)
+    r_best = res[rows[:, 0], first]
+    other = np.where(pair == pair[rows[:, 0], first][:, None], np.inf, res)
+    return _gap(r_best, other.min(1))
 
 
 def _fit_round(
@@ -499,17 +506,18 @@ def _fit_round(
     excl: np.ndarray,
     comp: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each t_i = ``rec`` [B, F] (query aligned by transform ``v`` [B, F]): the RMS residual
-    of ``a t_i`` (r1) and of the best ``a t_i + b t_j`` over the partners (r2), inf where not
-    ``ok``, and the best partner's pool index."""
+    """For each t_i = ``rec`` [B, F] (the query aligned by transform ``v`` [B, F]) and each of its
+    ``partners`` t_j: the RMS residual of the best ``a t_i + b t_j`` (inf where not ``ok``) and
+    the pair's id, both [B, F * P]; and each t_i's best partner [B, F]."""
     cfg, pool = ref.config, ref.pool
     cz = ref.companions or pool
     b, nf = rec.shape
     rows = np.arange(b)
     shift_of = np.array([s for _, s in ref.variants])
     zt = pool.z32
-    r1s = np.full((b, nf), np.inf)
-    r2s = np.full((b, nf), np.inf)
+    big = len(pool.flat) + 1
+    r2s = np.full((b, nf, cfg.partners), np.inf)
+    ids = np.zeros((b, nf, cfg.partners), np.int64)
     best = rec.copy()
     for f in range(nf):
         qa = var[rows, v[:, f]]  # the query aligned to t_i, [B, D]
@@ -547,11 +555,11 @@ def _fit_round(
         qj = np.einsum("bd,bpd->bp", qp, jp)
         r1 = np.einsum("bd,bd->b", qp, qp)
         r2 = np.maximum(r1[:, None] - np.where(jj > _EPS, qj * qj / np.maximum(jj, _EPS), 0.0), 0.0)
-        k = np.argmin(r2, axis=1)
-        best[:, f] = partners[rows, k]
-        r1s[:, f] = np.where(ok[:, f], np.sqrt(r1 / n), np.inf)
-        r2s[:, f] = np.where(ok[:, f], np.sqrt(r2[rows, k] / n), np.inf)
-    return r1s, r2s, best
+        best[:, f] = partners[rows, np.argmin(r2, axis=1)]
+        r2s[:, f] = np.where(ok[:, f, None], np.sqrt(r2 / n[:, None]), np.inf)
+        lo = np.minimum(partners, rec[:, f : f + 1])
+        ids[:, f] = lo * big + np.maximum(partners, rec[:, f : f + 1])
+    return r2s.reshape(b, -1), ids.reshape(b, -1), best
 
 
 def _masked_centre(x: np.ndarray, mask: np.ndarray, n: np.ndarray) -> np.ndarray:
