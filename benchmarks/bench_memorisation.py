@@ -4,6 +4,7 @@
     python benchmarks/bench_memorisation.py rates --data digits [--releases 200] [--power 100]
     python benchmarks/bench_memorisation.py rates --data mnist [--releases 200] [--power 100]
     python benchmarks/bench_memorisation.py timing --data mnist --ipc 1 10
+    python benchmarks/bench_memorisation.py table --data digits --out DIR
     python benchmarks/bench_memorisation.py runs RUN [RUN ...]
 
 ``rates``: releases of 1 image per class (10 images), init records drawn as the pipeline draws
@@ -21,6 +22,12 @@ compute them for each release. Prints a table with Clopper-Pearson 95 % interval
 
 ``timing``: the whole check (``memorisation_check``: reference, null, both tests) on a release
 of ``ipc`` copies per class with init indices; wall and CPU seconds.
+
+``table``: issue 21's table end to end: for each kind, a run directory (``distilled.npz`` with the
+release, ``run.json`` whose config draws the init set with ``distill.initial_set``, placeholder
+``eval.json`` and ``audit/audit.json`` from ``release.testing``) released with
+``rcig-release release``'s library call, ``policies/default.toml`` and ``--override``; once as a
+real-init run (its init indices recorded) and once as a noise-init run (indices -1).
 
 ``runs``: the check on distilled run directories (their images and init indices), one line per
 image.
@@ -162,7 +169,7 @@ def rates(args) -> None:
     if args.kinds:
         kinds = [(k, n) for k, n in kinds if k in args.kinds]
     for kind, n in kinds:
-        tally = {True: [0, 0, 0], False: [0, 0, 0]}  # refused, by nearest, by init
+        tally = {True: [0, 0, 0, 0], False: [0, 0, 0, 0]}  # refused, nearest, init, images
         t0 = time.time()
         for _ in range(n):
             init = gen.init()
@@ -173,13 +180,15 @@ def rates(args) -> None:
                 t[0] += not res.passed
                 t[1] += res.flagged_by("nearest") > 0
                 t[2] += res.init_rejected
+                t[3] += res.flagged_by("nearest")
+        per = 1 if kind == "one_in_ten" else n_img  # altered images per release
         for with_init in (True, False):
-            r, near, ini = tally[with_init]
-            rows.append((kind, with_init, n, r, near, ini))
+            r, near, ini, imgs = tally[with_init]
+            rows.append((kind, with_init, n, r, near, ini, imgs, per * n))
             print(
                 f"  {kind:10s} init {'yes' if with_init else 'no ':3s} releases {n:4d} refused "
-                f"{r:4d} ({r / n:.3f} {ci(r, n)}) nearest {near:4d} init {ini:4d}   "
-                f"[{time.time() - t0:.0f} s]",
+                f"{r:4d} ({r / n:.3f} {ci(r, n)}) nearest {near:4d} init {ini:4d} images "
+                f"flagged by nearest {imgs}/{per * n}   [{time.time() - t0:.0f} s]",
                 flush=True,
             )
     print()
@@ -215,6 +224,75 @@ def timing(args) -> None:
             f"{res.null_heldout} held-out + {res.null_train} leave-one-out; {res.describe()}",
             flush=True,
         )
+
+
+def table(args) -> None:
+    from rcig_release.config import DistillConfig
+    from rcig_release.data import load_dataset
+    from rcig_release.distill import initial_set
+    from rcig_release.errors import InputError
+    from rcig_release.release.bundle import ReleaseRefused, release
+    from rcig_release.release.hashing import file_sha256
+    from rcig_release.release.testing import audit_dict
+
+    ds = load_dataset(args.data, seed=0)
+    xt, yt = ds.x_train, ds.y_train
+    policy = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    rng_seed = args.seed
+    print("| release | init indices | outcome |")
+    print("|---|---|---|")
+    for kind in NULL_KINDS + LEAK_KINDS:
+        for mode in ("real", "noise"):
+            cfg = DistillConfig(ipc=1, init="real", seed=rng_seed)
+            drawn = initial_set(cfg, xt, yt, ds.num_classes)[2]
+            gen = Releases(xt, yt, ds.x_test, ds.y_test, rng_seed + 1)
+            images = np.clip(gen.make(kind, drawn), 0, 1).astype(np.float32)
+            init = drawn if mode == "real" else np.full(len(drawn), -1)
+            run = root / f"{kind}-{mode}"
+            (run / "audit").mkdir(parents=True, exist_ok=True)
+            labels = np.full((len(images), ds.num_classes), 0.0, np.float32)
+            labels[np.arange(len(images)), np.arange(len(images))] = 1.0
+            np.savez(
+                run / "distilled.npz",
+                images=images,
+                labels=labels,
+                classes=np.array(ds.classes, dtype=str),
+                images_model=images,
+                log_temp=np.float32(0.0),
+                init_indices=init.astype(np.int64),
+            )
+            run_json = {
+                "config": {"ipc": 1, "init": mode, "seed": rng_seed, "steps": 0},
+                "data": {
+                    "source": args.data,
+                    "fingerprint": ds.fingerprint,
+                    "split_seed": ds.split_seed,
+                },
+                "init": {"mode": mode, "indices": init.tolist()},
+            }
+            (run / "run.json").write_text(json.dumps(run_json))
+            eval_json = {"arch": "convnet", "models": 5, "accuracy_mean": 0.8, "accuracy_std": 0.0}
+            (run / "eval.json").write_text(json.dumps(eval_json))
+            audit = audit_dict(file_sha256(run / "distilled.npz"), images, xt, leak=False)
+            (run / "audit" / "audit.json").write_text(json.dumps(audit))
+            out = root / f"bundle-{kind}-{mode}"
+            t0 = time.time()
+            try:
+                release(run, policy, out, override="issue 21 table", load_private=lambda s, k: ds)
+                outcome = f"**published** ({time.time() - t0:.0f} s)"
+            except ReleaseRefused as e:
+                outcome = (
+                    f"refused, exit 3: {str(e).split('; no bundle')[0]} ({time.time() - t0:.0f} s)"
+                )
+            except InputError as e:
+                outcome = f"exit 2: {e}"
+            print(
+                f"| {kind} | {'yes' if mode == 'real' else 'no (noise-init run)'} | {outcome} |",
+                flush=True,
+            )
+            rng_seed += 1
 
 
 def show(res) -> None:
@@ -262,11 +340,15 @@ def main() -> None:
     t.add_argument("--data", default="mnist", choices=("digits", "mnist"))
     t.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
     t.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("table")
+    b.add_argument("--data", default="digits")
+    b.add_argument("--out", required=True)
+    b.add_argument("--seed", type=int, default=0)
     u = sub.add_parser("runs")
     u.add_argument("runs", nargs="+", type=Path)
     u.add_argument("--data", default=None)
     args = ap.parse_args()
-    {"rates": rates, "timing": timing, "runs": runs}[args.cmd](args)
+    {"rates": rates, "timing": timing, "table": table, "runs": runs}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -57,30 +57,35 @@ class InitTest:
         return 1.0 / self.reference
 
 
-def _rms(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """RMS distance of the row ``a`` [D] to every row of ``b`` [M, D]."""
-    d = b - a[None, :]
-    return np.sqrt(np.einsum("md,md->m", d, d) / a.shape[0])
-
-
 def rank_tables(
     released: np.ndarray, train: np.ndarray, labels: np.ndarray, init: np.ndarray
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """For each image with an init record: its class's record indices and, for each of them, the
-    rank it would have as the init record (``#{class records at least as close}``); and the rank
-    of the actual init record."""
-    members, tables = [], []
+    """For each image with an init record (release order): its class's record indices and, for
+    each of them, the rank it would have as the init record (``#{class records at least as
+    close}``, squared distances from one float32 product per class); and the rank of the actual
+    init record (0 for images without one)."""
+    tested = np.flatnonzero(init >= 0)
+    members: dict[int, np.ndarray] = {}
+    tables: dict[int, np.ndarray] = {}
     observed = np.zeros(len(init), np.int64)
-    for k in np.flatnonzero(init >= 0):
-        cls = labels[init[k]]
+    for cls in np.unique(labels[init[tested]]):
         pool = np.flatnonzero(labels == cls)
-        d = _rms(np.asarray(released[k], np.float64), np.asarray(train[pool], np.float64))
-        srt = np.sort(d)
-        rank = np.searchsorted(srt, d, side="right")  # ties count against
-        members.append(pool)
-        tables.append(rank.astype(np.int64))
-        observed[k] = rank[np.searchsorted(pool, init[k])]
-    return members, tables, observed
+        imgs = tested[labels[init[tested]] == cls]
+        t = np.asarray(train[pool], np.float32)
+        r = np.asarray(released[imgs], np.float32)
+        sq = (
+            np.einsum("nd,nd->n", t, t, dtype=np.float64)[:, None]
+            + np.einsum("md,md->m", r, r, dtype=np.float64)[None, :]
+            - 2.0 * (t @ r.T).astype(np.float64)
+        )  # [class size, images of the class]
+        for j, k in enumerate(imgs):
+            d = sq[:, j]
+            rank = np.searchsorted(np.sort(d), d, side="right")  # ties count against the image
+            members[int(k)] = pool
+            tables[int(k)] = rank.astype(np.int64)
+            observed[k] = rank[np.searchsorted(pool, init[k])]
+    order = [int(k) for k in tested]
+    return [members[k] for k in order], [tables[k] for k in order], observed
 
 
 def _statistics(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

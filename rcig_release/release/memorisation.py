@@ -35,6 +35,7 @@ import math
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
 from rcig_release.errors import InputError
 from rcig_release.release import inittest, nearstats
@@ -46,6 +47,8 @@ RESOLUTION = 5  # the null holds >= RESOLUTION / level pseudo-releases (when the
 NEAR_COPY_PERCENTILE = 1.0  # information only: nearer to T than 99 % of held-out images are
 NULL_QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.5)
 SEED = 0  # chooses the pseudo-releases, their companions and the init test's redraws
+BLAS_THREADS = 1  # the check's many small matrix products: more threads were up to 500x slower
+# on the shared 2-core VM (docs/benchmarks.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -625,6 +628,13 @@ def prepare(
 ) -> Prepared:
     """The reference and the null for a per-image ``level`` (the null is prefix-stable, so a
     ``Prepared`` serves every level at least this large)."""
+    with threadpool_limits(BLAS_THREADS, user_api="blas"):
+        return _prepare(train, heldout, level, config)
+
+
+def _prepare(
+    train: np.ndarray, heldout: np.ndarray, level: float, config: CheckConfig | None
+) -> Prepared:
     config = config or CheckConfig()
     config.validate()
     train, heldout = np.asarray(train), np.asarray(heldout)
@@ -648,6 +658,17 @@ def run_check(
     train_labels: np.ndarray | None = None,
 ) -> MemorisationResult:
     """The check of ``released`` against a prepared reference and null (``prepare``)."""
+    with threadpool_limits(BLAS_THREADS, user_api="blas"):
+        return _run_check(prep, released, train, init_indices, train_labels)
+
+
+def _run_check(
+    prep: Prepared,
+    released: np.ndarray,
+    train: np.ndarray,
+    init_indices: np.ndarray | None,
+    train_labels: np.ndarray | None,
+) -> MemorisationResult:
     cfg = prep.config
     released = np.asarray(released)
     init = _check_inputs(

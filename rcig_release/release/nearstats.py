@@ -352,7 +352,7 @@ def _candidates(
     _patch(sc, excl, np.einsum("bf,bf->b", spec_q, cz.spec[comp]))
     flips = [q] + ([q[:, :, ::-1]] if cfg.flips else [])
     qf = np.stack([x.reshape(len(x), -1) for x in flips], 1)  # [B, F, D]
-    zraw = (_centre(qf) @ ref.basis.T).astype(np.float32)  # [B, F, k]
+    zraw = _project(qf, ref.basis).astype(np.float32)  # [B, F, k]
     zq = _unit(zraw)
     shape = (len(q), len(flips), len(pool.flat))
     sz = (zq.reshape(-1, zq.shape[-1]) @ pool.zunit.T).reshape(shape).max(1)
@@ -412,7 +412,7 @@ def _block(ref: Reference, q: np.ndarray, excl: np.ndarray, comp: np.ndarray) ->
 
     # lowpass: sine of the angle in the PCA projection, the query as it is or flipped
     plain = [v for v, (_, sh) in enumerate(ref.variants) if ref.shifts[sh] == (0, 0)]
-    zq = _unit(_centre(var[:, plain]) @ ref.basis.T)  # [B, F, k]
+    zq = _unit(_project(var[:, plain], ref.basis))  # [B, F, k]
     cos_v = _products(ref, zq, pool.zunit64, cz.zunit64, cand, excl, comp)  # [B, F, M]
     sin = np.sqrt(1.0 - np.clip(np.max(cos_v, axis=1), 0.0, 1.0) ** 2)
     sin[dup] = np.inf
@@ -434,6 +434,12 @@ def _block(ref: Reference, q: np.ndarray, excl: np.ndarray, comp: np.ndarray) ->
         np.where(nearest == excl, -2, nearest).astype(np.int64),
         best_v[rows, order[:, 0]].astype(np.int64),
     )
+
+
+def _project(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """[B, F, k]: PCA projections of the mean-centred images ``x`` [B, F, D] (one 2-D product)."""
+    b, f, d = x.shape
+    return (_centre(x.reshape(b * f, d)) @ basis.T).reshape(b, f, -1)
 
 
 def _products(
@@ -458,7 +464,8 @@ def _products(
             )
         return out
     rows = _gather(pool_rows, comp_rows, cand, excl, comp).astype(np.float64)  # [B, M, E]
-    return x @ rows.transpose(0, 2, 1)
+    # one BLAS product per query (numpy's stacked matmul does not reach BLAS here)
+    return np.stack([x[k] @ rows[k].T for k in range(b)])
 
 
 def _blend(
