@@ -340,7 +340,7 @@ def query_stats(
 def _candidates(
     ref: Reference, q: np.ndarray, excl: np.ndarray, comp: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """[B, M] pool indices compared exactly (every record, or the union of both prefilters) and
+    """[B, M] pool indices compared exactly (every record, or the union of the three prefilters) and
     [B, M] flags of repeated entries."""
     cfg, pool = ref.config, ref.pool
     if ref.exhaustive:
