@@ -10,7 +10,7 @@ Two families of tests share the family-wise error rate ``alpha`` (weighted Bonfe
 * **Nearest-record tests** (every image; ``alpha_nearest = alpha`` without init records, else
   ``(1 - init_share) alpha``, split evenly over the images: level ``alpha_nearest / n``). Three
   statistics per image (``nearstats.py``): the gap ratio up to flips and shifts, the same in a
-  PCA projection that discounts additive noise (lowpass), and the two-record blend residual. Their
+  PCA projection that discounts additive noise (lowpass), and the two-record blend statistic. Their
   null is measured on pseudo-releases that memorise nothing, through the same code: held-out
   images against the training split, then (when more are needed) training records against the
   training split with that record replaced by a held-out image (leave-one-out, so every pool has
