@@ -19,6 +19,7 @@ from rcig_release.release.testing import (
     fake_run,
     loader_for,
     private_data,
+    rebind_audit,
 )
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
@@ -26,7 +27,7 @@ DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 
 def edit(run: Path, *, npz=None, run_json=None):
     """Rewrites RUN/distilled.npz's init_indices and/or run.json (the audit is re-pointed at the new
-    npz so that only the init set is wrong)."""
+    files, as a new audit of the edited run would be, so that only the init set is wrong)."""
     if npz is not None:
         with np.load(run / "distilled.npz") as z:
             arrays = {k: z[k] for k in z.files}
@@ -35,15 +36,11 @@ def edit(run: Path, *, npz=None, run_json=None):
         else:
             arrays["init_indices"] = np.asarray(npz, np.int64)
         np.savez(run / "distilled.npz", **arrays)
-        from rcig_release.release.hashing import file_sha256
-
-        audit = json.loads((run / "audit/audit.json").read_text())
-        audit["run_sha256"] = file_sha256(run / "distilled.npz")
-        (run / "audit/audit.json").write_text(json.dumps(audit))
     if run_json is not None:
         rj = json.loads((run / "run.json").read_text())
         run_json(rj)
         (run / "run.json").write_text(json.dumps(rj))
+    rebind_audit(run)  # as a new audit of the edited run would record it
 
 
 @pytest.fixture()
