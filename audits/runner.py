@@ -433,10 +433,12 @@ def run_audit(
             "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"],
         }
         if name == "release":
-            np.savez_compressed(
+            # float64, the values the statistics were computed from: the release recomputes
+            # every statistic from this file (rcig_release.release.recompute); float32 rounding
+            # could tie scores the statistics saw as distinct
+            outputs.write_npz(
                 audit_dir / "game_scores.npz",
-                keep=keep,
-                **{k: v.astype(np.float32) for k, v in gsc.items()},  # type: ignore[arg-type]
+                {"keep": keep, **{k: np.asarray(v, np.float64) for k, v in gsc.items()}},
             )
             if run.run_json.get("dp") is not None:  # a DP run: empirical ε LB against the proven ε
                 dp_audit = dpcheck.dp_section(
