@@ -42,6 +42,8 @@ class ReleaseInputs:
     init_indices: np.ndarray | None = (
         None  # int64 [N]: training record each image started from, -1 none
     )
+    # what the bundle carries for recomputing the game (recompute.bundle_files), set by release
+    game_files: dict[str, bytes] | None = None
 
 
 def read_nofollow(path: Path, what: str) -> bytes:
