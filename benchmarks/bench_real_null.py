@@ -38,14 +38,25 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def evaluate(run: Path, policy, data) -> tuple[list[str], int]:
-    """(failed privacy rules, number of privacy rules) on the recomputed game."""
-    from rcig_release.release.decision import evaluate_policy
-    from rcig_release.release.recompute import recompute_run
+    """(failed privacy rules, number of privacy rules) on the game recomputed from the audit's raw
+    files as ``release`` recomputes it; an audit.json that differs from it raises (exit 2)."""
+    import numpy as np
+
+    from rcig_release.release import recompute
+    from rcig_release.release.decision import evaluate_policy, init_mode
 
     run_json = json.loads((run / "run.json").read_text())
     audit = json.loads((run / "audit" / "audit.json").read_text())
-    audit = recompute_run(run / "audit", audit, run_json, data).audit
-    d = evaluate_policy(run_json, {}, audit, policy)
+    raw = recompute.read_audit_dir(run / "audit")
+    recompute.check_config(audit, raw)
+    with np.load(run / "distilled.npz") as z:
+        init, n_classes = z["init_indices"], len(z["classes"])
+    gi = recompute.inputs_from_audit_dir(
+        raw, init_indices=init, n_classes=n_classes, labels=(data.y_train, data.y_test)
+    )
+    rec = recompute.recompute(gi, init_mode=init_mode(run_json), parts=("game",))
+    recompute.check(audit, rec, "audit.json", recompute.RAW_FILES)
+    d = evaluate_policy(run_json, {}, recompute.substitute(audit, rec), policy)
     privacy = [r for r in d.rules if r.name.startswith("game.")]
     return [f"{r.name} ({r.note})" for r in privacy if not r.passed], len(privacy)
 

@@ -465,7 +465,10 @@ treating the images as real samples of the source distribution; {out_of_scope_dp
 - `data/metadata.jsonl`: one line per image, `file_name`, `index`, `label` (the class id) and
   `soft_label` (the soft label, one value per class in the order below); the Hugging Face
   `imagefolder` builder attaches it to the images.
-- `report/`: `audit.json` (the full audit), `roc.png`, `report.html` (open it in a browser).
+- `report/`: `audit.json` (the full audit), `game_scores.npz` and `game_records.json` (the
+  audit's game: its coins and every attack's scores, each record's class and init flag; every
+  statistic the release gate read is recomputed from them), `roc.png`, `report.html` (open it in
+  a browser).
 - `policy/verdict.json`, `provenance.json`, `croissant.json`, `manifest-sha256.txt`.
 
 ### Classes
@@ -522,8 +525,9 @@ The audit figures are estimates with sampling error (intervals in `report/audit.
 
 ## Verification
 
-Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt` and checks
-that the audit, the verdict and the provenance belong to the released arrays.
+Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt`, checks
+that the audit, the verdict and the provenance belong to the released arrays, recomputes the
+game's statistics from `report/game_scores.npz` and the verdict from them.
 """
     return front_matter(card_metadata(s)) + body
 
