@@ -315,6 +315,14 @@ def test_edited_scores_are_refused_naming_the_field(leak, tmp_path):
         _release(leak, tmp_path, override="x")
 
 
+def test_float32_scores_of_an_older_audit_are_refused(clean, tmp_path):
+    _rewrite_scores(
+        clean, lambda a: a.update({k: v.astype(np.float32) for k, v in a.items() if k != "keep"})
+    )
+    with pytest.raises(InputError, match="loss is float32, not the float64 scores.*re-run"):
+        _release(clean, tmp_path)
+
+
 @pytest.mark.parametrize("name", ["game_scores.npz", "keep.npy", "records.json"])
 def test_missing_raw_files_are_exit_2(clean, tmp_path, name):
     (clean / "audit" / name).unlink()

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rcig_release.audits.config import ATTACKS
 from rcig_release.errors import InputError
 
 if TYPE_CHECKING:
@@ -79,8 +80,7 @@ ATOL = 1e-9
 EPS_ATOL = 1e-5  # ε bounds: the one-run root search stops at xtol 1e-6
 # Recorded strings that name a library version rather than a result: not compared.
 _NOT_COMPARED = frozenset({"method"})
-_ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
-_SCORE_NAMES = _ATTACK_NAMES + ("nearest_feature",)
+_SCORE_NAMES = ATTACKS + ("nearest_feature",)  # the arrays game_scores.npz may hold
 _MISSING = object()
 
 
@@ -100,7 +100,8 @@ class GameInputs:
     def key(self) -> str:
         h = hashlib.sha256()
         for name in sorted(self.scores):
-            h.update(name.encode() + b"\0" + np.ascontiguousarray(self.scores[name]).tobytes())
+            a = np.ascontiguousarray(self.scores[name])
+            h.update(f"{name}\0{a.dtype.str}{a.shape}\0".encode() + a.tobytes())
         h.update(np.ascontiguousarray(self.keep).tobytes() + repr(self.keep.shape).encode())
         if self.record_class is not None:
             h.update(b"cls" + np.ascontiguousarray(self.record_class, np.int64).tobytes())
@@ -343,6 +344,12 @@ def _load_scores(data: bytes, what: str) -> tuple[dict[str, np.ndarray], np.ndar
     for name, s in arrays.items():
         if s.shape != keep.shape or not np.issubdtype(s.dtype, np.floating):
             raise InputError(f"{what}: {name} must be float [K, N] = {list(keep.shape)}")
+        if s.dtype != np.float64:  # the audit computed its statistics from float64 scores
+            raise InputError(
+                f"{what}: {name} is {s.dtype}, not the float64 scores the statistics were "
+                "computed from (an audit from before the gate recomputed it; re-run "
+                "rcig-release audit)"
+            )
         if not np.isfinite(s).all():
             raise InputError(f"{what}: {name} has non-finite scores")
         scores[name] = s.astype(np.float64)
