@@ -68,14 +68,23 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2000)
     ap.add_argument("--tests", type=int, default=28, help="test rules sharing gate.alpha - 0.01")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--case",
+        default=None,
+        help="only this TPR case, n_in,n_out,fpr,tpr (e.g. 1440,1440,0.001,0.12)",
+    )
     args = ap.parse_args()
+    tpr_cases, auc_cases = TPR_CASES, AUC_CASES
+    if args.case:
+        n_in, n_out, fpr, tpr = args.case.split(",")
+        tpr_cases, auc_cases = [(int(n_in), int(n_out), float(fpr), float(tpr))], []
     alpha = 0.04 / args.tests / 2  # per fold: (0.05 − 0.01) / tests, halved for the two folds
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     print(f"per-fold level {alpha:.3g} ({args.tests} test rules); {args.reps} simulations per row")
     print("\n| n_in / n_out | FPR | TPR | ROC model | simulated | tpr_power | fixed-threshold |")
     print("|---|---|---|---|---|---|---|")
-    for n_in, n_out, fpr, tpr in TPR_CASES:
+    for n_in, n_out, fpr, tpr in tpr_cases:
         for roc in ("concave", "binormal"):
             sim = sim_tpr(n_in, n_out, fpr, tpr, alpha, roc, args.reps, rng)
             se = np.sqrt(max(sim * (1 - sim), 1e-4) / args.reps)
@@ -87,7 +96,7 @@ def main() -> None:
             )
     print("\n| n_in / n_out | AUC | model | simulated | auc_power (model) | auc_power (gate) |")
     print("|---|---|---|---|---|---|")
-    for n_in, n_out, auc in AUC_CASES:
+    for n_in, n_out, auc in auc_cases:
         for model in ("binormal", "fraction"):
             sim = sim_auc(n_in, n_out, auc, alpha, model, args.reps, rng)
             se = np.sqrt(max(sim * (1 - sim), 1e-4) / args.reps)
