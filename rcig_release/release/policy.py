@@ -27,7 +27,7 @@ ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "neares
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
 # variant of the release-direct attack.
 LIMITABLE_ATTACKS = ATTACK_NAMES + ("nearest_feature",)
-INIT_MODES = ("real", "noise")
+INIT_MODES = ("real", "noise", "mean", "centroids")
 METRIC_KEYS = (
     "detect_auc",
     "detect_tpr_at_fpr_0_01",
