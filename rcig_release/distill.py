@@ -158,8 +158,10 @@ def distill(
     if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
         enter("loading the checkpoint")
         state, meta = checkpoint.load(checkpoint_dir, state)
-        if meta.get("config") != meta_cfg:
-            changed = sorted(k for k in meta_cfg if meta.get("config", {}).get(k) != meta_cfg[k])
+        # a field added since the checkpoint was written counts as its default
+        saved = {**to_dict(DistillConfig()), **meta.get("config", {})}
+        if saved != meta_cfg:
+            changed = sorted(k for k in meta_cfg if saved.get(k) != meta_cfg[k])
             raise InputError(
                 "--resume with a different configuration than the checkpoint "
                 f"(differs in: {', '.join(changed) or 'config'})"

@@ -118,3 +118,44 @@ def test_an_aggregate_shadow_averages_its_own_private_set():
         np.testing.assert_allclose(pix, want, atol=1e-5)
         outs.append(pix)
     assert not np.allclose(outs[0], outs[1])
+
+
+def test_the_default_policy_allows_the_aggregate_inits_and_strict_does_not():
+    from pathlib import Path
+
+    from rcig_release.release.policy import load_policy
+
+    root = Path(__file__).resolve().parents[1] / "policies"
+    assert {"mean", "centroids"} <= set(load_policy(root / "default.toml").allowed_init_modes)
+    assert load_policy(root / "strict.toml").allowed_init_modes == ("noise",)
+    assert load_policy(root / "dp.toml").allowed_init_modes == ("noise",)
+
+
+def test_resume_reads_a_checkpoint_written_before_the_init_fields_existed(tmp_path):
+    import json
+
+    from rcig_release.distill import distill
+
+    x, y = blobs(n_per_class=12)
+    cfg = DistillConfig(
+        ipc=1,
+        width=2,
+        depth=1,
+        pool_size=2,
+        pool_max_steps=2,
+        real_batch=16,
+        tune_lr=False,
+        steps=2,
+        checkpoint_every=1,
+        init="noise",
+    )
+    distill(cfg, x, y, C, checkpoint_dir=tmp_path)
+    meta_path = tmp_path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("init_min_records", "init_noise"):
+        del meta["config"][key]
+    meta_path.write_text(json.dumps(meta))
+    res = distill(cfg, x, y, C, checkpoint_dir=tmp_path, resume=True)
+    assert res.info["resumed_from"] == 2
+    with pytest.raises(InputError, match="differs in: init_min_records"):
+        distill(cfg.replace(init_min_records=5), x, y, C, checkpoint_dir=tmp_path, resume=True)
