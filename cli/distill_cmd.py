@@ -111,7 +111,12 @@ def distill(
 ) -> None:
     """Distil the training split of DATA into a few synthetic images per class with RCIG."""
     from rcig_release.cli.check_cmd import run_precheck
-    from rcig_release.config import RECORD_INIT_MODES, load_toml, make_distill_config
+    from rcig_release.config import (
+        DEFAULT_INIT,
+        RECORD_INIT_MODES,
+        load_toml,
+        make_distill_config,
+    )
     from rcig_release.errors import InputError
     from rcig_release.pipeline import default_out, distill_run, resume_config
 
@@ -145,7 +150,7 @@ def distill(
             Text(
                 f"--init {cfg.init}: every image starts from one training record; release refuses "
                 "such a set (memorisation check). For a releasable set leave --init at its default "
-                "(centroids).",
+                f"({DEFAULT_INIT}).",
                 style="yellow",
             )
         )

@@ -15,6 +15,8 @@ from typing import Any
 
 from rcig_release.errors import InputError
 
+DEFAULT_INIT = "centroids"  # releasable by default (docs/benchmarks.md, "Releasable by default")
+
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
@@ -25,7 +27,7 @@ class DistillConfig:
     # "centroids" / "mean": each image the mean of >= init_min_records records of its class
     # (initsets.py; not in the paper: releasable, docs/benchmarks.md); "real": random real
     # training images per class (the paper's; refused at release); "noise": 0.3*N(0,1)
-    init: str = "centroids"
+    init: str = DEFAULT_INIT
     init_min_records: int = 10  # aggregate inits: records averaged into each image, at least
     init_noise: float = 0.0  # aggregate inits: + init_noise * N(0,1) in model space
     seed: int = 0

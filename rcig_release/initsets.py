@@ -21,7 +21,9 @@ import numpy as np
 from rcig_release.errors import InputError
 
 AGGREGATE_MODES = ("mean", "centroids")
-N_INIT = 1  # k-means starts (scikit-learn's n_init): one k-means++ start; MNIST 10 ipc: seconds a class
+N_INIT = (
+    1  # k-means starts (scikit-learn's n_init): one k-means++ start; MNIST 10 ipc: seconds a class
+)
 
 
 def class_means(x: np.ndarray, y: np.ndarray, num_classes: int, ipc: int) -> np.ndarray:

@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from rcig_release.config import DEFAULT_INIT
 from rcig_release.errors import InputError, PolicyFailure
 from rcig_release.release.safety import PrivateLoader, check_safety, load_private_splits
-
-DEFAULT_INIT = "centroids"  # what the remedy points to (config.DistillConfig.init's default)
 
 
 class WouldBeRefused(PolicyFailure):
