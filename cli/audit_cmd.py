@@ -299,7 +299,7 @@ def register(app: typer.Typer) -> None:
         if pre is not None:
             bad = not pre["passed"]
             out.print(
-                f"memorisation check (release's, run before the shadows): {pre['summary']}"
+                f"{pre['summary']} (release's check, run before the shadows)"
                 + (f"; release would refuse this set; remedy: {pre['remedy']}" if bad else ""),
                 style="bold red" if bad else "green",
                 markup=False,
