@@ -159,3 +159,68 @@ def test_resume_reads_a_checkpoint_written_before_the_init_fields_existed(tmp_pa
     assert res.info["resumed_from"] == 2
     with pytest.raises(InputError, match="differs in: init_min_records"):
         distill(cfg.replace(init_min_records=5), x, y, C, checkpoint_dir=tmp_path, resume=True)
+
+
+def _agg_run_json(mode="centroids", ipc=1, k=10, **init):
+    return {
+        "config": {"init": mode, "ipc": ipc, "init_min_records": k, "seed": 0},
+        "init": {"mode": mode, "indices": [-1] * (ipc * C), **init},
+    }
+
+
+@pytest.mark.parametrize("mode", ["mean", "centroids"])
+def test_release_accepts_minus_one_only_for_an_aggregate_claim_that_fits_the_data(mode):
+    """release/initset.py: an aggregate run's indices are -1 by design; a record index, an edited
+    k, or a k the private data cannot give are exit 2 naming the field."""
+    from rcig_release.release.initset import verified_init_indices
+
+    x, y = blobs(n_per_class=40)
+    none = np.full(C, -1, np.int64)
+    rj = _agg_run_json(mode, aggregate={"min_records": 10})
+    assert verified_init_indices(rj, none, x, y, C, C).tolist() == [-1] * C
+    one = none.copy()
+    one[1] = int(np.flatnonzero(y == 1)[0])  # the broken claim: image 1 started from a record
+    with pytest.raises(InputError, match="name training records for an aggregate-init run"):
+        verified_init_indices(rj, one, x, y, C, C)
+    with pytest.raises(InputError, match="init.aggregate.min_records is 20"):
+        verified_init_indices(_agg_run_json(mode, aggregate={"min_records": 20}), none, x, y, C, C)
+    with pytest.raises(InputError, match="init_min_records must be an integer >= 2"):
+        verified_init_indices(_agg_run_json(mode, k=1), none, x, y, C, C)
+    with pytest.raises(InputError, match="needs 50 training records per class"):
+        verified_init_indices(_agg_run_json(mode, k=50), none, x, y, C, C)
+
+
+def test_release_keeps_refusing_minus_one_for_real_and_unknown_modes():
+    from rcig_release.release.initset import verified_init_indices
+
+    x, y = blobs(n_per_class=40)
+    none = np.full(C, -1, np.int64)
+    real = {"config": {"init": "real", "ipc": 1, "seed": 0}, "init": {"mode": "real"}}
+    with pytest.raises(InputError, match="hold -1 for a real-init run"):
+        verified_init_indices(real, none, x, y, C, C)
+    odd = {"config": {"init": "medoids", "ipc": 1, "seed": 0}}
+    with pytest.raises(InputError, match="config.init must be one of"):
+        verified_init_indices(odd, none, x, y, C, C)
+    # the recorded mode must be the config's
+    bad = _agg_run_json("centroids")
+    bad["init"]["mode"] = "noise"
+    with pytest.raises(InputError, match="init.mode is 'noise' but config.init is 'centroids'"):
+        verified_init_indices(bad, none, x, y, C, C)
+
+
+def test_the_gate_gives_an_aggregate_run_no_init_group():
+    """release/recompute.py: records flagged as init records are refused unless the mode is real;
+    an aggregate run recomputes n_init_records 0 and no init-aware shadows."""
+    from rcig_release.release import recompute as rc
+
+    keep = np.zeros((2, 4), bool)
+    keep[0, :2] = keep[1, 2:] = True
+    flags = np.array([True, False, False, False])
+    gi = rc.GameInputs({}, keep, None, flags, C, 1e-5, 0.05, 0)
+    for mode in ("mean", "centroids", "noise"):
+        assert "only a real initialisation" in (rc.init_group_problem(gi, mode) or "")
+    assert rc.init_group_problem(gi, "real") is None
+    gi0 = rc.GameInputs({}, keep, None, np.zeros(4, bool), C, 1e-5, 0.05, 0)
+    assert rc.init_group_problem(gi0, "centroids") is None
+    got = rc.recompute(gi0, init_mode="centroids", parts=())
+    assert got["init"] == {"n_init_records": 0, "init_aware_shadows": False}

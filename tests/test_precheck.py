@@ -154,3 +154,29 @@ def test_library_audit_records_the_precheck_and_stops_on_request(data, tmp_path)
     assert not (run / "audit").exists()
     pre = check_run(run)
     assert not pre.passed and pre.result.flagged == 3 and "--init centroids" in pre.remedy
+
+
+def test_the_check_is_releases_own_init_set_and_init_test(data, tmp_path):
+    """check/distill/audit call what release calls: the recorded init set is recomputed (an edited
+    one is exit 2 before any check) and a real run gets the within-class init test."""
+    from rcig_release.release.precheck import check_run
+
+    real = tmp_path / "real"
+    assert distil(data, real, "--steps", 0, "--init", "real", "--no-check").exit_code == 0
+    assert check_run(real).result.memorisation.has_init  # the init test ran (needs the labels)
+    default = tmp_path / "default"
+    assert distil(data, default, "--steps", 0, "--no-check").exit_code == 0
+    assert not check_run(default).result.memorisation.has_init
+
+    with np.load(default / "distilled.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["init_indices"] = np.asarray([0, -1, -1], np.int64)  # claims a record after all
+    np.savez(default / "distilled.npz", **arrays)
+    rj = json.loads((default / "run.json").read_text())
+    rj["init"]["indices"] = [0, -1, -1]
+    (default / "run.json").write_text(json.dumps(rj))
+    r = invoke("check", default)
+    assert r.exit_code == 2 and "aggregate-init run" in r.output, r.output
+    r = invoke("audit", default, "--shadows", 2, "--quiet")
+    assert r.exit_code == 2 and "aggregate-init run" in r.output, r.output
+    assert not (default / "audit").exists()

@@ -14,6 +14,7 @@ What it prints is counts, levels and p-values only: no pixel values, no training
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,36 @@ class WouldBeRefused(PolicyFailure):
 
 
 def memorisation_of(
-    images: np.ndarray, splits: Any, init_indices: np.ndarray | None, run_json: dict | None = None
+    images: np.ndarray,
+    splits: Any,
+    init_indices: np.ndarray | None,
+    run_json: Mapping,
+    n_classes: int,
 ) -> Any:
-    """The release's memorisation check of ``images`` (pixel space, as published) against the
-    run's private splits (``.x_train``, ``.x_test``): the one call of it outside ``release``, so
-    a new version of the check is picked up here and only here. Returns ``safety.SafetyResult``."""
-    return check_safety(images, splits.x_train, splits.x_test, init_indices)
+    """What ``release`` runs before it writes a bundle, in the same order and with the same
+    functions: the recorded init set checked against the one the run's configuration draws
+    (``initset.verified_init_indices``: an edited set is an ``InputError``, exit 2; aggregate and
+    noise inits have no init record), then the memorisation check (``safety.check_safety``) of
+    ``images`` (pixel space, as published) against the private splits (``.x_train``, ``.x_test``,
+    ``.y_train``). The one call of them outside ``release``: a new version of either is picked
+    up here. Returns ``safety.SafetyResult``."""
+    from rcig_release.release.initset import verified_init_indices
+
+    y_train = getattr(splits, "y_train", None)
+    y_train = None if y_train is None else np.asarray(y_train, np.int64)
+    init = verified_init_indices(
+        run_json, init_indices, splits.x_train, y_train, n_classes, len(images)
+    )
+    return check_safety(images, splits.x_train, splits.x_test, init, train_labels=y_train)
 
 
 def smallest_p(result: Any) -> float | None:
-    """The smallest p-value over the released images (None when there is none)."""
-    ps = [im.p for im in result.memorisation.images]
+    """The smallest p-value of the check's tests: each image's nearest-record p-value and, when
+    the images have init records, the release-level init test's (None when there is none)."""
+    mem = result.memorisation
+    ps = [float(im.p_nearest) for im in mem.images]
+    if mem.init is not None:
+        ps.append(float(mem.init.p))
     return min(ps) if ps else None
 
 
@@ -109,11 +129,12 @@ def precheck_arrays(
     images: np.ndarray,
     splits: Any,
     init_indices: np.ndarray | None,
-    init_mode: str,
-    run_json: dict | None = None,
+    run_json: Mapping,
+    n_classes: int,
 ) -> Precheck:
     """``memorisation_of`` wrapped with the outcome, the smallest p-value and the remedy."""
-    res = memorisation_of(images, splits, init_indices, run_json)
+    res = memorisation_of(images, splits, init_indices, run_json, n_classes)
+    init_mode = init_mode_of(run_json)
     return Precheck(
         init_mode=init_mode,
         n_images=int(len(images)),
@@ -124,10 +145,10 @@ def precheck_arrays(
     )
 
 
-def init_mode_of(run_json: dict) -> str:
+def init_mode_of(run_json: Mapping) -> str:
     init = run_json.get("init")
-    mode = init.get("mode") if isinstance(init, dict) else None
-    if mode is None and isinstance(run_json.get("config"), dict):
+    mode = init.get("mode") if isinstance(init, Mapping) else None
+    if mode is None and isinstance(run_json.get("config"), Mapping):
         mode = run_json["config"].get("init")
     return str(mode) if mode is not None else "unknown"
 
@@ -156,7 +177,7 @@ def check_run(
     run_json = _json(read_nofollow(run / "run.json", "RUN/run.json"), "RUN/run.json")
     init = init_indices_of(arrays, run_json, len(images))
     splits = load_private_splits(run_json, data=data, loader=loader)
-    return precheck_arrays(images, splits, init, init_mode_of(run_json), run_json)
+    return precheck_arrays(images, splits, init, run_json, len(_classes))
 
 
 def require_releasable(pre: Precheck) -> None:
