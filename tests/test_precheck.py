@@ -76,6 +76,8 @@ def test_real_init_is_told_at_start_and_end_and_check_exits_3(data, tmp_path):
     assert j["would_be_refused"] and j["flagged"] == 3 and j["init_mode"] == "real"
     # counts and p-values only: no training index, no pixel value
     assert "index" not in json.dumps(j) and j["smallest_p"] < 0.05 / 6
+    # the smallest p over both test families: each image's nearest-record test and the init test
+    assert j["smallest_p"] == min(j["smallest_p_nearest"], j["init_test_p"])
 
 
 def test_default_init_is_releasable_and_evaluate_ends_with_the_check(data, tmp_path):

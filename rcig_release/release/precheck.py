@@ -63,6 +63,18 @@ def smallest_p(result: Any) -> float | None:
     return min(ps) if ps else None
 
 
+def smallest_p_nearest(result: Any) -> float | None:
+    """The smallest of the images' nearest-record p-values (None without images)."""
+    ps = [float(im.p_nearest) for im in result.memorisation.images]
+    return min(ps) if ps else None
+
+
+def init_test_p(result: Any) -> float | None:
+    """The release-level init test's p-value (None: no image started from a record)."""
+    init = result.memorisation.init
+    return None if init is None else float(init.p)
+
+
 def _fmt_p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.3g}"
 
@@ -120,6 +132,8 @@ class Precheck:
             "n_images": self.n_images,
             "summary": self.summary,
             "smallest_p": self.smallest_p,
+            "smallest_p_nearest": smallest_p_nearest(self.result),
+            "init_test_p": init_test_p(self.result),
             "remedy": self.remedy,
             "flagged": self.result.flagged,
         }
