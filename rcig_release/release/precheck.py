@@ -5,8 +5,11 @@
 can run as soon as ``distill`` has written the images: ``distill`` and ``evaluate`` end with it,
 ``rcig-release check RUN`` runs it on demand and ``audit`` runs it before its shadows (an audit of
 a set the check refuses can never lead to a release). It reads the run's files as ``release``
-does (``release.inputs``) and the private splits (fingerprint-checked), and calls the release's
-own check through ``memorisation_of``, the one place that names it.
+does (``release.inputs``) and the private splits (fingerprint-checked), and runs what
+``release`` runs before it writes a bundle through ``memorisation_of``, the one place that names
+it: the init set recomputed from the run's configuration (``initset.py``; an edited one is exit
+2) and the memorisation check (``memorisation.py``: nearest-record tests on every image, the
+within-class init test when images started from records).
 
 What it prints is counts, levels and p-values only: no pixel values, no training indices.
 """
