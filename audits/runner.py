@@ -24,6 +24,8 @@ from rcig_release.audits.config import AuditConfig, to_dict, validate
 from rcig_release.audits.metrics import release_metrics
 from rcig_release.audits.scoring import score_targets
 from rcig_release.errors import InputError
+from rcig_release.initsets import AGGREGATE_MODES
+from rcig_release.release import precheck
 
 Progress = Callable[[str, int, int], None]
 AUDIT_DIR = "audit"
@@ -182,11 +184,17 @@ def run_audit(
     private_gallery: str | Path | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    stop_if_unreleasable: bool = False,
 ) -> dict[str, Any]:
     """Audits a distillation run; writes ``RUN/audit/`` and returns ``audit.json``'s content.
 
     ``workers``: processes sharing the shadow pipelines (None: ``shadows.default_workers``). An
     execution setting, not part of the audit configuration: a resumed audit may use another.
+    Before any shadow, the release's memorisation check runs on the run's images
+    (``release.precheck``; its outcome, counts only, is ``audit.json``'s
+    ``memorisation_precheck``); with ``stop_if_unreleasable`` (the CLI's default, ``--force``
+    turns it off) a set it flags stops the audit there (``WouldBeRefused``, exit 3), nothing
+    written: no audit can make release publish it.
 
     Raises:
       InputError: unreadable run, data whose fingerprint differs, an existing audit without
@@ -217,6 +225,11 @@ def run_audit(
     audit_dir = run.path / AUDIT_DIR
     if private_gallery is not None:  # check before any work
         outputs.check_gallery(Path(private_gallery), run.path)
+    pre = precheck.precheck_arrays(
+        run.images, ds_data, run.init_indices, run.run_json, run.num_classes
+    )
+    if stop_if_unreleasable:
+        precheck.require_releasable(pre)
     _prepare_dir(audit_dir, cfg, resume)
     say = progress or (lambda stage, done, total: None)
 
@@ -525,7 +538,10 @@ def run_audit(
             "mode": run.config.init,
             "n_init_records": n_init,
             "init_aware_shadows": bool(run.config.init == "real" and n_init > 0),
+            # aggregate inits: each shadow averages its own private set (shadows.run_pipeline)
+            "aggregate_shadows": run.config.init in AGGREGATE_MODES,
         },
+        "memorisation_precheck": pre.to_json(),
         "records": {
             "members": int(len(mem)),
             "nonmembers": int(len(non)),

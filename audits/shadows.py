@@ -4,7 +4,11 @@ downstream networks trained on each result, batched with ``jax.vmap``.
 A *pipeline* maps a private training set (pixel space) to the set the downstream networks train on:
 
 * ``release``: fit the preprocessing on the set, run ``distill`` with the run's ``DistillConfig``
-  (seed varied per shadow), train on the distilled images and learned labels (MSE);
+  (seed varied per shadow), train on the distilled images and learned labels (MSE). The shadow
+  starts the way the run did: ``real``, from records of its own set (init-aware: an audited init
+  record it holds is one of them, ``forced_positions``); ``mean``/``centroids``, from the class
+  means / k-means centroids of its own private set (``distill.initial_set`` on the shadow's
+  data, exactly as the run computed them from the custodian's); ``noise``, from noise;
 * ``naive``: the same with ``steps=0, init="real"``: ipc random real images per class;
 * ``full``: no distillation; train on the whole set (cross-entropy): "release a model".
 
@@ -97,7 +101,8 @@ def run_pipeline(
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """One pipeline on one private set → (training images in model space, training labels,
     preprocessor). ``cfg`` is the run's ``DistillConfig``; ``init_forced``: positions in ``x_pix``
-    that must be init images (real init: the audited init records this shadow holds)."""
+    that must be init images (real init: the audited init records this shadow holds). Aggregate
+    inits (``mean``, ``centroids``) are computed by ``distill`` from this set, ``x_pix``, alone."""
     from rcig_release.data import preprocessor_for
 
     prep = preprocessor_for(x_pix, cfg, zca=zca)  # DP runs: fixed constants, as the release

@@ -231,6 +231,13 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[
             bool, typer.Option("--quiet", "-q", help="No progress bars (default: off).")
         ] = False,
+        force: Annotated[
+            bool,
+            typer.Option(
+                help="Audit even when release's memorisation check, run first, flags the set "
+                "(default: stop there with exit 3: no audit can make release publish it)."
+            ),
+        ] = False,
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
         from rcig_release.audits.config import AuditConfig
@@ -265,6 +272,7 @@ def register(app: typer.Typer) -> None:
                 private_gallery=private_gallery,
                 workers=workers,
                 progress=progress,
+                stop_if_unreleasable=not force,
             )
         if json_out:
             typer.echo(json.dumps(json_summary(result), indent=2, sort_keys=True))
@@ -283,6 +291,16 @@ def register(app: typer.Typer) -> None:
             bad = result["dp"]["verdict"] != "consistent"
             out.print(
                 dp_line(result["dp"]),
+                style="bold red" if bad else "green",
+                markup=False,
+                soft_wrap=True,
+            )
+        pre = result.get("memorisation_precheck")
+        if pre is not None:
+            bad = not pre["passed"]
+            out.print(
+                f"{pre['summary']} (release's check, run before the shadows)"
+                + (f"; release would refuse this set; remedy: {pre['remedy']}" if bad else ""),
                 style="bold red" if bad else "green",
                 markup=False,
                 soft_wrap=True,

@@ -43,7 +43,18 @@ def distill(
         ),
     ] = None,
     init: Annotated[
-        str | None, typer.Option(help=r"real (paper) or noise \[default: real]")
+        str | None,
+        typer.Option(
+            help=r"centroids (each image the mean of a k-means cluster of its class: the class "
+            "mean at 1 ipc), mean, noise, or real (the paper's: one training record per image, "
+            r"refused at release) \[default: centroids]"
+        ),
+    ] = None,
+    init_min_records: Annotated[
+        int | None,
+        typer.Option(
+            help=r"centroids/mean: records averaged into each image, at least \[default: 10]"
+        ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help=r"random seed \[default: 0]")] = None,
     preset: Annotated[
@@ -85,6 +96,13 @@ def distill(
         float | None,
         typer.Option(help=r"DP: Poisson sampling rate q \[default: real batch / training images]"),
     ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help=r"end with release's memorisation check (seconds) \[default: on]",
+        ),
+    ] = True,
     resume: Annotated[
         bool, typer.Option(help="continue a killed or interrupted run in --out")
     ] = False,
@@ -94,7 +112,13 @@ def distill(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Distil the training split of DATA into a few synthetic images per class with RCIG."""
-    from rcig_release.config import load_toml, make_distill_config
+    from rcig_release.cli.check_cmd import run_precheck
+    from rcig_release.config import (
+        DEFAULT_INIT,
+        RECORD_INIT_MODES,
+        load_toml,
+        make_distill_config,
+    )
     from rcig_release.errors import InputError
     from rcig_release.pipeline import default_out, distill_run, resume_config
 
@@ -112,6 +136,7 @@ def distill(
             ipc=ipc,
             steps=steps,
             init=init,
+            init_min_records=init_min_records,
             seed=seed,
             width=width,
             real_batch=real_batch,
@@ -122,6 +147,15 @@ def distill(
             dp_sampling_rate=dp_sampling_rate,
         )
         out = out or default_out(data, cfg.ipc)
+    if cfg.init in RECORD_INIT_MODES:
+        console.print(
+            Text(
+                f"--init {cfg.init}: every image starts from one training record; release refuses "
+                "such a set (memorisation check). For a releasable set leave --init at its default "
+                f"({DEFAULT_INIT}).",
+                style="yellow",
+            )
+        )
 
     if quiet:
         run = distill_run(out, data, cfg, resume=resume, force=force)
@@ -171,6 +205,8 @@ def distill(
             f"{run['config']['steps']} steps, distillation {t['distill_seconds']:.1f} s)",
         )
     )
+    if check:
+        run_precheck(out)
 
 
 def evaluate(
@@ -190,6 +226,13 @@ def evaluate(
     as_json: Annotated[
         bool, typer.Option("--json", help=r"print eval.json to stdout \[default: off]")
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check/--no-check",
+            help=r"end with release's memorisation check (seconds; on stderr) \[default: on]",
+        ),
+    ] = True,
 ) -> None:
     """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
     from rcig_release.config import EvalConfig
@@ -206,7 +249,15 @@ def evaluate(
         result = evaluate_run(run, cfg, data=data)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
-        return
+    else:
+        _print_eval(run, arch, result)
+    if check:
+        from rcig_release.cli.check_cmd import run_precheck
+
+        run_precheck(run, data)
+
+
+def _print_eval(run: Path, arch: str, result: dict) -> None:
     table = Table(title=Text(f"Test accuracy of networks trained on {run}"))
     for col in ("arch", "width", "models", "steps", "augment", "accuracy"):
         table.add_column(col, justify="right")

@@ -97,9 +97,9 @@ def handle_errors(fn: F) -> F:
 
 
 def _register() -> None:
-    from rcig_release.cli import audit_cmd, distill_cmd, release_cmd
+    from rcig_release.cli import audit_cmd, check_cmd, distill_cmd, release_cmd
 
-    for module in (distill_cmd, audit_cmd, release_cmd):
+    for module in (distill_cmd, check_cmd, audit_cmd, release_cmd):
         module.register(app)
 
 

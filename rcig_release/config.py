@@ -15,6 +15,8 @@ from typing import Any
 
 from rcig_release.errors import InputError
 
+DEFAULT_INIT = "centroids"  # releasable by default (docs/benchmarks.md, "Releasable by default")
+
 
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
@@ -22,7 +24,12 @@ class DistillConfig:
 
     ipc: int = 1  # images per class in the distilled set
     steps: int | None = None  # outer iterations; None: the preset's rule (default_steps)
-    init: str = "real"  # "real": random real training images per class (paper); "noise": 0.3*N(0,1)
+    # "centroids" / "mean": each image the mean of >= init_min_records records of its class
+    # (initsets.py; not in the paper: releasable, docs/benchmarks.md); "real": random real
+    # training images per class (the paper's; refused at release); "noise": 0.3*N(0,1)
+    init: str = DEFAULT_INIT
+    init_min_records: int = 10  # aggregate inits: records averaged into each image, at least
+    init_noise: float = 0.0  # aggregate inits: + init_noise * N(0,1) in model space
     seed: int = 0
     # network (rcig-algorithm §1.2)
     width: int = 128  # channels of the first block; block i has width * 2**i
@@ -154,13 +161,29 @@ def make_distill_config(
     return cfg
 
 
+INIT_MODES = ("real", "noise", "mean", "centroids")
+# modes whose images start from one training record each (refused at release by the memorisation
+# check) and modes that read the private data at all (refused under DP)
+RECORD_INIT_MODES = ("real",)
+PRIVATE_INIT_MODES = ("real", "mean", "centroids")
+
+
 def validate_distill_config(cfg: DistillConfig) -> None:
     if cfg.ipc < 1:
         raise InputError(f"--ipc must be at least 1 (got {cfg.ipc})")
     if cfg.steps is not None and cfg.steps < 0:
         raise InputError(f"--steps must be >= 0 (got {cfg.steps})")
-    if cfg.init not in ("real", "noise"):
-        raise InputError(f"--init must be 'real' or 'noise' (got {cfg.init!r})")
+    if cfg.init not in INIT_MODES:
+        raise InputError(f"--init must be one of {', '.join(INIT_MODES)} (got {cfg.init!r})")
+    if cfg.init_min_records < 2:
+        raise InputError(f"init_min_records must be at least 2 (got {cfg.init_min_records})")
+    if not cfg.init_noise >= 0:
+        raise InputError(f"init_noise must be >= 0 (got {cfg.init_noise})")
+    if cfg.init == "mean" and cfg.ipc > 1 and cfg.init_noise == 0:
+        raise InputError(
+            "--init mean with --ipc > 1 starts a class's images identical (they would stay so); "
+            "use --init centroids, or init_noise > 0"
+        )
     if cfg.inner_solver not in ("adam", "exact"):
         raise InputError(f"inner_solver must be 'adam' or 'exact' (got {cfg.inner_solver!r})")
     if cfg.width < 1 or (cfg.real_batch is not None and cfg.real_batch < 1) or cfg.pool_size < 1:
@@ -196,9 +219,9 @@ def validate_dp(cfg: DistillConfig) -> None:
         raise InputError(f"--dp-sampling-rate must be in (0, 1] (got {cfg.dp_sampling_rate})")
     if cfg.dp_noise_multiplier is not None and not cfg.dp_noise_multiplier > 0:
         raise InputError(f"dp_noise_multiplier must be > 0 (got {cfg.dp_noise_multiplier})")
-    if cfg.init == "real":
+    if cfg.init in PRIVATE_INIT_MODES:
         raise InputError(
-            "--init real reads private images outside the DP budget; "
+            f"--init {cfg.init} reads private images outside the DP budget; "
             "use --init noise with --dp-epsilon"
         )
     if cfg.zca:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rcig_release import checkpoint
+from rcig_release import checkpoint, initsets
 from rcig_release.config import DistillConfig, resolve, to_dict, with_data_defaults
 from rcig_release.data import check_ipc
 from rcig_release.errors import InputError, RcigReleaseError
@@ -51,14 +51,41 @@ def initial_set(
     num_classes: int,
     forced: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ipc random real images per class (indices recorded) or 0.3·N(0,1) noise; labels one-hot − 1/C
-    (rcig-algorithm §1.8). Images are ordered class by class.
+    """The starting set, class by class, and the training index each image starts from (−1: none).
+    Labels are one-hot − 1/C (rcig-algorithm §1.8). By ``cfg.init``:
 
-    ``forced`` (real init only): indices into ``x_model`` that must be init images, at most ipc per
-    class; each class's remaining slots are drawn at random from its other images, as without it.
-    The audit uses it so that an audited init record that is IN for a shadow pipeline is one of
-    that pipeline's init images, as it was in the release."""
+    * ``real`` (the paper's): ipc random real images per class, their indices recorded;
+    * ``noise``: 0.3·N(0,1);
+    * ``mean`` / ``centroids`` (``initsets.py``): each image the mean of at least
+      ``cfg.init_min_records`` training records of its class (the class mean; the means of ipc
+      k-means clusters), plus ``cfg.init_noise``·N(0,1); indices −1 (no single record).
+
+    Deterministic given ``(cfg, x_model, y)``: ``release`` recomputes it to check the recorded
+    indices. ``forced`` (real init only): indices into ``x_model`` that must be init images, at
+    most ipc per class; each class's remaining slots are drawn at random from its other images, as
+    without it. The audit uses it so that an audited init record that is IN for a shadow pipeline
+    is one of that pipeline's init images, as it was in the release."""
     rng = np.random.default_rng(cfg.seed)
+    classes = np.repeat(np.arange(num_classes), cfg.ipc)
+    labels = (np.eye(num_classes, dtype=np.float32) - 1.0 / num_classes)[classes]
+    none = np.full(len(classes), -1, np.int64)
+    if cfg.init in initsets.AGGREGATE_MODES:
+        y = np.asarray(y)
+        for c in range(num_classes):
+            if (n_c := int((y == c).sum())) < cfg.init_min_records:
+                raise InputError(
+                    f"--init {cfg.init}: class {c} has {n_c} training images, fewer than "
+                    f"init_min_records = {cfg.init_min_records}; use --init noise"
+                )
+        if cfg.init == "mean":
+            x = initsets.class_means(x_model, y, num_classes, cfg.ipc)
+        else:
+            x = initsets.class_centroids(
+                x_model, y, num_classes, cfg.ipc, cfg.init_min_records, cfg.seed
+            )
+        if cfg.init_noise > 0:
+            x = x + cfg.init_noise * rng.standard_normal(x.shape, dtype=np.float32)
+        return x.astype(np.float32), labels, none
     want = np.zeros(0, np.int64) if forced is None else np.unique(np.asarray(forced, np.int64))
     parts = []
     for c in range(num_classes):
@@ -73,12 +100,10 @@ def initial_set(
         )
         parts.append(np.concatenate([fixed, rest]))
     idx = np.concatenate(parts).astype(np.int64)
-    classes = np.repeat(np.arange(num_classes), cfg.ipc)
-    labels = (np.eye(num_classes, dtype=np.float32) - 1.0 / num_classes)[classes]
     if cfg.init == "real":
         return x_model[idx].astype(np.float32), labels, idx
     noise = 0.3 * rng.standard_normal((len(classes), *x_model.shape[1:]), dtype=np.float32)
-    return noise, labels, np.full(len(classes), -1, np.int64)
+    return noise, labels, none
 
 
 def _scalars(metrics: dict) -> dict[str, float]:
@@ -134,8 +159,10 @@ def distill(
     if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
         enter("loading the checkpoint")
         state, meta = checkpoint.load(checkpoint_dir, state)
-        if meta.get("config") != meta_cfg:
-            changed = sorted(k for k in meta_cfg if meta.get("config", {}).get(k) != meta_cfg[k])
+        # a field added since the checkpoint was written counts as its default
+        saved = {**to_dict(DistillConfig()), **meta.get("config", {})}
+        if saved != meta_cfg:
+            changed = sorted(k for k in meta_cfg if saved.get(k) != meta_cfg[k])
             raise InputError(
                 "--resume with a different configuration than the checkpoint "
                 f"(differs in: {', '.join(changed) or 'config'})"

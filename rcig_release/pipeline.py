@@ -26,6 +26,7 @@ from rcig_release.data import check_ipc
 from rcig_release.data.preprocess import FIXED_DESCRIPTION
 from rcig_release.distill import DistillResult, distill
 from rcig_release.errors import InputError
+from rcig_release.initsets import AGGREGATE_MODES
 from rcig_release.rcig.dp import randomness
 
 
@@ -46,6 +47,24 @@ def resume_config(out: Path) -> tuple[DistillConfig, str]:
         return DistillConfig(**rj["config"]), rj["data"]["source"]
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"--resume: {p} is unreadable ({type(e).__name__})") from None
+
+
+def init_record(cfg: DistillConfig, indices: np.ndarray) -> dict[str, Any]:
+    """run.json's ``init``: the mode, the indices (−1: no single record) and, for the aggregate
+    modes, how many records each image averages at least and the noise added."""
+    out: dict[str, Any] = {
+        "mode": cfg.init,
+        "indices": indices.tolist(),
+        "indices_refer_to": "the training split of data.source (data.split_seed)",
+    }
+    if cfg.init in AGGREGATE_MODES:
+        out["aggregate"] = {
+            "of": "class mean" if cfg.init == "mean" else f"{cfg.ipc} k-means clusters per class",
+            "min_records": cfg.init_min_records,
+            "noise_std": cfg.init_noise,
+            "space": "model space (after the preprocessing)",
+        }
+    return out
 
 
 def _stderr(msg: str) -> None:
@@ -151,11 +170,7 @@ def distill_run(
     run_json.update(
         {
             "status": "done",
-            "init": {
-                "mode": cfg.init,
-                "indices": result.init_indices.tolist(),
-                "indices_refer_to": "the training split of data.source (data.split_seed)",
-            },
+            "init": init_record(cfg, result.init_indices),
             "timings": {
                 "data_seconds": t_data,
                 "distill_seconds": t_distill,

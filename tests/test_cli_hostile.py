@@ -287,7 +287,20 @@ def test_the_image_folder_itself_may_be_a_symlink(tmp_path):
 def test_markup_in_out_path_prints_literally_after_a_run(tmp_path):
     data = tiny_npz(tmp_path / "d.npz", classes=["$\\frac$", "[/]", "c"])  # mathtext in preview
     out = tmp_path / "runs" / "[/x]" / "[bold]r"
-    r = invoke("distill", "--preset", "cpu", "--steps", "0", "--data", data, "--out", out)
+    # 6 training images a class: fewer than the default centroids' 10 records each
+    r = invoke(
+        "distill",
+        "--preset",
+        "cpu",
+        "--steps",
+        "0",
+        "--init",
+        "noise",
+        "--data",
+        data,
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     # printed literally, no MarkupError; rich wraps long lines at the terminal width (at a space
     # or inside the path), so compare with all whitespace removed
@@ -347,7 +360,7 @@ def test_help_shows_every_default_and_help_text_has_no_live_markup():
     for text in (
         "[default: runs/<data>-ipc<ipc>]",
         "[default: digits]",
-        "[default: real]",
+        "[default: centroids]",
         "[default: 1]",
         "[default: cpu without a GPU, else paper]",
     ):
@@ -420,6 +433,7 @@ def test_distill_names_its_setup_phases(tmp_path):
         },
         steps=1,
         ipc=1,
+        init="noise",  # 4 images a class: fewer than the default centroids' 10 records each
     )
     x = np.random.default_rng(0).standard_normal((12, 4, 4, 1)).astype(np.float32)
     seen: list[str] = []

@@ -71,6 +71,8 @@ def test_distill_then_evaluate_writes_the_run_directory(tiny, tmp_path):
         4,
         "--ipc",
         2,
+        "--init",
+        "real",
         "--quiet",
     )
     assert r.exit_code == 0, r.output
@@ -125,6 +127,8 @@ def test_steps_zero_exports_the_initial_real_images(tiny, tmp_path):
         0,
         "--ipc",
         3,
+        "--init",
+        "real",
         "--quiet",
     )
     assert r.exit_code == 0, r.output
@@ -178,6 +182,7 @@ def test_resume_after_sigkill_is_bit_identical(tiny, tmp_path):
     # enough steps that the run is still going when the watcher sees the step-4 checkpoint,
     # even with a warm compilation cache
     base = ["distill", "--data", data, "--config", toml, "--steps", 60, "--ipc", 2, "--quiet"]
+    base += ["--init", "real", "--no-check"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(

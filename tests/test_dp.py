@@ -271,7 +271,10 @@ def test_dp_defaults_noise_init_and_fixed_preprocessing_and_library_refusal():
     np.testing.assert_array_equal(prep.mean, [0.5]) and np.testing.assert_array_equal(
         prep.std, [0.5]
     )
-    with pytest.raises(InputError, match="init real"):  # the library refuses too
+    for mode in ("real", "centroids"):  # the library refuses too (centroids: the default)
+        with pytest.raises(InputError, match=f"init {mode} reads private images"):
+            distill(DistillConfig(dp_epsilon=1.0, steps=1, init=mode), x, y, C)
+    with pytest.raises(InputError, match="reads private images"):
         distill(DistillConfig(dp_epsilon=1.0, steps=1), x, y, C)
 
 

@@ -217,6 +217,21 @@ def _init_mode(s: Summary) -> str:
     return str(_config(s).get("init", "unknown"))
 
 
+def _init_text(s: Summary) -> str:
+    """What the initial images were, for the card (the aggregate modes state their k)."""
+    mode, k = _init_mode(s), md(fmt(_config(s).get("init_min_records")))
+    if mode == "real":
+        return "random real private training images, the RCIG default"
+    if mode == "mean":
+        return f"the mean of all private training images of each class (at least {k} each)"
+    if mode == "centroids":
+        return (
+            "the means of k-means clusters of each class's private training images, at least "
+            f"{k} images per cluster (the class mean at 1 image per class)"
+        )
+    return "random noise"
+
+
 def _utility_rows(s: Summary) -> list[list[str]]:
     e = s.eval_json
     acc = e.get("accuracy_mean")
@@ -443,7 +458,7 @@ read **Privacy considerations** before using them.
 RCIG (dataset distillation with a kernel-ridge head on a linearised ConvNet and implicit
 gradients) ran on the private training split for {md(fmt(cfg.get("steps")))} outer steps at
 {md(fmt(cfg.get("ipc")))} image(s) per class, seed {md(fmt(cfg.get("seed")))}, starting from
-**{md(_init_mode(s))}** initial images ({"random real private training images, the RCIG default" if _init_mode(s) == "real" else "random noise"}).
+**{md(_init_mode(s))}** initial images ({_init_text(s)}).
 The labels are learned soft labels (one row of `data/labels.csv` per image). The full resolved
 configuration, the software versions and the private data's keyed fingerprint
 ({md(data.get("fingerprint_hmac", "n/a"))}: HMAC-SHA256 under a key the custodian keeps, so only

@@ -5,9 +5,17 @@ started from. Those indices are written by ``distill`` into ``RUN/distilled.npz`
 (``init_indices``) and ``run.json`` (``init.indices``); a custodian could blank or edit them. At
 release they are recomputed: ``distill.initial_set`` is deterministic in the run's
 ``DistillConfig`` (its ``seed``, ``ipc`` and ``init`` mode) and the private labels, so the recorded
-indices must equal what it returns (real init: the drawn records; noise or other modes: -1).
-Any difference, or a real-init run whose indices are -1, is an ``InputError`` (exit 2) naming
-the field.
+indices must equal what it returns (real init: the drawn records; noise: -1). Any difference,
+or a real-init run whose indices are -1, is an ``InputError`` (exit 2) naming the field.
+
+The aggregate modes (``mean``, ``centroids``: each image the mean of at least
+``init_min_records`` records of its class, ``initsets.py``) have no init record by design: their
+indices must be -1 everywhere (a record index there is refused), and the claim "each image averages
+at least k records" must hold for the private data (k >= 2, every class holds ipc x k records).
+The aggregates themselves are not recomputed: the run does not store its initial images, so there
+is nothing to compare them with, and at ipc > 1 k-means costs seconds per class. What binds a
+mode claim to the images is ``release --replay`` (a relabelled real-init run does not replay)
+and the memorisation check's nearest-record tests, which apply to every image whatever its mode.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from rcig_release.errors import InputError
+from rcig_release.initsets import AGGREGATE_MODES
 
 
 def run_config(run_json: Mapping) -> Any:
@@ -44,14 +53,20 @@ def recompute_init_indices(
         v = getattr(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool):
             raise InputError(f"run.json: config.{key} must be an integer")
-    if not isinstance(cfg.init, str):
-        raise InputError("run.json: config.init must be a string")
+    from rcig_release.config import INIT_MODES
+
+    if not isinstance(cfg.init, str) or cfg.init not in INIT_MODES:
+        raise InputError(
+            f"run.json: config.init must be one of {', '.join(INIT_MODES)} (got {cfg.init!r})"
+        )
     y = np.asarray(y_train, np.int64)
     counts = np.bincount(y[(y >= 0) & (y < num_classes)], minlength=num_classes)
     if cfg.ipc < 1 or (counts < cfg.ipc).any():
         raise InputError(
             f"run.json: config.ipc = {cfg.ipc} does not fit the private data's classes"
         )
+    if cfg.init in AGGREGATE_MODES:
+        return _aggregate_indices(cfg, counts)
     try:
         _, _, idx = initial_set(
             cfg, np.broadcast_to(x_train[:1], (len(y), *x_train.shape[1:])), y, num_classes
@@ -59,6 +74,24 @@ def recompute_init_indices(
     except ValueError as e:
         raise InputError(f"run.json: config does not reproduce an init set ({e})") from None
     return np.asarray(idx, np.int64)
+
+
+def _aggregate_indices(cfg: Any, counts: np.ndarray) -> np.ndarray:
+    """-1 for each image of an aggregate-init run, once its claim fits the private data."""
+    k = cfg.init_min_records
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise InputError(
+            f"run.json: config.init_min_records must be an integer >= 2 for --init {cfg.init} "
+            f"(got {k!r}): an aggregate of fewer records is a record"
+        )
+    need = cfg.ipc * k if cfg.init == "centroids" else k
+    if (counts < need).any():
+        raise InputError(
+            f"run.json: config (init {cfg.init!r}, ipc {cfg.ipc}, init_min_records {k}) needs "
+            f"{need} training records per class; the private data have a class with "
+            f"{int(counts.min())}"
+        )
+    return np.full(cfg.ipc * len(counts), -1, np.int64)
 
 
 def verified_init_indices(
@@ -86,6 +119,18 @@ def verified_init_indices(
     if mode is not None and mode != cfg.init:
         raise InputError(
             f"run.json: init.mode is {mode!r} but config.init is {cfg.init!r}: not the run's record"
+        )
+    if cfg.init in AGGREGATE_MODES and (got >= 0).any():
+        raise InputError(
+            f"RUN/distilled.npz: init_indices name training records for an aggregate-init run "
+            f"(config.init = {cfg.init!r}): its images start from no single record, so the "
+            "recorded mode is not the run's"
+        )
+    agg = init.get("aggregate") if isinstance(init, Mapping) else None
+    if isinstance(agg, Mapping) and agg.get("min_records") != cfg.init_min_records:
+        raise InputError(
+            f"run.json: init.aggregate.min_records is {agg.get('min_records')!r} but "
+            f"config.init_min_records is {cfg.init_min_records!r}: not the run's record"
         )
     if cfg.init == "real" and (got < 0).any():
         raise InputError(

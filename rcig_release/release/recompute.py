@@ -13,7 +13,9 @@ init-aware), and a DP run's empirical ε at the run's δ — is recomputed here 
 - ``records.json``: the audit records (indices only), which must be the records the audit's seed
   draws from the private data (``runner.sample_records``), with every init record of the run among
   the members; the records' classes come from the private data's labels, the init group from the
-  run's own init indices (``RUN/distilled.npz``);
+  run's own init indices (``RUN/distilled.npz``): only a real initialisation has an init group
+  (noise, ``mean`` and ``centroids`` runs have none; a record flagged as theirs is refused,
+  ``init_group_problem``);
 - ``audit_config.json``: δ, the ε confidence, the seed, the sizes (``audit.json`` ``config`` must
   agree with it),
 
@@ -598,12 +600,33 @@ def _mode(run_json: Mapping) -> str | None:
     return init_mode(run_json)
 
 
+def init_group_problem(inputs: GameInputs, mode: str | None) -> str | None:
+    """Only a real initialisation starts from records: a run of another mode (noise, and the
+    aggregate ``mean``/``centroids``, whose images each average many records) has no init group,
+    so audit records flagged as its init records are not this run's (None when consistent, or
+    when the mode is unrecorded)."""
+    n = int(inputs.init.sum())
+    if mode is None or mode == "real" or n == 0:
+        return None
+    return (
+        f"{n} audit record(s) are flagged as init records of a run whose init mode is {mode!r}: "
+        "only a real initialisation starts from records"
+    )
+
+
+def _require_init_group(inputs: GameInputs, run_json: Mapping) -> None:
+    problem = init_group_problem(inputs, _mode(run_json))
+    if problem:
+        raise InputError(problem)
+
+
 def with_dp(inp: ReleaseInputs, raw: RawAudit, dp_statement: Mapping | None) -> ReleaseInputs:
     """A DP run's ``audit.json`` ``dp`` section recomputed from the score files alone (no private
     data), compared (InputError naming the field) and substituted. Unchanged without DP."""
     if dp_statement is None:
         return inp
     gi = inputs_from_audit_dir(raw, init_indices=inp.init_indices, n_classes=len(inp.classes))
+    _require_init_group(gi, inp.run_json)
     rec = recompute(gi, init_mode=_mode(inp.run_json), run_dp=dp_statement, parts=("dp",))
     check(inp.audit, {"dp": rec["dp"]}, "audit.json", RAW_FILES)
     return dataclasses.replace(inp, audit={**inp.audit, "dp": rec["dp"]})
@@ -625,6 +648,7 @@ def with_game(inp: ReleaseInputs, raw: RawAudit, private: Any) -> ReleaseInputs:
         n_classes=len(inp.classes),
         labels=(private.y_train, private.y_test),
     )
+    _require_init_group(gi, inp.run_json)
     rec = recompute(gi, init_mode=_mode(inp.run_json), parts=("game",))
     check(inp.audit, rec, "audit.json", RAW_FILES)
     return dataclasses.replace(
@@ -651,6 +675,10 @@ def verify_audit(
         gi = from_bundle(files, audit, n_classes)
     except InputError as e:
         problems.append(str(e))
+        return None
+    problem = init_group_problem(gi, _mode(run_json))
+    if problem:
+        problems.append(f"{BUNDLE_RECORDS}: {problem}")
         return None
     dp = run_json.get("dp") if isinstance(run_json.get("dp"), Mapping) else None
     rec = recompute(gi, init_mode=_mode(run_json), run_dp=dp)
