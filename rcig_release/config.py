@@ -74,6 +74,11 @@ class DistillConfig:
     dp_clip: float = 1.0  # C: per-example L2 clip of (∂ℓ/∂W, ∂ℓ/∂Δθ, ∂ℓ/∂logτ)
     dp_sampling_rate: float | None = None  # q of the Poisson sampling; None: real_batch / N
     dp_noise_multiplier: float | None = None  # σ; None: calibrated to (ε, δ, q, steps)
+    # "rcig": DP-RCIG (per-step clipped gradients); "features": DP feature means (one release of
+    # per-class random-ConvNet feature sums, then free optimisation; rcig/dpstat.py)
+    dp_mechanism: str = "rcig"
+    dp_networks: int = 16  # features: K random ConvNets in the released statistic
+    dp_count_weight: float = 0.1  # features: the count coordinate's share b of each record's norm
 
     @property
     def dp(self) -> bool:
@@ -169,6 +174,7 @@ def validate_distill_config(cfg: DistillConfig) -> None:
 
 
 DP_DEFAULT_DELTA = 1e-5
+DP_MECHANISMS = ("rcig", "features")  # DP-RCIG (rcig/dp.py), DP feature means (rcig/dpstat.py)
 
 
 def validate_dp(cfg: DistillConfig) -> None:
@@ -180,9 +186,22 @@ def validate_dp(cfg: DistillConfig) -> None:
             for f in ("dp_delta", "dp_sampling_rate", "dp_noise_multiplier")
             if getattr(cfg, f) is not None
         ]
+        if cfg.dp_mechanism != "rcig":
+            extra.append("--dp-mechanism")
         if extra:
             raise InputError(f"{', '.join(extra)} needs --dp-epsilon")
         return
+    if cfg.dp_mechanism not in DP_MECHANISMS:
+        raise InputError(
+            f"--dp-mechanism must be one of {', '.join(DP_MECHANISMS)} (got {cfg.dp_mechanism!r})"
+        )
+    if cfg.dp_mechanism == "features":
+        if cfg.dp_sampling_rate is not None:
+            raise InputError("--dp-sampling-rate applies to --dp-mechanism rcig only")
+        if cfg.dp_networks < 1:
+            raise InputError(f"dp_networks must be at least 1 (got {cfg.dp_networks})")
+        if not 0 < cfg.dp_count_weight < 1:
+            raise InputError(f"dp_count_weight must be in (0, 1) (got {cfg.dp_count_weight})")
     assert cfg.dp_epsilon is not None  # cfg.dp
     if not cfg.dp_epsilon > 0:
         raise InputError(f"--dp-epsilon must be > 0 (got {cfg.dp_epsilon})")
@@ -281,6 +300,17 @@ def with_dp_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     )
     if cfg.dp_delta is None:
         changes["dp_delta"] = delta
+    if cfg.dp_mechanism == "features":  # one Gaussian release: no sampling, no steps to account
+        from rcig_release.rcig import dpstat
+
+        if cfg.dp_noise_multiplier is None:
+            changes["dp_noise_multiplier"] = dpstat.calibrate_noise(cfg.dp_epsilon, delta)
+        elif dpstat.epsilon_for(cfg.dp_noise_multiplier, delta) > cfg.dp_epsilon:
+            raise InputError(
+                f"dp_noise_multiplier {cfg.dp_noise_multiplier} is too small for "
+                f"ε = {cfg.dp_epsilon} (leave it unset to calibrate it)"
+            )
+        return cfg.replace(**changes) if changes else cfg
     if cfg.dp_sampling_rate is None:
         changes["dp_sampling_rate"] = q
     from rcig_release.rcig.accounting import calibrate_noise, epsilon_for
