@@ -77,8 +77,9 @@ class DistillConfig:
     # "rcig": DP-RCIG (per-step clipped gradients); "features": DP feature means (one release of
     # per-class random-ConvNet feature sums, then free optimisation; rcig/dpstat.py)
     dp_mechanism: str = "rcig"
-    dp_networks: int = 16  # features: K random ConvNets in the released statistic
+    dp_networks: int = 10  # features: K random ConvNets in the released statistic
     dp_count_weight: float = 0.1  # features: the count coordinate's share b of each record's norm
+    dp_pixels: bool = True  # features: the unit-normalised image is one more released block
 
     @property
     def dp(self) -> bool:

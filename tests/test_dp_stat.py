@@ -28,9 +28,15 @@ C = 3
 CLIP = 1.0
 
 
-def _settings(k=3, clip=CLIP, count_weight=0.1, seed=0):
+def _settings(k=3, clip=CLIP, count_weight=0.1, seed=0, pixels=True):
     return dpstat.StatSettings(
-        networks=k, width=2, depth=1, clip=clip, count_weight=count_weight, seed=seed
+        networks=k,
+        width=2,
+        depth=1,
+        clip=clip,
+        count_weight=count_weight,
+        seed=seed,
+        pixels=pixels,
     )
 
 
@@ -47,10 +53,13 @@ def _records(n=24, seed=0):
     return x, y
 
 
-def _broken_contributions(features, clip, count_weight):
-    """The mechanism without normalisation and clipping: raw features plus the count."""
-    f = np.nan_to_num(np.asarray(features, np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
-    return np.concatenate([f.reshape(len(f), -1), np.full((len(f), 1), count_weight)], 1) * clip
+def _broken_contributions(blocks, clip, count_weight):
+    """The mechanism without normalisation and clipping: raw blocks plus the count."""
+    f = [
+        np.nan_to_num(np.asarray(b, np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
+        for b in blocks
+    ]
+    return np.concatenate([*f, np.full((len(f[0]), 1), count_weight)], 1) * clip
 
 
 def _max_change(stat_fn, x, y, trials):
@@ -89,15 +98,17 @@ def test_contributions_bound_each_record_and_zero_what_is_not_finite():
     f[3, 1, 2] = np.nan
     f[4, 0] = 0.0
     f[5, 2, 0] = -np.inf
-    u = dpstat.contributions(f, 2.5, 0.2)
-    assert u.shape == (6, 4 * 5 + 1) and u.dtype == np.float64
+    blocks = [f[:, k] for k in range(4)] + [rng.normal(size=(6, 7))]  # 4 of 5, then 7 wide
+    u = dpstat.contributions(blocks, 2.5, 0.2)
+    assert u.shape == (6, 4 * 5 + 7 + 1) and u.dtype == np.float64
     assert np.all(np.linalg.norm(u, axis=1) <= 2.5 * (1 + 1e-12))
     np.testing.assert_allclose(u[:, -1], 2.5 * 0.2)  # the count coordinate, always
     np.testing.assert_allclose(np.linalg.norm(u[0]), 2.5, rtol=1e-12)  # every block unit
-    blocks = u[:, :-1].reshape(6, 4, 5)
-    assert np.all(blocks[3, 1] == 0) and np.all(blocks[4, 0] == 0) and np.all(blocks[5, 2] == 0)
+    nets = u[:, :20].reshape(6, 4, 5)
+    assert np.all(nets[3, 1] == 0) and np.all(nets[4, 0] == 0) and np.all(nets[5, 2] == 0)
     a = math.sqrt(1 - 0.2**2)
-    np.testing.assert_allclose(np.linalg.norm(blocks[3, 0]), 2.5 * a / 2, rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(nets[3, 0]), 2.5 * a / math.sqrt(5), rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(u[:, 20:27], axis=1), 2.5 * a / math.sqrt(5))
     # labels outside the class range add nothing
     sums = dpstat.class_sums(u, np.array([0, 1, 2, 7, -1, 1]), 3)
     np.testing.assert_allclose(sums.sum(0), u[[0, 1, 2, 5]].sum(0))
@@ -160,16 +171,17 @@ def test_sigma_is_calibrated_by_one_gaussian_release(eps, delta):
 
 
 def test_estimate_recovers_means_and_counts_without_noise():
-    s = _settings(k=2)
+    s = _settings(k=2, pixels=False)
     rng = np.random.default_rng(0)
     f = rng.normal(size=(30, 2, 6))
     y = np.arange(30) % C
-    u = dpstat.contributions(f, s.clip, s.count_weight)
-    means, counts = dpstat.estimate(dpstat.class_sums(u, y, C), s)
+    u = dpstat.contributions([f[:, 0], f[:, 1]], s.clip, s.count_weight)
+    means, counts = dpstat.estimate(dpstat.class_sums(u, y, C), [6, 6], s)
     np.testing.assert_allclose(counts, [10, 10, 10])
     unit = f / np.linalg.norm(f, axis=2, keepdims=True) / np.sqrt(2)
-    for c in range(C):
-        np.testing.assert_allclose(means[c], unit[y == c].mean(0), rtol=1e-10)
+    for k in range(2):
+        for c in range(C):
+            np.testing.assert_allclose(means[k][c], unit[y == c, k].mean(0), rtol=1e-10)
 
 
 def _tiny_cfg(**kw):
@@ -208,7 +220,8 @@ def test_same_seed_runs_differ_and_public_parts_do_not():
     s = _settings()
     f1 = dpdistill.feature_function(s, SHAPE, C)(x[:4])
     f2 = dpdistill.feature_function(s, SHAPE, C)(x[:4])
-    np.testing.assert_array_equal(f1, f2)
+    for b1, b2 in zip(f1, f2, strict=True):
+        np.testing.assert_array_equal(b1, b2)
     np.testing.assert_array_equal(
         statmatch.network_choice(0, 5, 3, 2), statmatch.network_choice(0, 5, 3, 2)
     )
@@ -245,22 +258,27 @@ def test_the_release_is_made_once_and_resume_reuses_it(tmp_path, monkeypatch):
 def test_fit_lowers_the_match_loss_to_exact_targets():
     s = _settings(k=2)
     x, y = _tiny_data(n_per=2)
+    blocks = dpdistill.feature_function(s, SHAPE, C)(x)
+    sizes = dpdistill.block_sizes(s, SHAPE, C)
+    assert [b.shape[1] for b in blocks] == sizes == [32, 32, 64]
+    means, _ = dpstat.estimate(
+        dpstat.class_sums(dpstat.contributions(blocks, 1.0, 0.1), y, C), sizes, s
+    )
+    targets, ptgt = np.stack(means[:2], 1), means[2]
     apply, params = dpstat.feature_networks(s, SHAPE, C)
-    feats = np.stack([np.asarray(apply(p, x)) for p in params], 1)
-    targets, _ = dpstat.estimate(dpstat.class_sums(dpstat.contributions(feats, 1.0, 0.1), y, C), s)
     m = statmatch.MatchSettings(steps=40, lr=0.05, per_step=2, ipc=2)
     x0 = 0.3 * np.random.default_rng(1).normal(size=x.shape).astype(np.float32)
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
-    tgt = jnp.asarray(targets, jnp.float32)
-    assert (
-        float(statmatch.match_loss(apply, stacked, jnp.arange(2), jnp.asarray(x), tgt, C, 2, 2))
-        < 1e-10
-    )
-    loss0 = float(
-        statmatch.match_loss(apply, stacked, jnp.arange(2), jnp.asarray(x0), tgt, C, 2, 2)
-    )
-    _, _, loss = statmatch.fit(apply, params, targets, x0, m, seed=0)
-    assert loss < 0.5 * loss0
+    tgt, pt = jnp.asarray(targets, jnp.float32), jnp.asarray(ptgt, jnp.float32)
+
+    def loss(xx):
+        return float(
+            statmatch.match_loss(apply, stacked, jnp.arange(2), jnp.asarray(xx), tgt, pt, C, 2)
+        )
+
+    assert loss(x) < 1e-10  # the set the targets came from matches them exactly
+    _, _, last = statmatch.fit(apply, params, targets, x0, m, seed=0, pixel_target=ptgt)
+    assert last < 0.5 * loss(x0)
 
 
 @pytest.mark.parametrize(
@@ -330,7 +348,7 @@ def test_cli_run_writes_a_record_that_release_and_verify_recompute(tmp_path):
     assert release_dp.check_epsilon(dp) is None
     assert dp["epsilon"] == _direct_epsilon(dp["noise_multiplier"], 1e-6) <= 1.0
     assert dp["dp_mechanism"] == "features" and dp["sampling"] == "none" and dp["steps"] == 1
-    assert dp["released_shape"] == [3, 3 * 32 + 1]  # width 2, depth 1 on 8×8: F = 2·4·4
+    assert dp["released_shape"] == [3, 3 * 32 + 64 + 1]  # 3 nets (F = 2·4·4), pixels, count
     assert dp["expected_batch_size"] == rj["data"]["n_train"] == dp["max_batch_size"]
     assert "features" in release_dp.statement(dp) or "feature" in release_dp.statement(dp)
     assert set(release_dp.guarantee(dp)) == set(dp)

@@ -24,14 +24,18 @@ from rcig_release.errors import InputError
 from rcig_release.rcig import dpstat, statmatch
 
 
-def feature_dim(s: dpstat.StatSettings, image_shape: tuple[int, int, int], classes: int) -> int:
-    """F, the penultimate width of the feature networks (from shapes alone)."""
+def block_sizes(
+    s: dpstat.StatSettings, image_shape: tuple[int, int, int], classes: int
+) -> list[int]:
+    """F_j of the J released blocks (from shapes alone): K × the networks' penultimate width,
+    then H·W·C for the pixel block."""
     from rcig_release.models import ConvNet
 
     net = ConvNet(num_classes=classes, width=s.width, depth=s.depth, softplus_temp=0.0)
     x0 = jnp.zeros((1, *image_shape), jnp.float32)
     out = jax.eval_shape(lambda: net.apply(net.init(jax.random.PRNGKey(0), x0), x0)[1])
-    return int(out.shape[1])
+    pixels = [int(np.prod(image_shape))] if s.pixels else []
+    return [int(out.shape[1])] * s.networks + pixels
 
 
 def settings(cfg: DistillConfig, image_shape: tuple[int, int, int], classes: int):
@@ -47,20 +51,24 @@ def settings(cfg: DistillConfig, image_shape: tuple[int, int, int], classes: int
 def dp_record(cfg: DistillConfig, n_train: int, image_shape: tuple[int, ...], classes: int):
     shape = (int(image_shape[0]), int(image_shape[1]), int(image_shape[2]))
     s, _ = settings(cfg, shape, classes)
-    return dpstat.record(cfg, n_train, feature_dim(s, shape, classes), classes)
+    return dpstat.record(cfg, n_train, sum(block_sizes(s, shape, classes)) + 1, classes)
 
 
 def feature_function(
     s: dpstat.StatSettings, image_shape: tuple[int, int, int], num_classes: int
-) -> Callable[[np.ndarray], np.ndarray]:
-    """x [B, H, W, C] (model space) → the K networks' penultimate features [B, K, F] (float32,
-    whatever the input: NaN or inf pass through to ``dpstat.contributions``)."""
+) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """x [B, H, W, C] (model space) → the J released blocks: the K networks' penultimate
+    features [B, F] (float32), then (``s.pixels``) the images flattened [B, H·W·C]; whatever
+    the input (NaN or inf pass through to ``dpstat.contributions``)."""
     apply, params = dpstat.feature_networks(s, image_shape, num_classes)
     feats = jax.jit(apply)  # one network per call: a vmapped conv is slow on XLA:CPU
 
-    def feature_fn(xb: np.ndarray) -> np.ndarray:
+    def feature_fn(xb: np.ndarray) -> list[np.ndarray]:
         xd = jnp.asarray(xb, jnp.float32)
-        return np.stack([np.asarray(feats(p, xd)) for p in params], axis=1)
+        out = [np.asarray(feats(p, xd)) for p in params]
+        if s.pixels:
+            out.append(np.asarray(xb, np.float32).reshape(len(xb), -1))
+        return out
 
     return feature_fn
 
@@ -101,13 +109,13 @@ def run(
     shape = tuple(int(v) for v in x_model.shape[1:])
     s, m = settings(cfg, shape, num_classes)  # type: ignore[arg-type]
     meta_cfg = to_dict(cfg)
-    f_dim = feature_dim(s, shape, num_classes)  # type: ignore[arg-type]
+    sizes = block_sizes(s, shape, num_classes)  # type: ignore[arg-type]
     template = {
-        "release": np.zeros((num_classes, s.networks * f_dim + 1), np.float64),
+        "release": np.zeros((num_classes, sum(sizes) + 1), np.float64),
         "x": np.zeros_like(x_init, np.float32),
         "step": np.zeros((), np.int64),
     }
-    info: dict[str, Any] = {"dp": dpstat.record(cfg, len(y), f_dim, num_classes)}
+    info: dict[str, Any] = {"dp": dpstat.record(cfg, len(y), sum(sizes) + 1, num_classes)}
     opt_state = None
     start = 0
     if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
@@ -125,7 +133,9 @@ def run(
         noisy = private_release(s, x_model, y, num_classes, float(cfg.dp_noise_multiplier))
         info["release_seconds"] = time.perf_counter() - t0
         x_cur = np.asarray(x_init, np.float32)
-    targets, counts = dpstat.estimate(noisy, s)
+    means, counts = dpstat.estimate(noisy, sizes, s)
+    targets = np.stack(means[: s.networks], axis=1)  # [classes, K, F]
+    pixel_target = means[s.networks] if s.pixels else None
     apply, params = dpstat.feature_networks(s, shape, num_classes)  # type: ignore[arg-type]
 
     def save(t: int, x: Any, opt: Any) -> None:
@@ -165,6 +175,7 @@ def run(
             x_cur,
             m,
             cfg.seed,
+            pixel_target=pixel_target,
             start=start,
             opt_state=opt_state,
             on_step=on_step,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dp_accounting
@@ -44,10 +44,11 @@ from rcig_release.rcig import accounting
 NAME = "features"  # DistillConfig.dp_mechanism / --dp-mechanism / run.json dp.dp_mechanism
 MECHANISM = (
     "DP feature means: per-class sums of unit-normalised penultimate features of {k} random "
-    "ConvNets (width {w}, weights from the public seed) and a class-count coordinate, each "
-    "image's contribution clipped to the clip norm, released once with Gaussian noise; the "
-    "images are then optimised to match the released means (post-processing)"
+    "ConvNets (width {w}, weights from the public seed){pixels} and a class-count coordinate, "
+    "each image's contribution clipped to the clip norm, released once with Gaussian noise; "
+    "the images are then optimised to match the released means (post-processing)"
 )
+PIXELS_TEXT = ", of the unit-normalised image itself"
 SAMPLING = "none"  # every record is used exactly once, in one release
 CHUNK = 500  # images per feature batch (memory: CHUNK · K · F float64 on the host)
 NET_SALT = 0x5EED  # the feature networks' keys: fold_in(PRNGKey(seed), NET_SALT + k)
@@ -63,6 +64,12 @@ class StatSettings:
     clip: float  # C: the norm bound of one image's contribution
     count_weight: float  # b: the count coordinate's share of the norm (a = √(1 − b²))
     seed: int  # the networks' weights derive from it
+    pixels: bool  # one more block: the image itself (its direction in model space)
+
+    @property
+    def blocks(self) -> int:
+        """J, the unit-norm blocks of one record: the K networks, then the pixels."""
+        return self.networks + (1 if self.pixels else 0)
 
 
 def settings_for(cfg: DistillConfig, depth: int) -> StatSettings:
@@ -73,6 +80,7 @@ def settings_for(cfg: DistillConfig, depth: int) -> StatSettings:
         clip=float(cfg.dp_clip),
         count_weight=float(cfg.dp_count_weight),
         seed=int(cfg.seed),
+        pixels=bool(cfg.dp_pixels),
     )
 
 
@@ -125,23 +133,28 @@ def feature_networks(
 # ---- the mechanism (host, float64) ------------------------------------------------------------
 
 
-def contributions(features: np.ndarray, clip: float, count_weight: float) -> np.ndarray:
-    """u_i for a batch: ``features`` [B, K, F] (any values, NaN and inf included) → [B, K·F + 1]
-    float64 with ‖u_i‖ ≤ ``clip`` for every row.
+def contributions(blocks: Sequence[np.ndarray], clip: float, count_weight: float) -> np.ndarray:
+    """u_i for a batch: ``blocks`` J arrays [B, F_j] (any values, NaN and inf included) →
+    [B, ΣF_j + 1] float64 with ‖u_i‖ ≤ ``clip`` for every row.
 
-    Each network's block is scaled to norm a/√K (a = √(1 − b²)), a block with a non-finite
-    entry or norm 0 becomes 0; the last coordinate is b; the row is multiplied by C and clipped
-    jointly to C (a no-op up to rounding, kept so the bound never rests on the arithmetic above).
+    Each block is scaled to norm a/√J (a = √(1 − b²)); a block with a non-finite entry or norm
+    0 becomes 0; the last coordinate is b; the row is multiplied by C and clipped jointly to C
+    (a no-op up to rounding, kept so the bound never rests on the arithmetic above).
     """
-    f = np.asarray(features, np.float64)
-    b, k = f.shape[0], f.shape[1]
-    finite = np.isfinite(f).all(axis=2, keepdims=True)
-    f = np.where(finite, f, 0.0)
-    norms = np.linalg.norm(f, axis=2, keepdims=True)
-    ok = finite & (norms > 0) & np.isfinite(norms)
+    j = len(blocks)
     a = np.sqrt(1.0 - count_weight**2)
-    blocks = np.where(ok, f / np.where(ok, norms, 1.0), 0.0) * (a / np.sqrt(k))
-    u = np.concatenate([blocks.reshape(b, -1), np.full((b, 1), count_weight)], axis=1) * clip
+    parts = []
+    for block in blocks:
+        f = np.asarray(block, np.float64)
+        f = f.reshape(f.shape[0], -1)
+        finite = np.isfinite(f).all(axis=1, keepdims=True)
+        f = np.where(finite, f, 0.0)
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.linalg.norm(f, axis=1, keepdims=True)
+        ok = finite & (norms > 0) & np.isfinite(norms)
+        parts.append(np.where(ok, f / np.where(ok, norms, 1.0), 0.0) * (a / np.sqrt(j)))
+    b = parts[0].shape[0]
+    u = np.concatenate([*parts, np.full((b, 1), count_weight)], axis=1) * clip
     total = np.linalg.norm(u, axis=1, keepdims=True)
     return u * np.minimum(1.0, clip / np.maximum(total, np.finfo(np.float64).tiny))
 
@@ -154,7 +167,7 @@ def class_sums(u: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarra
 
 
 def statistic(
-    feature_fn: Callable[[np.ndarray], np.ndarray],
+    blocks_fn: Callable[[np.ndarray], Sequence[np.ndarray]],
     x: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
@@ -162,11 +175,11 @@ def statistic(
     count_weight: float,
     chunk: int = CHUNK,
 ) -> np.ndarray:
-    """The noise-free statistic Σ_i e_{y_i} u_iᵀ over every record, [classes, K·F + 1] float64.
-    ``feature_fn(x_chunk)`` → [B, K, F]. Private: only ``release`` may see it."""
+    """The noise-free statistic Σ_i e_{y_i} u_iᵀ over every record, [classes, ΣF_j + 1] float64.
+    ``blocks_fn(x_chunk)`` → the J blocks [B, F_j]. Private: only ``release`` may see it."""
     total = None
     for s in range(0, len(labels), chunk):
-        u = contributions(feature_fn(x[s : s + chunk]), clip, count_weight)
+        u = contributions(blocks_fn(x[s : s + chunk]), clip, count_weight)
         part = class_sums(u, labels[s : s + chunk], num_classes)
         total = part if total is None else total + part
     assert total is not None, "no training images"
@@ -192,17 +205,21 @@ def release(
 
 
 def estimate(
-    noisy: np.ndarray, s: StatSettings, min_count: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(means [classes, K, F] of the scaled unit blocks f/(‖f‖√K), counts [classes]) from the
-    release alone: n̂_c = S[c, −1]/(bC) (at least ``min_count``), mean = S[c, :−1]/(aC·n̂_c)."""
+    noisy: np.ndarray, sizes: Sequence[int], s: StatSettings, min_count: float = 1.0
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """(per block j the class means [classes, F_j] of the scaled unit blocks f/(‖f‖√J), counts
+    [classes]) from the release alone: n̂_c = S[c, −1]/(bC) (at least ``min_count``), means =
+    S[c, :−1]/(aC·n̂_c) split at the block ``sizes``."""
     a = np.sqrt(1.0 - s.count_weight**2)
     counts = np.maximum(noisy[:, -1] / (s.count_weight * s.clip), min_count)
     means = noisy[:, :-1] / (a * s.clip * counts[:, None])
-    return means.reshape(noisy.shape[0], s.networks, -1), counts
+    assert means.shape[1] == sum(sizes), "block sizes do not match the release"
+    return np.split(means, np.cumsum(sizes)[:-1], axis=1), counts
 
 
-def record(cfg: DistillConfig, n_train: int, feature_dim: int, num_classes: int) -> dict[str, Any]:
+def record(
+    cfg: DistillConfig, n_train: int, released_cols: int, num_classes: int
+) -> dict[str, Any]:
     """The run.json ``dp`` object of a DP-feature-means run (without "preprocessing", which the
     pipeline adds). The DP-RCIG keys keep their meaning for a single full-data release: sampling
     "none", rate 1, one step, batch = every training image."""
@@ -222,11 +239,13 @@ def record(cfg: DistillConfig, n_train: int, feature_dim: int, num_classes: int)
         "sampling": SAMPLING,
         "neighbouring": accounting.GUARANTEE["neighbouring"],
         "unit": accounting.GUARANTEE["unit"],
-        "mechanism": MECHANISM.format(k=k, w=int(cfg.width)),
+        "mechanism": MECHANISM.format(
+            k=k, w=int(cfg.width), pixels=PIXELS_TEXT if cfg.dp_pixels else ""
+        ),
         "accountant": accounting.ACCOUNTANT,
         "accountant_version": accounting.accountant_version(),
         "dp_mechanism": NAME,
         "networks": k,
         "count_weight": float(cfg.dp_count_weight),
-        "released_shape": [int(num_classes), int(k * feature_dim + 1)],
+        "released_shape": [int(num_classes), int(released_cols)],
     }

@@ -1,12 +1,13 @@
 """Post-processing of the DP feature-means release: optimise the synthetic images to match it.
 
-Given the released per-class means μ̂_c,k of the scaled unit features f_k(x)/(‖f_k(x)‖√K)
-(``dpstat.estimate``), the images X (labels fixed, one-hot − 1/C) minimise
+Given the released per-class means μ̂_c,k of the scaled unit features f_k(x)/(‖f_k(x)‖√J)
+(``dpstat.estimate``; J = K networks, plus one when the image itself is a block), the images X
+(labels fixed, one-hot − 1/C) minimise
 
-    L(X) = Σ_k Σ_c ‖ mean_{j: class c} f_k(X_j)/(‖f_k(X_j)‖√K) − μ̂_c,k ‖²
+    L(X) = Σ_k Σ_c ‖ mean_{j: class c} f_k(X_j)/(‖f_k(X_j)‖√J) − μ̂_c,k ‖²  (+ the pixel block's)
 
-by Adam, with a random subset of ``per_step`` networks per step (an unbiased estimate of L up to
-the factor K/per_step), from the public seed. The function reads the release and public
+by Adam, with a random subset of ``per_step`` networks per step (an unbiased estimate of the
+network part up to the factor K/per_step) and the pixel block every step, from the public seed. The function reads the release and public
 networks only: it is post-processing, whatever it does.
 """
 
@@ -47,30 +48,38 @@ def match_loss(
     idx: jax.Array,
     x: jax.Array,
     targets: jax.Array,
+    pixel_target: jax.Array | None,
     num_classes: int,
     ipc: int,
-    k_total: int,
 ) -> jax.Array:
-    """Σ over the chosen networks ``idx`` of Σ_c ‖class mean − target‖², times K/len(idx).
-    ``params``: the K networks stacked on a leading axis; ``targets`` [classes, K, F]; ``x``
-    ordered class by class (``ipc`` per class)."""
+    """Σ over the chosen networks ``idx`` of Σ_c ‖class mean − target‖², times K/len(idx), plus
+    the pixel block's term when ``pixel_target`` is given. ``params``: the K networks stacked on
+    a leading axis; ``targets`` [classes, K, F]; ``pixel_target`` [classes, H·W·C]; ``x`` ordered
+    class by class (``ipc`` per class). Blocks are scaled by 1/√J, J = K (+ 1 with pixels)."""
+    k_total = targets.shape[1]
+    j_total = k_total + (0 if pixel_target is None else 1)
     total = jnp.float32(0.0)
     for j in range(idx.shape[0]):
         p = jax.tree.map(lambda leaf, i=idx[j]: leaf[i], params)
-        u = unit_blocks(apply(p, x), k_total)
+        u = unit_blocks(apply(p, x), j_total)
         means = u.reshape(num_classes, ipc, -1).mean(axis=1)
         total = total + jnp.sum((means - targets[:, idx[j]]) ** 2)
-    return total * (k_total / idx.shape[0])
+    total = total * (k_total / idx.shape[0])
+    if pixel_target is not None:
+        u = unit_blocks(x.reshape(x.shape[0], -1), j_total)
+        means = u.reshape(num_classes, ipc, -1).mean(axis=1)
+        total = total + jnp.sum((means - pixel_target) ** 2)
+    return total
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_step(apply: Callable, num_classes: int, ipc: int, k_total: int, lr: float):
+def _jitted_step(apply: Callable, num_classes: int, ipc: int, lr: float):
     opt = optax.adam(lr)
 
     @jax.jit
-    def step(x, opt_state, params, idx, targets):
+    def step(x, opt_state, params, idx, targets, pixel_target):
         loss, g = jax.value_and_grad(
-            lambda xx: match_loss(apply, params, idx, xx, targets, num_classes, ipc, k_total)
+            lambda xx: match_loss(apply, params, idx, xx, targets, pixel_target, num_classes, ipc)
         )(x)
         updates, opt_state = opt.update(g, opt_state, x)
         return optax.apply_updates(x, updates), opt_state, loss
@@ -101,6 +110,7 @@ def fit(
     s: MatchSettings,
     seed: int,
     *,
+    pixel_target: np.ndarray | None = None,
     start: int = 0,
     opt_state: Any = None,
     on_step: Callable[[int, Any, Any, float], None] | None = None,
@@ -110,14 +120,15 @@ def fit(
     done). Returns (images, optimiser state, last loss)."""
     num_classes, k_total = targets.shape[0], targets.shape[1]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
-    opt, step = _jitted_step(apply, num_classes, s.ipc, k_total, float(s.lr))
+    opt, step = _jitted_step(apply, num_classes, s.ipc, float(s.lr))
     x = jnp.asarray(x_init, jnp.float32)
     state = opt.init(x) if opt_state is None else opt_state
     tgt = jnp.asarray(targets, jnp.float32)
+    ptgt = None if pixel_target is None else jnp.asarray(pixel_target, jnp.float32)
     choice = network_choice(seed, s.steps, k_total, s.per_step)
     loss = float("nan")
     for t in range(start, s.steps):
-        x, state, lv = step(x, state, stacked, jnp.asarray(choice[t]), tgt)
+        x, state, lv = step(x, state, stacked, jnp.asarray(choice[t]), tgt, ptgt)
         loss = float(lv)
         if on_step is not None:
             on_step(t + 1, x, state, loss)
