@@ -273,11 +273,18 @@ def default_steps(n_train: int, ipc: int = 1) -> int:
     return max(100, int((3600 - 120) / _seconds_per_step(ipc)) // 10 * 10)
 
 
+# DP feature means: optimisation steps of the images against the one release (post-processing,
+# so any number costs no privacy); 1000 at about 0.7 s per step on MNIST 10 ipc (loaded 2-core
+# machine, docs/benchmarks.md "DP utility").
+FEATURES_STEPS = 1000
+
+
 def with_data_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     """Fills the values left to the data (``steps``, ``real_batch`` when None)."""
     changes: dict[str, Any] = {}
     if cfg.steps is None:
-        changes["steps"] = default_steps(n_train, cfg.ipc)
+        features = cfg.dp and cfg.dp_mechanism == "features"
+        changes["steps"] = FEATURES_STEPS if features else default_steps(n_train, cfg.ipc)
     if cfg.real_batch is None:
         changes["real_batch"] = default_real_batch(n_train)
     cfg = cfg.replace(**changes) if changes else cfg

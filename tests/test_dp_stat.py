@@ -252,7 +252,7 @@ def test_the_release_is_made_once_and_resume_reuses_it(tmp_path, monkeypatch):
     assert np.isfinite(resumed.images_model).all()
     # resuming with another configuration is refused
     with pytest.raises(InputError, match="different configuration"):
-        distill(cfg.replace(proto_lr=0.01), x, y, C, checkpoint_dir=tmp_path / "ck", resume=True)
+        distill(cfg.replace(dp_networks=2), x, y, C, checkpoint_dir=tmp_path / "ck", resume=True)
 
 
 def test_fit_lowers_the_match_loss_to_exact_targets():

@@ -43,7 +43,7 @@ def settings(cfg: DistillConfig, image_shape: tuple[int, int, int], classes: int
     s = dpstat.settings_for(cfg, res.depth)
     assert cfg.steps is not None  # with_data_defaults
     m = statmatch.MatchSettings(
-        steps=int(cfg.steps), lr=float(cfg.proto_lr), per_step=statmatch.PER_STEP, ipc=cfg.ipc
+        steps=int(cfg.steps), lr=statmatch.LR, per_step=statmatch.PER_STEP, ipc=cfg.ipc
     )
     return s, m
 
@@ -202,5 +202,5 @@ def _restore_opt(saved: Any, x: np.ndarray, cfg: DistillConfig) -> Any:
     """The Adam state from its checkpointed pytree (flax restores plain containers)."""
     from flax import serialization
 
-    template = statmatch.initial_opt_state(x, statmatch.MatchSettings(0, float(cfg.proto_lr), 1, 1))
+    template = statmatch.initial_opt_state(x, statmatch.MatchSettings(0, statmatch.LR, 1, 1))
     return serialization.from_state_dict(template, saved)

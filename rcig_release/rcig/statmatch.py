@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 PER_STEP = 2  # networks per optimisation step
+LR = 1e-2  # Adam on the images (model space, pixels in [-1, 1]); not RCIG's proto_lr
 MATCH_SALT = 0x3A7C  # the network choice: a generator from (seed, MATCH_SALT)
 
 
