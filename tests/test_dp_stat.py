@@ -53,7 +53,7 @@ def _records(n=24, seed=0):
     return x, y
 
 
-def _broken_contributions(blocks, clip, count_weight):
+def _broken_contributions(blocks, clip, count_weight, bounds=None):
     """The mechanism without normalisation and clipping: raw blocks plus the count."""
     f = [
         np.nan_to_num(np.asarray(b, np.float64), nan=0.0, posinf=1e300, neginf=-1e300)
@@ -75,11 +75,10 @@ def test_removing_any_record_moves_the_statistic_by_at_most_c_through_the_real_c
     monkeypatch,
 ):
     s = _settings()
-    feature_fn = dpdistill.feature_function(s, SHAPE, C)
     x, y = _records()
 
     def stat(xx, yy):
-        return dpstat.statistic(feature_fn, xx, yy, C, s.clip, s.count_weight, chunk=7)
+        return dpdistill.statistic(s, xx, yy, C, chunk=7)
 
     trials = [0, 1, 2, 3, 4, *np.random.default_rng(1).choice(np.arange(5, 24), 6, replace=False)]
     worst = _max_change(stat, x, y, trials)
@@ -109,6 +108,10 @@ def test_contributions_bound_each_record_and_zero_what_is_not_finite():
     a = math.sqrt(1 - 0.2**2)
     np.testing.assert_allclose(np.linalg.norm(nets[3, 0]), 2.5 * a / math.sqrt(5), rtol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(u[:, 20:27], axis=1), 2.5 * a / math.sqrt(5))
+    # a bounded block keeps its intensity below the bound and is clipped to norm 1 above it
+    g = np.array([[0.3, 0.4], [3.0, 4.0], [np.nan, 1.0]])
+    v = dpstat.contributions([g], 1.0, 0.2, bounds=[2.0])[:, :2] / a
+    np.testing.assert_allclose(v, [[0.15, 0.2], [0.6, 0.8], [0.0, 0.0]])
     # labels outside the class range add nothing
     sums = dpstat.class_sums(u, np.array([0, 1, 2, 7, -1, 1]), 3)
     np.testing.assert_allclose(sums.sum(0), u[[0, 1, 2, 5]].sum(0))
@@ -262,7 +265,7 @@ def test_fit_lowers_the_match_loss_to_exact_targets():
     sizes = dpdistill.block_sizes(s, SHAPE, C)
     assert [b.shape[1] for b in blocks] == sizes == [32, 32, 64]
     means, _ = dpstat.estimate(
-        dpstat.class_sums(dpstat.contributions(blocks, 1.0, 0.1), y, C), sizes, s
+        dpstat.class_sums(dpstat.contributions(blocks, 1.0, 0.1, s.bounds(SHAPE)), y, C), sizes, s
     )
     targets, ptgt = np.stack(means[:2], 1), means[2]
     apply, params = dpstat.feature_networks(s, SHAPE, C)

@@ -73,6 +73,24 @@ def feature_function(
     return feature_fn
 
 
+def statistic(
+    s: dpstat.StatSettings, x_model: np.ndarray, y: np.ndarray, num_classes: int, chunk: int = 0
+) -> np.ndarray:
+    """The noise-free statistic over every training image (private: only
+    ``private_release`` calls it in a run; the tests check its sensitivity)."""
+    shape = (int(x_model.shape[1]), int(x_model.shape[2]), int(x_model.shape[3]))
+    return dpstat.statistic(
+        feature_function(s, shape, num_classes),
+        x_model,
+        y,
+        num_classes,
+        s.clip,
+        s.count_weight,
+        s.bounds(shape),
+        chunk=chunk or dpstat.CHUNK,
+    )
+
+
 def private_release(
     s: dpstat.StatSettings,
     x_model: np.ndarray,
@@ -82,10 +100,7 @@ def private_release(
 ) -> np.ndarray:
     """THE mechanism: the statistic over every training image, released once with secret noise.
     The noise-free statistic exists only inside this call."""
-    shape = (int(x_model.shape[1]), int(x_model.shape[2]), int(x_model.shape[3]))
-    feature_fn = feature_function(s, shape, num_classes)
-    stat = dpstat.statistic(feature_fn, x_model, y, num_classes, s.clip, s.count_weight)
-    return dpstat.release(stat, noise_multiplier, s.clip)
+    return dpstat.release(statistic(s, x_model, y, num_classes), noise_multiplier, s.clip)
 
 
 def run(

@@ -48,7 +48,7 @@ MECHANISM = (
     "each image's contribution clipped to the clip norm, released once with Gaussian noise; "
     "the images are then optimised to match the released means (post-processing)"
 )
-PIXELS_TEXT = ", of the unit-normalised image itself"
+PIXELS_TEXT = ", of the image itself (divided by √(H·W·C), clipped to norm 1)"
 SAMPLING = "none"  # every record is used exactly once, in one release
 CHUNK = 500  # images per feature batch (memory: CHUNK · K · F float64 on the host)
 NET_SALT = 0x5EED  # the feature networks' keys: fold_in(PRNGKey(seed), NET_SALT + k)
@@ -68,8 +68,15 @@ class StatSettings:
 
     @property
     def blocks(self) -> int:
-        """J, the unit-norm blocks of one record: the K networks, then the pixels."""
+        """J, the blocks of one record: the K networks, then the pixels."""
         return self.networks + (1 if self.pixels else 0)
+
+    def bounds(self, image_shape: tuple[int, ...]) -> list[float | None]:
+        """Per block: None (unit-normalised) for the networks; √(H·W·C) for the pixel block, the
+        norm of an image whose every model-space value is ±1 (the fixed preprocessing maps
+        pixels to [−1, 1]), so a valid image's block has norm ≤ 1 and keeps its intensity."""
+        pixels: list[float | None] = [float(np.sqrt(np.prod(image_shape)))] if self.pixels else []
+        return [None] * self.networks + pixels
 
 
 def settings_for(cfg: DistillConfig, depth: int) -> StatSettings:
@@ -133,26 +140,39 @@ def feature_networks(
 # ---- the mechanism (host, float64) ------------------------------------------------------------
 
 
-def contributions(blocks: Sequence[np.ndarray], clip: float, count_weight: float) -> np.ndarray:
+def contributions(
+    blocks: Sequence[np.ndarray],
+    clip: float,
+    count_weight: float,
+    bounds: Sequence[float | None] | None = None,
+) -> np.ndarray:
     """u_i for a batch: ``blocks`` J arrays [B, F_j] (any values, NaN and inf included) →
     [B, ΣF_j + 1] float64 with ‖u_i‖ ≤ ``clip`` for every row.
 
-    Each block is scaled to norm a/√J (a = √(1 − b²)); a block with a non-finite entry or norm
-    0 becomes 0; the last coordinate is b; the row is multiplied by C and clipped jointly to C
-    (a no-op up to rounding, kept so the bound never rests on the arithmetic above).
+    Block j is scaled to norm a/√J (a = √(1 − b²)) when ``bounds[j]`` is None (unit
+    normalisation: the networks' features), else divided by the public bound ``bounds[j]`` and
+    clipped to norm 1 before the same a/√J (the pixel block: its intensity is kept). A block with
+    a non-finite entry or norm 0 becomes 0; the last coordinate is b; the row is multiplied by C
+    and clipped jointly to C (a no-op up to rounding, kept so the bound never rests on the
+    arithmetic above).
     """
     j = len(blocks)
+    bounds = [None] * j if bounds is None else list(bounds)
     a = np.sqrt(1.0 - count_weight**2)
     parts = []
-    for block in blocks:
+    for block, bound in zip(blocks, bounds, strict=True):
         f = np.asarray(block, np.float64)
         f = f.reshape(f.shape[0], -1)
         finite = np.isfinite(f).all(axis=1, keepdims=True)
         f = np.where(finite, f, 0.0)
+        if bound is not None:
+            f = f / float(bound)
         with np.errstate(over="ignore", invalid="ignore"):
             norms = np.linalg.norm(f, axis=1, keepdims=True)
         ok = finite & (norms > 0) & np.isfinite(norms)
-        parts.append(np.where(ok, f / np.where(ok, norms, 1.0), 0.0) * (a / np.sqrt(j)))
+        safe = np.where(ok, norms, 1.0)
+        scale = 1.0 / safe if bound is None else np.minimum(1.0, 1.0 / safe)
+        parts.append(np.where(ok, f * scale, 0.0) * (a / np.sqrt(j)))
     b = parts[0].shape[0]
     u = np.concatenate([*parts, np.full((b, 1), count_weight)], axis=1) * clip
     total = np.linalg.norm(u, axis=1, keepdims=True)
@@ -173,13 +193,14 @@ def statistic(
     num_classes: int,
     clip: float,
     count_weight: float,
+    bounds: Sequence[float | None] | None = None,
     chunk: int = CHUNK,
 ) -> np.ndarray:
     """The noise-free statistic Σ_i e_{y_i} u_iᵀ over every record, [classes, ΣF_j + 1] float64.
     ``blocks_fn(x_chunk)`` → the J blocks [B, F_j]. Private: only ``release`` may see it."""
     total = None
     for s in range(0, len(labels), chunk):
-        u = contributions(blocks_fn(x[s : s + chunk]), clip, count_weight)
+        u = contributions(blocks_fn(x[s : s + chunk]), clip, count_weight, bounds)
         part = class_sums(u, labels[s : s + chunk], num_classes)
         total = part if total is None else total + part
     assert total is not None, "no training images"

@@ -66,8 +66,10 @@ def match_loss(
         means = u.reshape(num_classes, ipc, -1).mean(axis=1)
         total = total + jnp.sum((means - targets[:, idx[j]]) ** 2)
     total = total * (k_total / idx.shape[0])
-    if pixel_target is not None:
-        u = unit_blocks(x.reshape(x.shape[0], -1), j_total)
+    if pixel_target is not None:  # the release's pixel block: x/√(H·W·C), clipped to norm 1
+        flat = x.reshape(x.shape[0], -1) / np.sqrt(pixel_target.shape[1])
+        norms = jnp.linalg.norm(flat, axis=1, keepdims=True)
+        u = flat * jnp.minimum(1.0, 1.0 / jnp.maximum(norms, 1e-30)) / np.sqrt(j_total)
         means = u.reshape(num_classes, ipc, -1).mean(axis=1)
         total = total + jnp.sum((means - pixel_target) ** 2)
     return total
