@@ -75,6 +75,79 @@ def run_cell(args: argparse.Namespace, data: str, ipc: int, eps: float, delta: f
     }
 
 
+class SharedStatistic:
+    """``--shared-statistic`` (features only): the noise-free statistic is computed once per data
+    set in this process and every cell releases it with its own fresh secret noise draw, so the
+    feature pass over the training split (the mechanism's one read of the data, identical for
+    every cell of a data set: same networks, same seed) is not repeated. Everything else is the
+    product's own path, in process: ``pipeline.distill_run`` writes the run directory and
+    ``evaluate.evaluate_run`` evaluates it. Each cell's release is still a single Gaussian
+    release of its own σ; only the benchmark's wall time differs from separate runs."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple, object] = {}
+        self.seconds: dict[tuple, float] = {}
+
+    def install(self) -> None:
+        from rcig_release.rcig import dpdistill, dpstat
+
+        real = dpdistill.statistic
+
+        def release(s, x_model, y, num_classes, noise_multiplier):
+            key = (s, x_model.shape, int(len(y)), int(num_classes))
+            if key not in self.cache:
+                t0 = time.perf_counter()
+                self.cache[key] = real(s, x_model, y, num_classes)
+                self.seconds[key] = time.perf_counter() - t0
+            return dpstat.release(self.cache[key], noise_multiplier, s.clip)
+
+        dpdistill.private_release = release
+
+
+def run_cell_in_process(
+    args: argparse.Namespace, data: str, ipc: int, eps: float, delta: float, mech: str
+) -> dict:
+    from rcig_release.config import EvalConfig, load_toml, make_distill_config
+    from rcig_release.evaluate import evaluate_run
+    from rcig_release.pipeline import distill_run
+
+    name = cell_name(data, ipc, eps, delta, mech, args.tag)
+    out = args.out / name
+    values = dict(ipc=ipc, dp_epsilon=eps, dp_delta=delta, dp_mechanism=mech)
+    if args.steps is not None:
+        values["steps"] = args.steps
+    if args.seed is not None:
+        values["seed"] = args.seed
+    cfg = make_distill_config("cpu", load_toml(args.config) if args.config else None, **values)
+    t0 = time.perf_counter()
+    rj = distill_run(out, data, cfg, force=out.exists())
+    t_distill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ev = evaluate_run(out, EvalConfig(models=args.models))
+    t_eval = time.perf_counter() - t0
+    return {
+        "cell": name,
+        "data": Path(data).stem,
+        "ipc": ipc,
+        "epsilon_target": eps,
+        "delta": delta,
+        "mechanism": mech,
+        "epsilon": rj["dp"]["epsilon"],
+        "noise_multiplier": rj["dp"]["noise_multiplier"],
+        "steps": rj["config"]["steps"],
+        "width": rj["config"]["width"],
+        "accuracy_mean": 100 * ev["accuracy_mean"],
+        "accuracy_std": 100 * ev["accuracy_std"],
+        "models": ev["models"],
+        "n_test": ev["n_test"],
+        "distill_seconds": t_distill,
+        "release_seconds": rj.get("timings", {}).get("release_seconds"),
+        "evaluate_seconds": t_eval,
+        "shared_statistic": True,
+        "command": f"bench_dp_utility.py --shared-statistic ({name})",
+    }
+
+
 def table(rows: list[dict]) -> str:
     head = (
         "| data | ipc | ε (proven) | δ | mechanism | σ | steps | accuracy % (models) | "
@@ -83,8 +156,9 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         nd = ANCHORS.get(r["data"])
+        shared = " (shared statistic)" if r.get("shared_statistic") else ""
         lines.append(
-            f"| {r['data']} | {r['ipc']} | {r['epsilon']:.5g} | {r['delta']:g} | {r['mechanism']} "
+            f"| {r['data']}{shared} | {r['ipc']} | {r['epsilon']:.5g} | {r['delta']:g} | {r['mechanism']} "
             f"| {r['noise_multiplier']:.4g} | {r['steps']} | {r['accuracy_mean']:.2f} ± "
             f"{r['accuracy_std']:.2f} ({r['models']}) | {r['distill_seconds']:.0f} | "
             f"{r['evaluate_seconds']:.0f} | {f'{nd[0]} / {nd[1]}' if nd else '–'} |"
@@ -106,6 +180,11 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the cell names")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--table-only", action="store_true", help="print the table of results.jsonl")
+    p.add_argument(
+        "--shared-statistic",
+        action="store_true",
+        help="features: one feature pass per data set, a fresh release per cell (in process)",
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
@@ -114,6 +193,8 @@ def main() -> None:
         if results.is_file()
         else {}
     )
+    if args.shared_statistic:
+        SharedStatistic().install()
     if not args.table_only:
         for data, ipc, eps, delta, mech in itertools.product(
             args.data, args.ipc, args.eps, args.delta, args.mechanism
@@ -121,7 +202,8 @@ def main() -> None:
             name = cell_name(data, ipc, eps, delta, mech, args.tag)
             if name in done:
                 continue
-            row = run_cell(args, data, ipc, eps, delta, mech)
+            cell = run_cell_in_process if args.shared_statistic else run_cell
+            row = cell(args, data, ipc, eps, delta, mech)
             done[name] = row
             with results.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

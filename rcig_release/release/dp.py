@@ -1,7 +1,9 @@
-"""The differential-privacy statement of a DP-RCIG run, as audit, release and verify read it.
+"""The differential-privacy statement of a DP run, as audit, release and verify read it.
 
-A DP run's run.json holds a ``dp`` object with exactly the keys of ``DP_KEYS`` (issue #13); a run
-without DP has no ``dp`` key. This module:
+A DP run's run.json holds a ``dp`` object with exactly the keys of ``DP_KEYS`` (issue #13; a
+DP-feature-means run, ``dp_mechanism`` "features", also ``FEATURES_KEYS`` and reads the shared
+keys as one release: sampling "none", rate 1, one step); a run without DP has no ``dp`` key.
+This module:
 
 - ``validate_dp``: every key present, of the right type and range, and the fixed-vocabulary keys
   (sampling, neighbouring relation, unit of privacy, accountant) equal to what this tool can
