@@ -116,7 +116,7 @@ def _load_or_make(
         return json.loads(rec_path.read_text(encoding="utf-8")), np.load(keep_path)
     rec = make_records()
     n = len(rec["members"]) + len(rec["nonmembers"])
-    keep = shadows.make_keep(cfg.shadows, n, np.random.default_rng([cfg.seed, 2]))
+    keep = game.draw_keep(cfg.shadows, n, cfg.seed)
     outputs.write_json(rec_path, rec)
     buf_path = keep_path
     import io
@@ -196,7 +196,7 @@ def run_audit(
 
     from rcig_release.config import resolve
     from rcig_release.distill import initial_set
-    from rcig_release.rundir import DISTILLED, load_run
+    from rcig_release.rundir import DISTILLED, RUN_JSON, load_run
 
     validate(cfg)
     if workers is not None and workers < 1:
@@ -204,6 +204,11 @@ def run_audit(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     run = load_run(run_dir)
+    # what this audit certifies: release refuses a run.json or distilled.npz changed since
+    audited = {
+        "run_sha256": sha256_file(run.path / DISTILLED),
+        "run_json_sha256": sha256_file(run.path / RUN_JSON),
+    }
     if run.run_json.get("dp") is not None:  # a malformed DP statement fails before any work
         from rcig_release.release.dp import validate_dp
 
@@ -254,11 +259,9 @@ def run_audit(
     classes_rec = y_q[:n_rec]
 
     def groups_for(init_idx: np.ndarray, *, game_groups: bool) -> dict[str, np.ndarray]:
-        g = {f"class_{c}": classes_rec == c for c in range(C)}
         ii = np.isin(mem, init_idx[init_idx >= 0])
-        if ii.any():
-            g = {"init": np.concatenate([ii, np.zeros(len(non), bool)]), **g}
-        return {"all": np.ones(n_rec, bool), **g} if game_groups else g
+        init = np.concatenate([ii, np.zeros(len(non), bool)])
+        return game.record_groups(classes_rec, init, C, with_all=game_groups)
 
     base_key = jax.random.key(cfg.seed)
     common = dict(
@@ -433,10 +436,12 @@ def run_audit(
             "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"],
         }
         if name == "release":
-            np.savez_compressed(
+            # float64, the values the statistics were computed from: the release recomputes
+            # every statistic from this file (rcig_release.release.recompute); float32 rounding
+            # could tie scores the statistics saw as distinct
+            outputs.write_npz(
                 audit_dir / "game_scores.npz",
-                keep=keep,
-                **{k: v.astype(np.float32) for k, v in gsc.items()},  # type: ignore[arg-type]
+                {"keep": keep, **{k: np.asarray(v, np.float64) for k, v in gsc.items()}},
             )
             if run.run_json.get("dp") is not None:  # a DP run: empirical ε LB against the proven ε
                 dp_audit = dpcheck.dp_section(
@@ -493,7 +498,7 @@ def run_audit(
     rel = results["release"]
     n_init = int(np.isin(mem, run_init[run_init >= 0]).sum())
     summary: dict[str, Any] = {
-        "run_sha256": sha256_file(run.path / DISTILLED),
+        **audited,
         "run": run.path.name,
         "data": {
             "source_fingerprint": ds_data.fingerprint,

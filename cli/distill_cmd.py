@@ -75,7 +75,9 @@ def distill(
             r"--init noise, the DP default, and no ZCA) \[default: off]"
         ),
     ] = None,
-    dp_delta: Annotated[float | None, typer.Option(help=r"DP: δ \[default: 1e-5]")] = None,
+    dp_delta: Annotated[
+        float | None, typer.Option(help=r"DP: δ, warned about when ≥ 1/N \[default: 1e-6]")
+    ] = None,
     dp_clip: Annotated[
         float | None, typer.Option(help=r"DP: per-example gradient clip norm C \[default: 1.0]")
     ] = None,

@@ -53,9 +53,10 @@ def _memorisation_table(safety) -> Table:
         "p nearest",
         "d nearest",
         "flags below",
-        "p init",
-        "d init",
-        "flags below",
+        "gap",
+        "lowpass",
+        "blend",
+        "init rank / class",
     ):
         table.add_column(col, overflow="fold")
     for im in m.images:
@@ -69,9 +70,10 @@ def _memorisation_table(safety) -> Table:
                         _g(im.p_nearest),
                         _g(im.d_nearest),
                         _g(im.d_flag_nearest),
-                        _g(im.p_init),
-                        _g(im.d_init),
-                        _g(im.d_flag_init),
+                        _g(im.stats["gap"]),
+                        _g(im.stats["lowpass"]),
+                        _g(im.stats["blend"]),
+                        "n/a" if im.init_rank is None else f"{im.init_rank} / {im.init_class_size}",
                     )
                 )
             )
@@ -119,6 +121,35 @@ def release_command(
             help="OpenSSH private key: sign the manifest (ssh-keygen -Y sign) into manifest-sha256.txt.sig (default: unsigned).",
         ),
     ] = None,
+    fingerprint_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--fingerprint-key",
+            metavar="FILE",
+            help="Key of the keyed data fingerprint the bundle publishes (HMAC-SHA256; keep it as "
+            "private as the data, outside the bundle) (default: $XDG_CONFIG_HOME/rcig-release/"
+            "fingerprint.key, i.e. ~/.config/..., created with 32 random bytes, mode 0600, if absent).",
+        ),
+    ] = None,
+    include_private_stats: Annotated[
+        bool,
+        typer.Option(
+            "--include-private-stats",
+            help="DP runs: also publish the audit, the memorisation check's statistics and the "
+            "accuracies, which the (ε, δ) guarantee does not cover (the card lists them file by "
+            "file; default: withheld). Runs without DP always include them.",
+        ),
+    ] = False,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            "--replay",
+            help="Re-derive RUN/distilled.npz from the recorded configuration, seed and private "
+            "data and require identical bytes (same JAX version and device kind); a DP run: its "
+            "checkpoint chain. Required by policies with \\[release] require_replay (strict.toml) "
+            "(default: off).",
+        ),
+    ] = False,
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
     from rcig_release.release.bundle import ReleaseRefused, release
@@ -133,6 +164,9 @@ def release_command(
             override=override,
             data=data,
             sign=sign,
+            fingerprint_key=fingerprint_key,
+            include_private_stats=include_private_stats,
+            replay=replay,
         )
     except ReleaseRefused as e:
         if e.decision is not None and e.decision.failed and e.safety is None:
@@ -156,6 +190,33 @@ def release_command(
         console.print(
             Text.assemble(("released with an override", "yellow"), f": {result.override}")
         )
+    if result.binding is not None:
+        b = result.binding
+        console.print(
+            Text(
+                "replay: RUN/distilled.npz is identical to "
+                + (
+                    f"a replay of run.json's pipeline (JAX {b.jax}, {b.device})"
+                    if b.method == "replay"
+                    else "the run's last checkpoint (DP run: checkpoint chain)"
+                )
+                + f" ({len(b.compared)} arrays)"
+            )
+        )
+    if result.private_stats == "withheld":
+        console.print(
+            Text(
+                "DP release: the audit, memorisation statistics and accuracies stay in the run "
+                "directory (not covered by the guarantee; --include-private-stats publishes them)"
+            )
+        )
+    created = " (created now: keep it, it is the only way to check the fingerprint)"
+    console.print(
+        Text(
+            f"data fingerprint: keyed with {result.fingerprint_key}"
+            + (created if result.key_created else "")
+        )
+    )
     signed = " (signed)" if sign is not None else ""
     console.print(
         Text(
@@ -175,12 +236,39 @@ def verify_command(
             help="OpenSSH public key (or allowed-signers file) the bundle must be signed with (default: none; the signature is not checked).",
         ),
     ] = None,
+    fingerprint_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--fingerprint-key",
+            metavar="FILE",
+            help="The custodian's fingerprint key: check that the bundle's keyed data fingerprint "
+            "is that of the data given by --run or --data (default: not checked).",
+        ),
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            "--run",
+            metavar="RUN",
+            help="With --fingerprint-key: the run directory whose run.json fingerprint the "
+            "bundle should hold (default: none).",
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            metavar="SPEC",
+            help="With --fingerprint-key: the private data itself (as distill's --data), split "
+            "with the bundle's recorded seed (default: none).",
+        ),
+    ] = None,
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
     from rcig_release.release.bundle import SIGNATURE
     from rcig_release.release.verify import verify_bundle
 
-    problems = verify_bundle(bundle, key=key)
+    problems = verify_bundle(bundle, key=key, fingerprint_key=fingerprint_key, run=run, data=data)
     if problems:
         for p in problems:
             err_console.print(
@@ -190,10 +278,24 @@ def verify_command(
             f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True
         )
         raise typer.Exit(1)
-    console.print(
-        "[green]bundle intact[/]: every checksum matches, the verdict follows from the bundled audit "
-        "and policy, and the card, report, images and labels agree with them"
-    )
+    if (bundle / "report" / "audit.json").is_file():
+        console.print(
+            "[green]bundle intact[/]: every checksum matches, the verdict follows from the bundled "
+            "audit and policy, and the card, report, images and labels agree with them"
+        )
+    else:
+        console.print(
+            "[green]bundle intact[/]: every checksum matches, ε is the accountant's, and the card, "
+            "images and labels agree with the bundle; the verdict's evidence (a statistic of the "
+            "private data) is withheld, so the verdict itself cannot be recomputed"
+        )
+    if fingerprint_key is not None:
+        console.print(
+            Text.assemble(
+                ("keyed fingerprint valid", "green"),
+                ": the bundle was made from the data given, with this key",
+            )
+        )
     if key is not None:
         console.print(
             Text.assemble(

@@ -70,7 +70,7 @@ class DistillConfig:
     checkpoint_every: int = 50
     # differential privacy (DP-RCIG, docs/dp.md; not in the paper): on iff dp_epsilon is set
     dp_epsilon: float | None = None  # target ε for the whole run
-    dp_delta: float | None = None  # δ; None: 1e-5 with dp_epsilon
+    dp_delta: float | None = None  # δ; None: DP_DEFAULT_DELTA (1e-6) with dp_epsilon
     dp_clip: float = 1.0  # C: per-example L2 clip of (∂ℓ/∂W, ∂ℓ/∂Δθ, ∂ℓ/∂logτ)
     dp_sampling_rate: float | None = None  # q of the Poisson sampling; None: real_batch / N
     dp_noise_multiplier: float | None = None  # σ; None: calibrated to (ε, δ, q, steps)
@@ -174,7 +174,9 @@ def validate_distill_config(cfg: DistillConfig) -> None:
     validate_dp(cfg)
 
 
-DP_DEFAULT_DELTA = 1e-5
+# δ ≪ 1/N for the data sets this tool targets (MNIST: δN = 0.06); larger δ is warned about
+# (dp_delta_warning). The secret randomness has no config field: nothing here can set it.
+DP_DEFAULT_DELTA = 1e-6
 DP_MECHANISMS = ("rcig", "features")  # DP-RCIG (rcig/dp.py), DP feature means (rcig/dpstat.py)
 
 
@@ -291,8 +293,19 @@ def with_data_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     return with_dp_defaults(cfg, n_train)
 
 
+def dp_delta_warning(cfg: DistillConfig, n_train: int) -> str | None:
+    """One line when a DP run's δ is not below 1/N (N, the number of training images, is treated
+    as public): such a δ allows releasing a record outright with probability δ per record."""
+    if not cfg.dp or cfg.dp_delta is None or n_train < 1 or cfg.dp_delta * n_train < 1:
+        return None
+    return (
+        f"warning: --dp-delta {cfg.dp_delta:g} is not below 1/N = {1 / n_train:.3g} "
+        f"({n_train} training images); a δ well below 1/N (e.g. {DP_DEFAULT_DELTA:g}) is usual"
+    )
+
+
 def with_dp_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
-    """DP runs: δ (1e-5), q (real_batch / N) and σ (calibrated to ε, δ, q and the step count)
+    """DP runs: δ (DP_DEFAULT_DELTA), q (real_batch / N) and σ (calibrated to ε, δ, q and the step count)
     when not given, so the configuration, stored in run.json and the checkpoint, fixes the
     mechanism and a resumed run continues the same accounting."""
     if not cfg.dp:

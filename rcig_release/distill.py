@@ -104,7 +104,8 @@ def distill(
 
     ``x_model``: float32 [N,H,W,C] preprocessed training images; ``y``: int labels in 0..C−1.
     With ``checkpoint_dir`` the state is checkpointed every ``cfg.checkpoint_every`` steps, at the
-    end and on Ctrl-C; ``resume=True`` continues from it (bit-identical to an uninterrupted run).
+    end and on Ctrl-C; ``resume=True`` continues from it (bit-identical to an uninterrupted run,
+    except a DP run, whose batches and noise come from fresh OS entropy at every step: docs/dp.md).
     ``phase(name)`` names each setup phase as it starts ("setting up the model", "loading the
     checkpoint", "learning-rate search", "compiling the step"); ``progress`` then counts steps.
     """
@@ -183,9 +184,9 @@ def distill(
                 {"step": int(state.step), "config": meta_cfg, "tuning": info["tuning"]},
             )
 
-    if cfg.dp:  # DP-RCIG (rcig/dp.py): host-side Poisson batches, clipped and noised sums
+    if cfg.dp:  # DP-RCIG (rcig/dp.py): secret Poisson batches, clipped sums, secret noise
         dp_step = DPStep(setup, cfg, len(y))
-        step_fn = lambda s, x, yy, t: dp_step(s, x, yy, t)  # noqa: E731
+        step_fn = lambda s, x, yy, t: dp_step(s, x, yy)  # noqa: E731
         info["dp"] = dp_record(cfg, len(y))
     else:
         plain = make_step(setup)

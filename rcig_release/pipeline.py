@@ -6,6 +6,7 @@ The CLI calls it; so can a notebook. Nothing is written before every input has b
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,11 +15,18 @@ from typing import Any
 import numpy as np
 
 from rcig_release import rundir
-from rcig_release.config import DistillConfig, resolve, to_dict, with_data_defaults
+from rcig_release.config import (
+    DistillConfig,
+    dp_delta_warning,
+    resolve,
+    to_dict,
+    with_data_defaults,
+)
 from rcig_release.data import check_ipc
 from rcig_release.data.preprocess import FIXED_DESCRIPTION
 from rcig_release.distill import DistillResult, distill
 from rcig_release.errors import InputError
+from rcig_release.rcig.dp import randomness
 
 
 def default_out(data: str, ipc: int) -> Path:
@@ -40,6 +48,10 @@ def resume_config(out: Path) -> tuple[DistillConfig, str]:
         raise InputError(f"--resume: {p} is unreadable ({type(e).__name__})") from None
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def distill_run(
     out: Path,
     data: str,
@@ -50,11 +62,13 @@ def distill_run(
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     status: Callable[[str], None] | None = None,
     phase: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Runs one distillation into ``out`` and returns the final ``run.json`` content.
 
     ``phase(name)`` is called as each setup phase starts ("loading data", "preprocessing", then
-    distill's own), before ``progress`` reports steps."""
+    distill's own), before ``progress`` reports steps. ``warn`` gets one-line warnings (a DP
+    δ ≥ 1/N); by default they go to stderr."""
     from rcig_release.data import load_dataset, preprocessor_for
     from rcig_release.data.paths import check_out_apart
 
@@ -68,6 +82,8 @@ def distill_run(
     check_ipc(ds, cfg.ipc)  # names the short class
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     rundir.prepare_out(out, resume=resume, force=force)
+    if (msg := dp_delta_warning(cfg, ds.n_train)) is not None:
+        (warn or _stderr)(msg)
 
     enter("preprocessing")
     prep = preprocessor_for(ds.x_train, cfg, zca=res.zca)
@@ -95,6 +111,7 @@ def distill_run(
             "classes": list(ds.classes),
         },
         "seed": cfg.seed,
+        "randomness": randomness(cfg),
         **env,
     }
     if not resume:

@@ -81,8 +81,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def write_distilled(
-    out: Path,
+def distilled_arrays(
     *,
     images: np.ndarray,
     labels: np.ndarray,
@@ -91,8 +90,9 @@ def write_distilled(
     log_temp: float,
     init_indices: np.ndarray,
     prep_arrays: dict[str, np.ndarray],
-) -> None:
-    arrays = {
+) -> dict[str, np.ndarray]:
+    """The arrays of ``distilled.npz`` (``release --replay`` rebuilds them the same way)."""
+    return {
         "images": np.clip(images, 0.0, 1.0).astype(np.float32),
         "labels": labels.astype(np.float32),
         "classes": np.asarray(list(classes), dtype=str),
@@ -101,7 +101,11 @@ def write_distilled(
         "init_indices": init_indices.astype(np.int64),
         **prep_arrays,
     }
-    checkpoint.atomic_write_bytes(out / DISTILLED, _npz_bytes(arrays))
+
+
+def write_distilled(out: Path, **parts: Any) -> None:
+    """Writes ``distilled.npz`` from the keyword arguments of ``distilled_arrays``."""
+    checkpoint.atomic_write_bytes(out / DISTILLED, _npz_bytes(distilled_arrays(**parts)))
 
 
 write_json = checkpoint.write_json  # atomic, sorted keys, NaN/inf as null

@@ -11,6 +11,8 @@ os.environ.setdefault(
     os.path.join(tempfile.gettempdir(), f"rcig-release-test-jax-{os.getuid()}"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# release's default fingerprint key lives under $XDG_CONFIG_HOME: never the user's own in tests
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="rcig-release-test-config-")
 
 import jax  # noqa: E402
 

@@ -1,8 +1,10 @@
 """DP-RCIG (docs/dp.md): the mechanism against the ordinary meta-gradient, the clipping and
 masking bounds the privacy proof rests on, Poisson sampling and chunking, the accountant against
-dp_accounting run directly, the refusals, and a tiny DP run end to end with resume."""
+dp_accounting run directly, the refusals, and a tiny DP run end to end with resume. The tests
+that each fail on a deliberately broken copy of the step are in test_dp_mechanism.py."""
 
 import json
+from pathlib import Path
 
 import dp_accounting
 import jax
@@ -17,6 +19,7 @@ from test_distill_cli import TINY_TOML, invoke, make_npz
 from test_rcig_math import SHAPE, C, _real_batch, tiny_setup, tiny_state, to64
 
 from rcig_release.config import DistillConfig, make_distill_config
+from rcig_release.config import dp_delta_warning as config_warning
 from rcig_release.data import preprocessor_for
 from rcig_release.distill import Interrupted, distill
 from rcig_release.errors import InputError
@@ -58,9 +61,7 @@ def test_dp_meta_gradient_without_clip_and_noise_is_the_ordinary_one(solver, sha
                 lr_in,
                 lr_h,
                 clip=jnp.inf,
-                noise_std=0.0,
                 normaliser=float(len(labels_t)),
-                key=jax.random.PRNGKey(0),
             )
         )(theta0, psi)
         for part in ("direct", "implicit"):
@@ -148,14 +149,13 @@ def test_padding_contributes_exactly_zero():
 def test_poisson_batches_have_rate_q_and_b_max_is_the_smallest_safe_size():
     n, q, steps = 50, 0.1, 2000
     counts = np.zeros(n)
-    for t in range(steps):
-        counts[dp.poisson_batch(7, t, n, q)] += 1
+    rng = np.random.default_rng(7)
+    for _ in range(steps):
+        counts[dp.poisson_batch(n, q, rng)] += 1
     total = n * steps
     assert abs(counts.sum() - q * total) < 5 * np.sqrt(total * q * (1 - q))
     # every example at its own rate (loose per-example bound, 6 sd)
     assert np.all(np.abs(counts - q * steps) < 6 * np.sqrt(steps * q * (1 - q)))
-    np.testing.assert_array_equal(dp.poisson_batch(7, 3, n, q), dp.poisson_batch(7, 3, n, q))
-    assert not np.array_equal(dp.poisson_batch(7, 3, n, q), dp.poisson_batch(7, 4, n, q))
     for n, q in ((60000, 128 / 60000), (36, 16 / 36), (1000, 0.5)):
         b = dp.max_batch_size(n, q)
         assert binom.sf(b, n, q) <= 1e-12 < binom.sf(b - 1, n, q)
@@ -200,7 +200,7 @@ def _data(n=40, seed=0):
     return rng.standard_normal((n, *SHAPE)).astype(np.float32), np.arange(n) % C
 
 
-def test_oversized_batch_is_summed_in_chunks_to_the_same_step():
+def test_oversized_batch_is_summed_in_chunks_to_the_same_sum():
     from rcig_release.config import resolve
     from rcig_release.rcig.state import make_setup
 
@@ -211,13 +211,18 @@ def test_oversized_batch_is_summed_in_chunks_to_the_same_step():
     x, y = jnp.asarray(x), jnp.asarray(y, jnp.int32)
     whole = dp.DPStep(setup, cfg, len(y))
     tiny = dp.DPStep(setup, cfg, len(y), b_max=4)
-    n_batch = len(dp.poisson_batch(cfg.seed, 0, len(y), cfg.dp_sampling_rate))
-    assert n_batch > 8 and whole.b_max >= n_batch
-    a, _ = whole(state, x, y, 0)
-    b, _ = tiny(state, x, y, 0)
-    assert whole.chunks_run == 1 and tiny.chunks_run == -(-n_batch // 4)
-    for k in LEAVES:
-        np.testing.assert_allclose(b.psi[k], a.psi[k], rtol=1e-5, atol=1e-6)
+    idx = np.flatnonzero(np.random.default_rng(0).random(len(y)) < 0.4)
+    assert len(idx) > 8 and whole.b_max >= len(idx)
+    prep = whole.prepare(state)
+    a = whole.clipped_sum(state, prep, x, y, idx)
+    b = tiny.clipped_sum(state, prep, x, y, idx)
+    assert whole.chunks_run == 1 and tiny.chunks_run == -(-len(idx) // 4)
+    for k in a:
+        assert a[k].dtype == np.float64
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6)
+    # a whole step runs (secret batch and noise) and returns finite images
+    new, metrics = whole(state, x, y)
+    assert np.all(np.isfinite(np.asarray(new.psi["x"]))) and "outer_loss" not in metrics
 
 
 def test_accountant_matches_dp_accounting_and_is_monotone():
@@ -287,7 +292,10 @@ def test_cli_dp_refusals_are_one_line_exit_2(tmp_path, args):
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
-def test_dp_resume_draws_the_same_batches_and_noise(tmp_path):
+def test_dp_resume_continues_the_same_run_with_fresh_randomness(tmp_path):
+    """A DP run's batches and noise come from fresh OS entropy, so a resumed run is not
+    bit-identical to an uninterrupted one (docs/dp.md). What holds: the same configuration and
+    accounting, the checkpointed step count, a finished run, and no secret in the checkpoint."""
     cfg = _dp_cfg()
     x, y = _data()
     full = distill(cfg, x, y, C)
@@ -299,13 +307,41 @@ def test_dp_resume_draws_the_same_batches_and_noise(tmp_path):
 
     with pytest.raises(Interrupted):
         distill(cfg, x, y, C, checkpoint_dir=tmp_path / "ck", on_state=stop)
-    resumed = distill(cfg, x, y, C, checkpoint_dir=tmp_path / "ck", resume=True)
-    assert resumed.info["resumed_from"] == 2
-    np.testing.assert_array_equal(resumed.images_model, full.images_model)
-    np.testing.assert_array_equal(resumed.labels, full.labels)
-    # another seed draws other batches and noise
-    other = distill(cfg.replace(seed=1), x, y, C)
-    assert not np.array_equal(other.images_model, full.images_model)
+    meta = json.loads((tmp_path / "ck" / "meta.json").read_text())
+    # no secret in the checkpoint's meta: only public bookkeeping and hashes of the state chain
+    assert set(meta) == {
+        "step",
+        "config",
+        "tuning",
+        "state_sha256",
+        "state_file",
+        "chain",
+        "previous_state_sha256",
+    }
+    assert meta["step"] == 2
+    steps = []
+    resumed = distill(
+        cfg,
+        x,
+        y,
+        C,
+        checkpoint_dir=tmp_path / "ck",
+        resume=True,
+        on_log=lambda t, m: steps.append(t),
+    )
+    assert resumed.info["resumed_from"] == 2 and steps == [3]  # one step left, then done
+    assert resumed.info["dp"] == full.info["dp"]  # the same mechanism and accounting
+    assert np.all(np.isfinite(resumed.images_model))
+    assert not np.array_equal(resumed.images_model, full.images_model)  # fresh noise
+    with pytest.raises(InputError, match="different configuration"):  # other DP settings: refused
+        distill(
+            cfg.replace(dp_noise_multiplier=3.0),
+            x,
+            y,
+            C,
+            checkpoint_dir=tmp_path / "ck",
+            resume=True,
+        )
 
 
 def test_cli_dp_run_writes_the_dp_object(tmp_path):
@@ -335,12 +371,70 @@ def test_cli_dp_run_writes_the_dp_object(tmp_path):
     d = rj["dp"]
     assert set(d) == set(DP_KEYS)  # exactly what audit, release and verify read
     assert d["epsilon"] <= d["target_epsilon"] == 8.0 and d["noise_multiplier"] == 2.0
-    assert d["clip_norm"] == 0.5 and d["steps"] == 3 and d["delta"] == 1e-5
+    assert d["clip_norm"] == 0.5 and d["steps"] == 3 and d["delta"] == 1e-6  # the default
     assert d["sampling_rate"] == pytest.approx(16 / 36)
     assert d["expected_batch_size"] == pytest.approx(16.0)
-    assert d["epsilon"] == pytest.approx(accounting.epsilon_for(2.0, 1e-5, 16 / 36, 3))
+    assert d["epsilon"] == pytest.approx(accounting.epsilon_for(2.0, 1e-6, 16 / 36, 3))
+    # which randomness is public (the seed) and which is secret (never recorded)
+    rnd = rj["randomness"]
+    assert rnd["public"]["seed"] == rj["seed"] == 0
+    assert "the real batches" not in rnd["public"]["drives"]
+    assert rnd["secret"]["drives"] == ["the Poisson batch memberships", "the Gaussian noise"]
+    assert rnd["secret"]["recorded"].startswith("not recorded")
+    assert "warning" not in r.output  # δ = 1e-6 < 1/36
     assert rj["init"]["mode"] == "noise" and rj["resolved"]["zca"] is False
     assert "outer_loss" not in rj["metrics"]  # a statistic of the private batch
     with np.load(run / "distilled.npz") as z:
         np.testing.assert_array_equal(z["prep_mean"], [0.5])
         np.testing.assert_array_equal(z["prep_std"], [0.5])
+
+
+def test_delta_not_below_one_over_n_is_warned_about_in_one_line(tmp_path):
+    data = make_npz(tmp_path / "tiny.npz")
+    (tmp_path / "tiny.toml").write_text(TINY_TOML + "tune_lr = false\ndp_noise_multiplier = 2.0\n")
+    r = invoke(
+        "distill",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--config",
+        tmp_path / "tiny.toml",
+        "--steps",
+        0,
+        "--ipc",
+        2,
+        "--quiet",
+        "--dp-epsilon",
+        8,
+        "--dp-delta",
+        0.05,
+    )
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if "warning" in ln]
+    assert len(lines) == 1 and "--dp-delta 0.05 is not below 1/N" in lines[0], r.output
+    assert config_warning(DistillConfig(dp_epsilon=1.0, dp_delta=1e-6), 60000) is None
+    assert config_warning(DistillConfig(dp_epsilon=1.0, dp_delta=1e-5), 100000) is not None
+    assert config_warning(DistillConfig(), 10**9) is None  # not a DP run
+
+
+def test_release_never_copies_a_dp_runs_checkpoints(tmp_path):
+    """DP checkpoints are private run-directory files (docs/dp.md): the bundle holds none of their
+    files or bytes."""
+    from rcig_release.release.bundle import release
+    from rcig_release.release.testing import dp_statement, fake_run, loader_for, private_data
+
+    data = private_data()
+    run = fake_run(tmp_path / "run", data=data, dp=dp_statement())
+    sentinel = b"CHECKPOINT-SENTINEL-7f3a"
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "state-0123456789abcdef.msgpack").write_bytes(sentinel)
+    (run / "checkpoints" / "meta.json").write_text(
+        json.dumps({"step": 1, "note": sentinel.decode()})
+    )
+    out = tmp_path / "bundle"
+    policy = Path(__file__).resolve().parents[1] / "policies" / "dp.toml"
+    release(run, policy, out, load_private=loader_for(data), name="DP toy")
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and not any("checkpoint" in str(p.relative_to(out)) for p in files)
+    assert not any(sentinel in p.read_bytes() for p in files)

@@ -20,7 +20,13 @@ from rcig_release.release import safety
 from rcig_release.release.bundle import ReleaseRefused, release
 from rcig_release.release.documents import hf_license
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
-from rcig_release.release.testing import FINGERPRINT, fake_run, loader_for, private_data
+from rcig_release.release.testing import (
+    FINGERPRINT,
+    fake_run,
+    loader_for,
+    private_data,
+    rebind_audit,
+)
 from rcig_release.release.verify import verify_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +40,8 @@ EXPECTED = {
     "data/labels.csv",
     "data/metadata.jsonl",
     "report/audit.json",
+    "report/game_scores.npz",
+    "report/game_records.json",
     "report/roc.png",
     "report/report.html",
     "policy/verdict.json",
@@ -65,6 +73,7 @@ def built(tmp_path_factory):
     run_json["versions"]["where"] = str(Path.home() / "secret" / "project")
     run_json["device"] = f"cpu on {os.uname().nodename}"
     (run / "run.json").write_text(json.dumps(run_json))
+    rebind_audit(run)  # as an audit of the edited run would record it
     load = loader_for(data)
     out = tmp / "out" / "bundle"
     result = release(
@@ -115,12 +124,16 @@ def test_pass_writes_the_bundle(built):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["content_sha256"] == arrays_sha256(images_run, labels_run, ("zero", "one", "two"))
     assert prov["run_sha256"] == bytes_sha256((clean_run / "distilled.npz").read_bytes())
-    assert prov["data"]["fingerprint"] == FINGERPRINT
+    # the keyed fingerprint (under the default key, created for the session), never the plain one
+    assert "fingerprint" not in prov["data"] and FINGERPRINT not in json.dumps(prov)
+    assert prov["data"]["fingerprint_hmac"].startswith("hmac-sha256:")
     assert prov["data"]["source"] == "secret.npz (path withheld)"
     assert prov["seeds"] == {"distill": 3, "split": 7, "evaluate": None, "audit": 0}
     assert prov["audit"]["n_shadows"] == 16
+    assert prov["release"]["private_stats"] == "included"  # no DP: the statistics stay
 
     audit_in = json.loads((clean_run / "audit/audit.json").read_text())
+    audit_in.pop("run_json_sha256")  # a digest of run.json, which holds the plain fingerprint
     assert json.loads((out / "report/audit.json").read_text()) == audit_in
 
 
@@ -309,6 +322,7 @@ def test_private_data_fingerprint_and_data_option(tmp_path, clean_run, data):
     assert load.calls == [(run_json["data"]["source"], 0)]
     small = private_data(shape=(4, 4, 1))
     small.fingerprint = FINGERPRINT
+    rebind_audit(clean_run)
     with pytest.raises(InputError, match="not the data this run was distilled from"):
         release(clean_run, DEFAULT, tmp_path / "c", load_private=loader_for(small))
 
@@ -318,7 +332,11 @@ def test_private_data_fingerprint_and_data_option(tmp_path, clean_run, data):
     [
         (lambda run: (run / "audit/audit.json").unlink(), "audit.json not found"),
         (lambda run: (run / "eval.json").unlink(), "eval.json not found"),
-        (lambda run: _edit_audit(run, run_sha256="1" * 64), "does not match RUN/distilled.npz"),
+        (
+            lambda run: _edit_audit(run, run_sha256="1" * 64),
+            "distilled.npz changed since the audit",
+        ),
+        (lambda run: _edit_audit(run, run_json_sha256=None), "run_json_sha256 missing"),
         (lambda run: _edit_audit(run, run_sha256=None), "run_sha256 missing"),
         (lambda run: _edit_audit(run, attacks=None), "attacks missing"),
         (lambda run: _edit_audit(run, copy_check=None), "copy_check missing"),
@@ -411,4 +429,4 @@ def test_runner_layout_audit_is_released_and_rendered(tmp_path, data):
     assert "nearest held-out distance" in html and html.count("<tr>") > 6 + 1
     assert "naive release (same number of random real images) (audit target networks)" in html
     card = (out / "README.md").read_text()
-    assert "| loss | 0.510 | 0.010 | 0.487 | 1.000 | 0.00 " in card  # this release, then the game
+    assert "| loss | 0.510 | 0.010 | 0.506 | 0.149 | 0.00 " in card  # this release, then the game

@@ -52,7 +52,8 @@ def tree(root: Path) -> set[str]:
 def bundle(tmp_path_factory):
     """One release of a run whose class names, --name and --override are all hostile (1 ipc)."""
     tmp = tmp_path_factory.mktemp("hostile")
-    data = private_data(n=1200, n_test=300)  # the memorisation check resolves 0.05/(2 x 25 images)
+    # the memorisation check resolves 0.05 / 25 images; one label per class of the run
+    data = private_data(n=1200, n_test=300, n_classes=len(CLASSES))
     run = fake_run(tmp / "run", data=data, ipc=1, classes=CLASSES)
     out = tmp / "bundle"
     release(
@@ -449,12 +450,9 @@ def test_leak_scan_refuses_what_identifies_the_machine(machine, text, what):
 
 def test_names_equal_to_user_and_host_are_released(tmp_path):
     """The real user and host names as class names and --name are written as given."""
-    data = private_data()
-    run = fake_run(
-        tmp_path / "run",
-        data=data,
-        classes=tuple(dict.fromkeys((hostile.USER, hostile.HOST, "root", "vm"))),
-    )
+    classes = tuple(dict.fromkeys((hostile.USER, hostile.HOST, "root", "vm")))
+    data = private_data(n_classes=len(classes))  # the audit records' labels are among the classes
+    run = fake_run(tmp_path / "run", data=data, classes=classes)
     out = tmp_path / "b"
     release(
         run,

@@ -10,23 +10,30 @@ Treating (W, Δθ, logτ) as independent inputs, the per-example gradient
 
     z_i = (∂ℓ_i/∂W [F×C],  J_iᵀ ∂ℓ_i/∂o_i [P],  ∂ℓ_i/∂logτ)
 
-is clipped jointly to norm C, summed over the Poisson-sampled examples (padding masked to 0),
-noised with N(0, σ²C²I) and divided by the expected batch size qN. Everything after reads no
-private data (post-processing): the VJP of W(ψ, Δθ) maps the noised ∂L/∂W to the direct
-ψ-gradient and the support side of g = ∂L/∂Δθ, the noised real-side Δθ and logτ gradients are
-added, the label margin (ψ_y only) is added noise-free, then H⁻¹g, the implicit gradient, the
-clip, AdaBelief, EMA and the pool exactly as in the ordinary step (step.py).
+is zeroed if any entry is non-finite, clipped jointly to norm C, summed over the Poisson-sampled
+examples (padding masked to 0), noised with N(0, σ²C²I) in float64 on the host and divided by
+the expected batch size qN. Everything after reads no private data (post-processing): the VJP
+of W(ψ, Δθ) maps the noised ∂L/∂W to the direct ψ-gradient and the support side of
+g = ∂L/∂Δθ, the noised real-side Δθ and logτ gradients are added, the label margin (ψ_y only)
+is added noise-free, then H⁻¹g, the implicit gradient, the clip, AdaBelief, EMA and the pool
+exactly as in the ordinary step (step.py).
 
 The jitted step is three functions, so a Poisson batch larger than the compiled size B_max is
-summed in several chunks before the noise: ``prepare`` (pool model, inner solve, W),
-``chunk`` (the clipped masked sum of B_max examples), ``finish`` (noise, post-processing,
-update). Batches are drawn on the host (``poisson_batch``) from the run's seed and the step
-number, so a resumed run draws the same batches.
+summed in several chunks before the noise: ``prepare`` (pool model, inner solve, W), ``chunk``
+(the clipped masked sum of B_max examples), ``finish`` (post-processing and update, given the
+noised mean). Between them the host adds the chunks' sums and the noise (``add_noise``).
+
+Secret randomness: the Poisson memberships and the Gaussian noise, the only random choices that
+touch private data, come from generators seeded afresh at every draw with 256 bits of OS entropy
+(``secret_rng``), which are never stored or logged and do not depend on the seed. The seed
+(``state.key``) drives only public choices (initialisations, pool model, pool training).
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import secrets
 from typing import Any
 
 import jax
@@ -42,7 +49,6 @@ from rcig_release.rcig.step import (
     finish_meta_gradient,
     inner_solution,
     pick_pool_model,
-    step_keys,
     support_set,
 )
 
@@ -50,7 +56,15 @@ MECHANISM = (
     "DP-RCIG: per-example clipped (∂ℓ/∂W, ∂ℓ/∂Δθ, ∂ℓ/∂logτ), Gaussian noise, post-processing"
 )
 TAIL = 1e-12  # B_max: the smallest size with P(Binomial(N, q) > B_max) ≤ TAIL
-_SALT = 0x0D9  # separates the batch stream from other uses of the seed
+# numpy's float64 ziggurat (random_standard_normal) starts its tail at r and draws x = r + ξ,
+# ξ = −log(1 − U)/r, accepted when −2·log(1 − V) > ξ²; U and V lie on the 2⁻⁵³ grid, so
+# −log(1 − V) ≤ 53·ln 2 and every draw has |x| < r + √(106·ln 2) ≈ 12.23 (docs/dp.md, "Noise").
+ZIGGURAT_R = 3.6541528853610088
+NOISE_SUPPORT = ZIGGURAT_R + math.sqrt(2 * 53 * math.log(2))
+NOISE_SAMPLER = (
+    "numpy Generator.standard_normal in float64 (ziggurat with exponential-rejection tail, "
+    "support |z| < 12.23), on PCG64 seeded with 256 bits from secrets.randbits per draw"
+)
 
 
 # ---- the mechanism (pure functions) -------------------------------------------------------
@@ -97,17 +111,35 @@ def per_example_gradients(
 
 
 def example_norms(z: dict) -> jax.Array:
-    """‖z_i‖ over all three parts jointly, [B]."""
-    sq = sum(jnp.sum(a.reshape(a.shape[0], -1) ** 2, axis=1) for a in jax.tree.leaves(z))
-    return jnp.sqrt(sq)
+    """‖z_i‖ over all three parts jointly, [B]. Each row is scaled by its largest entry first,
+    so a huge but finite row does not overflow to inf."""
+    leaves = [a.reshape(a.shape[0], -1) for a in jax.tree.leaves(z)]
+    big = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(a), axis=1) for a in leaves])
+    unit = jnp.where(big > 0, big, 1.0)
+    sq = sum(jnp.sum((a / unit[:, None]) ** 2, axis=1) for a in leaves)
+    return unit * jnp.sqrt(sq)
+
+
+def finite_rows(z: dict) -> jax.Array:
+    """[B] bool: every entry of example i's gradient (all three parts) is finite."""
+    leaves = [a.reshape(a.shape[0], -1) for a in jax.tree.leaves(z)]
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a), axis=1) for a in leaves])
 
 
 def clip_and_sum(z: dict, mask: jax.Array, clip: jax.Array | float) -> dict:
-    """Σ_i mask_i · z_i · min(1, C/‖z_i‖). Masked (padding) rows contribute exactly 0, whatever
-    they hold; ``clip`` may be inf (no clipping)."""
+    """Σ_i mask_i · z̃_i · min(1, C/‖z̃_i‖), with z̃_i = z_i if all its entries are finite, else 0.
+
+    So every example adds a vector of norm ≤ C whatever its gradient holds (NaN, inf, huge
+    values): the sensitivity bound of the sum. A row whose norm overflows to inf is scaled by
+    C/inf = 0. Masked (padding) rows contribute exactly 0; ``clip`` may be inf (no clipping)."""
+    ok = finite_rows(z)
+
+    def zeroed(a):
+        return jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a))
+
+    z = jax.tree.map(zeroed, z)
     norms = example_norms(z)
-    safe = jnp.where(norms > 0, norms, 1.0)
-    scale = jnp.where(norms > 0, jnp.minimum(1.0, clip / safe), 1.0)
+    scale = jnp.where(norms > clip, clip / jnp.where(norms > 0, norms, 1.0), 1.0)
 
     def masked_sum(a):
         m = mask.reshape((-1,) + (1,) * (a.ndim - 1))
@@ -115,6 +147,12 @@ def clip_and_sum(z: dict, mask: jax.Array, clip: jax.Array | float) -> dict:
         return jnp.sum(jnp.where(m, a * s, jnp.zeros_like(a)), axis=0)
 
     return jax.tree.map(masked_sum, z)
+
+
+def nonfinite_count(z: dict, mask: jax.Array) -> jax.Array:
+    """How many unmasked rows ``clip_and_sum`` zeroes as non-finite: a statistic of the private
+    batch, not covered by the guarantee, so never logged (docs/dp.md)."""
+    return jnp.sum(jnp.logical_and(mask, jnp.logical_not(finite_rows(z))))
 
 
 def clipped_sums(
@@ -127,20 +165,10 @@ def clipped_sums(
     labels: jax.Array,
     mask: jax.Array,
     clip: jax.Array | float,
-) -> dict:
-    """The pre-noise sums of one chunk of (padded) examples."""
-    return clip_and_sum(per_example_gradients(setup, theta0, w, d, log_temp, x, labels), mask, clip)
-
-
-def noisy_mean(
-    sums: dict, key: jax.Array, noise_std: jax.Array | float, normaliser: jax.Array | float
-) -> dict:
-    """(sums + N(0, noise_std²I)) / normaliser; noise_std = σC, normaliser = qN (fixed)."""
-    keys = dict(zip(sorted(sums), jax.random.split(key, len(sums)), strict=True))
-    return {
-        k: (v + noise_std * jax.random.normal(keys[k], v.shape, v.dtype)) / normaliser
-        for k, v in sums.items()
-    }
+) -> tuple[dict, jax.Array]:
+    """(the pre-noise sums of one chunk of (padded) examples, its count of non-finite rows)."""
+    z = per_example_gradients(setup, theta0, w, d, log_temp, x, labels)
+    return clip_and_sum(z, mask, clip), nonfinite_count(z, mask)
 
 
 def post_process(
@@ -169,19 +197,56 @@ def dp_meta_gradient(
     hvp_lr: jax.Array,
     *,
     clip: float,
-    noise_std: float,
     normaliser: float,
-    key: jax.Array,
 ) -> tuple[dict, dict]:
-    """The DP meta-gradient on one batch in one function (tests; the step runs the same pieces
-    in three jitted parts). With clip = inf, noise_std = 0 and normaliser = the batch size it
-    equals ``step.meta_gradient``."""
+    """The DP meta-gradient of one batch in one function, without the noise (tests; the step runs
+    the same pieces in three jitted parts with the host's noise between them). With clip = inf
+    and normaliser = the batch size it equals ``step.meta_gradient``."""
     inner, d, inner_losses = inner_solution(setup, theta0, psi, inner_lr)
     w = head_weights(setup, theta0, d, psi)
-    sums = clipped_sums(setup, theta0, d, w, psi["log_temp"], x_t, labels_t, mask, clip)
-    g, direct = post_process(setup, theta0, d, psi, noisy_mean(sums, key, noise_std, normaliser))
+    sums, _ = clipped_sums(setup, theta0, d, w, psi["log_temp"], x_t, labels_t, mask, clip)
+    g, direct = post_process(setup, theta0, d, psi, {k: v / normaliser for k, v in sums.items()})
     grad, aux = finish_meta_gradient(setup, theta0, psi, inner, d, g, direct, hvp_lr)
     return grad, {"inner_losses": inner_losses, **aux}
+
+
+# ---- the noise on the host ----------------------------------------------------------------
+
+
+def secret_rng() -> np.random.Generator:
+    """A generator seeded with 256 fresh bits of OS entropy (``secrets``): nothing in the run,
+    its seed included, determines them, and nothing records them. One per draw."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(secrets.randbits(256))))
+
+
+def add_noise(
+    sums: dict, noise_std: float, normaliser: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """(sums + N(0, noise_std²I)) / normaliser in float64, then cast to float32 (post-processing).
+    noise_std = σC, normaliser = qN (fixed). Parts in sorted key order."""
+    out = {}
+    for k in sorted(sums):
+        out[k] = (noised(sums[k], noise_std, rng) / normaliser).astype(np.float32)
+    return out
+
+
+def noised(s: Any, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """s + N(0, noise_std²I) in float64: the one Gaussian sampler of every DP release here
+    (DP-RCIG's steps through ``add_noise``, DP feature means' single release, rcig/dpstat.py)."""
+    s = np.asarray(s, np.float64)
+    return s + noise_std * rng.standard_normal(s.shape, dtype=np.float64)
+
+
+def sampler_residual(dim: int, steps: int, epsilon: float) -> float:
+    """What the noise sampler's truncation adds to δ: (1 + e^ε)·τ, τ = dim·steps·P(|Z| ≥ 12.23).
+
+    Every draw lies within ±``NOISE_SUPPORT``; the ideal Gaussian's mass outside is 2.3e-34 per
+    coordinate, so the run's output is within total variation τ of the ideal mechanism's, and
+    (ε, δ)-DP of the ideal one gives (ε, δ + (1 + e^ε)τ) for the sampled one (docs/dp.md)."""
+    from scipy.stats import norm
+
+    tail = 2.0 * float(norm.sf(NOISE_SUPPORT))
+    return (1.0 + math.exp(min(float(epsilon), 700.0))) * float(dim) * float(steps) * tail
 
 
 # ---- Poisson sampling on the host ---------------------------------------------------------
@@ -196,10 +261,10 @@ def max_batch_size(n: int, q: float, tail: float = TAIL) -> int:
     return max(1, int(binom.isf(tail, n, q)))
 
 
-def poisson_batch(seed: int, step: int, n: int, q: float) -> np.ndarray:
-    """Indices of step ``step``'s batch: each of the n examples independently with probability q,
-    from a generator seeded by (seed, step), so a resumed run draws the same batches."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, step, _SALT])))
+def poisson_batch(n: int, q: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one batch: each of the n examples independently with probability q (the step
+    passes a fresh ``secret_rng()``). ``rng.random`` lies on the 2⁻⁵³ grid, so each example's
+    realised rate is in [q, q + 2⁻⁵³)."""
     return np.flatnonzero(rng.random(n) < q)
 
 
@@ -234,9 +299,8 @@ def _jitted(setup: Setup):
         )
 
     @jax.jit
-    def finish(state: DistillState, k, d, k_ss, jac, inner_losses, sums, noise_std, normaliser):
+    def finish(state: DistillState, k, d, k_ss, jac, inner_losses, mean):
         theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
-        mean = noisy_mean(sums, step_keys(state)["batch"], noise_std, normaliser)
         g, direct = post_process(setup, theta0, d, state.psi, mean)
         x_s, y_s = support_set(setup, state.psi)
         inner = InnerProblem(setup, theta0, x_s, y_s, k_ss=k_ss, jac=jac)
@@ -249,16 +313,20 @@ def _jitted(setup: Setup):
 
 
 class DPStep:
-    """One DP-RCIG outer step: ``step(state, x_train, y_train, t)`` → (state, metrics), with
-    ``t`` the number of steps done (the host's count; it seeds the Poisson batch).
+    """One DP-RCIG outer step: ``step(state, x_train, y_train)`` → (state, metrics).
 
+    Every call draws its Poisson batch and its noise from fresh OS entropy (``secret_rng``): two
+    calls on the same state differ, and nothing recorded reproduces either. The parts are
+    methods (``sample_batch``, ``clipped_sum``, ``noised_mean``) so that tests run each alone.
     ``cfg`` is the run's configuration with the DP defaults filled (``with_data_defaults``);
-    ``b_max`` overrides B_max (tests force chunking with a tiny one)."""
+    ``b_max`` overrides B_max (tests force chunking with a tiny one). ``nonfinite_rows`` counts
+    the examples zeroed as non-finite so far: a function of the private data that the guarantee
+    does not cover, so it stays in memory (never logged)."""
 
     def __init__(self, setup: Setup, cfg: DistillConfig, n_train: int, b_max: int | None = None):
         if cfg.dp_noise_multiplier is None or cfg.dp_sampling_rate is None:
             raise ValueError("DPStep needs the DP defaults filled (config.with_data_defaults)")
-        self.setup, self.seed, self.n = setup, int(cfg.seed), int(n_train)
+        self.setup, self.n = setup, int(n_train)
         self.q, self.sigma, self.clip = (
             float(cfg.dp_sampling_rate),
             float(cfg.dp_noise_multiplier),
@@ -267,29 +335,84 @@ class DPStep:
         self.b_max = b_max or max_batch_size(self.n, self.q)
         self.normaliser = self.q * self.n
         self.chunks_run = 0  # chunks summed so far (tests and benchmarks)
+        self.nonfinite_rows = 0  # private: never logged (docs/dp.md)
         self._prepare, self._chunk, self._finish = _jitted(setup)
 
-    def __call__(
-        self, state: DistillState, x_train: jax.Array, y_train: jax.Array, t: int
-    ) -> tuple[DistillState, dict]:
-        k, d, w, k_ss, jac, inner_losses = self._prepare(state)
-        sums = None
+    def sample_batch(self) -> np.ndarray:
+        """This step's Poisson batch (indices into the training set), from fresh OS entropy."""
+        return poisson_batch(self.n, self.q, secret_rng())
+
+    def prepare(self, state: DistillState) -> tuple:
+        """(k, Δθ*, W, K_SS, J_S, inner losses) of this state: reads no private data."""
+        return self._prepare(state)
+
+    def clipped_sum(
+        self,
+        state: DistillState,
+        prep: tuple,
+        x_train: jax.Array,
+        y_train: jax.Array,
+        idx: np.ndarray,
+    ) -> dict[str, np.ndarray]:
+        """Σ over the batch ``idx`` of the clipped per-example gradients, in float64 on the host:
+        ⌈|idx| / B_max⌉ calls of the jitted ``chunk`` (never truncated)."""
+        k, d, w = prep[:3]
         clip = jnp.float32(self.clip)
-        for idx, mask in chunks(poisson_batch(self.seed, t, self.n, self.q), self.b_max):
-            part = self._chunk(state, k, d, w, x_train, y_train, idx, mask, clip)
-            sums = part if sums is None else jax.tree.map(jnp.add, sums, part)
+        total: dict[str, np.ndarray] | None = None
+        for cidx, mask in chunks(np.asarray(idx), self.b_max):
+            part, bad = self._chunk(state, k, d, w, x_train, y_train, cidx, mask, clip)
+            part64 = {key: np.asarray(v, np.float64) for key, v in jax.device_get(part).items()}
+            total = part64 if total is None else {key: total[key] + part64[key] for key in total}
+            self.nonfinite_rows += int(bad)
             self.chunks_run += 1
-        return self._finish(
-            state,
-            k,
-            d,
-            k_ss,
-            jac,
-            inner_losses,
-            sums,
-            jnp.float32(self.sigma * self.clip),
-            jnp.float32(self.normaliser),
-        )
+        assert total is not None  # chunks() yields at least one chunk
+        return total
+
+    def noised_mean(self, sums: dict) -> dict[str, np.ndarray]:
+        """(sums + N(0, σ²C²I)) / qN: float64 noise from fresh OS entropy, then float32."""
+        return add_noise(sums, self.sigma * self.clip, self.normaliser, secret_rng())
+
+    def __call__(
+        self, state: DistillState, x_train: jax.Array, y_train: jax.Array
+    ) -> tuple[DistillState, dict]:
+        prep = self.prepare(state)
+        sums = self.clipped_sum(state, prep, x_train, y_train, self.sample_batch())
+        mean = self.noised_mean(sums)
+        k, d, _, k_ss, jac, inner_losses = prep
+        return self._finish(state, k, d, k_ss, jac, inner_losses, mean)
+
+
+def randomness(cfg: DistillConfig) -> dict[str, Any]:
+    """run.json's ``randomness``: what the seed drives (public), and for a DP run what comes from
+    OS entropy (secret, recorded nowhere). DP feature means: ``dpstat.randomness``."""
+    if cfg.dp and cfg.dp_mechanism == "features":
+        from rcig_release.rcig import dpstat
+
+        return dpstat.randomness(cfg)
+    init = (
+        "the noise initialisation of the distilled images"
+        if cfg.init == "noise"
+        else "the choice of the real initial images"
+    )
+    public = [
+        init,
+        "the pool models' initialisations and re-initialisations",
+        "the pool model chosen at each step and its number of training steps",
+    ]
+    if not cfg.dp:
+        return {
+            "public": {"seed": cfg.seed, "drives": [*public, "the real batches"]},
+            "secret": None,
+        }
+    return {
+        "public": {"seed": cfg.seed, "drives": public},
+        "secret": {
+            "source": "OS entropy: 256 fresh bits from Python's secrets.randbits per draw",
+            "drives": ["the Poisson batch memberships", "the Gaussian noise"],
+            "noise_sampler": NOISE_SAMPLER,
+            "recorded": "not recorded (not in run.json, metrics, logs or checkpoints)",
+        },
+    }
 
 
 def record(cfg: DistillConfig, n_train: int) -> dict[str, Any]:

@@ -20,15 +20,16 @@ coordinate of each row is b·C times the class count plus noise, so the class co
 are estimated from the release itself (``estimate``); nothing else reads private data. Optimising
 the synthetic images to match those means (``rcig/statmatch.py``) is post-processing.
 
-The noise is float64 ``standard_normal`` from a generator seeded by ``secrets`` (OS entropy),
-never written anywhere; ``--seed`` drives only the public networks and the optimisation.
+The noise is DP-RCIG's sampler (``dp.noised``: float64 ``standard_normal``) on a generator seeded
+with 256 fresh bits of OS entropy (``dp.secret_rng``), never written anywhere and not settable
+from the command line; ``--seed`` drives only the public networks, the images' initialisation and
+the optimisation (``randomness``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ import numpy as np
 from dp_accounting import dp_event
 
 from rcig_release.config import DistillConfig
-from rcig_release.rcig import accounting
+from rcig_release.rcig import accounting, dp
 
 NAME = "features"  # DistillConfig.dp_mechanism / --dp-mechanism / run.json dp.dp_mechanism
 MECHANISM = (
@@ -207,19 +208,41 @@ def statistic(
     return total
 
 
-def secret_generator() -> np.random.Generator:
-    """A generator seeded from OS entropy (``secrets``): never derived from the run's seed."""
-    return np.random.Generator(np.random.PCG64DXSM(secrets.randbits(256)))
-
-
 def release(
     stat: np.ndarray, noise_multiplier: float, clip: float, rng: np.random.Generator | None = None
 ) -> np.ndarray:
-    """stat + N(0, (σC)² I), float64 Gaussian without truncation. ``rng`` is for tests only; a
-    run always draws from ``secret_generator()``."""
-    rng = rng if rng is not None else secret_generator()
-    noise = rng.standard_normal(stat.shape, dtype=np.float64)
-    return np.asarray(stat, np.float64) + (noise_multiplier * clip) * noise
+    """stat + N(0, (σC)² I) in float64: DP-RCIG's sampler (``dp.noised``: numpy's float64
+    ziggurat, support |z| < 12.23, ``dp.NOISE_SUPPORT``) on a generator seeded with 256 fresh
+    bits of OS entropy (``dp.secret_rng``). ``rng`` is for tests only; a run never passes it."""
+    return dp.noised(stat, noise_multiplier * clip, rng if rng is not None else dp.secret_rng())
+
+
+def sampler_residual(cfg: DistillConfig, released_size: int) -> float:
+    """What the sampler's truncation adds to δ for the one release of ``released_size``
+    coordinates (``dp.sampler_residual`` with one step): below 1e-27 at any size here."""
+    assert cfg.dp_epsilon is not None
+    return dp.sampler_residual(released_size, 1, float(cfg.dp_epsilon))
+
+
+def randomness(cfg: DistillConfig) -> dict[str, Any]:
+    """run.json's ``randomness`` of a DP-feature-means run: the seed drives the public choices;
+    the release's noise comes from OS entropy and is recorded nowhere."""
+    return {
+        "public": {
+            "seed": cfg.seed,
+            "drives": [
+                "the feature networks' weights (fold_in(PRNGKey(seed), 0x5EED + k))",
+                "the noise initialisation of the distilled images",
+                "the feature networks chosen at each optimisation step",
+            ],
+        },
+        "secret": {
+            "source": "OS entropy: 256 fresh bits from Python's secrets.randbits for the release",
+            "drives": ["the Gaussian noise of the one release"],
+            "noise_sampler": dp.NOISE_SAMPLER,
+            "recorded": "not recorded (not in run.json, metrics, logs or checkpoints)",
+        },
+    }
 
 
 # ---- post-processing of the release --------------------------------------------------------

@@ -3,7 +3,8 @@
 ``Setup`` holds what never changes during a run (network, tangent layout, λ, optimisers) and is
 closed over by the jitted step; ``DistillState`` is the pytree that changes every step and is what
 a checkpoint stores. Everything random derives from ``state.key`` folded with the step number, so a
-run resumed from a checkpoint continues bit-for-bit.
+run resumed from a checkpoint continues bit-for-bit; the exception is a DP run's batches and noise,
+drawn from OS entropy on the host (rcig/dp.py), never from the key.
 """
 
 from __future__ import annotations

@@ -257,7 +257,8 @@ def _adapt(lr: jax.Array, monotone: jax.Array, failed: jax.Array, every: int) ->
 
 
 def step_keys(state: DistillState) -> dict[str, jax.Array]:
-    """This step's named keys: pool model, real batch (DP: the noise), pool steps, pool reset."""
+    """This step's named keys: pool model, real batch (unused by DP: secret, rcig/dp.py), pool
+    steps, pool reset."""
     key = jax.random.fold_in(state.key, state.step)
     return dict(zip(("pool", "batch", "m", "reset"), jax.random.split(key, 4), strict=True))
 

@@ -27,13 +27,16 @@ from PIL import Image
 
 import rcig_release
 from rcig_release.errors import InputError, PolicyFailure
+from rcig_release.release import coverage, figures, recompute, signing
 from rcig_release.release import dp as dpmod
-from rcig_release.release import figures, signing
+from rcig_release.release import fingerprint as fpmod
+from rcig_release.release import replay as replaymod
 from rcig_release.release.croissant import croissant, croissant_dp_text
 from rcig_release.release.decision import Decision, evaluate_policy
-from rcig_release.release.documents import Summary, dataset_card, report_html
+from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
 from rcig_release.release.escape import check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
+from rcig_release.release.initset import verified_init_indices
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import find_leaks, redact
@@ -91,11 +94,45 @@ def run_dp(run_json: dict, where: str = "run.json dp") -> dict | None:
 
 
 def dp_verdict(run_json: Mapping, audit: Mapping) -> dict | None:
-    """verdict.json's ``dp``: the guarantee and the audit's check of it (None without DP)."""
+    """verdict.json's ``dp``: the guarantee and the audit's check of it (None without DP; the
+    check is null when the audit is withheld: ``audit`` is then ``{}``)."""
     dp = run_json.get("dp")
     if not isinstance(dp, dict):
         return None
     return {"guarantee": dpmod.guarantee(dp), "audit_check": dpmod.audit_check(audit.get("dp"))}
+
+
+def layout_for(run_json: Mapping, include_private_stats: bool) -> str:
+    """``coverage.WITHHELD`` for a DP run unless the custodian asks for the statistics; a run
+    without DP makes no DP claim and keeps them (``coverage.INCLUDED``)."""
+    if run_json.get("dp") is None or include_private_stats:
+        return coverage.INCLUDED
+    return coverage.WITHHELD
+
+
+def public_data(run_json: Mapping, key: bytes) -> dict:
+    """run.json's ``data`` as a bundle states it: the source's path reduced to a base name and the
+    unsalted fingerprint replaced by its keyed form (``fingerprint.record``)."""
+    data = dict(got) if isinstance(got := run_json.get("data"), dict) else {}
+    if "source" in data:
+        data["source"] = _source_label(data["source"])
+    fp = data.pop("fingerprint", None)
+    if fp is not None:
+        data.update(fpmod.record(fp, key))
+    return data
+
+
+def public_audit(audit: Mapping, key: bytes) -> dict:
+    """The audit as a bundle carries it: redacted, no unsalted data fingerprint (the keyed one
+    instead) and no digest of run.json (which holds the unsalted fingerprint)."""
+    a = _sanitize(redact(audit))
+    a.pop("run_json_sha256", None)
+    data = a.get("data")
+    if isinstance(data, dict) and "source_fingerprint" in data:
+        fp = data.pop("source_fingerprint")
+        if isinstance(fp, str):
+            data.update(fpmod.record(fp, key))
+    return a
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +142,10 @@ class ReleaseResult:
     safety: SafetyResult
     override: str | None
     files: tuple[str, ...]
+    private_stats: str = coverage.INCLUDED  # coverage.WITHHELD: a DP bundle without them
+    fingerprint_key: Path | None = None  # the key file the keyed fingerprint was made with
+    key_created: bool = False  # the default key file did not exist and was created
+    binding: replaymod.BindingResult | None = None  # --replay's result
 
 
 def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
@@ -220,12 +261,12 @@ def _source_label(source: Any) -> str | None:
     return source
 
 
-def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
+def provenance(
+    inp: ReleaseInputs, policy: Policy, key: bytes, private_stats: str = coverage.INCLUDED
+) -> dict:
     run = inp.run_json
     cfg = got if isinstance(got := run.get("config"), dict) else {}
-    data = dict(got) if isinstance(got := run.get("data"), dict) else {}
-    if "source" in data:
-        data["source"] = _source_label(data["source"])
+    data = public_data(run, key)
     audit_cfg = got if isinstance(got := inp.audit.get("config"), dict) else {}
     return {
         "tool": {"name": "rcig-release", "version": rcig_release.__version__},
@@ -243,7 +284,10 @@ def provenance(inp: ReleaseInputs, policy: Policy) -> dict:
         "init": run.get("init"),
         "versions": run.get("versions"),
         "device": run.get("device"),
-        "evaluation": {k: v for k, v in inp.eval_json.items() if k != "accuracies"}
+        # accuracies on the private test split: withheld with the other private statistics
+        "evaluation": None
+        if private_stats == coverage.WITHHELD
+        else {k: v for k, v in inp.eval_json.items() if k != "accuracies"}
         | {"accuracies": inp.eval_json.get("accuracies")},
         "audit": {"config": audit_cfg, "n_shadows": inp.audit.get("n_shadows")},
         "dp": dpmod.guarantee(run["dp"]) if isinstance(run.get("dp"), dict) else None,
@@ -262,6 +306,7 @@ def verdict_json(
     policy: Policy,
     override: str | None,
     inp: ReleaseInputs,
+    binding: replaymod.BindingResult | None = None,
 ) -> dict:
     verdict = "pass" if decision.passed else ("overridden" if override else "fail")
     return {
@@ -279,6 +324,37 @@ def verdict_json(
         "run_sha256": inp.run_sha256,
         "content_sha256": inp.content_sha256,
         "dp": dp_verdict(inp.run_json, inp.audit),
+        "replay": None if binding is None else binding.to_json(),
+        "private_stats": coverage.INCLUDED,
+    }
+
+
+def verdict_withheld(
+    decision: Decision,
+    policy: Policy,
+    override: str | None,
+    inp: ReleaseInputs,
+    binding: replaymod.BindingResult | None = None,
+) -> dict:
+    """verdict.json of a DP bundle that withholds its private statistics: the outcome (and the
+    failed rules' names on an override), that the memorisation check passed, the guarantee; no
+    rule value, p-value, distance or audit bound (docs/release.md)."""
+    return {
+        "verdict": "pass" if decision.passed else "overridden",
+        "policy": {
+            "name": policy.name,
+            "file": policy.source_name,
+            "sha256": policy.sha256,
+            "modified_shipped_policy": policy.modified,
+        },
+        "override": {"reason": override} if override else None,
+        "failed": [r.name for r in decision.failed],
+        "safety": {"passed": True, "memorisation": coverage.WITHHELD},
+        "run_sha256": inp.run_sha256,
+        "content_sha256": inp.content_sha256,
+        "dp": dp_verdict(inp.run_json, {}),
+        "replay": None if binding is None else binding.to_json(),
+        "private_stats": coverage.WITHHELD,
     }
 
 
@@ -291,13 +367,21 @@ def build_files(
     name: str,
     license_spdx: str | None,
     override: str | None,
+    key: bytes,
     policy_bytes: bytes | None = None,
+    private_stats: str = coverage.INCLUDED,
+    binding: replaymod.BindingResult | None = None,
 ) -> dict[str, bytes]:
     """Every bundle file as bytes, keyed by its relative path (POSIX separators).
 
     ``policy_bytes`` (the policy file as read) is bundled as ``policy/policy.toml`` so that
-    ``verify`` can recompute the verdict.
+    ``verify`` can recompute the verdict. ``key``: the custodian's fingerprint key (the bundle
+    holds the keyed fingerprint, never the unsalted one). ``private_stats``: ``coverage.WITHHELD``
+    leaves out every file under ``report/`` and every statistic of the private data (a DP run's
+    default). The card and the report are built last, when every other file name is known: their
+    coverage table lists the bundle's files.
     """
+    withheld = private_stats == coverage.WITHHELD
     images, labels, classes = inp.images, inp.labels, inp.classes
     image_class = labels.argmax(1)
     dirs = class_dir_names(classes)
@@ -310,12 +394,32 @@ def build_files(
     files["data/distilled.npz"] = npz_bytes(images, labels, classes)
     files["data/labels.csv"] = labels_csv(labels, classes, image_files, image_class)
     files["data/metadata.jsonl"] = metadata_jsonl(labels, image_files, image_class)
+    files.update(inp.game_files or {})  # the game's raw scores: verify recomputes it from them
 
-    audit = _sanitize(redact(inp.audit))
-    files["report/audit.json"] = _json_bytes(audit)
-    files["report/roc.png"] = (
-        inp.roc_png if inp.roc_png is not None else figures.roc_png(audit, inp.scores)
-    )
+    audit = {} if withheld else public_audit(inp.audit, key)
+    if not withheld:
+        files["report/audit.json"] = _json_bytes(audit)
+        files["report/roc.png"] = (
+            inp.roc_png if inp.roc_png is not None else figures.roc_png(audit, inp.scores)
+        )
+    if withheld:
+        verdict = _sanitize(redact(verdict_withheld(decision, policy, override, inp, binding)))
+    else:
+        verdict = _sanitize(redact(verdict_json(decision, safety, policy, override, inp, binding)))
+    verdict["override"] = (
+        {"reason": override} if override else None
+    )  # what the user typed, never rewritten
+    files["policy/verdict.json"] = _json_bytes(verdict)
+    if policy_bytes is not None:
+        files[POLICY_FILE] = policy_bytes
+    prov = _sanitize(redact(provenance(inp, policy, key, private_stats)))
+    # what verify rebuilds the card with: what the user typed, never rewritten (as the override)
+    prov["release"] = {"name": name, "license": license_spdx, "private_stats": private_stats}
+    files["provenance.json"] = _json_bytes(prov)
+    if withheld:  # whatever else a file under report/ would hold: a private statistic
+        files = {p: b for p, b in files.items() if not coverage.is_private_stat(p)}
+
+    later = {"README.md", CROISSANT, MANIFEST} | (set() if withheld else {"report/report.html"})
     summary = Summary(
         name=name,
         license_spdx=license_spdx,
@@ -323,33 +427,26 @@ def build_files(
         classes=classes,
         image_shape=tuple(int(d) for d in images.shape[1:]),
         per_class=tuple(int((image_class == c).sum()) for c in range(len(classes))),
-        run_json=_sanitize(redact(inp.run_json)),
-        eval_json=_sanitize(redact(inp.eval_json)),
+        run_json=_sanitize(redact({**inp.run_json, "data": public_data(inp.run_json, key)})),
+        eval_json={} if withheld else _sanitize(redact(inp.eval_json)),
         audit=audit,
-        decision=decision,
-        safety=safety,
+        decision=None if withheld else decision,
+        safety=None if withheld else safety,
         override=override,
         content_sha256=inp.content_sha256,
         class_dirs=dirs,
+        private_stats=private_stats,
+        coverage=coverage_of(set(files) | later, prov),
+        outcome=outcome_of(verdict) if withheld else None,
     )
-    files["report/report.html"] = report_html(
-        summary,
-        roc=files["report/roc.png"],
-        grid=figures.grid_png(images, classes, image_class),
-        copy_plot=figures.copy_check_png(audit.get("copy_check") or {}),
-    ).encode("utf-8")
+    if not withheld:
+        files["report/report.html"] = report_html(
+            summary,
+            roc=files["report/roc.png"],
+            grid=figures.grid_png(images, classes, image_class),
+            copy_plot=figures.copy_check_png(audit.get("copy_check") or {}),
+        ).encode("utf-8")
     files["README.md"] = dataset_card(summary).encode("utf-8")
-    verdict = _sanitize(redact(verdict_json(decision, safety, policy, override, inp)))
-    verdict["override"] = (
-        {"reason": override} if override else None
-    )  # what the user typed, never rewritten
-    files["policy/verdict.json"] = _json_bytes(verdict)
-    if policy_bytes is not None:
-        files[POLICY_FILE] = policy_bytes
-    prov = _sanitize(redact(provenance(inp, policy)))
-    # what verify rebuilds the card with: what the user typed, never rewritten (as the override)
-    prov["release"] = {"name": name, "license": license_spdx}
-    files["provenance.json"] = _json_bytes(prov)
     files[CROISSANT] = _json_bytes(
         croissant(
             name,
@@ -361,6 +458,7 @@ def build_files(
             f"{croissant_dp_text(prov.get('dp'))}.",
             date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
             dp=prov.get("dp"),
+            private_stats=private_stats,
         )
     )
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode(
@@ -377,6 +475,27 @@ def build_files(
                 "this machine (docs/release.md, 'What identifies the machine')"
             )
     return files
+
+
+def coverage_of(paths: set[str], prov: Mapping) -> tuple[tuple[str, str, str, str], ...]:
+    """The card's file-by-file coverage table of a DP bundle (empty without DP)."""
+    if prov.get("dp") is None:
+        return ()
+    rel = prov.get("release") if isinstance(prov.get("release"), Mapping) else {}
+    included = (rel or {}).get("private_stats", coverage.INCLUDED) != coverage.WITHHELD
+    return tuple(coverage.rows(paths - {SIGNATURE}, included=included))
+
+
+def outcome_of(verdict: Mapping) -> Outcome:
+    """The decision as a withheld verdict.json states it (what the card of such a bundle shows)."""
+    pol = verdict.get("policy") if isinstance(verdict.get("policy"), Mapping) else {}
+    failed = verdict.get("failed")
+    return Outcome(
+        verdict=str(verdict.get("verdict")),
+        policy_name=str((pol or {}).get("name")),
+        policy_sha256=str((pol or {}).get("sha256")),
+        failed=tuple(str(f) for f in failed) if isinstance(failed, list) else (),
+    )
 
 
 def write_atomic(out: Path, files: dict[str, bytes]) -> None:
@@ -433,6 +552,9 @@ def release(
     data: str | None = None,
     load_private: PrivateLoader | None = None,
     sign: str | Path | None = None,
+    fingerprint_key: str | Path | None = None,
+    include_private_stats: bool = False,
+    replay: bool = False,
 ) -> ReleaseResult:
     """Releases RUN behind the policy; raises ``ReleaseRefused`` (exit 3) and writes nothing on failure.
 
@@ -446,6 +568,14 @@ def release(
       data: overrides run.json's data source for reloading the private splits.
       load_private: ``(source, split_seed) -> Dataset``; injectable for tests.
       sign: an OpenSSH private key; signs the manifest into ``manifest-sha256.txt.sig``.
+      fingerprint_key: the key file of the keyed data fingerprint (default:
+        ``fingerprint.default_key_path()``, created with 32 random bytes and mode 0600 when
+        absent); never inside the bundle.
+      include_private_stats: a DP run's bundle also holds the audit, the memorisation check's
+        statistics and the accuracies (its card lists them as not covered); no effect without DP.
+      replay: re-derive RUN/distilled.npz from the recorded pipeline before releasing
+        (``replay.check``: a replay, or a DP run's checkpoint chain); required by a policy with
+        ``[release] require_replay = true``.
     """
     out = Path(out)
     if os.path.lexists(out):
@@ -462,19 +592,49 @@ def release(
     if sign is not None:  # fail fast (exit 2) before any work
         signing.ssh_keygen()
         signing.read_key(sign, "signing key")
+    key_path = Path(fingerprint_key) if fingerprint_key is not None else fpmod.default_key_path()
+    if key_path.resolve().is_relative_to(out.resolve()):
+        raise InputError("the fingerprint key must be kept outside the bundle directory")
     policy_bytes, policy = read_policy(policy_path)
+    if policy.require_replay and not replay:
+        raise InputError(
+            f"policy {policy.label!r} requires --replay (release.require_replay): the released "
+            "bytes must be re-derived from the audited pipeline (docs/release.md, 'Binding the "
+            "bytes to the pipeline')"
+        )
+    # an explicit key must exist (a mistyped path must not silently make a new key)
+    key, key_created = fpmod.read_key(key_path, create=fingerprint_key is None)
     inp = load_release_inputs(run_dir)
     for i, c in enumerate(inp.classes):
         check_text(c, f"class name {i} in RUN/distilled.npz")
     # A DP run's statement must be what the accountant gives, and its audit must not contradict it:
     # a dp-violation is refused before the policy is read, so no --override can release it.
-    problem, violation = dpmod.audit_consistency(run_dp(inp.run_json), inp.audit)
-    if violation:
-        raise DpViolationRefused(
-            f"{violation}; no bundle written (--override does not bypass this)"
-        )
-    if problem:
-        raise InputError(problem)
+    # The gate reads no statistic from audit.json: each is recomputed from the audit's raw files
+    # (recompute.py) and a differing audit.json is refused (exit 2). A DP run's section first,
+    # from the score files alone, so a dp-violation is refused before the private data are read.
+    raw = recompute.read_audit_dir(Path(run_dir) / "audit")
+    recompute.check_config(inp.audit, raw)
+    dp_statement = run_dp(inp.run_json)
+    for step in ("recorded", "recomputed"):
+        problem, violation = dpmod.audit_consistency(dp_statement, inp.audit)
+        if violation:
+            raise DpViolationRefused(
+                f"{violation}; no bundle written (--override does not bypass this)"
+            )
+        if problem:
+            raise InputError(problem)
+        if step == "recorded":
+            inp = recompute.with_dp(inp, raw, dp_statement)
+    private = load_private_splits(inp.run_json, data=data, loader=load_private)
+    init = verified_init_indices(  # the recorded init set must be the one the config draws
+        inp.run_json,
+        inp.init_indices,
+        private.x_train,
+        private.y_train,
+        len(inp.classes),
+        len(inp.images),
+    )
+    inp = recompute.with_game(inp, raw, private)
     decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
     if not decision.passed and override is None:
         n = len(decision.failed)
@@ -484,14 +644,19 @@ def release(
             decision,
         )
 
+    binding = None
+    if replay:  # the bytes must be what the recorded pipeline produces (exit 2 if not)
+        assert inp.npz_arrays is not None
+        binding = replaymod.check(Path(run_dir), inp.run_json, inp.npz_arrays, data=data)
+
     # The memorisation check: from the run's data and the images about to be published, never from
     # audit.json; neither --override nor any policy key bypasses it.
-    private = load_private_splits(inp.run_json, data=data, loader=load_private)
     safety = check_safety(
         inp.images,
         private.x_train,
         private.x_test,
-        inp.init_indices,
+        init,
+        train_labels=private.y_train,
         allowed=policy.allow_near_copies_in_bundle,
     )
     del private
@@ -511,12 +676,23 @@ def release(
         name=name,
         license_spdx=license_spdx,
         override=override,
+        key=key,
         policy_bytes=policy_bytes,
+        private_stats=layout_for(inp.run_json, include_private_stats),
+        binding=binding,
     )
     self_check(files)
     if sign is not None:
         files[SIGNATURE] = signing.sign_manifest(files[MANIFEST], sign)
     write_atomic(out, files)
     return ReleaseResult(
-        out=out, decision=decision, safety=safety, override=override, files=tuple(sorted(files))
+        out=out,
+        decision=decision,
+        safety=safety,
+        override=override,
+        files=tuple(sorted(files)),
+        private_stats=layout_for(inp.run_json, include_private_stats),
+        fingerprint_key=key_path,
+        key_created=key_created,
+        binding=binding,
     )

@@ -29,11 +29,18 @@ from PIL import Image
 
 import rcig_release
 from rcig_release.errors import InputError
-from rcig_release.release import figures
+from rcig_release.release import coverage, figures
 from rcig_release.release.auditview import copy_rows
-from rcig_release.release.bundle import POLICY_FILE, _json_bytes, _sanitize, class_dir_names
+from rcig_release.release.bundle import (
+    POLICY_FILE,
+    SIGNATURE,
+    _json_bytes,
+    _sanitize,
+    class_dir_names,
+    coverage_of,
+)
 from rcig_release.release.decision import Decision, evaluate_policy
-from rcig_release.release.documents import Summary, dataset_card, report_html
+from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import validate_audit
 from rcig_release.release.memorisation import MemorisationResult
@@ -193,13 +200,7 @@ def check_safety(
         )
     if result.allowed != policy.allow_near_copies_in_bundle:
         problems.append(f"{VERDICT}: safety.allowed_by_policy differs from the bundled policy")
-    if (
-        abs(
-            result.memorisation.level
-            - result.memorisation.alpha / max(1, result.memorisation.n_tests)
-        )
-        > 1e-12
-    ):
+    if not result.memorisation.levels_consistent():
         problems.append(f"{VERDICT}: safety level is not alpha / tests")
     if (
         m.get("flagged") != result.flagged
@@ -212,6 +213,114 @@ def check_safety(
     return result
 
 
+def layout(prov: Mapping) -> str:
+    """``provenance.json`` ``release.private_stats`` (bundles from before it: ``included``)."""
+    rel = prov.get("release") if isinstance(prov.get("release"), Mapping) else {}
+    return (
+        coverage.WITHHELD
+        if (rel or {}).get("private_stats") == coverage.WITHHELD
+        else coverage.INCLUDED
+    )
+
+
+def check_layout(
+    files: Mapping[str, bytes], prov: Mapping, verdict: Mapping, problems: list[str]
+) -> None:
+    """A bundle that says it withholds the private statistics holds none, and only a DP bundle
+    withholds them; the verdict names the same layout."""
+    rel = prov.get("release") if isinstance(prov.get("release"), Mapping) else {}
+    stated = (rel or {}).get("private_stats", coverage.INCLUDED)
+    if stated not in (coverage.INCLUDED, coverage.WITHHELD):
+        problems.append(f"provenance.json: release.private_stats is {_short(stated)}")
+    here = layout(prov)
+    if verdict and verdict.get("private_stats", coverage.INCLUDED) != here:
+        problems.append(
+            f"{VERDICT}: private_stats is {_short(verdict.get('private_stats'))}, provenance.json "
+            f"says {here!r}"
+        )
+    if here != coverage.WITHHELD:
+        return
+    if prov.get("dp") is None:
+        problems.append(
+            "provenance.json: release.private_stats is 'withheld' but the release states no DP "
+            "guarantee (a bundle without DP keeps its statistics)"
+        )
+    for path in sorted(files):
+        if coverage.is_private_stat(path):
+            problems.append(
+                f"{path}: a statistic of the private data in a bundle whose provenance.json says "
+                "they are withheld"
+            )
+    if prov.get("evaluation") is not None:
+        problems.append(
+            "provenance.json: evaluation (accuracies on the private test split) in a bundle that "
+            "withholds the private statistics"
+        )
+
+
+def check_withheld_verdict(verdict: Mapping, problems: list[str]) -> str | None:
+    """A withheld verdict (nothing to recompute it from): its outcome, failed rule names and
+    override agree with each other, the memorisation check passed, and no rule value, p-value or
+    distance is in it. Returns the override reason."""
+    for key in ("rules", "n_rules"):
+        if key in verdict:
+            problems.append(
+                f"{VERDICT}: {key} holds audit statistics in a bundle that withholds them"
+            )
+    override = verdict.get("override")
+    reason = override.get("reason") if isinstance(override, Mapping) else None
+    if override is not None and not (isinstance(reason, str) and reason.strip()):
+        problems.append(f"{VERDICT}: override is recorded without a reason")
+        reason = None
+    failed = verdict.get("failed")
+    if not isinstance(failed, list) or not all(isinstance(f, str) for f in failed):
+        problems.append(f"{VERDICT}: failed is not a list of rule names")
+        failed = []
+    outcome = verdict.get("verdict")
+    if outcome == "pass" and failed:
+        problems.append(
+            f"{VERDICT}: verdict is 'pass' but {len(failed)} rule(s) are listed as failed"
+        )
+    elif outcome == "overridden" and not (failed and reason):
+        problems.append(f"{VERDICT}: verdict is 'overridden' without failed rules and a reason")
+    elif outcome not in ("pass", "overridden"):
+        problems.append(f"{VERDICT}: verdict is {_short(outcome)}; no such bundle should exist")
+    if verdict.get("safety") != {"passed": True, "memorisation": coverage.WITHHELD}:
+        problems.append(
+            f"{VERDICT}: safety must state that the memorisation check passed, and nothing else, "
+            "in a bundle that withholds the private statistics"
+        )
+    return reason
+
+
+def check_replay(verdict: Mapping, policy: Policy, prov: Mapping, problems: list[str]) -> None:
+    """The verdict's ``replay`` record: well formed, the check the run calls for (the checkpoint
+    chain for a DP run with steps, a replay otherwise), and present when the bundled policy
+    requires it (``[release] require_replay``)."""
+    from rcig_release.release import replay as replaymod
+
+    rec = verdict.get("replay")
+    if rec is None:
+        if policy.require_replay:
+            problems.append(
+                f"{VERDICT}: the bundled policy requires --replay (release.require_replay) but "
+                "no replay is recorded"
+            )
+        return
+    want = replaymod.method_for({"config": prov.get("config"), "dp": prov.get("dp")})
+    if (
+        not isinstance(rec, Mapping)
+        or rec.get("identical") is not True
+        or not isinstance(rec.get("compared"), list)
+        or "images" not in rec["compared"]
+    ):
+        problems.append(f"{VERDICT}: replay is malformed or not identical")
+    elif rec.get("method") != want:
+        problems.append(
+            f"{VERDICT}: replay method is {_short(rec.get('method'))}, this run calls for {want!r}"
+        )
+
+
 def summary(
     files: Mapping[str, bytes],
     images: np.ndarray,
@@ -219,10 +328,11 @@ def summary(
     classes: tuple[str, ...],
     audit: Mapping,
     prov: Mapping,
-    decision: Decision,
-    safety: SafetyResult,
+    decision: Decision | None,
+    safety: SafetyResult | None,
     override: str | None,
     content_sha256: str,
+    outcome: Outcome | None = None,
 ) -> Summary | None:
     """The ``Summary`` the writer built, from the bundle's own files (None without provenance.release)."""
     rel = prov.get("release")
@@ -245,6 +355,9 @@ def summary(
         override=override,
         content_sha256=content_sha256,
         class_dirs=class_dir_names(classes),
+        private_stats=layout(prov),
+        coverage=coverage_of(set(files) - {SIGNATURE}, prov),
+        outcome=outcome,
     )
 
 

@@ -139,6 +139,7 @@ def croissant(
     date_published: str,
     version: str = "1.0.0",
     dp: dict | None = None,
+    private_stats: str = "included",
 ) -> dict:
     """Croissant 1.0 metadata for the bundle ``files`` (every file but croissant.json itself);
     ``dp``: the run's DP statement (stated in the RAI note and the ``differential_privacy``
@@ -236,10 +237,20 @@ def croissant(
         "version": version,
         "keywords": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
         "rai:personalSensitiveInformation": (
-            "Synthetic images distilled from private data; membership-inference audit and copy "
-            "check in report/audit.json, policy verdict in policy/verdict.json. Differential "
+            "Synthetic images distilled from private data; "
+            + (
+                "membership-inference audit and copy check in report/audit.json, "
+                if private_stats != "withheld"
+                else "the audit's statistics are withheld (functions of the private data the "
+                "guarantee does not cover); "
+            )
+            + "policy verdict in policy/verdict.json. Differential "
             f"privacy: {croissant_dp_text(dp)}"
-            + ("" if dp is None else f" (record set {DP_RECORD_SET})")
+            + (
+                ""
+                if dp is None
+                else f" (record set {DP_RECORD_SET}; README.md lists the files it covers)"
+            )
             + "."
         ),
         "distribution": dist,

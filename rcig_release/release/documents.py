@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from rcig_release.release import coverage
 from rcig_release.release.auditview import baseline, copy_rows, shadow_count, target_accuracy
 from rcig_release.release.decision import Decision, Rule
 from rcig_release.release.escape import md
@@ -58,18 +59,40 @@ class Summary:
     per_class: tuple[int, ...]
     run_json: Mapping
     eval_json: Mapping
-    audit: Mapping
-    decision: Decision
-    safety: SafetyResult
+    audit: Mapping  # {} in a DP bundle that withholds its private statistics
+    decision: Decision | None  # None when withheld: verify cannot recompute it (no audit)
+    safety: SafetyResult | None  # None when withheld (only that it passed is published)
     override: str | None
     content_sha256: str
     class_dirs: tuple[str, ...] = ()  # data/images/<dir> of each class (bundle.class_dir_names)
+    private_stats: str = coverage.INCLUDED  # coverage.WITHHELD: a DP bundle without them
+    # what the (ε, δ) statement covers, file by file (coverage.rows; DP bundles only)
+    coverage: tuple[tuple[str, str, str, str], ...] = ()
+    outcome: Outcome | None = None  # the published decision when the statistics are withheld
 
     @property
     def verdict(self) -> str:
+        if self.decision is None:
+            assert self.outcome is not None
+            return self.outcome.verdict
         if self.decision.passed:
             return "pass"
         return "overridden" if self.override else "fail"
+
+    @property
+    def withheld(self) -> bool:
+        return self.private_stats == coverage.WITHHELD
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a DP bundle that withholds its private statistics says of the decision: the verdict,
+    the policy, and (overridden) the names of the failed rules; no value, no p-value."""
+
+    verdict: str  # "pass" or "overridden"
+    policy_name: str
+    policy_sha256: str
+    failed: tuple[str, ...]
 
 
 def hf_license(spdx: str | None) -> dict[str, str]:
@@ -349,20 +372,35 @@ def dp_card_section(s: Summary) -> str:
             "differentially private mechanism. The audit below measures leakage empirically; it "
             "does not bound it.\n"
         )
-    return (
-        f"This release is **(ε = {md(dp_g(dp['epsilon']))}, δ = {md(dp_g(dp['delta']))})-differentially "
-        f"private** with respect to adding or removing **one training image** of the private data: "
-        f"for any two training sets that differ in one image, the probability of any set of "
-        f"released images differs by at most a factor e^ε, except with probability δ. The proof "
-        f"covers the mechanism below; ε was computed by the accountant and `rcig-release verify` "
-        f"recomputes it from the noise multiplier, sampling rate, steps and δ.\n\n"
-        + _md_table(DP_HEADER, dp_rows(dp, s.audit))
-        + "\n\n"
+    eps, delta = md(dp_g(dp["epsilon"])), md(dp_g(dp["delta"]))
+    audit_note = (
         "The audit's empirical ε lower bound (at the same δ, at its joint confidence) must not "
         "exceed the proven ε; a bound above it would be a bug or a broken assumption, and "
         "`release` refuses such an audit. A lower bound far below ε does not make ε smaller: "
         "the guarantee is ε.\n"
+        if not s.withheld
+        else "The audit compared its empirical ε lower bound with the proven ε and found no "
+        "contradiction (`release` refuses one); the bound itself is an audit statistic, withheld "
+        "with the others.\n"
     )
+    return (
+        coverage.sentence(list(s.coverage), eps, delta)
+        + " The guarantee is with respect to adding or removing **one training image** of the "
+        "private data: for any two training sets that differ in one image, the probability of "
+        "any value of the covered files differs by at most a factor e^ε, except with probability "
+        "δ. The proof covers the mechanism below; ε was computed by the accountant and "
+        "`rcig-release verify` recomputes it from the noise multiplier, sampling rate, steps and "
+        "δ.\n\n"
+        + _md_table(DP_HEADER, dp_rows(dp, s.audit))
+        + "\n\n"
+        + audit_note
+        + "\nWhat the (ε, δ) statement covers, file by file:\n\n"
+        + _md_table(COVERAGE_HEADER, [list(r) for r in s.coverage])
+        + "\n"
+    )
+
+
+COVERAGE_HEADER = ["file", "covered by (ε, δ)", "covered", "not covered"]
 
 
 def dp_g(x: Any) -> str:
@@ -371,10 +409,166 @@ def dp_g(x: Any) -> str:
     return _g(x)
 
 
-def dataset_card(s: Summary) -> str:
-    """README.md: YAML front matter (HF dataset card metadata), then the card body."""
+def _card_head(s: Summary, out_of_scope_dp: str) -> str:
+    """The card from its title to **Loading**: what the set is, how it was made, its files."""
     cfg = _config(s)
     data = got if isinstance(got := s.run_json.get("data"), Mapping) else {}
+    audit_use = "" if s.withheld else ", and checking the audit in `report/`"
+    report_item = (
+        ""
+        if s.withheld
+        else "- `report/`: `audit.json` (the full audit), `game_scores.npz` and `game_records.json` "
+        "(the\n  audit's game: its coins and every attack's scores, each record's class and init "
+        "flag; every\n  statistic the release gate read is recomputed from them), `roc.png`, "
+        "`report.html` (open it in\n  a browser).\n"
+    )
+    return f"""
+# {md(s.name)}
+
+A synthetic image-classification set of {s.n_images} images ({len(s.classes)} classes,
+{"×".join(str(d) for d in s.image_shape)} pixels) distilled with RCIG from a private image set,
+released behind a privacy policy after a membership-inference audit. The images are optimised
+synthetic images, not photographs of people or records, but they are derived from private data:
+read **Privacy considerations** before using them.
+
+## Dataset details
+
+- Curated by: the data custodian who ran `rcig-release` (the tool records no names).
+- License: {s.license_spdx or "unspecified: set one with `--license` before publishing"}.
+- Classes: {len(s.classes)}, listed with their ids and folders under **Classes** below.
+- Content digest of the released arrays: `{md(s.content_sha256)}`.
+
+## How it was made
+
+RCIG (dataset distillation with a kernel-ridge head on a linearised ConvNet and implicit
+gradients) ran on the private training split for {md(fmt(cfg.get("steps")))} outer steps at
+{md(fmt(cfg.get("ipc")))} image(s) per class, seed {md(fmt(cfg.get("seed")))}, starting from
+**{md(_init_mode(s))}** initial images ({"random real private training images, the RCIG default" if _init_mode(s) == "real" else "random noise"}).
+The labels are learned soft labels (one row of `data/labels.csv` per image). The full resolved
+configuration, the software versions and the private data's keyed fingerprint
+({md(data.get("fingerprint_hmac", "n/a"))}: HMAC-SHA256 under a key the custodian keeps, so only
+they can check which data made this release; no unsalted hash of the private data is published)
+are in `provenance.json`.
+
+## Uses
+
+Direct use: training or benchmarking image classifiers where the private data may not be shared,
+dataset-distillation research{audit_use}.
+
+Out-of-scope use: re-identifying or reconstructing people or records of the private data;
+treating the images as real samples of the source distribution; {out_of_scope_dp}.
+
+## Dataset structure
+
+- `data/images/<class>/<i>.png`: image `i` of the release (8-bit PNG), filed under the class its
+  soft label ranks highest.
+- `data/distilled.npz`: `images` float32 [N,H,W,C] in [0,1], `labels` float32 [N,C] soft labels,
+  `classes` [C].
+- `data/labels.csv`: `index,file,class` and one soft-label column per class (a text cell that
+  a spreadsheet would read as a formula, starting with `=`, `+`, `-`, `@` or `'`, is written
+  with a leading `'`).
+- `data/metadata.jsonl`: one line per image, `file_name`, `index`, `label` (the class id) and
+  `soft_label` (the soft label, one value per class in the order below); the Hugging Face
+  `imagefolder` builder attaches it to the images.
+{report_item}- `policy/verdict.json`, `provenance.json`, `croissant.json`, `manifest-sha256.txt`.
+
+### Classes
+
+Class ids are the positions in `classes` of `data/distilled.npz` and the column order of the soft
+labels; the folder is where the images whose soft label ranks that class highest are filed.
+
+{_md_table(["id", "class", "folder", "images"], _class_rows(s))}
+
+### Loading
+
+`datasets.load_dataset("<this directory or repository>")` reads the `dataset_info` above: `label`
+is a `ClassLabel` with these names and ids, `soft_label` the soft label, `index` the row of
+`data/distilled.npz`. `load_dataset("imagefolder", data_dir=".../data")` gives the same integer
+`label` and `soft_label` (from `data/metadata.jsonl`) without the class names.
+
+"""
+
+
+def _out_of_scope_dp(s: Summary) -> str:
+    dp = run_dp(s)
+    if dp is None:
+        return (
+            "any claim of formal differential privacy (none is given: the audit "
+            "measures leakage empirically, it does not bound it)"
+        )
+    return (
+        f"any privacy claim beyond the ({md(dp_g(dp['epsilon']))}, "
+        f"{md(dp_g(dp['delta']))}) guarantee of **Differential privacy** (it is "
+        "about one training image, not about groups of images or people with "
+        "several images, and it covers only the files it lists)"
+    )
+
+
+def _card_withheld(s: Summary) -> str:
+    """The card of a DP bundle that withholds its private statistics (coverage.WITHHELD): the
+    head, the guarantee with its file-by-file coverage, and of the decision only what the bundle
+    publishes (verdict, policy, failed rule names on an override); no audit figure, distance,
+    p-value or accuracy."""
+    assert s.outcome is not None
+    o = s.outcome
+    override_text = ""
+    if s.override and o.verdict == "overridden":
+        override_text = (
+            "\n**The policy did not pass; this bundle was released with an override.** "
+            f"Reason given: {md(s.override)}. Failed rules: "
+            + ", ".join(f"`{md(n)}`" for n in o.failed)
+            + ".\n"
+        )
+    elif s.override:
+        override_text = f"\nAn override was given but not needed (the policy passed). Reason given: {md(s.override)}\n"
+    real_init_note = (
+        " The images started from real private images and may retain visual traits of them."
+        if _init_mode(s) == "real"
+        else ""
+    )
+    return f"""{_card_head(s, _out_of_scope_dp(s))}## Differential privacy
+
+{dp_card_section(s)}
+## Privacy considerations
+
+Policy **{md(o.policy_name)}** (policy file sha256 {md(o.policy_sha256)}): verdict **{o.verdict}**.
+{override_text}
+Before this bundle was written, `rcig-release audit` attacked the pipeline with
+membership-inference attacks over shadow pipelines, and `rcig-release release` applied the policy
+to the audit and ran the memorisation check on every image against the private training and
+held-out splits; the memorisation check passed (no bundle is written otherwise). The verdict is a function of the private data that the (ε, δ)
+statement does not cover (see the table above). The audit's figures (attack statistics, p-values,
+ε lower bounds), the memorisation check's distances and p-values and the accuracies measured on
+the private test split are **not in this bundle**: they are statistics of the private data outside
+the mechanism. The custodian keeps them in the run directory; `rcig-release release
+--include-private-stats` publishes them, and the card then lists them as not covered.
+
+## Utility
+
+Not published: the accuracy of networks trained on these images was measured on the private test
+split, a statistic the guarantee does not cover. Measure it on public data of the same task.
+
+## Bias, risks, and limitations
+
+A handful of images per class summarises the private training split; classes or sub-groups that
+are rare there may be poorly represented, and accuracy can differ between classes.{real_init_note}
+Noise added for differential privacy lowers the images' fidelity.
+
+## Verification
+
+Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt`, checks the
+images and labels against `data/distilled.npz`, recomputes ε from the noise multiplier, sampling
+rate, steps and δ with the accountant, and rebuilds this card. The verdict cannot be recomputed
+from this bundle (its evidence is withheld). The custodian can check the keyed fingerprint with
+`rcig-release verify <bundle> --fingerprint-key KEY --run RUN`.
+"""
+
+
+def dataset_card(s: Summary) -> str:
+    """README.md: YAML front matter (HF dataset card metadata), then the card body."""
+    if s.withheld:
+        return front_matter(card_metadata(s)) + _card_withheld(s)
+    assert s.decision is not None and s.safety is not None  # the statistics are in the bundle
     cc = s.audit.get("copy_check") or {}
     verdict = s.verdict
     override_text = ""
@@ -401,88 +595,15 @@ def dataset_card(s: Summary) -> str:
         if _init_mode(s) == "real"
         else ""
     )
-    dp = run_dp(s)
-    if dp is None:
-        out_of_scope_dp = (
-            "any claim of formal differential privacy (none is given: the audit "
-            "measures leakage empirically, it does not bound it)"
-        )
+    out_of_scope_dp = _out_of_scope_dp(s)
+    if run_dp(s) is None:
         audit_dp_note = "any formal privacy guarantee"
     else:
-        out_of_scope_dp = (
-            f"any privacy claim beyond the ({md(dp_g(dp['epsilon']))}, "
-            f"{md(dp_g(dp['delta']))}) guarantee of **Differential privacy** (it is "
-            "about one training image, not about groups of images or people with "
-            "several images)"
-        )
         audit_dp_note = (
             "a formal guarantee (that is the accountant's, in **Differential "
             "privacy**; the audit only checks it is not contradicted)"
         )
-    body = f"""
-# {md(s.name)}
-
-A synthetic image-classification set of {s.n_images} images ({len(s.classes)} classes,
-{"×".join(str(d) for d in s.image_shape)} pixels) distilled with RCIG from a private image set,
-released behind a privacy policy after a membership-inference audit. The images are optimised
-synthetic images, not photographs of people or records, but they are derived from private data:
-read **Privacy considerations** before using them.
-
-## Dataset details
-
-- Curated by: the data custodian who ran `rcig-release` (the tool records no names).
-- License: {s.license_spdx or "unspecified: set one with `--license` before publishing"}.
-- Classes: {len(s.classes)}, listed with their ids and folders under **Classes** below.
-- Content digest of the released arrays: `{md(s.content_sha256)}`.
-
-## How it was made
-
-RCIG (dataset distillation with a kernel-ridge head on a linearised ConvNet and implicit
-gradients) ran on the private training split for {md(fmt(cfg.get("steps")))} outer steps at
-{md(fmt(cfg.get("ipc")))} image(s) per class, seed {md(fmt(cfg.get("seed")))}, starting from
-**{md(_init_mode(s))}** initial images ({"random real private training images, the RCIG default" if _init_mode(s) == "real" else "random noise"}).
-The labels are learned soft labels (one row of `data/labels.csv` per image). The full resolved
-configuration, the private data's fingerprint ({md(data.get("fingerprint", "n/a"))}) and the software
-versions are in `provenance.json`.
-
-## Uses
-
-Direct use: training or benchmarking image classifiers where the private data may not be shared,
-dataset-distillation research, and checking the audit in `report/`.
-
-Out-of-scope use: re-identifying or reconstructing people or records of the private data;
-treating the images as real samples of the source distribution; {out_of_scope_dp}.
-
-## Dataset structure
-
-- `data/images/<class>/<i>.png`: image `i` of the release (8-bit PNG), filed under the class its
-  soft label ranks highest.
-- `data/distilled.npz`: `images` float32 [N,H,W,C] in [0,1], `labels` float32 [N,C] soft labels,
-  `classes` [C].
-- `data/labels.csv`: `index,file,class` and one soft-label column per class (a text cell that
-  a spreadsheet would read as a formula, starting with `=`, `+`, `-`, `@` or `'`, is written
-  with a leading `'`).
-- `data/metadata.jsonl`: one line per image, `file_name`, `index`, `label` (the class id) and
-  `soft_label` (the soft label, one value per class in the order below); the Hugging Face
-  `imagefolder` builder attaches it to the images.
-- `report/`: `audit.json` (the full audit), `roc.png`, `report.html` (open it in a browser).
-- `policy/verdict.json`, `provenance.json`, `croissant.json`, `manifest-sha256.txt`.
-
-### Classes
-
-Class ids are the positions in `classes` of `data/distilled.npz` and the column order of the soft
-labels; the folder is where the images whose soft label ranks that class highest are filed.
-
-{_md_table(["id", "class", "folder", "images"], _class_rows(s))}
-
-### Loading
-
-`datasets.load_dataset("<this directory or repository>")` reads the `dataset_info` above: `label`
-is a `ClassLabel` with these names and ids, `soft_label` the soft label, `index` the row of
-`data/distilled.npz`. `load_dataset("imagefolder", data_dir=".../data")` gives the same integer
-`label` and `soft_label` (from `data/metadata.jsonl`) without the class names.
-
-## Differential privacy
+    body = f"""{_card_head(s, out_of_scope_dp)}## Differential privacy
 
 {dp_card_section(s)}
 ## Privacy considerations
@@ -504,6 +625,7 @@ random real training images) and on a network trained on all the private trainin
 Copy check: {md(fmt(cc.get("near_copies")))} released image(s) are near copies of a private training
 record (threshold {md(fmt(cc.get("threshold"), 4))}). Release safety check, recomputed from the private
 splits ({md(s.safety.metric)} distance): {md(s.safety.describe())}.
+{md(s.safety.coverage())}
 
 What the audit does not cover: attacks stronger than those listed (white-box access to the
 distillation, more shadow models, other signals), leakage about groups or attributes rather than
@@ -522,8 +644,10 @@ The audit figures are estimates with sampling error (intervals in `report/audit.
 
 ## Verification
 
-Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt` and checks
-that the audit, the verdict and the provenance belong to the released arrays.
+Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt`, checks
+that the audit, the verdict and the provenance belong to the released arrays, recomputes the
+game's statistics from `report/game_scores.npz` and the verdict from them. The custodian can
+check the keyed fingerprint with `rcig-release verify <bundle> --fingerprint-key KEY --run RUN`.
 """
     return front_matter(card_metadata(s)) + body
 
@@ -569,15 +693,22 @@ def _dp_html(s: Summary) -> str:
             "differentially private mechanism; the audit measures leakage empirically, it does "
             "not bound it.</p>"
         )
+    covered = [f for f, status, _, _ in s.coverage if status == "yes"]
     return (
-        f"<p>This release is <b>(ε = {html.escape(dp_g(dp['epsilon']))}, "
-        f"δ = {html.escape(dp_g(dp['delta']))})-differentially private</b> with respect to adding "
-        "or removing one training image.</p>" + _h_table(DP_HEADER, dp_rows(dp, s.audit))
+        f"<p>The (ε = {html.escape(dp_g(dp['epsilon']))}, δ = {html.escape(dp_g(dp['delta']))}) "
+        "differential-privacy guarantee, with respect to adding or removing one training image, "
+        f"covers {html.escape(', '.join(covered) or 'no file')} (the mechanism's output and what "
+        "derives only from it and public facts). It does <b>not</b> cover this report, which "
+        "shows statistics of the private data computed outside the mechanism, nor the other "
+        "files the table lists as not covered.</p>"
+        + _h_table(DP_HEADER, dp_rows(dp, s.audit))
+        + _h_table(COVERAGE_HEADER, [list(r) for r in s.coverage])
     )
 
 
 def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None) -> str:
     """report/report.html: one self-contained page (no external resources, images embedded)."""
+    assert s.decision is not None and s.safety is not None  # no report when they are withheld
     e = html.escape
     verdict = s.verdict
     headline = {
@@ -627,6 +758,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"<p>Near copies flagged by the audit: {e(fmt(cc.get('near_copies')))} (threshold "
         f"{e(fmt(cc.get('threshold'), 4))}). Release safety check, recomputed from the private splits "
         f"({e(s.safety.metric)} distance): {e(s.safety.describe())}.</p>",
+        f"<p>{e(s.safety.coverage())}</p>",
         _img(copy_plot, "copy-check distances"),
         _h_table(
             ["image", "nearest train distance", "nearest held-out distance", "ratio", "near copy"],

@@ -42,6 +42,12 @@ class ReleaseInputs:
     init_indices: np.ndarray | None = (
         None  # int64 [N]: training record each image started from, -1 none
     )
+    run_json_sha256: str | None = None  # sha256 of RUN/run.json (the audit recorded the same)
+    npz_arrays: Mapping[str, np.ndarray] | None = (
+        None  # every array of RUN/distilled.npz (--replay)
+    )
+    # what the bundle carries for recomputing the game (recompute.bundle_files), set by release
+    game_files: dict[str, bytes] | None = None
 
 
 def read_nofollow(path: Path, what: str) -> bytes:
@@ -245,8 +251,8 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
     npz_bytes = read_nofollow(run / "distilled.npz", "RUN/distilled.npz")
     arrays = load_npz(npz_bytes, "RUN/distilled.npz")
     images, labels, classes = validate_arrays(arrays, "RUN/distilled.npz")
-    run_json = _json(read_nofollow(run / "run.json", "RUN/run.json"), "RUN/run.json")
-    init_indices = init_indices_of(arrays, run_json, len(images))
+    run_json_bytes = read_nofollow(run / "run.json", "RUN/run.json")
+    run_json = _json(run_json_bytes, "RUN/run.json")
     try:
         eval_bytes = read_nofollow(run / "eval.json", "RUN/eval.json")
     except InputError as e:
@@ -262,8 +268,11 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
     run_sha = bytes_sha256(npz_bytes)
     if audit["run_sha256"].lower().removeprefix("sha256:") != run_sha:
         raise InputError(
-            "audit.json: run_sha256 does not match RUN/distilled.npz (stale audit? re-run it)"
+            "RUN/distilled.npz changed since the audit: audit.json run_sha256 does not match it "
+            "(stale audit? re-run it)"
         )
+    run_json_sha = check_run_json_audited(audit, run_json_bytes)
+    init_indices = init_indices_of(arrays, run_json, len(images))
 
     roc = None
     if os.path.lexists(run / "audit" / "roc.png"):
@@ -286,4 +295,25 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
         roc_png=roc,
         scores=scores,
         init_indices=init_indices,
+        run_json_sha256=run_json_sha,
+        npz_arrays=arrays,
     )
+
+
+def check_run_json_audited(audit: Mapping, run_json_bytes: bytes) -> str:
+    """The sha256 of RUN/run.json, which must be the one the audit recorded (``run_json_sha256``):
+    the audit's shadows re-ran run.json's configuration, so a run.json edited after the audit
+    describes a pipeline nobody audited."""
+    digest = bytes_sha256(run_json_bytes)
+    recorded = audit.get("run_json_sha256")
+    if not isinstance(recorded, str) or not _HEX64.match(recorded.lower()):
+        raise InputError(
+            "audit.json: run_json_sha256 missing (an audit written before the audit recorded "
+            "the run.json it audited): re-run rcig-release audit"
+        )
+    if recorded.lower() != digest:
+        raise InputError(
+            "RUN/run.json changed since the audit: its sha256 is not audit.json's "
+            "run_json_sha256 (re-run rcig-release audit)"
+        )
+    return digest

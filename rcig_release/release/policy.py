@@ -48,9 +48,9 @@ _RENAMED = {
 # sha256 of the policy files shipped in policies/ (tests/test_release_policy.py keeps them equal):
 # a file that calls itself one of these names but differs is reported as modified.
 SHIPPED_SHA256 = {
-    "default": "ea08e4cd486df81bbe834041be3797a03230436cae57cac023c1d18196517b0d",
-    "strict": "eab74f3bdd60e4e27b35c89fcdd40f7c43f1970c890aaedeebcd10b06a086179",
-    "dp": "eaa87028dd71e18a0810dbe3864765395c77db783b5632b1874d511917cc3344",
+    "default": "abf9a357e7ed14f8dd20fd882facec3ebc315cb7f27619ff255a25e66f7a0702",
+    "strict": "fe5f94152d3a722d9dd6190ba04e792693c22e305cb13ef7a14af76046a618dd",
+    "dp": "7a4f81596fc972460c520f8ee2032c7a4c144aaa2f9e235d3db2fdfb806e1ff4",
 }
 
 
@@ -102,6 +102,8 @@ class Policy:
         None  # [dp] max_epsilon: the run must be DP with proven ε <= this
     )
     dp_max_delta: float | None = None  # [dp] max_delta (optional): and its δ <= this
+    # [release] require_replay (optional): release needs --replay (docs/release.md, "Binding")
+    require_replay: bool = False
 
     @property
     def modified(self) -> bool:
@@ -298,6 +300,11 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         if dp_max_delta is not None and not 0 < dp_max_delta < 1:
             raise InputError(f"policy {file}: dp.max_delta must be in (0, 1)")
         dp_t.done()
+    require_replay = False
+    release_t = top.sub("release", optional=True)
+    if release_t is not None:
+        require_replay = release_t.take("require_replay", bool)
+        release_t.done()
     top.done()
 
     return Policy(
@@ -318,6 +325,7 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         source_name=file,
         dp_max_epsilon=dp_max_epsilon,
         dp_max_delta=dp_max_delta,
+        require_replay=require_replay,
     )
 
 

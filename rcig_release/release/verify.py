@@ -6,8 +6,10 @@ Returns one line per problem (an empty list means intact):
 - broken bindings between the released arrays (``data/distilled.npz``), the provenance, the verdict
   and the audit (content digest, ``run_sha256``);
 - ``data/``: image files, their folders and ``labels.csv`` against the arrays (``layout.py``);
-- the verdict recomputed from the bundled policy and audit, the card and the report rebuilt and
-  compared (``consistency.py``);
+- every statistic the gate reads recomputed from the bundled score files
+  (``report/game_scores.npz``, ``report/game_records.json``) and compared with the bundled audit
+  (``recompute.py``); the verdict recomputed from the bundled policy and those statistics, the
+  card and the report rebuilt and compared (``consistency.py``);
 - a DP release's guarantee: its ε recomputed by the accountant from the bundled σ, sampling rate,
   steps and δ, the audit's check of it, and the same statement in the verdict and croissant.json
   (``consistency.check_dp``);
@@ -26,7 +28,8 @@ import numpy as np
 
 from rcig_release.errors import InputError
 from rcig_release.npzfile import check_npz_limits
-from rcig_release.release import consistency, layout, signing
+from rcig_release.release import consistency, coverage, layout, recompute, signing
+from rcig_release.release import fingerprint as fpmod
 from rcig_release.release.bundle import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
 from rcig_release.release.inputs import load_npz, validate_arrays
@@ -44,6 +47,8 @@ REQUIRED = (
     CROISSANT,
     MANIFEST,
 )
+# A DP bundle that withholds its private statistics has no report/ (coverage.WITHHELD).
+REQUIRED_WITHHELD = tuple(p for p in REQUIRED if not coverage.is_private_stat(p))
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
 
 
@@ -89,7 +94,9 @@ def _json(files: dict[str, bytes], path: str, problems: list[str]) -> dict | Non
     return obj
 
 
-def _check_manifest(files: dict[str, bytes], problems: list[str]) -> None:
+def _check_manifest(
+    files: dict[str, bytes], problems: list[str], required: tuple[str, ...] = REQUIRED
+) -> None:
     if MANIFEST not in files:
         problems.append(f"missing: {MANIFEST}")
         return
@@ -124,7 +131,7 @@ def _check_manifest(files: dict[str, bytes], problems: list[str]) -> None:
     for path in sorted(files):
         if path not in (MANIFEST, SIGNATURE) and path not in listed:
             problems.append(f"extra: {path} (not in {MANIFEST})")
-    for path in REQUIRED:
+    for path in required:
         if path not in files and path not in listed and path != MANIFEST:
             problems.append(f"missing: {path}")
 
@@ -196,8 +203,19 @@ def _check_statements(
     content: str | None,
     problems: list[str],
 ) -> None:
-    """The verdict recomputed from the bundled policy and audit; the card and report rebuilt."""
-    if audit is None or not verdict:
+    """The verdict recomputed from the bundled policy and audit; the card and report rebuilt.
+    A DP bundle that withholds its private statistics has no audit to recompute the verdict
+    from: its verdict is checked for consistency and its card rebuilt (``_check_withheld``)."""
+    if consistency.layout(prov) == coverage.WITHHELD:
+        _check_withheld(files, arrays, prov, verdict, content, problems)
+        return
+    if audit is None or not verdict or arrays is None:
+        return
+    # every statistic the gate reads, recomputed from the bundled score files (recompute.py)
+    audit = recompute.verify_audit(
+        files, audit, consistency.decision_inputs(prov)[0], len(arrays[2]), problems
+    )
+    if audit is None:
         return
     consistency.check_dp(files, prov, verdict, audit, problems)
     policy = consistency.load_policy_file(files, verdict, prov, problems)
@@ -207,6 +225,7 @@ def _check_statements(
     if decision is None:
         return
     override = consistency.check_verdict(verdict, decision, problems)
+    consistency.check_replay(verdict, policy, prov, problems)
     if arrays is None or content is None:
         return
     images, labels, classes = arrays
@@ -220,6 +239,47 @@ def _check_statements(
         problems.append(
             "provenance.json: no release name and licence; README.md and report/report.html not checked"
         )
+        return
+    tool = got if isinstance(got := prov.get("tool"), dict) else {}
+    consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
+
+
+def _check_withheld(
+    files: dict[str, bytes],
+    arrays,
+    prov: dict,
+    verdict: dict,
+    content: str | None,
+    problems: list[str],
+) -> None:
+    from rcig_release.release.bundle import outcome_of
+
+    if not verdict:
+        return
+    consistency.check_dp(files, prov, verdict, None, problems)
+    policy = consistency.load_policy_file(files, verdict, prov, problems)
+    if policy is None:
+        return
+    override = consistency.check_withheld_verdict(verdict, problems)
+    consistency.check_replay(verdict, policy, prov, problems)
+    if arrays is None or content is None:
+        return
+    images, labels, classes = arrays
+    s = consistency.summary(
+        files,
+        images,
+        labels,
+        classes,
+        {},
+        prov,
+        None,
+        None,
+        override,
+        content,
+        outcome=outcome_of(verdict),
+    )
+    if s is None:
+        problems.append("provenance.json: no release name and licence; README.md not checked")
         return
     tool = got if isinstance(got := prov.get("tool"), dict) else {}
     consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
@@ -246,12 +306,15 @@ def verify_files(files: dict[str, bytes], key: str | Path | None = None) -> list
         signing.ssh_keygen()
         signing.read_key(key, "public key")
     problems: list[str] = []
-    _check_manifest(files, problems)
+    prov = _json(files, "provenance.json", []) or {}  # problems named below, in their place
+    withheld = consistency.layout(prov) == coverage.WITHHELD
+    _check_manifest(files, problems, REQUIRED_WITHHELD if withheld else REQUIRED)
     _check_croissant(files, problems)
     arrays = _arrays(files, problems)
     prov = _json(files, "provenance.json", problems) or {}
     verdict = _json(files, "policy/verdict.json", problems) or {}
     audit = _json(files, "report/audit.json", problems)
+    consistency.check_layout(files, prov, verdict, problems)
     content = None
     if arrays is not None:
         content = arrays_sha256(*arrays)
@@ -269,8 +332,71 @@ def verify_files(files: dict[str, bytes], key: str | Path | None = None) -> list
     return list(dict.fromkeys(problems))
 
 
-def verify_bundle(path: str | Path, key: str | Path | None = None) -> list[str]:
-    """Every problem found in the bundle at ``path`` (empty when intact); see ``verify_files``."""
+def run_fingerprint(run: str | Path) -> str:
+    """The unsalted fingerprint a run directory records (``RUN/run.json`` ``data.fingerprint``)."""
+    from rcig_release.release.inputs import read_nofollow
+
+    try:
+        rj = json.loads(read_nofollow(Path(run) / "run.json", "RUN/run.json").decode("utf-8"))
+        fp = rj["data"]["fingerprint"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise InputError("RUN/run.json: no data.fingerprint to check the bundle against") from None
+    if not isinstance(fp, str):
+        raise InputError("RUN/run.json: data.fingerprint is not a string")
+    return fp
+
+
+def data_fingerprint(spec: str, prov: dict) -> str:
+    """The fingerprint of the data ``spec`` names, split with the seed the bundle records."""
+    from rcig_release.data import load_dataset
+
+    info = prov.get("data") if isinstance(prov.get("data"), dict) else {}
+    seed = (info or {}).get("split_seed")
+    return load_dataset(spec, seed=0 if not isinstance(seed, int) else seed).fingerprint
+
+
+def check_fingerprint(
+    files: dict[str, bytes],
+    key_path: str | Path,
+    *,
+    run: str | Path | None = None,
+    data: str | None = None,
+) -> list[str]:
+    """The bundle's keyed fingerprint against the data's under the custodian's key: the data is
+    the run directory's recorded fingerprint (``run``) or the data set itself (``data``).
+    An unreadable key or run is an ``InputError`` (exit 2)."""
+    if run is None and data is None:
+        raise InputError(
+            "--fingerprint-key needs --run RUN or --data SPEC: the data whose fingerprint the "
+            "bundle should hold"
+        )
+    key, _ = fpmod.read_key(Path(key_path))
+    try:
+        prov = json.loads(files["provenance.json"].decode("utf-8"))
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
+        return ["provenance.json: missing or unreadable; the keyed fingerprint cannot be checked"]
+    prints = []
+    if run is not None:
+        prints.append(run_fingerprint(run))
+    if data is not None:
+        prints.append(data_fingerprint(data, prov if isinstance(prov, dict) else {}))
+    problems = [
+        fpmod.check(prov.get("data") if isinstance(prov, dict) else None, fp, key) for fp in prints
+    ]
+    return [p for p in problems if p]
+
+
+def verify_bundle(
+    path: str | Path,
+    key: str | Path | None = None,
+    *,
+    fingerprint_key: str | Path | None = None,
+    run: str | Path | None = None,
+    data: str | None = None,
+) -> list[str]:
+    """Every problem found in the bundle at ``path`` (empty when intact); see ``verify_files``.
+    With ``fingerprint_key`` (and ``run`` or ``data``) the keyed data fingerprint is checked too
+    (``check_fingerprint``)."""
     root = Path(path)
     if root.is_symlink():
         raise InputError(f"bundle is a symlink; refusing to follow it: {root.name}")
@@ -279,7 +405,16 @@ def verify_bundle(path: str | Path, key: str | Path | None = None) -> list[str]:
     if key is not None:
         signing.ssh_keygen()
         signing.read_key(key, "public key")
+    if fingerprint_key is None and (run is not None or data is not None):
+        raise InputError("--run and --data name the data for --fingerprint-key; pass the key")
+    if fingerprint_key is not None:
+        if run is None and data is None:
+            check_fingerprint({}, fingerprint_key)  # the one-line error, before any work
+        fpmod.read_key(Path(fingerprint_key))
     files, problems = _scan(root)
     if "data/distilled.npz" in files:  # exit 2 before anything is allocated (limits.py)
         check_npz_limits(files["data/distilled.npz"], "data/distilled.npz")
-    return list(dict.fromkeys(problems + verify_files(files, key)))
+    found = problems + verify_files(files, key)
+    if fingerprint_key is not None:
+        found += check_fingerprint(files, fingerprint_key, run=run, data=data)
+    return list(dict.fromkeys(found))
