@@ -196,8 +196,10 @@ def main() -> None:
     if args.shared_statistic:
         SharedStatistic().install()
     if not args.table_only:
-        for data, ipc, eps, delta, mech in itertools.product(
-            args.data, args.ipc, args.eps, args.delta, args.mechanism
+        # ipc, then ε, then δ, then mechanism, the data sets innermost: the first cells are the
+        # goal rows of every data set (10 ipc, ε = 1), and an interrupted sweep keeps them
+        for ipc, eps, delta, mech, data in itertools.product(
+            args.ipc, args.eps, args.delta, args.mechanism, args.data
         ):
             name = cell_name(data, ipc, eps, delta, mech, args.tag)
             if name in done:
