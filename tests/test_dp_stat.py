@@ -213,6 +213,56 @@ def _tiny_data(n_per=12, seed=0):
     return x, y
 
 
+def _noise_std_ok(release_fn, s, x, y, sigma, reps=5):
+    """The check of the released noise through the real mechanism: (release − noise-free
+    statistic)/(σC) over ``reps`` releases of the same data has standard deviation 1 within 6 %
+    (6 standard errors at ~2,400 coordinates) and passes a KS test against N(0, 1)."""
+    stat = dpdistill.statistic(s, x, y, C)
+    z = np.concatenate(
+        [((release_fn(s, x, y, C, sigma) - stat) / (sigma * s.clip)).ravel() for _ in range(reps)]
+    )
+    return abs(z.std() - 1.0) < 0.06 and stats.kstest(z, "norm").pvalue > 1e-4
+
+
+def test_the_real_release_has_noise_std_sigma_c_and_a_broken_copy_fails(monkeypatch):
+    s = _settings()
+    x, y = _tiny_data()
+    assert _noise_std_ok(dpdistill.private_release, s, x, y, 3.7)
+    # broken copies of the release step, run through the same check: no noise, half the noise
+    monkeypatch.setattr(dpstat.dp, "noised", lambda stat, std, rng: np.asarray(stat, np.float64))
+    assert not _noise_std_ok(dpdistill.private_release, s, x, y, 3.7)
+    monkeypatch.setattr(
+        dpstat.dp,
+        "noised",
+        lambda stat, std, rng: stat + 0.5 * std * rng.standard_normal(np.shape(stat)),
+    )
+    assert not _noise_std_ok(dpdistill.private_release, s, x, y, 3.7)
+
+
+def _same_seed_runs_differ(x, y, cfg):
+    """Two runs with one --seed (the attacker's known-seed replay of the same data) must not give
+    the same images."""
+    a, b = distill(cfg, x, y, C), distill(cfg, x, y, C)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    return not np.array_equal(a.images_model, b.images_model)
+
+
+def test_same_seed_runs_differ_and_a_seeded_noise_copy_fails(monkeypatch):
+    x, y = _tiny_data()
+    cfg = _tiny_cfg()
+    assert _same_seed_runs_differ(x, y, cfg)  # the noise is not the seed's
+    # broken copy: the release's generator derived from the public seed, as before issue 20
+    monkeypatch.setattr(
+        dpstat.dp, "secret_rng", lambda: np.random.Generator(np.random.PCG64(cfg.seed))
+    )
+    assert not _same_seed_runs_differ(x, y, cfg)
+    # ... and then a replay of D∖{i} with the known seed tells whether i was in: the distinguisher
+    keep = np.arange(len(y)) != 5
+    full, minus = distill(cfg, x, y, C), distill(cfg, x[keep], y[keep], C)
+    assert np.array_equal(full.images_model, distill(cfg, x, y, C).images_model)
+    assert not np.array_equal(full.images_model, minus.images_model)
+
+
 def test_same_seed_runs_differ_and_public_parts_do_not():
     x, y = _tiny_data()
     cfg = _tiny_cfg()
@@ -363,5 +413,24 @@ def test_cli_run_writes_a_record_that_release_and_verify_recompute(tmp_path):
         release_dp.validate_dp({k: v for k, v in dp.items() if k != "dp_mechanism"})
     with pytest.raises(InputError, match="sampling_rate 1"):
         release_dp.validate_dp({**dp, "steps": 2})
+    # run.json says which randomness is public and which is secret, and records no secret
+    rnd = rj["randomness"]
+    assert rnd["public"]["seed"] == rj["config"]["seed"]
+    assert rnd["secret"]["drives"] == ["the Gaussian noise of the one release"]
+    assert "OS entropy" in rnd["secret"]["source"] and "float64" in rnd["secret"]["noise_sampler"]
+    assert not any("Poisson" in d for d in rnd["secret"]["drives"] + rnd["public"]["drives"])
+    # release --replay's checkpoint chain binds distilled.npz to the run's last state
+    from rcig_release.release import replay
+
+    assert replay.method_for(rj) == replay.CHAIN
+    arrays = dict(np.load(run / "distilled.npz"))
+    bound = replay.check(run, rj, arrays)
+    assert bound.method == replay.CHAIN and "images" in bound.compared
+    edited = {**arrays, "images_model": arrays["images_model"] + np.float32(1e-3)}
+    with pytest.raises(InputError, match="images_model"):
+        replay.check(run, rj, edited)
+    wrong_labels = {**arrays, "labels": arrays["labels"][::-1].copy()}
+    with pytest.raises(InputError, match="labels"):
+        replay.check(run, rj, wrong_labels)
     r = invoke("evaluate", run, "--models", 1, "--steps", 20, "--json")
     assert r.exit_code == 0, r.output
