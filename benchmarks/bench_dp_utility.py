@@ -178,6 +178,12 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--config", type=Path, default=None, help="TOML of DistillConfig values")
     p.add_argument("--tag", default="", help="suffix of the cell names")
+    p.add_argument(
+        "--plan",
+        nargs="+",
+        default=None,
+        help="IPC:EPS pairs in run order (instead of --ipc, --eps)",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--table-only", action="store_true", help="print the table of results.jsonl")
     p.add_argument(
@@ -197,9 +203,15 @@ def main() -> None:
         SharedStatistic().install()
     if not args.table_only:
         # ipc, then ε, then δ, then mechanism, the data sets innermost: the first cells are the
-        # goal rows of every data set (10 ipc, ε = 1), and an interrupted sweep keeps them
-        for ipc, eps, delta, mech, data in itertools.product(
-            args.ipc, args.eps, args.delta, args.mechanism, args.data
+        # goal rows of every data set (10 ipc, ε = 1), and an interrupted sweep keeps them;
+        # --plan IPC:EPS ... replaces the ipc × ε product by that order
+        pairs = (
+            [(int(p.split(":")[0]), float(p.split(":")[1])) for p in args.plan]
+            if args.plan
+            else list(itertools.product(args.ipc, args.eps))
+        )
+        for (ipc, eps), delta, mech, data in itertools.product(
+            pairs, args.delta, args.mechanism, args.data
         ):
             name = cell_name(data, ipc, eps, delta, mech, args.tag)
             if name in done:
