@@ -173,8 +173,8 @@ EDITS = [
     ),
     (
         "leak",
-        _set((*G, "nearest", "groups", "all", "epsilon_lower_bound"), 0.0),
-        "game.attacks.nearest.groups.all.epsilon_lower_bound is 0.0",
+        _set((*G, "nearest", "groups", "all", "epsilon_lower_bound"), 5.0),
+        "game.attacks.nearest.groups.all.epsilon_lower_bound is 5.0",
     ),
     (
         "clean",
