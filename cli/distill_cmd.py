@@ -103,6 +103,13 @@ def distill(
             help=r"end with release's memorisation check (seconds) \[default: on]",
         ),
     ] = True,
+    dp_mechanism: Annotated[
+        str | None,
+        typer.Option(
+            help=r"DP: rcig (per-step clipped gradients) or features (one release of per-class "
+            r"random-ConvNet feature means, then free optimisation; docs/dp.md) \[default: rcig]"
+        ),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="continue a killed or interrupted run in --out")
     ] = False,
@@ -145,6 +152,7 @@ def distill(
             dp_delta=dp_delta,
             dp_clip=dp_clip,
             dp_sampling_rate=dp_sampling_rate,
+            dp_mechanism=dp_mechanism,
         )
         out = out or default_out(data, cfg.ipc)
     if cfg.init in RECORD_INIT_MODES:

@@ -81,6 +81,12 @@ class DistillConfig:
     dp_clip: float = 1.0  # C: per-example L2 clip of (∂ℓ/∂W, ∂ℓ/∂Δθ, ∂ℓ/∂logτ)
     dp_sampling_rate: float | None = None  # q of the Poisson sampling; None: real_batch / N
     dp_noise_multiplier: float | None = None  # σ; None: calibrated to (ε, δ, q, steps)
+    # "rcig": DP-RCIG (per-step clipped gradients); "features": DP feature means (one release of
+    # per-class random-ConvNet feature sums, then free optimisation; rcig/dpstat.py)
+    dp_mechanism: str = "rcig"
+    dp_networks: int = 10  # features: K random ConvNets in the released statistic
+    dp_count_weight: float = 0.1  # features: the count coordinate's share b of each record's norm
+    dp_pixels: bool = True  # features: the unit-normalised image is one more released block
 
     @property
     def dp(self) -> bool:
@@ -194,6 +200,7 @@ def validate_distill_config(cfg: DistillConfig) -> None:
 # δ ≪ 1/N for the data sets this tool targets (MNIST: δN = 0.06); larger δ is warned about
 # (dp_delta_warning). The secret randomness has no config field: nothing here can set it.
 DP_DEFAULT_DELTA = 1e-6
+DP_MECHANISMS = ("rcig", "features")  # DP-RCIG (rcig/dp.py), DP feature means (rcig/dpstat.py)
 
 
 def validate_dp(cfg: DistillConfig) -> None:
@@ -205,9 +212,22 @@ def validate_dp(cfg: DistillConfig) -> None:
             for f in ("dp_delta", "dp_sampling_rate", "dp_noise_multiplier")
             if getattr(cfg, f) is not None
         ]
+        if cfg.dp_mechanism != "rcig":
+            extra.append("--dp-mechanism")
         if extra:
             raise InputError(f"{', '.join(extra)} needs --dp-epsilon")
         return
+    if cfg.dp_mechanism not in DP_MECHANISMS:
+        raise InputError(
+            f"--dp-mechanism must be one of {', '.join(DP_MECHANISMS)} (got {cfg.dp_mechanism!r})"
+        )
+    if cfg.dp_mechanism == "features":
+        if cfg.dp_sampling_rate is not None:
+            raise InputError("--dp-sampling-rate applies to --dp-mechanism rcig only")
+        if cfg.dp_networks < 1:
+            raise InputError(f"dp_networks must be at least 1 (got {cfg.dp_networks})")
+        if not 0 < cfg.dp_count_weight < 1:
+            raise InputError(f"dp_count_weight must be in (0, 1) (got {cfg.dp_count_weight})")
     assert cfg.dp_epsilon is not None  # cfg.dp
     if not cfg.dp_epsilon > 0:
         raise InputError(f"--dp-epsilon must be > 0 (got {cfg.dp_epsilon})")
@@ -278,11 +298,18 @@ def default_steps(n_train: int, ipc: int = 1) -> int:
     return max(100, int((3600 - 120) / _seconds_per_step(ipc)) // 10 * 10)
 
 
+# DP feature means: optimisation steps of the images against the one release (post-processing,
+# so any number costs no privacy); 1000 at about 0.7 s per step on MNIST 10 ipc (loaded 2-core
+# machine, docs/benchmarks.md "DP utility").
+FEATURES_STEPS = 1000
+
+
 def with_data_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     """Fills the values left to the data (``steps``, ``real_batch`` when None)."""
     changes: dict[str, Any] = {}
     if cfg.steps is None:
-        changes["steps"] = default_steps(n_train, cfg.ipc)
+        features = cfg.dp and cfg.dp_mechanism == "features"
+        changes["steps"] = FEATURES_STEPS if features else default_steps(n_train, cfg.ipc)
     if cfg.real_batch is None:
         changes["real_batch"] = default_real_batch(n_train)
     cfg = cfg.replace(**changes) if changes else cfg
@@ -317,6 +344,17 @@ def with_dp_defaults(cfg: DistillConfig, n_train: int) -> DistillConfig:
     )
     if cfg.dp_delta is None:
         changes["dp_delta"] = delta
+    if cfg.dp_mechanism == "features":  # one Gaussian release: no sampling, no steps to account
+        from rcig_release.rcig import dpstat
+
+        if cfg.dp_noise_multiplier is None:
+            changes["dp_noise_multiplier"] = dpstat.calibrate_noise(cfg.dp_epsilon, delta)
+        elif dpstat.epsilon_for(cfg.dp_noise_multiplier, delta) > cfg.dp_epsilon:
+            raise InputError(
+                f"dp_noise_multiplier {cfg.dp_noise_multiplier} is too small for "
+                f"ε = {cfg.dp_epsilon} (leave it unset to calibrate it)"
+            )
+        return cfg.replace(**changes) if changes else cfg
     if cfg.dp_sampling_rate is None:
         changes["dp_sampling_rate"] = q
     from rcig_release.rcig.accounting import calibrate_noise, epsilon_for

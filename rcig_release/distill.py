@@ -22,6 +22,7 @@ from rcig_release import checkpoint, initsets
 from rcig_release.config import DistillConfig, resolve, to_dict, with_data_defaults
 from rcig_release.data import check_ipc
 from rcig_release.errors import InputError, RcigReleaseError
+from rcig_release.rcig import dpdistill
 from rcig_release.rcig.dp import DPStep
 from rcig_release.rcig.dp import record as dp_record
 from rcig_release.rcig.state import init_state, make_setup
@@ -139,11 +140,35 @@ def distill(
     assert cfg.steps is not None  # with_data_defaults fills it
     check_ipc(y, cfg.ipc, num_classes)
     x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes, init_forced)
+    features = cfg.dp and cfg.dp_mechanism == "features"
     if cfg.steps == 0:
         info0: dict[str, Any] = {"steps": 0}
-        if cfg.dp:  # noise only: ε = 0, but the record says how the run was configured
+        if features:  # the record of the configured mechanism (an upper bound: nothing released)
+            info0["dp"] = dpdistill.dp_record(cfg, len(y), x_model.shape[1:], num_classes)
+        elif cfg.dp:  # noise only: ε = 0, but the record says how the run was configured
             info0["dp"] = dp_record(cfg, len(y))
         return DistillResult(x_init, y_init, 0.0, init_idx, info0)
+    if features:  # DP feature means (rcig/dpdistill.py): one release, then post-processing
+        t_start = time.perf_counter()
+        try:
+            x_out, finfo = dpdistill.run(
+                cfg,
+                x_model,
+                y,
+                num_classes,
+                x_init,
+                checkpoint_dir=checkpoint_dir,
+                resume=resume,
+                on_log=on_log,
+                progress=progress,
+                on_state=on_state,
+                enter=enter,
+            )
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted; checkpoint written, continue with --resume") from None
+        finfo["first_step_seconds"] = None
+        finfo["distill_seconds"] = time.perf_counter() - t_start
+        return DistillResult(x_out, y_init, 0.0, init_idx, finfo)
 
     enter("setting up the model")
     res = resolve(cfg, tuple(x_model.shape[1:]), num_classes)

@@ -177,6 +177,7 @@ def distill_run(
                 "tuning_seconds": result.info.get("tuning", {}).get("seconds"),
                 "first_step_seconds": result.info.get("first_step_seconds"),
                 "loop_seconds": result.info.get("loop_seconds"),
+                "release_seconds": result.info.get("release_seconds"),  # DP feature means
             },
             "tuning": result.info.get("tuning", {}),
             "engine": {

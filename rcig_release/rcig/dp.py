@@ -226,10 +226,15 @@ def add_noise(
     noise_std = σC, normaliser = qN (fixed). Parts in sorted key order."""
     out = {}
     for k in sorted(sums):
-        s = np.asarray(sums[k], np.float64)
-        noised = (s + noise_std * rng.standard_normal(s.shape, dtype=np.float64)) / normaliser
-        out[k] = noised.astype(np.float32)
+        out[k] = (noised(sums[k], noise_std, rng) / normaliser).astype(np.float32)
     return out
+
+
+def noised(s: Any, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """s + N(0, noise_std²I) in float64: the one Gaussian sampler of every DP release here
+    (DP-RCIG's steps through ``add_noise``, DP feature means' single release, rcig/dpstat.py)."""
+    s = np.asarray(s, np.float64)
+    return s + noise_std * rng.standard_normal(s.shape, dtype=np.float64)
 
 
 def sampler_residual(dim: int, steps: int, epsilon: float) -> float:
@@ -379,7 +384,11 @@ class DPStep:
 
 def randomness(cfg: DistillConfig) -> dict[str, Any]:
     """run.json's ``randomness``: what the seed drives (public), and for a DP run what comes from
-    OS entropy (secret, recorded nowhere)."""
+    OS entropy (secret, recorded nowhere). DP feature means: ``dpstat.randomness``."""
+    if cfg.dp and cfg.dp_mechanism == "features":
+        from rcig_release.rcig import dpstat
+
+        return dpstat.randomness(cfg)
     init = (
         "the noise initialisation of the distilled images"
         if cfg.init == "noise"

@@ -362,6 +362,16 @@ def dp_rows(dp: Mapping, audit: Mapping) -> list[list[str]]:
         ["target ε", _g(dp["target_epsilon"])],
         ["preprocessing", str(dp["preprocessing"])],
     ]
+    if dp.get("dp_mechanism") == "features":  # DP feature means (rcig/dpstat.py, docs/dp.md)
+        rows.insert(
+            5,
+            [
+                "release",
+                f"one Gaussian release of a {_g(dp['released_shape'][0])} × "
+                f"{_g(dp['released_shape'][1])} statistic ({_g(dp['networks'])} random ConvNets), "
+                "every training image used once: no sampling, no composition",
+            ],
+        )
     a = audit.get("dp") if isinstance(audit.get("dp"), Mapping) else {}
     if a:
         rows.append(

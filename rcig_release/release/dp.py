@@ -1,7 +1,9 @@
-"""The differential-privacy statement of a DP-RCIG run, as audit, release and verify read it.
+"""The differential-privacy statement of a DP run, as audit, release and verify read it.
 
-A DP run's run.json holds a ``dp`` object with exactly the keys of ``DP_KEYS`` (issue #13); a run
-without DP has no ``dp`` key. This module:
+A DP run's run.json holds a ``dp`` object with exactly the keys of ``DP_KEYS`` (issue #13; a
+DP-feature-means run, ``dp_mechanism`` "features", also ``FEATURES_KEYS`` and reads the shared
+keys as one release: sampling "none", rate 1, one step); a run without DP has no ``dp`` key.
+This module:
 
 - ``validate_dp``: every key present, of the right type and range, and the fixed-vocabulary keys
   (sampling, neighbouring relation, unit of privacy, accountant) equal to what this tool can
@@ -48,6 +50,23 @@ DP_KEYS = (
 )
 # The vocabulary this tool can recompute and state; another value is refused, not re-described.
 FIXED = GUARANTEE
+# DP feature means (``--dp-mechanism features``, rcig/dpstat.py): the same keys read as one
+# release of a sum over every training image (sampling "none", rate 1, one step, batch N), plus
+# the mechanism's own. A record carries "dp_mechanism" only for this mechanism.
+FEATURES = "features"
+FEATURES_KEYS = ("dp_mechanism", "networks", "count_weight", "released_shape")
+FEATURES_FIXED = {**GUARANTEE, "sampling": "none"}
+
+
+def is_features(dp: Any) -> bool:
+    return isinstance(dp, Mapping) and dp.get("dp_mechanism") == FEATURES
+
+
+def keys_of(dp: Any) -> tuple[str, ...]:
+    """The exact key set of ``dp``'s mechanism."""
+    return DP_KEYS + FEATURES_KEYS if is_features(dp) else DP_KEYS
+
+
 NEIGHBOURING_TEXT = {"add_remove_one": "add or remove one training image"}
 # Recorded ε against the recomputation: the PLD accountant is deterministic for given inputs and
 # version, so only float formatting separates them.
@@ -76,18 +95,22 @@ def validate_dp(dp: Any, where: str = "run.json dp") -> dict:
     """``dp`` checked (exact keys, types, ranges, fixed vocabulary) and returned as a plain dict."""
     if not isinstance(dp, Mapping):
         raise InputError(f"{where} must be an object")
-    missing = [k for k in DP_KEYS if k not in dp]
+    keys = keys_of(dp)
+    missing = [k for k in keys if k not in dp]
     if missing:
         raise InputError(f"{where}: missing key {missing[0]}")
-    extra = sorted(str(k) for k in dp if k not in DP_KEYS)
+    extra = sorted(str(k) for k in dp if k not in keys)
     if extra:
         raise InputError(f"{where}: unknown key {extra[0]}")
     for key in ("epsilon", "target_epsilon", "noise_multiplier", "clip_norm"):
         if not (_real(dp[key]) and dp[key] > 0):
             raise InputError(f"{where}: {key} must be a finite number > 0")
-    for key in ("delta", "sampling_rate"):
+    features = is_features(dp)
+    for key in ("delta",) if features else ("delta", "sampling_rate"):
         if not (_real(dp[key]) and 0 < dp[key] < 1):
             raise InputError(f"{where}: {key} must be a number in (0, 1)")
+    if features:
+        _validate_features(dp, where)
     for key in ("steps", "max_batch_size"):
         if not (_count(dp[key]) and dp[key] >= 1):
             raise InputError(f"{where}: {key} must be an integer >= 1")
@@ -96,20 +119,45 @@ def validate_dp(dp: Any, where: str = "run.json dp") -> dict:
     for key in ("mechanism", "accountant_version", "preprocessing", *FIXED):
         if not isinstance(dp[key], str) or not dp[key].strip():
             raise InputError(f"{where}: {key} must be a non-empty string")
-    for key, want in FIXED.items():
+    for key, want in (FEATURES_FIXED if features else FIXED).items():
         if dp[key] != want:
             raise InputError(f"{where}: {key} must be {want!r} (the only one this tool can check)")
     return dict(dp)
 
 
+def _validate_features(dp: Mapping, where: str) -> None:
+    """The one-release reading of the shared keys, and the mechanism's own keys."""
+    if not (dp["sampling_rate"] == 1 and _real(dp["sampling_rate"]) and dp["steps"] == 1):
+        raise InputError(f"{where}: a features release has sampling_rate 1 and steps 1")
+    if dp["max_batch_size"] != dp["expected_batch_size"]:
+        raise InputError(f"{where}: a features release has max_batch_size = expected_batch_size")
+    if not (_count(dp["networks"]) and dp["networks"] >= 1):
+        raise InputError(f"{where}: networks must be an integer >= 1")
+    if not (_real(dp["count_weight"]) and 0 < dp["count_weight"] < 1):
+        raise InputError(f"{where}: count_weight must be a number in (0, 1)")
+    shape = dp["released_shape"]
+    if not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 2
+        and all(_count(v) and v >= 1 for v in shape)
+    ):
+        raise InputError(f"{where}: released_shape must be two integers >= 1")
+
+
 def check_epsilon(dp: Mapping, where: str = "run.json dp") -> str | None:
-    """None when the recorded ε is the accountant's ε for the recorded σ, q, steps, δ; else why not."""
-    eps = epsilon_for(
-        float(dp["noise_multiplier"]),
-        float(dp["delta"]),
-        float(dp["sampling_rate"]),
-        int(dp["steps"]),
-    )
+    """None when the recorded ε is the accountant's ε for the recorded σ, q, steps, δ (features:
+    one Gaussian release of noise multiplier σ at δ); else why not."""
+    if is_features(dp):
+        from rcig_release.rcig import dpstat
+
+        eps = dpstat.epsilon_for(float(dp["noise_multiplier"]), float(dp["delta"]))
+    else:
+        eps = epsilon_for(
+            float(dp["noise_multiplier"]),
+            float(dp["delta"]),
+            float(dp["sampling_rate"]),
+            int(dp["steps"]),
+        )
     if not math.isclose(float(dp["epsilon"]), eps, rel_tol=EPS_RTOL, abs_tol=0.0):
         version = ""
         if dp.get("accountant_version") != accountant_version():
@@ -179,7 +227,7 @@ def audit_consistency(run_dp: Mapping | None, audit: Mapping) -> tuple[str | Non
 def guarantee(dp: Mapping) -> dict:
     """The guarantee as the bundle states it (provenance, verdict, croissant): the run's statement
     in a fixed key order."""
-    return {k: dp[k] for k in DP_KEYS}
+    return {k: dp[k] for k in keys_of(dp)}
 
 
 def audit_check(audit_dp: Mapping | None) -> dict | None:
@@ -201,6 +249,17 @@ def audit_check(audit_dp: Mapping | None) -> dict | None:
 
 def statement(dp: Mapping) -> str:
     """One plain sentence of the guarantee (card, croissant); numbers via ``%g``-style formatting."""
+    if is_features(dp):
+        rows, cols = dp["released_shape"]
+        return (
+            f"({_g(dp['epsilon'])}, {_g(dp['delta'])})-differentially private with respect to "
+            f"{NEIGHBOURING_TEXT.get(dp['neighbouring'], dp['neighbouring'])} (unit of privacy: "
+            f"{dp['unit']}), by the {dp['mechanism']} mechanism: one Gaussian release of a "
+            f"{rows} × {cols} statistic with noise multiplier {_g(dp['noise_multiplier'])} and "
+            f"clip norm {_g(dp['clip_norm'])}, every training image used once (no sampling, no "
+            f"composition); ε from the {dp['accountant']} accountant (dp-accounting "
+            f"{dp['accountant_version']})"
+        )
     return (
         f"({_g(dp['epsilon'])}, {_g(dp['delta'])})-differentially private with respect to "
         f"{NEIGHBOURING_TEXT.get(dp['neighbouring'], dp['neighbouring'])} (unit of privacy: "

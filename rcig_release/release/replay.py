@@ -19,7 +19,9 @@ pipeline"):
   it cannot be re-run. The run's last checkpoint must pass ``checkpoint.verify_chain`` (the state
   file has the sha256 its meta records; the meta's chain of earlier states ends with it), be at
   run.json's step count with run.json's configuration, and its EMA images and labels, mapped to
-  pixels with the fixed DP preprocessing, must be ``distilled.npz``'s arrays bit for bit. This
+  pixels with the fixed DP preprocessing, must be ``distilled.npz``'s arrays bit for bit (a DP
+  feature-means run, ``--dp-mechanism features``: its images after the last step, with the fixed
+  labels one-hot − 1/C and temperature 1 that run never changes). This
   binds the released bytes to the state the run's distillation saved last; it cannot show that
   the state came from the mechanism (a custodian who forges a consistent state file is not
   caught: only the secret noise could show that, and it is not kept).
@@ -205,12 +207,19 @@ def check_chain(
             f"--replay: the run's last checkpoint is at step {meta.get('step')}, run.json's "
             f"configuration runs {cfg.steps} steps"
         )
+    classes = arrays.get("classes")
     try:
         state = serialization.msgpack_restore(data)
-        ema, step = state["psi_ema"], int(np.asarray(state["step"]))
-        images_model = np.asarray(ema["x"], np.float32)
-        labels = np.asarray(ema["y"], np.float32)
-        log_temp = float(np.asarray(ema["log_temp"]))
+        step = int(np.asarray(state["step"]))
+        if cfg.dp_mechanism == "features":  # rcig/dpdistill.py: the images after the last step
+            images_model = np.asarray(state["x"], np.float32)
+            labels = _fixed_labels(0 if classes is None else len(classes), cfg.ipc)
+            log_temp = 0.0  # DistillResult of a features run: labels and temperature fixed
+        else:
+            ema = state["psi_ema"]
+            images_model = np.asarray(ema["x"], np.float32)
+            labels = np.asarray(ema["y"], np.float32)
+            log_temp = float(np.asarray(ema["log_temp"]))
     except (KeyError, TypeError, ValueError):
         raise InputError(
             "--replay: the run's last checkpoint state is not a distillation state"
@@ -220,7 +229,6 @@ def check_chain(
     if images_model.ndim != 4:
         raise InputError("--replay: the checkpoint's EMA images are not [N,H,W,C]")
     prep = fixed_preprocessor(images_model.shape[-1])
-    classes = arrays.get("classes")
     want = rundir.distilled_arrays(
         images=np.clip(prep.inverse(images_model), 0.0, 1.0),
         labels=labels,
@@ -232,6 +240,13 @@ def check_chain(
     )
     compare(arrays, want, "the run's last checkpoint (mapped to pixels)")
     return BindingResult(CHAIN, tuple(sorted(want)))
+
+
+def _fixed_labels(num_classes: int, ipc: int) -> np.ndarray:
+    """The labels of a DP-feature-means run: one-hot − 1/C class by class, never optimised
+    (``distill.initial_set``)."""
+    eye = np.eye(num_classes, dtype=np.float32) - 1.0 / max(num_classes, 1)
+    return eye[np.repeat(np.arange(num_classes), ipc)]
 
 
 def check(
