@@ -53,9 +53,10 @@ def _memorisation_table(safety) -> Table:
         "p nearest",
         "d nearest",
         "flags below",
-        "p init",
-        "d init",
-        "flags below",
+        "gap",
+        "lowpass",
+        "blend",
+        "init rank / class",
     ):
         table.add_column(col, overflow="fold")
     for im in m.images:
@@ -69,9 +70,10 @@ def _memorisation_table(safety) -> Table:
                         _g(im.p_nearest),
                         _g(im.d_nearest),
                         _g(im.d_flag_nearest),
-                        _g(im.p_init),
-                        _g(im.d_init),
-                        _g(im.d_flag_init),
+                        _g(im.stats["gap"]),
+                        _g(im.stats["lowpass"]),
+                        _g(im.stats["blend"]),
+                        "n/a" if im.init_rank is None else f"{im.init_rank} / {im.init_class_size}",
                     )
                 )
             )

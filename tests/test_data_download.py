@@ -166,8 +166,10 @@ def test_corrupt_cached_file_is_fetched_again(server, tmp_path, monkeypatch):
 def test_unreachable_or_missing_files(server, tmp_path, monkeypatch):
     base, www, _ = server
     _write_mnist_like(www, monkeypatch)
-    with pytest.raises(InputError, match="could not get train-images-idx3-ubyte.gz"):
+    with pytest.raises(InputError, match="could not get train-images-idx3-ubyte.gz") as e:
         load_dataset("mnist", cache_dir=tmp_path / "c1", base_url=_closed_port_url())
+    # offline, the one line says where the file must go and how to point at a mirror
+    assert str(tmp_path / "c1" / "mnist") in str(e.value) and "RCIG_RELEASE_MIRROR" in str(e.value)
     (www / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(InputError, match="could not get t10k-labels-idx1-ubyte.gz"):
         load_dataset("mnist", cache_dir=tmp_path / "c2", base_url=base)

@@ -52,7 +52,8 @@ def tree(root: Path) -> set[str]:
 def bundle(tmp_path_factory):
     """One release of a run whose class names, --name and --override are all hostile (1 ipc)."""
     tmp = tmp_path_factory.mktemp("hostile")
-    data = private_data(n=1200, n_test=300)  # the memorisation check resolves 0.05/(2 x 25 images)
+    # the memorisation check resolves 0.05 / 25 images; one label per class of the run
+    data = private_data(n=1200, n_test=300, n_classes=len(CLASSES))
     run = fake_run(tmp / "run", data=data, ipc=1, classes=CLASSES)
     out = tmp / "bundle"
     release(

@@ -143,7 +143,8 @@ def ensure_files(
         else:
             raise InputError(
                 f"{dataset}: could not get {spec.name} (not in the cache {root}; "
-                f"tried {'; '.join(errors)})"
+                f"tried {'; '.join(errors)}); offline: copy the file into {root}, or set "
+                f"{MIRROR_ENV} to a folder URL or local http server that serves it (docs/data.md)"
             )
         paths[spec.name] = dest
     return paths

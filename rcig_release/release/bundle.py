@@ -36,6 +36,7 @@ from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
 from rcig_release.release.escape import check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
+from rcig_release.release.initset import verified_init_indices
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import find_leaks, redact
@@ -631,11 +632,20 @@ def release(
     # The memorisation check: from the run's data and the images about to be published, never from
     # audit.json; neither --override nor any policy key bypasses it.
     private = load_private_splits(inp.run_json, data=data, loader=load_private)
+    init = verified_init_indices(  # the recorded init set must be the one the config draws
+        inp.run_json,
+        inp.init_indices,
+        private.x_train,
+        private.y_train,
+        len(inp.classes),
+        len(inp.images),
+    )
     safety = check_safety(
         inp.images,
         private.x_train,
         private.x_test,
-        inp.init_indices,
+        init,
+        train_labels=private.y_train,
         allowed=policy.allow_near_copies_in_bundle,
     )
     del private

@@ -200,13 +200,7 @@ def check_safety(
         )
     if result.allowed != policy.allow_near_copies_in_bundle:
         problems.append(f"{VERDICT}: safety.allowed_by_policy differs from the bundled policy")
-    if (
-        abs(
-            result.memorisation.level
-            - result.memorisation.alpha / max(1, result.memorisation.n_tests)
-        )
-        > 1e-12
-    ):
+    if not result.memorisation.levels_consistent():
         problems.append(f"{VERDICT}: safety level is not alpha / tests")
     if (
         m.get("flagged") != result.flagged

@@ -623,6 +623,7 @@ random real training images) and on a network trained on all the private trainin
 Copy check: {md(fmt(cc.get("near_copies")))} released image(s) are near copies of a private training
 record (threshold {md(fmt(cc.get("threshold"), 4))}). Release safety check, recomputed from the private
 splits ({md(s.safety.metric)} distance): {md(s.safety.describe())}.
+{md(s.safety.coverage())}
 
 What the audit does not cover: attacks stronger than those listed (white-box access to the
 distillation, more shadow models, other signals), leakage about groups or attributes rather than
@@ -754,6 +755,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"<p>Near copies flagged by the audit: {e(fmt(cc.get('near_copies')))} (threshold "
         f"{e(fmt(cc.get('threshold'), 4))}). Release safety check, recomputed from the private splits "
         f"({e(s.safety.metric)} distance): {e(s.safety.describe())}.</p>",
+        f"<p>{e(s.safety.coverage())}</p>",
         _img(copy_plot, "copy-check distances"),
         _h_table(
             ["image", "nearest train distance", "nearest held-out distance", "ratio", "near copy"],

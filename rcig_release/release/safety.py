@@ -1,5 +1,6 @@
 """The release safety check: the memorisation check (``memorisation.py``), recomputed at release
-time from the run's data and the images about to be published.
+time from the run's data and the images about to be published, with the init set checked against
+the one the run's configuration draws (``initset.py``).
 
 It never reads ``audit.json``: editing the audit cannot change its outcome. It is separate from the
 policy (it needs the private splits, which the policy evaluation never sees), and neither
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from rcig_release.errors import InputError
-from rcig_release.release.memorisation import MemorisationResult, memorisation_check
+from rcig_release.release.memorisation import CheckConfig, MemorisationResult, memorisation_check
 
 METRIC = "rms_pixel"
 
@@ -69,6 +70,10 @@ class SafetyResult:
             f"{self.within_threshold} near copies (nearest training distance <= {self.threshold:.4f})"
         )
 
+    def coverage(self) -> str:
+        """What a pass covers and what it does not (one paragraph, from the configuration)."""
+        return self.memorisation.coverage()
+
     def to_json(self) -> dict:
         """The bundle's copy: counts, p-values and distances only (no training indices)."""
         return {
@@ -106,11 +111,17 @@ def check_safety(
     heldout: np.ndarray,
     init_indices: np.ndarray | None = None,
     *,
+    train_labels: np.ndarray | None = None,
     allowed: bool = False,
+    config: CheckConfig | None = None,
 ) -> SafetyResult:
-    """The memorisation check of ``images`` (as published) against the run's splits."""
+    """The memorisation check of ``images`` (as published) against the run's splits
+    (``train_labels``: needed when images have init records)."""
     return SafetyResult(
-        memorisation=memorisation_check(images, train, heldout, init_indices), allowed=allowed
+        memorisation=memorisation_check(
+            images, train, heldout, init_indices, train_labels=train_labels, config=config
+        ),
+        allowed=allowed,
     )
 
 
@@ -129,6 +140,7 @@ def default_loader(source: str, seed: int) -> Any:
 class PrivateSplits:
     x_train: np.ndarray  # float32 [N,H,W,C] in [0, 1]
     x_test: np.ndarray  # the held-out split, same layout
+    y_train: np.ndarray | None = None  # int64 [N] labels (the init test and the init set need them)
 
 
 def load_private_splits(
@@ -156,9 +168,11 @@ def load_private_splits(
     x_test = getattr(dataset, "x_test", None)
     if x_test is None or len(x_test) == 0:
         raise InputError("the run's data has no held-out split: the memorisation check needs one")
+    y_train = getattr(dataset, "y_train", None)
     return PrivateSplits(
         x_train=np.asarray(dataset.x_train, dtype=np.float32),
         x_test=np.asarray(x_test, dtype=np.float32),
+        y_train=None if y_train is None else np.asarray(y_train, dtype=np.int64),
     )
 
 

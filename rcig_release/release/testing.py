@@ -21,6 +21,7 @@ from rcig_release.release.safety import nearest_distances
 
 CLASSES = ("zero", "one", "two")
 FINGERPRINT = "sha256:" + "ab" * 32
+RUN_SEED = 3  # run.json config.seed of the synthetic runs
 
 
 def metrics(
@@ -47,13 +48,29 @@ ATTACKS = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 
 
 def private_data(
-    n: int = 200, shape=(8, 8, 1), seed: int = 0, n_test: int = 100
+    n: int = 200, shape=(8, 8, 1), seed: int = 0, n_test: int = 100, n_classes: int = 3
 ) -> types.SimpleNamespace:
     """A uniform-noise "private" data set: ``x_train`` [n], ``x_test`` [n_test] (the held-out split
-    the memorisation check measures its null on; enough images to resolve it for a few images)."""
+    the memorisation check measures its null on; enough images to resolve it for a few images),
+    labels ``y_train``/``y_test`` cycling through ``n_classes`` (the run's classes)."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 1, size=(n + n_test, *shape)).astype(np.float32)
-    return types.SimpleNamespace(x_train=x[:n], x_test=x[n:], fingerprint=FINGERPRINT)
+    return types.SimpleNamespace(
+        x_train=x[:n],
+        x_test=x[n:],
+        y_train=np.arange(n, dtype=np.int64) % n_classes,
+        y_test=np.arange(n_test, dtype=np.int64) % n_classes,
+        fingerprint=FINGERPRINT,
+    )
+
+
+def drawn_init(data: types.SimpleNamespace, ipc: int, n_classes: int, seed: int) -> np.ndarray:
+    """The init indices ``distill`` draws for a real-init run of this data (``initial_set``)."""
+    from rcig_release.config import DistillConfig
+    from rcig_release.distill import initial_set
+
+    cfg = DistillConfig(ipc=ipc, init="real", seed=seed)
+    return initial_set(cfg, data.x_train, data.y_train, n_classes)[2]
 
 
 def loader_for(data: types.SimpleNamespace):
@@ -286,8 +303,8 @@ def fake_run(
     (run / "audit").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     n, c = ipc * len(classes), len(classes)
-    if leak:
-        init = rng.choice(len(data.x_train), size=n, replace=False)
+    if leak:  # the init records distill draws for this config (run.json below)
+        init = drawn_init(data, ipc, c, RUN_SEED)
         images = data.x_train[init].copy()
     else:
         init = np.full(n, -1)
@@ -314,7 +331,7 @@ def fake_run(
             "ipc": ipc,
             "steps": 0 if leak else 200,
             "init": "real" if leak else "noise",
-            "seed": 3,
+            "seed": RUN_SEED,
         },
         "data": {
             "source": str(Path(root).resolve() / "private" / "secret.npz"),
