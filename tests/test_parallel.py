@@ -6,7 +6,8 @@ subprocess because XLA reads it once at start-up) and two processes joined with
 contributions are summed in another order, so the distilled set may differ in the last bits:
 ``atol = 1e-6`` on images and labels in model space after 6 steps (measured: ≤ 6e-8, 1 ulp of
 the images' scale), 2e-5 after 60 steps (measured: 2.3e-6). The check separates: one device run on half the batch (what a device that
-did not add its partner's share would compute) differs by > 1e-3.
+did not add its partner's share would compute) differs by > 1e-4 (measured: 1.4e-2 on the
+images, 9e-4 on the labels).
 """
 
 import json
@@ -52,7 +53,7 @@ def test_two_devices_give_the_one_device_distilled_set(tmp_path):
     for key in ("x", "y"):
         one, two, half = (np.asarray(res[n][key]) for n in ("one", "two", "half_batch"))
         np.testing.assert_allclose(two, one, rtol=0, atol=ATOL, err_msg=key)
-        assert np.abs(half - one).max() > 1e3 * ATOL, key  # the tolerance separates
+        assert np.abs(half - one).max() > 1e2 * ATOL, key  # the tolerance separates
     assert abs(res["two"]["t"] - res["one"]["t"]) <= ATOL
     for key in ("x", "y"):  # the memory path (rcig/memory.py) on two devices
         one, two = (np.asarray(res[n][key]) for n in ("mem_one", "mem_two"))

@@ -1,0 +1,179 @@
+"""The audit's executors side by side: `--executor local` against `--executor ray` on a local Ray
+cluster, and on a two-node Ray cluster on this machine with one node killed mid-audit.
+
+    python benchmarks/bench_ray_audit.py --out /work/bench/scaleout/ray-audit \\
+        --distill-steps 30 --shadows 16 --train-steps 300 --parts local ray twonode
+
+One distillation of the built-in digits (``--distill-steps``), copied into one run directory per
+part, then ``rcig-release audit RUN --shadows K`` per part (the same audit settings), timed:
+
+* ``local``: the pipelines one after the other in the audit's process;
+* ``ray``: ``--executor ray`` (the audit starts a local Ray cluster with every core);
+* ``twonode``: ``ray start --head`` and ``ray start --address`` (two raylets on 127.0.0.1, one
+  CPU each), ``--executor ray --ray-address``; once ``--kill-after`` release shadows are done,
+  the second node's raylet is killed with SIGKILL; the audit must finish (Ray re-runs that
+  node's tasks on the head node);
+* ``resume``: ``--executor ray``, the audit's own process killed with SIGKILL once
+  ``--kill-after`` release shadows are done, then ``--resume``.
+
+Each audit.json is compared with the local one, timings aside (they name the executor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "rcig_release.cli"]
+
+
+def _strip(obj):
+    if isinstance(obj, dict):
+        return {
+            k: _strip(v) for k, v in obj.items() if k not in ("timings",) and "seconds" not in k
+        }
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def _diff(a, b, path=""):
+    """Paths where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in _diff(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [path]
+
+
+def _done(run: Path, sub: str = "shadows") -> int:
+    d = run / "audit" / sub
+    return len(list(d.glob("*.npz"))) if d.is_dir() else 0
+
+
+def _raylets() -> set[int]:
+    pids = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if cmd.endswith(b"/raylet"):
+                pids.add(int(p))
+    return pids
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--distill-steps", type=int, default=30)
+    ap.add_argument("--shadows", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--kill-after", type=int, default=4)
+    ap.add_argument("--port", type=int, default=6391)
+    ap.add_argument("--parts", nargs="+", default=["local", "ray", "twonode", "resume"])
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    base = a.out / "digits-run"
+    if not (base / "distilled.npz").is_file():
+        subprocess.run(
+            [*CLI, "distill", "--data", "digits", "--out", base, "--steps", str(a.distill_steps),
+             "--quiet", "--force"],
+            check=True,
+        )  # fmt: skip
+    audit = ["--shadows", str(a.shadows), "--train-steps", str(a.train_steps), "--quiet", "--json"]
+    rows = {}
+    for part in a.parts:
+        run = a.out / part / "digits"
+        if run.exists():
+            shutil.rmtree(run)
+        shutil.copytree(base, run, ignore=shutil.ignore_patterns("audit", "checkpoints"))
+        t0 = time.perf_counter()
+        info: dict = {}
+        if part == "local":
+            subprocess.run([*CLI, "audit", run, *audit], check=True, stdout=subprocess.DEVNULL)
+        elif part == "ray":
+            subprocess.run(
+                [*CLI, "audit", run, *audit, "--executor", "ray"], check=True,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+        elif part == "twonode":
+            addr = f"127.0.0.1:{a.port}"
+            ray_bin = str(Path(sys.executable).with_name("ray"))
+            subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+            subprocess.run(
+                [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                 str(a.port), "--num-cpus", "1", "--include-dashboard", "false"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            head = _raylets()
+            subprocess.run(
+                [ray_bin, "start", "--address", addr, "--node-ip-address", "127.0.0.1",
+                 "--num-cpus", "1"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            second = _raylets() - head
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(
+                [*CLI, "audit", run, *audit, "--executor", "ray", "--ray-address", addr],
+                stdout=subprocess.DEVNULL,
+            )
+            while proc.poll() is None and _done(run) < a.kill_after:
+                time.sleep(0.5)
+            info["killed_node_after_shadows"] = _done(run)
+            info["killed_at_s"] = time.perf_counter() - t0
+            for pid in second:
+                os.kill(pid, signal.SIGKILL)
+            info["killed_raylets"] = len(second)
+            proc.wait()
+            subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"twonode audit failed: rc {proc.returncode}")
+        elif part == "resume":
+            proc = subprocess.Popen(
+                [*CLI, "audit", run, *audit, "--executor", "ray"], stdout=subprocess.DEVNULL
+            )
+            while proc.poll() is None and _done(run) < a.kill_after:
+                time.sleep(0.5)
+            info["killed_driver_after_shadows"] = _done(run)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            time.sleep(5)
+            subprocess.run(
+                [*CLI, "audit", run, *audit, "--executor", "ray", "--resume"], check=True,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+        info["wall_s"] = time.perf_counter() - t0
+        result = json.loads((run / "audit" / "audit.json").read_text())
+        info["timings"] = result["timings"]
+        rows[part] = info
+        print(json.dumps({part: info}), flush=True)
+    ref = json.loads((a.out / "local" / "digits" / "audit" / "audit.json").read_text())
+    print(f"\n{'part':>8} {'wall s':>8} {'shadows s':>9}  audit.json against local (timings aside)")
+    for part, info in rows.items():
+        got = json.loads((a.out / part / "digits" / "audit" / "audit.json").read_text())
+        d = _diff(_strip(ref), _strip(got))
+        same = "identical" if not d else f"{len(d)} differing: {', '.join(d[:4])}"
+        print(f"{part:>8} {info['wall_s']:>8.1f} {info['timings'].get('shadows', 0):>9.1f}  {same}")
+        extra = {k: v for k, v in info.items() if k.startswith("killed")}
+        if extra:
+            print(f"{'':>8} {extra}")
+
+
+if __name__ == "__main__":
+    main()
