@@ -65,17 +65,30 @@ def _done(run: Path, sub: str = "shadows") -> int:
     return len(list(d.glob("*.npz"))) if d.is_dir() else 0
 
 
-def _raylets() -> set[int]:
+def _ray_processes(raylets_only: bool = False) -> set[int]:
+    """Processes of this environment's Ray (their command line names its installation)."""
+    import ray
+
+    root = str(Path(ray.__file__).parent).encode()
     pids = set()
     for p in os.listdir("/proc"):
-        if p.isdigit():
+        if p.isdigit() and int(p) != os.getpid():
             try:
-                cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes()
             except OSError:
                 continue
-            if cmd.endswith(b"/raylet"):
+            first = cmd.split(b"\0")[0]
+            if root in cmd and (not raylets_only or first.endswith(b"/raylet")):
                 pids.add(int(p))
     return pids
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def main() -> None:
@@ -105,6 +118,7 @@ def main() -> None:
         shutil.copytree(base, run, ignore=shutil.ignore_patterns("audit", "checkpoints"))
         t0 = time.perf_counter()
         info: dict = {}
+        before = _ray_processes()
         if part == "local":
             subprocess.run([*CLI, "audit", run, *audit], check=True, stdout=subprocess.DEVNULL)
         elif part == "ray":
@@ -113,25 +127,32 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
         elif part == "twonode":
-            addr = f"127.0.0.1:{a.port}"
+            import re
+
             ray_bin = str(Path(sys.executable).with_name("ray"))
-            subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
-            subprocess.run(
-                [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
-                 str(a.port), "--num-cpus", "1", "--include-dashboard", "false"],
-                check=True, capture_output=True,
+            # a throw-away cluster on this machine: Ray's token authentication off (the two
+            # raylets did not agree on a token here); a real cluster keeps it on
+            env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+            ours = _ray_processes()
+            h = subprocess.run(
+                [ray_bin, "start", "--head", "--port", str(a.port), "--num-cpus", "1",
+                 "--include-dashboard", "false", "--disable-usage-stats"],
+                check=True, capture_output=True, text=True, env=env,
             )  # fmt: skip
-            head = _raylets()
+            m = re.search(r"ray start --address='([^']+)'", h.stdout + h.stderr)
+            assert m, "no head address"
+            addr = m.group(1)
+            head = _ray_processes(raylets_only=True)
             subprocess.run(
-                [ray_bin, "start", "--address", addr, "--node-ip-address", "127.0.0.1",
-                 "--num-cpus", "1"],
-                check=True, capture_output=True,
+                [ray_bin, "start", "--address", addr, "--num-cpus", "1", "--disable-usage-stats"],
+                check=True, capture_output=True, env=env,
             )  # fmt: skip
-            second = _raylets() - head
+            second = _ray_processes(raylets_only=True) - head
             t0 = time.perf_counter()
             proc = subprocess.Popen(
                 [*CLI, "audit", run, *audit, "--executor", "ray", "--ray-address", addr],
                 stdout=subprocess.DEVNULL,
+                env=env,
             )
             while proc.poll() is None and _done(run) < a.kill_after:
                 time.sleep(0.5)
@@ -141,7 +162,7 @@ def main() -> None:
                 os.kill(pid, signal.SIGKILL)
             info["killed_raylets"] = len(second)
             proc.wait()
-            subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+            _kill(_ray_processes() - ours)  # this cluster's processes, by id
             if proc.returncode != 0:
                 raise SystemExit(f"twonode audit failed: rc {proc.returncode}")
         elif part == "resume":
@@ -159,6 +180,9 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
         info["wall_s"] = time.perf_counter() - t0
+        left = _ray_processes() - before  # e.g. a killed driver's local cluster
+        info["ray_processes_left"] = len(left)
+        _kill(left)
         result = json.loads((run / "audit" / "audit.json").read_text())
         info["timings"] = result["timings"]
         rows[part] = info
