@@ -2,7 +2,8 @@
 cluster, and on a two-node Ray cluster on this machine with one node killed mid-audit.
 
     python benchmarks/bench_ray_audit.py --out /work/bench/scaleout/ray-audit \\
-        --distill-steps 30 --shadows 16 --train-steps 300 --parts local ray twonode
+        --distill-steps 30 --shadows 16 --train-steps 300 --baselines naive \\
+        --parts local ray twonode resume
 
 One distillation of the built-in digits (``--distill-steps``), copied into one run directory per
 part, then ``rcig-release audit RUN --shadows K`` per part (the same audit settings), timed:
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--shadows", type=int, default=16)
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--kill-after", type=int, default=4)
+    ap.add_argument("--baselines", default="naive,full_data")
     ap.add_argument("--port", type=int, default=6391)
     ap.add_argument("--parts", nargs="+", default=["local", "ray", "twonode", "resume"])
     a = ap.parse_args()
@@ -110,6 +112,7 @@ def main() -> None:
             check=True,
         )  # fmt: skip
     audit = ["--shadows", str(a.shadows), "--train-steps", str(a.train_steps), "--quiet", "--json"]
+    audit += ["--baselines", a.baselines]
     rows = {}
     for part in a.parts:
         run = a.out / part / "digits"
