@@ -42,6 +42,28 @@ def folds(n_shadows: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return [(even, odd), (odd, even)]
 
 
+def draw_keep(n_shadows: int, n_records: int, seed: int) -> np.ndarray:
+    """The game's coins, ``keep [K, N]``, as the audit draws them from its seed (``[seed, 2]``):
+    independent fair coins (``shadows.make_keep``). The release re-draws them from the recorded
+    seed and compares (``rcig_release.release.recompute``)."""
+    from rcig_release.audits.shadows import make_keep
+
+    return make_keep(n_shadows, n_records, np.random.default_rng([seed, 2]))
+
+
+def record_groups(
+    record_class: np.ndarray, init: np.ndarray, n_classes: int, *, with_all: bool = True
+) -> dict[str, np.ndarray]:
+    """The game's groups over its N records (members first, then non-members): ``all``, ``init``
+    (the records a real initialisation started from, when there are any) and ``class_<c>`` for
+    every class, in that order. ``record_class`` int [N], ``init`` bool [N]."""
+    record_class, init = np.asarray(record_class), np.asarray(init, bool)
+    g: dict[str, np.ndarray] = {f"class_{c}": record_class == c for c in range(n_classes)}
+    if init.any():
+        g = {"init": init, **g}
+    return {"all": np.ones(len(record_class), bool), **g} if with_all else g
+
+
 def play(
     names: tuple[str, ...],
     sl: np.ndarray,

@@ -116,7 +116,7 @@ def _load_or_make(
         return json.loads(rec_path.read_text(encoding="utf-8")), np.load(keep_path)
     rec = make_records()
     n = len(rec["members"]) + len(rec["nonmembers"])
-    keep = shadows.make_keep(cfg.shadows, n, np.random.default_rng([cfg.seed, 2]))
+    keep = game.draw_keep(cfg.shadows, n, cfg.seed)
     outputs.write_json(rec_path, rec)
     buf_path = keep_path
     import io
@@ -406,11 +406,9 @@ def _run_audit(
     classes_rec = y_q[:n_rec]
 
     def groups_for(init_idx: np.ndarray, *, game_groups: bool) -> dict[str, np.ndarray]:
-        g = {f"class_{c}": classes_rec == c for c in range(C)}
         ii = np.isin(mem, init_idx[init_idx >= 0])
-        if ii.any():
-            g = {"init": np.concatenate([ii, np.zeros(len(non), bool)]), **g}
-        return {"all": np.ones(n_rec, bool), **g} if game_groups else g
+        init = np.concatenate([ii, np.zeros(len(non), bool)])
+        return game.record_groups(classes_rec, init, C, with_all=game_groups)
 
     base_key = jax.random.key(cfg.seed)
     common = dict(
@@ -590,10 +588,12 @@ def _run_audit(
             "attack_seconds": info["attack_seconds"] + ginfo["attack_seconds"],
         }
         if name == "release":
-            np.savez_compressed(
+            # float64, the values the statistics were computed from: the release recomputes
+            # every statistic from this file (rcig_release.release.recompute); float32 rounding
+            # could tie scores the statistics saw as distinct
+            outputs.write_npz(
                 audit_dir / "game_scores.npz",
-                keep=keep,
-                **{k: v.astype(np.float32) for k, v in gsc.items()},  # type: ignore[arg-type]
+                {"keep": keep, **{k: np.asarray(v, np.float64) for k, v in gsc.items()}},
             )
             if run.run_json.get("dp") is not None:  # a DP run: empirical ε LB against the proven ε
                 dp_audit = dpcheck.dp_section(

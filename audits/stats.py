@@ -14,12 +14,37 @@ subset. Both tests below are exact (or asymptotically exact) under exactly that,
   is exact (ties are counted against the attack, which only makes it conservative).
 
 Power (used by the gate to decide whether a rule is decidable at the audit's sizes):
-``auc_power`` (normal approximation with the Hanley–McNeil variance under the alternative) and
-``tpr_power`` (k ~ Binomial(n_in, tpr) at the threshold, exact critical value under H0).
+
+- ``tpr_power``: the threshold is not fixed. It is the (j+1)-th highest of the n_out OUT scores,
+  so its true FPR U = P(OUT score > threshold) is the (j+1)-th smallest of n_out uniforms:
+  U ~ Beta(j+1, n_out − j), whatever the score distribution. Given U = u, each IN guess lies above
+  the threshold with probability R(u), R the attack's ROC curve, independently, so
+  k | u ~ Binomial(n_in, R(u)), and the power is E_U[P(Binomial(n_in, R(U)) ≥ k_crit)], k_crit the
+  exact critical value of the negative hypergeometric null. Computed by integrating over U (midpoint
+  rule on U's quantiles). The ROC model under the alternative (``roc``) is stated, because a TPR
+  at one FPR does not fix R elsewhere:
+
+  * ``"concave"`` (default, used by the gate): the least favourable *concave* ROC through the
+    policy's point (fpr, tpr): the chords from (0, 0) to (fpr, tpr) and from (fpr, tpr) to (1, 1),
+    i.e. R(u) = tpr·u/fpr below fpr. Every concave ROC through that point (every likelihood-ratio
+    attack, the binormal ROC included) lies on or above it, so the power is a lower bound for
+    them. (No bound holds over *all* ROCs: one with R(u) = 0 below fpr has power at most
+    P(U ≥ fpr) ≈ ½ at any size.)
+  * ``"binormal"``: the equal-variance binormal ROC through the point,
+    R(u) = Φ(Φ⁻¹(tpr) − Φ⁻¹(fpr) + Φ⁻¹(u)) (Gaussian IN and OUT scores, as LiRA models them).
+
+  The earlier formula took k ~ Binomial(n_in, tpr) at a fixed threshold (``tpr_power_fixed``,
+  kept for comparison): it ignores that the threshold's FPR is often below fpr, and overstated
+  the power (0.9993 against 0.75 simulated for TPR 0.02 at FPR 0.001 with 1,440 IN and 1,440 OUT
+  guesses; tests/test_audit_power.py).
+- ``auc_power``: normal approximation of the one-sided Mann–Whitney test with the Hanley–McNeil
+  variance under the alternative; checked against end-to-end simulation (binormal scores, and a
+  leak confined to a fraction of the IN guesses) in tests/test_audit_power.py.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -104,25 +129,108 @@ def tpr_critical(n_in: int, n_out: int, fpr: float, alpha: float) -> int | None:
     return k if k <= n_in else None
 
 
-def tpr_power(n_in: int, n_out: int, fpr: float, tpr: float, alpha: float) -> float:
-    """Probability that ``tpr_test`` rejects at level ``alpha`` when the attack's TPR at that FPR
-    is ``tpr`` (k ~ Binomial(n_in, tpr)). 0 when the FPR is not resolvable."""
+ROC_MODELS = ("concave", "binormal")
+#: quantile nodes of the threshold's FPR in ``tpr_power`` (midpoint rule; the integrand is bounded
+#: and smooth in the quantile, and 2,048 nodes agree with 16,384 to 1e-4 at the gate's sizes)
+_NODES = 2048
+
+
+def roc_curve_model(u: np.ndarray, fpr: float, tpr: float, roc: str = "concave") -> np.ndarray:
+    """TPR at FPR ``u`` of the ROC model ``roc`` through (fpr, tpr) (module docstring)."""
+    u = np.asarray(u, np.float64)
+    if roc == "concave":
+        below = tpr * u / fpr
+        above = tpr + (1.0 - tpr) * (u - fpr) / (1.0 - fpr)
+        return np.clip(np.where(u <= fpr, below, above), 0.0, 1.0)
+    if roc == "binormal":
+        shift = stats.norm.ppf(tpr) - stats.norm.ppf(fpr)
+        return stats.norm.cdf(shift + stats.norm.ppf(np.clip(u, 1e-300, 1.0)))
+    raise ValueError(f"roc must be one of {ROC_MODELS}, got {roc!r}")
+
+
+@functools.lru_cache(maxsize=4096)
+def tpr_power(
+    n_in: int, n_out: int, fpr: float, tpr: float, alpha: float, roc: str = "concave"
+) -> float:
+    """Probability that ``tpr_test`` rejects at level ``alpha`` when the attack's ROC is the model
+    ``roc`` through (fpr, tpr), integrated over the threshold's distribution (module docstring).
+    0 when the FPR is not resolvable or no k ≤ n_in reaches the level."""
+    if roc not in ROC_MODELS:
+        raise ValueError(f"roc must be one of {ROC_MODELS}, got {roc!r}")
+    if n_in == 0 or not resolvable(n_out, fpr):
+        return 0.0
+    kc = tpr_critical(n_in, n_out, fpr, alpha)
+    if kc is None:
+        return 0.0
+    j = int(math.floor(fpr * n_out + 1e-9))
+    q = (np.arange(_NODES) + 0.5) / _NODES
+    u = stats.beta.ppf(q, j + 1, n_out - j)  # the threshold's true FPR, at its quantiles
+    return float(np.mean(stats.binom.sf(kc - 1, n_in, roc_curve_model(u, fpr, tpr, roc))))
+
+
+def tpr_power_fixed(n_in: int, n_out: int, fpr: float, tpr: float, alpha: float) -> float:
+    """The earlier, overstated power: k ~ Binomial(n_in, tpr) as if the threshold's FPR were
+    exactly ``fpr``. For comparison only (tests, benchmarks); the gate uses ``tpr_power``."""
     if n_in == 0 or not resolvable(n_out, fpr):
         return 0.0
     kc = tpr_critical(n_in, n_out, fpr, alpha)
     return 0.0 if kc is None else float(stats.binom.sf(kc - 1, n_in, tpr))
 
 
-def auc_power(n_in: int, n_out: int, auc: float, alpha: float) -> float:
-    """Probability that the one-sided Mann–Whitney test rejects at level ``alpha`` when the true
-    AUC is ``auc`` (normal approximation; Hanley–McNeil variance under the alternative)."""
-    if n_in == 0 or n_out == 0:
-        return 0.0
-    se0 = math.sqrt((n_in + n_out + 1) / (12.0 * n_in * n_out))
-    crit = 0.5 + stats.norm.isf(alpha) * se0
+AUC_MODELS = ("both", "binormal", "fraction")
+
+
+def _auc_critical_u(n_in: int, n_out: int, alpha: float) -> float:
+    """The Mann–Whitney U at and above which ``auc_test`` rejects at ``alpha`` (scipy's
+    asymptotic test: normal null with continuity correction, no ties)."""
+    sd0 = math.sqrt(n_in * n_out * (n_in + n_out + 1) / 12.0)
+    return n_in * n_out / 2.0 + 0.5 + float(stats.norm.isf(alpha)) * sd0
+
+
+def _auc_power_binormal(n_in: int, n_out: int, auc: float, alpha: float) -> float:
+    """Normal approximation with the Hanley–McNeil variance under the alternative (their
+    exponential model; close to the binormal one)."""
+    crit = _auc_critical_u(n_in, n_out, alpha) / (n_in * n_out)
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
     var1 = (auc * (1 - auc) + (n_in - 1) * (q1 - auc * auc) + (n_out - 1) * (q2 - auc * auc)) / (
         n_in * n_out
     )
-    se1 = math.sqrt(max(var1, 1e-12))
-    return float(stats.norm.sf((crit - auc) / se1))
+    return float(stats.norm.sf((crit - auc) / math.sqrt(max(var1, 1e-12))))
+
+
+def _auc_power_fraction(n_in: int, n_out: int, auc: float, alpha: float) -> float:
+    """A leak confined to a fraction π = 2(AUC − ½) of the IN guesses, which rank above every OUT
+    guess; the others are exchangeable with the OUT guesses. Exact over the number L ~
+    Binomial(n_in, π) of leaking guesses; given L, U = L·n_out + U′ with U′ the null Mann–Whitney
+    statistic of the n_in − L others (normal, with continuity correction)."""
+    pi = min(1.0, max(0.0, 2.0 * auc - 1.0))
+    crit = _auc_critical_u(n_in, n_out, alpha)
+    ell = np.arange(n_in + 1)
+    rest = n_in - ell
+    mean = rest * n_out / 2.0
+    sd = np.sqrt(rest * n_out * (rest + n_out + 1) / 12.0)
+    need = crit - ell * n_out  # U′ must reach this
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tail = np.where(sd > 0, stats.norm.sf((np.ceil(need - 1e-9) - 0.5 - mean) / sd), 0.0)
+    tail = np.where(need <= 0, 1.0, tail)
+    return float(np.sum(stats.binom.pmf(ell, n_in, pi) * tail))
+
+
+def auc_power(n_in: int, n_out: int, auc: float, alpha: float, model: str = "both") -> float:
+    """Probability that the one-sided Mann–Whitney test (``auc_test``) rejects at level ``alpha``
+    when the true AUC is ``auc``. ``model``: ``"binormal"`` (normal approximation, Hanley–McNeil
+    variance), ``"fraction"`` (the leak confined to a fraction of the IN guesses, computed
+    exactly over that fraction's size), ``"both"`` (default, used by the gate): the smaller of the
+    two. At small sizes the fraction model's power is the lower one (its U is skewed towards
+    small values); both agree with end-to-end simulation (tests/test_audit_power.py)."""
+    if model not in AUC_MODELS:
+        raise ValueError(f"model must be one of {AUC_MODELS}, got {model!r}")
+    if n_in == 0 or n_out == 0:
+        return 0.0
+    if model == "binormal":
+        return _auc_power_binormal(n_in, n_out, auc, alpha)
+    if model == "fraction":
+        return _auc_power_fraction(n_in, n_out, auc, alpha)
+    return min(
+        _auc_power_binormal(n_in, n_out, auc, alpha), _auc_power_fraction(n_in, n_out, auc, alpha)
+    )

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rcig_release.audits import game
+from rcig_release.audits import stats as power
 from rcig_release.release.decision import evaluate_policy
 from rcig_release.release.policy import load_policy
 
@@ -169,14 +170,36 @@ def main() -> None:
         },
         policy,
     )
-    print("\n| rule (attack loss; the same sizes for every attack) | α per test | decidability |")
-    print("|---|---|---|")
+    print(
+        "\n| rule (attack loss; the same sizes for every attack) | α per test | decidability "
+        "(the gate's power) | binormal ROC | old fixed-threshold formula |"
+    )
+    print("|---|---|---|---|---|")
     for r in d.rules:
-        if r.name.startswith("game.loss"):
-            print(
-                f"| {r.name} | {r.limit if r.comparison == 'p >' else '-'} | "
-                f"{r.note.split('; ', 1)[-1] if r.comparison == 'p >' else r.note} |"
-            )
+        if not r.name.startswith("game.loss"):
+            continue
+        if r.comparison != "p >":
+            print(f"| {r.name} | - | {r.note} | | |")
+            continue
+        key = r.name.split("].", 1)[1]
+        group = r.name[r.name.index("[") + 1 : r.name.index("]")]
+        lim = policy.overall if group == "all" else policy.groups.limits
+        extra = ["", ""]
+        fpr = {"tpr_at_fpr_0.01": 0.01, "tpr_at_fpr_0.001": 0.001}.get(key)
+        if fpr is not None:
+            effect = getattr(lim, "detect_" + key.replace("0.0", "0_0"))
+            counts = [
+                (f["tpr_at_fpr"][str(fpr)]["n_in"], f["tpr_at_fpr"][str(fpr)]["n_out"])
+                for f in st["attacks"]["loss"]["groups"][group]["folds"]
+            ]
+            a = r.limit / len(counts)
+            extra = [
+                f"{max(power.tpr_power(i, o, fpr, effect, a, 'binormal') for i, o in counts):.4f}",
+                f"{max(power.tpr_power_fixed(i, o, fpr, effect, a) for i, o in counts):.4f}",
+            ]
+        print(
+            f"| {r.name} | {r.limit:.3g} | {r.note.split('; ', 1)[-1]} | {extra[0]} | {extra[1]} |"
+        )
 
 
 if __name__ == "__main__":

@@ -98,6 +98,20 @@ def test_runner_end_to_end_planted_leak(tmp_path):
     audit = run / "audit"
     on_disk = json.loads((audit / "audit.json").read_text())
     assert on_disk == out
+    # every statistic the gate reads, recomputed from the raw files as release does, is the
+    # audit's own number (no field differs, even at float tolerance)
+    from rcig_release.data import load_dataset
+    from rcig_release.release import recompute
+
+    ds = load_dataset(str(tmp_path / "data.npz"))
+    raw = recompute.read_audit_dir(audit)
+    recompute.check_config(out, raw)
+    gi = recompute.inputs_from_audit_dir(
+        raw, init_indices=init, n_classes=C, labels=(ds.y_train, ds.y_test)
+    )
+    again = recompute.recompute(gi, init_mode="real", run_dp=claim)
+    assert set(again["game"]["attacks"]) == set(out["game"]["attacks"])
+    assert recompute.differences(out, again) == []
     # schema
     import hashlib
 

@@ -40,6 +40,8 @@ EXPECTED = {
     "data/labels.csv",
     "data/metadata.jsonl",
     "report/audit.json",
+    "report/game_scores.npz",
+    "report/game_records.json",
     "report/roc.png",
     "report/report.html",
     "policy/verdict.json",
@@ -427,4 +429,4 @@ def test_runner_layout_audit_is_released_and_rendered(tmp_path, data):
     assert "nearest held-out distance" in html and html.count("<tr>") > 6 + 1
     assert "naive release (same number of random real images) (audit target networks)" in html
     card = (out / "README.md").read_text()
-    assert "| loss | 0.510 | 0.010 | 0.487 | 1.000 | 0.00 " in card  # this release, then the game
+    assert "| loss | 0.510 | 0.010 | 0.506 | 0.149 | 0.00 " in card  # this release, then the game

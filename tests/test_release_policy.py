@@ -28,8 +28,8 @@ alpha = 0.05
 power = 0.99
 [limits]
 detect_auc = 0.55
-detect_tpr_at_fpr_0_01 = 0.03
-detect_tpr_at_fpr_0_001 = 0.01
+detect_tpr_at_fpr_0_01 = 0.035
+detect_tpr_at_fpr_0_001 = 0.02
 max_epsilon_lower_bound = 1.0
 [limits.groups]
 patterns = ["init*"]
@@ -108,7 +108,7 @@ def test_every_shipped_key_is_commented():
         ),
         ({"detect_auc__0.55": 'detect_auc = "0.6"'}, "limits.detect_auc has the wrong type"),
         (
-            {"detect_tpr_at_fpr_0_001__0.01": "detect_tpr_at_fpr_0_001 = 0.0005"},
+            {"detect_tpr_at_fpr_0_001__0.02": "detect_tpr_at_fpr_0_001 = 0.0005"},
             "must be above 0.001",
         ),
         (

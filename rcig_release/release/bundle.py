@@ -27,7 +27,7 @@ from PIL import Image
 
 import rcig_release
 from rcig_release.errors import InputError, PolicyFailure
-from rcig_release.release import coverage, figures, signing
+from rcig_release.release import coverage, figures, recompute, signing
 from rcig_release.release import dp as dpmod
 from rcig_release.release import fingerprint as fpmod
 from rcig_release.release import replay as replaymod
@@ -394,6 +394,7 @@ def build_files(
     files["data/distilled.npz"] = npz_bytes(images, labels, classes)
     files["data/labels.csv"] = labels_csv(labels, classes, image_files, image_class)
     files["data/metadata.jsonl"] = metadata_jsonl(labels, image_files, image_class)
+    files.update(inp.game_files or {})  # the game's raw scores: verify recomputes it from them
 
     audit = {} if withheld else public_audit(inp.audit, key)
     if not withheld:
@@ -608,13 +609,32 @@ def release(
         check_text(c, f"class name {i} in RUN/distilled.npz")
     # A DP run's statement must be what the accountant gives, and its audit must not contradict it:
     # a dp-violation is refused before the policy is read, so no --override can release it.
-    problem, violation = dpmod.audit_consistency(run_dp(inp.run_json), inp.audit)
-    if violation:
-        raise DpViolationRefused(
-            f"{violation}; no bundle written (--override does not bypass this)"
-        )
-    if problem:
-        raise InputError(problem)
+    # The gate reads no statistic from audit.json: each is recomputed from the audit's raw files
+    # (recompute.py) and a differing audit.json is refused (exit 2). A DP run's section first,
+    # from the score files alone, so a dp-violation is refused before the private data are read.
+    raw = recompute.read_audit_dir(Path(run_dir) / "audit")
+    recompute.check_config(inp.audit, raw)
+    dp_statement = run_dp(inp.run_json)
+    for step in ("recorded", "recomputed"):
+        problem, violation = dpmod.audit_consistency(dp_statement, inp.audit)
+        if violation:
+            raise DpViolationRefused(
+                f"{violation}; no bundle written (--override does not bypass this)"
+            )
+        if problem:
+            raise InputError(problem)
+        if step == "recorded":
+            inp = recompute.with_dp(inp, raw, dp_statement)
+    private = load_private_splits(inp.run_json, data=data, loader=load_private)
+    init = verified_init_indices(  # the recorded init set must be the one the config draws
+        inp.run_json,
+        inp.init_indices,
+        private.x_train,
+        private.y_train,
+        len(inp.classes),
+        len(inp.images),
+    )
+    inp = recompute.with_game(inp, raw, private)
     decision = evaluate_policy(inp.run_json, inp.eval_json, inp.audit, policy)
     if not decision.passed and override is None:
         n = len(decision.failed)
@@ -631,15 +651,6 @@ def release(
 
     # The memorisation check: from the run's data and the images about to be published, never from
     # audit.json; neither --override nor any policy key bypasses it.
-    private = load_private_splits(inp.run_json, data=data, loader=load_private)
-    init = verified_init_indices(  # the recorded init set must be the one the config draws
-        inp.run_json,
-        inp.init_indices,
-        private.x_train,
-        private.y_train,
-        len(inp.classes),
-        len(inp.images),
-    )
     safety = check_safety(
         inp.images,
         private.x_train,

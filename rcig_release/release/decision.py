@@ -11,7 +11,13 @@ fold p-values are combined (Bonferroni). A test rule fails when its p-value is a
 bounds when the policy uses them: so a release whose attacks are all at chance passes every
 privacy rule with probability ≥ 1 − gate.alpha. A test rule is *decidable* when, at the audit's
 sizes, it would detect an attack at the policy's ``detect_*`` effect size with probability ≥
-gate.power; an undecidable rule fails closed, naming the option to raise.
+gate.power; an undecidable rule fails closed, naming the option to raise. The power is
+``stats.tpr_power`` (the threshold's FPR integrated over its Beta distribution, the least
+favourable concave ROC through the effect) and ``stats.auc_power`` (the smaller of two AUC models);
+either fold's test refuses, so the rule's power is at least the larger fold's.
+
+The statistics read here are those ``release`` and ``verify`` recomputed from the audit's raw score
+files (``recompute.py``), never ``audit.json``'s own numbers.
 """
 
 from __future__ import annotations
@@ -134,10 +140,12 @@ def _test_rule(
         else stats.tpr_power(i, o, fpr, effect, alpha_f)
         for i, o in counts
     ]
-    best = max(powers)
+    i_best = max(range(len(powers)), key=lambda i: powers[i])
+    best = powers[i_best]
+    model = "binormal or partial leak" if fpr is None else "least favourable concave ROC"
     desc = (
-        f"{what} {effect:g} detected with power {best:.3f} "
-        f"({counts[0][0]} IN / {counts[0][1]} OUT guesses per fold)"
+        f"{what} {effect:g} detected with power {best:.3f} ({model}; "
+        f"{counts[i_best][0]} IN / {counts[i_best][1]} OUT guesses in fold {i_best})"
     )
     if best < power - _TOL:
         return Rule(
@@ -251,7 +259,8 @@ def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
     return rules
 
 
-def _init_mode(run_json: Mapping) -> str | None:
+def init_mode(run_json: Mapping) -> str | None:
+    """The run's initialisation mode: run.json ``init.mode``, else ``config.init``."""
     init = run_json.get("init")
     if isinstance(init, Mapping) and isinstance(init.get("mode"), str):
         return init["mode"]
@@ -305,7 +314,7 @@ def evaluate_policy(
         )
     )
 
-    mode = _init_mode(run_json)
+    mode = init_mode(run_json)
     rules.append(
         Rule(
             "init.mode",

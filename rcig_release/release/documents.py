@@ -417,8 +417,10 @@ def _card_head(s: Summary, out_of_scope_dp: str) -> str:
     report_item = (
         ""
         if s.withheld
-        else "- `report/`: `audit.json` (the full audit), `roc.png`, `report.html` (open it in a "
-        "browser).\n"
+        else "- `report/`: `audit.json` (the full audit), `game_scores.npz` and `game_records.json` "
+        "(the\n  audit's game: its coins and every attack's scores, each record's class and init "
+        "flag; every\n  statistic the release gate read is recomputed from them), `roc.png`, "
+        "`report.html` (open it in\n  a browser).\n"
     )
     return f"""
 # {md(s.name)}
@@ -642,8 +644,9 @@ The audit figures are estimates with sampling error (intervals in `report/audit.
 
 ## Verification
 
-Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt` and checks
-that the audit, the verdict and the provenance belong to the released arrays. The custodian can
+Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha256.txt`, checks
+that the audit, the verdict and the provenance belong to the released arrays, recomputes the
+game's statistics from `report/game_scores.npz` and the verdict from them. The custodian can
 check the keyed fingerprint with `rcig-release verify <bundle> --fingerprint-key KEY --run RUN`.
 """
     return front_matter(card_metadata(s)) + body

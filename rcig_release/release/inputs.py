@@ -46,6 +46,8 @@ class ReleaseInputs:
     npz_arrays: Mapping[str, np.ndarray] | None = (
         None  # every array of RUN/distilled.npz (--replay)
     )
+    # what the bundle carries for recomputing the game (recompute.bundle_files), set by release
+    game_files: dict[str, bytes] | None = None
 
 
 def read_nofollow(path: Path, what: str) -> bytes:

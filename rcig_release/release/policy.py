@@ -48,9 +48,9 @@ _RENAMED = {
 # sha256 of the policy files shipped in policies/ (tests/test_release_policy.py keeps them equal):
 # a file that calls itself one of these names but differs is reported as modified.
 SHIPPED_SHA256 = {
-    "default": "ea08e4cd486df81bbe834041be3797a03230436cae57cac023c1d18196517b0d",
-    "strict": "c2c188eb4cfe9803bb90284c21dcd855aaa7c700d650dbd5e9579c84f1dd0d52",
-    "dp": "eaa87028dd71e18a0810dbe3864765395c77db783b5632b1874d511917cc3344",
+    "default": "abf9a357e7ed14f8dd20fd882facec3ebc315cb7f27619ff255a25e66f7a0702",
+    "strict": "fe5f94152d3a722d9dd6190ba04e792693c22e305cb13ef7a14af76046a618dd",
+    "dp": "7a4f81596fc972460c520f8ee2032c7a4c144aaa2f9e235d3db2fdfb806e1ff4",
 }
 
 

@@ -140,7 +140,10 @@ def default_loader(source: str, seed: int) -> Any:
 class PrivateSplits:
     x_train: np.ndarray  # float32 [N,H,W,C] in [0, 1]
     x_test: np.ndarray  # the held-out split, same layout
-    y_train: np.ndarray | None = None  # int64 [N] labels (the init test and the init set need them)
+    # their labels (int64 [N]): the init test and the init set need them, and the classes of the
+    # audit's game records (release/recompute.py); None when the loader gives none
+    y_train: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
 
 def load_private_splits(
@@ -168,11 +171,12 @@ def load_private_splits(
     x_test = getattr(dataset, "x_test", None)
     if x_test is None or len(x_test) == 0:
         raise InputError("the run's data has no held-out split: the memorisation check needs one")
-    y_train = getattr(dataset, "y_train", None)
+    y_train, y_test = getattr(dataset, "y_train", None), getattr(dataset, "y_test", None)
     return PrivateSplits(
         x_train=np.asarray(dataset.x_train, dtype=np.float32),
         x_test=np.asarray(x_test, dtype=np.float32),
         y_train=None if y_train is None else np.asarray(y_train, dtype=np.int64),
+        y_test=None if y_test is None else np.asarray(y_test, dtype=np.int64),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import io
 import json
 import types
 from pathlib import Path
@@ -48,11 +49,13 @@ ATTACKS = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 
 
 def private_data(
-    n: int = 200, shape=(8, 8, 1), seed: int = 0, n_test: int = 100, n_classes: int = 3
+    n: int = 400, shape=(8, 8, 1), seed: int = 0, n_test: int = 400, n_classes: int = 3
 ) -> types.SimpleNamespace:
     """A uniform-noise "private" data set: ``x_train`` [n], ``x_test`` [n_test] (the held-out split
     the memorisation check measures its null on; enough images to resolve it for a few images),
-    labels ``y_train``/``y_test`` cycling through ``n_classes`` (the run's classes)."""
+    labels ``y_train``, ``y_test`` (index mod ``n_classes``, int64: the run's classes). The default
+    sizes give the audit's game 200 + 200 records (``fake_run``): with 16 shadows, about 1,600 OUT
+    guesses per fold, enough for the default policy's rules to be decidable, as on digits."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 1, size=(n + n_test, *shape)).astype(np.float32)
     return types.SimpleNamespace(
@@ -94,6 +97,7 @@ def simulated_game(
     n_init: int = 10,
     n_classes: int = 3,
     seed: int = 0,
+    init_group: bool = False,
 ) -> dict:
     """``audit["game"]`` computed by the audit's own statistics (``game.statistics``) on simulated
     game scores at the audit's default sizes: every attack's scores independent of membership
@@ -103,7 +107,13 @@ def simulated_game(
     from rcig_release.audits import game
 
     scores, keep, groups = simulated_scores(
-        leak, shadows=shadows, records=records, n_init=n_init, n_classes=n_classes, seed=seed
+        leak,
+        shadows=shadows,
+        records=records,
+        n_init=n_init,
+        n_classes=n_classes,
+        seed=seed,
+        init_group=init_group,
     )
     out = game.statistics(scores, keep, groups, delta=1e-8, alpha=0.01)
     out["rounds"] = [
@@ -121,15 +131,16 @@ def simulated_scores(
     n_classes: int = 3,
     seed: int = 0,
     shift: float = 20.0,
+    init_group: bool = False,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """The simulated game's (scores ``[K, N]`` per attack, keep ``[K, N]``, groups) behind
     ``simulated_game``: with ``leak``, the release-direct attacks' scores of the init records'
-    IN guesses are raised by ``shift``."""
+    IN guesses are raised by ``shift``; the init group exists with ``leak`` or ``init_group``."""
     rng = np.random.default_rng(seed)
     keep = rng.random((shadows, records)) < 0.5
     cls = np.arange(records) % n_classes
     groups = {"all": np.ones(records, bool)}
-    if leak:
+    if leak or init_group:
         init = np.zeros(records, bool)
         init[:n_init] = True
         groups["init"] = init
@@ -185,6 +196,77 @@ def dp_audit_section(dp: dict, *, leak: bool) -> dict:
     return dpcheck.dp_section(dp, scores, keep, groups, alpha=0.01)
 
 
+def write_game_files(
+    audit_dir: Path,
+    data: types.SimpleNamespace,
+    init_indices: np.ndarray,
+    n_classes: int,
+    *,
+    leak_records: int | None = None,
+    shadows: int = 16,
+    seed: int = 0,
+    shift: float = 20.0,
+    dp: dict | None = None,
+) -> tuple[dict, dict | None]:
+    """The audit's raw files as ``run_audit`` writes them (``records.json``, ``keep.npy``,
+    ``audit_config.json``, ``game_scores.npz``), for a game whose scores are simulated: records
+    and coins drawn by the audit's own functions from the data and the seed, every attack's scores
+    independent of membership, except that the release-direct attacks (``nearest*``) rank first
+    the IN guesses of the leaking records: the run's init records when ``leak_records`` is None,
+    else the first ``leak_records`` members (0: none). Returns ``audit.json``'s ``game`` (computed
+    by ``game.statistics`` from these files) and, with ``dp``, its ``dp`` section."""
+    from rcig_release.audits import game
+    from rcig_release.audits.config import AuditConfig, to_dict
+    from rcig_release.audits.outputs import write_json, write_npz
+    from rcig_release.audits.runner import sample_records
+    from rcig_release.release import recompute
+
+    cfg = AuditConfig(shadows=shadows, seed=seed)
+    y_train, y_test = np.asarray(data.y_train), np.asarray(data.y_test)
+    idx = np.asarray(init_indices, np.int64)
+    rec = sample_records(y_train, len(y_test), cfg, idx)
+    mem, non = np.asarray(rec["members"]), np.asarray(rec["nonmembers"])
+    n = len(mem) + len(non)
+    keep = game.draw_keep(shadows, n, seed)
+    init = np.concatenate([np.isin(mem, idx[idx >= 0]), np.zeros(len(non), bool)])
+    leaking = init.copy() if leak_records is None else np.arange(n) < leak_records
+    rng = np.random.default_rng([seed, 99])
+    scores = {}
+    for a in ATTACKS + ("nearest_feature",):
+        s = rng.standard_normal((shadows, n))
+        if a.startswith("nearest"):
+            s[:, leaking] += shift * keep[:, leaking]
+        scores[a] = s
+    audit_dir.mkdir(parents=True, exist_ok=True)
+    write_json(audit_dir / "records.json", rec)
+    buf = io.BytesIO()
+    np.save(buf, keep)
+    (audit_dir / "keep.npy").write_bytes(buf.getvalue())
+    write_json(audit_dir / "audit_config.json", to_dict(cfg))
+    write_npz(audit_dir / "game_scores.npz", {"keep": keep, **scores})
+    # game.statistics and dpcheck.dp_section through recompute (memoised: tests build the same
+    # game many times, and the release then recomputes it)
+    res = recompute.recompute(
+        recompute.GameInputs(
+            scores=scores,
+            keep=keep,
+            record_class=np.concatenate([y_train[mem], y_test[non]]),
+            init=init,
+            n_classes=n_classes,
+            delta=cfg.delta,
+            alpha=cfg.epsilon_alpha,
+            seed=seed,
+        ),
+        init_mode="real" if init.any() else "noise",
+        run_dp=dp,
+    )
+    stats = res["game"]
+    stats["rounds"] = [
+        {"targets": t.tolist(), "references": r.tolist()} for t, r in game.folds(shadows)
+    ]
+    return stats, res.get("dp")
+
+
 def audit_dict(
     run_sha: str,
     images: np.ndarray,
@@ -193,6 +275,8 @@ def audit_dict(
     leak: bool,
     classes: tuple[str, ...] = CLASSES,
 ) -> dict:
+    from rcig_release.audits.config import AuditConfig, to_dict
+
     d_train = nearest_distances(images, private)
     threshold = 0.05
     per_image = [
@@ -235,13 +319,7 @@ def audit_dict(
                 "accuracy": 0.97,
             },
         },
-        "config": {
-            "shadows": 16,
-            "targets": 4,
-            "records": 500,
-            "seed": 0,
-            "attacks": list(ATTACKS),
-        },
+        "config": to_dict(AuditConfig()),
         "n_shadows": 16,
         "game": copy.deepcopy(simulated_game(leak)),
         "init": {
@@ -250,6 +328,17 @@ def audit_dict(
             "init_aware_shadows": leak,
         },
     }
+
+
+#: with ``fake_run(dp_game_leak=True)``: the release-direct attacks rank first the IN guesses of
+#: this many records (a noise-initialised DP run has no init group to leak through). Every record:
+#: at δ = 1e-5 and these sizes (about 1,600 IN guesses per fold) only a perfect attack on every
+#: guess shows a bound (0.57) above a small proven ε; a leak of 100 records shows 0.
+DP_LEAK_RECORDS = 1_000_000
+
+
+def audit_records(run: Path) -> dict:
+    return json.loads((Path(run) / "audit" / "records.json").read_text())
 
 
 def to_runner_layout(audit: dict) -> dict:
@@ -295,9 +384,12 @@ def fake_run(
     dp_game_leak: bool = False,
 ) -> Path:
     """Writes a complete synthetic run directory under ``root`` and returns its path (``classes``:
-    the class names in distilled.npz; image ``k*ipc .. k*ipc+ipc-1`` has class ``k``). ``dp``: a
-    run.json ``dp`` statement (``dp_statement``); the audit then gets the game of
-    ``simulated_game(dp_game_leak)`` and the ``dp`` section the audit computes on it."""
+    the class names in distilled.npz; image ``k*ipc .. k*ipc+ipc-1`` has class ``k``). The audit
+    directory holds the raw files the release recomputes the game from (``write_game_files``:
+    with ``leak`` the release-direct attacks find the init records) and ``audit.json`` with the
+    game computed from them. ``dp``: a run.json ``dp`` statement (``dp_statement``); the audit
+    then gets the ``dp`` section the audit computes on that game (``dp_game_leak``: a leak of
+    ``DP_LEAK_RECORDS`` records, a dp-violation for a small proven ε)."""
     data = data or private_data()
     run = Path(root)
     (run / "audit").mkdir(parents=True, exist_ok=True)
@@ -364,9 +456,19 @@ def fake_run(
         file_sha256(run / "distilled.npz"), images, data.x_train, leak=leak, classes=classes
     )
     audit["run_json_sha256"] = file_sha256(run / "run.json")
+    # the game as the audit computes it from its raw files (which release recomputes it from)
+    audit["game"], section = write_game_files(
+        run / "audit",
+        data,
+        init,
+        len(classes),
+        leak_records=DP_LEAK_RECORDS if dp_game_leak else None,
+        dp=dp,
+    )
+    n_init = int(np.isin(audit_records(run)["members"], init[init >= 0]).sum())
+    audit["init"].update(n_init_records=n_init, init_aware_shadows=bool(leak and n_init))
     if dp is not None:
-        audit["game"] = copy.deepcopy(simulated_game(dp_game_leak))
-        audit["dp"] = dp_audit_section(dp, leak=dp_game_leak)
+        audit["dp"] = section
     if runner_layout:
         audit = to_runner_layout(audit)
     (run / "audit" / "audit.json").write_text(json.dumps(audit))

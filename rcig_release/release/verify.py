@@ -6,8 +6,10 @@ Returns one line per problem (an empty list means intact):
 - broken bindings between the released arrays (``data/distilled.npz``), the provenance, the verdict
   and the audit (content digest, ``run_sha256``);
 - ``data/``: image files, their folders and ``labels.csv`` against the arrays (``layout.py``);
-- the verdict recomputed from the bundled policy and audit, the card and the report rebuilt and
-  compared (``consistency.py``);
+- every statistic the gate reads recomputed from the bundled score files
+  (``report/game_scores.npz``, ``report/game_records.json``) and compared with the bundled audit
+  (``recompute.py``); the verdict recomputed from the bundled policy and those statistics, the
+  card and the report rebuilt and compared (``consistency.py``);
 - a DP release's guarantee: its ε recomputed by the accountant from the bundled σ, sampling rate,
   steps and δ, the audit's check of it, and the same statement in the verdict and croissant.json
   (``consistency.check_dp``);
@@ -26,7 +28,7 @@ import numpy as np
 
 from rcig_release.errors import InputError
 from rcig_release.npzfile import check_npz_limits
-from rcig_release.release import consistency, coverage, layout, signing
+from rcig_release.release import consistency, coverage, layout, recompute, signing
 from rcig_release.release import fingerprint as fpmod
 from rcig_release.release.bundle import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
@@ -207,7 +209,13 @@ def _check_statements(
     if consistency.layout(prov) == coverage.WITHHELD:
         _check_withheld(files, arrays, prov, verdict, content, problems)
         return
-    if audit is None or not verdict:
+    if audit is None or not verdict or arrays is None:
+        return
+    # every statistic the gate reads, recomputed from the bundled score files (recompute.py)
+    audit = recompute.verify_audit(
+        files, audit, consistency.decision_inputs(prov)[0], len(arrays[2]), problems
+    )
+    if audit is None:
         return
     consistency.check_dp(files, prov, verdict, audit, problems)
     policy = consistency.load_policy_file(files, verdict, prov, problems)
