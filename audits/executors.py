@@ -105,10 +105,14 @@ class RaySession:
         ray = ray_module()
         if not ray.is_initialized():
             kw: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False}
-            if self.executor.address is None:
+            address = self.executor.address
+            if address is None:
+                # "local": always a new cluster for this audit, never one that ray.init would
+                # otherwise find (RAY_ADDRESS, or /tmp/ray/ray_current_cluster left by `ray start`)
+                address = "local"
                 kw.update(include_dashboard=False, num_cpus=self.executor.local_cpus)
             try:
-                ray.init(address=self.executor.address, **kw)
+                ray.init(address=address, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise RcigReleaseError(f"could not reach the Ray cluster: {first[:200]}") from None

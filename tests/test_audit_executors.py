@@ -77,11 +77,15 @@ def _pipeline_pids() -> list[int]:
 
 
 @pytest.mark.slow  # a local Ray cluster and 8 tiny pipelines, ~60 s on the loaded 2-core machine
-def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(tmp_path):
+def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(
+    tmp_path, monkeypatch
+):
     """Four naive pipelines on Ray (2 CPUs): the same logits and distances as in this process,
     after one worker was killed with SIGKILL mid-pipeline (Ray re-ran its task); progress counts
-    running and queued; resume skips files another executor wrote."""
+    running and queued; resume skips files another executor wrote. A local cluster is started
+    for the audit even where ray.init would otherwise join another (RAY_ADDRESS set here)."""
     pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_ADDRESS", "192.0.2.1:6379")  # unreachable (TEST-NET-1)
     kw = _job()
     keep = kw["keep"]
     local, near_l = shadows.run_shadows("naive", out_dir=tmp_path / "local", resume=False, **kw)
