@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="Where the shadow pipelines run: local (here, one after the other) or ray "
-                "(one Ray task per pipeline; needs pip install 'rcig-release[cluster]')."
+                "(one Ray task per pipeline; needs pip install 'rcig-release\\[cluster]')."
             ),
         ] = "local",
         ray_address: Annotated[
