@@ -30,10 +30,11 @@ def child(data: str, ipc: int, steps: int, dp: bool) -> dict:
     import numpy as np
 
     from rcig_release import parallel
-    from rcig_release.config import make_distill_config, resolve
+    from rcig_release.config import make_distill_config, resolve, with_data_defaults
     from rcig_release.data import load_dataset, preprocessor_for
     from rcig_release.distill import distill
 
+    load_before = os.getloadavg()  # the machine is shared: its load says what the times mean
     ds = load_dataset(data)
     extra = {"dp_epsilon": 8.0, "init": "noise", "zca": False} if dp else {}
     cfg = make_distill_config("cpu", None, ipc=ipc, steps=steps, tune_lr=False, **extra)
@@ -57,7 +58,9 @@ def child(data: str, ipc: int, steps: int, dp: bool) -> dict:
         "ipc": ipc,
         "steps": steps,
         "dp": dp,
-        "real_batch": cfg.real_batch,
+        "real_batch": with_data_defaults(cfg, len(ds.y_train)).real_batch,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
         "devices": rows,
         "difference": diff,
         "peak_rss_gb": peak_rss_gb(),
@@ -94,7 +97,10 @@ def main() -> None:
     print(
         f"\nafter {row['steps']} steps: max |Δ images| {d['images_max_abs']:.2e} "
         f"(images up to {d['images_scale']:.2f}), max |Δ labels| {d['labels_max_abs']:.2e}; "
-        f"peak RSS {row['peak_rss_gb']:.2f} GB"
+        f"peak RSS {row['peak_rss_gb']:.2f} GB; real batch {row['real_batch']} "
+        f"({row['real_batch'] // 2} per device on two); load average (1, 5, 15 min) before "
+        f"{tuple(round(v, 1) for v in row['load_before'])}, after "
+        f"{tuple(round(v, 1) for v in row['load_after'])}"
     )
 
 
