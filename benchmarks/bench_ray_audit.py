@@ -10,6 +10,9 @@ part, then ``rcig-release audit RUN --shadows K`` per part (the same audit setti
 
 * ``local``: the pipelines one after the other in the audit's process;
 * ``ray``: ``--executor ray`` (the audit starts a local Ray cluster with every core);
+* ``ray1``: the same, one pipeline at a time (``--task-cpus`` = every core), so against
+  ``local`` its wall time is Ray's overhead (worker start, object transfers, each worker's
+  imports and compilations) without the gain of running pipelines side by side;
 * ``twonode``: ``ray start --head`` and ``ray start --address`` (two raylets on 127.0.0.1, one
   CPU each), ``--executor ray --ray-address``; once ``--kill-after`` release shadows are done,
   the second node's raylet is killed with SIGKILL; the audit must finish (Ray re-runs that
@@ -101,7 +104,7 @@ def main() -> None:
     ap.add_argument("--kill-after", type=int, default=4)
     ap.add_argument("--baselines", default="naive,full_data")
     ap.add_argument("--port", type=int, default=6391)
-    ap.add_argument("--parts", nargs="+", default=["local", "ray", "twonode", "resume"])
+    ap.add_argument("--parts", nargs="+", default=["local", "ray", "ray1", "twonode", "resume"])
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     base = a.out / "digits-run"
@@ -129,6 +132,11 @@ def main() -> None:
                 [*CLI, "audit", run, *audit, "--executor", "ray"], check=True,
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
+        elif part == "ray1":
+            one = ["--executor", "ray", "--task-cpus", str(os.cpu_count() or 1)]
+            subprocess.run(
+                [*CLI, "audit", run, *audit, *one], check=True, stdout=subprocess.DEVNULL
+            )
         elif part == "twonode":
             import re
 
@@ -166,6 +174,14 @@ def main() -> None:
             info["killed_raylets"] = len(second)
             proc.wait()
             _kill(_ray_processes() - ours)  # this cluster's processes, by id
+            for _ in range(50):  # until they are gone
+                if not _ray_processes() - ours:
+                    break
+                time.sleep(0.2)
+            # `ray start --head` recorded this cluster for later ray.init() calls; it is gone
+            current = Path("/tmp/ray/ray_current_cluster")
+            if current.is_file() and current.read_text().strip().endswith(f":{a.port}"):
+                current.unlink()
             if proc.returncode != 0:
                 raise SystemExit(f"twonode audit failed: rc {proc.returncode}")
         elif part == "resume":
@@ -183,6 +199,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
             )  # fmt: skip
         info["wall_s"] = time.perf_counter() - t0
+        time.sleep(2)  # processes of a cluster that just shut down or was killed
         left = _ray_processes() - before  # e.g. a killed driver's local cluster
         info["ray_processes_left"] = len(left)
         _kill(left)
