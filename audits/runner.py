@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rcig_release.audits import copycheck, dpcheck, game, outputs, shadows
+from rcig_release.audits import copycheck, dpcheck, executors, game, outputs, shadows
 from rcig_release.audits.config import AuditConfig, to_dict, validate
 from rcig_release.audits.metrics import release_metrics
 from rcig_release.audits.scoring import score_targets
@@ -162,6 +162,118 @@ def _target(
     )
 
 
+BASELINES_JSON = "baselines.json"
+# the audit settings that shape the naive and full-data baseline pipelines
+_BASELINE_FIELDS = (
+    "shadows",
+    "records",
+    "population",
+    "seed",
+    "targets",
+    "arch",
+    "width",
+    "train_steps",
+    "lr",
+    "warmup",
+    "batch",
+    "full_steps",
+    "full_lr",
+    "full_warmup",
+    "full_models",
+    "mirror",
+)
+
+
+def _sha(a: Any) -> str:
+    return hashlib.sha256(json.dumps(a, sort_keys=True).encode()).hexdigest()
+
+
+def baseline_signature(
+    fingerprint: str,
+    rec: dict,
+    keep: np.ndarray,
+    naive_idx: np.ndarray,
+    cfg: AuditConfig,
+    run: Any,
+    down: Any,
+) -> dict[str, Any]:
+    """What the naive and full-data baseline pipelines are a function of: the data, the records,
+    the inclusion matrix, the naive set's init images, the downstream training and the run
+    settings the pipelines read (not the release itself). Written to ``baselines.json``; two
+    audits with equal signatures have the same baseline shadows (``--baselines-from``)."""
+    c = run.config
+    audit = to_dict(cfg)
+    return {
+        "data_fingerprint": fingerprint,
+        "records_sha256": _sha({k: rec[k] for k in ("members", "nonmembers", "population")}),
+        "keep_sha256": hashlib.sha256(np.ascontiguousarray(keep, np.bool_).tobytes()).hexdigest()
+        + f":{keep.shape[0]}x{keep.shape[1]}",
+        "naive_init_sha256": _sha(np.asarray(naive_idx, np.int64).tolist()),
+        "audit_settings": {k: audit.get(k) for k in _BASELINE_FIELDS},
+        "run_settings": {
+            "ipc": c.ipc,
+            "zca": c.zca,
+            "zca_reg": c.zca_reg,
+            "use_flip": c.use_flip,
+            "width": c.width,
+            "depth": c.depth,
+            "dp": c.dp_epsilon is not None,
+        },
+        "downstream_flip": bool(down.flip),
+    }
+
+
+def reuse_baselines(other: Path, audit_dir: Path, signature: dict[str, Any]) -> None:
+    """Copies the naive and full-data shadow files of ``other``'s audit into this audit
+    (atomically, each checked against its keep row), after checking that its baseline signature
+    is this audit's; a difference is one line naming it (exit 2)."""
+    path = other / AUDIT_DIR / BASELINES_JSON
+    if not path.is_file():
+        raise InputError(f"--baselines-from {other}: no audit with {BASELINES_JSON} there")
+    try:
+        theirs = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise InputError(f"--baselines-from {other}: {path.name} is unreadable") from None
+    names = {
+        "data_fingerprint": "data fingerprint",
+        "records_sha256": "records",
+        "keep_sha256": "inclusion matrix",
+        "naive_init_sha256": "naive baseline's init images",
+        "audit_settings": "audit settings",
+        "run_settings": "run settings",
+        "downstream_flip": "flips of the downstream sets",
+    }
+    diff = [names.get(k, k) for k in names if theirs.get(k) != signature.get(k)]
+    if isinstance(theirs.get("audit_settings"), dict):
+        diff = [
+            d
+            if d != "audit settings"
+            else "audit settings ("
+            + ", ".join(
+                k
+                for k in _BASELINE_FIELDS
+                if theirs["audit_settings"].get(k) != signature["audit_settings"].get(k)
+            )
+            + ")"
+            for d in diff
+        ]
+    if diff:
+        raise InputError(
+            f"--baselines-from {other}: its baselines do not fit this audit (differs in: "
+            f"{', '.join(diff)})"
+        )
+    keep = np.load(audit_dir / "keep.npy")
+    for sub in ("shadows_naive", "shadows_full"):
+        src, dst = other / AUDIT_DIR / sub, audit_dir / sub
+        if not src.is_dir():
+            continue
+        for k in range(keep.shape[0]):
+            f = src / f"{k}.npz"
+            if (dst / f"{k}.npz").is_file() or not shadows.valid(f, keep[k], sub != "shadows_full"):
+                continue
+            outputs.atomic_write_bytes(dst / f"{k}.npz", f.read_bytes())
+
+
 def shadow_config(run: Any, cfg: AuditConfig) -> Any:
     """The ``DistillConfig`` the release shadows run. With ``shadow_lrs="run"`` and a run that
     tuned its learning rates, the shadows start from the run's tuned inner/HVP rates instead of
@@ -185,11 +297,18 @@ def run_audit(
     workers: int | None = None,
     progress: Progress | None = None,
     stop_if_unreleasable: bool = False,
+    executor: executors.Executor | None = None,
+    baselines_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Audits a distillation run; writes ``RUN/audit/`` and returns ``audit.json``'s content.
 
-    ``workers``: processes sharing the shadow pipelines (None: ``shadows.default_workers``). An
-    execution setting, not part of the audit configuration: a resumed audit may use another.
+    ``executor``: where the shadow pipelines run (audits/executors.py; default: here, one after
+    the other); ``workers`` N > 1: a local Ray cluster of N CPUs (``executors.for_workers``).
+    Execution settings, not part of the audit configuration: a resumed audit may use others, and
+    audit.json is the same whichever ran it (its ``timings`` aside, which also name the executor).
+    ``baselines_from``: another run directory whose audit of the same data already ran the naive
+    and full-data baseline pipelines; its shadow files are reused when the data fingerprint, the
+    records, the inclusion matrix and the baselines' settings match (``baseline_signature``).
     Before any shadow, the release's memorisation check runs on the run's images
     (``release.precheck``; its outcome, counts only, is ``audit.json``'s
     ``memorisation_precheck``); with ``stop_if_unreleasable`` (the CLI's default, ``--force``
@@ -198,17 +317,48 @@ def run_audit(
 
     Raises:
       InputError: unreadable run, data whose fingerprint differs, an existing audit without
-        ``resume``, a different configuration on ``resume``, a bad gallery directory.
+        ``resume``, a different configuration on ``resume``, a bad gallery directory, Ray asked
+        for and not installed, baselines that do not match.
     """
+    validate(cfg)
+    execu = executors.for_workers(workers, executor or executors.Executor())
+    execu.check()
+    session = executors.RaySession(execu) if execu.kind == "ray" else None
+    try:
+        return _run_audit(
+            run_dir,
+            cfg,
+            data=data,
+            resume=resume,
+            private_gallery=private_gallery,
+            progress=progress,
+            session=session,
+            baselines_from=baselines_from,
+            stop_if_unreleasable=stop_if_unreleasable,
+        )
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _run_audit(
+    run_dir: str | Path,
+    cfg: AuditConfig,
+    *,
+    data: Any,
+    resume: bool,
+    private_gallery: str | Path | None,
+    progress: Progress | None,
+    session: executors.RaySession | None,
+    baselines_from: str | Path | None,
+    stop_if_unreleasable: bool,
+) -> dict[str, Any]:
     import jax
 
     from rcig_release.config import resolve
     from rcig_release.distill import initial_set
     from rcig_release.rundir import DISTILLED, RUN_JSON, load_run
 
-    validate(cfg)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1 (got {workers})")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     run = load_run(run_dir)
@@ -237,7 +387,6 @@ def run_audit(
     x_tr, y_tr = ds_data.x_train, np.asarray(ds_data.y_train, np.int64)
     x_te, y_te = ds_data.x_test, np.asarray(ds_data.y_test, np.int64)
     res = resolve(run.config, tuple(x_tr.shape[1:]), C)
-    n_workers = workers or shadows.default_workers(tuple(x_tr.shape[1:]))
     prep = run.preprocessor
     width = cfg.width or run.config.width
     down = shadows.Downstream(
@@ -293,9 +442,14 @@ def run_audit(
         resume=resume,
         mirror=cfg.mirror,
         group=cfg.shadow_group,
-        workers=n_workers,
+        executor=session,
         progress=say,
     )
+    signature = baseline_signature(ds_data.fingerprint, rec, keep, naive_idx, cfg, run, down)
+    outputs.write_json(audit_dir / BASELINES_JSON, signature)
+    if baselines_from is not None:
+        reuse_baselines(Path(baselines_from), audit_dir, signature)
+    reused = resume or baselines_from is not None  # keep the valid baseline files found
 
     pipelines: dict[str, dict[str, Any]] = {}
     # --- the release -------------------------------------------------------------------------
@@ -358,7 +512,7 @@ def run_audit(
             cfg=run.config,
             out_dir=audit_dir / "shadows_naive",
             init_records=naive_idx,
-            **common,
+            **{**common, "resume": reused},
         )
         pipelines["naive"] = dict(
             tl=tl2, sl=sl2, near=near2, snear=snear2, targets=ti2, init=naive_idx
@@ -391,7 +545,7 @@ def run_audit(
             "full",
             cfg=run.config,
             out_dir=audit_dir / "shadows_full",
-            **{**common, "ds": down_full},
+            **{**common, "ds": down_full, "resume": reused},
         )
         pipelines["full_data"] = dict(
             tl=tl3, sl=sl3, near=None, snear=None, targets=ti3, init=np.zeros(0, np.int64)
@@ -562,8 +716,7 @@ def run_audit(
         "rmia_a": rel.get("rmia_a"),
         "copy_check": cc,
         "baselines": {k: v for k, v in results.items() if k != "release"},
-        "timings": timings,
-        "workers": n_workers,
+        "timings": {**timings, "executor": "local" if session is None else "ray"},
         "outputs": [
             "audit.json",
             "scores.npz",
@@ -573,7 +726,11 @@ def run_audit(
             "records.json",
             "keep.npy",
             "audit_config.json",
+            BASELINES_JSON,
         ],
+        **(
+            {"baselines_from": str(Path(baselines_from).name)} if baselines_from is not None else {}
+        ),
         "private_gallery_images": gallery_n,
     }
     from rcig_release.rundir import environment

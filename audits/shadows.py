@@ -296,7 +296,7 @@ def run_shadows(
     resume: bool,
     mirror: bool = True,
     group: int | None = None,
-    workers: int = 1,
+    executor: Any = None,
     init_records: np.ndarray | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
@@ -305,13 +305,15 @@ def run_shadows(
     pipelines that release images, each shadow's nearest-image distances of the audit records
     (``{"pixel": [K, N], "feature": [K, M, N]}``; None for ``full``).
     ``init_records``: training-split indices of the audited init records (init-aware shadows).
-    ``workers`` > 1: the pipelines are shared among that many processes (``run_in_workers``)."""
+    ``executor``: None runs the pipelines here, one after the other; an
+    ``executors.RaySession`` runs one Ray task per pipeline (audits/executors.py). Either way
+    this process writes each finished pipeline's file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n_shadows = keep.shape[0]
     todo = [
         k
         for k in range(n_shadows)
-        if not (resume and _valid(out_dir / f"{k}.npz", keep[k], kind != "full"))
+        if not (resume and valid(out_dir / f"{k}.npz", keep[k], kind != "full"))
     ]
     job = dict(
         kind=kind,
@@ -335,8 +337,22 @@ def run_shadows(
     )
     if progress:
         progress(kind, n_shadows - len(todo), n_shadows)
-    if workers > 1 and len(todo) > 1:
-        run_in_workers(job, todo, workers, n_shadows, progress)
+    if executor is not None and todo:
+        from rcig_release.audits.executors import run_on_ray
+
+        private = ("x_train", "y_train", "x_test", "y_test", "queries_pix")
+        arrays = {name: job.pop(name) for name in private}
+        job.pop("out_dir"), job.pop("group")
+        run_on_ray(
+            executor,
+            job,
+            arrays,
+            todo,
+            lambda k, out: write_outputs(out_dir, k, out),
+            progress,
+            n_shadows - len(todo),
+            n_shadows,
+        )
     else:
         _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=progress, **job)
     out, pix, feat = [], [], []
@@ -415,128 +431,84 @@ def _run_todo(
         params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
         n_rec = len(members) + len(nonmembers)
         for k, p, prep, (xm, _) in zip(ks, params, preps, sets, strict=True):
-            q = prep.transform(queries_pix)
-            z = logits_on(p, ds, mirror_queries(q, mirror), num_classes)
-            extra = {}
-            if kind != "full":
-                near = nearest_distances(p, ds, prep, queries_pix[:n_rec], xm, num_classes)
-                extra = {
-                    "near_pixel": near["pixel"].astype(np.float32),
-                    "near_feature": near["feature"].astype(np.float32),
-                }
-            _atomic_npz(out_dir / f"{k}.npz", logits=z.astype(np.float32), keep=keep[k], **extra)
+            out = _outputs(kind, p, prep, xm, ds, queries_pix, n_rec, num_classes, mirror)
+            write_outputs(out_dir, k, {**out, "keep": keep[k]})
         done += len(ks)
         if progress:
             progress(kind, done, n_shadows)
 
 
-def default_workers(image_shape: tuple[int, ...]) -> int:
-    """Processes for the shadow pipelines when the user gives none: 2 on a CPU with at least two
-    cores for images of at most 16x16 pixels, else 1. Measured (docs/benchmarks.md): on 8x8
-    digits the downstream networks' training is per-operation overhead, not arithmetic, so two
-    one-core processes train 1.6x as many pipelines per second as one process on both cores,
-    while a distillation step loses about 8 %; on an accelerator, or for larger images, one
-    process uses the device better. Where processes cannot be pinned to cores (no
-    ``os.sched_setaffinity``: macOS, Windows), 1."""
-    import os
+def _outputs(
+    kind: str,
+    params: Any,
+    prep: Any,
+    x_model: np.ndarray,
+    ds: Downstream,
+    queries_pix: np.ndarray,
+    n_rec: int,
+    num_classes: int,
+    mirror: bool,
+) -> dict[str, np.ndarray]:
+    """What the audit keeps of one pipeline: its networks' logits on the queries and (pipelines
+    that release images) the records' nearest-image distances."""
+    q = prep.transform(queries_pix)
+    out = {"logits": logits_on(params, ds, mirror_queries(q, mirror), num_classes)}
+    if kind != "full":
+        near = nearest_distances(params, ds, prep, queries_pix[:n_rec], x_model, num_classes)
+        out["near_pixel"], out["near_feature"] = near["pixel"], near["feature"]
+    return {k: v.astype(np.float32) for k, v in out.items()}
 
+
+def pipeline_outputs(
+    k: int,
+    *,
+    kind: str,
+    cfg: Any,
+    keep: np.ndarray,
+    members: np.ndarray,
+    nonmembers: np.ndarray,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    queries_pix: np.ndarray,
+    num_classes: int,
+    zca: bool,
+    ds: Downstream,
+    seed: int,
+    mirror: bool,
+    init_records: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Shadow ``k`` of one pipeline kind from scratch, as ``_run_todo`` computes it one
+    pipeline at a time: its outputs (``_outputs``) and its keep row. What a Ray task runs."""
     import jax
 
-    from rcig_release.train import CPU_VMAP_MAX_PIXELS
-
-    if not hasattr(os, "sched_setaffinity"):  # workers could not be pinned to their own cores
-        return 1
-    small = int(np.prod(image_shape[:2])) <= CPU_VMAP_MAX_PIXELS
-    return (
-        2 if jax.default_backend() == "cpu" and len(os.sched_getaffinity(0)) >= 2 and small else 1
+    tr, te = shadow_indices(keep[k], members, nonmembers, len(x_train))
+    xs = np.concatenate([x_train[tr], x_test[te]])
+    ys = np.concatenate([y_train[tr], y_test[te]])
+    xm, lab, prep = run_pipeline(
+        kind,
+        cfg,
+        xs,
+        ys,
+        num_classes,
+        seed=seed * 1000 + k,
+        zca=zca,
+        init_forced=forced_positions(tr, init_records),
     )
+    key = jax.random.fold_in(jax.random.key(seed), 10_000 + k)
+    params = train_sets([(xm, lab)], ds, num_classes, [key], loss=loss_for(kind))[0]
+    n_rec = len(members) + len(nonmembers)
+    out = _outputs(kind, params, prep, xm, ds, queries_pix, n_rec, num_classes, mirror)
+    return {**out, "keep": np.asarray(keep[k])}
 
 
-def run_in_workers(
-    job: dict[str, Any],
-    todo: list[int],
-    workers: int,
-    n_shadows: int,
-    progress: Callable[[str, int, int], None] | None,
-) -> None:
-    """Shares the shadows ``todo`` among ``workers`` fresh processes (multiprocessing "spawn":
-    JAX must not be forked), each pinned to its own share of this process's cores, on the CPU
-    backend. Shadows are independent and written atomically one by one, so the parent only waits
-    and counts finished files for the progress; a worker's failure stops the others and is
-    reported as one line (``--resume`` keeps what was finished)."""
-    import multiprocessing as mp
-    import os
-    import queue
-    import time
-
-    from rcig_release.errors import RcigReleaseError
-
-    ctx = mp.get_context("spawn")
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    errors = ctx.Queue()
-    procs = []
-    for w in range(workers):
-        share = todo[w::workers]
-        if not share:
-            continue
-        my_cores = cores[w::workers] if len(cores) >= workers else cores
-        procs.append(ctx.Process(target=_worker, args=(job, share, my_cores, errors), daemon=True))
-    out_dir, keep = job["out_dir"], job["keep"]
-    seen = -1
-    try:
-        for p in procs:
-            p.start()
-        while True:
-            done = sum(1 for k in range(n_shadows) if (out_dir / f"{k}.npz").is_file())
-            if progress and done != seen:
-                progress(job["kind"], done, n_shadows)
-                seen = done
-            if not any(p.is_alive() for p in procs):
-                break
-            if any(p.exitcode not in (None, 0) for p in procs):
-                break
-            time.sleep(0.5)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-            p.join()
-    failed = [p.exitcode for p in procs if p.exitcode != 0]
-    if failed:
-        try:
-            msg = errors.get(timeout=1)
-        except queue.Empty:
-            msg = f"exit code {failed[0]}"
-        raise RcigReleaseError(
-            f"a shadow worker failed ({msg}); finished shadows are kept, continue with --resume"
-        )
-    missing = [k for k in todo if not _valid(out_dir / f"{k}.npz", keep[k], job["kind"] != "full")]
-    if missing:
-        raise RcigReleaseError(f"shadow workers ended without shadow {missing[0]}")
-    if progress and seen != n_shadows:
-        progress(job["kind"], n_shadows, n_shadows)
+def write_outputs(out_dir: Path, k: int, out: dict[str, np.ndarray]) -> None:
+    """``<out_dir>/<k>.npz``, atomically (a killed audit leaves whole files only)."""
+    _atomic_npz(out_dir / f"{k}.npz", **out)
 
 
-def _worker(job: dict[str, Any], todo: list[int], cores: list[int], errors: Any) -> None:
-    """One worker process: pin to ``cores`` before JAX starts its thread pool, then run."""
-    import os
-
-    if cores and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cores)
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    try:
-        from rcig_release.runtime import enable_compilation_cache
-
-        enable_compilation_cache()
-        _run_todo(todo, **job)
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    except Exception as e:  # reported by the parent as one line
-        errors.put(f"{type(e).__name__}: {e}")
-        raise SystemExit(1) from None
-
-
-def _valid(path: Path, keep_row: np.ndarray, need_near: bool = False) -> bool:
+def valid(path: Path, keep_row: np.ndarray, need_near: bool = False) -> bool:
     if not path.is_file():
         return False
     try:

@@ -10,6 +10,15 @@ apart; "s/step" is the median of the others. FLOPs/s is set against this CPU's f
 rate measured in the same process (2048³), which is the practical hardware limit. "XLA GB" is
 the compiled step's buffers (arguments, outputs, temporaries) from XLA's memory analysis.
 ``--steps 0`` compiles only: FLOPs and buffer sizes of a configuration too slow to time here.
+
+The memory path for large support sets (rcig/memory.py): ``--memory-path auto on off`` runs each
+configuration with the default rule, forced on and forced off (``--support-batch`` sets its
+subset size). ``--data`` takes any data spec the product reads (``/work/shared/data/cifar10.npz``)
+or ``synthetic:C:N:HxWxD`` (N random images of C classes of that shape: only shapes matter to
+memory and time, e.g. CIFAR-100's ``synthetic:100:50000:32x32x3``).
+
+    python benchmarks/bench_step.py --data /work/shared/data/cifar10.npz --ipc 50 \
+        --preset cpu --memory-path on off --steps 3 --timeout 3600
 """
 
 from __future__ import annotations
@@ -38,18 +47,45 @@ def _matmul_rate() -> float:
     return 5 * 2 * 2048**3 / (time.perf_counter() - t)
 
 
-def child(data: str, preset: str, ipc: int, steps: int) -> dict:
+def _dataset(data: str):
+    """The product's loader, or random images of a given shape (``synthetic:C:N:HxWxD``)."""
+    from rcig_release.data import load_dataset
+
+    if not data.startswith("synthetic:"):
+        return load_dataset(data)
+    import types
+
+    import numpy as np
+
+    _, c, n, shape = data.split(":")
+    hwd = tuple(int(v) for v in shape.split("x"))
+    rng = np.random.default_rng(0)
+    x = rng.random((int(n), *hwd), dtype=np.float32)
+    y = np.arange(int(n)) % int(c)
+    return types.SimpleNamespace(x_train=x, y_train=y, image_shape=hwd, num_classes=int(c))
+
+
+def child(data: str, preset: str, ipc: int, steps: int, memory: str, support_batch: int) -> dict:
     import jax
     import numpy as np
 
     from rcig_release.config import make_distill_config, resolve, with_data_defaults
-    from rcig_release.data import fit_preprocessor, load_dataset
+    from rcig_release.data import fit_preprocessor
     from rcig_release.distill import distill, initial_set
     from rcig_release.rcig.state import init_state, make_setup
     from rcig_release.rcig.step import make_step
 
-    ds = load_dataset(data)
-    cfg = make_distill_config(preset, None, ipc=ipc, steps=steps, tune_lr=False)
+    ds = _dataset(data)
+    memory_path = {"auto": None, "on": True, "off": False}[memory]
+    cfg = make_distill_config(
+        preset,
+        None,
+        ipc=ipc,
+        steps=steps,
+        tune_lr=False,
+        memory_path=memory_path,
+        support_batch=support_batch,
+    )
     cfg = with_data_defaults(cfg, len(ds.y_train))
     res = resolve(cfg, ds.image_shape, ds.num_classes)
     x = fit_preprocessor(ds.x_train, zca=res.zca).transform(ds.x_train).astype(np.float32)
@@ -69,6 +105,9 @@ def child(data: str, preset: str, ipc: int, steps: int) -> dict:
         "ipc": ipc,
         "width": cfg.width,
         "real_batch": cfg.real_batch,
+        "n_support": res.n_support,
+        "memory_path": bool(setup.memory_path),
+        "support_batch": setup.support_batch if setup.memory_path else None,
         "materialized_jacobian": bool(setup.materialize_jacobian),
         "gflop_per_step": flops / 1e9,
         "xla_buffers_gb": xla_gb,
@@ -100,44 +139,66 @@ def main() -> None:
         help="steps to run; 0 compiles only (FLOPs and XLA's buffer sizes, no timing)",
     )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per configuration")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--memory-path",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "on", "off"],
+        help="the memory path: the default rule, forced on, forced off (one run each)",
+    )
+    ap.add_argument("--support-batch", type=int, default=500, help="memory path: subset size")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a.data, a.child[0], int(a.child[1]), int(a.child[2]))))
+        preset, ipc, steps, memory = a.child
+        row = child(a.data, preset, int(ipc), int(steps), memory, a.support_batch)
+        print(json.dumps(row))
         return
     rows = []
     for preset in a.preset:
         for ipc in a.ipc:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--data",
-                a.data,
-                "--child",
-                preset,
-                str(ipc),
-                str(a.steps),
-            ]
-            row = run_child(cmd, a.timeout, {"preset": preset, "ipc": ipc})
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for memory in a.memory_path:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--data",
+                    a.data,
+                    "--support-batch",
+                    str(a.support_batch),
+                    "--child",
+                    preset,
+                    str(ipc),
+                    str(a.steps),
+                    memory,
+                ]
+                ident = {"preset": preset, "ipc": ipc, "memory_path": memory}
+                row = run_child(cmd, a.timeout, ident)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print(
-        f"\n{'preset':>6} {'ipc':>4} {'first s':>8} {'s/step':>8} {'peak GB':>8} "
+        f"\n{'preset':>6} {'ipc':>4} {'memory':>7} {'first s':>8} {'s/step':>8} {'peak GB':>8} "
         f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'matmul GFLOP/s':>14} {'XLA GB':>7}"
     )
     for r in rows:
+        mem = (
+            "on"
+            if r.get("memory_path") is True
+            else "off"
+            if r.get("memory_path") is False
+            else r.get("memory_path")
+        )
         if "error" in r:
-            print(f"{r['preset']:>6} {r['ipc']:>4}  {r['error']}")
+            print(f"{r['preset']:>6} {r['ipc']:>4} {mem:>7}  {r['error']}")
             continue
         if "s_per_step" not in r:
             print(
-                f"{r['preset']:>6} {r['ipc']:>4}  compiled only: {r['gflop_per_step']:.1f} GFLOP/step, "
+                f"{r['preset']:>6} {r['ipc']:>4} {mem:>7}  compiled only: {r['gflop_per_step']:.1f} GFLOP/step, "
                 f"XLA buffers {r['xla_buffers_gb']:.2f} GB, peak RSS while compiling "
                 f"{r['peak_rss_gb']:.2f} GB"
             )
             continue
         print(
-            f"{r['preset']:>6} {r['ipc']:>4} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
+            f"{r['preset']:>6} {r['ipc']:>4} {mem:>7} {r['first_step_s']:>8.1f} {r['s_per_step']:>8.2f} "
             f"{r['peak_rss_gb']:>8.2f} {r['gflop_per_step']:>10.1f} {r['achieved_gflops']:>8.1f} "
             f"{r['matmul_gflops']:>14.0f} {r['xla_buffers_gb']:>7.2f}"
         )

@@ -222,10 +222,42 @@ def register(app: typer.Typer) -> None:
                 help="run: shadows start from the run's tuned learning rates; tune: each shadow re-tunes."
             ),
         ] = "run",
+        executor: Annotated[
+            str,
+            typer.Option(
+                help="Where the shadow pipelines run: local (here, one after the other) or ray "
+                "(one Ray task per pipeline; needs pip install 'rcig-release\\[cluster]')."
+            ),
+        ] = "local",
+        ray_address: Annotated[
+            str | None,
+            typer.Option(
+                help="Ray cluster to join (auto, HOST:PORT or ray://HOST:PORT; default: start a "
+                "local one for this audit)."
+            ),
+        ] = None,
+        task_cpus: Annotated[
+            float | None,
+            typer.Option(help="CPUs one Ray task asks for (default: 1 where no GPU is asked)."),
+        ] = None,
+        task_gpus: Annotated[
+            float | None,
+            typer.Option(
+                help="GPUs one Ray task asks for (default: 1 where the cluster has GPUs, else 0)."
+            ),
+        ] = None,
         workers: Annotated[
             int | None,
             typer.Option(
-                help="Processes sharing the shadow pipelines (default: 2 on a CPU for images up to 16x16, else 1)."
+                help="N > 1: run N pipelines at a time on a local Ray cluster of N CPUs (an alias "
+                "of --executor ray; needs the cluster extra). Default: one at a time, here."
+            ),
+        ] = None,
+        baselines_from: Annotated[
+            Path | None,
+            typer.Option(
+                help="Reuse the naive and full-data baseline pipelines of another run's audit of "
+                "the same data (same fingerprint, records and inclusion matrix; default: run them)."
             ),
         ] = None,
         quiet: Annotated[
@@ -261,8 +293,12 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         if private_gallery is not None and not str(private_gallery).strip():
             raise InputError("--private-gallery needs a directory")
+        from rcig_release.audits.executors import Executor
         from rcig_release.audits.runner import run_audit
 
+        execu = Executor(
+            kind=executor, address=ray_address, task_cpus=task_cpus, task_gpus=task_gpus
+        )
         with stage_progress(console, enabled=not quiet and not json_out) as progress:
             result = run_audit(
                 run,
@@ -273,6 +309,8 @@ def register(app: typer.Typer) -> None:
                 workers=workers,
                 progress=progress,
                 stop_if_unreleasable=not force,
+                executor=execu,
+                baselines_from=baselines_from,
             )
         if json_out:
             typer.echo(json.dumps(json_summary(result), indent=2, sort_keys=True))

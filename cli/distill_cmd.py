@@ -117,24 +117,49 @@ def distill(
         bool, typer.Option(help="start over in a non-empty --out (it is kept as <out>.bak<k>)")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            help="several processes (hosts): HOST:PORT of process 0, the same in every process; "
+            r"every process runs the same command and only process 0 writes --out \[default: "
+            "one process, or JAX_COORDINATOR_ADDRESS]"
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option(help=r"several processes: how many \[default: 1]")
+    ] = None,
+    process_id: Annotated[
+        int | None, typer.Option(help=r"several processes: this one's index, 0..N-1 \[default: 0]")
+    ] = None,
 ) -> None:
     """Distil the training split of DATA into a few synthetic images per class with RCIG."""
+    from rcig_release import parallel
     from rcig_release.cli.check_cmd import run_precheck
     from rcig_release.config import (
         DEFAULT_INIT,
         RECORD_INIT_MODES,
+        DistillConfig,
         load_toml,
         make_distill_config,
+        to_dict,
     )
     from rcig_release.errors import InputError
     from rcig_release.pipeline import default_out, distill_run, resume_config
 
     if resume and force:
         raise InputError("--resume and --force exclude each other")
+    if resume and out is None:
+        raise InputError("--resume needs --out RUN")
+    # before anything else touches JAX (the preset's default asks for the backend)
+    parallel.initialize(coordinator, num_processes, process_id)
     if resume:
-        if out is None:
-            raise InputError("--resume needs --out RUN")
-        cfg, data = resume_config(out)
+        assert out is not None
+        run_out = out
+        cfg, data = parallel.on_primary(  # run.json is process 0's (no shared filesystem needed)
+            lambda: resume_config(run_out),
+            encode=lambda cd: [to_dict(cd[0]), cd[1]],
+            decode=lambda v: (DistillConfig(**v[0]), v[1]),
+        )
     else:
         file_values = load_toml(config) if config else None
         cfg = make_distill_config(

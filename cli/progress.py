@@ -67,11 +67,14 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
             if stage == "done":
                 finish_current()
                 return
+            # "release: 2 running, 5 queued" (a Ray executor) updates the bar of "release"
+            stage, _, detail = stage.partition(": ")
+            label = stage_label(stage) + (f": {detail}" if detail else "")
             if stage not in tasks:
                 finish_current()
-                tasks[stage] = (bar.add_task(stage_label(stage), total=total), total)
+                tasks[stage] = (bar.add_task(label, total=total), total)
                 current.append(stage)
             tasks[stage] = (tasks[stage][0], total)
-            bar.update(tasks[stage][0], completed=done, total=total)
+            bar.update(tasks[stage][0], completed=done, total=total, description=label)
 
         yield progress

@@ -70,6 +70,12 @@ class DistillConfig:
     zca_reg: float = 0.1
     # engineering (not in the paper)
     jacobian_mb: float = 512.0  # materialise the support Jacobian when it fits in this many MiB
+    # memory path for large support sets (rcig-algorithm §1.10, rcig/memory.py): precomputed
+    # features and subsampled support gradients; None: on where the support Jacobian does not fit
+    # jacobian_mb (never for the exact solver or DP runs)
+    memory_path: bool | None = None
+    support_batch: int = 500  # memory path: support images per gradient (authors: 500 or 2000)
+    forward_batch: int = 500  # memory path: images per gradient-free forward chunk
     inner_solver: str = (
         "adam"  # "adam" (the paper: n_inner_steps/n_hvp_steps Adam steps) or "exact"
     )
@@ -194,6 +200,13 @@ def validate_distill_config(cfg: DistillConfig) -> None:
         raise InputError(f"inner_solver must be 'adam' or 'exact' (got {cfg.inner_solver!r})")
     if cfg.width < 1 or (cfg.real_batch is not None and cfg.real_batch < 1) or cfg.pool_size < 1:
         raise InputError("width, real_batch and pool_size must be positive")
+    if cfg.support_batch < 1 or cfg.forward_batch < 1:
+        raise InputError("support_batch and forward_batch must be positive")
+    if cfg.memory_path and cfg.inner_solver == "exact":
+        raise InputError("memory_path = true needs inner_solver = 'adam' (the exact solver "
+                         "materialises the support Jacobian)")  # fmt: skip
+    if cfg.memory_path and cfg.dp:
+        raise InputError("memory_path = true is not available for DP runs (--dp-epsilon)")
     validate_dp(cfg)
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rcig_release import checkpoint, initsets
@@ -124,6 +123,7 @@ def distill(
     on_state: Callable[[int, Any], None] | None = None,
     init_forced: np.ndarray | None = None,
     phase: Callable[[str], None] | None = None,
+    mesh: Any = None,
 ) -> DistillResult:
     """Runs RCIG for ``cfg.steps`` outer iterations and returns the EMA distilled set.
 
@@ -133,7 +133,14 @@ def distill(
     except a DP run, whose batches and noise come from fresh OS entropy at every step: docs/dp.md).
     ``phase(name)`` names each setup phase as it starts ("setting up the model", "loading the
     checkpoint", "learning-rate search", "compiling the step"); ``progress`` then counts steps.
+
+    ``mesh`` (default: every device of every process, ``parallel.data_mesh``): the real batch is
+    sharded over its devices, everything else replicated. With several processes every process
+    calls ``distill`` with the same arguments; process 0 alone reads and writes
+    ``checkpoint_dir`` and the others receive the checkpoint from it (docs/design.md).
     """
+    from rcig_release import parallel
+
     enter = phase or (lambda _name: None)
     y = np.asarray(y, np.int64)
     cfg = with_data_defaults(cfg, len(y))
@@ -173,17 +180,23 @@ def distill(
     enter("setting up the model")
     res = resolve(cfg, tuple(x_model.shape[1:]), num_classes)
     setup = make_setup(cfg, res, tuple(x_model.shape[1:]))
+    mesh = parallel.data_mesh() if mesh is None else mesh
+    rep = parallel.replicated(mesh)
     state = init_state(setup, x_init, y_init, jax.random.PRNGKey(cfg.seed))
-    x_dev, y_dev = jnp.asarray(x_model, jnp.float32), jnp.asarray(y, jnp.int32)
+    x_dev = parallel.put(np.asarray(x_model, np.float32), rep)
+    y_dev = parallel.put(np.asarray(y, np.int32), rep)
     meta_cfg = to_dict(cfg)
     info: dict[str, Any] = {
         "materialized_jacobian": setup.materialize_jacobian,
         "tangent_params": setup.tangents.size,
+        "devices": int(mesh.devices.size),
+        "processes": int(jax.process_count()),
     }
 
-    if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
-        enter("loading the checkpoint")
-        state, meta = checkpoint.load(checkpoint_dir, state)
+    def load_checkpoint() -> dict[str, Any] | None:  # process 0 only: None when there is none
+        if not (resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir)):
+            return None
+        loaded, meta = checkpoint.load(checkpoint_dir, state)
         # a field added since the checkpoint was written counts as its default
         saved = {**to_dict(DistillConfig()), **meta.get("config", {})}
         if saved != meta_cfg:
@@ -192,9 +205,20 @@ def distill(
                 "--resume with a different configuration than the checkpoint "
                 f"(differs in: {', '.join(changed) or 'config'})"
             )
-        info["tuning"] = meta.get("tuning", {})
+        held["state"] = loaded
+        return {"tuning": meta.get("tuning", {})}
+
+    held: dict[str, Any] = {}
+    if resume and checkpoint_dir is not None and checkpoint.exists(checkpoint_dir):
+        enter("loading the checkpoint")  # (process 0 reads it; the others wait for it)
+    loaded_meta = parallel.on_primary(load_checkpoint)
+    if loaded_meta is not None:
+        # process 0's checkpoint to every process (the others may not see its filesystem)
+        state = parallel.broadcast(held.get("state", jax.device_get(state)))
+        info["tuning"] = loaded_meta["tuning"]
         info["resumed_from"] = int(state.step)
-    else:
+    state = parallel.put(state, rep)
+    if loaded_meta is None:
         t0 = time.perf_counter()
         if cfg.tune_lr:
             enter("learning-rate search")
@@ -204,7 +228,7 @@ def distill(
         info["tuning"] = {**tuning, "seconds": time.perf_counter() - t0}
 
     def save() -> None:
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None and parallel.is_primary():
             checkpoint.save(
                 checkpoint_dir,
                 state,
@@ -212,11 +236,11 @@ def distill(
             )
 
     if cfg.dp:  # DP-RCIG (rcig/dp.py): secret Poisson batches, clipped sums, secret noise
-        dp_step = DPStep(setup, cfg, len(y))
+        dp_step = DPStep(setup, cfg, len(y), mesh=mesh)
         step_fn = lambda s, x, yy, t: dp_step(s, x, yy)  # noqa: E731
         info["dp"] = dp_record(cfg, len(y))
     else:
-        plain = make_step(setup)
+        plain = make_step(setup, mesh)
         step_fn = lambda s, x, yy, t: plain(s, x, yy)  # noqa: E731
     if int(state.step) < cfg.steps:
         enter("compiling the step")  # the first call compiles; progress() follows it

@@ -87,7 +87,12 @@ def distill_run(
 
     ``phase(name)`` is called as each setup phase starts ("loading data", "preprocessing", then
     distill's own), before ``progress`` reports steps. ``warn`` gets one-line warnings (a DP
-    δ ≥ 1/N); by default they go to stderr."""
+    δ ≥ 1/N); by default they go to stderr.
+
+    Several processes (``parallel.initialize``): every process calls this with the same
+    arguments and loads the data itself; process 0 alone checks and writes ``out`` (its refusals
+    reach every process as the same error), the others write nothing."""
+    from rcig_release import parallel
     from rcig_release.data import load_dataset, preprocessor_for
     from rcig_release.data.paths import check_out_apart
 
@@ -100,8 +105,9 @@ def distill_run(
     cfg = with_data_defaults(cfg, ds.n_train)
     check_ipc(ds, cfg.ipc)  # names the short class
     res = resolve(cfg, ds.image_shape, ds.num_classes)
-    rundir.prepare_out(out, resume=resume, force=force)
-    if (msg := dp_delta_warning(cfg, ds.n_train)) is not None:
+    primary = parallel.is_primary()
+    parallel.on_primary(lambda: rundir.prepare_out(out, resume=resume, force=force))
+    if primary and (msg := dp_delta_warning(cfg, ds.n_train)) is not None:
         (warn or _stderr)(msg)
 
     enter("preprocessing")
@@ -133,10 +139,10 @@ def distill_run(
         "randomness": randomness(cfg),
         **env,
     }
-    if not resume:
+    if not resume and primary:
         rundir.write_json(out / rundir.RUN_JSON, run_json)
-    keep = rundir.checkpoint_step(out) if resume else None
-    log = rundir.MetricsLog(out / rundir.METRICS, keep_up_to=keep)
+    keep = rundir.checkpoint_step(out) if resume and primary else None
+    log = rundir.MetricsLog(out / rundir.METRICS, keep_up_to=keep) if primary else None
     say(
         f"distilling {cfg.ipc * ds.num_classes} images from {ds.n_train} training images "
         f"({data}, {'resuming at step ' + str(keep) if resume else 'new run'})"
@@ -156,6 +162,9 @@ def distill_run(
     t_distill = time.perf_counter() - t1
 
     images = np.clip(prep.inverse(result.images_model), 0.0, 1.0)
+    run_json = _finished(run_json, cfg, result, t_data, t_distill)
+    if not primary:
+        return run_json
     rundir.write_distilled(
         out,
         images=images,
@@ -167,6 +176,19 @@ def distill_run(
         prep_arrays=prep.to_arrays(),
     )
     rundir.write_preview(out / rundir.PREVIEW, images, list(ds.classes), cfg.ipc)
+    rundir.write_json(out / rundir.RUN_JSON, run_json)
+    return run_json
+
+
+def _finished(
+    run_json: dict[str, Any],
+    cfg: DistillConfig,
+    result: DistillResult,
+    t_data: float,
+    t_distill: float,
+) -> dict[str, Any]:
+    """``run.json`` of the finished run."""
+    run_json = dict(run_json)
     run_json.update(
         {
             "status": "done",
@@ -182,7 +204,7 @@ def distill_run(
             "tuning": result.info.get("tuning", {}),
             "engine": {
                 k: result.info[k]
-                for k in ("materialized_jacobian", "tangent_params")
+                for k in ("materialized_jacobian", "tangent_params", "devices", "processes")
                 if k in result.info
             },
             "metrics": result.info.get("final", {}),
@@ -193,5 +215,4 @@ def distill_run(
         run_json["dp"] = {**result.info["dp"], "preprocessing": FIXED_DESCRIPTION}
     if "resumed_from" in result.info:
         run_json["resumed_from"] = result.info["resumed_from"]
-    rundir.write_json(out / rundir.RUN_JSON, run_json)
     return run_json

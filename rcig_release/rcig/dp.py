@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rcig_release import parallel
 from rcig_release.config import DistillConfig
 from rcig_release.rcig import krr, linearize
 from rcig_release.rcig.state import DistillState, Setup
@@ -284,21 +285,42 @@ def chunks(idx: np.ndarray, b_max: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted(setup: Setup):
-    @jax.jit
+def _jitted(setup: Setup, mesh: Any):
+    """The three parts, jitted over ``mesh``: everything replicated except a chunk's examples
+    (indices and mask), which are split over the mesh's devices. Each device clips and sums its
+    own examples and the partial sums are added (``shard_map`` + ``psum``), written out rather
+    than left to sharding propagation: on jax 0.10.2 both the propagated version and
+    ``shard_map`` with its default ``check_vma=True`` returned wrong per-example Δθ-gradients
+    (the vmapped gradient through the network's jvp) on two devices; ``check_vma=False`` gives
+    the one-device values (tests/test_parallel.py; docs/design.md)."""
+    from jax.sharding import PartitionSpec
+
+    rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    one, split = PartitionSpec(), PartitionSpec(parallel.AXIS)
+
+    def local_sums(theta0, d, w, log_temp, x_train, y_train, idx, mask, clip):
+        sums, bad = clipped_sums(
+            setup, theta0, d, w, log_temp, x_train[idx], y_train[idx], mask, clip
+        )
+        return jax.lax.psum((sums, bad), parallel.AXIS)
+
+    sharded_sums = jax.shard_map(
+        local_sums,
+        mesh=mesh,
+        in_specs=(one,) * 6 + (split, split, one),
+        out_specs=one,
+        check_vma=False,
+    )
+
     def prepare(state: DistillState):
         k, theta0 = pick_pool_model(setup, state)
         inner, d, inner_losses = inner_solution(setup, theta0, state.psi, state.inner_lr)
         return k, d, head_weights(setup, theta0, d, state.psi), inner.k_ss, inner.jac, inner_losses
 
-    @jax.jit
     def chunk(state: DistillState, k, d, w, x_train, y_train, idx, mask, clip):
         theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
-        return clipped_sums(
-            setup, theta0, d, w, state.psi["log_temp"], x_train[idx], y_train[idx], mask, clip
-        )
+        return sharded_sums(theta0, d, w, state.psi["log_temp"], x_train, y_train, idx, mask, clip)
 
-    @jax.jit
     def finish(state: DistillState, k, d, k_ss, jac, inner_losses, mean):
         theta0 = jax.tree.map(lambda p: p[k], state.pool_params)
         g, direct = post_process(setup, theta0, d, state.psi, mean)
@@ -309,7 +331,11 @@ def _jitted(setup: Setup):
         )
         return apply_update(setup, state, k, theta0, grad, {"inner_losses": inner_losses, **aux})
 
-    return prepare, chunk, finish
+    return (
+        parallel.PlacedJit(prepare, (rep,), rep),
+        parallel.PlacedJit(chunk, (rep,) * 6 + (batch, batch, rep), rep),
+        parallel.PlacedJit(finish, (rep,) * 7, rep),
+    )
 
 
 class DPStep:
@@ -321,9 +347,22 @@ class DPStep:
     ``cfg`` is the run's configuration with the DP defaults filled (``with_data_defaults``);
     ``b_max`` overrides B_max (tests force chunking with a tiny one). ``nonfinite_rows`` counts
     the examples zeroed as non-finite so far: a function of the private data that the guarantee
-    does not cover, so it stays in memory (never logged)."""
+    does not cover, so it stays in memory (never logged).
 
-    def __init__(self, setup: Setup, cfg: DistillConfig, n_train: int, b_max: int | None = None):
+    Several devices or processes (``mesh``, default every device): each chunk's examples are
+    split over the devices and their clipped sums added by XLA. The secret draws are made by
+    process 0 alone and broadcast (``parallel.broadcast``), so every process applies the same
+    batch and the same noise; the other processes never draw (docs/dp.md, "Several devices
+    and hosts")."""
+
+    def __init__(
+        self,
+        setup: Setup,
+        cfg: DistillConfig,
+        n_train: int,
+        b_max: int | None = None,
+        mesh: Any = None,
+    ):
         if cfg.dp_noise_multiplier is None or cfg.dp_sampling_rate is None:
             raise ValueError("DPStep needs the DP defaults filled (config.with_data_defaults)")
         self.setup, self.n = setup, int(n_train)
@@ -332,15 +371,22 @@ class DPStep:
             float(cfg.dp_noise_multiplier),
             float(cfg.dp_clip),
         )
-        self.b_max = b_max or max_batch_size(self.n, self.q)
+        self.mesh = parallel.data_mesh() if mesh is None else mesh
+        # a chunk splits evenly over the devices (padding rows are masked out)
+        n_dev = int(self.mesh.devices.size)
+        self.b_max = -(-(b_max or max_batch_size(self.n, self.q)) // n_dev) * n_dev
         self.normaliser = self.q * self.n
         self.chunks_run = 0  # chunks summed so far (tests and benchmarks)
         self.nonfinite_rows = 0  # private: never logged (docs/dp.md)
-        self._prepare, self._chunk, self._finish = _jitted(setup)
+        self._prepare, self._chunk, self._finish = _jitted(setup, self.mesh)
 
     def sample_batch(self) -> np.ndarray:
-        """This step's Poisson batch (indices into the training set), from fresh OS entropy."""
-        return poisson_batch(self.n, self.q, secret_rng())
+        """This step's Poisson batch (indices into the training set), from fresh OS entropy,
+        drawn by process 0 and broadcast to the others as a membership mask."""
+        member = np.zeros(self.n, np.bool_)
+        if parallel.is_primary():
+            member[poisson_batch(self.n, self.q, secret_rng())] = True
+        return np.flatnonzero(parallel.broadcast(member))
 
     def prepare(self, state: DistillState) -> tuple:
         """(k, Δθ*, W, K_SS, J_S, inner losses) of this state: reads no private data."""
@@ -357,7 +403,7 @@ class DPStep:
         """Σ over the batch ``idx`` of the clipped per-example gradients, in float64 on the host:
         ⌈|idx| / B_max⌉ calls of the jitted ``chunk`` (never truncated)."""
         k, d, w = prep[:3]
-        clip = jnp.float32(self.clip)
+        clip = np.float32(self.clip)
         total: dict[str, np.ndarray] | None = None
         for cidx, mask in chunks(np.asarray(idx), self.b_max):
             part, bad = self._chunk(state, k, d, w, x_train, y_train, cidx, mask, clip)
@@ -369,8 +415,13 @@ class DPStep:
         return total
 
     def noised_mean(self, sums: dict) -> dict[str, np.ndarray]:
-        """(sums + N(0, σ²C²I)) / qN: float64 noise from fresh OS entropy, then float32."""
-        return add_noise(sums, self.sigma * self.clip, self.normaliser, secret_rng())
+        """(sums + N(0, σ²C²I)) / qN: float64 noise from fresh OS entropy, then float32; drawn
+        by process 0 and broadcast (the sums are the same on every process)."""
+        if parallel.is_primary():
+            mean = add_noise(sums, self.sigma * self.clip, self.normaliser, secret_rng())
+        else:
+            mean = {k: np.zeros(np.shape(v), np.float32) for k, v in sorted(sums.items())}
+        return parallel.broadcast(mean)
 
     def __call__(
         self, state: DistillState, x_train: jax.Array, y_train: jax.Array

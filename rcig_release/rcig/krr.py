@@ -9,6 +9,8 @@ All functions are pure and work on plain arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
@@ -25,15 +27,21 @@ def ridge_coefficients(k_ss: jax.Array, y_s: jax.Array, o_s: jax.Array, lam: flo
 
 
 def inner_loss(
-    o_s: jax.Array, k_ss: jax.Array, y_s: jax.Array, lam: float, tangent_sq_norm: jax.Array
+    o_s: jax.Array,
+    k_ss: jax.Array,
+    y_s: jax.Array,
+    lam: float,
+    tangent_sq_norm: jax.Array,
+    solve: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """L_in = [½‖Y − ŷ_S‖² + ½λ(tr(αᵀKα) + ‖Δθ‖²)] / (n·C)  (§1.3; convex in Δθ).
 
     Equals λ/(2nC)·[tr(rᵀ(K+λI)⁻¹r) + ‖Δθ‖²] with r = Y − o (a test checks this identity); the
-    authors' expanded form is kept so the logged values match theirs.
+    authors' expanded form is kept so the logged values match theirs. ``solve(r)``: (K+λI)⁻¹r
+    from a factorisation made once (the memory path's Cholesky factor); default a fresh solve.
     """
     n, c = y_s.shape
-    alpha = ridge_coefficients(k_ss, y_s, o_s, lam)
+    alpha = ridge_coefficients(k_ss, y_s, o_s, lam) if solve is None else solve(y_s - o_s)
     y_hat = o_s + k_ss @ alpha
     fit = 0.5 * jnp.sum((y_s - y_hat) ** 2)
     reg = 0.5 * lam * (jnp.sum(alpha * (k_ss @ alpha)) + tangent_sq_norm)

@@ -18,51 +18,64 @@ import optax
 
 
 def adam_minimize(
-    loss_fn: Callable[[jax.Array], jax.Array],
+    loss_fn: Callable[..., jax.Array],
     x0: jax.Array,
     lr: jax.Array,
     steps: int,
     unroll: bool = False,
+    xs: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """``steps`` Adam steps on ``loss_fn`` from ``x0``; returns (x, losses[steps + 1]).
 
     ``losses[i]`` is the loss before step i; the last entry is the loss at the returned x.
+    ``xs`` [steps, …]: step i differentiates ``loss_fn(x, xs[i])`` (the memory path's subset
+    key) and the last entry is ``loss_fn(x, None)``; without it ``loss_fn(x)`` throughout.
     """
     opt = optax.adam(lr)
 
-    def body(carry, _):
+    def body(carry, xs_i):
         x, state = carry
-        loss, g = jax.value_and_grad(loss_fn)(x)
+        loss, g = (
+            jax.value_and_grad(loss_fn)(x) if xs is None else jax.value_and_grad(loss_fn)(x, xs_i)
+        )
         upd, state = opt.update(g, state, x)
         return (optax.apply_updates(x, upd), state), loss
 
-    (x, _), losses = jax.lax.scan(body, (x0, opt.init(x0)), None, length=steps, unroll=unroll)
-    return x, jnp.concatenate([losses, loss_fn(x)[None]])
+    (x, _), losses = jax.lax.scan(body, (x0, opt.init(x0)), xs, length=steps, unroll=unroll)
+    last = loss_fn(x) if xs is None else loss_fn(x, None)
+    return x, jnp.concatenate([losses, last[None]])
 
 
 def adam_hvp_solve(
-    hvp: Callable[[jax.Array], jax.Array],
+    hvp: Callable[..., jax.Array],
     g: jax.Array,
     lr: jax.Array,
     steps: int,
     unroll: bool = False,
+    xs: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Approximately solve H v = g by Adam on q(v) = ½vᵀHv − gᵀv from v = 0 (gradient Hv − g).
 
     Returns (v, residuals[steps + 1]) with residual vᵀ(Hv − 2g) = 2q(v), as the authors log it.
+    ``xs`` [steps + 1, …]: step i uses ``hvp(v, xs[i])`` (the memory path's subset key), the last
+    residual ``hvp(v, xs[-1])``.
     """
     opt = optax.adam(lr)
     v0 = jnp.zeros_like(g)
 
-    def body(carry, _):
+    def h(v, xs_i):
+        return hvp(v) if xs is None else hvp(v, xs_i)
+
+    def body(carry, xs_i):
         v, state = carry
-        hv = hvp(v)
+        hv = h(v, xs_i)
         res = jnp.vdot(v, hv - 2.0 * g)
         upd, state = opt.update(hv - g, state, v)
         return (optax.apply_updates(v, upd), state), res
 
-    (v, _), res = jax.lax.scan(body, (v0, opt.init(v0)), None, length=steps, unroll=unroll)
-    last = jnp.vdot(v, hvp(v) - 2.0 * g)
+    steps_xs = None if xs is None else xs[:steps]
+    (v, _), res = jax.lax.scan(body, (v0, opt.init(v0)), steps_xs, length=steps, unroll=unroll)
+    last = jnp.vdot(v, h(v, None if xs is None else xs[steps]) - 2.0 * g)
     return v, jnp.concatenate([res, last[None]])
 
 

@@ -34,6 +34,12 @@ class Setup:
     image_shape: tuple[int, int, int]
     materialize_jacobian: bool
     exact: bool  # closed-form inner solve and H⁻¹ (tests; cfg.inner_solver == "exact")
+    memory_path: bool = False  # rcig/memory.py: precomputed features, subsampled gradients
+
+    @property
+    def support_batch(self) -> int:
+        """Support rows per gradient on the memory path (all of them when ≥ n)."""
+        return min(self.cfg.support_batch, self.res.n_support)
 
     @property
     def num_classes(self) -> int:
@@ -95,7 +101,14 @@ def _make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, 
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy)["params"])
     tangents = linearize.tangent_space(shapes)
     need = linearize.jacobian_bytes(res.n_support, res.num_classes, tangents.size)
-    materialize = cfg.inner_solver == "exact" or need <= cfg.jacobian_mb * 2**20
+    fits = need <= cfg.jacobian_mb * 2**20
+    exact = cfg.inner_solver == "exact"
+    memory = (
+        bool(cfg.memory_path)
+        if cfg.memory_path is not None
+        else not (fits or exact or cfg.dp_epsilon is not None)
+    )
+    materialize = exact or (fits and not memory)
     return Setup(
         cfg=cfg,
         res=res,
@@ -103,7 +116,8 @@ def _make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, 
         tangents=tangents,
         image_shape=image_shape,
         materialize_jacobian=materialize,
-        exact=cfg.inner_solver == "exact",
+        exact=exact,
+        memory_path=memory,
     )
 
 

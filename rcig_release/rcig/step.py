@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from rcig_release.rcig import krr, linearize, solvers
+from rcig_release import parallel
+from rcig_release.rcig import krr, linearize, memory, solvers
 from rcig_release.rcig.state import DistillState, Setup, init_pool_member
 
 
@@ -89,6 +90,151 @@ class InnerProblem:
             self.hvp(d), g, lr, self.setup.cfg.n_hvp_steps, unroll=self.jac is None
         )
 
+    @property
+    def precomputed(self) -> tuple[Any, Any]:
+        """What ``InnerProblem(..., k_ss=, jac=)`` takes back (tune.py reuses it per trial)."""
+        return self.k_ss, self.jac
+
+    def view(self, d: jax.Array, purpose: str, v: jax.Array | None = None) -> None:
+        """The full path differentiates every support row (``SubsampledInner.view``)."""
+        return None
+
+
+class SupportView(NamedTuple):
+    """The memory path's support rows for one gradient: the rows that carry gradients, and the
+    gradient-free values of the others (φ0 at θ0, o at Δθ*, o along v for the implicit step)."""
+
+    rows: memory.Rows | None
+    phi: jax.Array
+    o_d: jax.Array
+    o_v: jax.Array | None
+
+
+class SubsampledInner:
+    """L_in on the memory path (rcig/memory.py): K_SS from features precomputed in chunks and
+    factorised once; every Adam step of the inner solve and of the HVP solve differentiates a
+    fresh random subset of ``setup.support_batch`` support rows, the others entering with their
+    values. Same interface as ``InnerProblem`` (``jac`` is always None)."""
+
+    jac = None
+
+    def __init__(
+        self,
+        setup: Setup,
+        theta0: Any,
+        x_s: jax.Array,
+        y_s: jax.Array,
+        key: jax.Array,
+        phi: jax.Array | None = None,
+        chol: jax.Array | None = None,
+    ):
+        self.setup, self.theta0, self.y_s, self.x_s = setup, theta0, y_s, x_s
+        self.lam = setup.res.l2
+        self.keys = memory.keys(key)
+        self.phi = memory.features(setup, theta0, x_s) if phi is None else phi
+        self.k_ss = krr.linear_kernel(self.phi, self.phi)
+        if chol is None:
+            eye = jnp.eye(self.k_ss.shape[0], dtype=self.k_ss.dtype)
+            chol = jnp.linalg.cholesky(self.k_ss + self.lam * eye)
+        self.chol = chol
+        self._at: tuple[Any, jax.Array] | None = None
+
+    @property
+    def precomputed(self) -> tuple[Any, Any]:
+        return self.phi, self.chol
+
+    def _rows(self, key: jax.Array | None) -> memory.Rows | None:
+        n = self.x_s.shape[0]
+        return None if key is None else memory.split(key, n, self.setup.support_batch)
+
+    def _solve(self, r: jax.Array) -> jax.Array:
+        return jax.scipy.linalg.cho_solve((self.chol, True), r)
+
+    def _loss_of(self, o: jax.Array, d: jax.Array) -> jax.Array:
+        return krr.inner_loss(o, self.k_ss, self.y_s, self.lam, jnp.vdot(d, d), solve=self._solve)
+
+    def outputs_at(self, d: jax.Array) -> jax.Array:
+        """o(S) = J_S·d for every row, in chunks, gradient-free (computed once per ``d``)."""
+        if self._at is None or self._at[0] is not d:
+            self._at = (d, memory.outputs(self.setup, self.theta0, d, self.x_s))
+        return self._at[1]
+
+    def _outputs(self, d: jax.Array, rows: memory.Rows | None, rest: jax.Array | None) -> jax.Array:
+        """o(S) with gradients through ``rows.grad``; the others from ``rest`` ([n, C]) or,
+        when None, computed now at ``d`` in chunks without gradients."""
+        s = self.setup
+        if rows is None:
+            return linearize.linear_forward(s.apply, self.theta0, s.tangents, d, self.x_s)[1]
+        o_b = linearize.linear_forward(s.apply, self.theta0, s.tangents, d, self.x_s[rows.grad])[1]
+        if rest is None:
+            o_rest = memory.outputs(s, self.theta0, d, self.x_s[rows.rest])
+        else:
+            o_rest = rest[rows.rest]
+        return memory.join(rows, o_b, o_rest)
+
+    def loss(self, d: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """L_in(d) over every row. ``key``: its gradient flows through that key's random subset
+        of rows only; None: the value alone (computed in chunks, no gradient)."""
+        if key is None:
+            return self._loss_of(jax.lax.stop_gradient(self.outputs_at(d)), d)
+        return self._loss_of(self._outputs(d, self._rows(key), None), d)
+
+    def hvp(self, d: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+        """(v, key) ↦ H_B v: forward-over-reverse through the key's subset B, the other rows
+        held at their values at d (the authors' ``pre_s``)."""
+        o_d = self.outputs_at(d)
+
+        def hv(v: jax.Array, key: jax.Array) -> jax.Array:
+            rows = self._rows(key)
+
+            def loss(dd: jax.Array) -> jax.Array:
+                return self._loss_of(self._outputs(dd, rows, o_d), dd)
+
+            return jax.jvp(jax.grad(loss), (d,), (v,))[1]
+
+        return hv
+
+    def solve(self, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
+        d0 = jnp.zeros((self.setup.tangents.size,), jnp.result_type(self.k_ss, self.y_s))
+        steps = self.setup.cfg.n_inner_steps
+        keys = jax.random.split(self.keys["inner"], steps)
+        return solvers.adam_minimize(self.loss, d0, lr, steps, unroll=True, xs=keys)
+
+    def inverse_hvp(self, d: jax.Array, g: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
+        steps = self.setup.cfg.n_hvp_steps
+        keys = jax.random.split(self.keys["hvp"], steps + 1)
+        return solvers.adam_hvp_solve(self.hvp(d), g, lr, steps, unroll=True, xs=keys)
+
+    def view(self, d: jax.Array, purpose: str, v: jax.Array | None = None) -> SupportView:
+        """The rows of the direct ("direct") or implicit ("implicit", along ``v``) gradient."""
+        o_v = None if v is None else memory.outputs(self.setup, self.theta0, v, self.x_s)
+        return SupportView(self._rows(self.keys[purpose]), self.phi, self.outputs_at(d), o_v)
+
+
+def make_inner(
+    setup: Setup,
+    theta0: Any,
+    x_s: jax.Array,
+    y_s: jax.Array,
+    key: jax.Array | None = None,
+    precomputed: tuple[Any, Any] | None = None,
+) -> InnerProblem | SubsampledInner:
+    """The inner problem of this setup's path; ``precomputed``: a previous one's
+    ``.precomputed`` for the same θ0 and support set."""
+    a, b = precomputed if precomputed is not None else (None, None)
+    if setup.memory_path:
+        k = jax.random.PRNGKey(0) if key is None else key
+        return SubsampledInner(setup, theta0, x_s, y_s, k, phi=a, chol=b)
+    return InnerProblem(setup, theta0, x_s, y_s, k_ss=a, jac=b)
+
+
+def _support_forward(
+    setup: Setup, theta0: Any, vec: jax.Array, x_s: jax.Array, view: SupportView | None, o_rest: Any
+) -> tuple[jax.Array, jax.Array]:
+    if view is None:
+        return linearize.linear_forward(setup.apply, theta0, setup.tangents, vec, x_s)
+    return memory.support_forward(setup, theta0, vec, x_s, view.rows, view.phi, o_rest)
+
 
 def outer_loss(
     setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array, labels_t: jax.Array
@@ -113,7 +259,13 @@ def outer_loss(
 
 
 def outer_gradients(
-    setup: Setup, theta0: Any, d: jax.Array, psi: dict, x_t: jax.Array, labels_t: jax.Array
+    setup: Setup,
+    theta0: Any,
+    d: jax.Array,
+    psi: dict,
+    x_t: jax.Array,
+    labels_t: jax.Array,
+    view: SupportView | None = None,
 ) -> tuple[jax.Array, jax.Array, dict]:
     """(L_out, g_t = ∂L_out/∂Δθ, direct = ∂L_out/∂ψ) at fixed Δθ, the same values as
     ``jax.value_and_grad(outer_loss, argnums=(0, 1))`` but cheaper on the real batch.
@@ -121,7 +273,8 @@ def outer_gradients(
     On the real batch o_T = J_T Δθ is linear in Δθ and φ_T does not depend on ψ, so one
     ``jax.linearize`` of the network at θ0 gives φ_T and o_T, and ∂L/∂Δθ through o_T is the
     transposed linear map applied to ∂L/∂o_T: one ordinary backward pass instead of
-    differentiating through a jvp. The support set (a few images) keeps the plain autodiff path.
+    differentiating through a jvp. The support set (a few images) keeps the plain autodiff path;
+    ``view`` (the memory path): its gradients flow through the view's subset of rows only.
     """
     p0 = jax.lax.stop_gradient(theta0)
     vec0 = linearize.trainable_vector(p0)
@@ -134,7 +287,8 @@ def outer_gradients(
 
     def loss(dd, o_t, p):
         x_s, y_s = support_set(setup, p)
-        phi_s, o_s = linearize.linear_forward(setup.apply, theta0, setup.tangents, dd, x_s)
+        o_rest = None if view is None else view.o_d
+        phi_s, o_s = _support_forward(setup, theta0, dd, x_s, view, o_rest)
         y_hat = krr.predict(
             o_t,
             krr.linear_kernel(phi_t, phi_s),
@@ -151,16 +305,22 @@ def outer_gradients(
 
 
 def implicit_objective(
-    setup: Setup, theta0: Any, d: jax.Array, v: jax.Array, psi: dict
+    setup: Setup,
+    theta0: Any,
+    d: jax.Array,
+    v: jax.Array,
+    psi: dict,
+    view: SupportView | None = None,
 ) -> jax.Array:
     """−⟨v, ∇_Δθ L_in(Δθ*, ψ)⟩ as a function of ψ: its ψ-gradient is the implicit gradient.
 
     o_S is linear in Δθ, so the directional derivative is a jvp of the small quadratic in
     (o_S, ‖Δθ‖²) along (J v, 2⟨Δθ, v⟩); no second pass through the network is needed.
+    ``view`` (the memory path): the ψ-gradient flows through the view's subset of rows only.
     """
     x_s, y_s = support_set(setup, psi)
-    phi, o_d = linearize.linear_forward(setup.apply, theta0, setup.tangents, d, x_s)
-    o_v = linearize.linear_forward(setup.apply, theta0, setup.tangents, v, x_s)[1]
+    phi, o_d = _support_forward(setup, theta0, d, x_s, view, None if view is None else view.o_d)
+    o_v = _support_forward(setup, theta0, v, x_s, view, None if view is None else view.o_v)[1]
     k_ss = krr.linear_kernel(phi, phi)
 
     def q(o, s):
@@ -170,11 +330,12 @@ def implicit_objective(
 
 
 def inner_solution(
-    setup: Setup, theta0: Any, psi: dict, inner_lr: jax.Array
-) -> tuple[InnerProblem, jax.Array, jax.Array]:
-    """(the inner problem, Δθ* (no gradient), inner losses) on the support set alone."""
+    setup: Setup, theta0: Any, psi: dict, inner_lr: jax.Array, key: jax.Array | None = None
+) -> tuple[InnerProblem | SubsampledInner, jax.Array, jax.Array]:
+    """(the inner problem, Δθ* (no gradient), inner losses) on the support set alone. ``key``:
+    the memory path's subsets (``step_keys``' "support")."""
     x_s, y_s = support_set(setup, psi)
-    inner = InnerProblem(setup, theta0, x_s, y_s)
+    inner = make_inner(setup, theta0, x_s, y_s, key)
     d, inner_losses = inner.solve(inner_lr)
     return inner, jax.lax.stop_gradient(d), inner_losses
 
@@ -183,7 +344,7 @@ def finish_meta_gradient(
     setup: Setup,
     theta0: Any,
     psi: dict,
-    inner: InnerProblem,
+    inner: InnerProblem | SubsampledInner,
     d: jax.Array,
     g_t: jax.Array,
     direct: dict,
@@ -193,7 +354,8 @@ def finish_meta_gradient(
     reads no real data (shared by the ordinary and the DP step, dp.py)."""
     v, residuals = inner.inverse_hvp(d, g_t, hvp_lr)
     v = jax.lax.stop_gradient(v)
-    implicit = jax.grad(lambda p: implicit_objective(setup, theta0, d, v, p))(psi)
+    view = inner.view(d, "implicit", v)
+    implicit = jax.grad(lambda p: implicit_objective(setup, theta0, d, v, p, view))(psi)
     if setup.cfg.clip_implicit:
         implicit = jax.tree.map(_clip_to, implicit, direct)
     implicit = jax.tree.map(jnp.nan_to_num, implicit)
@@ -209,10 +371,13 @@ def meta_gradient(
     labels_t: jax.Array,
     inner_lr: jax.Array,
     hvp_lr: jax.Array,
+    key: jax.Array | None = None,
 ) -> tuple[dict, dict]:
-    """Direct + (clipped) implicit gradient of L_out(Δθ*(ψ), ψ) with respect to ψ (§1.5)."""
-    inner, d, inner_losses = inner_solution(setup, theta0, psi, inner_lr)
-    loss, g_t, direct = outer_gradients(setup, theta0, d, psi, x_t, labels_t)
+    """Direct + (clipped) implicit gradient of L_out(Δθ*(ψ), ψ) with respect to ψ (§1.5).
+    ``key``: the memory path's subsets (unused on the full path)."""
+    inner, d, inner_losses = inner_solution(setup, theta0, psi, inner_lr, key)
+    view = inner.view(d, "direct")
+    loss, g_t, direct = outer_gradients(setup, theta0, d, psi, x_t, labels_t, view)
     grad, aux = finish_meta_gradient(setup, theta0, psi, inner, d, g_t, direct, hvp_lr)
     return grad, {"outer_loss": loss, "inner_losses": inner_losses, **aux}
 
@@ -224,10 +389,16 @@ def _clip_to(i: jax.Array, d: jax.Array) -> jax.Array:
 
 
 def _train_pool_member(
-    setup: Setup, params: Any, opt_state: Any, psi: dict, n_steps: jax.Array
+    setup: Setup,
+    params: Any,
+    opt_state: Any,
+    psi: dict,
+    n_steps: jax.Array,
+    key: jax.Array | None = None,
 ) -> tuple[Any, Any]:
     """``n_steps`` (traced, ≤ pool_max_steps) Adam steps of ½‖f(S;θ) − Y_S‖²/(nC) on the
-    ordinary network (§1.7).
+    ordinary network (§1.7). On the memory path each step takes a random subset of
+    ``setup.support_batch`` support rows (from ``key``) instead of all n.
 
     Written as pool_max_steps unrolled steps whose updates are masked after ``n_steps``: on
     XLA:CPU a convolution inside a loop or conditional body runs several times slower than in
@@ -235,15 +406,21 @@ def _train_pool_member(
     """
     x_s, y_s = support_set(setup, jax.lax.stop_gradient(psi))
     opt = setup.pool_optimizer()
+    n, b = x_s.shape[0], setup.support_batch
 
-    def loss(p):
-        out = setup.apply(p, x_s)[0]
-        return 0.5 * jnp.sum((out - y_s) ** 2) / y_s.size
+    def loss(p, i):
+        xb, yb = x_s, y_s
+        if setup.memory_path and b < n:
+            assert key is not None
+            rows = jax.random.choice(jax.random.fold_in(key, i), n, (b,), replace=False)
+            xb, yb = x_s[rows], y_s[rows]
+        out = setup.apply(p, xb)[0]
+        return 0.5 * jnp.sum((out - yb) ** 2) / yb.size
 
     carry = (params, opt_state)
     for i in range(setup.cfg.pool_max_steps):
         p, s = carry
-        upd, s_new = opt.update(jax.grad(loss)(p), s, p)
+        upd, s_new = opt.update(jax.grad(loss)(p, i), s, p)
         new = (optax.apply_updates(p, upd), s_new)
         carry = jax.tree.map(functools.partial(jnp.where, i < n_steps), new, carry)
     return carry
@@ -258,9 +435,11 @@ def _adapt(lr: jax.Array, monotone: jax.Array, failed: jax.Array, every: int) ->
 
 def step_keys(state: DistillState) -> dict[str, jax.Array]:
     """This step's named keys: pool model, real batch (unused by DP: secret, rcig/dp.py), pool
-    steps, pool reset."""
+    steps, pool reset, and the memory path's support subsets (public: they pick distilled
+    rows, never real ones)."""
     key = jax.random.fold_in(state.key, state.step)
-    return dict(zip(("pool", "batch", "m", "reset"), jax.random.split(key, 4), strict=True))
+    keys = dict(zip(("pool", "batch", "m", "reset"), jax.random.split(key, 4), strict=True))
+    return {**keys, "support": jax.random.fold_in(key, 4)}
 
 
 def pick_pool_model(setup: Setup, state: DistillState) -> tuple[jax.Array, Any]:
@@ -284,7 +463,8 @@ def apply_update(
     # pool: train the visited model on the updated support set, re-initialise when it is old
     m = jax.random.randint(keys["m"], (), 1, cfg.pool_max_steps + 1)
     pool_opt_k = jax.tree.map(lambda s: s[k], state.pool_opt)
-    params_k, opt_k = _train_pool_member(setup, theta0, pool_opt_k, psi, m)
+    pool_key = memory.keys(keys["support"])["pool"]
+    params_k, opt_k = _train_pool_member(setup, theta0, pool_opt_k, psi, m, pool_key)
     steps_k = state.pool_steps[k] + m
     fresh_params, fresh_opt = init_pool_member(setup, keys["reset"])
     reset = steps_k >= cfg.pool_reset
@@ -338,22 +518,53 @@ def apply_update(
 
 
 def outer_step(
-    setup: Setup, state: DistillState, x_train: jax.Array, y_train: jax.Array
+    setup: Setup,
+    state: DistillState,
+    x_train: jax.Array,
+    y_train: jax.Array,
+    batch_sharding: Any = None,
 ) -> tuple[DistillState, dict]:
-    """One full RCIG iteration. ``x_train`` [N,H,W,C] model space, ``y_train`` int [N]."""
+    """One full RCIG iteration. ``x_train`` [N,H,W,C] model space, ``y_train`` int [N].
+
+    ``batch_sharding`` (a ``NamedSharding`` splitting the leading axis over a mesh's devices):
+    the real batch is laid out that way, so each device runs the real-batch half of the outer
+    gradient on its share and XLA sums the shares; everything else stays replicated."""
     k, theta0 = pick_pool_model(setup, state)
     assert setup.cfg.real_batch is not None  # with_data_defaults fills it before the setup
     n_real = min(setup.cfg.real_batch, x_train.shape[0])
     idx = jax.random.choice(step_keys(state)["batch"], x_train.shape[0], (n_real,), replace=False)
+    x_t, y_t = x_train[idx], y_train[idx]
+    if batch_sharding is not None:
+        x_t, y_t = jax.lax.with_sharding_constraint((x_t, y_t), batch_sharding)
     grad, aux = meta_gradient(
-        setup, theta0, state.psi, x_train[idx], y_train[idx], state.inner_lr, state.hvp_lr
+        setup,
+        theta0,
+        state.psi,
+        x_t,
+        y_t,
+        state.inner_lr,
+        state.hvp_lr,
+        key=step_keys(state)["support"],
     )
     return apply_update(setup, state, k, theta0, grad, aux)
 
 
-@functools.lru_cache(maxsize=8)
 def make_step(
-    setup: Setup,
+    setup: Setup, mesh: Any = None
 ) -> Callable[[DistillState, jax.Array, jax.Array], tuple[DistillState, dict]]:
-    """The jitted outer step; data are arguments (never closed-over constants)."""
-    return jax.jit(lambda s, x, y: outer_step(setup, s, x, y))
+    """The jitted outer step over ``mesh`` (default: every device, ``parallel.data_mesh``):
+    state and data replicated, the real batch sharded along the mesh's data axis, the new state
+    and the metrics replicated. Data are arguments (never closed-over constants). One per
+    (setup, mesh): a mesh over the same devices is the same mesh."""
+    return _make_step(setup, parallel.data_mesh() if mesh is None else mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_step(
+    setup: Setup, mesh: Any
+) -> Callable[[DistillState, jax.Array, jax.Array], tuple[DistillState, dict]]:
+    rep = parallel.replicated(mesh)
+    batch = parallel.batch_sharded(mesh)
+    return parallel.PlacedJit(
+        lambda s, x, y: outer_step(setup, s, x, y, batch), (rep, rep, rep), rep
+    )

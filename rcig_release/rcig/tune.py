@@ -4,7 +4,7 @@ As the authors: starting from the configured rate, run the inner solve (then the
 pool model with the same data every trial; multiply the rate by 1.2 while the loss (residual)
 sequence decreases at every step, the first failing trial included, then by 0.7 once: the search
 ends at 0.84 × the first failing rate, as the authors' loop does. A trial here is one
-inner (or HVP) solve on precomputed K_SS, J_S and outer gradient, not a whole outer iteration, so
+inner (or HVP) solve on precomputed K_SS, J_S (memory path: Φ_S and the Cholesky factor) and outer gradient, not a whole outer iteration, so
 the search costs seconds, not the authors' half hour.
 """
 
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from rcig_release.rcig import solvers
 from rcig_release.rcig.state import DistillState, Setup
-from rcig_release.rcig.step import InnerProblem, outer_loss, support_set
+from rcig_release.rcig.step import make_inner, outer_gradients, outer_loss, support_set
 
 
 def _search(run, lr: float, max_trials: int) -> tuple[float, int]:
@@ -38,22 +38,27 @@ def _trial_functions(setup: Setup):
     """Jitted pieces of a trial, compiled once per setup. Every array is an argument (closing
     over them would make them compile-time constants)."""
 
+    # the memory path's subsets: one fixed key for every trial, so trials differ in lr alone
+    key = jax.random.PRNGKey(0)
+
     @jax.jit
     def prepare(theta0, x_s, y_s):
-        p = InnerProblem(setup, theta0, x_s, y_s)
-        return p.k_ss, p.jac
+        return make_inner(setup, theta0, x_s, y_s, key).precomputed
 
     @jax.jit
     def inner_trial(theta0, x_s, y_s, k, j, lr):
-        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).solve(lr)
+        return make_inner(setup, theta0, x_s, y_s, key, (k, j)).solve(lr)
 
     @jax.jit
-    def outer_grad(theta0, d, psi, x_t, labels_t):
-        return jax.grad(lambda dd: outer_loss(setup, theta0, dd, psi, x_t, labels_t))(d)
+    def outer_grad(theta0, x_s, y_s, k, j, d, psi, x_t, labels_t):
+        if not setup.memory_path:
+            return jax.grad(lambda dd: outer_loss(setup, theta0, dd, psi, x_t, labels_t))(d)
+        view = make_inner(setup, theta0, x_s, y_s, key, (k, j)).view(d, "direct")
+        return outer_gradients(setup, theta0, d, psi, x_t, labels_t, view)[1]
 
     @jax.jit
     def hvp_trial(theta0, x_s, y_s, k, j, d, g, lr):
-        return InnerProblem(setup, theta0, x_s, y_s, k_ss=k, jac=j).inverse_hvp(d, g, lr)[1]
+        return make_inner(setup, theta0, x_s, y_s, key, (k, j)).inverse_hvp(d, g, lr)[1]
 
     return prepare, inner_trial, outer_grad, hvp_trial
 
@@ -87,7 +92,7 @@ def tune_learning_rates(
         cfg.tune_max_trials,
     )
     d = inner_trial(theta0, x_s, y_s, k_ss, jac, jnp.float32(inner_lr))[0]
-    g = outer_grad(theta0, d, state.psi, x_t, labels_t)
+    g = outer_grad(theta0, x_s, y_s, k_ss, jac, d, state.psi, x_t, labels_t)
     hvp_lr, n_h = _search(
         lambda lr: hvp_trial(theta0, x_s, y_s, k_ss, jac, d, g, jnp.float32(lr)),
         float(state.hvp_lr),
