@@ -37,6 +37,7 @@ def config(**kw):
 
     base = dict(
         ipc=2,
+        init="real",  # tiny classes: fewer records than the default centroids need
         width=2,
         depth=1,
         pool_size=2,

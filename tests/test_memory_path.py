@@ -30,6 +30,7 @@ C = 3
 def setup_for(**kw):
     kw = {
         "ipc": 2,
+        "init": "real",  # tiny classes: fewer records than the default centroids need
         "width": 2,
         "depth": 1,
         "pool_size": 2,
@@ -196,6 +197,7 @@ def test_memory_path_distils_and_is_a_function_of_the_seed():
     y = np.arange(30) % C
     cfg = DistillConfig(
         ipc=2,
+        init="real",  # tiny classes: fewer records than the default centroids need
         width=2,
         depth=1,
         pool_size=2,

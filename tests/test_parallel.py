@@ -102,6 +102,7 @@ def test_two_processes_give_the_one_process_result_and_only_process_0_draws(tmp_
 
 TOML = """
 [distill]
+init = "noise"
 width = 2
 depth = 1
 pool_size = 2
