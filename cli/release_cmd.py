@@ -266,14 +266,13 @@ def verify_command(
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
     from rcig_release.release.bundle import SIGNATURE
+    from rcig_release.release.escape import sanitize
     from rcig_release.release.verify import verify_bundle
 
     problems = verify_bundle(bundle, key=key, fingerprint_key=fingerprint_key, run=run, data=data)
     if problems:
-        for p in problems:
-            err_console.print(
-                Text(p, style="red")
-            )  # Text: no markup, emoji codes or control characters
+        for p in problems:  # Text: no markup; sanitize: every control character escaped
+            err_console.print(Text(sanitize(p, "terminal"), style="red"))
         err_console.print(
             f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True
         )
@@ -300,7 +299,8 @@ def verify_command(
         console.print(
             Text.assemble(
                 ("signature valid", "green"),
-                f": the holder of the key in {key.name} released exactly these files",
+                f": the holder of the key in {sanitize(key.name, 'terminal')} released exactly "
+                "these files",
             )
         )
     elif (bundle / SIGNATURE).is_file():

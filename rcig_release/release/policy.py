@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from rcig_release.errors import InputError
+from rcig_release.limits import MAX_DEPTH
 from rcig_release.release.hashing import bytes_sha256
+from rcig_release.safeio import depth, loads_toml
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
@@ -230,6 +232,10 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         raw = tomllib.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise InputError(f"policy {file}: not valid TOML ({e})") from None
+    except (RecursionError, ValueError):  # deep nesting, an integer over the digit limit
+        raw = loads_toml(text, f"policy {file}")  # the one-line reason
+    if depth(raw) > MAX_DEPTH:
+        raise InputError(f"policy {file}: nested more than {MAX_DEPTH} levels deep")
     top = _Table(raw, "", file)
 
     meta = top.sub("policy")
