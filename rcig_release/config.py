@@ -333,7 +333,7 @@ def check_image_side(image_shape: tuple[int, ...], arch: str, depth: int, what: 
     if min(h, w) < need:
         raise InputError(
             f"{what}: images of {h}x{w} pixels are too small for the depth-{depth} {arch}, which "
-            f"needs a side of at least {need} pixels (use larger images or a smaller --depth)"
+            f"needs a side of at least {need} pixels (use larger images, or a smaller depth in a --config file)"
         )
 
 

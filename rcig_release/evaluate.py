@@ -71,10 +71,10 @@ def evaluate_run(
     from rcig_release.train import evaluate_arrays
 
     run = rundir.load_run(run_dir)
+    _check_side(run.images.shape[1:], cfg.arch, run.config.depth)  # before data and networks
     ds = load_run_data(run, data)
     x_test = run.preprocessor.transform(ds.x_test).astype(np.float32)
     x_s, y_s = support_arrays(run)
-    _check_side(x_s.shape[1:], cfg.arch, run.config.depth)
     width = cfg.width or run.config.width
     result = evaluate_arrays(
         x_s,

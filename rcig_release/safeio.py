@@ -123,9 +123,24 @@ def depth(obj: Any) -> int:
     return deepest
 
 
+def toml_key_depth(text: str) -> int:
+    """The most dots in one line's key (before ``=``) or table header, in linear time: an upper
+    bound on how deep a dotted key nests (a dot inside a quoted key counts too)."""
+    deepest = 0
+    for line in text.splitlines():
+        s = line.lstrip()
+        if not s or s.startswith("#"):
+            continue
+        key = s if s.startswith("[") else s.split("=", 1)[0]
+        deepest = max(deepest, key.count("."))
+    return deepest
+
+
 def loads_toml(data: bytes | str, what: str) -> dict[str, Any]:
     """Parses TOML; too deep, too long an integer or a syntax error is one ``InputError``."""
     text = _decode(data, what)
+    if toml_key_depth(text) > limits.MAX_DEPTH:  # tomllib is slow on 10⁴-part dotted keys
+        raise _too_deep(what)
     try:
         obj = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

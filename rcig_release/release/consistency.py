@@ -48,6 +48,7 @@ from rcig_release.release.memorisation import MemorisationResult
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import redact
 from rcig_release.release.safety import SafetyResult
+from rcig_release.safeio import loads_json
 
 VERDICT = "policy/verdict.json"
 # The parts of run.json the verdict and the card may read, as provenance.json carries them.
@@ -419,9 +420,9 @@ def check_croissant(
     if CROISSANT not in files:
         return
     try:
-        meta = json.loads(files[CROISSANT].decode("utf-8"))
+        meta = loads_json(files[CROISSANT], CROISSANT)
         date = meta.get("datePublished")
-    except (UnicodeDecodeError, ValueError, RecursionError, AttributeError):
+    except (InputError, AttributeError):
         return  # verify's croissant check names an unreadable file
     if not isinstance(date, str) or not _DATE.fullmatch(date):
         problems.append(f"{CROISSANT}: datePublished is not a date (YYYY-MM-DD)")
@@ -556,13 +557,13 @@ def check_dp(
         )
     if CROISSANT in files:
         try:
-            meta = json.loads(files[CROISSANT].decode("utf-8"))
+            meta = loads_json(files[CROISSANT], CROISSANT)
             sets = [
                 r
                 for r in meta.get("recordSet", [])
                 if isinstance(r, Mapping) and r.get("@id") == DP_RECORD_SET
             ]
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        except (InputError, AttributeError, TypeError):
             return  # verify's croissant check names an unreadable file
         expected = [_as_json(dp_record_set(dp))] if dp is not None else []
         if sets != expected:

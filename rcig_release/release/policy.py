@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from rcig_release.errors import InputError
-from rcig_release.limits import MAX_DEPTH
 from rcig_release.release.hashing import bytes_sha256
-from rcig_release.safeio import depth, loads_toml
+from rcig_release.safeio import loads_toml
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
@@ -228,14 +226,8 @@ def _metric_limits(t: _Table, *, optional: bool) -> MetricLimits:
 
 def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
     """Parses and validates a policy from the TOML file's bytes."""
-    try:
-        raw = tomllib.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"policy {file}: not valid TOML ({e})") from None
-    except (RecursionError, ValueError):  # deep nesting, an integer over the digit limit
-        raw = loads_toml(text, f"policy {file}")  # the one-line reason
-    if depth(raw) > MAX_DEPTH:
-        raise InputError(f"policy {file}: nested more than {MAX_DEPTH} levels deep")
+    # depth, integer length and syntax: one line each (safeio), never a RecursionError
+    raw = loads_toml(text, f"policy {file}")
     top = _Table(raw, "", file)
 
     meta = top.sub("policy")

@@ -102,8 +102,8 @@ def _json(files: dict[str, bytes], path: str, problems: list[str]) -> dict | Non
         return None
     try:
         obj = loads_json(files[path], path)
-    except InputError as e:
-        problems.append(f"{path}: not valid JSON ({e})")
+    except InputError as e:  # names the file: deep, a long integer, bad UTF-8, a syntax error
+        problems.append(str(e))
         return None
     if not isinstance(obj, dict):
         problems.append(f"{path}: not a JSON object")
@@ -228,6 +228,15 @@ def _check_statements(
         return
     if audit is None or not verdict or arrays is None:
         return
+    # the game's class groups are the classes of the arrays: checked first, cheaply, so a forged
+    # class count cannot make verify recompute the game for 10,000 classes that have no records
+    game_classes = _game_class_groups(audit)
+    if game_classes is not None and game_classes != len(arrays[2]):
+        problems.append(
+            f"report/audit.json: the game has {game_classes} class groups, data/distilled.npz "
+            f"{len(arrays[2])} classes"
+        )
+        return
     # every statistic the gate reads, recomputed from the bundled score files (recompute.py)
     audit = recompute.verify_audit(
         files, audit, consistency.decision_inputs(prov)[0], len(arrays[2]), problems
@@ -260,6 +269,19 @@ def _check_statements(
     tool = got if isinstance(got := prov.get("tool"), dict) else {}
     consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
     consistency.check_croissant(files, s, policy.name, prov, problems)
+
+
+def _game_class_groups(audit: dict) -> int | None:
+    """How many ``class_<k>`` groups the bundled game's first attack has (None: no such record)."""
+    game = audit.get("game")
+    attacks = game.get("attacks") if isinstance(game, dict) else None
+    if not isinstance(attacks, dict) or not attacks:
+        return None
+    first = next(iter(attacks.values()))
+    groups = first.get("groups") if isinstance(first, dict) else None
+    if not isinstance(groups, dict):
+        return None
+    return sum(1 for g in groups if isinstance(g, str) and g.startswith("class_"))
 
 
 def _check_withheld(
