@@ -287,5 +287,9 @@ def register(app: typer.Typer) -> None:
                 markup=False,
                 soft_wrap=True,
             )
-        out.print(f"report: {Path(run) / 'audit' / 'audit.json'}", markup=False)
+        from rcig_release.release.escape import sanitize
+
+        out.print(
+            sanitize(f"report: {Path(run) / 'audit' / 'audit.json'}", "terminal"), markup=False
+        )
         check_dp(result)

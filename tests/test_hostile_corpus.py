@@ -818,7 +818,7 @@ def _(ctx, d):
 
 for _shape in ((4, 4), (2, 2), (1, 1), (8, 4), (3, 64)):
 
-    @case(f"data-too-small-{_shape[0]}x{_shape[1]}", "data", 2, "at least 8 pixels")
+    @case(f"data-too-small-{_shape[0]}x{_shape[1]}", "data", 2, "too small for the depth-")
     def _(ctx, d, _shape=_shape):
         return distill_args(d, data_npz(d, shape=_shape)), {}
 
@@ -1025,6 +1025,57 @@ def _(ctx, d):
     return ["release", str(r), "--policy", str(DEFAULT), "--out", str(d / "b")], ctx.env
 
 
+def _sparse(path: Path, size: int = GIB4) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+@case("release-sparse-4gb-policy", "release", 2, "policy file", "RCIG_RELEASE_MAX_FILE_BYTES")
+def _(ctx, d):
+    return [
+        "release",
+        str(ctx.run),
+        "--policy",
+        str(_sparse(d / "p.toml")),
+        "--out",
+        str(d / "b"),
+    ], ctx.env
+
+
+@case("release-sparse-4gb-fingerprint-key", "release", 2, "fingerprint key")
+def _(ctx, d):
+    key = _sparse(d / "k")
+    key.chmod(0o600)
+    return [
+        "release",
+        str(ctx.run),
+        "--policy",
+        str(DEFAULT),
+        "--out",
+        str(d / "b"),
+        "--fingerprint-key",
+        str(key),
+    ], ctx.env
+
+
+@case("sizes-distill-sparse-4gb-config", "sizes", 2, "config file", "RCIG_RELEASE_MAX_FILE_BYTES")
+def _(ctx, d):
+    return distill_args(d, data_npz(d), "--config", str(_sparse(d / "c.toml"))), {}
+
+
+@case(
+    "sizes-verify-sparse-4gb-key",
+    "sizes",
+    2,
+    *(
+        ("RCIG_RELEASE_MAX_FILE_BYTES",) if shutil.which("ssh-keygen") else ()
+    ),  # else: no ssh-keygen
+)
+def _(ctx, d):
+    return ["verify", str(ctx.bundle), "--key", str(_sparse(d / "k.pub"))], {}
+
+
 # --- evaluate: the images against the network ---------------------------------------------------
 
 for _side in (4, 2, 1):
@@ -1141,3 +1192,18 @@ def test_hostile_input(results, c):
     assert r["max_rss"] < MEMORY_LIMIT, r["max_rss"]
     if r["code"] == 2:  # bad input: one line
         assert r["stderr"].strip().count("\n") == 0, r["stderr"]
+
+
+def test_corpus_summary(results, capsys):
+    """Per category: cases, worst time and peak memory (printed; figures in docs/benchmarks.md)."""
+    rows = []
+    for cat in sorted(CATEGORIES):
+        rs = [results[c.id] for c in CASES if c.category == cat]
+        rows.append(
+            f"{cat:10s} {len(rs):4d} cases  max {max(r['seconds'] for r in rs):5.1f} s  "
+            f"sum {sum(r['seconds'] for r in rs):6.1f} s  peak RSS "
+            f"{max(r['max_rss'] for r in rs) / 2**20:6.0f} MiB"
+        )
+    with capsys.disabled():
+        print("\nhostile corpus:\n" + "\n".join(rows))
+    assert all(r["max_rss"] < MEMORY_LIMIT for r in results.values())

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 import rcig_release
+from rcig_release import limits
 from rcig_release.errors import InputError, PolicyFailure
 from rcig_release.release import coverage, figures, recompute, signing
 from rcig_release.release import dp as dpmod
@@ -572,6 +573,7 @@ def read_policy(path: str | Path) -> tuple[bytes, Policy]:
     """The policy file's bytes (bundled as they are) and the policy parsed from them."""
     path = Path(path)
     try:
+        limits.check_file_bytes(path.stat().st_size, f"policy file {path.name}")  # before reading
         text = path.read_bytes()
     except OSError:
         raise InputError(f"policy file not readable: {path.name}") from None

@@ -329,8 +329,11 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Reads a policy file (a regular file; a symlink is read like any input, not bundled)."""
+    from rcig_release import limits
+
     path = Path(path)
     try:
+        limits.check_file_bytes(path.stat().st_size, f"policy file {path.name}")  # before reading
         text = path.read_bytes()
     except OSError:
         raise InputError(f"policy file not readable: {path.name}") from None
