@@ -83,9 +83,10 @@ def check_text(s: str, what: str) -> str:
     """``s`` unchanged, or an ``InputError`` naming ``what`` and the first refused character."""
     bad = control_char(s)
     if bad is not None:
+        cp = int(bad[2:], 16)  # bidi controls are named control characters, as the docs do
         kind = (
             "an invisible format character"
-            if unicodedata.category(chr(int(bad[2:], 16))) == "Cf"
+            if unicodedata.category(chr(cp)) == "Cf" and cp not in _REFUSED_EXTRA
             else "a control character"
         )
         raise InputError(f"{what} contains {kind} ({bad}); remove it and try again")
