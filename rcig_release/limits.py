@@ -8,7 +8,7 @@ mechanism:
   decoded images of one image folder may take (8-bit pixels: 1 byte per channel).
 * ``RCIG_RELEASE_MAX_PIXELS`` (default 16,777,216 = 4096×4096): the most pixels (width × height)
   of one image file, checked from its header before it is decoded.
-* ``RCIG_RELEASE_MAX_FILE_BYTES`` (default 256 MiB): the most bytes of one file read whole (a
+* ``RCIG_RELEASE_MAX_FILE_BYTES`` (default 1 GiB): the most bytes of one file read whole (a
   JSON or TOML file, a file of a run directory or of a bundle), checked with ``lstat`` before it
   is opened.
 * ``RCIG_RELEASE_MAX_FILES`` (default 1,000,000): the most files of one image folder or bundle,
@@ -35,7 +35,7 @@ MAX_FILE_BYTES_ENV = "RCIG_RELEASE_MAX_FILE_BYTES"
 MAX_FILES_ENV = "RCIG_RELEASE_MAX_FILES"
 MAX_CLASSES_ENV = "RCIG_RELEASE_MAX_CLASSES"
 DEFAULT_MAX_BYTES = 4 * 2**30
-DEFAULT_MAX_FILE_BYTES = 256 * 2**20
+DEFAULT_MAX_FILE_BYTES = 2**30
 DEFAULT_MAX_FILES = 1_000_000
 DEFAULT_MAX_CLASSES = 10_000
 MAX_DEPTH = 64
@@ -101,7 +101,7 @@ def check_pixels(width: int, height: int, what: str) -> None:
 
 
 def max_file_bytes() -> int:
-    """The cap on one file read whole (``$RCIG_RELEASE_MAX_FILE_BYTES`` or 256 MiB)."""
+    """The cap on one file read whole (``$RCIG_RELEASE_MAX_FILE_BYTES`` or 1 GiB)."""
     return _read(MAX_FILE_BYTES_ENV, DEFAULT_MAX_FILE_BYTES)
 
 

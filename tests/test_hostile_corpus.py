@@ -494,11 +494,11 @@ def _(ctx, d):
     return ["verify", str(b)], {}
 
 
-@case("size-sparse-300mb-readme", "sizes", 2, "README.md", "RCIG_RELEASE_MAX_FILE_BYTES")
+@case("size-sparse-2gb-readme", "sizes", 2, "README.md", "RCIG_RELEASE_MAX_FILE_BYTES")
 def _(ctx, d):
     b = copy_bundle(ctx, d)
     with open(b / "README.md", "r+b") as f:
-        f.truncate(300 * 2**20)
+        f.truncate(2 * 2**30)
     return ["verify", str(b)], {}
 
 
