@@ -323,3 +323,78 @@ def test_minimum_side_is_what_the_convnet_needs(depth):
     check_image_side((need, need, 1), "convnet", depth, "x")
     with pytest.raises(InputError, match=f"at least {need} pixels"):
         check_image_side((need - 1, need, 1), "convnet", depth, "x")
+
+
+# --- the catch-all at each command's edge ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exc, code, text",
+    [
+        (RecursionError("deep"), 2, "nested too deeply (RecursionError)"),
+        (ValueError("Exceeds the limit (4300 digits)"), 2, "cannot be processed"),
+        (MemoryError(), 2, "more memory"),
+        (KeyError("secret-class-name"), 1, "bundle not intact: it cannot be checked (KeyError)"),
+        (ZeroDivisionError(), 1, "it cannot be checked (ZeroDivisionError)"),
+    ],
+)
+def test_verify_edge_turns_any_exception_into_one_line(tmp_path, monkeypatch, exc, code, text):
+    from typer.testing import CliRunner
+
+    from rcig_release.cli.main import app
+    from rcig_release.release import verify
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(verify, "verify_bundle", boom)
+    r = CliRunner().invoke(app, ["verify", str(tmp_path)])
+    assert r.exit_code == code and text in r.output, r.output
+    assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert "secret-class-name" not in r.output  # only the type: a message could hold data
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_other_commands_call_an_unexpected_exception_a_bug(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rcig_release import pipeline
+    from rcig_release.cli.main import app
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(pipeline, "distill_run", boom)
+    r = CliRunner().invoke(
+        app, ["distill", "--preset", "cpu", "--quiet", "--out", str(tmp_path / "o")]
+    )
+    assert r.exit_code == 1 and "unexpected ZeroDivisionError; this is a bug" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_without_the_catch_all_the_exception_escapes(tmp_path, monkeypatch):
+    """The broken variant: the library-error handler alone lets a KeyError through."""
+    import functools
+
+    import typer
+    from typer.testing import CliRunner
+
+    from rcig_release.errors import RcigReleaseError
+
+    def old_handle_errors(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            try:
+                return fn(*a, **k)
+            except RcigReleaseError as e:
+                raise typer.Exit(e.exit_code) from None
+
+        return wrapper
+
+    def command() -> None:
+        raise KeyError("x")
+
+    app = typer.Typer()
+    app.command()(old_handle_errors(command))
+    r = CliRunner().invoke(app, [])
+    assert isinstance(r.exception, KeyError)
