@@ -372,6 +372,10 @@ def _run_audit(
 
         validate_dp(run.run_json["dp"], "run.json dp")
     ds_data = load_data(run, data)
+    from rcig_release.config import check_image_side  # the shadows distil with this ConvNet
+
+    shape = tuple(ds_data.x_train.shape[1:])
+    check_image_side(shape, "convnet", resolve(run.config, shape, run.num_classes).depth, "RUN")
     audit_dir = run.path / AUDIT_DIR
     if private_gallery is not None:  # check before any work
         outputs.check_gallery(Path(private_gallery), run.path)

@@ -333,6 +333,8 @@ def register(app: typer.Typer) -> None:
                 markup=False,
                 soft_wrap=True,
             )
+        from rcig_release.release.escape import sanitize
+
         pre = result.get("memorisation_precheck")
         if pre is not None:
             bad = not pre["passed"]
@@ -343,5 +345,7 @@ def register(app: typer.Typer) -> None:
                 markup=False,
                 soft_wrap=True,
             )
-        out.print(f"report: {Path(run) / 'audit' / 'audit.json'}", markup=False)
+        out.print(
+            sanitize(f"report: {Path(run) / 'audit' / 'audit.json'}", "terminal"), markup=False
+        )
         check_dp(result)

@@ -145,6 +145,7 @@ def distill(
     )
     from rcig_release.errors import InputError
     from rcig_release.pipeline import default_out, distill_run, resume_config
+    from rcig_release.release.escape import sanitize
 
     if resume and force:
         raise InputError("--resume and --force exclude each other")
@@ -221,7 +222,7 @@ def distill(
                 resume=resume,
                 force=force,
                 progress=progress,
-                status=lambda m: console.print(m, markup=False),
+                status=lambda m: console.print(sanitize(m, "terminal"), markup=False),
                 phase=phase,
             )
             bar.update(
@@ -234,7 +235,7 @@ def distill(
     console.print(
         Text.assemble(
             ("done", "green"),
-            f": {out} ({cfg.ipc * len(run['data']['classes'])} images, "
+            f": {sanitize(out, 'terminal')} ({cfg.ipc * len(run['data']['classes'])} images, "
             f"{run['config']['steps']} steps, distillation {t['distill_seconds']:.1f} s)",
         )
     )

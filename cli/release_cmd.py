@@ -28,12 +28,18 @@ def limit_text(rule) -> str:
 
 
 def _rules_table(rules, title: str) -> Table:
-    table = Table(title=Text(title), title_justify="left")
+    table = Table(title=Text(_term(title)), title_justify="left")
     for col in ("rule", "value", "limit", "note"):
         table.add_column(col, overflow="fold")
     for r in rules:
-        table.add_row(*(Text(c) for c in (r.name, _fmt(r.value), limit_text(r), r.note)))
+        table.add_row(*(Text(_term(c)) for c in (r.name, _fmt(r.value), limit_text(r), r.note)))
     return table
+
+
+def _term(x) -> str:
+    from rcig_release.release.escape import sanitize
+
+    return sanitize(x, "terminal")
 
 
 def _g(x) -> str:
@@ -153,6 +159,7 @@ def release_command(
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
     from rcig_release.release.bundle import ReleaseRefused, release
+    from rcig_release.release.escape import sanitize
 
     try:
         result = release(
@@ -188,7 +195,10 @@ def release_command(
             _rules_table(d.failed, f"Failed rules of policy {d.policy_name!r} (overridden)")
         )
         console.print(
-            Text.assemble(("released with an override", "yellow"), f": {result.override}")
+            Text.assemble(
+                ("released with an override", "yellow"),
+                f": {sanitize(result.override, 'terminal')}",
+            )
         )
     if result.binding is not None:
         b = result.binding
@@ -213,14 +223,14 @@ def release_command(
     created = " (created now: keep it, it is the only way to check the fingerprint)"
     console.print(
         Text(
-            f"data fingerprint: keyed with {result.fingerprint_key}"
+            f"data fingerprint: keyed with {sanitize(result.fingerprint_key, 'terminal')}"
             + (created if result.key_created else "")
         )
     )
     signed = " (signed)" if sign is not None else ""
     console.print(
         Text(
-            f"bundle written{signed}: {result.out} ({len(result.files)} files); check it "
+            f"bundle written{signed}: {sanitize(result.out, 'terminal')} ({len(result.files)} files); check it "
             "with `rcig-release verify`"
         )
     )
@@ -266,14 +276,13 @@ def verify_command(
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
     from rcig_release.release.bundle import SIGNATURE
+    from rcig_release.release.escape import sanitize
     from rcig_release.release.verify import verify_bundle
 
     problems = verify_bundle(bundle, key=key, fingerprint_key=fingerprint_key, run=run, data=data)
     if problems:
-        for p in problems:
-            err_console.print(
-                Text(p, style="red")
-            )  # Text: no markup, emoji codes or control characters
+        for p in problems:  # Text: no markup; sanitize: every control character escaped
+            err_console.print(Text(sanitize(p, "terminal"), style="red"))
         err_console.print(
             f"[bold red]bundle not intact:[/] {len(problems)} problem(s)", markup=True
         )
@@ -300,7 +309,8 @@ def verify_command(
         console.print(
             Text.assemble(
                 ("signature valid", "green"),
-                f": the holder of the key in {key.name} released exactly these files",
+                f": the holder of the key in {sanitize(key.name, 'terminal')} released exactly "
+                "these files",
             )
         )
     elif (bundle / SIGNATURE).is_file():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +146,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"config file not found: {p}")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"config file {p} is not valid TOML: {e}") from None
+    from rcig_release.safeio import loads_toml, read_file
+
+    return loads_toml(read_file(p, f"config file {p}"), f"config file {p}")
 
 
 def make_distill_config(
@@ -392,6 +390,25 @@ def depth_for_size(size: int) -> int:
     if size <= 64:
         return 4
     return 5
+
+
+def min_image_side(arch: str, depth: int) -> int:
+    """The smallest image side a network takes: the ConvNet halves its map ``depth`` times with
+    unpadded 2×2 pooling, so it needs 2^depth pixels; the evaluation architectures pad and skip
+    pooling at 1×1 (``archs.py``), so any side works."""
+    return 2**depth if arch == "convnet" else 1
+
+
+def check_image_side(image_shape: tuple[int, ...], arch: str, depth: int, what: str) -> None:
+    """``InputError`` (exit 2) naming the minimum side when the images are too small for the
+    network (before any network is built)."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    need = min_image_side(arch, depth)
+    if min(h, w) < need:
+        raise InputError(
+            f"{what}: images of {h}x{w} pixels are too small for the depth-{depth} {arch}, which "
+            f"needs a side of at least {need} pixels (use larger images, or a smaller depth in a --config file)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,6 +52,14 @@ def default_eval_steps(run: rundir.Run) -> int:
     return default_steps(len(run.images_model))
 
 
+def _check_side(image_shape: tuple[int, ...], arch: str, depth: int | None) -> None:
+    """The images against the network before anything is built (exit 2 naming the minimum)."""
+    from rcig_release.config import check_image_side, depth_for_size
+
+    d = depth if depth is not None else depth_for_size(max(image_shape[0], image_shape[1]))
+    check_image_side(image_shape, arch, d, "RUN/distilled.npz")
+
+
 def evaluate_run(
     run_dir: Any, cfg: EvalConfig, *, data: str | None = None, write: bool = True
 ) -> dict[str, Any]:
@@ -63,6 +71,7 @@ def evaluate_run(
     from rcig_release.train import evaluate_arrays
 
     run = rundir.load_run(run_dir)
+    _check_side(run.images.shape[1:], cfg.arch, run.config.depth)  # before data and networks
     ds = load_run_data(run, data)
     x_test = run.preprocessor.transform(ds.x_test).astype(np.float32)
     x_s, y_s = support_arrays(run)

@@ -93,8 +93,11 @@ def distill_run(
     arguments and loads the data itself; process 0 alone checks and writes ``out`` (its refusals
     reach every process as the same error), the others write nothing."""
     from rcig_release import parallel
+    from rcig_release.config import check_image_side
     from rcig_release.data import load_dataset, preprocessor_for
     from rcig_release.data.paths import check_out_apart
+    from rcig_release.data.preprocess import check_zca_size
+    from rcig_release.release.escape import check_dataset
 
     say = status or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -104,7 +107,11 @@ def distill_run(
     ds = load_dataset(data, seed=0)
     cfg = with_data_defaults(cfg, ds.n_train)
     check_ipc(ds, cfg.ipc)  # names the short class
+    check_dataset(ds, data)  # class names, >= 2 classes: what release would refuse, refused now
     res = resolve(cfg, ds.image_shape, ds.num_classes)
+    check_image_side(ds.image_shape, "convnet", res.depth, data)
+    if res.zca and cfg.dp_epsilon is None:
+        check_zca_size(ds.image_shape)  # before the out directory and any allocation
     primary = parallel.is_primary()
     parallel.on_primary(lambda: rundir.prepare_out(out, resume=resume, force=force))
     if primary and (msg := dp_delta_warning(cfg, ds.n_train)) is not None:

@@ -202,10 +202,12 @@ def load_run(path: str | Path) -> Run:
     for name in (DISTILLED, RUN_JSON):
         if not (p / name).is_file():
             raise InputError(f"{p / name} is missing (is {p} a finished distillation run?)")
+    from rcig_release.safeio import loads_json, read_file
+
+    run_json = loads_json(read_file(p / RUN_JSON, str(p / RUN_JSON)), str(p / RUN_JSON))
     try:
-        run_json = json.loads((p / RUN_JSON).read_text(encoding="utf-8"))
         cfg = DistillConfig(**run_json["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (KeyError, TypeError) as e:
         raise InputError(f"{p / RUN_JSON} is unreadable: {type(e).__name__}") from None
     try:
         arrays = read_npz(p / DISTILLED, str(p / DISTILLED))  # headers checked against the cap

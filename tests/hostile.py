@@ -37,6 +37,15 @@ MARKDOWN_YAML = (
     "&",
     "!important",
     "~/notes",  # a home-relative path would be refused; not used as a class (see LEAKY)
+    # GFM: strikethrough and the extended autolinks (issue 22)
+    "~~struck~~",
+    "see http://evil.example/x",
+    "www.evil.example",
+    "me@evil.example",
+    # YAML 1.2 readers resolve these plain scalars to numbers, booleans or null (issue 22)
+    "1e3",
+    "no",
+    "0x10",
 )
 CSV_FORMULA = ("=1+1", "+SUM(A1)", "-2", "@cmd", "'quoted", '=HYPERLINK("http://x")')
 UNICODE = ("猫", "🐶 dog", "T-shirt/top", "ＣＡＴ", "Ä", "a/b", "a_b", "Cat", "cat", "..", ".")

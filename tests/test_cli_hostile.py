@@ -78,7 +78,7 @@ def image_folder(root: Path, classes=("a", "b"), n=4) -> Path:
 
 def tiny_npz(path: Path, classes=None) -> Path:
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (24, 6, 6)).astype(np.float32)
+    x = rng.uniform(0, 1, (24, 8, 8)).astype(np.float32)
     y = np.repeat(np.arange(3), 8)
     extra = {} if classes is None else {"classes": np.array(classes)}
     np.savez(path, x=x, y=y, **extra)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import resealing
 from typer.testing import CliRunner
 
 from rcig_release.audits import dpcheck, epsilon
@@ -22,7 +23,6 @@ from rcig_release.errors import DpViolation, InputError
 from rcig_release.release import dp as dpmod
 from rcig_release.release.bundle import DpViolationRefused, release
 from rcig_release.release.decision import evaluate_policy
-from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.policy import load_policy, parse_policy
 from rcig_release.release.testing import (
     dp_audit_section,
@@ -423,19 +423,7 @@ def test_dp_croissant_validates_without_warnings(dp_bundle, caplog, statement):
 
 def _reseal(bundle: Path) -> None:
     """A forger's reseal: every checksum in croissant.json and the manifest recomputed."""
-    meta = json.loads((bundle / "croissant.json").read_text())
-    for entry in meta["distribution"]:
-        if entry.get("@type") == "cr:FileObject":
-            entry["sha256"] = bytes_sha256((bundle / entry["contentUrl"]).read_bytes())
-    (bundle / "croissant.json").write_text(json.dumps(meta))
-    files = sorted(
-        p.relative_to(bundle).as_posix()
-        for p in bundle.rglob("*")
-        if p.is_file() and p.name != "manifest-sha256.txt"
-    )
-    (bundle / "manifest-sha256.txt").write_text(
-        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files)
-    )
+    resealing.reseal(bundle)  # in the writer's format: verify rebuilds croissant.json
 
 
 def _edit_json(path: Path, edit) -> None:

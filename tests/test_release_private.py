@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import resealing
 from typer.testing import CliRunner
 
 from rcig_release.cli.main import app
@@ -404,34 +405,7 @@ def test_the_dp_sentence_follows_the_table():
 
 
 def _reseal(bundle: Path) -> None:
-    meta = json.loads((bundle / "croissant.json").read_text())
-    listed = {e["contentUrl"] for e in meta["distribution"] if e.get("@type") == "cr:FileObject"}
-    for entry in meta["distribution"]:
-        if entry.get("@type") == "cr:FileObject":
-            entry["sha256"] = bytes_sha256((bundle / entry["contentUrl"]).read_bytes())
-    for p in sorted(bundle.rglob("*")):
-        rel = p.relative_to(bundle).as_posix()
-        if (
-            p.is_file()
-            and rel not in listed
-            and rel not in ("croissant.json", "manifest-sha256.txt")
-        ):
-            meta["distribution"].append(
-                {
-                    "@type": "cr:FileObject",
-                    "contentUrl": rel,
-                    "sha256": bytes_sha256(p.read_bytes()),
-                }
-            )
-    (bundle / "croissant.json").write_text(json.dumps(meta))
-    files = sorted(
-        p.relative_to(bundle).as_posix()
-        for p in bundle.rglob("*")
-        if p.is_file() and p.name != "manifest-sha256.txt"
-    )
-    (bundle / "manifest-sha256.txt").write_text(
-        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files)
-    )
+    resealing.reseal(bundle)  # in the writer's format: verify rebuilds croissant.json
 
 
 @pytest.fixture(scope="module")

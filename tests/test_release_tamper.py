@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import resealing
 from typer.testing import CliRunner
 
 from rcig_release.cli.main import app
@@ -30,27 +31,7 @@ needs_ssh = pytest.mark.skipif(
 
 def reseal(bundle: Path) -> None:
     """What a careful forger does after an edit: list every file again in croissant.json and the manifest."""
-    files = sorted(
-        p.relative_to(bundle).as_posix()
-        for p in bundle.rglob("*")
-        if p.is_file() and p.name not in ("manifest-sha256.txt", "croissant.json", SIG)
-    )
-    meta = json.loads((bundle / "croissant.json").read_text())
-    meta["distribution"] = [
-        {
-            "@type": "cr:FileObject",
-            "@id": f,
-            "name": f,
-            "contentUrl": f,
-            "sha256": bytes_sha256((bundle / f).read_bytes()),
-        }
-        for f in files
-    ]
-    (bundle / "croissant.json").write_text(json.dumps(meta))
-    files = sorted(files + ["croissant.json"])
-    (bundle / "manifest-sha256.txt").write_text(
-        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files)
-    )
+    resealing.reseal(bundle)  # in the writer's format: verify rebuilds croissant.json
 
 
 def edit_json(path: Path, edit) -> None:
@@ -384,9 +365,14 @@ def test_signed_bundle_verifies_with_its_key_only(made, bundle):
 
 
 @needs_ssh
-def test_signed_bundle_fails_after_resealing(made, bundle):
-    (bundle / "notes.txt").write_text("added later")
+def _backdate(bundle: Path) -> None:
+    """An edit nothing in the bundle can contradict (the creation time), then a reseal."""
+    edit_json(bundle / "provenance.json", lambda p: p.update(created="2020-01-01T00:00:00+00:00"))
     reseal(bundle)
+
+
+def test_signed_bundle_fails_after_resealing(made, bundle):
+    _backdate(bundle)
     assert verify_bundle(bundle) == []  # internally consistent: an unsigned check cannot tell
     problems = verify_bundle(bundle, key=f"{made['key']}.pub")
     assert len(problems) == 1 and problems[0].startswith(f"{SIG}: does not verify"), problems
@@ -415,8 +401,8 @@ def test_the_documented_commands_check_a_bundle(made, tmp_path):
     assert 'Good "rcig-release-bundle" signature for custodian' in ok.stdout + ok.stderr
     for tamper in (
         lambda b: (b / "notes.txt").write_text("x"),  # an unlisted file
-        lambda b: reseal(b),
-    ):  # a resealed manifest (here: reformatted croissant.json)
+        _backdate,  # a resealed manifest
+    ):
         shutil.rmtree(tmp_path / "BUNDLE")
         shutil.copytree(made["pass"], tmp_path / "BUNDLE")
         tamper(tmp_path / "BUNDLE")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import resealing
 from typer.testing import CliRunner
 
 from rcig_release.cli.main import app
 from rcig_release.errors import InputError
 from rcig_release.release.bundle import npz_bytes, release
-from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.testing import fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
 
@@ -101,19 +101,7 @@ def test_symlink_is_named_not_followed(bundle, tmp_path):
 
 def _rewrite_checksums(bundle: Path) -> None:
     """What a careful forger does: recompute croissant.json and the manifest after an edit."""
-    meta = json.loads((bundle / "croissant.json").read_text())
-    for d in meta["distribution"]:
-        if "contentUrl" in d:  # FileObjects; the FileSet of the PNGs has no checksum
-            d["sha256"] = bytes_sha256((bundle / d["contentUrl"]).read_bytes())
-    (bundle / "croissant.json").write_text(json.dumps(meta))
-    files = sorted(
-        p.relative_to(bundle).as_posix()
-        for p in bundle.rglob("*")
-        if p.is_file() and p.name != "manifest-sha256.txt"
-    )
-    (bundle / "manifest-sha256.txt").write_text(
-        "".join(f"{bytes_sha256((bundle / f).read_bytes())}  {f}\n" for f in files)
-    )
+    resealing.reseal(bundle)  # in the writer's format: verify rebuilds croissant.json
 
 
 def test_swapped_data_with_fixed_checksums_breaks_the_binding(bundle):

@@ -28,6 +28,7 @@ from rcig_release.data.splits import stratified_split
 from rcig_release.errors import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+_FORMATS = ("PNG", "JPEG")  # the decoders Pillow may use, whatever the content claims
 _GREY_MODES = {"1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N"}
 _COLOUR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 _UNREADABLE = (
@@ -59,6 +60,7 @@ def _visible_dirs(d: Path, root: Path) -> list[Path]:
         if p.is_dir():  # follows a link, so a link to a folder is caught here
             _no_symlink(p, root)
             out.append(p)
+            limits.check_classes(len(out), f"image folder {root.name}")
     return sorted(out, key=lambda p: p.name)
 
 
@@ -70,12 +72,14 @@ def _image_files(d: Path, root: Path) -> list[Path]:
         _no_symlink(p, root)
         if p.is_file():
             out.append(p)
+            limits.check_files(len(out), f"image folder {root.name}")
     return sorted(out, key=lambda p: p.name)
 
 
 def _scan(split_dir: Path, root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Class names and ``(file, label)`` pairs under ``split_dir``."""
     class_dirs = _visible_dirs(split_dir, root)
+    limits.check_classes(len(class_dirs), f"image folder {root.name}")
     if not class_dirs:
         where = f"image folder {root.name}" if split_dir == root else f"{_rel(split_dir, root)}/"
         raise InputError(f"{where} is empty: no class sub-folders (expected <class>/<images>)")
@@ -85,6 +89,7 @@ def _scan(split_dir: Path, root: Path) -> tuple[list[str], list[tuple[Path, int]
         if not files:
             raise InputError(f"class folder {_rel(cdir, root)} has no PNG/JPEG images")
         items.extend((f, label) for f in files)
+        limits.check_files(len(items), f"image folder {root.name}")
     return [c.name for c in class_dirs], items
 
 
@@ -99,7 +104,7 @@ def _open(path: Path) -> Iterator[Image.Image]:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            im = Image.open(f)
+            im = Image.open(f, formats=_FORMATS)  # never a decoder the content picks
         finally:
             Image.MAX_IMAGE_PIXELS = saved
         with im:

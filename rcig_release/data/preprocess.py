@@ -21,10 +21,12 @@ eigendecomposition ``W = V diag(μ) Vᵀ`` of the stored matrix, in float64, the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
+from rcig_release import limits
 from rcig_release.errors import InputError
 
 ARRAY_KEYS = ("prep_mean", "prep_std", "prep_zca")  # required
@@ -197,6 +199,30 @@ def zca_matrix(cov: np.ndarray, zca_reg: float) -> np.ndarray:
     return (evecs * (evals + reg) ** -0.5) @ evecs.T
 
 
+ZCA_COPIES = 5  # float64 D×D arrays alive at once: the Gram, eigh's vectors and work, W, W⁻¹
+
+
+def zca_bytes(image_shape: tuple[int, ...]) -> int:
+    """Memory the ZCA fit needs for images of ``image_shape`` (H, W, C): ``ZCA_COPIES`` float64
+    D×D matrices, D = H·W·C."""
+    d = math.prod(int(x) for x in image_shape)
+    return ZCA_COPIES * d * d * 8
+
+
+def check_zca_size(image_shape: tuple[int, ...]) -> None:
+    """``InputError`` before anything is allocated when the ZCA of these images would need more
+    than ``RCIG_RELEASE_MAX_BYTES`` (128×128 colour: D = 49,152, about 90 GiB)."""
+    n, cap = zca_bytes(image_shape), limits.max_bytes()
+    if n > cap:
+        d = math.prod(int(x) for x in image_shape)
+        shape = "x".join(str(int(x)) for x in image_shape)
+        raise InputError(
+            f"ZCA whitening of {shape} images needs {d:,}x{d:,} float64 matrices (about "
+            f"{limits.fmt_bytes(n)}), more than the cap of {limits.fmt_bytes(cap)}: use "
+            f"--no-zca, or raise {limits.MAX_BYTES_ENV}"
+        )
+
+
 def fit_preprocessor(x_train: np.ndarray, *, zca: bool, zca_reg: float = 0.1) -> Preprocessor:
     """Fits standardisation (and ZCA when ``zca``) on the training split.
 
@@ -219,6 +245,8 @@ def fit_preprocessor(x_train: np.ndarray, *, zca: bool, zca_reg: float = 0.1) ->
         raise InputError(
             f"fit_preprocessor needs at least 2 images [N,H,W,C] (got shape {tuple(x.shape)})"
         )
+    if zca:
+        check_zca_size(x.shape[1:])  # before the statistics, before any D×D allocation
     mean, std = _channel_stats(x)
     if not zca:
         return Preprocessor(mean=mean, std=std)

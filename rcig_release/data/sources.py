@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcig_release import limits
 from rcig_release.data.dataset import Dataset, make_dataset
 from rcig_release.data.splits import stratified_split
 from rcig_release.data.validate import (
@@ -63,10 +64,13 @@ def _read_npz(path: Path, name: str) -> dict[str, np.ndarray]:
 
 def _npz_classes(arrays: dict[str, np.ndarray], name: str, num_labels: int) -> tuple[str, ...]:
     if "classes" not in arrays:
+        # the highest label sets the count: capped before one name is made (labels up to 1e12)
+        limits.check_classes(num_labels, f"{name} (labels up to {num_labels - 1:,}, no 'classes')")
         return tuple(str(i) for i in range(num_labels))
     c = arrays["classes"]
     if c.ndim != 1 or c.dtype.kind not in "US" or c.shape[0] == 0:
         raise InputError(f"{name}: 'classes' must be a non-empty 1-D array of strings")
+    limits.check_classes(int(c.shape[0]), name)
     names = tuple(
         v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in c.tolist()
     )

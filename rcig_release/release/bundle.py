@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 import rcig_release
+from rcig_release import limits
 from rcig_release.errors import InputError, PolicyFailure
 from rcig_release.release import coverage, figures, recompute, signing
 from rcig_release.release import dp as dpmod
@@ -34,7 +36,7 @@ from rcig_release.release import replay as replaymod
 from rcig_release.release.croissant import croissant, croissant_dp_text
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
-from rcig_release.release.escape import check_text, csv_cell
+from rcig_release.release.escape import check_class_names, check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.initset import verified_init_indices
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
@@ -60,7 +62,7 @@ _RESERVED = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
 }
-_SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
+_SPDX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")  # fullmatch: no "$" before a newline
 
 
 class ReleaseRefused(PolicyFailure):
@@ -154,7 +156,9 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
     NFKC, runs of anything but letters, digits, ``_ . -`` become ``_``; a name longer than 48
     characters, or one that would equal another class's (ignoring case), ends in ``-`` and the
     first 8 hex digits of the sha256 of the original name, so truncation never merges classes
-    (a Windows device name such as ``con`` or ``nul.txt`` gets the suffix too).
+    (a Windows device name such as ``con`` or ``nul.txt`` gets the suffix too); names still
+    equal get ``-<class id>`` (and ``-<k>`` after it until no other folder has the name). Linear
+    in the number of classes.
     """
 
     def digest(c: str) -> str:
@@ -165,16 +169,27 @@ def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
         s = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFKC", c)).strip("._-") or f"class_{i}"
         reserved = s.split(".")[0].casefold() in _RESERVED
         names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 or reserved else s)
-    folded = [n.casefold() for n in names]
+    # linear in the class count: counts, not list.count (100,000 classes named in a blink)
+    count = Counter(n.casefold() for n in names)
     names = [
-        f"{n}-{digest(c)}" if folded.count(f) > 1 else n
-        for n, f, c in zip(names, folded, classes, strict=True)
+        f"{n}-{digest(c)}" if count[n.casefold()] > 1 else n
+        for n, c in zip(names, classes, strict=True)
     ]
-    folded = [n.casefold() for n in names]
-    return tuple(
-        f"{n}-{i}" if folded.count(f) > 1 else n
-        for i, (n, f) in enumerate(zip(names, folded, strict=True))
-    )
+    count = Counter(n.casefold() for n in names)
+    taken = {n.casefold() for n in names if count[n.casefold()] == 1}
+    out: list[str] = []
+    for i, n in enumerate(names):
+        if count[n.casefold()] == 1:
+            out.append(n)
+            continue
+        # unique by construction: the class id, then a counter, until no other folder has it
+        cand, k = f"{n}-{i}", 0
+        while cand.casefold() in taken:
+            k += 1
+            cand = f"{n}-{i}-{k}"
+        taken.add(cand.casefold())
+        out.append(cand)
+    return tuple(out)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -447,19 +462,17 @@ def build_files(
             copy_plot=figures.copy_check_png(audit.get("copy_check") or {}),
         ).encode("utf-8")
     files["README.md"] = dataset_card(summary).encode("utf-8")
-    files[CROISSANT] = _json_bytes(
-        croissant(
-            name,
-            license_spdx,
-            files,
-            classes,
-            f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
-            f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}); "
-            f"{croissant_dp_text(prov.get('dp'))}.",
-            date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
-            dp=prov.get("dp"),
-            private_stats=private_stats,
-        )
+    files[CROISSANT] = croissant_bytes(
+        files,
+        name=name,
+        license_spdx=license_spdx,
+        classes=classes,
+        n_images=int(len(images)),
+        policy_name=policy.name,
+        verdict=summary.verdict,
+        dp=prov.get("dp"),
+        private_stats=private_stats,
+        date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
     )
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode(
         "utf-8"
@@ -475,6 +488,40 @@ def build_files(
                 "this machine (docs/release.md, 'What identifies the machine')"
             )
     return files
+
+
+def croissant_bytes(
+    files: Mapping[str, bytes],
+    *,
+    name: str,
+    license_spdx: str | None,
+    classes: tuple[str, ...],
+    n_images: int,
+    policy_name: str,
+    verdict: str,
+    dp: dict | None,
+    private_stats: str,
+    date_published: str,
+) -> bytes:
+    """croissant.json's bytes: a pure function of the other bundle files (the manifest and the
+    signature excluded), the release's name and licence, the classes, the policy's name, the
+    verdict, the DP statement and the publication date. ``release`` writes it and ``verify``
+    rebuilds it with this function and compares the bytes."""
+    listed = {p: b for p, b in files.items() if p not in (CROISSANT, MANIFEST, SIGNATURE)}
+    return _json_bytes(
+        croissant(
+            name,
+            license_spdx,
+            listed,
+            classes,
+            f"{n_images} synthetic images distilled with RCIG from a private image set, released "
+            f"behind the privacy policy '{policy_name}' (verdict: {verdict}); "
+            f"{croissant_dp_text(dp)}.",
+            date_published=date_published,
+            dp=dp,
+            private_stats=private_stats,
+        )
+    )
 
 
 def coverage_of(paths: set[str], prov: Mapping) -> tuple[tuple[str, str, str, str], ...]:
@@ -526,6 +573,7 @@ def read_policy(path: str | Path) -> tuple[bytes, Policy]:
     """The policy file's bytes (bundled as they are) and the policy parsed from them."""
     path = Path(path)
     try:
+        limits.check_file_bytes(path.stat().st_size, f"policy file {path.name}")  # before reading
         text = path.read_bytes()
     except OSError:
         raise InputError(f"policy file not readable: {path.name}") from None
@@ -580,7 +628,7 @@ def release(
     out = Path(out)
     if os.path.lexists(out):
         raise InputError(f"output already exists, refusing to overwrite: {out.name}")
-    if license_spdx is not None and not _SPDX.match(license_spdx):
+    if license_spdx is not None and not _SPDX.fullmatch(license_spdx):  # not "MIT\n"
         raise InputError(f"--license {license_spdx!r} is not an SPDX licence id")
     if override is not None:
         override = " ".join(check_text(override, "--override").split())
@@ -605,8 +653,7 @@ def release(
     # an explicit key must exist (a mistyped path must not silently make a new key)
     key, key_created = fpmod.read_key(key_path, create=fingerprint_key is None)
     inp = load_release_inputs(run_dir)
-    for i, c in enumerate(inp.classes):
-        check_text(c, f"class name {i} in RUN/distilled.npz")
+    check_class_names(inp.classes, "RUN/distilled.npz")  # the rules distill applied
     # A DP run's statement must be what the accountant gives, and its audit must not contradict it:
     # a dp-violation is refused before the policy is read, so no --override can release it.
     # The gate reads no statistic from audit.json: each is recomputed from the audit's raw files

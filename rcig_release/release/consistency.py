@@ -38,6 +38,7 @@ from rcig_release.release.bundle import (
     _sanitize,
     class_dir_names,
     coverage_of,
+    croissant_bytes,
 )
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
@@ -47,6 +48,7 @@ from rcig_release.release.memorisation import MemorisationResult
 from rcig_release.release.policy import Policy, parse_policy
 from rcig_release.release.redact import redact
 from rcig_release.release.safety import SafetyResult
+from rcig_release.safeio import loads_json
 
 VERDICT = "policy/verdict.json"
 # The parts of run.json the verdict and the card may read, as provenance.json carries them.
@@ -403,6 +405,44 @@ def check_documents(
         _check_report(files, s, images, labels, note, problems)
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def check_croissant(
+    files: Mapping[str, bytes], s: Summary, policy_name: str, prov: Mapping, problems: list[str]
+) -> None:
+    """croissant.json rebuilt with the writer's ``bundle.croissant_bytes`` from the other files,
+    the summary, the policy's name and the DP statement, and compared byte for byte (its
+    ``datePublished`` is the one input taken from the file itself: a date, nothing else)."""
+    from rcig_release.release.bundle import CROISSANT
+    from rcig_release.release.layout import check_rebuilt
+
+    if CROISSANT not in files:
+        return
+    try:
+        meta = loads_json(files[CROISSANT], CROISSANT)
+        date = meta.get("datePublished")
+    except (InputError, AttributeError):
+        return  # verify's croissant check names an unreadable file
+    if not isinstance(date, str) or not _DATE.fullmatch(date):
+        problems.append(f"{CROISSANT}: datePublished is not a date (YYYY-MM-DD)")
+        return
+    dp = prov.get("dp") if isinstance(prov.get("dp"), dict) else None
+    want = croissant_bytes(
+        files,
+        name=s.name,
+        license_spdx=s.license_spdx,
+        classes=s.classes,
+        n_images=s.n_images,
+        policy_name=policy_name,
+        verdict=s.verdict,
+        dp=_as_json(dp) if dp is not None else None,
+        private_stats=s.private_stats,
+        date_published=date,
+    )
+    check_rebuilt(dict(files), CROISSANT, want, "the bundle", problems)
+
+
 def _check_report(
     files: Mapping[str, bytes],
     s: Summary,
@@ -440,24 +480,41 @@ def _check_report(
                     f"{path}: the image grid does not show the images of data/distilled.npz"
                 )
         elif expected == _COPY_PLOT:
-            if _decode(png) is None:
+            if not _is_png(png):
                 problems.append(f"{path}: the copy-check plot is not a PNG")
         elif png != expected:
             problems.append(f"{path}: the ROC figure is not report/roc.png")
 
 
-def _decode(png: bytes) -> np.ndarray | None:
+def _decode(png: bytes, size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """RGB pixels of a PNG (None if it is not one, or its header states another ``size``)."""
     try:
-        with Image.open(io.BytesIO(png)) as im:
-            if im.format != "PNG":
+        with Image.open(io.BytesIO(png), formats=["PNG"]) as im:
+            if im.format != "PNG" or (size is not None and im.size != size):
                 return None
             return np.asarray(im.convert("RGB"))
     except Exception:  # noqa: BLE001 - any decoding failure
         return None
 
 
+def _is_png(png: bytes) -> bool:
+    """A PNG under the pixel cap (RCIG_RELEASE_MAX_PIXELS, from its header) that decodes."""
+    from rcig_release import limits
+
+    try:
+        with Image.open(io.BytesIO(png), formats=["PNG"]) as im:
+            w, h = im.size
+            if w * h > limits.max_pixels():
+                return False
+            im.load()
+            return True
+    except Exception:  # noqa: BLE001 - any decoding failure
+        return False
+
+
 def _same_pixels(a: bytes, b: bytes) -> bool:
-    pa, pb = _decode(a), _decode(b)
+    pb = _decode(b)  # rebuilt here: its size is the one a may have
+    pa = None if pb is None else _decode(a, (pb.shape[1], pb.shape[0]))
     return pa is not None and pb is not None and pa.shape == pb.shape and np.array_equal(pa, pb)
 
 
@@ -500,13 +557,13 @@ def check_dp(
         )
     if CROISSANT in files:
         try:
-            meta = json.loads(files[CROISSANT].decode("utf-8"))
+            meta = loads_json(files[CROISSANT], CROISSANT)
             sets = [
                 r
                 for r in meta.get("recordSet", [])
                 if isinstance(r, Mapping) and r.get("@id") == DP_RECORD_SET
             ]
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        except (InputError, AttributeError, TypeError):
             return  # verify's croissant check names an unreadable file
         expected = [_as_json(dp_record_set(dp))] if dp is not None else []
         if sets != expected:

@@ -304,6 +304,20 @@ def card_metadata(s: Summary) -> dict[str, Any]:
     return meta
 
 
+class _Quoted(str):
+    """A string value the card's YAML writes double-quoted."""
+
+
+def _quote_values(x: Any) -> Any:
+    if isinstance(x, str):
+        return _Quoted(x)
+    if isinstance(x, Mapping):
+        return {k: _quote_values(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_quote_values(v) for v in x]
+    return x
+
+
 def front_matter(meta: Mapping[str, Any]) -> str:
     """``---``-fenced YAML. PyYAML quotes every string that needs it; no line wrapping, so no
     value can put a ``---`` line or a new key at the start of a line; no anchors or aliases."""
@@ -312,8 +326,13 @@ def front_matter(meta: Mapping[str, Any]) -> str:
         def ignore_aliases(self, data):
             return True
 
+    # every string value double-quoted (escape.sanitize's "yaml" rule): ``1e3``, ``no``,
+    # ``null`` or ``0x10`` stay strings for YAML 1.1 (PyYAML) and 1.2 readers (the Hub's) alike
+    _Dumper.add_representer(
+        _Quoted, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", str(v), style='"')
+    )
     text = yaml.dump(
-        dict(meta),
+        _quote_values(dict(meta)),
         Dumper=_Dumper,
         sort_keys=False,
         allow_unicode=True,

@@ -80,6 +80,9 @@ def read_key(path: Path, *, create: bool = False) -> tuple[bytes, bool]:
             f"fingerprint key {path} is accessible by group or others (mode "
             f"{stat.S_IMODE(st.st_mode):04o}); it must be as private as the data: chmod 600 it"
         )
+    from rcig_release import limits
+
+    limits.check_file_bytes(st.st_size, f"fingerprint key {path}")  # from lstat, before reading
     try:
         key = path.read_bytes()
     except OSError:

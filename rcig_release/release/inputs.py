@@ -9,20 +9,20 @@ this run's ``distilled.npz`` (its ``run_sha256``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rcig_release import limits
 from rcig_release.errors import InputError
-from rcig_release.npzfile import NpzUnreadable, read_npz
+from rcig_release.npzfile import NpzUnreadable, array_headers, read_npz
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
+from rcig_release.safeio import loads_json, read_file
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -52,29 +52,11 @@ class ReleaseInputs:
 
 def read_nofollow(path: Path, what: str) -> bytes:
     """The bytes of a regular file; a symlink or anything else is an ``InputError``."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        raise InputError(f"{what} not found") from None
-    except OSError:
-        raise InputError(f"{what} not readable") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise InputError(f"{what} is a symlink; refusing to follow it")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{what} is not a regular file")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        raise InputError(f"{what} not readable") from None
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+    return read_file(path, what)  # size from lstat checked first (RCIG_RELEASE_MAX_FILE_BYTES)
 
 
 def _json(data: bytes, what: str) -> dict:
-    try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(f"{what} is not valid JSON") from None
+    obj = loads_json(data, what)  # depth and digit caps: one line, never a traceback
     if not isinstance(obj, dict):
         raise InputError(f"{what} must hold a JSON object")
     return obj
@@ -84,8 +66,33 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+MAX_NAME_CHARS = 1000  # one class name, checked from the classes array's header
+
+
+def check_release_headers(data: bytes, what: str) -> None:
+    """From the array headers alone, before anything is decompressed: the class count (the
+    labels' columns and the classes array) under ``RCIG_RELEASE_MAX_CLASSES`` and class names of
+    at most ``MAX_NAME_CHARS`` characters. An archive that cannot be parsed passes: the loader
+    names it."""
+    try:
+        headers = {h.key: h for h in array_headers(data, what)}
+    except NpzUnreadable:
+        return
+    for key, axis in (("labels", 1), ("classes", 0)):
+        h = headers.get(key)
+        if h is not None and len(h.shape) > axis:
+            limits.check_classes(h.shape[axis], what)
+    h = headers.get("classes")
+    if h is not None and h.dtype.kind == "U" and h.dtype.itemsize // 4 > MAX_NAME_CHARS:
+        raise InputError(
+            f"{what}: class names may have up to {MAX_NAME_CHARS} characters (the classes "
+            f"array holds names of up to {h.dtype.itemsize // 4:,})"
+        )
+
+
 def load_npz(data: bytes, what: str) -> dict[str, np.ndarray]:
-    """The arrays of an npz; its headers are checked against the byte cap first (npzfile)."""
+    """The arrays of an npz; its headers are checked against the byte and class caps first."""
+    check_release_headers(data, what)
     try:
         return read_npz(data, what)
     except NpzUnreadable:
@@ -119,6 +126,8 @@ def validate_arrays(
     names = tuple(str(c) for c in classes)
     if len(set(names)) != len(names) or any(not n.strip() for n in names):
         raise InputError(f"{what}: class names must be distinct and non-empty")
+    if len(names) < 2:
+        raise InputError(f"{what}: a release needs at least 2 classes (got {len(names)})")
     return images.astype(np.float32), labels.astype(np.float32), names
 
 

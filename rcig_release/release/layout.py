@@ -16,12 +16,13 @@ import re
 import numpy as np
 from PIL import Image
 
-from rcig_release.release.bundle import class_dir_names
+from rcig_release.release.bundle import class_dir_names, labels_csv, metadata_jsonl
 from rcig_release.release.escape import csv_uncell
 from rcig_release.release.safety import to_uint8
 
 IMAGES = "data/images/"
 LABELS = "data/labels.csv"
+METADATA = "data/metadata.jsonl"
 _NUMBERED = re.compile(r"^data/images/[^/]+/0*(\d+)\.png$")
 
 
@@ -31,11 +32,15 @@ def expected_image_paths(labels: np.ndarray, classes: tuple[str, ...]) -> list[s
     return [f"{IMAGES}{dirs[c]}/{i}.png" for i, c in enumerate(labels.argmax(1))]
 
 
-def _pixels(data: bytes) -> np.ndarray | None:
+def _pixels(data: bytes, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The PNG's pixels, or None; a PNG whose header states another size than ``shape`` (H, W,
+    ...) is not decoded (a header may claim any size)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
             if im.format != "PNG" or im.mode not in ("L", "RGB"):
                 return None
+            if im.size != (shape[1], shape[0]):
+                return np.zeros((0,), np.uint8)
             im.load()
             px = np.asarray(im)
     except Exception:  # noqa: BLE001 - any decoding failure is a broken image
@@ -65,7 +70,7 @@ def check_images(
                 problems.append(f"{path}: not an image of the release")
             continue
         i = index[path]
-        px = _pixels(files[path])
+        px = _pixels(files[path], pixels[i].shape)
         if px is None:
             problems.append(f"{path}: not a readable 8-bit PNG")
         elif px.shape != pixels[i].shape or not np.array_equal(px, pixels[i]):
@@ -121,3 +126,38 @@ def check_labels_csv(
             values = None
         if values is None or not np.array_equal(values.view(np.uint32), labels[i].view(np.uint32)):
             problems.append(f"{where}: soft labels of image {i} differ from data/distilled.npz")
+
+
+def first_difference(have: bytes, want: bytes) -> str:
+    """Where two files first differ: ``line N`` (1-based) or ``the end`` (one is a prefix)."""
+    a, b = have.split(b"\n"), want.split(b"\n")
+    for n, (x, y) in enumerate(zip(a, b, strict=False), 1):
+        if x != y:
+            return f"line {n}"
+    return f"line {min(len(a), len(b)) + 1} (one file is longer)"
+
+
+def check_rebuilt(
+    files: dict[str, bytes], path: str, want: bytes, source: str, problems: list[str]
+) -> None:
+    """``files[path]`` must be ``want`` byte for byte (when present; a missing file is named by
+    the manifest check)."""
+    if path in files and files[path] != want:
+        problems.append(
+            f"{path}: differs from the file rebuilt from {source} "
+            f"(first at {first_difference(files[path], want)})"
+        )
+
+
+def check_derived_data(
+    files: dict[str, bytes], labels: np.ndarray, classes: tuple[str, ...], problems: list[str]
+) -> None:
+    """``data/labels.csv`` and ``data/metadata.jsonl`` rebuilt from the arrays with the writer's
+    functions (``bundle.labels_csv``, ``bundle.metadata_jsonl``) and compared byte for byte: what
+    ``datasets``, the imagefolder loader and mlcroissant serve is what the arrays say."""
+    paths = expected_image_paths(labels, classes)
+    winners = labels.argmax(1)
+    source = "data/distilled.npz"
+    if not any(p.startswith(LABELS) for p in problems):  # the row checks name a difference
+        check_rebuilt(files, LABELS, labels_csv(labels, classes, paths, winners), source, problems)
+    check_rebuilt(files, METADATA, metadata_jsonl(labels, paths, winners), source, problems)

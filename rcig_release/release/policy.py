@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from rcig_release.errors import InputError
 from rcig_release.release.hashing import bytes_sha256
+from rcig_release.safeio import loads_toml
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
@@ -226,10 +226,8 @@ def _metric_limits(t: _Table, *, optional: bool) -> MetricLimits:
 
 def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
     """Parses and validates a policy from the TOML file's bytes."""
-    try:
-        raw = tomllib.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise InputError(f"policy {file}: not valid TOML ({e})") from None
+    # depth, integer length and syntax: one line each (safeio), never a RecursionError
+    raw = loads_toml(text, f"policy {file}")
     top = _Table(raw, "", file)
 
     meta = top.sub("policy")
@@ -331,8 +329,11 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
 
 def load_policy(path: str | Path) -> Policy:
     """Reads a policy file (a regular file; a symlink is read like any input, not bundled)."""
+    from rcig_release import limits
+
     path = Path(path)
     try:
+        limits.check_file_bytes(path.stat().st_size, f"policy file {path.name}")  # before reading
         text = path.read_bytes()
     except OSError:
         raise InputError(f"policy file not readable: {path.name}") from None

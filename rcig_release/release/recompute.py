@@ -65,6 +65,7 @@ import numpy as np
 
 from rcig_release.audits.config import ATTACKS
 from rcig_release.errors import InputError
+from rcig_release.safeio import loads_json
 
 if TYPE_CHECKING:
     from rcig_release.release.inputs import ReleaseInputs
@@ -550,10 +551,7 @@ def from_bundle(files: Mapping[str, bytes], audit: Mapping, n_classes: int) -> G
         if path not in files:
             raise InputError(f"missing: {path} (the game's statistics cannot be recomputed)")
     scores, keep = _load_scores(files[BUNDLE_SCORES], BUNDLE_SCORES)
-    try:
-        doc = json.loads(files[BUNDLE_RECORDS].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputError(f"{BUNDLE_RECORDS}: not valid JSON") from None
+    doc = loads_json(files[BUNDLE_RECORDS], BUNDLE_RECORDS)  # depth and digit caps: one line
     n = keep.shape[1]
     cls = doc.get("record_class") if isinstance(doc, dict) else None
     init = doc.get("init") if isinstance(doc, dict) else None

@@ -19,6 +19,7 @@ Two halves with different jobs:
 from __future__ import annotations
 
 import getpass
+import html
 import os
 import re
 import socket
@@ -153,7 +154,7 @@ def _shown(token: str) -> str:
 
 def find_leaks(text: str) -> list[str]:
     """What in the human-readable part of ``text`` identifies this machine, each with the match."""
-    text = _BINARY.sub(" ", text)
+    text = html.unescape(_BINARY.sub(" ", text))  # the card writes ``@`` and ``:`` as entities
     found = []
     for m in _ABS_PATH.finditer(text):
         token = m.group(0)

@@ -38,8 +38,11 @@ def ssh_keygen() -> str:
 
 def read_key(path: str | Path, what: str) -> bytes:
     """The bytes of a key file; ``InputError`` when it cannot be read."""
+    from rcig_release import limits
+
     p = Path(path)
     try:
+        limits.check_file_bytes(p.stat().st_size, f"{what} {p.name}")  # before reading
         data = p.read_bytes()
     except OSError:
         raise InputError(f"{what} not readable: {p.name}") from None

@@ -18,7 +18,6 @@ Returns one line per problem (an empty list means intact):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -26,18 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
+from rcig_release import limits
 from rcig_release.errors import InputError
 from rcig_release.npzfile import check_npz_limits
 from rcig_release.release import consistency, coverage, layout, recompute, signing
 from rcig_release.release import fingerprint as fpmod
 from rcig_release.release.bundle import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
-from rcig_release.release.inputs import load_npz, validate_arrays
+from rcig_release.release.inputs import check_release_headers, load_npz, validate_arrays
+from rcig_release.safeio import loads_json
 
 REQUIRED = (
     "README.md",
     "data/distilled.npz",
     "data/labels.csv",
+    "data/metadata.jsonl",
     "report/audit.json",
     "report/roc.png",
     "report/report.html",
@@ -49,13 +51,19 @@ REQUIRED = (
 )
 # A DP bundle that withholds its private statistics has no report/ (coverage.WITHHELD).
 REQUIRED_WITHHELD = tuple(p for p in REQUIRED if not coverage.is_private_stat(p))
+# Every file a bundle may hold besides the images under data/images/ (layout.check_images).
+KNOWN = frozenset(REQUIRED) | {recompute.BUNDLE_SCORES, recompute.BUNDLE_RECORDS, SIGNATURE}
 _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
 
 
 def _scan(root: Path) -> tuple[dict[str, bytes], list[str]]:
-    """Reads every regular file under root without following symlinks."""
-    files: dict[str, bytes] = {}
+    """Reads every regular file under root without following symlinks. The walk is counted
+    against ``RCIG_RELEASE_MAX_FILES``, and every size (``lstat``) against
+    ``RCIG_RELEASE_MAX_FILE_BYTES`` and their sum against ``RCIG_RELEASE_MAX_BYTES``, before a
+    single file is read (``InputError``, exit 2)."""
+    found: list[tuple[str, Path]] = []
     problems: list[str] = []
+    total = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         base = Path(dirpath)
         for d in list(dirnames):
@@ -74,9 +82,18 @@ def _scan(root: Path) -> tuple[dict[str, bytes], list[str]]:
             if not stat.S_ISREG(st.st_mode):
                 problems.append(f"not a regular file: {rel}")
                 continue
-            fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            with os.fdopen(fd, "rb") as fh:
-                files[rel] = fh.read()
+            found.append((rel, p))
+            limits.check_files(len(found), f"bundle {root.name}")
+            limits.check_file_bytes(st.st_size, f"bundle file {rel}")
+            total += st.st_size
+            limits.check_bytes(total, f"bundle {root.name}", "its files together")
+    files: dict[str, bytes] = {}
+    cap = limits.max_file_bytes()
+    for rel, p in found:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as fh:
+            files[rel] = fh.read(cap + 1)
+        limits.check_file_bytes(len(files[rel]), f"bundle file {rel}")  # grew meanwhile
     return files, problems
 
 
@@ -84,9 +101,9 @@ def _json(files: dict[str, bytes], path: str, problems: list[str]) -> dict | Non
     if path not in files:
         return None
     try:
-        obj = json.loads(files[path].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        problems.append(f"{path}: not valid JSON")
+        obj = loads_json(files[path], path)
+    except InputError as e:  # names the file: deep, a long integer, bad UTF-8, a syntax error
+        problems.append(str(e))
         return None
     if not isinstance(obj, dict):
         problems.append(f"{path}: not a JSON object")
@@ -211,6 +228,15 @@ def _check_statements(
         return
     if audit is None or not verdict or arrays is None:
         return
+    # the game's class groups are the classes of the arrays: checked first, cheaply, so a forged
+    # class count cannot make verify recompute the game for 10,000 classes that have no records
+    game_classes = _game_class_groups(audit)
+    if game_classes is not None and game_classes != len(arrays[2]):
+        problems.append(
+            f"report/audit.json: the game has {game_classes} class groups, data/distilled.npz "
+            f"{len(arrays[2])} classes"
+        )
+        return
     # every statistic the gate reads, recomputed from the bundled score files (recompute.py)
     audit = recompute.verify_audit(
         files, audit, consistency.decision_inputs(prov)[0], len(arrays[2]), problems
@@ -242,6 +268,20 @@ def _check_statements(
         return
     tool = got if isinstance(got := prov.get("tool"), dict) else {}
     consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
+    consistency.check_croissant(files, s, policy.name, prov, problems)
+
+
+def _game_class_groups(audit: dict) -> int | None:
+    """How many ``class_<k>`` groups the bundled game's first attack has (None: no such record)."""
+    game = audit.get("game")
+    attacks = game.get("attacks") if isinstance(game, dict) else None
+    if not isinstance(attacks, dict) or not attacks:
+        return None
+    first = next(iter(attacks.values()))
+    groups = first.get("groups") if isinstance(first, dict) else None
+    if not isinstance(groups, dict):
+        return None
+    return sum(1 for g in groups if isinstance(g, str) and g.startswith("class_"))
 
 
 def _check_withheld(
@@ -283,6 +323,7 @@ def _check_withheld(
         return
     tool = got if isinstance(got := prov.get("tool"), dict) else {}
     consistency.check_documents(files, s, images, labels, tool.get("version"), problems)
+    consistency.check_croissant(files, s, policy.name, prov, problems)
 
 
 def _check_signature(files: dict[str, bytes], key: str | Path, problems: list[str]) -> None:
@@ -321,6 +362,12 @@ def verify_files(files: dict[str, bytes], key: str | Path | None = None) -> list
         _check_binding(content, prov, verdict, audit, files, problems)
         layout.check_images(files, *arrays, problems)
         layout.check_labels_csv(files, arrays[1], arrays[2], problems)
+        layout.check_derived_data(files, arrays[1], arrays[2], problems)
+    for path in sorted(files):
+        if path not in KNOWN and not path.startswith(layout.IMAGES):
+            problems.append(
+                f"unexpected: {path} (not a file of the bundle layout; docs/release.md, 'Verify')"
+            )
     try:
         _check_statements(files, arrays, prov, verdict, audit, content, problems)
     except Exception as e:  # noqa: BLE001 - a forged file must give a problem line, never a traceback
@@ -337,9 +384,9 @@ def run_fingerprint(run: str | Path) -> str:
     from rcig_release.release.inputs import read_nofollow
 
     try:
-        rj = json.loads(read_nofollow(Path(run) / "run.json", "RUN/run.json").decode("utf-8"))
+        rj = loads_json(read_nofollow(Path(run) / "run.json", "RUN/run.json"), "RUN/run.json")
         fp = rj["data"]["fingerprint"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except (InputError, KeyError, TypeError):
         raise InputError("RUN/run.json: no data.fingerprint to check the bundle against") from None
     if not isinstance(fp, str):
         raise InputError("RUN/run.json: data.fingerprint is not a string")
@@ -372,8 +419,8 @@ def check_fingerprint(
         )
     key, _ = fpmod.read_key(Path(key_path))
     try:
-        prov = json.loads(files["provenance.json"].decode("utf-8"))
-    except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
+        prov = loads_json(files["provenance.json"], "provenance.json")
+    except (KeyError, InputError):
         return ["provenance.json: missing or unreadable; the keyed fingerprint cannot be checked"]
     prints = []
     if run is not None:
@@ -414,6 +461,7 @@ def verify_bundle(
     files, problems = _scan(root)
     if "data/distilled.npz" in files:  # exit 2 before anything is allocated (limits.py)
         check_npz_limits(files["data/distilled.npz"], "data/distilled.npz")
+        check_release_headers(files["data/distilled.npz"], "data/distilled.npz")
     found = problems + verify_files(files, key)
     if fingerprint_key is not None:
         found += check_fingerprint(files, fingerprint_key, run=run, data=data)
