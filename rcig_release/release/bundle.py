@@ -38,7 +38,7 @@ from rcig_release.release.escape import check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.initset import verified_init_indices
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
-from rcig_release.release.policy import Policy, parse_policy
+from rcig_release.release.policy import Policy, parse_policy, resolve_policy
 from rcig_release.release.redact import find_leaks, redact
 from rcig_release.release.safety import (
     PrivateLoader,
@@ -296,8 +296,16 @@ def provenance(
             "file": policy.source_name,
             "sha256": policy.sha256,
             "modified_shipped_policy": policy.modified,
+            "demonstration": policy.demonstration,
         },
     }
+
+
+# verdict.json's plain statement of a demonstration policy's bundle (``[policy] demonstration``)
+DEMONSTRATION = (
+    "a demonstration at reduced audit sizes, not a privacy audit: only large leaks could have been "
+    "detected; audit with the default policy's sizes (--shadows 16) before publishing"
+)
 
 
 def verdict_json(
@@ -316,6 +324,7 @@ def verdict_json(
             "file": policy.source_name,
             "sha256": policy.sha256,
             "modified_shipped_policy": policy.modified,
+            "demonstration": policy.demonstration,
         },
         "override": {"reason": override} if override else None,
         "rules": [r.to_json() for r in decision.rules],
@@ -326,6 +335,7 @@ def verdict_json(
         "dp": dp_verdict(inp.run_json, inp.audit),
         "replay": None if binding is None else binding.to_json(),
         "private_stats": coverage.INCLUDED,
+        "demonstration": DEMONSTRATION if policy.demonstration else None,
     }
 
 
@@ -346,6 +356,7 @@ def verdict_withheld(
             "file": policy.source_name,
             "sha256": policy.sha256,
             "modified_shipped_policy": policy.modified,
+            "demonstration": policy.demonstration,
         },
         "override": {"reason": override} if override else None,
         "failed": [r.name for r in decision.failed],
@@ -355,6 +366,7 @@ def verdict_withheld(
         "dp": dp_verdict(inp.run_json, {}),
         "replay": None if binding is None else binding.to_json(),
         "private_stats": coverage.WITHHELD,
+        "demonstration": DEMONSTRATION if policy.demonstration else None,
     }
 
 
@@ -454,11 +466,14 @@ def build_files(
             files,
             classes,
             f"{len(images)} synthetic images distilled with RCIG from a private image set, released "
-            f"behind the privacy policy '{policy.name}' (verdict: {summary.verdict}); "
+            f"behind the {'demonstration ' if policy.demonstration else 'privacy '}policy "
+            f"'{policy.name}' (verdict: {summary.verdict}"
+            f"{'; a demonstration at reduced audit sizes, not a privacy audit' if policy.demonstration else ''}); "
             f"{croissant_dp_text(prov.get('dp'))}.",
             date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
             dp=prov.get("dp"),
             private_stats=private_stats,
+            demonstration=policy.demonstration,
         )
     )
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode(
@@ -495,6 +510,7 @@ def outcome_of(verdict: Mapping) -> Outcome:
         policy_name=str((pol or {}).get("name")),
         policy_sha256=str((pol or {}).get("sha256")),
         failed=tuple(str(f) for f in failed) if isinstance(failed, list) else (),
+        demonstration=bool(verdict.get("demonstration")),
     )
 
 
@@ -523,8 +539,9 @@ def write_atomic(out: Path, files: dict[str, bytes]) -> None:
 
 
 def read_policy(path: str | Path) -> tuple[bytes, Policy]:
-    """The policy file's bytes (bundled as they are) and the policy parsed from them."""
-    path = Path(path)
+    """The policy file's bytes (bundled as they are) and the policy parsed from them; ``path`` may
+    also name a shipped policy (``policy.resolve_policy``)."""
+    path = resolve_policy(path)
     try:
         text = path.read_bytes()
     except OSError:
@@ -560,7 +577,7 @@ def release(
 
     Args:
       run_dir: the run directory (distilled.npz, run.json, eval.json, audit/audit.json).
-      policy_path: the policy TOML file.
+      policy_path: the policy TOML file, or a shipped policy's name (default, strict, dp, demo).
       out: the bundle directory to create; must not exist.
       name: the dataset's pretty name (default: the bundle directory's name).
       license_spdx: an SPDX licence id for the card (default: unspecified).

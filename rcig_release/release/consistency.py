@@ -90,6 +90,11 @@ def load_policy_file(
     except InputError as e:
         problems.append(f"{POLICY_FILE}: {e}")
         return None
+    if bool(named.get("demonstration", False)) != policy.demonstration:
+        problems.append(
+            f"{VERDICT}: policy demonstration is {_short(named.get('demonstration'))}, the "
+            f"bundled policy's is {policy.demonstration!r}"
+        )
     if named.get("name") != policy.name:
         problems.append(
             f"{VERDICT}: policy name {_short(named.get('name'))} is not the bundled policy's "

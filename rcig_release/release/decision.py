@@ -67,6 +67,7 @@ class Decision:
     policy_name: str
     policy_sha256: str
     rules: tuple[Rule, ...]
+    demonstration: bool = False  # the policy's [policy] demonstration: not a privacy audit
 
     @property
     def passed(self) -> bool:
@@ -362,7 +363,7 @@ def evaluate_policy(
 
     rules += dp_rules(run_json, policy)
     rules += privacy_rules(audit, policy)
-    return Decision(policy.label, policy.sha256, tuple(rules))
+    return Decision(policy.label, policy.sha256, tuple(rules), policy.demonstration)
 
 
 def dp_rules(run_json: Mapping, policy: Policy) -> list[Rule]:

@@ -80,6 +80,13 @@ class Summary:
         return "overridden" if self.override else "fail"
 
     @property
+    def demonstration(self) -> bool:
+        """Released under a demonstration policy (reduced sizes; not a privacy audit)."""
+        if self.decision is not None:
+            return self.decision.demonstration
+        return self.outcome is not None and self.outcome.demonstration
+
+    @property
     def withheld(self) -> bool:
         return self.private_stats == coverage.WITHHELD
 
@@ -93,6 +100,7 @@ class Outcome:
     policy_name: str
     policy_sha256: str
     failed: tuple[str, ...]
+    demonstration: bool = False  # verdict.json's demonstration statement is present
 
 
 def hf_license(spdx: str | None) -> dict[str, str]:
@@ -270,7 +278,9 @@ def card_metadata(s: Summary) -> dict[str, Any]:
             "task_ids": ["multi-class-image-classification"],
             "size_categories": [size_category(s.n_images)],
             "annotations_creators": ["machine-generated"],
-            "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"]
+            # a demonstration policy's audit is no privacy audit: no `privacy-audited` tag
+            "tags": ["synthetic", "dataset-distillation", "rcig"]
+            + (["demonstration"] if s.demonstration else ["privacy-audited"])
             + (["differential-privacy"] if run_dp(s) is not None else []),
             "dataset_info": {"features": features},
             # the imagefolder builder takes its features from the config (dataset_info alone is
@@ -409,6 +419,14 @@ def dp_g(x: Any) -> str:
     return _g(x)
 
 
+DEMO_NOTE = (
+    "A demonstration at reduced audit sizes, not a privacy audit: the audit ran with few shadow "
+    "pipelines, so only large leaks could have been detected, and some tests were not applied. "
+    "The memorisation check ran in full. Do not publish this bundle as private data; audit with "
+    "the default policy's sizes (`--shadows 16`) and release with `--policy default` first."
+)
+
+
 def _card_head(s: Summary, out_of_scope_dp: str) -> str:
     """The card from its title to **Loading**: what the set is, how it was made, its files."""
     cfg = _config(s)
@@ -430,7 +448,7 @@ A synthetic image-classification set of {s.n_images} images ({len(s.classes)} cl
 released behind a privacy policy after a membership-inference audit. The images are optimised
 synthetic images, not photographs of people or records, but they are derived from private data:
 read **Privacy considerations** before using them.
-
+{"" if not s.demonstration else chr(10) + "> **" + DEMO_NOTE.split(":")[0] + ".**" + DEMO_NOTE[DEMO_NOTE.index(":") + 1 :] + chr(10)}
 ## Dataset details
 
 - Curated by: the data custodian who ran `rcig-release` (the tool records no names).
@@ -740,6 +758,7 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"Safety check: {'passed' if s.safety.passed else 'FAILED'} "
         f"({s.safety.flagged} image(s) flagged by the memorisation check; {s.safety.exact_copies} exact "
         f"copies, {s.safety.within_threshold} near copies).</div>",
+        f'<p class="bad">{e(DEMO_NOTE)}</p>' if s.demonstration else "",
         override,
         (
             "<h3>Failed rules</h3>"
