@@ -233,6 +233,10 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
+        from rcig_release import pathchecks
+
+        pathchecks.run_dir(run)  # before any data or JAX is loaded
+        pathchecks.data_spec(data)
         from rcig_release.audits.config import AuditConfig
 
         chosen = (

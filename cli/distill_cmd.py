@@ -94,12 +94,22 @@ def distill(
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Distil the training split of DATA into a few synthetic images per class with RCIG."""
-    from rcig_release.config import load_toml, make_distill_config
+    from rcig_release import pathchecks
     from rcig_release.errors import InputError
-    from rcig_release.pipeline import default_out, distill_run, resume_config
 
     if resume and force:
         raise InputError("--resume and --force exclude each other")
+    if resume and out is None:
+        raise InputError("--resume needs --out RUN")
+    # paths first, before the data or JAX load (--help and these answer in well under a second)
+    pathchecks.distill_out(out, resume=resume, force=force)
+    pathchecks.existing_file(config, "--config")
+    if not resume:
+        pathchecks.data_spec(data)
+
+    from rcig_release.config import load_toml, make_distill_config
+    from rcig_release.pipeline import default_out, distill_run, resume_config
+
     if resume:
         if out is None:
             raise InputError("--resume needs --out RUN")
@@ -192,8 +202,12 @@ def evaluate(
     ] = False,
 ) -> None:
     """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
+    from rcig_release import pathchecks
     from rcig_release.config import EvalConfig
     from rcig_release.errors import InputError
+
+    pathchecks.run_dir(run)
+    pathchecks.data_spec(data)
     from rcig_release.evaluate import evaluate_run
     from rcig_release.models import ARCHS as ARCHS_EVAL
 

@@ -85,7 +85,13 @@ def release_command(
         Path, typer.Argument(help="Run directory (distilled.npz, run.json, eval.json, audit/).")
     ],
     policy: Annotated[
-        Path, typer.Option("--policy", help="Release policy TOML (e.g. policies/default.toml).")
+        str,
+        typer.Option(
+            "--policy",
+            metavar="NAME|FILE",
+            help="Release policy: a shipped one by name (default, strict, dp, demo: the "
+            "demonstration at reduced sizes) or the path of a policy TOML file.",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to create; must not exist.")],
     name: Annotated[
@@ -152,12 +158,23 @@ def release_command(
     ] = False,
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
+    from rcig_release import pathchecks
+    from rcig_release.release.policy import load_policy, resolve_policy
+
+    # every path and the policy first, before any data or JAX is loaded (about 0.1 s)
+    pathchecks.run_dir(run, evaluated=True, audited=True)
+    pathchecks.new_out(out)
+    pathchecks.existing_file(sign, "--sign")
+    pathchecks.existing_file(fingerprint_key, "--fingerprint-key")
+    policy_path = resolve_policy(policy)
+    load_policy(policy_path)  # a malformed policy is reported now, not after the data
+
     from rcig_release.release.bundle import ReleaseRefused, release
 
     try:
         result = release(
             run,
-            policy,
+            policy_path,
             out,
             name=name,
             license_spdx=license,
@@ -189,6 +206,14 @@ def release_command(
         )
         console.print(
             Text.assemble(("released with an override", "yellow"), f": {result.override}")
+        )
+    if d.demonstration:
+        console.print(
+            Text(
+                f"policy {d.policy_name!r} is a demonstration at reduced audit sizes, not a "
+                "privacy audit: the bundle says so and is not tagged privacy-audited",
+                style="yellow",
+            )
         )
     if result.binding is not None:
         b = result.binding
