@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from rich.text import Text
 
-from rcig_release.cli.progress import CountColumn
+from rcig_release.cli.progress import CountColumn, print_device
 
 console = Console(stderr=True, highlight=False)
 
@@ -107,6 +107,7 @@ def distill(
     if not resume:
         pathchecks.data_spec(data)
 
+    print_device(console)
     from rcig_release.config import load_toml, make_distill_config
     from rcig_release.pipeline import default_out, distill_run, resume_config
 
@@ -208,6 +209,7 @@ def evaluate(
 
     pathchecks.run_dir(run)
     pathchecks.data_spec(data)
+    print_device(console)
     from rcig_release.evaluate import evaluate_run
     from rcig_release.models import ARCHS as ARCHS_EVAL
 

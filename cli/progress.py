@@ -75,3 +75,20 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
             bar.update(tasks[stage][0], completed=done, total=total)
 
         yield progress
+
+
+def device_text() -> str:
+    """One line naming where JAX computes: backend, device count and kind (imports JAX)."""
+    import jax
+
+    devices = jax.devices()
+    kinds = sorted({d.device_kind for d in devices})
+    return (
+        f"device: JAX {jax.default_backend()} backend, {len(devices)} device"
+        f"{'s' if len(devices) != 1 else ''} ({', '.join(kinds)})"
+    )
+
+
+def print_device(console: Console) -> None:
+    """The first line of a command that loads JAX (after its path checks): the device."""
+    console.print(Text(device_text()), style="dim")

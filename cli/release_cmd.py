@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rcig_release.cli.main import err_console, handle_errors
+from rcig_release.cli.progress import print_device
 
 console = Console(highlight=False)
 
@@ -168,6 +169,7 @@ def release_command(
     pathchecks.existing_file(fingerprint_key, "--fingerprint-key")
     policy_path = resolve_policy(policy)
     load_policy(policy_path)  # a malformed policy is reported now, not after the data
+    print_device(err_console)
 
     from rcig_release.release.bundle import ReleaseRefused, release
 
@@ -290,6 +292,11 @@ def verify_command(
     ] = None,
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
+    if not bundle.is_dir():
+        from rcig_release.errors import InputError
+
+        raise InputError(f"bundle directory not found: {bundle}")
+    print_device(err_console)
     from rcig_release.release.bundle import SIGNATURE
     from rcig_release.release.verify import verify_bundle
 

@@ -449,6 +449,12 @@ def test_distill_command_shows_the_phase_not_0_of_unknown(tmp_path, monkeypatch)
     assert r.exit_code == 2
     assert "learning-rate search" in r.stderr and "0/?" not in r.stderr
     assert r.stderr.splitlines()[-1] == "error: stop here"
+    # the first line names the device JAX computes on
+    import jax
+
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"device: JAX {jax.default_backend()} backend, ")
+    assert jax.devices()[0].device_kind in first
 
 
 @pytest.mark.parametrize(
