@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from rich.text import Text
 
-from rcig_release.cli.progress import CountColumn, print_device
+from rcig_release.cli.progress import CountColumn, PlainLines, print_device
 
 console = Console(stderr=True, highlight=False)
 
@@ -136,6 +136,24 @@ def distill(
 
     if quiet:
         run = distill_run(out, data, cfg, resume=resume, force=force)
+    elif not console.is_terminal:  # a log or a pipe: plain lines, no bar
+        lines = PlainLines(console, "distill")
+
+        def plain_progress(step: int, total: int, last: dict) -> None:
+            lines.phase("distill")
+            loss = f"outer loss {last['outer_loss']:.4f}" if "outer_loss" in last else ""
+            lines.step(step, total, loss)
+
+        run = distill_run(
+            out,
+            data,
+            cfg,
+            resume=resume,
+            force=force,
+            progress=plain_progress,
+            status=lambda m: console.print(m, markup=False),
+            phase=lines.phase,
+        )
     else:
         # the first column names the phase (loading data, learning-rate search, compiling the
         # step) until the steps start; the count stays empty while the total is unknown
@@ -218,8 +236,29 @@ def evaluate(
     if models < 1:
         raise InputError(f"--models must be at least 1 (got {models})")
     cfg = EvalConfig(arch=arch, models=models, augment=augment, width=width, steps=steps, seed=seed)
-    with console.status(Text(f"training {models} {arch} networks on {run} …")):
-        result = evaluate_run(run, cfg, data=data)
+    what = f"training {models} {arch} networks"
+    if not console.is_terminal:  # a log or a pipe: plain lines
+        lines = PlainLines(console, "evaluate")
+        lines.phase(what)
+        result = evaluate_run(
+            run, cfg, data=data, progress=lambda done, total, loss: lines.step(done, total)
+        )
+    else:
+        columns = (
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            CountColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"{what} (loading, compiling)", total=None)
+
+            def step(done: int, total: int, loss: float) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            result = evaluate_run(run, cfg, data=data, progress=step)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
         return

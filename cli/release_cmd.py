@@ -29,11 +29,32 @@ def limit_text(rule) -> str:
 
 
 def _rules_table(rules, title: str) -> Table:
+    """Decided failures one row each (a test's value is its p-value, "p = ..."); undecidable
+    rules one row per family with the sizes that would decide them (documents.family_line)."""
+    from rcig_release.release.documents import (
+        family_line,
+        outcome_text,
+        undecidable_families,
+        value_text,
+    )
+
     table = Table(title=Text(title), title_justify="left")
-    for col in ("rule", "value", "limit", "note"):
+    table.add_column("rule", no_wrap=True)  # names stay whole (copied into policies and greps)
+    for col in ("value", "limit", "outcome", "note"):
         table.add_column(col, overflow="fold")
     for r in rules:
-        table.add_row(*(Text(c) for c in (r.name, _fmt(r.value), limit_text(r), r.note)))
+        if outcome_text(r) != "undecidable":
+            table.add_row(
+                *(Text(c) for c in (r.name, value_text(r), limit_text(r), outcome_text(r), r.note))
+            )
+    for title_, family in undecidable_families(rules):
+        table.add_row(
+            Text(f"{len(family)} rule(s)"),
+            Text(""),
+            Text(""),
+            Text("undecidable"),
+            Text(family_line(title_, family)),
+        )
     return table
 
 

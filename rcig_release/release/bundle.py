@@ -33,7 +33,13 @@ from rcig_release.release import fingerprint as fpmod
 from rcig_release.release import replay as replaymod
 from rcig_release.release.croissant import croissant, croissant_dp_text
 from rcig_release.release.decision import Decision, evaluate_policy
-from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
+from rcig_release.release.documents import (
+    Outcome,
+    Summary,
+    dataset_card,
+    report_html,
+    soft_label_rows,
+)
 from rcig_release.release.escape import check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.initset import verified_init_indices
@@ -450,6 +456,7 @@ def build_files(
         private_stats=private_stats,
         coverage=coverage_of(set(files) | later, prov),
         outcome=outcome_of(verdict) if withheld else None,
+        image_labels=soft_label_rows(labels),
     )
     if not withheld:
         files["report/report.html"] = report_html(

@@ -40,7 +40,13 @@ from rcig_release.release.bundle import (
     coverage_of,
 )
 from rcig_release.release.decision import Decision, evaluate_policy
-from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
+from rcig_release.release.documents import (
+    Outcome,
+    Summary,
+    dataset_card,
+    report_html,
+    soft_label_rows,
+)
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import validate_audit
 from rcig_release.release.memorisation import MemorisationResult
@@ -363,6 +369,7 @@ def summary(
         private_stats=layout(prov),
         coverage=coverage_of(set(files) - {SIGNATURE}, prov),
         outcome=outcome,
+        image_labels=soft_label_rows(labels),
     )
 
 
