@@ -723,7 +723,7 @@ def plain_summary(s: Summary, esc: Any = html.escape) -> Plain:
         )
     else:
         epsilon = "The audit gave no ε lower bound."
-    names = {m["test"] for r in d.rules if (m := _GAME_RULE.match(r.name))}
+    names = {gm["test"] for r in d.rules if (gm := _GAME_RULE.match(r.name))}
     not_tested = []
     if "tpr_at_fpr_0.001" not in names:
         not_tested.append("TPR at 0.1 % FPR (the policy does not apply it)")
