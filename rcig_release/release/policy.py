@@ -14,6 +14,7 @@ never silently loosen it. The schema and the meaning of each key are in docs/rel
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
 import math
 import tomllib
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 from rcig_release.errors import InputError
-from rcig_release.release.hashing import bytes_sha256
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
@@ -340,7 +340,8 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         allowed_init_modes=allowed_init,
         min_accuracy=min_accuracy,
         min_gain_over_naive=min_gain,
-        sha256=bytes_sha256(text),
+        sha256=hashlib.sha256(text).hexdigest(),  # hashing.bytes_sha256 without NumPy: the CLI
+        # reads the policy before anything heavy is imported
         source_name=file,
         dp_max_epsilon=dp_max_epsilon,
         dp_max_delta=dp_max_delta,
