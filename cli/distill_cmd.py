@@ -102,7 +102,7 @@ def distill(
     if resume and out is None:
         raise InputError("--resume needs --out RUN")
     # paths first, before the data or JAX load (--help and these answer in well under a second)
-    pathchecks.distill_out(out, resume=resume, force=force)
+    pathchecks.distill_out(out, resume=resume, force=force, data=data)
     pathchecks.existing_file(config, "--config")
     if not resume:
         pathchecks.data_spec(data)

@@ -71,6 +71,7 @@ class PlainLines:
         self.phase_name = ""
         self.phase_start = self.start
         self.first_done: tuple[float, int] | None = None
+        self.printed: tuple[str, int, int] | None = None
 
     def _print(self, text: str) -> None:
         self.console.print(Text(f"{self.label}: {text}"), soft_wrap=True)
@@ -82,6 +83,8 @@ class PlainLines:
             self._print(f"{name} ({_clock(self.phase_start - self.start)} elapsed)")
 
     def step(self, done: int, total: int, extra: str = "") -> None:
+        if self.printed == (self.phase_name, done, total):
+            return  # the same line again (a stage completed twice)
         now = self.clock()
         first = self.first_done is None
         if self.first_done is None:
@@ -89,6 +92,7 @@ class PlainLines:
         if not first and now - self.last < self.every and done < total:
             return
         self.last = now
+        self.printed = (self.phase_name, done, total)
         t0, d0 = self.first_done
         rate = (done - d0) / (now - t0) if now > t0 and done > d0 else None
         eta = _clock((total - done) / rate) if rate else "-:--:--"
@@ -110,12 +114,18 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
         return
     if not console.is_terminal:
         lines = PlainLines(console, "audit")
+        now: list[tuple[str, int]] = []  # the current stage and its total
 
         def plain(stage: str, done: int, total: int) -> None:
+            total = max(int(total), 1)
+            if now and (stage == "done" or stage != now[0][0]):
+                lines.step(now[0][1], now[0][1])  # a stage is complete when the next starts
+                now.clear()
             if stage == "done":
                 return
+            now[:] = [(stage, total)]
             lines.phase(stage_label(stage))
-            lines.step(int(done), max(int(total), 1))
+            lines.step(int(done), total)
 
         yield plain
         return

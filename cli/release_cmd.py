@@ -184,7 +184,7 @@ def release_command(
     from rcig_release.release.policy import load_policy, resolve_policy
 
     # every path and the policy first, before any data or JAX is loaded (about 0.1 s)
-    pathchecks.run_dir(run, evaluated=True, audited=True)
+    pathchecks.run_dir(run, evaluated=True, audited=True, name_only=True)
     pathchecks.new_out(out)
     pathchecks.existing_file(sign, "--sign")
     pathchecks.existing_file(fingerprint_key, "--fingerprint-key")
@@ -316,7 +316,7 @@ def verify_command(
     if not bundle.is_dir():
         from rcig_release.errors import InputError
 
-        raise InputError(f"bundle directory not found: {bundle}")
+        raise InputError(f"bundle directory not found: {bundle.name or bundle}")
     print_device(err_console)
     from rcig_release.release.bundle import SIGNATURE
     from rcig_release.release.verify import verify_bundle

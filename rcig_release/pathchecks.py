@@ -14,11 +14,16 @@ from pathlib import Path
 from rcig_release.errors import InputError
 
 
-def distill_out(out: Path | None, *, resume: bool, force: bool) -> None:
-    """``distill --out``: not a file; not a non-empty directory unless --resume or --force (the
-    same rule and words as ``rundir.prepare_out``); --resume needs an existing run."""
+def distill_out(out: Path | None, *, resume: bool, force: bool, data: str | None = None) -> None:
+    """``distill --out``: apart from the data (``data.paths.check_out_apart``); not a file; not a
+    non-empty directory unless --resume or --force (the same rule and words as
+    ``rundir.prepare_out``); --resume needs an existing run."""
     if out is None:
         return
+    if data is not None and not resume:  # is, is inside or contains the data (data/paths.py)
+        from rcig_release.data.paths import check_out_apart
+
+        check_out_apart(data, out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
     if resume:
@@ -32,11 +37,14 @@ def distill_out(out: Path | None, *, resume: bool, force: bool) -> None:
         )
 
 
-def run_dir(run: Path, *, evaluated: bool = False, audited: bool = False) -> None:
+def run_dir(
+    run: Path, *, evaluated: bool = False, audited: bool = False, name_only: bool = False
+) -> None:
     """A finished distillation run (distilled.npz, run.json); with ``evaluated``, its eval.json;
-    with ``audited``, its audit/audit.json. Names the command that makes what is missing."""
+    with ``audited``, its audit/audit.json. Names the command that makes what is missing.
+    ``name_only``: a missing directory is named by its last part (as ``release`` names it)."""
     if not run.is_dir():
-        raise InputError(f"run directory not found: {run}")
+        raise InputError(f"run directory not found: {(run.name or run) if name_only else run}")
     for name in ("distilled.npz", "run.json"):
         if not (run / name).is_file():
             raise InputError(f"{run / name} is missing (is {run} a finished distillation run?)")
@@ -67,6 +75,12 @@ def data_spec(spec: str | None) -> None:
     ``data.load_dataset``'s checks run when it loads)."""
     if spec is None or spec in ("digits", "mnist", "fashion-mnist", "cifar10"):
         return
+    if (
+        spec.strip()
+        and Path(spec).suffix.lower() == ".npz"
+        and not Path(spec).expanduser().exists()
+    ):
+        raise InputError(f"data file not found: {spec}")  # as data.sources words it
     if not spec.strip() or not Path(spec).expanduser().exists():
         raise InputError(
             f"data source not found: {spec} (expected digits, mnist, fashion-mnist, "

@@ -51,7 +51,8 @@ def runs(tmp_path):
 
 CASES = [
     (["distill", "--out", "bare"], "exists and is not empty"),
-    (["distill", "--out", "new", "--data", "missing.npz"], "data source not found: missing.npz"),
+    (["distill", "--out", "new", "--data", "missing.npz"], "data file not found: missing.npz"),
+    (["distill", "--out", "new", "--data", "nowhere/"], "data source not found: nowhere/"),
     (["distill", "--out", "new", "--config", "nope.toml"], "--config nope.toml: no such file"),
     (["distill", "--out", "new", "--resume"], "--resume: run directory not found"),
     (["evaluate", "nowhere"], "run directory not found: nowhere"),
