@@ -107,7 +107,6 @@ def distill(
     if not resume:
         pathchecks.data_spec(data)
 
-    print_device(console)
     from rcig_release.config import load_toml, make_distill_config
     from rcig_release.pipeline import default_out, distill_run, resume_config
 
@@ -133,6 +132,7 @@ def distill(
             dp_sampling_rate=dp_sampling_rate,
         )
         out = out or default_out(data, cfg.ipc)
+    print_device(console)  # the configuration is valid: the run starts
 
     if quiet:
         run = distill_run(out, data, cfg, resume=resume, force=force)
