@@ -190,7 +190,8 @@ def release_command(
     pathchecks.existing_file(fingerprint_key, "--fingerprint-key")
     policy_path = resolve_policy(policy)
     load_policy(policy_path)  # a malformed policy is reported now, not after the data
-    print_device(err_console)
+    if replay:  # the only part of a release that computes with JAX: name the device first
+        print_device(err_console)
 
     from rcig_release.release.bundle import ReleaseRefused, release
 
@@ -317,7 +318,6 @@ def verify_command(
         from rcig_release.errors import InputError
 
         raise InputError(f"bundle directory not found: {bundle.name or bundle}")
-    print_device(err_console)
     from rcig_release.release.bundle import SIGNATURE
     from rcig_release.release.verify import verify_bundle
 
