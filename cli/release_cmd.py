@@ -183,13 +183,14 @@ def release_command(
     from rcig_release import pathchecks
     from rcig_release.release.policy import load_policy, resolve_policy
 
-    # every path and the policy first, before any data or JAX is loaded (about 0.1 s)
-    pathchecks.run_dir(run, evaluated=True, audited=True, name_only=True)
+    # the paths, the licence and the policy first, before any data or JAX is loaded, in the
+    # library's order (release() repeats each check)
     pathchecks.new_out(out)
-    pathchecks.existing_file(sign, "--sign")
-    pathchecks.existing_file(fingerprint_key, "--fingerprint-key")
+    pathchecks.license_id(license)
+    pathchecks.run_dir(run, evaluated=True, audited=True, name_only=True)
     policy_path = resolve_policy(policy)
     load_policy(policy_path)  # a malformed policy is reported now, not after the data
+    pathchecks.existing_file(fingerprint_key, "--fingerprint-key")
     if replay:  # the only part of a release that computes with JAX: name the device first
         print_device(err_console)
 

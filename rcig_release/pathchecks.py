@@ -9,6 +9,7 @@ are an early answer, never the only guard.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rcig_release.errors import InputError
@@ -86,3 +87,12 @@ def data_spec(spec: str | None) -> None:
             f"data source not found: {spec} (expected digits, mnist, fashion-mnist, "
             "cifar10, an .npz file or an image folder)"
         )
+
+
+# an SPDX licence id (the card's `license`): what `release --license` accepts
+SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
+
+
+def license_id(spdx: str | None) -> None:
+    if spdx is not None and not SPDX.match(spdx):
+        raise InputError(f"--license {spdx!r} is not an SPDX licence id")

@@ -65,7 +65,11 @@ CASES = [
         "shipped: default, strict, dp, demo",
     ),
     (["release", "full", "--policy", "x/p.toml", "--out", "b"], "no such file"),
-    (["release", "full", "--policy", "default", "--out", "b", "--sign", "k"], "--sign k: no such"),
+    (["release", "nowhere", "--policy", "x", "--out", "b", "--license", "a b"], "not an SPDX"),
+    (
+        ["release", "full", "--policy", "default", "--out", "b", "--fingerprint-key", "k"],
+        "k: no such",
+    ),
 ]
 
 

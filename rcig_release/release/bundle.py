@@ -27,6 +27,7 @@ from PIL import Image
 
 import rcig_release
 from rcig_release.errors import InputError, PolicyFailure
+from rcig_release.pathchecks import license_id
 from rcig_release.release import coverage, figures, recompute, signing
 from rcig_release.release import dp as dpmod
 from rcig_release.release import fingerprint as fpmod
@@ -66,7 +67,6 @@ _RESERVED = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
 }
-_SPDX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]{0,63}$")
 
 
 class ReleaseRefused(PolicyFailure):
@@ -604,8 +604,7 @@ def release(
     out = Path(out)
     if os.path.lexists(out):
         raise InputError(f"output already exists, refusing to overwrite: {out.name}")
-    if license_spdx is not None and not _SPDX.match(license_spdx):
-        raise InputError(f"--license {license_spdx!r} is not an SPDX licence id")
+    license_id(license_spdx)
     if override is not None:
         override = " ".join(check_text(override, "--override").split())
         if not override:
