@@ -149,3 +149,31 @@ def test_cli_release_by_name(tmp_path, demo_bundle, monkeypatch):
     )
     assert res.exit_code == 2
     assert "shipped: default, strict, dp, demo" in res.output and not (tmp_path / "c").exists()
+
+
+def test_demo_policy_decides_at_its_sizes_and_refuses_a_planted_leak():
+    """On games simulated by the audit's own statistics at the demo's sizes (4 shadows, 360
+    records, as digits gives): a release at chance passes every privacy rule of the demo policy
+    (each applied test decidable), the planted leak is refused with a leak detected, and the
+    default policy cannot decide at these sizes (it refuses the same release at chance)."""
+    from rcig_release.release.documents import outcome_text
+    from rcig_release.release.testing import simulated_game
+
+    demo, default = load_policy("demo"), load_policy("default")
+    run = {"init": {"mode": "noise"}, "config": {"init": "noise"}}
+    ev = {"accuracy_mean": 0.6}
+
+    def privacy(leak: bool, seed: int, policy):
+        g = simulated_game(leak, shadows=4, records=360, seed=seed)
+        audit = {"game": g, "n_shadows": 4, "attacks": {}, "copy_check": {}}
+        return [
+            r for r in evaluate_policy(run, ev, audit, policy).rules if r.name.startswith("game.")
+        ]
+
+    passed = sum(all(r.passed for r in privacy(False, seed, demo)) for seed in range(4))
+    assert passed == 4  # each fails with probability <= 0.05
+    for seed in range(2):
+        rules = privacy(True, seed, demo)
+        assert any(outcome_text(r) == "LEAK DETECTED" for r in rules)
+    at_chance = privacy(False, 0, default)
+    assert any(outcome_text(r) == "undecidable" for r in at_chance)
