@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rcig_release.cli.progress import stage_progress
+from rcig_release.cli.progress import print_device, stage_progress
 from rcig_release.errors import InputError
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
@@ -272,6 +272,11 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
+        from rcig_release import pathchecks
+
+        pathchecks.run_dir(run)  # before any data or JAX is loaded
+        pathchecks.data_spec(data)
+        print_device(Console(stderr=True))
         from rcig_release.audits.config import AuditConfig
 
         chosen = (

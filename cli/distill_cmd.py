@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from rich.text import Text
 
-from rcig_release.cli.progress import CountColumn
+from rcig_release.cli.progress import CountColumn, PlainLines, print_device
 
 console = Console(stderr=True, highlight=False)
 
@@ -133,6 +133,19 @@ def distill(
     ] = None,
 ) -> None:
     """Distil the training split of DATA into a few synthetic images per class with RCIG."""
+    from rcig_release import pathchecks
+    from rcig_release.errors import InputError
+
+    if resume and force:
+        raise InputError("--resume and --force exclude each other")
+    if resume and out is None:
+        raise InputError("--resume needs --out RUN")
+    # paths first, before the data or JAX load (--help and these answer in well under a second)
+    pathchecks.distill_out(out, resume=resume, force=force, data=data)
+    pathchecks.existing_file(config, "--config")
+    if not resume:
+        pathchecks.data_spec(data)
+
     from rcig_release import parallel
     from rcig_release.cli.check_cmd import run_precheck
     from rcig_release.config import (
@@ -143,14 +156,9 @@ def distill(
         make_distill_config,
         to_dict,
     )
-    from rcig_release.errors import InputError
     from rcig_release.pipeline import default_out, distill_run, resume_config
     from rcig_release.release.escape import sanitize
 
-    if resume and force:
-        raise InputError("--resume and --force exclude each other")
-    if resume and out is None:
-        raise InputError("--resume needs --out RUN")
     # before anything else touches JAX (the preset's default asks for the backend)
     parallel.initialize(coordinator, num_processes, process_id)
     if resume:
@@ -181,6 +189,7 @@ def distill(
             dp_mechanism=dp_mechanism,
         )
         out = out or default_out(data, cfg.ipc)
+    print_device(console)  # the configuration is valid: the run starts
     if cfg.init in RECORD_INIT_MODES:
         console.print(
             Text(
@@ -193,6 +202,24 @@ def distill(
 
     if quiet:
         run = distill_run(out, data, cfg, resume=resume, force=force)
+    elif not console.is_terminal:  # a log or a pipe: plain lines, no bar
+        lines = PlainLines(console, "distill")
+
+        def plain_progress(step: int, total: int, last: dict) -> None:
+            lines.phase("distill")
+            loss = f"outer loss {last['outer_loss']:.4f}" if "outer_loss" in last else ""
+            lines.step(step, total, loss)
+
+        run = distill_run(
+            out,
+            data,
+            cfg,
+            resume=resume,
+            force=force,
+            progress=plain_progress,
+            status=lambda m: console.print(m, markup=False),
+            phase=lines.phase,
+        )
     else:
         # the first column names the phase (loading data, learning-rate search, compiling the
         # step) until the steps start; the count stays empty while the total is unknown
@@ -269,8 +296,13 @@ def evaluate(
     ] = True,
 ) -> None:
     """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
+    from rcig_release import pathchecks
     from rcig_release.config import EvalConfig
     from rcig_release.errors import InputError
+
+    pathchecks.run_dir(run)
+    pathchecks.data_spec(data)
+    print_device(console)
     from rcig_release.evaluate import evaluate_run
     from rcig_release.models import ARCHS as ARCHS_EVAL
 
@@ -279,8 +311,29 @@ def evaluate(
     if models < 1:
         raise InputError(f"--models must be at least 1 (got {models})")
     cfg = EvalConfig(arch=arch, models=models, augment=augment, width=width, steps=steps, seed=seed)
-    with console.status(Text(f"training {models} {arch} networks on {run} …")):
-        result = evaluate_run(run, cfg, data=data)
+    what = f"training {models} {arch} networks"
+    if not console.is_terminal:  # a log or a pipe: plain lines
+        lines = PlainLines(console, "evaluate")
+        lines.phase(what)
+        result = evaluate_run(
+            run, cfg, data=data, progress=lambda done, total, loss: lines.step(done, total)
+        )
+    else:
+        columns = (
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            CountColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task(f"{what} (loading, compiling)", total=None)
+
+            def step(done: int, total: int, loss: float) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            result = evaluate_run(run, cfg, data=data, progress=step)
     if as_json:
         typer.echo(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -154,9 +154,11 @@ if __name__ != "__main__":  # run as a script, the real module (imported below) 
 
 
 def main() -> None:
+    from rcig_release.cli import xla_log
     from rcig_release.runtime import enable_compilation_cache
 
     enable_compilation_cache()
+    xla_log.install()  # XLA's compiler chatter to a log file, not through the progress bars
     app(prog_name="rcig-release")
 
 

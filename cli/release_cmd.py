@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rcig_release.cli.main import err_console, handle_errors
+from rcig_release.cli.progress import print_device
 
 console = Console(highlight=False)
 
@@ -28,11 +29,36 @@ def limit_text(rule) -> str:
 
 
 def _rules_table(rules, title: str) -> Table:
+    """Decided failures one row each (a test's value is its p-value, "p = ..."); undecidable
+    rules one row per family with the sizes that would decide them (documents.family_line).
+    Every cell through the terminal sanitiser (``_term``)."""
+    from rcig_release.release.documents import (
+        family_line,
+        outcome_text,
+        undecidable_families,
+        value_text,
+    )
+
     table = Table(title=Text(_term(title)), title_justify="left")
-    for col in ("rule", "value", "limit", "note"):
+    table.add_column("rule", no_wrap=True)  # names stay whole (copied into policies and greps)
+    for col in ("value", "limit", "outcome", "note"):
         table.add_column(col, overflow="fold")
     for r in rules:
-        table.add_row(*(Text(_term(c)) for c in (r.name, _fmt(r.value), limit_text(r), r.note)))
+        if outcome_text(r) != "undecidable":
+            table.add_row(
+                *(
+                    Text(_term(c))
+                    for c in (r.name, value_text(r), limit_text(r), outcome_text(r), r.note)
+                )
+            )
+    for title_, family in undecidable_families(rules):
+        table.add_row(
+            Text(f"{len(family)} rule(s)"),
+            Text(""),
+            Text(""),
+            Text("undecidable"),
+            Text(_term(family_line(title_, family))),
+        )
     return table
 
 
@@ -91,7 +117,13 @@ def release_command(
         Path, typer.Argument(help="Run directory (distilled.npz, run.json, eval.json, audit/).")
     ],
     policy: Annotated[
-        Path, typer.Option("--policy", help="Release policy TOML (e.g. policies/default.toml).")
+        str,
+        typer.Option(
+            "--policy",
+            metavar="NAME|FILE",
+            help="Release policy: a shipped one by name (default, strict, dp, demo: the "
+            "demonstration at reduced sizes) or the path of a policy TOML file.",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Bundle directory to create; must not exist.")],
     name: Annotated[
@@ -158,13 +190,27 @@ def release_command(
     ] = False,
 ) -> None:
     """Release RUN as a bundle if it passes the policy (exit 3 and nothing written otherwise)."""
+    from rcig_release import pathchecks
+    from rcig_release.release.policy import load_policy, resolve_policy
+
+    # the paths, the licence and the policy first, before any data or JAX is loaded, in the
+    # library's order (release() repeats each check)
+    pathchecks.new_out(out)
+    pathchecks.license_id(license)
+    pathchecks.run_dir(run, evaluated=True, audited=True, name_only=True)
+    policy_path = resolve_policy(policy)
+    load_policy(policy_path)  # a malformed policy is reported now, not after the data
+    pathchecks.existing_file(fingerprint_key, "--fingerprint-key")
+    if replay:  # the only part of a release that computes with JAX: name the device first
+        print_device(err_console)
+
     from rcig_release.release.bundle import ReleaseRefused, release
     from rcig_release.release.escape import sanitize
 
     try:
         result = release(
             run,
-            policy,
+            policy_path,
             out,
             name=name,
             license_spdx=license,
@@ -198,6 +244,14 @@ def release_command(
             Text.assemble(
                 ("released with an override", "yellow"),
                 f": {sanitize(result.override, 'terminal')}",
+            )
+        )
+    if d.demonstration:
+        console.print(
+            Text(
+                f"policy {d.policy_name!r} is a demonstration at reduced audit sizes, not a "
+                "privacy audit: the bundle says so and is not tagged privacy-audited",
+                style="yellow",
             )
         )
     if result.binding is not None:
@@ -275,6 +329,10 @@ def verify_command(
     ] = None,
 ) -> None:
     """Check BUNDLE: checksums, data layout, the verdict recomputed, card and report rebuilt (exit 1 if not)."""
+    if not bundle.is_dir():
+        from rcig_release.errors import InputError
+
+        raise InputError(f"bundle directory not found: {bundle.name or bundle}")
     from rcig_release.release.bundle import SIGNATURE
     from rcig_release.release.escape import sanitize
     from rcig_release.release.verify import verify_bundle

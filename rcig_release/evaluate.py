@@ -61,9 +61,15 @@ def _check_side(image_shape: tuple[int, ...], arch: str, depth: int | None) -> N
 
 
 def evaluate_run(
-    run_dir: Any, cfg: EvalConfig, *, data: str | None = None, write: bool = True
+    run_dir: Any,
+    cfg: EvalConfig,
+    *,
+    data: str | None = None,
+    write: bool = True,
+    progress: Any = None,
 ) -> dict[str, Any]:
-    """Trains ``cfg.models`` networks side by side and writes ``RUN/eval.json``.
+    """Trains ``cfg.models`` networks side by side and writes ``RUN/eval.json``; ``progress``:
+    called as ``progress(steps_done, steps, mean_loss)`` while they train.
 
     ``eval.json`` holds the latest result; every result is also appended to ``RUN/evals.jsonl``,
     so evaluating again (another width, architecture or seed) loses no earlier figure.
@@ -76,6 +82,7 @@ def evaluate_run(
     x_test = run.preprocessor.transform(ds.x_test).astype(np.float32)
     x_s, y_s = support_arrays(run)
     width = cfg.width or run.config.width
+    n_steps = cfg.steps if cfg.steps is not None else default_eval_steps(run)
     result = evaluate_arrays(
         x_s,
         y_s,
@@ -85,13 +92,14 @@ def evaluate_run(
         num_classes=run.num_classes,
         n_models=cfg.models,
         seed=cfg.seed,
-        steps=cfg.steps if cfg.steps is not None else default_eval_steps(run),
+        steps=n_steps,
         lr=cfg.lr,
         warmup=cfg.warmup,
         batch=cfg.batch,
         augment=cfg.augment,
         width=width,
         depth=run.config.depth,
+        progress=None if progress is None else (lambda done, loss: progress(done, n_steps, loss)),
     )
     result = {
         **result,

@@ -10,7 +10,6 @@ import hashlib
 import io
 import re
 import struct
-import subprocess
 import zipfile
 import zlib
 from pathlib import Path
@@ -104,9 +103,12 @@ def invoke(*args, env=None):
 
 
 def assert_refused(r, code: int, *expect: str) -> str:
-    """Exit ``code``, exactly one line on stderr starting with ``error:``, no traceback."""
+    """Exit ``code``, exactly one line on stderr starting with ``error:``, no traceback (after
+    the command's device line, when it got as far as loading JAX: at most one, and first)."""
     assert r.exit_code == code, (r.exit_code, r.output)
     lines = r.stderr.splitlines()
+    if lines and lines[0].startswith("device: JAX "):
+        lines = lines[1:]
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in r.output
     for e in expect:
@@ -409,6 +411,8 @@ def test_audit_command_draws_the_bars(tmp_path, monkeypatch):
         raise InputError("stop here")
 
     monkeypatch.setattr(runner, "run_audit", fake_run_audit)
+    for name in ("distilled.npz", "run.json"):  # what the command's path checks look for
+        (tmp_path / name).write_bytes(b"")
     r = invoke("audit", tmp_path)
     assert r.exit_code == 2 and callable(calls[-1])
     assert "shadow pipelines (release)" in r.stderr and "3/16" in r.stderr
@@ -450,39 +454,6 @@ def test_distill_names_its_setup_phases(tmp_path):
     assert steps == [1]
 
 
-# --------------------------------------------------------------------------- README and CI
-
-
-def _readme_commands() -> list[str]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    quick = text.split("## Quickstart", 1)[1].split("## Commands", 1)[0]
-    return re.findall(r"```bash\n(.*?)\n```", quick, flags=re.S)
-
-
-def test_readme_test_command_is_the_ci_command_and_finds_a_python_3_11_or_newer():
-    quickstart, tests = _readme_commands()
-    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    assert ci[-1] == tests and "python3.11 -m" not in quickstart + tests
-    picker = tests.split(" -m venv", 1)[0]
-    assert quickstart.startswith(picker)
-    r = subprocess.run(
-        ["bash", "-c", picker + ' -c "import sys; print(sys.version_info[:2])"'],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert r.returncode == 0, r.stderr
-    assert eval(r.stdout) >= (3, 11)  # noqa: S307 - a tuple printed by python itself
-    empty = subprocess.run(
-        ["/bin/bash", "-c", picker + " -V"],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/nonexistent"},
-        timeout=60,
-    )
-    assert empty.returncode != 0 and "no Python 3.11 or newer" in empty.stderr
-
-
 def test_distill_command_shows_the_phase_not_0_of_unknown(tmp_path, monkeypatch):
     import rcig_release.pipeline as pipeline
     from rcig_release.errors import InputError
@@ -497,6 +468,12 @@ def test_distill_command_shows_the_phase_not_0_of_unknown(tmp_path, monkeypatch)
     assert r.exit_code == 2
     assert "learning-rate search" in r.stderr and "0/?" not in r.stderr
     assert r.stderr.splitlines()[-1] == "error: stop here"
+    # the first line names the device JAX computes on
+    import jax
+
+    first = r.stderr.splitlines()[0]
+    assert first.startswith(f"device: JAX {jax.default_backend()} backend, ")
+    assert jax.devices()[0].device_kind in first
 
 
 @pytest.mark.parametrize(

@@ -417,7 +417,7 @@ def test_cli_pass_and_verify(tmp_path, clean_run, data, monkeypatch):
             str(tmp_path / "c"),
         ],
     )
-    assert res.exit_code == 2 and "policy file not readable" in res.output
+    assert res.exit_code == 2 and "no shipped policy of that name and no such file" in res.output
 
 
 def test_runner_layout_audit_is_released_and_rendered(tmp_path, data):

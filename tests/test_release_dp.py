@@ -165,6 +165,8 @@ def test_audit_cli_prints_both_epsilons_and_exits_4_on_a_violation(
     monkeypatch, tmp_path, statement, small, json_out
 ):
     flags = ["--json"] if json_out else ["--quiet"]
+    for name in ("distilled.npz", "run.json"):  # what the command's path checks look for
+        (tmp_path / name).write_bytes(b"")
     good = _cli_audit(dp_audit_section(statement, leak=True))
     monkeypatch.setattr("rcig_release.audits.runner.run_audit", lambda run, cfg, **kw: good)
     r = CliRunner().invoke(app, ["audit", str(tmp_path), *flags])

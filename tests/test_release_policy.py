@@ -2,6 +2,7 @@
 was computed by the audit's own statistics (``testing.simulated_game``), never hand-made metrics."""
 
 import copy
+import os
 import re
 from pathlib import Path
 
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"
 STRICT = ROOT / "policies" / "strict.toml"
 DP = ROOT / "policies" / "dp.toml"
+DEMO = ROOT / "policies" / "demo.toml"
 
 MINIMAL = b"""
 [policy]
@@ -84,7 +86,7 @@ def test_shipped_policies_load():
 
 def test_every_shipped_key_is_commented():
     """Every `key = value` line in the shipped policies carries a comment on it or just above it."""
-    for path in (DEFAULT, STRICT, DP):
+    for path in (DEFAULT, STRICT, DP, DEMO):
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             if "=" in line and not line.lstrip().startswith("#"):
@@ -154,8 +156,15 @@ def test_loader_rejects(edit, message):
 
 
 def test_loader_unreadable_file(tmp_path):
-    with pytest.raises(InputError, match="not readable: nope.toml"):
+    with pytest.raises(
+        InputError, match="nope.toml': no shipped policy of that name and no such file"
+    ):
         load_policy(tmp_path / "nope.toml")
+    (tmp_path / "locked.toml").write_bytes(DEFAULT.read_bytes())
+    (tmp_path / "locked.toml").chmod(0)
+    if not os.access(tmp_path / "locked.toml", os.R_OK):  # root reads it anyway
+        with pytest.raises(InputError, match="not readable: locked.toml"):
+            load_policy(tmp_path / "locked.toml")
 
 
 # ---- evaluate_policy on the audit's game -----------------------------------------------------
@@ -299,7 +308,7 @@ def test_a_tampered_game_section_is_one_clear_input_error(edit, message):
 def test_shipped_hashes_match_the_files_and_a_modified_copy_says_so(tmp_path):
     from rcig_release.release.policy import SHIPPED_SHA256
 
-    for path in (DEFAULT, STRICT, DP):
+    for path in (DEFAULT, STRICT, DP, DEMO):
         p = load_policy(path)
         assert SHIPPED_SHA256[p.name] == p.sha256 and not p.modified and p.label == p.name
     loose = tmp_path / "default.toml"

@@ -29,18 +29,25 @@ from PIL import Image
 import rcig_release
 from rcig_release import limits
 from rcig_release.errors import InputError, PolicyFailure
+from rcig_release.pathchecks import license_id
 from rcig_release.release import coverage, figures, recompute, signing
 from rcig_release.release import dp as dpmod
 from rcig_release.release import fingerprint as fpmod
 from rcig_release.release import replay as replaymod
 from rcig_release.release.croissant import croissant, croissant_dp_text
 from rcig_release.release.decision import Decision, evaluate_policy
-from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
+from rcig_release.release.documents import (
+    Outcome,
+    Summary,
+    dataset_card,
+    report_html,
+    soft_label_rows,
+)
 from rcig_release.release.escape import check_class_names, check_text, csv_cell
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.initset import verified_init_indices
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
-from rcig_release.release.policy import Policy, parse_policy
+from rcig_release.release.policy import Policy, parse_policy, resolve_policy
 from rcig_release.release.redact import find_leaks, redact
 from rcig_release.release.safety import (
     PrivateLoader,
@@ -62,7 +69,6 @@ _RESERVED = {
     *(f"com{i}" for i in range(10)),
     *(f"lpt{i}" for i in range(10)),
 }
-_SPDX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")  # fullmatch: no "$" before a newline
 
 
 class ReleaseRefused(PolicyFailure):
@@ -311,8 +317,16 @@ def provenance(
             "file": policy.source_name,
             "sha256": policy.sha256,
             "modified_shipped_policy": policy.modified,
+            "demonstration": policy.demonstration,
         },
     }
+
+
+# verdict.json's plain statement of a demonstration policy's bundle (``[policy] demonstration``)
+DEMONSTRATION = (
+    "a demonstration at reduced audit sizes, not a privacy audit: only large leaks could have been "
+    "detected; audit with the default policy's sizes (--shadows 16) before publishing"
+)
 
 
 def verdict_json(
@@ -331,6 +345,7 @@ def verdict_json(
             "file": policy.source_name,
             "sha256": policy.sha256,
             "modified_shipped_policy": policy.modified,
+            "demonstration": policy.demonstration,
         },
         "override": {"reason": override} if override else None,
         "rules": [r.to_json() for r in decision.rules],
@@ -341,6 +356,7 @@ def verdict_json(
         "dp": dp_verdict(inp.run_json, inp.audit),
         "replay": None if binding is None else binding.to_json(),
         "private_stats": coverage.INCLUDED,
+        "demonstration": DEMONSTRATION if policy.demonstration else None,
     }
 
 
@@ -361,6 +377,7 @@ def verdict_withheld(
             "file": policy.source_name,
             "sha256": policy.sha256,
             "modified_shipped_policy": policy.modified,
+            "demonstration": policy.demonstration,
         },
         "override": {"reason": override} if override else None,
         "failed": [r.name for r in decision.failed],
@@ -370,6 +387,7 @@ def verdict_withheld(
         "dp": dp_verdict(inp.run_json, {}),
         "replay": None if binding is None else binding.to_json(),
         "private_stats": coverage.WITHHELD,
+        "demonstration": DEMONSTRATION if policy.demonstration else None,
     }
 
 
@@ -453,6 +471,7 @@ def build_files(
         private_stats=private_stats,
         coverage=coverage_of(set(files) | later, prov),
         outcome=outcome_of(verdict) if withheld else None,
+        image_labels=soft_label_rows(labels),
     )
     if not withheld:
         files["report/report.html"] = report_html(
@@ -473,6 +492,7 @@ def build_files(
         dp=prov.get("dp"),
         private_stats=private_stats,
         date_published=_dt.datetime.now(_dt.UTC).date().isoformat(),
+        demonstration=policy.demonstration,
     )
     files[MANIFEST] = "".join(f"{bytes_sha256(files[p])}  {p}\n" for p in sorted(files)).encode(
         "utf-8"
@@ -502,6 +522,7 @@ def croissant_bytes(
     dp: dict | None,
     private_stats: str,
     date_published: str,
+    demonstration: bool = False,
 ) -> bytes:
     """croissant.json's bytes: a pure function of the other bundle files (the manifest and the
     signature excluded), the release's name and licence, the classes, the policy's name, the
@@ -515,11 +536,14 @@ def croissant_bytes(
             listed,
             classes,
             f"{n_images} synthetic images distilled with RCIG from a private image set, released "
-            f"behind the privacy policy '{policy_name}' (verdict: {verdict}); "
+            f"behind the {'demonstration' if demonstration else 'privacy'} policy "
+            f"'{policy_name}' (verdict: {verdict}"
+            f"{'; a demonstration at reduced audit sizes, not a privacy audit' if demonstration else ''}); "
             f"{croissant_dp_text(dp)}.",
             date_published=date_published,
             dp=dp,
             private_stats=private_stats,
+            demonstration=demonstration,
         )
     )
 
@@ -542,6 +566,7 @@ def outcome_of(verdict: Mapping) -> Outcome:
         policy_name=str((pol or {}).get("name")),
         policy_sha256=str((pol or {}).get("sha256")),
         failed=tuple(str(f) for f in failed) if isinstance(failed, list) else (),
+        demonstration=bool(verdict.get("demonstration")),
     )
 
 
@@ -570,8 +595,9 @@ def write_atomic(out: Path, files: dict[str, bytes]) -> None:
 
 
 def read_policy(path: str | Path) -> tuple[bytes, Policy]:
-    """The policy file's bytes (bundled as they are) and the policy parsed from them."""
-    path = Path(path)
+    """The policy file's bytes (bundled as they are) and the policy parsed from them; ``path`` may
+    also name a shipped policy (``policy.resolve_policy``)."""
+    path = resolve_policy(path)
     try:
         limits.check_file_bytes(path.stat().st_size, f"policy file {path.name}")  # before reading
         text = path.read_bytes()
@@ -608,7 +634,7 @@ def release(
 
     Args:
       run_dir: the run directory (distilled.npz, run.json, eval.json, audit/audit.json).
-      policy_path: the policy TOML file.
+      policy_path: the policy TOML file, or a shipped policy's name (default, strict, dp, demo).
       out: the bundle directory to create; must not exist.
       name: the dataset's pretty name (default: the bundle directory's name).
       license_spdx: an SPDX licence id for the card (default: unspecified).
@@ -628,8 +654,7 @@ def release(
     out = Path(out)
     if os.path.lexists(out):
         raise InputError(f"output already exists, refusing to overwrite: {out.name}")
-    if license_spdx is not None and not _SPDX.fullmatch(license_spdx):  # not "MIT\n"
-        raise InputError(f"--license {license_spdx!r} is not an SPDX licence id")
+    license_id(license_spdx)  # fullmatch: not "MIT\n"
     if override is not None:
         override = " ".join(check_text(override, "--override").split())
         if not override:

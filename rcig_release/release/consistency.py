@@ -41,7 +41,13 @@ from rcig_release.release.bundle import (
     croissant_bytes,
 )
 from rcig_release.release.decision import Decision, evaluate_policy
-from rcig_release.release.documents import Outcome, Summary, dataset_card, report_html
+from rcig_release.release.documents import (
+    Outcome,
+    Summary,
+    dataset_card,
+    report_html,
+    soft_label_rows,
+)
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.inputs import validate_audit
 from rcig_release.release.memorisation import MemorisationResult
@@ -92,6 +98,11 @@ def load_policy_file(
     except InputError as e:
         problems.append(f"{POLICY_FILE}: {e}")
         return None
+    if bool(named.get("demonstration", False)) != policy.demonstration:
+        problems.append(
+            f"{VERDICT}: policy demonstration is {_short(named.get('demonstration'))}, the "
+            f"bundled policy's is {policy.demonstration!r}"
+        )
     if named.get("name") != policy.name:
         problems.append(
             f"{VERDICT}: policy name {_short(named.get('name'))} is not the bundled policy's "
@@ -360,6 +371,7 @@ def summary(
         private_stats=layout(prov),
         coverage=coverage_of(set(files) - {SIGNATURE}, prov),
         outcome=outcome,
+        image_labels=soft_label_rows(labels),
     )
 
 
@@ -439,6 +451,7 @@ def check_croissant(
         dp=_as_json(dp) if dp is not None else None,
         private_stats=s.private_stats,
         date_published=date,
+        demonstration=s.demonstration,
     )
     check_rebuilt(dict(files), CROISSANT, want, "the bundle", problems)
 

@@ -140,10 +140,12 @@ def croissant(
     version: str = "1.0.0",
     dp: dict | None = None,
     private_stats: str = "included",
+    demonstration: bool = False,
 ) -> dict:
     """Croissant 1.0 metadata for the bundle ``files`` (every file but croissant.json itself);
     ``dp``: the run's DP statement (stated in the RAI note and the ``differential_privacy``
-    record set), None for a release without one (the RAI note says so)."""
+    record set), None for a release without one (the RAI note says so); ``demonstration``: a
+    demonstration policy's bundle (keyword ``demonstration``, not ``privacy-audited``)."""
     dist: list[dict] = []
     for path in sorted(files):
         dist.append(
@@ -235,7 +237,9 @@ def croissant(
         "license": license_spdx or "unspecified",
         "url": "README.md",
         "version": version,
-        "keywords": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"],
+        # a demonstration policy's bundle is not privacy-audited (``[policy] demonstration``)
+        "keywords": ["synthetic", "dataset-distillation", "rcig"]
+        + (["demonstration"] if demonstration else ["privacy-audited"]),
         "rai:personalSensitiveInformation": (
             "Synthetic images distilled from private data; "
             + (

@@ -67,6 +67,7 @@ class Decision:
     policy_name: str
     policy_sha256: str
     rules: tuple[Rule, ...]
+    demonstration: bool = False  # the policy's [policy] demonstration: not a privacy audit
 
     @property
     def passed(self) -> bool:
@@ -117,6 +118,55 @@ def _int(x: Any) -> int | None:
     return None if v is None else int(v)
 
 
+def _power(counts: list[tuple[int, int]], effect: float, fpr: float | None, alpha_f: float):
+    """The best fold's power to detect ``effect`` (the rule's power: either fold refuses)."""
+    powers = [
+        stats.auc_power(i, o, effect, alpha_f)
+        if fpr is None
+        else stats.tpr_power(i, o, fpr, effect, alpha_f)
+        for i, o in counts
+    ]
+    best = max(range(len(powers)), key=lambda i: powers[i])
+    return powers[best], best
+
+
+# the largest shadow count searched for "--shadows N would decide it"
+_MAX_SHADOWS = 1024
+
+
+def shadows_to_decide(
+    counts: list[tuple[int, int]],
+    shadows: int | None,
+    effect: float,
+    fpr: float | None,
+    alpha_f: float,
+    power: float,
+) -> int | None:
+    """The fewest (even) shadows at which the rule would be decidable, the audit's records kept:
+    each fold's IN and OUT guesses grow in proportion to its targets (shadows / 2). None when the
+    shadow count is unknown or not even ``_MAX_SHADOWS`` would do."""
+    if not shadows or shadows < 2:
+        return None
+
+    def ok(k: int) -> bool:
+        scaled = [(round(i * k / shadows), round(o * k / shadows)) for i, o in counts]
+        return _power(scaled, effect, fpr, alpha_f)[0] >= power - _TOL
+
+    hi = shadows
+    while not ok(hi):
+        if hi >= _MAX_SHADOWS:
+            return None
+        hi = min(2 * hi, _MAX_SHADOWS)
+    lo = max(2, hi // 2)  # power grows with the guesses: bisect over even counts in (lo, hi]
+    while hi - lo > 2:
+        mid = (lo + hi) // 4 * 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def _test_rule(
     name: str,
     g: Mapping,
@@ -126,42 +176,47 @@ def _test_rule(
     alpha_t: float,
     power: float,
     group: str,
+    shadows: int | None = None,
 ) -> Rule:
-    """One test of "at chance" from the game, with its decidability."""
+    """One test of "at chance" from the game, with its decidability. A significant departure from
+    chance fails the rule as "leak detected" whatever the power: the test's level holds at any
+    size, power only matters for a rule that passes."""
     counts = _fold_counts(g, key)
     p = _num((g.get("p_value") or {}).get(key))
     what = "AUC" if fpr is None else f"TPR at FPR {fpr:g}"
     if not counts:
         return Rule(name, p, alpha_t, "p >", False, "missing in the audit's game")
     alpha_f = alpha_t / len(counts)  # each fold is tested at alpha_t / folds (Bonferroni)
-    powers = [
-        stats.auc_power(i, o, effect, alpha_f)
-        if fpr is None
-        else stats.tpr_power(i, o, fpr, effect, alpha_f)
-        for i, o in counts
-    ]
-    i_best = max(range(len(powers)), key=lambda i: powers[i])
-    best = powers[i_best]
+    best, i_best = _power(counts, effect, fpr, alpha_f)
     model = "binormal or partial leak" if fpr is None else "least favourable concave ROC"
     desc = (
         f"{what} {effect:g} detected with power {best:.3f} ({model}; "
         f"{counts[i_best][0]} IN / {counts[i_best][1]} OUT guesses in fold {i_best})"
     )
+    observed = (
+        _num(g.get("auc")) if fpr is None else _num((g.get("tpr_at_fpr") or {}).get(str(fpr)))
+    )
+    seen = "" if observed is None else f"observed {what} {observed:.4f}; "
+    if p is not None and p <= alpha_t:
+        return Rule(name, p, alpha_t, "p >", False, f"leak detected: {seen}{desc}")
     if best < power - _TOL:
+        k = shadows_to_decide(counts, shadows, effect, fpr, alpha_f, power)
+        decide = (
+            f"--shadows {k} would decide it"
+            if k is not None
+            else f"no --shadows up to {_MAX_SHADOWS} would decide it at these records"
+        )
         return Rule(
             name,
             p,
             alpha_t,
             "p >",
             False,
-            f"undecidable at these sizes: {desc}, needs {power:g}; raise {_raise_hint(group)}",
+            f"undecidable at these sizes: {desc}, needs {power:g}; raise {_raise_hint(group)} "
+            f"({decide})",
         )
     if p is None:
         return Rule(name, None, alpha_t, "p >", False, "p-value missing in the audit's game")
-    observed = (
-        _num(g.get("auc")) if fpr is None else _num((g.get("tpr_at_fpr") or {}).get(str(fpr)))
-    )
-    seen = "" if observed is None else f"observed {what} {observed:.4f}; "
     return Rule(name, p, alpha_t, "p >", p > alpha_t, f"{seen}{desc}")
 
 
@@ -243,6 +298,7 @@ def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
         )
         budget = policy.alpha
     alpha_t = budget / max(1, n_tests)
+    shadows = shadow_count(audit)
     for name, group, lim in targets:
         g = game["attacks"][name]["groups"][group]
         prefix = f"game.{name}[{group}]"
@@ -250,7 +306,17 @@ def privacy_rules(audit: Mapping, policy: Policy) -> list[Rule]:
             effect = getattr(lim, pkey)
             if effect is not None:
                 rules.append(
-                    _test_rule(f"{prefix}.{key}", g, key, effect, fpr, alpha_t, policy.power, group)
+                    _test_rule(
+                        f"{prefix}.{key}",
+                        g,
+                        key,
+                        effect,
+                        fpr,
+                        alpha_t,
+                        policy.power,
+                        group,
+                        shadows,
+                    )
                 )
         if lim.max_epsilon_lower_bound is not None:
             rules.append(
@@ -362,7 +428,7 @@ def evaluate_policy(
 
     rules += dp_rules(run_json, policy)
     rules += privacy_rules(audit, policy)
-    return Decision(policy.label, policy.sha256, tuple(rules))
+    return Decision(policy.label, policy.sha256, tuple(rules), policy.demonstration)
 
 
 def dp_rules(run_json: Mapping, policy: Policy) -> list[Rule]:

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,6 +70,8 @@ class Summary:
     # what the (ε, δ) statement covers, file by file (coverage.rows; DP bundles only)
     coverage: tuple[tuple[str, str, str, str], ...] = ()
     outcome: Outcome | None = None  # the published decision when the statistics are withheld
+    # the released soft labels, one row per image (soft_label_rows): the card describes them
+    image_labels: tuple[tuple[float, ...], ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -78,6 +81,13 @@ class Summary:
         if self.decision.passed:
             return "pass"
         return "overridden" if self.override else "fail"
+
+    @property
+    def demonstration(self) -> bool:
+        """Released under a demonstration policy (reduced sizes; not a privacy audit)."""
+        if self.decision is not None:
+            return self.decision.demonstration
+        return self.outcome is not None and self.outcome.demonstration
 
     @property
     def withheld(self) -> bool:
@@ -93,6 +103,7 @@ class Outcome:
     policy_name: str
     policy_sha256: str
     failed: tuple[str, ...]
+    demonstration: bool = False  # verdict.json's demonstration statement is present
 
 
 def hf_license(spdx: str | None) -> dict[str, str]:
@@ -129,6 +140,104 @@ def fmt(x: Any, digits: int = 3) -> str:
     if isinstance(x, (list, tuple)):
         return ", ".join(fmt(v, digits) for v in x)
     return str(x)
+
+
+def soft_label_rows(labels: Any) -> tuple[tuple[float, ...], ...]:
+    """The soft labels as the card reads them (an [N, C] array's rows as floats)."""
+    return tuple(tuple(float(v) for v in row) for row in labels.tolist())
+
+
+def fmt_p(x: Any) -> str:
+    """A p-value: 3 decimals, or 2 significant digits below 0.001."""
+    v = x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.1e}" if 0 < v < 1e-3 else f"{v:.3f}"
+
+
+def fmt_pct(x: Any) -> str:
+    """A probability as a percentage (0.99 -> "99 %")."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+        return "n/a"
+    return f"{100 * x:g} %"
+
+
+def value_text(r: Rule) -> str:
+    """A rule's measured value, labelled: a test rule's value is its p-value ("p = ...")."""
+    if r.comparison == "p >":
+        return f"p = {fmt_p(r.value)}"
+    return fmt(r.value)
+
+
+def outcome_text(r: Rule) -> str:
+    """pass; "leak detected" (a significant departure from chance); "undecidable" (the sizes
+    could not have detected the policy's effect: fails closed); FAIL (any other failure)."""
+    if r.passed:
+        return "pass"
+    if r.note.startswith("leak detected"):
+        return "LEAK DETECTED"
+    if r.note.startswith("undecidable"):
+        return "undecidable"
+    return "FAIL"
+
+
+_GAME_RULE = re.compile(r"^game\.(?P<attack>[^\[]+)\[(?P<group>[^\]]+)\]\.(?P<test>.+)$")
+_TEST_WORDS = {
+    "auc": "AUC",
+    "tpr_at_fpr_0.01": "TPR at 1 % FPR",
+    "tpr_at_fpr_0.001": "TPR at 0.1 % FPR",
+    "epsilon_lower_bound": "ε lower bound",
+}
+
+
+def _group_words(group: str) -> str:
+    if group == "all":
+        return "all records"
+    if group == "init":
+        return "the init records"
+    return f"group {group}"
+
+
+def undecidable_families(rules: Sequence[Rule]) -> list[tuple[str, list[Rule]]]:
+    """The undecidable game rules grouped by (group, test): one family per line of the documents,
+    in the order of their first rule."""
+    families: dict[tuple[str, str], list[Rule]] = {}
+    for r in rules:
+        m = _GAME_RULE.match(r.name)
+        if r.passed or not r.note.startswith("undecidable") or m is None:
+            continue
+        families.setdefault((m["group"], m["test"]), []).append(r)
+    return [
+        (f"{_TEST_WORDS.get(test, test)} over {_group_words(group)}", rs)
+        for (group, test), rs in families.items()
+    ]
+
+
+def family_line(title: str, rules: Sequence[Rule]) -> str:
+    """One line for a family of undecidable rules: the attacks, the power reached and the sizes
+    that would decide them (from the rules' notes, which decision.py writes)."""
+    attacks = [m["attack"] for r in rules if (m := _GAME_RULE.match(r.name))]
+    powers = [float(x) for r in rules for x in re.findall(r"with power ([0-9.]+)", r.note)]
+    need = next((m[1] for r in rules if (m := re.search(r"needs ([0-9.]+)", r.note))), None)
+    shadows = [int(x) for r in rules for x in re.findall(r"--shadows (\d+) would decide", r.note)]
+    caps = [float(x) for r in rules for x in re.findall(r"can show is ([0-9.]+)", r.note)]
+    parts = [f"{title} ({len(rules)} rule{'s' if len(rules) != 1 else ''}: {', '.join(attacks)})"]
+    if powers:
+        lo, hi = min(powers), max(powers)
+        parts.append(
+            f"power {lo:.3f}" + ("" if hi == lo else f" to {hi:.3f}") + f", needs {need or 'n/a'}"
+        )
+    if caps:
+        parts.append(f"the largest ε lower bound these sizes can show is {max(caps):.3f}")
+    if shadows:
+        parts.append(f"--shadows {max(shadows)} would decide {'them' if len(rules) > 1 else 'it'}")
+    elif any("no --shadows up to" in r.note for r in rules):
+        parts.append("no number of shadows would at these records (raise --records)")
+    else:
+        hint = next((m[1] for r in rules if (m := re.search(r"raise ([^;(]+)", r.note))), None)
+        if hint:
+            parts.append(f"raise {hint.strip()}")
+    return "; ".join(parts)
 
 
 def _tpr(m: Mapping | None, fpr: str) -> Any:
@@ -198,11 +307,13 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def limit_text(r: Rule) -> str:
     if r.comparison == "present":
         return "must have run"
+    if r.comparison == "p >":
+        return f"p > {fmt_p(r.limit)}"
     return f"{r.comparison} {fmt(r.limit)}"
 
 
 def _rule_row(r: Rule) -> list[str]:
-    return [r.name, fmt(r.value), limit_text(r), "pass" if r.passed else "FAIL", r.note]
+    return [r.name, value_text(r), limit_text(r), outcome_text(r), r.note]
 
 
 def _config(s: Summary) -> Mapping:
@@ -285,9 +396,14 @@ def card_metadata(s: Summary) -> dict[str, Any]:
             "task_ids": ["multi-class-image-classification"],
             "size_categories": [size_category(s.n_images)],
             "annotations_creators": ["machine-generated"],
-            "tags": ["synthetic", "dataset-distillation", "rcig", "privacy-audited"]
+            # a demonstration policy's audit is no privacy audit: no `privacy-audited` tag
+            "tags": ["synthetic", "dataset-distillation", "rcig"]
+            + (["demonstration"] if s.demonstration else ["privacy-audited"])
             + (["differential-privacy"] if run_dp(s) is not None else []),
-            "dataset_info": {"features": features},
+            "dataset_info": {
+                "features": features,
+                "splits": [{"name": "train", "num_examples": s.n_images}],
+            },
             # the imagefolder builder takes its features from the config (dataset_info alone is
             # replaced by what it infers from metadata.jsonl: an int label without names)
             "configs": [
@@ -453,7 +569,392 @@ def dp_g(x: Any) -> str:
     return _g(x)
 
 
-def _card_head(s: Summary, out_of_scope_dp: str) -> str:
+@dataclasses.dataclass(frozen=True)
+class Plain:
+    """The plain-language summary both documents open with (``plain_summary``)."""
+
+    verdict: str  # one sentence
+    may_claim: tuple[str, ...]
+    may_not_claim: tuple[str, ...]
+    table: tuple[tuple[str, ...], ...]  # PLAIN_HEADER rows
+    accuracies: str  # why the release has two accuracies
+    epsilon: str  # the ε lower bound in one sentence
+    not_tested: tuple[str, ...]
+
+
+PLAIN_HEADER = (
+    "what is published / trained on",
+    "test accuracy",
+    "strongest attack in the game (AUC)",
+    "smallest p (attack at chance)",
+    "leak detected?",
+)
+
+
+def _strongest(game_of: Mapping | None) -> tuple[str, float | None, float | None]:
+    """(attack, AUC) of the game's highest-AUC attack over all records, and the smallest p of
+    "this attack is at chance" over every attack and test."""
+    g = (game_of or {}).get("game") if isinstance(game_of, Mapping) else None
+    attacks = (g or {}).get("attacks") if isinstance(g, Mapping) else None
+    best: tuple[str, float | None] = ("n/a", None)
+    p_min: float | None = None
+    for name in sorted(attacks or {}):
+        m = _game_all(game_of, name)
+        auc = m.get("auc")
+        if isinstance(auc, (int, float)) and (best[1] is None or auc > best[1]):
+            best = (name, float(auc))
+        for p in (m.get("p_value") or {}).values():
+            if isinstance(p, (int, float)) and (p_min is None or p < p_min):
+                p_min = float(p)
+    return best[0], best[1], p_min
+
+
+def _alpha_t(d: Decision) -> float | None:
+    return next((float(r.limit) for r in d.rules if r.comparison == "p >"), None)
+
+
+def _effects(d: Decision) -> list[tuple[str, float]]:
+    """The effect sizes the audit's overall tests could detect, from the passed rules' notes."""
+    found: dict[str, tuple[str, float]] = {}
+    for r in d.rules:
+        m = _GAME_RULE.match(r.name)
+        e = re.search(
+            r"(AUC|TPR at FPR [0-9.e-]+) ([0-9.e-]+) detected with power ([0-9.]+)", r.note
+        )
+        if not r.passed or m is None or m["group"] != "all" or e is None:
+            continue
+        what = (
+            e[1]
+            .replace("TPR at FPR 0.01", "TPR at 1 % FPR")
+            .replace("TPR at FPR 0.001", "TPR at 0.1 % FPR")
+        )
+        power = float(e[3])
+        if what not in found or power < found[what][1]:
+            found[what] = (f"{what} {e[2]}" if what == "AUC" else f"{e[2]} {what}", power)
+    # the power rounded down: "at least 0.99", never a rounded-up 1.00
+    return [(text, math.floor(power * 100) / 100) for text, power in found.values()]
+
+
+def plain_summary(s: Summary, esc: Any = html.escape) -> Plain:
+    """Verdict, claims, accuracy against leakage, the ε bound and what was not tested, in words:
+    a pure function of the bundle's inputs (verify rebuilds it byte for byte). ``esc`` escapes
+    every piece that came from an input (policy and attack names) for the target format; the
+    table's cells are left raw (the table renderers escape them)."""
+    assert s.decision is not None and s.safety is not None
+    d = s.decision
+    n_rules, n_failed = len(d.rules), len(d.failed)
+    detected = [r for r in d.rules if outcome_text(r) == "LEAK DETECTED"]
+    undecidable = [r for r in d.rules if outcome_text(r) == "undecidable"]
+    shadows = shadow_count(s.audit)
+    records: Mapping = got if isinstance(got := s.audit.get("records"), Mapping) else {}
+    n_records = sum(
+        int(v)
+        for k, v in records.items()
+        if k in ("members", "nonmembers") and isinstance(v, int) and not isinstance(v, bool)
+    )
+    if s.verdict == "pass":
+        verdict = (
+            f"Released: policy {esc(d.policy_name)} passed (all {n_rules} rules) and the memorisation "
+            "check found no memorised training record."
+        )
+    else:
+        verdict = (
+            f"Released with an override: policy {esc(d.policy_name)} did not pass ({n_failed} of "
+            f"{n_rules} rules failed: {len(detected)} leak(s) detected, {len(undecidable)} "
+            "undecidable at the audit's sizes); the memorisation check found no memorised "
+            "training record."
+        )
+    if s.demonstration:
+        verdict += " " + DEMO_NOTE.split(":")[0] + "."
+    effects = _effects(d)
+    claim = []
+    if s.verdict == "pass":
+        attacks = sorted((s.audit.get("game") or {}).get("attacks") or {})
+        claim.append(
+            f"No membership-inference attack the audit ran ({esc(', '.join(attacks)) or 'none'}) "
+            f"beat chance significantly on {fmt(shadows)} shadow pipelines"
+            + (f" over {n_records} audited records." if n_records else ".")
+        )
+        if effects:
+            least = min(p for _, p in effects)
+            claim.append(
+                "A leak at least as large as "
+                + " or ".join(t for t, _ in effects)
+                + f" would have been detected with probability at least {least:.2f}."
+            )
+    claim.append(
+        "No released image is a copy of a private training record, nor a flipped, shifted, "
+        "blended or noised one, at the memorisation check's 5 % false-refusal rate."
+    )
+    dp = run_dp(s)
+    if dp is not None:
+        claim.append(
+            f"The images are ({dp_g(dp['epsilon'])}, {dp_g(dp['delta'])})-differentially private "
+            "with respect to adding or removing one training image (the accountant's proof)."
+        )
+    not_claim = []
+    if s.demonstration:
+        not_claim.append(
+            "That the release is privacy-audited: this was a demonstration at reduced sizes."
+        )
+    if s.verdict != "pass":
+        not_claim.append("That the release passed its policy: it was released with an override.")
+    if dp is None:
+        not_claim.append(
+            "Differential privacy or any formal guarantee: the audit measures leakage, it does not bound it."
+        )
+    not_claim.append(
+        "That nothing leaks: leaks smaller than the sizes above, and attacks stronger than those "
+        "run, could go unseen."
+    )
+    not_claim.append(
+        "Anything about records outside the audited sample, or about groups and attributes "
+        "rather than single records."
+    )
+    alpha_t = _alpha_t(d)
+    rows = []
+    acc, std = s.eval_json.get("accuracy_mean"), s.eval_json.get("accuracy_std")
+    own, _ = target_accuracy(s.audit)
+    attack, auc, p_min = _strongest(s.audit)
+    rows.append(
+        (
+            f"this release ({s.n_images} synthetic images)",
+            f"{fmt(acc)} ± {fmt(std)}"
+            + (f" (audit targets {fmt(own)})" if own is not None else ""),
+            f"{fmt(auc)} ({attack})",
+            fmt_p(p_min),
+            "yes" if detected else "no",
+        )
+    )
+    for kind, label in (
+        ("naive", f"naive release ({s.n_images} random real training images)"),
+        ("real", "a network trained on the full private training split"),
+    ):
+        b = baseline(s.audit, kind)
+        if b is None:
+            continue
+        b_acc, _ = target_accuracy(b)
+        attack, auc, p_min = _strongest(b)
+        leak = "n/a" if p_min is None or alpha_t is None else ("yes" if p_min <= alpha_t else "no")
+        rows.append((label, fmt(b_acc), f"{fmt(auc)} ({attack})", fmt_p(p_min), leak))
+    accuracies = (
+        "Accuracy is on the private test split. The release has two: `evaluate`'s (mean ± sd of "
+        f"{esc(fmt(s.eval_json.get('models')))} {esc(fmt(s.eval_json.get('arch')))} networks trained by the "
+        "evaluation protocol) and the audit's target networks' (trained by the audit on the same "
+        'images with its own settings); they differ by training randomness and settings. "Leak '
+        "detected\" means some attack beat chance at the policy's per-test level "
+        + (f"(p ≤ {fmt_p(alpha_t)})" if alpha_t is not None else "")
+        + "; the baselines show what a release of real images, or a model of all the data, gives away."
+    )
+    eps_all: list[tuple[float, Any]] = [
+        (float(m["epsilon_lower_bound"]), m.get("max_epsilon"))
+        for name in sorted((s.audit.get("game") or {}).get("attacks") or {})
+        if isinstance((m := _game_all(s.audit, name)).get("epsilon_lower_bound"), (int, float))
+    ]
+    info = (s.audit.get("game") or {}).get("epsilon") or {}
+    if eps_all:
+        eps, cap = max(eps_all, key=lambda t: t[0])
+        conf, delta = info.get("confidence"), info.get("delta")
+        epsilon = (
+            f"Empirical ε lower bound {fmt(eps, 2)} (δ = {fmt(delta)}; the largest these sizes "
+            f"could show is {fmt(cap, 2)}): with {fmt_pct(conf)} confidence, no ε-differential-privacy "
+            f"guarantee with ε below {fmt(eps, 2)} can hold for this release pipeline"
+            + (
+                "; 0 means the audit found no evidence against privacy, which is not a proof of it."
+                if eps == 0
+                else "."
+            )
+        )
+    else:
+        epsilon = "The audit gave no ε lower bound."
+    names = {gm["test"] for r in d.rules if (gm := _GAME_RULE.match(r.name))}
+    not_tested = []
+    if "tpr_at_fpr_0.001" not in names:
+        not_tested.append("TPR at 0.1 % FPR (the policy does not apply it)")
+    if "epsilon_lower_bound" not in names:
+        not_tested.append("a limit on the ε lower bound (the policy does not apply it)")
+    if undecidable:
+        not_tested.append(
+            f"{len(undecidable)} rule(s) the audit's sizes could not decide (listed below; they "
+            "count as failed)"
+        )
+    not_tested.append(
+        "white-box attacks on the distillation, attribute or group inference, reconstruction of "
+        "records, and records outside the audited sample"
+    )
+    return Plain(
+        verdict=verdict,
+        may_claim=tuple(claim),
+        may_not_claim=tuple(not_claim),
+        table=tuple(rows),
+        accuracies=accuracies,
+        epsilon=epsilon,
+        not_tested=tuple(not_tested),
+    )
+
+
+def plain_md(s: Summary) -> str:
+    p = plain_summary(s, md)
+    lines = ["## Summary", "", f"**{p.verdict}**", ""]
+    if s.demonstration:
+        lines += [f"> {DEMO_NOTE}", ""]
+    lines += ["What the custodian may claim:", ""] + [f"- {c}" for c in p.may_claim]
+    lines += ["", "What they may not claim:", ""] + [f"- {c}" for c in p.may_not_claim]
+    lines += ["", _md_table(PLAIN_HEADER, p.table), "", p.accuracies, "", p.epsilon, ""]
+    lines += ["Not tested:", ""] + [f"- {c}" for c in p.not_tested] + [""]
+    return "\n".join(lines) + "\n"
+
+
+def plain_html(s: Summary) -> str:
+    p = plain_summary(s, html.escape)  # the fixed text holds no markup: only inputs are escaped
+    e = html.escape
+    ul = lambda items: "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"  # noqa: E731
+    return "".join(
+        [
+            "<h2>Summary</h2>",
+            f"<p><b>{p.verdict}</b></p>",
+            f'<p class="bad">{e(DEMO_NOTE)}</p>' if s.demonstration else "",
+            "<p>What the custodian may claim:</p>",
+            ul(p.may_claim),
+            "<p>What they may not claim:</p>",
+            ul(p.may_not_claim),
+            _h_table(PLAIN_HEADER, p.table),
+            f"<p>{p.accuracies}</p>",
+            f"<p>{e(p.epsilon)}</p>",
+            "<p>Not tested:</p>",
+            ul(p.not_tested),
+        ]
+    )
+
+
+def rules_md(d: Decision) -> str:
+    """The failed rules: decided failures in a table, undecidable ones one line per family."""
+    decided = [r for r in d.failed if outcome_text(r) != "undecidable"]
+    out = []
+    if decided:
+        out += [
+            "Failed rules:",
+            "",
+            _md_table(
+                ["rule", "value", "limit", "outcome", "note"], [_rule_row(r) for r in decided]
+            ),
+            "",
+        ]
+    fams = undecidable_families(d.failed)
+    if fams:
+        out += ["Undecidable at the audit's sizes (they fail closed), one line per family:", ""]
+        out += [f"- {md(family_line(t, rs))}" for t, rs in fams] + [""]
+    return ("\n" + "\n".join(out)) if out else ""
+
+
+DEMO_NOTE = (
+    "A demonstration at reduced audit sizes, not a privacy audit: the audit ran with few shadow "
+    "pipelines, so only large leaks could have been detected, and some tests were not applied. "
+    "The memorisation check ran in full. Do not publish this bundle as private data; audit with "
+    "the default policy's sizes (`--shadows 16`) and release with `--policy default` first."
+)
+
+
+def _ipc(s: Summary) -> int | None:
+    ipc = _config(s).get("ipc")
+    return ipc if isinstance(ipc, int) and not isinstance(ipc, bool) and ipc > 0 else None
+
+
+def soft_label_md(s: Summary) -> str:
+    """What the soft labels are and how to use them, with their range in this release."""
+    rows = s.image_labels
+    if rows:
+        sums = [sum(r) for r in rows]
+        vals = [v for r in rows for v in r]
+        rng = (
+            f" In this release the entries lie in [{fmt(min(vals), 2)}, {fmt(max(vals), 2)}] and "
+            f"the rows sum to {fmt(min(sums), 2)} … {fmt(max(sums), 2)}."
+        )
+    else:
+        rng = ""
+    return f"""### Soft labels
+
+The labels are not probabilities. RCIG learns them together with the images as the **regression
+targets** of its kernel-ridge head (initialised at one-hot − 1/C), so they are unnormalised: entries
+can be negative and rows need not sum to 1.{rng} Use them as they were used here: train with a
+mean-squared-error loss on the `soft_label` vector (how `rcig-release evaluate` trains). Their
+argmax is the `label` column; a softmax of them is not a calibrated class distribution. For
+example, with the `datasets` library:
+
+```python
+ds = datasets.load_dataset("<this directory>", split="train").with_format("numpy")  # ds["image"], ds["soft_label"], ds["label"]
+```
+
+"""
+
+
+def class_assignment_md(s: Summary) -> str:
+    """How images are filed into class folders, and the images whose folder is not the class
+    they were distilled for (image i was distilled for class i // ipc)."""
+    ipc = _ipc(s)
+    text = (
+        "Each image is filed under the class its soft label ranks highest (its `label`). RCIG "
+        "distils `ipc` images for each class in turn (image i is distilled for class i // ipc), "
+        "and the learned label can come to rank another class highest."
+    )
+    if not s.image_labels or ipc is None:
+        return text + "\n"
+    moved = []
+    for i, row in enumerate(s.image_labels):
+        filed, made_for = max(range(len(row)), key=lambda c: row[c]), i // ipc
+        if made_for < len(s.classes) and filed != made_for:
+            moved.append(
+                f"image {i} (distilled for {md(s.classes[made_for])}, filed under "
+                f"{md(s.classes[filed])})"
+            )
+    if not moved:
+        return (
+            text + " In this release every image is filed under the class it was distilled for.\n"
+        )
+    empty = [md(c) for c, n in zip(s.classes, s.per_class, strict=False) if n == 0]
+    return (
+        text
+        + f" In this release {len(moved)} image(s) are filed elsewhere: "
+        + "; ".join(moved)
+        + "."
+        + (f" Classes with no image in their folder: {', '.join(empty)}." if empty else "")
+        + "\n"
+    )
+
+
+def citation_md(s: Summary) -> str:
+    versions = got if isinstance(got := s.run_json.get("versions"), Mapping) else {}
+    version = versions.get("rcig_release")
+    version_line = (
+        f"  version = {{{version}}},\n"
+        if isinstance(version, str) and version.isprintable() and "}" not in version
+        else ""
+    )
+    return f"""## Citation
+
+The distillation method (RCIG):
+
+```bibtex
+@inproceedings{{loo2023rcig,
+  title = {{Dataset Distillation with Convexified Implicit Gradients}},
+  author = {{Loo, Noel and Hasani, Ramin and Lechner, Mathias and Amini, Alexander and Rus, Daniela}},
+  booktitle = {{Proceedings of the 40th International Conference on Machine Learning (ICML)}},
+  year = {{2023}}
+}}
+```
+
+The release tool (distillation, audit, policy-gated release):
+
+```bibtex
+@software{{rcig_release,
+  title = {{rcig-release: distil, audit and release a private image set}},
+{version_line}  note = {{Dataset distillation with RCIG, membership-inference audit, policy-gated release}}
+}}
+```
+"""
+
+
+def _card_head(s: Summary, out_of_scope_dp: str, summary_md: str = "") -> str:
     """The card from its title to **Loading**: what the set is, how it was made, its files."""
     cfg = _config(s)
     data = got if isinstance(got := s.run_json.get("data"), Mapping) else {}
@@ -475,6 +976,7 @@ released behind a privacy policy after a membership-inference audit. The images 
 synthetic images, not photographs of people or records, but they are derived from private data:
 read **Privacy considerations** before using them.
 
+{summary_md}
 ## Dataset details
 
 - Curated by: the data custodian who ran `rcig-release` (the tool records no names).
@@ -488,7 +990,8 @@ RCIG (dataset distillation with a kernel-ridge head on a linearised ConvNet and 
 gradients) ran on the private training split for {md(fmt(cfg.get("steps")))} outer steps at
 {md(fmt(cfg.get("ipc")))} image(s) per class, seed {md(fmt(cfg.get("seed")))}, starting from
 **{md(_init_mode(s))}** initial images ({_init_text(s)}).
-The labels are learned soft labels (one row of `data/labels.csv` per image). The full resolved
+The labels are learned soft labels (one row of `data/labels.csv` per image; **Soft labels**
+below says what they are). The full resolved
 configuration, the software versions and the private data's keyed fingerprint
 ({md(data.get("fingerprint_hmac", "n/a"))}: HMAC-SHA256 under a key the custodian keeps, so only
 they can check which data made this release; no unsalted hash of the private data is published)
@@ -516,11 +1019,13 @@ treating the images as real samples of the source distribution; {out_of_scope_dp
   `imagefolder` builder attaches it to the images.
 {report_item}- `policy/verdict.json`, `provenance.json`, `croissant.json`, `manifest-sha256.txt`.
 
-### Classes
+Splits: one, `train`, of {s.n_images} examples (the whole release; test on your own data).
+
+{soft_label_md(s)}### Classes
 
 Class ids are the positions in `classes` of `data/distilled.npz` and the column order of the soft
 labels; the folder is where the images whose soft label ranks that class highest are filed.
-
+{class_assignment_md(s)}
 {_md_table(["id", "class", "folder", "images"], _class_rows(s))}
 
 ### Loading
@@ -570,7 +1075,8 @@ def _card_withheld(s: Summary) -> str:
         if _init_mode(s) == "real"
         else ""
     )
-    return f"""{_card_head(s, _out_of_scope_dp(s))}## Differential privacy
+    demo = f"> {md(DEMO_NOTE)}\n" if s.demonstration else ""
+    return f"""{_card_head(s, _out_of_scope_dp(s), demo)}## Differential privacy
 
 {dp_card_section(s)}
 ## Privacy considerations
@@ -605,7 +1111,8 @@ images and labels against `data/distilled.npz`, recomputes ε from the noise mul
 rate, steps and δ with the accountant, and rebuilds this card. The verdict cannot be recomputed
 from this bundle (its evidence is withheld). The custodian can check the keyed fingerprint with
 `rcig-release verify <bundle> --fingerprint-key KEY --run RUN`.
-"""
+
+{citation_md(s)}"""
 
 
 def dataset_card(s: Summary) -> str:
@@ -624,15 +1131,7 @@ def dataset_card(s: Summary) -> str:
     elif s.override:
         override_text = f"\nAn override was given but not needed (the policy passed). Reason given: {md(s.override)}\n"
     failed = s.decision.failed
-    failed_text = ""
-    if failed:
-        failed_text = (
-            "\nFailed rules:\n\n"
-            + _md_table(
-                ["rule", "value", "limit", "outcome", "note"], [_rule_row(r) for r in failed]
-            )
-            + "\n"
-        )
+    failed_text = rules_md(s.decision)
     n_shadows = shadow_count(s.audit)
     real_init_note = (
         " The images started from real private images and may retain visual traits of them."
@@ -647,7 +1146,7 @@ def dataset_card(s: Summary) -> str:
             "a formal guarantee (that is the accountant's, in **Differential "
             "privacy**; the audit only checks it is not contradicted)"
         )
-    body = f"""{_card_head(s, out_of_scope_dp)}## Differential privacy
+    body = f"""{_card_head(s, out_of_scope_dp, plain_md(s))}## Differential privacy
 
 {dp_card_section(s)}
 ## Privacy considerations
@@ -692,7 +1191,8 @@ Run `rcig-release verify <bundle>`: it recomputes every sha256 in `manifest-sha2
 that the audit, the verdict and the provenance belong to the released arrays, recomputes the
 game's statistics from `report/game_scores.npz` and the verdict from them. The custodian can
 check the keyed fingerprint with `rcig-release verify <bundle> --fingerprint-key KEY --run RUN`.
-"""
+
+{citation_md(s)}"""
     return front_matter(card_metadata(s)) + body
 
 
@@ -774,6 +1274,8 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
     ]
     audit_cfg = got if isinstance(got := s.audit.get("config"), Mapping) else {}
     rule_header = ["rule", "value", "limit", "outcome", "note"]
+    decided = [r for r in s.decision.failed if outcome_text(r) != "undecidable"]
+    families = undecidable_families(s.decision.failed)
     parts = [
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
@@ -785,11 +1287,16 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
         f"({s.safety.flagged} image(s) flagged by the memorisation check; {s.safety.exact_copies} exact "
         f"copies, {s.safety.within_threshold} near copies).</div>",
         override,
+        plain_html(s),
+        ("<h3>Failed rules</h3>" + _h_table(rule_header, [_rule_row(r) for r in decided], 3))
+        if decided
+        else "",
         (
-            "<h3>Failed rules</h3>"
-            + _h_table(rule_header, [_rule_row(r) for r in s.decision.failed], 3)
+            "<h3>Undecidable at the audit's sizes (they fail closed), one line per family</h3><ul>"
+            + "".join(f"<li>{e(family_line(t, rs))}</li>" for t, rs in families)
+            + "</ul>"
         )
-        if s.decision.failed
+        if families
         else "",
         "<h2>Differential privacy</h2>",
         _dp_html(s),

@@ -14,14 +14,14 @@ never silently loosen it. The schema and the meaning of each key are in docs/rel
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.resources
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from rcig_release.errors import InputError
-from rcig_release.release.hashing import bytes_sha256
-from rcig_release.safeio import loads_toml
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
@@ -45,12 +45,14 @@ _RENAMED = {
 }
 
 
-# sha256 of the policy files shipped in policies/ (tests/test_release_policy.py keeps them equal):
-# a file that calls itself one of these names but differs is reported as modified.
+# sha256 of the policy files shipped in rcig_release/policies/ (package data; tests/
+# test_release_policy.py keeps them equal): a file that calls itself one of these names but differs
+# is reported as modified.
 SHIPPED_SHA256 = {
     "default": "e562feccb7e3ced1c49e1b0b7297a6928285e90d901953a9122e02e4342e0edd",
     "strict": "fe5f94152d3a722d9dd6190ba04e792693c22e305cb13ef7a14af76046a618dd",
     "dp": "7a4f81596fc972460c520f8ee2032c7a4c144aaa2f9e235d3db2fdfb806e1ff4",
+    "demo": "97ecf0f0b8c9d01a6afafdb89eca36763862d6ba08c9ba77049eb2ad9e732849",
 }
 
 
@@ -104,6 +106,9 @@ class Policy:
     dp_max_delta: float | None = None  # [dp] max_delta (optional): and its δ <= this
     # [release] require_replay (optional): release needs --replay (docs/release.md, "Binding")
     require_replay: bool = False
+    # [policy] demonstration (optional): a demonstration at reduced sizes, not a privacy audit; the
+    # card, verdict and Croissant file say so and drop the `privacy-audited` tag
+    demonstration: bool = False
 
     @property
     def modified(self) -> bool:
@@ -209,8 +214,18 @@ class _Table:
             raise InputError(f"policy {self.file}: unknown key {self._key(key)}{hint}")
 
 
-def _metric_limits(t: _Table, *, optional: bool) -> MetricLimits:
+def _metric_limits(t: _Table, *, optional: bool, off_ok: bool = True) -> MetricLimits:
+    def off(key: str) -> bool:
+        """``key = false``: the rule is explicitly not applied (a missing key stays an error);
+        not in a per-attack table, where an absent value means "the overall limit"."""
+        if t.data.get(key) is False and off_ok:
+            del t.data[key]
+            return True
+        return False
+
     def above(key: str, floor: float) -> float | None:
+        if off(key):
+            return None
         v = t.number(key, hi=1.0, optional=optional)
         if v is not None and v <= floor:
             raise InputError(f"policy {t.file}: {t._key(key)} must be above {floor:g} (chance)")
@@ -220,13 +235,17 @@ def _metric_limits(t: _Table, *, optional: bool) -> MetricLimits:
         detect_auc=above("detect_auc", 0.5),
         detect_tpr_at_fpr_0_01=above("detect_tpr_at_fpr_0_01", 0.01),
         detect_tpr_at_fpr_0_001=above("detect_tpr_at_fpr_0_001", 0.001),
-        max_epsilon_lower_bound=t.number("max_epsilon_lower_bound", hi=50.0, optional=optional),
+        max_epsilon_lower_bound=None
+        if off("max_epsilon_lower_bound")
+        else t.number("max_epsilon_lower_bound", hi=50.0, optional=optional),
     )
 
 
 def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
     """Parses and validates a policy from the TOML file's bytes."""
     # depth, integer length and syntax: one line each (safeio), never a RecursionError
+    from rcig_release.safeio import loads_toml  # (NumPy: not at the CLI's import)
+
     raw = loads_toml(text, f"policy {file}")
     top = _Table(raw, "", file)
 
@@ -235,6 +254,7 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
     if not name.strip() or any(ord(ch) < 32 for ch in name):
         raise InputError(f"policy {file}: policy.name must be a non-empty single line")
     description = meta.take("description", str, optional=True) or ""
+    demonstration = bool(meta.take("demonstration", bool, optional=True))
     meta.done()
 
     audit = top.sub("audit")
@@ -268,7 +288,7 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
             if attack not in LIMITABLE_ATTACKS:
                 raise InputError(f"policy {file}: unknown attack limits.attack.{attack}")
             sub = attack_t.sub(attack)
-            per_attack[attack] = _metric_limits(sub, optional=True)
+            per_attack[attack] = _metric_limits(sub, optional=True, off_ok=False)
             sub.done()
         attack_t.done()
     overall = _metric_limits(limits, optional=False)
@@ -319,19 +339,53 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         allowed_init_modes=allowed_init,
         min_accuracy=min_accuracy,
         min_gain_over_naive=min_gain,
-        sha256=bytes_sha256(text),
+        sha256=hashlib.sha256(text).hexdigest(),  # hashing.bytes_sha256 without NumPy: the CLI
+        # reads the policy before anything heavy is imported
         source_name=file,
         dp_max_epsilon=dp_max_epsilon,
         dp_max_delta=dp_max_delta,
         require_replay=require_replay,
+        demonstration=demonstration,
     )
 
 
+def shipped_policy_path(name: str) -> Path:
+    """The packaged file of a shipped policy (``rcig_release/policies/NAME.toml``, package data)."""
+    if name not in SHIPPED_SHA256:
+        raise InputError(_unknown_policy(name))
+    return Path(str(importlib.resources.files("rcig_release").joinpath("policies", f"{name}.toml")))
+
+
+def _unknown_policy(spec: str) -> str:
+    return (
+        f"--policy {spec!r}: no shipped policy of that name and no such file (shipped: "
+        f"{', '.join(SHIPPED_SHA256)}; or the path of a policy TOML file)"
+    )
+
+
+def resolve_policy(spec: str | Path) -> Path:
+    """``--policy``'s value: a shipped policy's name (default, strict, dp, demo) or a file's path.
+
+    An existing file wins over a name (``./default`` is read as a file); an unknown name or a
+    missing file is an ``InputError`` listing the shipped policies. Reads nothing but the file
+    system's metadata, so the CLI calls it before any data or JAX is loaded."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise InputError(f"--policy {text!r} is not a file")
+    if text in SHIPPED_SHA256:
+        return shipped_policy_path(text)
+    raise InputError(_unknown_policy(text))
+
+
 def load_policy(path: str | Path) -> Policy:
-    """Reads a policy file (a regular file; a symlink is read like any input, not bundled)."""
+    """Reads a policy file (a regular file; a symlink is read like any input, not bundled) or a
+    shipped policy by name (``resolve_policy``)."""
     from rcig_release import limits
 
-    path = Path(path)
+    path = resolve_policy(path)
     try:
         limits.check_file_bytes(path.stat().st_size, f"policy file {path.name}")  # before reading
         text = path.read_bytes()
