@@ -35,6 +35,9 @@ _BODY = (
 )
 
 
+_installed = False
+
+
 class ChatterFilter:
     """Decides, line by line, whether a line of descriptor 2 is XLA chatter (kept out)."""
 
@@ -65,9 +68,11 @@ def default_log() -> Path:
 
 def install() -> None:
     """Diverts XLA's chatter on descriptor 2 for the rest of the process (see the module doc)."""
+    global _installed
     setting = os.environ.get("RCIG_RELEASE_XLA_LOG", "")
-    if setting == "-":
+    if setting == "-" or _installed:  # once per process (main() may run more than once in one)
         return
+    _installed = True
     log_path = Path(setting) if setting else default_log()
     try:
         sys.stderr.flush()

@@ -12,25 +12,37 @@ import pytest
 CODE = """
 import json, sys
 from rcig_release.cli.main import main
-sys.argv = ["rcig-release"] + json.loads(sys.argv[1])
-try:
-    main()
-    code = 0
-except SystemExit as e:
-    code = e.code
-print(json.dumps({"code": code, "jax": "jax" in sys.modules}))
+results = []
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["rcig-release"] + args
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    # each case is judged on its own: JAX imported by an earlier case would show in every later one
+    results.append({"code": code, "jax": "jax" in sys.modules})
+    print("=== end of case ===", file=sys.stderr, flush=True)
+print(json.dumps(results))
 """
 
 
-def run_cli(args: list[str], cwd: Path) -> tuple[dict, str]:
+def run_cli_cases(cases: list[list[str]], cwd: Path) -> list[tuple[dict, str]]:
+    """Runs the cases one after the other in one fresh process (one import of the CLI)."""
     r = subprocess.run(
-        [sys.executable, "-c", CODE, json.dumps(args)],
+        [sys.executable, "-c", CODE, json.dumps(cases)],
         capture_output=True,
         text=True,
         cwd=cwd,
-        timeout=120,
+        timeout=300,
     )
-    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    errs = r.stderr.split("=== end of case ===")
+    return list(zip(results, errs, strict=False))
+
+
+def run_cli(args: list[str], cwd: Path) -> tuple[dict, str]:
+    return run_cli_cases([args], cwd)[0]
 
 
 @pytest.fixture
@@ -73,14 +85,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "args, message", CASES, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _) in enumerate(CASES)]
-)
-def test_bad_paths_are_reported_before_jax_is_imported(runs, args, message):
-    result, err = run_cli(args, runs)
-    assert result["code"] == 2, err
-    assert message in err and "Traceback" not in err
-    assert not result["jax"], f"JAX was imported before the error: {err}"
+def test_bad_paths_are_reported_before_jax_is_imported(runs):
+    results = run_cli_cases([args for args, _ in CASES], runs)
+    assert len(results) == len(CASES)
+    for (args, message), (result, err) in zip(CASES, results, strict=True):
+        assert result["code"] == 2, (args, err)
+        assert message in err and "Traceback" not in err, (args, err)
+        assert not result["jax"], f"JAX was imported before the error: {args}: {err}"
     assert not (runs / "b").exists() and not (runs / "new").exists()
 
 

@@ -110,6 +110,7 @@ def test_demo_bundle_says_demonstration_everywhere_and_verifies(demo_bundle):
     assert "demonstration at reduced" in card.split("---\n", 2)[2][:1500]  # in the first screen
     assert "privacy-audited" not in json.loads((out / "croissant.json").read_text())["keywords"]
     assert "demonstration" in (out / "report/report.html").read_text()
+    assert "TPR at 0.1 % FPR (the policy does not apply it)" in card
     # the same run under the default policy: tagged, and no demonstration statement
     d = evaluate_policy(
         json.loads((run / "run.json").read_text()),
