@@ -52,7 +52,7 @@ SHIPPED_SHA256 = {
     "default": "e562feccb7e3ced1c49e1b0b7297a6928285e90d901953a9122e02e4342e0edd",
     "strict": "fe5f94152d3a722d9dd6190ba04e792693c22e305cb13ef7a14af76046a618dd",
     "dp": "7a4f81596fc972460c520f8ee2032c7a4c144aaa2f9e235d3db2fdfb806e1ff4",
-    "demo": "97ecf0f0b8c9d01a6afafdb89eca36763862d6ba08c9ba77049eb2ad9e732849",
+    "demo": "1f2fbdf7d770e4b32e66ee8718926ca176ec1b0d2c9b89752e207b915a9becc1",
 }
 
 
