@@ -25,7 +25,8 @@ import hostile
 from rcig_release.cli.main import app
 from rcig_release.errors import InputError
 from rcig_release.release import redact, safety
-from rcig_release.release.bundle import class_dir_names, release
+from rcig_release.release.bundle import release
+from rcig_release.release.derived import class_dir_names
 from rcig_release.release.documents import fmt
 from rcig_release.release.escape import csv_cell, csv_uncell, md
 from rcig_release.release.figures import _label_font, drawable_name, grid_png, label_lines
