@@ -25,7 +25,7 @@ of ``ipc`` copies per class with init indices; wall and CPU seconds.
 
 ``table``: issue 21's table end to end: for each kind, a run directory (``distilled.npz`` with the
 release, ``run.json`` whose config draws the init set with ``distill.initial_set``, placeholder
-``eval.json`` and ``audit/audit.json`` from ``release.testing``) released with
+``eval.json`` and ``audit/audit.json`` from ``tests/release_fixtures.py``) released with
 ``rcig-release release``'s library call, ``policies/default.toml`` and ``--override``; once as a
 real-init run (its init indices recorded) and once as a noise-init run (indices -1).
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -239,7 +240,11 @@ def table(args) -> None:
     from rcig_release.errors import InputError
     from rcig_release.release.bundle import ReleaseRefused, release
     from rcig_release.release.hashing import file_sha256
-    from rcig_release.release.testing import audit_dict
+
+    # audit_dict is a test fixture (a placeholder audit), not product code: it lives in the
+    # repository's tests/ directory, which is not installed, so put that directory on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from release_fixtures import audit_dict
 
     ds = load_dataset(args.data, seed=0)
     xt, yt = ds.x_train, ds.y_train

@@ -137,7 +137,7 @@ def test_the_default_policy_is_decidable_at_digits_default_sizes():
 
     from rcig_release.release.decision import evaluate_policy
     from rcig_release.release.policy import load_policy
-    from rcig_release.release.testing import simulated_game
+    from release_fixtures import simulated_game
 
     policy = load_policy(Path(__file__).resolve().parents[1] / "policies" / "default.toml")
     for real in (False, True):

@@ -81,7 +81,7 @@ TINY = AuditConfig(
 
 @pytest.mark.slow  # ~60 s on the shared 2-core machine (mostly XLA compiles)
 def test_runner_end_to_end_planted_leak(tmp_path):
-    from rcig_release.release.testing import dp_statement
+    from release_fixtures import dp_statement
 
     # the planted leak claiming a DP guarantee (ε from the accountant, the pipeline not DP):
     # the audit must compare its game at the claim's δ

@@ -425,7 +425,7 @@ def test_release_never_copies_a_dp_runs_checkpoints(tmp_path):
     """DP checkpoints are private run-directory files (docs/dp.md): the bundle holds none of their
     files or bytes."""
     from rcig_release.release.bundle import release
-    from rcig_release.release.testing import dp_statement, fake_run, loader_for, private_data
+    from release_fixtures import dp_statement, fake_run, loader_for, private_data
 
     data = private_data()
     run = fake_run(tmp_path / "run", data=data, dp=dp_statement())

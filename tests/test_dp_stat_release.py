@@ -24,12 +24,12 @@ from rcig_release.release import bundle as bundlemod
 from rcig_release.release import coverage
 from rcig_release.release import dp as release_dp
 from rcig_release.release.bundle import release
-from rcig_release.release.testing import (
+from rcig_release.release.verify import verify_bundle
+from release_fixtures import (
     fake_run,
     loader_for,
     private_data,
 )
-from rcig_release.release.verify import verify_bundle
 
 
 def features_statement(n_train: int = 200) -> dict:

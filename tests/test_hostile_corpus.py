@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import resealing
 from PIL import Image
 
-from rcig_release.release.testing import fake_run, loader_for, private_data, rebind_audit
+import resealing
+from release_fixtures import fake_run, loader_for, private_data, rebind_audit
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"

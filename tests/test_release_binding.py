@@ -24,7 +24,8 @@ from rcig_release.release import replay as replaymod
 from rcig_release.release.bundle import release
 from rcig_release.release.hashing import file_sha256
 from rcig_release.release.safety import load_private_splits
-from rcig_release.release.testing import (
+from rcig_release.release.verify import verify_bundle
+from release_fixtures import (
     audit_dict,
     audit_records,
     fake_run,
@@ -32,7 +33,6 @@ from rcig_release.release.testing import (
     rebind_audit,
     write_game_files,
 )
-from rcig_release.release.verify import verify_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"

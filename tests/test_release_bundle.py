@@ -20,14 +20,14 @@ from rcig_release.release import safety
 from rcig_release.release.bundle import ReleaseRefused, release
 from rcig_release.release.documents import hf_license
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
-from rcig_release.release.testing import (
+from rcig_release.release.verify import verify_bundle
+from release_fixtures import (
     FINGERPRINT,
     fake_run,
     loader_for,
     private_data,
     rebind_audit,
 )
-from rcig_release.release.verify import verify_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"

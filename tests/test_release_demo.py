@@ -21,8 +21,8 @@ from rcig_release.release.policy import (
     resolve_policy,
     shipped_policy_path,
 )
-from rcig_release.release.testing import fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
+from release_fixtures import fake_run, loader_for, private_data
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGED = ROOT / "rcig_release" / "policies"
@@ -158,7 +158,7 @@ def test_demo_policy_decides_at_its_sizes_and_refuses_a_planted_leak():
     (each applied test decidable), the planted leak is refused with a leak detected, and the
     default policy cannot decide at these sizes (it refuses the same release at chance)."""
     from rcig_release.release.documents import outcome_text
-    from rcig_release.release.testing import simulated_game
+    from release_fixtures import simulated_game
 
     demo, default = load_policy("demo"), load_policy("default")
     run = {"init": {"mode": "noise"}, "config": {"init": "noise"}}

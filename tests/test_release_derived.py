@@ -13,13 +13,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from resealing import reseal
 from typer.testing import CliRunner
 
 from rcig_release.cli.main import app
 from rcig_release.release.bundle import release
-from rcig_release.release.testing import fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
+from release_fixtures import fake_run, loader_for, private_data
+from resealing import reseal
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 

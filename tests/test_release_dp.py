@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import resealing
 from typer.testing import CliRunner
 
+import resealing
 from rcig_release.audits import dpcheck, epsilon
 from rcig_release.cli.main import app
 from rcig_release.errors import DpViolation, InputError
@@ -24,7 +24,8 @@ from rcig_release.release import dp as dpmod
 from rcig_release.release.bundle import DpViolationRefused, release
 from rcig_release.release.decision import evaluate_policy
 from rcig_release.release.policy import load_policy, parse_policy
-from rcig_release.release.testing import (
+from rcig_release.release.verify import verify_bundle
+from release_fixtures import (
     dp_audit_section,
     dp_statement,
     fake_run,
@@ -34,7 +35,6 @@ from rcig_release.release.testing import (
     simulated_game,
     simulated_scores,
 )
-from rcig_release.release.verify import verify_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"

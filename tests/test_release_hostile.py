@@ -25,12 +25,13 @@ import hostile
 from rcig_release.cli.main import app
 from rcig_release.errors import InputError
 from rcig_release.release import redact, safety
-from rcig_release.release.bundle import class_dir_names, release
+from rcig_release.release.bundle import release
+from rcig_release.release.derived import class_dir_names
 from rcig_release.release.documents import fmt
 from rcig_release.release.escape import csv_cell, csv_uncell, md
 from rcig_release.release.figures import _label_font, drawable_name, grid_png, label_lines
-from rcig_release.release.testing import fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
+from release_fixtures import fake_run, loader_for, private_data
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 CHROMIUM = next(

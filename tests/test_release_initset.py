@@ -13,7 +13,7 @@ from rcig_release.errors import InputError
 from rcig_release.release import safety
 from rcig_release.release.bundle import ReleaseRefused, release
 from rcig_release.release.initset import recompute_init_indices
-from rcig_release.release.testing import (
+from release_fixtures import (
     RUN_SEED,
     drawn_init,
     fake_run,

@@ -18,7 +18,7 @@ from rcig_release.release import nearstats as ns
 from rcig_release.release import safety
 from rcig_release.release.bundle import ReleaseRefused, release
 from rcig_release.release.inputs import load_release_inputs
-from rcig_release.release.testing import FINGERPRINT, fake_run, loader_for, private_data
+from release_fixtures import FINGERPRINT, fake_run, loader_for, private_data
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 

@@ -19,8 +19,8 @@ from rcig_release.release.documents import (
     value_text,
 )
 from rcig_release.release.policy import load_policy, parse_policy
-from rcig_release.release.testing import fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
+from release_fixtures import fake_run, loader_for, private_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 from rcig_release.errors import InputError
 from rcig_release.release.decision import evaluate_policy
 from rcig_release.release.policy import load_policy, parse_policy
-from rcig_release.release.testing import ATTACKS, simulated_game
+from release_fixtures import ATTACKS, simulated_game
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import resealing
 from typer.testing import CliRunner
 
+import resealing
 from rcig_release.cli.main import app
 from rcig_release.data.dataset import make_dataset
 from rcig_release.errors import InputError
@@ -31,13 +31,13 @@ from rcig_release.release import coverage
 from rcig_release.release import fingerprint as fpmod
 from rcig_release.release.bundle import release
 from rcig_release.release.hashing import bytes_sha256
-from rcig_release.release.testing import (
+from rcig_release.release.verify import verify_bundle
+from release_fixtures import (
     dp_statement,
     fake_run,
     loader_for,
     private_data,
 )
-from rcig_release.release.verify import verify_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "policies" / "default.toml"

@@ -3,7 +3,7 @@
 An edited ``audit.json`` (a p-value, a fold size, an ε bound, the confidence, the shadow count, the
 init group) never changes a verdict: ``release`` refuses it (exit 2, naming the field) and
 ``verify`` names it in a bundle (exit 1); edited raw files (coins, records, scores) are caught too.
-Synthetic runs from ``rcig_release.release.testing`` (the raw files are drawn by the audit's own
+Synthetic runs from ``tests/release_fixtures.py`` (the raw files are drawn by the audit's own
 functions from the seed; the game's scores are simulated).
 """
 
@@ -23,13 +23,13 @@ from rcig_release.release import recompute, safety
 from rcig_release.release.bundle import ReleaseRefused, release
 from rcig_release.release.decision import evaluate_policy
 from rcig_release.release.policy import load_policy
-from rcig_release.release.testing import (
+from rcig_release.release.verify import verify_bundle
+from release_fixtures import (
     dp_statement,
     fake_run,
     loader_for,
     private_data,
 )
-from rcig_release.release.verify import verify_bundle
 
 DATA = private_data()
 

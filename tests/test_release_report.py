@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rcig_release.release.bundle import release
-from rcig_release.release.testing import fake_run, loader_for, private_data
+from release_fixtures import fake_run, loader_for, private_data
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 CHROMIUM = next(

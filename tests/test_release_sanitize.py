@@ -17,7 +17,7 @@ from rcig_release import limits, safeio
 from rcig_release.config import check_image_side, min_image_side
 from rcig_release.data.preprocess import check_zca_size, fit_preprocessor, zca_bytes
 from rcig_release.errors import InputError
-from rcig_release.release.bundle import class_dir_names
+from rcig_release.release.derived import class_dir_names
 from rcig_release.release.documents import front_matter
 from rcig_release.release.escape import (
     SINKS,

@@ -2,7 +2,7 @@
 
 Each case edits a bundle the way issue #15 describes and recomputes every checksum; verify must still
 name the problem. Then signatures: a signed bundle verifies with its key, not with another key, and
-not after resealing. No training: synthetic runs from ``rcig_release.release.testing``.
+not after resealing. No training: synthetic runs from ``tests/release_fixtures.py``.
 """
 
 import json
@@ -11,15 +11,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import resealing
 from typer.testing import CliRunner
 
+import resealing
 from rcig_release.cli.main import app
 from rcig_release.errors import InputError
 from rcig_release.release.bundle import release
 from rcig_release.release.hashing import bytes_sha256
-from rcig_release.release.testing import FINGERPRINT, fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
+from release_fixtures import FINGERPRINT, fake_run, loader_for, private_data
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 SIG = "manifest-sha256.txt.sig"

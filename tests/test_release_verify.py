@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import resealing
 from typer.testing import CliRunner
 
+import resealing
 from rcig_release.cli.main import app
 from rcig_release.errors import InputError
 from rcig_release.release.bundle import npz_bytes, release
-from rcig_release.release.testing import fake_run, loader_for, private_data
 from rcig_release.release.verify import verify_bundle
+from release_fixtures import fake_run, loader_for, private_data
 
 DEFAULT = Path(__file__).resolve().parents[1] / "policies" / "default.toml"
 

@@ -7,18 +7,13 @@ touched. Layout, binding and verification: docs/release.md.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as _dt
-import hashlib
 import io
-import json
 import os
 import re
 import shutil
 import tempfile
-import unicodedata
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,16 +29,29 @@ from rcig_release.release import coverage, figures, recompute, signing
 from rcig_release.release import dp as dpmod
 from rcig_release.release import fingerprint as fpmod
 from rcig_release.release import replay as replaymod
-from rcig_release.release.croissant import croissant, croissant_dp_text
 from rcig_release.release.decision import Decision, evaluate_policy
+from rcig_release.release.derived import (
+    CROISSANT,
+    MANIFEST,
+    POLICY_FILE,
+    SIGNATURE,
+    class_dir_names,
+    coverage_of,
+    croissant_bytes,
+    dp_verdict,
+    json_bytes,
+    labels_csv,
+    metadata_jsonl,
+    outcome_of,
+    sanitize,
+)
 from rcig_release.release.documents import (
-    Outcome,
     Summary,
     dataset_card,
     report_html,
     soft_label_rows,
 )
-from rcig_release.release.escape import check_class_names, check_text, csv_cell
+from rcig_release.release.escape import check_class_names, check_text
 from rcig_release.release.hashing import bytes_sha256
 from rcig_release.release.initset import verified_init_indices
 from rcig_release.release.inputs import ReleaseInputs, load_release_inputs
@@ -56,19 +64,6 @@ from rcig_release.release.safety import (
     load_private_splits,
     to_uint8,
 )
-
-MANIFEST = "manifest-sha256.txt"
-CROISSANT = "croissant.json"
-POLICY_FILE = "policy/policy.toml"  # the exact bytes of the policy the verdict was reached with
-SIGNATURE = MANIFEST + ".sig"  # OpenSSH signature of the manifest (release --sign)
-_RESERVED = {
-    "con",
-    "prn",
-    "aux",
-    "nul",
-    *(f"com{i}" for i in range(10)),
-    *(f"lpt{i}" for i in range(10)),
-}
 
 
 class ReleaseRefused(PolicyFailure):
@@ -101,15 +96,6 @@ def run_dp(run_json: dict, where: str = "run.json dp") -> dict | None:
     return dp
 
 
-def dp_verdict(run_json: Mapping, audit: Mapping) -> dict | None:
-    """verdict.json's ``dp``: the guarantee and the audit's check of it (None without DP; the
-    check is null when the audit is withheld: ``audit`` is then ``{}``)."""
-    dp = run_json.get("dp")
-    if not isinstance(dp, dict):
-        return None
-    return {"guarantee": dpmod.guarantee(dp), "audit_check": dpmod.audit_check(audit.get("dp"))}
-
-
 def layout_for(run_json: Mapping, include_private_stats: bool) -> str:
     """``coverage.WITHHELD`` for a DP run unless the custodian asks for the statistics; a run
     without DP makes no DP claim and keeps them (``coverage.INCLUDED``)."""
@@ -133,7 +119,7 @@ def public_data(run_json: Mapping, key: bytes) -> dict:
 def public_audit(audit: Mapping, key: bytes) -> dict:
     """The audit as a bundle carries it: redacted, no unsalted data fingerprint (the keyed one
     instead) and no digest of run.json (which holds the unsalted fingerprint)."""
-    a = _sanitize(redact(audit))
+    a = sanitize(redact(audit))
     a.pop("run_json_sha256", None)
     data = a.get("data")
     if isinstance(data, dict) and "source_fingerprint" in data:
@@ -156,95 +142,12 @@ class ReleaseResult:
     binding: replaymod.BindingResult | None = None  # --replay's result
 
 
-def class_dir_names(classes: tuple[str, ...]) -> tuple[str, ...]:
-    """A safe directory name per class, distinct even on case-insensitive file systems.
-
-    NFKC, runs of anything but letters, digits, ``_ . -`` become ``_``; a name longer than 48
-    characters, or one that would equal another class's (ignoring case), ends in ``-`` and the
-    first 8 hex digits of the sha256 of the original name, so truncation never merges classes
-    (a Windows device name such as ``con`` or ``nul.txt`` gets the suffix too); names still
-    equal get ``-<class id>`` (and ``-<k>`` after it until no other folder has the name). Linear
-    in the number of classes.
-    """
-
-    def digest(c: str) -> str:
-        return hashlib.sha256(c.encode("utf-8")).hexdigest()[:8]
-
-    names: list[str] = []
-    for i, c in enumerate(classes):
-        s = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFKC", c)).strip("._-") or f"class_{i}"
-        reserved = s.split(".")[0].casefold() in _RESERVED
-        names.append(f"{s[:48]}-{digest(c)}" if len(s) > 48 or reserved else s)
-    # linear in the class count: counts, not list.count (100,000 classes named in a blink)
-    count = Counter(n.casefold() for n in names)
-    names = [
-        f"{n}-{digest(c)}" if count[n.casefold()] > 1 else n
-        for n, c in zip(names, classes, strict=True)
-    ]
-    count = Counter(n.casefold() for n in names)
-    taken = {n.casefold() for n in names if count[n.casefold()] == 1}
-    out: list[str] = []
-    for i, n in enumerate(names):
-        if count[n.casefold()] == 1:
-            out.append(n)
-            continue
-        # unique by construction: the class id, then a counter, until no other folder has it
-        cand, k = f"{n}-{i}", 0
-        while cand.casefold() in taken:
-            k += 1
-            cand = f"{n}-{i}-{k}"
-        taken.add(cand.casefold())
-        out.append(cand)
-    return tuple(out)
-
-
 def png_bytes(image: np.ndarray) -> bytes:
     px = to_uint8(image)
     img = Image.fromarray(px[..., 0] if px.shape[-1] == 1 else px)  # uint8: "L" or "RGB"
     buf = io.BytesIO()
     img.save(buf, format="PNG")  # Pillow writes no timestamp or path chunks
     return buf.getvalue()
-
-
-def labels_csv(
-    labels: np.ndarray, classes: tuple[str, ...], files: list[str], image_class: np.ndarray
-) -> bytes:
-    """index,file,class,<one soft-label column per class>; text cells pass through ``csv_cell``."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["index", "file", "class", *(csv_cell(c) for c in classes)])
-    for i, f in enumerate(files):
-        # repr of a float32 widened to float64 round-trips exactly back to the float32
-        w.writerow(
-            [
-                i,
-                csv_cell(f),
-                csv_cell(classes[image_class[i]]),
-                *(repr(float(v)) for v in labels[i]),
-            ]
-        )
-    return buf.getvalue().encode("utf-8")
-
-
-def metadata_jsonl(labels: np.ndarray, files: list[str], image_class: np.ndarray) -> bytes:
-    """data/metadata.jsonl for the Hugging Face imagefolder builder: one line per image with its
-    ``file_name`` (relative to data/), ``index``, ``label`` (the class id, as in the npz) and
-    ``soft_label`` (the float32 soft label, exact)."""
-    lines = []
-    for i, f in enumerate(files):
-        lines.append(
-            json.dumps(
-                {
-                    "file_name": f.removeprefix("data/"),
-                    "index": i,
-                    "label": int(image_class[i]),
-                    "soft_label": [float(v) for v in labels[i]],
-                },
-                ensure_ascii=False,
-                allow_nan=False,
-            )
-        )
-    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def npz_bytes(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> bytes:
@@ -256,21 +159,6 @@ def npz_bytes(images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) 
         classes=np.array(classes, dtype=str),
     )
     return buf.getvalue()
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-
-
-def _sanitize(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null (the bundle's JSON is strict)."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_sanitize(v) for v in obj]
-    return obj
 
 
 def _source_label(source: Any) -> str | None:
@@ -431,24 +319,24 @@ def build_files(
 
     audit = {} if withheld else public_audit(inp.audit, key)
     if not withheld:
-        files["report/audit.json"] = _json_bytes(audit)
+        files["report/audit.json"] = json_bytes(audit)
         files["report/roc.png"] = (
             inp.roc_png if inp.roc_png is not None else figures.roc_png(audit, inp.scores)
         )
     if withheld:
-        verdict = _sanitize(redact(verdict_withheld(decision, policy, override, inp, binding)))
+        verdict = sanitize(redact(verdict_withheld(decision, policy, override, inp, binding)))
     else:
-        verdict = _sanitize(redact(verdict_json(decision, safety, policy, override, inp, binding)))
+        verdict = sanitize(redact(verdict_json(decision, safety, policy, override, inp, binding)))
     verdict["override"] = (
         {"reason": override} if override else None
     )  # what the user typed, never rewritten
-    files["policy/verdict.json"] = _json_bytes(verdict)
+    files["policy/verdict.json"] = json_bytes(verdict)
     if policy_bytes is not None:
         files[POLICY_FILE] = policy_bytes
-    prov = _sanitize(redact(provenance(inp, policy, key, private_stats)))
+    prov = sanitize(redact(provenance(inp, policy, key, private_stats)))
     # what verify rebuilds the card with: what the user typed, never rewritten (as the override)
     prov["release"] = {"name": name, "license": license_spdx, "private_stats": private_stats}
-    files["provenance.json"] = _json_bytes(prov)
+    files["provenance.json"] = json_bytes(prov)
     if withheld:  # whatever else a file under report/ would hold: a private statistic
         files = {p: b for p, b in files.items() if not coverage.is_private_stat(p)}
 
@@ -460,8 +348,8 @@ def build_files(
         classes=classes,
         image_shape=tuple(int(d) for d in images.shape[1:]),
         per_class=tuple(int((image_class == c).sum()) for c in range(len(classes))),
-        run_json=_sanitize(redact({**inp.run_json, "data": public_data(inp.run_json, key)})),
-        eval_json={} if withheld else _sanitize(redact(inp.eval_json)),
+        run_json=sanitize(redact({**inp.run_json, "data": public_data(inp.run_json, key)})),
+        eval_json={} if withheld else sanitize(redact(inp.eval_json)),
         audit=audit,
         decision=None if withheld else decision,
         safety=None if withheld else safety,
@@ -508,66 +396,6 @@ def build_files(
                 "this machine (docs/release.md, 'What identifies the machine')"
             )
     return files
-
-
-def croissant_bytes(
-    files: Mapping[str, bytes],
-    *,
-    name: str,
-    license_spdx: str | None,
-    classes: tuple[str, ...],
-    n_images: int,
-    policy_name: str,
-    verdict: str,
-    dp: dict | None,
-    private_stats: str,
-    date_published: str,
-    demonstration: bool = False,
-) -> bytes:
-    """croissant.json's bytes: a pure function of the other bundle files (the manifest and the
-    signature excluded), the release's name and licence, the classes, the policy's name, the
-    verdict, the DP statement and the publication date. ``release`` writes it and ``verify``
-    rebuilds it with this function and compares the bytes."""
-    listed = {p: b for p, b in files.items() if p not in (CROISSANT, MANIFEST, SIGNATURE)}
-    return _json_bytes(
-        croissant(
-            name,
-            license_spdx,
-            listed,
-            classes,
-            f"{n_images} synthetic images distilled with RCIG from a private image set, released "
-            f"behind the {'demonstration' if demonstration else 'privacy'} policy "
-            f"'{policy_name}' (verdict: {verdict}"
-            f"{'; a demonstration at reduced audit sizes, not a privacy audit' if demonstration else ''}); "
-            f"{croissant_dp_text(dp)}.",
-            date_published=date_published,
-            dp=dp,
-            private_stats=private_stats,
-            demonstration=demonstration,
-        )
-    )
-
-
-def coverage_of(paths: set[str], prov: Mapping) -> tuple[tuple[str, str, str, str], ...]:
-    """The card's file-by-file coverage table of a DP bundle (empty without DP)."""
-    if prov.get("dp") is None:
-        return ()
-    rel = prov.get("release") if isinstance(prov.get("release"), Mapping) else {}
-    included = (rel or {}).get("private_stats", coverage.INCLUDED) != coverage.WITHHELD
-    return tuple(coverage.rows(paths - {SIGNATURE}, included=included))
-
-
-def outcome_of(verdict: Mapping) -> Outcome:
-    """The decision as a withheld verdict.json states it (what the card of such a bundle shows)."""
-    pol = verdict.get("policy") if isinstance(verdict.get("policy"), Mapping) else {}
-    failed = verdict.get("failed")
-    return Outcome(
-        verdict=str(verdict.get("verdict")),
-        policy_name=str((pol or {}).get("name")),
-        policy_sha256=str((pol or {}).get("sha256")),
-        failed=tuple(str(f) for f in failed) if isinstance(failed, list) else (),
-        demonstration=bool(verdict.get("demonstration")),
-    )
 
 
 def write_atomic(out: Path, files: dict[str, bytes]) -> None:

@@ -31,16 +31,18 @@ import rcig_release
 from rcig_release.errors import InputError
 from rcig_release.release import coverage, figures
 from rcig_release.release.auditview import copy_rows
-from rcig_release.release.bundle import (
+from rcig_release.release.decision import Decision, evaluate_policy
+from rcig_release.release.derived import (
+    CROISSANT,
     POLICY_FILE,
     SIGNATURE,
-    _json_bytes,
-    _sanitize,
     class_dir_names,
     coverage_of,
     croissant_bytes,
+    dp_verdict,
+    json_bytes,
+    sanitize,
 )
-from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.documents import (
     Outcome,
     Summary,
@@ -73,7 +75,7 @@ def decision_inputs(prov: Mapping) -> tuple[dict, dict]:
 
 def _as_json(obj: Any) -> Any:
     """``obj`` as the bundle writes it (redacted, non-finite numbers null) and reads it back."""
-    return json.loads(_json_bytes(_sanitize(redact(obj))))
+    return json.loads(json_bytes(sanitize(redact(obj))))
 
 
 def _short(x: Any) -> str:
@@ -423,10 +425,9 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 def check_croissant(
     files: Mapping[str, bytes], s: Summary, policy_name: str, prov: Mapping, problems: list[str]
 ) -> None:
-    """croissant.json rebuilt with the writer's ``bundle.croissant_bytes`` from the other files,
+    """croissant.json rebuilt with the writer's ``derived.croissant_bytes`` from the other files,
     the summary, the policy's name and the DP statement, and compared byte for byte (its
     ``datePublished`` is the one input taken from the file itself: a date, nothing else)."""
-    from rcig_release.release.bundle import CROISSANT
     from rcig_release.release.layout import check_rebuilt
 
     if CROISSANT not in files:
@@ -543,7 +544,6 @@ def check_dp(
     the verdict and croissant.json state the same guarantee. (The card and the report are rebuilt
     from provenance.json's ``dp`` by ``check_documents``.)"""
     from rcig_release.release import dp as dpmod
-    from rcig_release.release.bundle import CROISSANT, dp_verdict
     from rcig_release.release.croissant import DP_RECORD_SET, dp_record_set
 
     dp = prov.get("dp")

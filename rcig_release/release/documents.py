@@ -65,7 +65,7 @@ class Summary:
     safety: SafetyResult | None  # None when withheld (only that it passed is published)
     override: str | None
     content_sha256: str
-    class_dirs: tuple[str, ...] = ()  # data/images/<dir> of each class (bundle.class_dir_names)
+    class_dirs: tuple[str, ...] = ()  # data/images/<dir> of each class (derived.class_dir_names)
     private_stats: str = coverage.INCLUDED  # coverage.WITHHELD: a DP bundle without them
     # what the (ε, δ) statement covers, file by file (coverage.rows; DP bundles only)
     coverage: tuple[tuple[str, str, str, str], ...] = ()
@@ -474,11 +474,11 @@ def run_dp(s: Summary) -> Mapping | None:
 
 def dp_rows(dp: Mapping, audit: Mapping) -> list[list[str]]:
     """The guarantee, one property per row, then the audit's check of it."""
-    from rcig_release.release.dp import NEIGHBOURING_TEXT, _g
+    from rcig_release.release.dp import NEIGHBOURING_TEXT, format_number
 
     rows = [
-        ["ε (proven by the accountant)", _g(dp["epsilon"])],
-        ["δ", _g(dp["delta"])],
+        ["ε (proven by the accountant)", format_number(dp["epsilon"])],
+        ["δ", format_number(dp["delta"])],
         ["unit of privacy", str(dp["unit"])],
         [
             "neighbouring data sets",
@@ -486,15 +486,15 @@ def dp_rows(dp: Mapping, audit: Mapping) -> list[list[str]]:
         ],
         ["mechanism", str(dp["mechanism"])],
         ["accountant", f"{dp['accountant']} (dp-accounting {dp['accountant_version']})"],
-        ["noise multiplier σ", _g(dp["noise_multiplier"])],
-        ["clip norm", _g(dp["clip_norm"])],
-        ["sampling", f"{dp['sampling']}, rate {_g(dp['sampling_rate'])}"],
-        ["steps", _g(dp["steps"])],
+        ["noise multiplier σ", format_number(dp["noise_multiplier"])],
+        ["clip norm", format_number(dp["clip_norm"])],
+        ["sampling", f"{dp['sampling']}, rate {format_number(dp['sampling_rate'])}"],
+        ["steps", format_number(dp["steps"])],
         [
             "batch size",
-            f"expected {_g(dp['expected_batch_size'])}, at most {_g(dp['max_batch_size'])}",
+            f"expected {format_number(dp['expected_batch_size'])}, at most {format_number(dp['max_batch_size'])}",
         ],
-        ["target ε", _g(dp["target_epsilon"])],
+        ["target ε", format_number(dp["target_epsilon"])],
         ["preprocessing", str(dp["preprocessing"])],
     ]
     if dp.get("dp_mechanism") == "features":  # DP feature means (rcig/dpstat.py, docs/dp.md)
@@ -502,8 +502,8 @@ def dp_rows(dp: Mapping, audit: Mapping) -> list[list[str]]:
             5,
             [
                 "release",
-                f"one Gaussian release of a {_g(dp['released_shape'][0])} × "
-                f"{_g(dp['released_shape'][1])} statistic ({_g(dp['networks'])} random ConvNets), "
+                f"one Gaussian release of a {format_number(dp['released_shape'][0])} × "
+                f"{format_number(dp['released_shape'][1])} statistic ({format_number(dp['networks'])} random ConvNets), "
                 "every training image used once: no sampling, no composition",
             ],
         )
@@ -564,9 +564,9 @@ COVERAGE_HEADER = ["file", "covered by (ε, δ)", "covered", "not covered"]
 
 
 def dp_g(x: Any) -> str:
-    from rcig_release.release.dp import _g
+    from rcig_release.release.dp import format_number
 
-    return _g(x)
+    return format_number(x)
 
 
 @dataclasses.dataclass(frozen=True)

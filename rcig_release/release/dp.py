@@ -252,20 +252,20 @@ def statement(dp: Mapping) -> str:
     if is_features(dp):
         rows, cols = dp["released_shape"]
         return (
-            f"({_g(dp['epsilon'])}, {_g(dp['delta'])})-differentially private with respect to "
+            f"({format_number(dp['epsilon'])}, {format_number(dp['delta'])})-differentially private with respect to "
             f"{NEIGHBOURING_TEXT.get(dp['neighbouring'], dp['neighbouring'])} (unit of privacy: "
             f"{dp['unit']}), by the {dp['mechanism']} mechanism: one Gaussian release of a "
-            f"{rows} × {cols} statistic with noise multiplier {_g(dp['noise_multiplier'])} and "
-            f"clip norm {_g(dp['clip_norm'])}, every training image used once (no sampling, no "
+            f"{rows} × {cols} statistic with noise multiplier {format_number(dp['noise_multiplier'])} and "
+            f"clip norm {format_number(dp['clip_norm'])}, every training image used once (no sampling, no "
             f"composition); ε from the {dp['accountant']} accountant (dp-accounting "
             f"{dp['accountant_version']})"
         )
     return (
-        f"({_g(dp['epsilon'])}, {_g(dp['delta'])})-differentially private with respect to "
+        f"({format_number(dp['epsilon'])}, {format_number(dp['delta'])})-differentially private with respect to "
         f"{NEIGHBOURING_TEXT.get(dp['neighbouring'], dp['neighbouring'])} (unit of privacy: "
         f"{dp['unit']}), by the {dp['mechanism']} mechanism: noise multiplier "
-        f"{_g(dp['noise_multiplier'])}, clip norm {_g(dp['clip_norm'])}, {dp['sampling']} "
-        f"sampling at rate {_g(dp['sampling_rate'])} for {dp['steps']} steps; ε from the "
+        f"{format_number(dp['noise_multiplier'])}, clip norm {format_number(dp['clip_norm'])}, {dp['sampling']} "
+        f"sampling at rate {format_number(dp['sampling_rate'])} for {dp['steps']} steps; ε from the "
         f"{dp['accountant']} accountant (dp-accounting {dp['accountant_version']})"
     )
 
@@ -276,5 +276,7 @@ NO_GUARANTEE = (
 )
 
 
-def _g(x: Any) -> str:
+def format_number(x: Any) -> str:
+    """A float to 6 significant digits (``:.6g``), anything else as ``str``: how the DP statement
+    and the card write the guarantee's numbers."""
     return f"{x:.6g}" if isinstance(x, float) else str(x)

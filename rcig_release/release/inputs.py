@@ -55,7 +55,9 @@ def read_nofollow(path: Path, what: str) -> bytes:
     return read_file(path, what)  # size from lstat checked first (RCIG_RELEASE_MAX_FILE_BYTES)
 
 
-def _json(data: bytes, what: str) -> dict:
+def json_object(data: bytes, what: str) -> dict:
+    """``data`` parsed as one JSON object (depth and digit caps), or an ``InputError`` naming
+    ``what``."""
     obj = loads_json(data, what)  # depth and digit caps: one line, never a traceback
     if not isinstance(obj, dict):
         raise InputError(f"{what} must hold a JSON object")
@@ -261,17 +263,17 @@ def load_release_inputs(run_dir: str | Path) -> ReleaseInputs:
     arrays = load_npz(npz_bytes, "RUN/distilled.npz")
     images, labels, classes = validate_arrays(arrays, "RUN/distilled.npz")
     run_json_bytes = read_nofollow(run / "run.json", "RUN/run.json")
-    run_json = _json(run_json_bytes, "RUN/run.json")
+    run_json = json_object(run_json_bytes, "RUN/run.json")
     try:
         eval_bytes = read_nofollow(run / "eval.json", "RUN/eval.json")
     except InputError as e:
         raise InputError(f"{e} (run `rcig-release evaluate` first)") from None
-    eval_json = _json(eval_bytes, "RUN/eval.json")
+    eval_json = json_object(eval_bytes, "RUN/eval.json")
     try:
         audit_bytes = read_nofollow(run / "audit" / "audit.json", "RUN/audit/audit.json")
     except InputError as e:
         raise InputError(f"{e} (run `rcig-release audit` first)") from None
-    audit = _json(audit_bytes, "RUN/audit/audit.json")
+    audit = json_object(audit_bytes, "RUN/audit/audit.json")
     validate_audit(audit)
 
     run_sha = bytes_sha256(npz_bytes)

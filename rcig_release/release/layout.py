@@ -16,7 +16,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from rcig_release.release.bundle import class_dir_names, labels_csv, metadata_jsonl
+from rcig_release.release.derived import class_dir_names, labels_csv, metadata_jsonl
 from rcig_release.release.escape import csv_uncell
 from rcig_release.release.safety import to_uint8
 
@@ -153,7 +153,7 @@ def check_derived_data(
     files: dict[str, bytes], labels: np.ndarray, classes: tuple[str, ...], problems: list[str]
 ) -> None:
     """``data/labels.csv`` and ``data/metadata.jsonl`` rebuilt from the arrays with the writer's
-    functions (``bundle.labels_csv``, ``bundle.metadata_jsonl``) and compared byte for byte: what
+    functions (``derived.labels_csv``, ``derived.metadata_jsonl``) and compared byte for byte: what
     ``datasets``, the imagefolder loader and mlcroissant serve is what the arrays say."""
     paths = expected_image_paths(labels, classes)
     winners = labels.argmax(1)

@@ -177,8 +177,8 @@ def check_run(
     (the fingerprint must match) and runs the memorisation check. Raises ``InputError`` (exit 2)
     for a missing or malformed run or data."""
     from rcig_release.release.inputs import (
-        _json,
         init_indices_of,
+        json_object,
         load_npz,
         read_nofollow,
         validate_arrays,
@@ -191,7 +191,7 @@ def check_run(
         read_nofollow(run / "distilled.npz", "RUN/distilled.npz"), "RUN/distilled.npz"
     )
     images, _labels, _classes = validate_arrays(arrays, "RUN/distilled.npz")
-    run_json = _json(read_nofollow(run / "run.json", "RUN/run.json"), "RUN/run.json")
+    run_json = json_object(read_nofollow(run / "run.json", "RUN/run.json"), "RUN/run.json")
     init = init_indices_of(arrays, run_json, len(images))
     splits = load_private_splits(run_json, data=data, loader=loader)
     return precheck_arrays(images, splits, init, run_json, len(_classes))

@@ -373,7 +373,7 @@ def read_audit_dir(audit_dir: str | Path) -> RawAudit:
     """Reads RUN/audit/{game_scores.npz, keep.npy, records.json, audit_config.json} (no symlink
     followed); malformed or missing: InputError naming the file. Checks that ``keep.npy`` is
     ``game_scores.npz``'s ``keep`` and that the records match its size."""
-    from rcig_release.release.inputs import _json, read_nofollow
+    from rcig_release.release.inputs import json_object, read_nofollow
 
     d = Path(audit_dir)
     hint = " (an audit from before the gate recomputed it; re-run rcig-release audit)"
@@ -393,7 +393,7 @@ def read_audit_dir(audit_dir: str | Path) -> RawAudit:
         raise InputError(f"RUN/audit/{KEEP} is not a readable .npy array") from None
     if not isinstance(keep_file, np.ndarray) or not np.array_equal(keep_file, keep):
         raise InputError(f"RUN/audit/{KEEP} differs from the keep in RUN/audit/{GAME_SCORES}")
-    rec_raw = _json(read(RECORDS), f"RUN/audit/{RECORDS}")
+    rec_raw = json_object(read(RECORDS), f"RUN/audit/{RECORDS}")
     records = {
         k: _index_list(rec_raw.get(k), f"RUN/audit/{RECORDS}: {k}")
         for k in ("members", "nonmembers", "population", "init_records", "calibration")
@@ -403,7 +403,7 @@ def read_audit_dir(audit_dir: str | Path) -> RawAudit:
             f"RUN/audit/{RECORDS}: {len(records['members'])} members + "
             f"{len(records['nonmembers'])} non-members, but the game has {keep.shape[1]} records"
         )
-    config = _json(read(AUDIT_CONFIG), f"RUN/audit/{AUDIT_CONFIG}")
+    config = json_object(read(AUDIT_CONFIG), f"RUN/audit/{AUDIT_CONFIG}")
     for k in ("seed", "shadows", "records", "population"):
         v = config.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:

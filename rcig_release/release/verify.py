@@ -30,7 +30,7 @@ from rcig_release.errors import InputError
 from rcig_release.npzfile import check_npz_limits
 from rcig_release.release import consistency, coverage, layout, recompute, signing
 from rcig_release.release import fingerprint as fpmod
-from rcig_release.release.bundle import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE
+from rcig_release.release.derived import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE, outcome_of
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
 from rcig_release.release.inputs import check_release_headers, load_npz, validate_arrays
 from rcig_release.safeio import loads_json
@@ -292,8 +292,6 @@ def _check_withheld(
     content: str | None,
     problems: list[str],
 ) -> None:
-    from rcig_release.release.bundle import outcome_of
-
     if not verdict:
         return
     consistency.check_dp(files, prov, verdict, None, problems)
