@@ -250,7 +250,7 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(
                 help="N > 1: run N pipelines at a time on a local Ray cluster of N CPUs (an alias "
-                "of --executor ray; needs the cluster extra). Default: one at a time, here."
+                "of --executor ray; needs the cluster extra; default: one at a time, here)."
             ),
         ] = None,
         baselines_from: Annotated[
@@ -274,6 +274,12 @@ def register(app: typer.Typer) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
         from rcig_release import pathchecks
 
+        from rcig_release.audits.executors import Executor, for_workers
+
+        execu = Executor(
+            kind=executor, address=ray_address, task_cpus=task_cpus, task_gpus=task_gpus
+        )
+        for_workers(workers, execu).check()  # options first: a missing extra before any work
         pathchecks.run_dir(run)  # before any data or JAX is loaded
         pathchecks.data_spec(data)
         print_device(Console(stderr=True))
@@ -298,12 +304,8 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         if private_gallery is not None and not str(private_gallery).strip():
             raise InputError("--private-gallery needs a directory")
-        from rcig_release.audits.executors import Executor
         from rcig_release.audits.runner import run_audit
 
-        execu = Executor(
-            kind=executor, address=ray_address, task_cpus=task_cpus, task_gpus=task_gpus
-        )
         with stage_progress(console, enabled=not quiet and not json_out) as progress:
             result = run_audit(
                 run,

@@ -141,7 +141,9 @@ def distill(
     if resume and out is None:
         raise InputError("--resume needs --out RUN")
     # paths first, before the data or JAX load (--help and these answer in well under a second)
-    pathchecks.distill_out(out, resume=resume, force=force, data=data)
+    if not process_id:  # a process > 0 of a multi-process run writes nothing: its --out and
+        # --resume state come from process 0 once the processes have joined
+        pathchecks.distill_out(out, resume=resume, force=force, data=data)
     pathchecks.existing_file(config, "--config")
     if not resume:
         pathchecks.data_spec(data)

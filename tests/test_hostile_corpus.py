@@ -22,6 +22,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -691,6 +692,17 @@ TERMINAL_NAMES = {
 }
 
 
+STATUS_LINE = re.compile(r"^(device: JAX |(distill|evaluate|audit|release|verify|check): )")
+
+
+def assert_one_error_line(stderr: str) -> None:
+    """Bad input is one line, ``error: ...``, the last; before it only the device line (every
+    command that loads JAX names it first) and progress lines may stand."""
+    lines = stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), stderr
+    assert all(STATUS_LINE.match(line) for line in lines[:-1]), stderr
+
+
 def assert_terminal_clean(text: str) -> None:
     from rcig_release.release.escape import control_char
 
@@ -1190,8 +1202,8 @@ def test_hostile_input(results, c):
     assert "MemoryError" not in output and "more memory than is available" not in output
     assert r["seconds"] < TIME_LIMIT, r["seconds"]
     assert r["max_rss"] < MEMORY_LIMIT, r["max_rss"]
-    if r["code"] == 2:  # bad input: one line
-        assert r["stderr"].strip().count("\n") == 0, r["stderr"]
+    if r["code"] == 2:  # bad input: one error line (after the device line and any progress)
+        assert_one_error_line(r["stderr"])
 
 
 def test_corpus_summary(results, capsys):
