@@ -60,10 +60,10 @@ def problem(setup, seed=0):
     return theta0, to64(state.psi), x_t, labels_t
 
 
-def test_default_switches_to_the_memory_path_where_the_jacobian_does_not_fit():
+def test_the_memory_path_runs_only_when_asked_for():
     assert not setup_for().memory_path and setup_for().materialize_jacobian
-    auto = setup_for(jacobian_mb=0.0)
-    assert auto.memory_path and not auto.materialize_jacobian
+    auto = setup_for(jacobian_mb=0.0)  # where the Jacobian does not fit: the jvp path
+    assert not auto.memory_path and not auto.materialize_jacobian
     off = setup_for(jacobian_mb=0.0, memory_path=False)
     assert not off.memory_path and not off.materialize_jacobian  # the full jvp path
     forced = setup_for(memory_path=True)
