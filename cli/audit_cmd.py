@@ -273,7 +273,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Audit a distilled release: membership-inference attacks, copy check, baselines."""
         from rcig_release import pathchecks
-
         from rcig_release.audits.executors import Executor, for_workers
 
         execu = Executor(
