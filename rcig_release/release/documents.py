@@ -2,20 +2,23 @@
 
 Both are built from the same ``Summary`` (headline audit numbers, verdict, utility) so they never
 disagree. Every string that came from an input or the command line is escaped for where it goes:
-``escape.md`` in the card's Markdown, ``html.escape`` in the report, and the card's YAML front
-matter is emitted by PyYAML (never by string formatting).
+``escape.md`` in the card's Markdown; the report is rendered by Jinja2 from
+``templates/report.html.j2`` with autoescape on (the context is plain data, nothing is escaped in
+advance and the template has no ``|safe``); the card's YAML front matter is emitted by PyYAML
+(never by string formatting).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import html
+import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jinja2
 import yaml
 
 from rcig_release.release import coverage
@@ -635,10 +638,11 @@ def _effects(d: Decision) -> list[tuple[str, float]]:
     return [(text, math.floor(power * 100) / 100) for text, power in found.values()]
 
 
-def plain_summary(s: Summary, esc: Any = html.escape) -> Plain:
+def plain_summary(s: Summary, esc: Callable[[str], str]) -> Plain:
     """Verdict, claims, accuracy against leakage, the ε bound and what was not tested, in words:
     a pure function of the bundle's inputs (verify rebuilds it byte for byte). ``esc`` escapes
-    every piece that came from an input (policy and attack names) for the target format; the
+    every piece that came from an input (policy and attack names) for the target format
+    (``escape.md`` for the card; ``str`` for the report, whose template escapes everything); the
     table's cells are left raw (the table renderers escape them)."""
     assert s.decision is not None and s.safety is not None
     d = s.decision
@@ -803,28 +807,6 @@ def plain_md(s: Summary) -> str:
     lines += ["", _md_table(PLAIN_HEADER, p.table), "", p.accuracies, "", p.epsilon, ""]
     lines += ["Not tested:", ""] + [f"- {c}" for c in p.not_tested] + [""]
     return "\n".join(lines) + "\n"
-
-
-def plain_html(s: Summary) -> str:
-    p = plain_summary(s, html.escape)  # the fixed text holds no markup: only inputs are escaped
-    e = html.escape
-    ul = lambda items: "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"  # noqa: E731
-    return "".join(
-        [
-            "<h2>Summary</h2>",
-            f"<p><b>{p.verdict}</b></p>",
-            f'<p class="bad">{e(DEMO_NOTE)}</p>' if s.demonstration else "",
-            "<p>What the custodian may claim:</p>",
-            ul(p.may_claim),
-            "<p>What they may not claim:</p>",
-            ul(p.may_not_claim),
-            _h_table(PLAIN_HEADER, p.table),
-            f"<p>{p.accuracies}</p>",
-            f"<p>{e(p.epsilon)}</p>",
-            "<p>Not tested:</p>",
-            ul(p.not_tested),
-        ]
-    )
 
 
 def rules_md(d: Decision) -> str:
@@ -1196,71 +1178,65 @@ check the keyed fingerprint with `rcig-release verify <bundle> --fingerprint-key
     return front_matter(card_metadata(s)) + body
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
-max-width:70em;padding:0 1em;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:.6em 0 1.2em}td,th{border:1px solid #ccc;padding:.25em .6em;
-text-align:left;font-size:.92em}th{background:#f3f3f3}.verdict{padding:1em 1.4em;border-radius:6px;
-font-size:1.25em;margin:1em 0}.pass{background:#e5f6e5;border:2px solid #3a3}.fail{background:#fde8e8;
-border:2px solid #c33}.overridden{background:#fff4d6;border:2px solid #d90}.bad{color:#b00;
-font-weight:bold}img{max-width:100%;border:1px solid #ddd}code{background:#f5f5f5;padding:0 .2em}
-"""
+REPORT_TEMPLATE = "report.html.j2"  # rcig_release/release/templates/ (package data)
 
 
-def _h_table(
-    header: Sequence[str], rows: Sequence[Sequence[Any]], bad_col: int | None = None
-) -> str:
-    out = ["<table><thead><tr>"] + [f"<th>{html.escape(str(h))}</th>" for h in header]
-    out.append("</tr></thead><tbody>")
-    for row in rows:
-        out.append("<tr>")
-        for i, c in enumerate(row):
-            cls = ' class="bad"' if bad_col is not None and i == bad_col and c == "FAIL" else ""
-            out.append(f"<td{cls}>{html.escape(str(c))}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def _img(png: bytes | None, alt: str) -> str:
-    if not png:
-        return f"<p>({html.escape(alt)}: not available in the audit)</p>"
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def _dp_html(s: Summary) -> str:
-    dp = run_dp(s)
-    if dp is None:
-        return (
-            "<p>This release has <b>no differential-privacy guarantee</b>: it was not made by a "
-            "differentially private mechanism; the audit measures leakage empirically, it does "
-            "not bound it.</p>"
-        )
-    covered = [f for f, status, _, _ in s.coverage if status == "yes"]
-    return (
-        f"<p>The (ε = {html.escape(dp_g(dp['epsilon']))}, δ = {html.escape(dp_g(dp['delta']))}) "
-        "differential-privacy guarantee, with respect to adding or removing one training image, "
-        f"covers {html.escape(', '.join(covered) or 'no file')} (the mechanism's output and what "
-        "derives only from it and public facts). It does <b>not</b> cover this report, which "
-        "shows statistics of the private data computed outside the mechanism, nor the other "
-        "files the table lists as not covered.</p>"
-        + _h_table(DP_HEADER, dp_rows(dp, s.audit))
-        + _h_table(COVERAGE_HEADER, [list(r) for r in s.coverage])
+@functools.cache
+def report_environment() -> jinja2.Environment:
+    """The Jinja2 environment the report is rendered in: escaping by construction (autoescape on
+    for every template, no ``|safe`` in the template), and an undefined name is an error."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("rcig_release.release", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
 
 
-def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None) -> str:
-    """report/report.html: one self-contained page (no external resources, images embedded)."""
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], bad_col: int | None = None
+) -> dict[str, Any]:
+    """A table for the template: header and cells as plain strings; a cell "FAIL" in ``bad_col``
+    is marked bad."""
+    return {
+        "header": [str(h) for h in header],
+        "rows": [[str(c) for c in row] for row in rows],
+        "bad_col": bad_col,
+    }
+
+
+def _b64(png: bytes | None) -> str | None:
+    return base64.b64encode(png).decode("ascii") if png else None
+
+
+def _dp_context(s: Summary) -> dict[str, Any] | None:
+    dp = run_dp(s)
+    if dp is None:
+        return None
+    covered = [f for f, status, _, _ in s.coverage if status == "yes"]
+    return {
+        "epsilon": dp_g(dp["epsilon"]),
+        "delta": dp_g(dp["delta"]),
+        "covered": ", ".join(covered) or "no file",
+        "guarantee": _table(DP_HEADER, dp_rows(dp, s.audit)),
+        "coverage": _table(COVERAGE_HEADER, s.coverage),
+    }
+
+
+def report_context(
+    s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None
+) -> dict[str, Any]:
+    """What the report template is rendered with: plain data (strings, numbers, rows of strings,
+    the figures' base64 text), nothing escaped in advance; the template's autoescape does it."""
     assert s.decision is not None and s.safety is not None  # no report when they are withheld
-    e = html.escape
-    verdict = s.verdict
+    d, safety = s.decision, s.safety
     headline = {
         "pass": "Policy passed",
         "fail": "Policy failed",
         "overridden": "Policy failed, released with an override",
-    }[verdict]
-    override = f"<p><b>Override reason:</b> {e(s.override)}</p>" if s.override else ""
+    }[s.verdict]
     cc = s.audit.get("copy_check") or {}
     cc_rows = [
         [
@@ -1274,61 +1250,62 @@ def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None)
     ]
     audit_cfg = got if isinstance(got := s.audit.get("config"), Mapping) else {}
     rule_header = ["rule", "value", "limit", "outcome", "note"]
-    decided = [r for r in s.decision.failed if outcome_text(r) != "undecidable"]
-    families = undecidable_families(s.decision.failed)
-    parts = [
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>{e(s.name)}: release report</title><style>{_CSS}</style></head><body>",
-        f"<h1>{e(s.name)}: release report</h1>",
-        f'<div class="verdict {verdict}"><b>{e(headline)}</b>: policy <code>{e(s.decision.policy_name)}</code>, '
-        f"{len(s.decision.rules) - len(s.decision.failed)} of {len(s.decision.rules)} rules passed. "
-        f"Safety check: {'passed' if s.safety.passed else 'FAILED'} "
-        f"({s.safety.flagged} image(s) flagged by the memorisation check; {s.safety.exact_copies} exact "
-        f"copies, {s.safety.within_threshold} near copies).</div>",
-        override,
-        plain_html(s),
-        ("<h3>Failed rules</h3>" + _h_table(rule_header, [_rule_row(r) for r in decided], 3))
-        if decided
-        else "",
-        (
-            "<h3>Undecidable at the audit's sizes (they fail closed), one line per family</h3><ul>"
-            + "".join(f"<li>{e(family_line(t, rs))}</li>" for t, rs in families)
-            + "</ul>"
-        )
-        if families
-        else "",
-        "<h2>Differential privacy</h2>",
-        _dp_html(s),
-        "<h2>Membership-inference ROC (log-log)</h2>",
-        _img(roc, "ROC of every attack"),
-        "<h2>The released images</h2>",
-        _img(grid, "released images, one row per class"),
-        _h_table(["id", "class", "folder", "images"], _class_rows(s)),
-        "<h2>Copy check</h2>",
-        f"<p>Near copies flagged by the audit: {e(fmt(cc.get('near_copies')))} (threshold "
-        f"{e(fmt(cc.get('threshold'), 4))}). Release safety check, recomputed from the private splits "
-        f"({e(s.safety.metric)} distance): {e(s.safety.describe())}.</p>",
-        f"<p>{e(s.safety.coverage())}</p>",
-        _img(copy_plot, "copy-check distances"),
-        _h_table(
-            ["image", "nearest train distance", "nearest held-out distance", "ratio", "near copy"],
-            cc_rows,
-        )
-        if cc_rows
-        else "",
-        "<h2>Utility</h2>",
-        _h_table(["trained on", "test accuracy", "architecture", "networks"], _utility_rows(s)),
-        "<h2>Baselines: the same attacks on the naive release and on a real model</h2>",
-        _h_table(HEADLINE_HEADER, headline_rows(s.audit)),
-        f"<h2>All policy rules ({len(s.decision.rules)})</h2>",
-        "<details><summary>Show every rule with its value and limit</summary>",
-        _h_table(rule_header, [_rule_row(r) for r in s.decision.rules], 3),
-        "</details>",
-        "<h2>Audit configuration</h2>",
-        _h_table(["key", "value"], [[k, fmt(v)] for k, v in sorted(audit_cfg.items())]),
-        f"<p>Content digest of the released arrays: <code>{e(s.content_sha256)}</code>. "
-        "Check the bundle with <code>rcig-release verify</code>.</p>",
-        "</body></html>",
-    ]
-    return "\n".join(p for p in parts if p)
+    decided = [r for r in d.failed if outcome_text(r) != "undecidable"]
+    plain = plain_summary(s, str)  # raw text: the template escapes it
+    return {
+        "name": s.name,
+        "verdict": s.verdict,
+        "headline": headline,
+        "policy_name": d.policy_name,
+        "n_rules": len(d.rules),
+        "n_passed": len(d.rules) - len(d.failed),
+        "safety": {
+            "passed": safety.passed,
+            "flagged": safety.flagged,
+            "exact_copies": safety.exact_copies,
+            "near_copies": safety.within_threshold,
+        },
+        "override": s.override or "",
+        "plain": plain,
+        "demo_note": DEMO_NOTE if s.demonstration else "",
+        "summary_table": _table(PLAIN_HEADER, plain.table),
+        "failed": _table(rule_header, [_rule_row(r) for r in decided], 3),
+        "families": [family_line(t, rs) for t, rs in undecidable_families(d.failed)],
+        "dp": _dp_context(s),
+        "roc": _b64(roc),
+        "grid": _b64(grid),
+        "copy_plot": _b64(copy_plot),
+        "classes": _table(["id", "class", "folder", "images"], _class_rows(s)),
+        "copy": {
+            "near_copies": fmt(cc.get("near_copies")),
+            "threshold": fmt(cc.get("threshold"), 4),
+            "metric": safety.metric,
+            "describe": safety.describe(),
+            "coverage": safety.coverage(),
+            "table": _table(
+                [
+                    "image",
+                    "nearest train distance",
+                    "nearest held-out distance",
+                    "ratio",
+                    "near copy",
+                ],
+                cc_rows,
+            ),
+        },
+        "utility": _table(
+            ["trained on", "test accuracy", "architecture", "networks"], _utility_rows(s)
+        ),
+        "baselines": _table(HEADLINE_HEADER, headline_rows(s.audit)),
+        "rules": _table(rule_header, [_rule_row(r) for r in d.rules], 3),
+        "config": _table(["key", "value"], [[k, fmt(v)] for k, v in sorted(audit_cfg.items())]),
+        "content_sha256": s.content_sha256,
+    }
+
+
+def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None) -> str:
+    """report/report.html: one self-contained page (no external resources, images embedded),
+    rendered from templates/report.html.j2 with autoescape on. A pure function of its inputs:
+    ``verify`` rebuilds the page with it and compares byte for byte."""
+    context = report_context(s, roc=roc, grid=grid, copy_plot=copy_plot)
+    return report_environment().get_template(REPORT_TEMPLATE).render(context)
