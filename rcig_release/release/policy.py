@@ -6,10 +6,11 @@ for a release whose attacks are at chance; each such rule must also be *decidabl
 sizes (power ≥ ``gate.power`` to detect an attack at the policy's ``detect_*`` effect sizes), or it
 fails closed. Besides: limits on the game's ε lower bounds, the audit's strength (attacks run,
 shadows), the initialisation, utility, and (optional ``[dp]``) the run's proven
-differential-privacy guarantee. Unknown keys, missing keys, values of the wrong type,
-NaN and values outside their meaningful range are ``InputError``: a typo in a privacy policy must
-never silently loosen it. The schema and the meaning of each key are in docs/release.md.
-"""
+differential-privacy guarantee. The file's keys and types are the pydantic schema ``PolicyFile``
+(unknown keys forbidden, strict types; rcig_release/schema.py words its errors); ranges, NaN and
+the names a list may hold are checked after it. Each problem is one ``InputError`` line naming the
+key; a misspelt key reads "unknown key" with the closest known key: a typo in a privacy policy must
+never silently loosen it. The meaning of each key is in docs/release.md."""
 
 from __future__ import annotations
 
