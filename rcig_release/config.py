@@ -8,7 +8,9 @@ image size, λ from ipc and the class count) so nothing downstream recomputes th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -142,14 +144,56 @@ def _check_known(cls: type, values: dict[str, Any], where: str) -> None:
         raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}")
 
 
+@functools.cache
+def _file_schemas() -> tuple[Any, Any]:
+    """pydantic models of a ``--config`` file, made from DistillConfig's fields and types (so
+    the dataclass stays the one list of keys): DistillConfig's keys at the top level, or under
+    ``[distill]``. Unknown keys are refused, types are strict (an integer is a number, not a
+    boolean); the dataclass's defaults are not re-validated. rcig_release/schema.py."""
+    from pydantic import create_model
+
+    from rcig_release.schema import STRICT
+
+    hints = typing.get_type_hints(DistillConfig)
+    keys: dict[str, Any] = {
+        f.name: (hints[f.name], f.default) for f in dataclasses.fields(DistillConfig)
+    }
+    top = create_model("DistillConfigFile", __config__=STRICT, **keys)
+    table = create_model("DistillConfigTable", __config__=STRICT, distill=(top, ...))
+    return top, table
+
+
+def check_file_values(values: dict[str, Any], where: str = "config") -> None:
+    """The keys and value types of a ``--config`` file: the first problem is one ``InputError``
+    line, an unknown key with the closest known one ("unknown key distill.real_bacth (did you
+    mean distill.real_batch?)")."""
+    from rcig_release import schema
+
+    top, table = _file_schemas()
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+
+    def unknown(path: schema.Path) -> str | None:
+        if len(path) == 1 and path[0] in names:  # a [distill] table and keys beside it
+            return (
+                f"unknown key {path[0]} beside [distill] (put DistillConfig keys either at the "
+                "top level or in [distill], not both)"
+            )
+        return None
+
+    schema.validate(table if "distill" in values else top, values, where, unknown)
+
+
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Reads a TOML file; errors name the file and the problem in one line."""
+    """Reads a ``--config`` TOML file and checks its keys and value types against
+    DistillConfig's (``check_file_values``); errors name the file and the problem in one line."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"config file not found: {p}")
     from rcig_release.safeio import loads_toml, read_file
 
-    return loads_toml(read_file(p, f"config file {p}"), f"config file {p}")
+    values = loads_toml(read_file(p, f"config file {p}"), f"config file {p}")
+    check_file_values(values, f"config file {p}")
+    return values
 
 
 def make_distill_config(
@@ -160,8 +204,8 @@ def make_distill_config(
         raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values: dict[str, Any] = dict(PRESETS[preset])
     file_values = dict(file_values or {})
+    check_file_values(file_values)
     file_values = dict(file_values.get("distill", file_values))
-    _check_known(DistillConfig, file_values, "config")
     values.update(file_values)
     values.update({k: v for k, v in overrides.items() if v is not None})
     _check_known(DistillConfig, values, "config")

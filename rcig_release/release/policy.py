@@ -6,10 +6,11 @@ for a release whose attacks are at chance; each such rule must also be *decidabl
 sizes (power ≥ ``gate.power`` to detect an attack at the policy's ``detect_*`` effect sizes), or it
 fails closed. Besides: limits on the game's ε lower bounds, the audit's strength (attacks run,
 shadows), the initialisation, utility, and (optional ``[dp]``) the run's proven
-differential-privacy guarantee. Unknown keys, missing keys, values of the wrong type,
-NaN and values outside their meaningful range are ``InputError``: a typo in a privacy policy must
-never silently loosen it. The schema and the meaning of each key are in docs/release.md.
-"""
+differential-privacy guarantee. The file's keys and types are the pydantic schema ``PolicyFile``
+(unknown keys forbidden, strict types; rcig_release/schema.py words its errors); ranges, NaN and
+the names a list may hold are checked after it. Each problem is one ``InputError`` line naming the
+key; a misspelt key reads "unknown key" with the closest known key: a typo in a privacy policy must
+never silently loosen it. The meaning of each key is in docs/release.md."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ import dataclasses
 import hashlib
 import importlib.resources
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
+from pydantic import BaseModel, create_model
+
+from rcig_release import schema
 from rcig_release.errors import InputError
+from rcig_release.schema import STRICT
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
@@ -126,119 +131,177 @@ class Policy:
         return self.name
 
 
-class _Table:
-    """A TOML table being consumed key by key; leftovers are reported as unknown keys."""
+# ---- the file's schema (pydantic; rcig_release/schema.py turns its errors into one line) -------
+# Structure and types only: unknown keys, missing keys and wrong types are refused here; ranges,
+# NaN and the names a list may hold are checked by parse_policy, with the key named.
 
-    def __init__(self, data: Any, where: str, file: str):
-        if not isinstance(data, dict):
-            raise InputError(f"policy {file}: [{where}] must be a table")
-        self.data = dict(data)
-        self.where = where
-        self.file = file
+Off = Literal[False]  # `key = false`: the rule is explicitly not applied
 
-    def _key(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
 
-    def take(self, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-        if key not in self.data:
-            if optional:
-                return None
-            old = [k for k, v in _RENAMED.items() if v == key and k in self.data]
-            hint = (
-                f" ({self._key(old[0])} is the earlier schema's key: see docs/release.md)"
-                if old
-                else ""
-            )
-            raise InputError(f"policy {self.file}: missing key {self._key(key)}{hint}")
-        value = self.data.pop(key)
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise InputError(f"policy {self.file}: {self._key(key)} has the wrong type")
-        if not isinstance(value, kind):
-            raise InputError(f"policy {self.file}: {self._key(key)} has the wrong type")
-        return value
+class _Meta(BaseModel):
+    model_config = STRICT
+    name: str
+    description: str = ""
+    demonstration: bool = False
 
-    def number(self, key: str, *, lo: float = 0.0, hi: float | None = None, optional: bool = False):
-        value = self.take(key, (int, float), optional=optional)
-        if value is None:
+
+class _Audit(BaseModel):
+    model_config = STRICT
+    required_attacks: list[str]
+    min_shadows: int
+
+
+class _Gate(BaseModel):
+    model_config = STRICT
+    alpha: float
+    power: float
+
+
+class _AttackMetrics(BaseModel):
+    """A per-attack override: an absent key is the overall limit (``false`` is no value here)."""
+
+    model_config = STRICT
+    detect_auc: float | None = None
+    detect_tpr_at_fpr_0_01: float | None = None
+    detect_tpr_at_fpr_0_001: float | None = None
+    max_epsilon_lower_bound: float | None = None
+
+
+class _Groups(BaseModel):
+    """Rules for the risk groups: an absent key (or ``false``) is not applied to groups."""
+
+    model_config = STRICT
+    patterns: list[str]
+    detect_auc: float | Off | None = None
+    detect_tpr_at_fpr_0_01: float | Off | None = None
+    detect_tpr_at_fpr_0_001: float | Off | None = None
+    max_epsilon_lower_bound: float | Off | None = None
+
+
+# [limits.attack.NAME]: one optional table per limitable attack
+_Attacks: type[BaseModel] = create_model(
+    "_Attacks",
+    __config__=STRICT,
+    **{name: (_AttackMetrics | None, None) for name in LIMITABLE_ATTACKS},  # type: ignore[call-overload]
+)
+
+
+class _Limits(BaseModel):
+    model_config = STRICT
+    detect_auc: float | Off
+    detect_tpr_at_fpr_0_01: float | Off
+    detect_tpr_at_fpr_0_001: float | Off
+    max_epsilon_lower_bound: float | Off
+    groups: _Groups
+    attack: _Attacks | None = None  # type: ignore[valid-type]
+
+
+class _Copies(BaseModel):
+    model_config = STRICT
+    allow_near_copies_in_bundle: bool
+
+
+class _Init(BaseModel):
+    model_config = STRICT
+    allowed_modes: list[str]
+
+
+class _Utility(BaseModel):
+    model_config = STRICT
+    min_accuracy: float
+    min_gain_over_naive: float | None = None
+
+
+class _Dp(BaseModel):
+    model_config = STRICT
+    max_epsilon: float
+    max_delta: float | None = None
+
+
+class _Release(BaseModel):
+    model_config = STRICT
+    require_replay: bool
+
+
+class PolicyFile(BaseModel):
+    """A release policy file's keys and their types (docs/release.md, "Policy files")."""
+
+    model_config = STRICT
+    policy: _Meta
+    audit: _Audit
+    gate: _Gate
+    limits: _Limits
+    copies: _Copies
+    init: _Init
+    utility: _Utility
+    dp: _Dp | None = None
+    release: _Release | None = None
+
+
+def _unknown_key(raw: Mapping[str, Any]) -> Callable[[schema.Path], str | None]:
+    """How an unknown key is worded when the closest known key is not the whole story: an unknown
+    attack, and the keys of the earlier schema (point limits on a fixed split)."""
+
+    def explain(path: schema.Path) -> str | None:
+        key = schema.dotted(path)
+        if path[:2] == ("limits", "attack") and len(path) == 3:
+            return f"unknown attack {key} (known: {', '.join(LIMITABLE_ATTACKS)})"
+        last = path[-1]
+        if not isinstance(last, str) or last not in _RENAMED:
             return None
-        value = float(value)
-        if not math.isfinite(value):
-            raise InputError(f"policy {self.file}: {self._key(key)} must be a finite number")
-        if value < lo or (hi is not None and value > hi):
-            rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise InputError(f"policy {self.file}: {self._key(key)} must be in {rng}")
-        return value
-
-    def choice(self, key: str, options: tuple[str, ...]) -> str:
-        value = self.take(key, str)
-        if value not in options:
-            raise InputError(
-                f"policy {self.file}: {self._key(key)} must be one of {', '.join(options)}"
+        new = _RENAMED[last]
+        table = raw.get("limits") if path[:-1] == ("limits",) else None
+        if new and isinstance(table, Mapping) and new not in table:  # a required key, renamed
+            return (
+                f"missing key limits.{new} ({key} is the earlier schema's key: see docs/release.md)"
             )
-        return value
+        if new:
+            return f"unknown key {key} (the gate now tests the audit's game: use {new}, see docs/release.md)"
+        return f"unknown key {key} (no longer used: see docs/release.md)"
 
-    def strings(self, key: str, options: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        value = self.take(key, list)
-        if not all(isinstance(v, str) for v in value):
-            raise InputError(f"policy {self.file}: {self._key(key)} must be a list of strings")
-        if options is not None:
-            bad = [v for v in value if v not in options]
-            if bad:
-                raise InputError(
-                    f"policy {self.file}: {self._key(key)} has unknown value {bad[0]!r} "
-                    f"(known: {', '.join(options)})"
-                )
-        return tuple(value)
-
-    @overload
-    def sub(self, key: str, *, optional: Literal[False] = False) -> _Table: ...
-
-    @overload
-    def sub(self, key: str, *, optional: bool) -> _Table | None: ...
-
-    def sub(self, key: str, *, optional: bool = False) -> _Table | None:
-        value = self.take(key, dict, optional=optional)
-        return None if value is None else _Table(value, self._key(key), self.file)
-
-    def done(self) -> None:
-        if self.data:
-            key = sorted(self.data)[0]
-            hint = ""
-            if key in _RENAMED:
-                new = _RENAMED[key]
-                hint = (
-                    f" (the gate now tests the audit's game: use {new}, see docs/release.md)"
-                    if new
-                    else " (no longer used: see docs/release.md)"
-                )
-            raise InputError(f"policy {self.file}: unknown key {self._key(key)}{hint}")
+    return explain
 
 
-def _metric_limits(t: _Table, *, optional: bool, off_ok: bool = True) -> MetricLimits:
-    def off(key: str) -> bool:
-        """``key = false``: the rule is explicitly not applied (a missing key stays an error);
-        not in a per-attack table, where an absent value means "the overall limit"."""
-        if t.data.get(key) is False and off_ok:
-            del t.data[key]
-            return True
-        return False
+def _number(
+    value: float | None, key: str, file: str, *, lo: float = 0.0, hi: float | None = None
+) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"policy {file}: {key} must be a finite number")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise InputError(f"policy {file}: {key} must be in {rng}")
+    return value
 
+
+def _metric_limits(table: BaseModel, where: str, file: str) -> MetricLimits:
     def above(key: str, floor: float) -> float | None:
-        if off(key):
-            return None
-        v = t.number(key, hi=1.0, optional=optional)
+        value = getattr(table, key)
+        v = None if value is False else _number(value, f"{where}.{key}", file, hi=1.0)
         if v is not None and v <= floor:
-            raise InputError(f"policy {t.file}: {t._key(key)} must be above {floor:g} (chance)")
+            raise InputError(f"policy {file}: {where}.{key} must be above {floor:g} (chance)")
         return v
 
+    eps = table.max_epsilon_lower_bound  # type: ignore[attr-defined]
     return MetricLimits(
         detect_auc=above("detect_auc", 0.5),
         detect_tpr_at_fpr_0_01=above("detect_tpr_at_fpr_0_01", 0.01),
         detect_tpr_at_fpr_0_001=above("detect_tpr_at_fpr_0_001", 0.001),
         max_epsilon_lower_bound=None
-        if off("max_epsilon_lower_bound")
-        else t.number("max_epsilon_lower_bound", hi=50.0, optional=optional),
+        if eps is False
+        else _number(eps, f"{where}.max_epsilon_lower_bound", file, hi=50.0),
     )
+
+
+def _names(values: list[str], key: str, file: str, options: tuple[str, ...]) -> tuple[str, ...]:
+    bad = [v for v in values if v not in options]
+    if bad:
+        raise InputError(
+            f"policy {file}: {key} has unknown value {bad[0]!r} (known: {', '.join(options)})"
+        )
+    return tuple(values)
 
 
 def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
@@ -247,95 +310,66 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
     from rcig_release.safeio import loads_toml  # (NumPy: not at the CLI's import)
 
     raw = loads_toml(text, f"policy {file}")
-    top = _Table(raw, "", file)
+    doc = schema.validate(PolicyFile, raw, f"policy {file}", _unknown_key(raw))
 
-    meta = top.sub("policy")
-    name = meta.take("name", str)
+    name = doc.policy.name
     if not name.strip() or any(ord(ch) < 32 for ch in name):
         raise InputError(f"policy {file}: policy.name must be a non-empty single line")
-    description = meta.take("description", str, optional=True) or ""
-    demonstration = bool(meta.take("demonstration", bool, optional=True))
-    meta.done()
 
-    audit = top.sub("audit")
-    required = audit.strings("required_attacks", ATTACK_NAMES)
+    required = _names(doc.audit.required_attacks, "audit.required_attacks", file, ATTACK_NAMES)
     if not required:
         raise InputError(f"policy {file}: audit.required_attacks must name at least one attack")
-    min_shadows = audit.take("min_shadows", int)
-    if min_shadows < 2:
+    if doc.audit.min_shadows < 2:
         raise InputError(
             f"policy {file}: audit.min_shadows must be >= 2 (the game needs two folds)"
         )
-    audit.done()
 
-    gate = top.sub("gate")
-    alpha = gate.number("alpha", lo=1e-6, hi=0.2)
-    power = gate.number("power", lo=0.5, hi=0.9999)
-    gate.done()
+    alpha = _number(doc.gate.alpha, "gate.alpha", file, lo=1e-6, hi=0.2)
+    power = _number(doc.gate.power, "gate.power", file, lo=0.5, hi=0.9999)
+    assert alpha is not None and power is not None  # required keys
 
-    limits = top.sub("limits")
-    groups_t = limits.sub("groups")
-    patterns = groups_t.strings("patterns")
+    patterns = tuple(doc.limits.groups.patterns)
     if not patterns or any(not p for p in patterns):
         raise InputError(f"policy {file}: limits.groups.patterns must list at least one pattern")
-    g_limits = _metric_limits(groups_t, optional=True)
-    groups = GroupLimits(patterns=patterns, limits=g_limits)
-    groups_t.done()
+    groups = GroupLimits(
+        patterns=patterns, limits=_metric_limits(doc.limits.groups, "limits.groups", file)
+    )
     per_attack: dict[str, MetricLimits] = {}
-    attack_t = limits.sub("attack", optional=True)
-    if attack_t is not None:
-        for attack in list(attack_t.data):
-            if attack not in LIMITABLE_ATTACKS:
-                raise InputError(f"policy {file}: unknown attack limits.attack.{attack}")
-            sub = attack_t.sub(attack)
-            per_attack[attack] = _metric_limits(sub, optional=True, off_ok=False)
-            sub.done()
-        attack_t.done()
-    overall = _metric_limits(limits, optional=False)
-    limits.done()
+    if doc.limits.attack is not None:
+        for attack in raw["limits"]["attack"]:  # in the file's order
+            table = getattr(doc.limits.attack, attack)
+            per_attack[attack] = _metric_limits(table, f"limits.attack.{attack}", file)
+    overall = _metric_limits(doc.limits, "limits", file)
 
-    copies = top.sub("copies")
-    allow_in_bundle = copies.take("allow_near_copies_in_bundle", bool)
-    copies.done()
-
-    init = top.sub("init")
-    allowed_init = init.strings("allowed_modes", INIT_MODES)
+    allowed_init = _names(doc.init.allowed_modes, "init.allowed_modes", file, INIT_MODES)
     if not allowed_init:
         raise InputError(f"policy {file}: init.allowed_modes must name at least one mode")
-    init.done()
 
-    utility = top.sub("utility")
-    min_accuracy = utility.number("min_accuracy", hi=1.0)
-    min_gain = utility.number("min_gain_over_naive", lo=-1.0, hi=1.0, optional=True)
-    utility.done()
+    min_accuracy = _number(doc.utility.min_accuracy, "utility.min_accuracy", file, hi=1.0)
+    assert min_accuracy is not None  # a required key
+    min_gain = _number(
+        doc.utility.min_gain_over_naive, "utility.min_gain_over_naive", file, lo=-1.0, hi=1.0
+    )
     dp_max_epsilon = dp_max_delta = None
-    dp_t = top.sub("dp", optional=True)
-    if dp_t is not None:
-        dp_max_epsilon = dp_t.number("max_epsilon")
-        if dp_max_epsilon <= 0:
+    if doc.dp is not None:
+        dp_max_epsilon = _number(doc.dp.max_epsilon, "dp.max_epsilon", file)
+        if dp_max_epsilon is None or dp_max_epsilon <= 0:
             raise InputError(f"policy {file}: dp.max_epsilon must be above 0")
-        dp_max_delta = dp_t.number("max_delta", hi=1.0, optional=True)
+        dp_max_delta = _number(doc.dp.max_delta, "dp.max_delta", file, hi=1.0)
         if dp_max_delta is not None and not 0 < dp_max_delta < 1:
             raise InputError(f"policy {file}: dp.max_delta must be in (0, 1)")
-        dp_t.done()
-    require_replay = False
-    release_t = top.sub("release", optional=True)
-    if release_t is not None:
-        require_replay = release_t.take("require_replay", bool)
-        release_t.done()
-    top.done()
 
     return Policy(
         name=name,
-        description=description,
+        description=doc.policy.description,
         required_attacks=required,
-        min_shadows=min_shadows,
+        min_shadows=doc.audit.min_shadows,
         alpha=alpha,
         power=power,
         overall=overall,
         per_attack=per_attack,
         groups=groups,
-        allow_near_copies_in_bundle=allow_in_bundle,
+        allow_near_copies_in_bundle=doc.copies.allow_near_copies_in_bundle,
         allowed_init_modes=allowed_init,
         min_accuracy=min_accuracy,
         min_gain_over_naive=min_gain,
@@ -344,8 +378,8 @@ def parse_policy(text: bytes, file: str = "<policy>") -> Policy:
         source_name=file,
         dp_max_epsilon=dp_max_epsilon,
         dp_max_delta=dp_max_delta,
-        require_replay=require_replay,
-        demonstration=demonstration,
+        require_replay=doc.release.require_replay if doc.release is not None else False,
+        demonstration=doc.policy.demonstration,
     )
 
 
