@@ -18,6 +18,12 @@ from rcig_release.cli.progress import print_device, stage_progress
 from rcig_release.errors import InputError
 
 ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "nearest")
+# The closing line when no gallery was asked for: where the custodian-only gallery comes from.
+GALLERY_HINT = (
+    "private gallery: not written; rcig-release audit RUN --private-gallery DIR (DIR outside RUN) "
+    "writes the released images closest to a private training record, each beside that record: "
+    "private pixels, for the custodian only; never share it or put it in a bundle"
+)
 
 
 def _fmt(v: Any, pct: bool = True) -> str:
@@ -354,4 +360,16 @@ def register(app: typer.Typer) -> None:
         out.print(
             sanitize(f"report: {Path(run) / 'audit' / 'audit.json'}", "terminal"), markup=False
         )
+        if private_gallery is None:
+            out.print(GALLERY_HINT, markup=False, soft_wrap=True)
+        else:
+            out.print(
+                sanitize(
+                    f"private gallery: {result.get('private_gallery_images')} image pairs in "
+                    f"{private_gallery} (private pixels: do not share it)",
+                    "terminal",
+                ),
+                markup=False,
+                soft_wrap=True,
+            )
         check_dp(result)

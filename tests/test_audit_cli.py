@@ -96,6 +96,29 @@ def test_table_output(monkeypatch, tmp_path):
     assert "Membership game" in r.stdout and "This release" in r.stdout and "0.002" in r.stdout
 
 
+def test_closing_output_says_how_to_get_the_private_gallery(monkeypatch, tmp_path):
+    """Without --private-gallery the closing output says how to get one and that it holds private
+    pixels; with it, where it went; never in --json (the summary is the output)."""
+    from rcig_release.cli.audit_cmd import GALLERY_HINT
+
+    monkeypatch.setattr("rcig_release.audits.runner.run_audit", lambda run, cfg, **kw: FAKE)
+    r = CliRunner().invoke(app, ["audit", str(tmp_path), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "--private-gallery DIR" in GALLERY_HINT and "private pixels" in GALLERY_HINT
+    assert " ".join(r.stdout.split()).endswith(" ".join(GALLERY_HINT.split()))
+    fake = {**FAKE, "private_gallery_images": 16}
+    monkeypatch.setattr("rcig_release.audits.runner.run_audit", lambda run, cfg, **kw: fake)
+    gallery = tmp_path.parent / "gallery"
+    r = CliRunner().invoke(
+        app, ["audit", str(tmp_path), "--quiet", "--private-gallery", str(gallery)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "private gallery: 16 image pairs in" in r.stdout and "do not share" in r.stdout
+    assert "not written" not in r.stdout
+    r = CliRunner().invoke(app, ["audit", str(tmp_path), "--json"])
+    assert r.exit_code == 0 and "private-gallery" not in r.stdout
+
+
 def test_bad_input_exits_2(tmp_path):
     r = CliRunner().invoke(app, ["audit", str(tmp_path), "--shadows", "3"])
     assert r.exit_code == 2 and "even" in r.output

@@ -43,6 +43,7 @@ EXPECTED = {
     "report/game_scores.npz",
     "report/game_records.json",
     "report/roc.png",
+    "report/histograms.png",
     "report/report.html",
     "policy/verdict.json",
     "policy/policy.toml",
@@ -217,16 +218,23 @@ def test_no_paths_user_or_host_names_in_bundle(built):
                 assert not re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text), (path, name)
 
 
-def test_roc_copied_or_rendered(tmp_path, data):
+def test_roc_is_the_games_whatever_the_audit_dir_holds(tmp_path, data):
+    """report/roc.png is drawn from the game's scores (report/game_scores.npz), not copied from
+    RUN/audit/roc.png nor drawn from the release split's RUN/audit/scores.npz."""
+    from rcig_release.release import figures, recompute
+
     with_roc = fake_run(tmp_path / "r1", data=data, with_roc=True)
     release(with_roc, DEFAULT, tmp_path / "b1", load_private=loader_for(data))
-    assert (tmp_path / "b1/report/roc.png").read_bytes() == (
-        with_roc / "audit/roc.png"
-    ).read_bytes()
     with_scores = fake_run(tmp_path / "r2", data=data, with_scores=True)
     release(with_scores, DEFAULT, tmp_path / "b2", load_private=loader_for(data))
+    assert (tmp_path / "b1/report/roc.png").read_bytes() != (
+        with_roc / "audit/roc.png"
+    ).read_bytes()
     for b in ("b1", "b2"):
-        with Image.open(tmp_path / b / "report/roc.png") as im:
+        bundle = tmp_path / b
+        scores, keep = recompute.load_game_scores((bundle / "report/game_scores.npz").read_bytes())
+        assert (bundle / "report/roc.png").read_bytes() == figures.game_roc_png(scores, keep)
+        with Image.open(bundle / "report/roc.png") as im:
             assert im.format == "PNG" and im.size[0] > 200
 
 

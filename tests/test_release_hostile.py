@@ -224,7 +224,7 @@ def test_nothing_executes_in_chromium(bundle, tmp_path):
     assert title != "PWNED" and title.endswith(": release report") and "document.title=" in title, (
         title
     )
-    assert len(re.findall(r"<img ", dom)) == 3  # the three figures, nothing injected
+    assert len(re.findall(r"<img ", dom)) == 4  # the four figures, nothing injected
 
 
 # --- CSV, folders, verify --------------------------------------------------------------------------
@@ -512,4 +512,4 @@ def test_grid_labels_are_drawable_and_distinct():
 def test_report_embeds_only_figures(bundle):
     html = (bundle[0] / "report/report.html").read_text("utf-8")
     uris = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(uris) == 3 and all(base64.b64decode(u)[:8] == b"\x89PNG\r\n\x1a\n" for u in uris)
+    assert len(uris) == 4 and all(base64.b64decode(u)[:8] == b"\x89PNG\r\n\x1a\n" for u in uris)

@@ -64,7 +64,7 @@ def test_report_is_self_contained_and_verdict_first(report):
     text = report.read_text()
     parser.feed(text)
     assert parser.external == []
-    assert len(parser.imgs) == 3 and all(
+    assert len(parser.imgs) == 4 and all(
         s.startswith("data:image/png;base64,") for s in parser.imgs
     )
     order = [h for h in parser.headings if h]
@@ -113,4 +113,4 @@ def test_report_opens_in_headless_chromium_with_every_image_loaded(report, tmp_p
     m = re.search(r'data-probe="images (\d+)/(\d+)"', proc.stdout)
     assert m, "the page's load handler did not run:\n" + proc.stdout[:500]
     loaded, total = int(m.group(1)), int(m.group(2))
-    assert total == 3 and loaded == total
+    assert total == 4 and loaded == total

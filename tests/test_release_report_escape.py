@@ -111,7 +111,7 @@ class _Page(HTMLParser):
 
 def check_report(page: str, s: Summary) -> None:
     """Asserts ``page`` holds no markup from ``s``'s strings: no script, only the template's
-    elements and attributes, three figures, every table row as wide as its header, and each
+    elements and attributes, four figures, every table row as wide as its header, and each
     string from an input as the literal text of the element it belongs in."""
     assert "<script" not in page.lower()
     p = _Page()
@@ -120,7 +120,7 @@ def check_report(page: str, s: Summary) -> None:
     assert set(p.tags) <= TAGS, set(p.tags) - TAGS
     assert {k for _, k, _ in p.attrs} <= ATTRS, p.attrs
     imgs = [v for tag, k, v in p.attrs if tag == "img" and k == "src"]
-    assert len(imgs) == 3 and all(v.startswith("data:image/png;base64,") for v in imgs)
+    assert len(imgs) == 4 and all(v.startswith("data:image/png;base64,") for v in imgs)
     assert {v for _, k, v in p.attrs if k == "class"} <= {f"verdict {s.verdict}", "bad"}
     for rows in p.tables:
         assert rows and all(len(r) == len(rows[0]) for r in rows), rows

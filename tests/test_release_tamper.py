@@ -342,6 +342,41 @@ def test_resealed_data_layout_edit_is_named(bundle, tamper, expected):
     assert verify_bundle(bundle) == expected
 
 
+def _forged_histograms(b: Path) -> None:
+    """A plausible forgery: the game's histograms redrawn with the coins flipped (IN as OUT)."""
+    from rcig_release.release import figures, recompute
+
+    scores, keep = recompute.load_game_scores((b / "report/game_scores.npz").read_bytes())
+    (b / "report/histograms.png").write_bytes(figures.histograms_png(scores, ~keep))
+
+
+@pytest.mark.parametrize(
+    "tamper, expected",
+    [
+        (lambda b: (b / "report/histograms.png").unlink(), "missing: report/histograms.png"),
+        (
+            _forged_histograms,
+            "report/report.html: the score histograms are not report/histograms.png",
+        ),
+    ],
+)
+def test_resealed_histograms_removed_or_edited_fail(bundle, tamper, expected):
+    """report/histograms.png is in the bundle's layout (required) and the report embeds it byte
+    for byte: removing it or drawing another one, then resealing, fails verify (exit 1)."""
+    assert verify_bundle(bundle) == []
+    tamper(bundle)
+    reseal(bundle)
+    assert expected in verify_bundle(bundle)
+    res = CliRunner().invoke(app, ["verify", str(bundle)])
+    assert res.exit_code == 1 and "report/histograms.png" in res.output
+
+
+def test_unresealed_histograms_edit_is_a_changed_file(bundle):
+    _forged_histograms(bundle)
+    problems = verify_bundle(bundle)
+    assert "changed: report/histograms.png (sha256 differs from manifest-sha256.txt)" in problems
+
+
 @needs_ssh
 def test_signed_bundle_verifies_with_its_key_only(made, bundle):
     key = made["key"]

@@ -32,8 +32,10 @@ from rcig_release.release import replay as replaymod
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.derived import (
     CROISSANT,
+    HISTOGRAMS,
     MANIFEST,
     POLICY_FILE,
+    ROC,
     SIGNATURE,
     class_dir_names,
     coverage_of,
@@ -279,6 +281,20 @@ def verdict_withheld(
     }
 
 
+def figure_files(inp: ReleaseInputs, audit: Mapping) -> dict[str, bytes]:
+    """``report/roc.png`` and ``report/histograms.png``, drawn from the game's scores (the bundle's
+    ``report/game_scores.npz``): the ROC per attack with its AUC, and the IN/OUT score histograms.
+    Without game scores only the fallback ROC (the release split, titled as not the game)."""
+    game = (inp.game_files or {}).get(recompute.BUNDLE_SCORES)
+    if game is None:
+        return {ROC: figures.roc_png(audit, inp.scores)}
+    scores, keep = recompute.load_game_scores(game)
+    return {
+        ROC: figures.game_roc_png(scores, keep),
+        HISTOGRAMS: figures.histograms_png(scores, keep),
+    }
+
+
 def build_files(
     inp: ReleaseInputs,
     decision: Decision,
@@ -320,9 +336,7 @@ def build_files(
     audit = {} if withheld else public_audit(inp.audit, key)
     if not withheld:
         files["report/audit.json"] = json_bytes(audit)
-        files["report/roc.png"] = (
-            inp.roc_png if inp.roc_png is not None else figures.roc_png(audit, inp.scores)
-        )
+        files.update(figure_files(inp, audit))
     if withheld:
         verdict = sanitize(redact(verdict_withheld(decision, policy, override, inp, binding)))
     else:
@@ -364,7 +378,8 @@ def build_files(
     if not withheld:
         files["report/report.html"] = report_html(
             summary,
-            roc=files["report/roc.png"],
+            roc=files[ROC],
+            histograms=files.get(HISTOGRAMS),
             grid=figures.grid_png(images, classes, image_class),
             copy_plot=figures.copy_check_png(audit.get("copy_check") or {}),
         ).encode("utf-8")

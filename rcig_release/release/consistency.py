@@ -8,8 +8,10 @@ same ``documents`` functions the writer used and compares them with the bundled 
 whose rules, values or outcome differ from the recomputed ones, or a card or report stating any
 other number, is a problem line.
 
-The report's embedded figures are compared separately: the ROC must be ``report/roc.png`` byte for
-byte and the image grid must have the pixels of the grid rebuilt from ``data/distilled.npz``; the
+The report's embedded figures are compared separately: the ROC must be ``report/roc.png`` and the
+score histograms ``report/histograms.png``, byte for byte (both are taken as given, like the
+manifest-bound files they are: matplotlib's bytes vary between versions, so they are not redrawn;
+the numbers they show are the bundled game's, which is recomputed), and the image grid must have the pixels of the grid rebuilt from ``data/distilled.npz``; the
 copy-check plot (matplotlib, whose bytes vary between versions) is only required to be a PNG; the
 numbers it draws are in the report's table, which is compared.
 """
@@ -34,7 +36,9 @@ from rcig_release.release.auditview import copy_rows
 from rcig_release.release.decision import Decision, evaluate_policy
 from rcig_release.release.derived import (
     CROISSANT,
+    HISTOGRAMS,
     POLICY_FILE,
+    ROC,
     SIGNATURE,
     class_dir_names,
     coverage_of,
@@ -415,7 +419,7 @@ def check_documents(
         want = dataset_card(s)
         if have != want:
             problems.append(_first_difference("README.md", have, want, "card", note))
-    if "report/report.html" in files and "report/roc.png" in files:
+    if "report/report.html" in files and ROC in files:
         _check_report(files, s, images, labels, note, problems)
 
 
@@ -472,7 +476,11 @@ def _check_report(
         for r in copy_rows(s.audit.get("copy_check") or {})
     )
     want = report_html(
-        s, roc=files["report/roc.png"], grid=_GRID, copy_plot=_COPY_PLOT if has_copy_plot else None
+        s,
+        roc=files[ROC],
+        grid=_GRID,
+        copy_plot=_COPY_PLOT if has_copy_plot else None,
+        histograms=files.get(HISTOGRAMS),
     )
     if _DATA_URI.sub(_MASK, have) != _DATA_URI.sub(_MASK, want):
         problems.append(
@@ -497,7 +505,12 @@ def _check_report(
             if not _is_png(png):
                 problems.append(f"{path}: the copy-check plot is not a PNG")
         elif png != expected:
-            problems.append(f"{path}: the ROC figure is not report/roc.png")
+            which = (
+                f"the ROC figure is not {ROC}"
+                if expected == files[ROC]
+                else f"the score histograms are not {HISTOGRAMS}"
+            )
+            problems.append(f"{path}: {which}")
 
 
 def _decode(png: bytes, size: tuple[int, int] | None = None) -> np.ndarray | None:

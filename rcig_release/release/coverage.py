@@ -105,7 +105,16 @@ def _row(path: str, included: bool) -> tuple[str, str, str]:
             "the audit: attack statistics and p-values over private records, ε lower bounds, "
             "copy-check distances to private images, accuracies on the private test split",
         ),
-        "report/roc.png": ("no", "", "the attacks' ROC curves over private audit records"),
+        "report/roc.png": (
+            "no",
+            "",
+            "the membership game's ROC curves over private audit records",
+        ),
+        "report/histograms.png": (
+            "no",
+            "",
+            "the membership game's score distributions over private audit records",
+        ),
         "report/report.html": (
             "no",
             "",

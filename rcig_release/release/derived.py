@@ -34,6 +34,9 @@ POLICY_FILE = "policy/policy.toml"  # the exact bytes of the policy the verdict 
 
 SIGNATURE = MANIFEST + ".sig"  # OpenSSH signature of the manifest (release --sign)
 
+ROC = "report/roc.png"  # the membership game's ROC per attack (figures.game_roc_png)
+HISTOGRAMS = "report/histograms.png"  # the game's IN/OUT score histograms (figures.histograms_png)
+
 _RESERVED = {
     "con",
     "prn",

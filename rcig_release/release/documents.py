@@ -946,8 +946,9 @@ def _card_head(s: Summary, out_of_scope_dp: str, summary_md: str = "") -> str:
         if s.withheld
         else "- `report/`: `audit.json` (the full audit), `game_scores.npz` and `game_records.json` "
         "(the\n  audit's game: its coins and every attack's scores, each record's class and init "
-        "flag; every\n  statistic the release gate read is recomputed from them), `roc.png`, "
-        "`report.html` (open it in\n  a browser).\n"
+        "flag; every\n  statistic the release gate read is recomputed from them), `roc.png` (the "
+        "game's ROC per\n  attack, AUC in the legend), `histograms.png` (the game's member and "
+        "non-member scores per\n  attack), `report.html` (open it in a browser).\n"
     )
     return f"""
 # {md(s.name)}
@@ -1225,8 +1226,32 @@ def _dp_context(s: Summary) -> dict[str, Any] | None:
     }
 
 
+ROC_NOTE = (
+    "The audit's membership game: every shadow pipeline attacked as a target by its fold's "
+    "references, each (shadow, record) guess labelled by its coin (IN: the record was in that "
+    "shadow's private data). The legend's AUC is the game's AUC over all records "
+    "(report/audit.json: each attack's groups.all.auc under game.attacks), which verify "
+    "recomputes from "
+    "report/game_scores.npz; the histograms show the same guesses' scores."
+)
+NO_GAME_ROC_NOTE = (
+    "This bundle has no game scores: the ROC is drawn from the release split's scores or the "
+    "audit's operating points, not from the membership game, and there are no score histograms."
+)
+GALLERY_NOTE = (
+    "The custodian can look at the released images closest to a private training record, each "
+    "beside that record, with rcig-release audit --private-gallery DIR (written outside the run "
+    "directory and never to a bundle: it holds private pixels and must not be shared)."
+)
+
+
 def report_context(
-    s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None
+    s: Summary,
+    *,
+    roc: bytes,
+    grid: bytes,
+    copy_plot: bytes | None,
+    histograms: bytes | None = None,
 ) -> dict[str, Any]:
     """What the report template is rendered with: plain data (strings, numbers, rows of strings,
     the figures' base64 text), nothing escaped in advance; the template's autoescape does it."""
@@ -1273,6 +1298,9 @@ def report_context(
         "families": [family_line(t, rs) for t, rs in undecidable_families(d.failed)],
         "dp": _dp_context(s),
         "roc": _b64(roc),
+        "histograms": _b64(histograms),
+        "roc_note": ROC_NOTE if histograms else NO_GAME_ROC_NOTE,
+        "gallery_note": GALLERY_NOTE,
         "grid": _b64(grid),
         "copy_plot": _b64(copy_plot),
         "classes": _table(["id", "class", "folder", "images"], _class_rows(s)),
@@ -1303,9 +1331,17 @@ def report_context(
     }
 
 
-def report_html(s: Summary, *, roc: bytes, grid: bytes, copy_plot: bytes | None) -> str:
+def report_html(
+    s: Summary,
+    *,
+    roc: bytes,
+    grid: bytes,
+    copy_plot: bytes | None,
+    histograms: bytes | None = None,
+) -> str:
     """report/report.html: one self-contained page (no external resources, images embedded),
     rendered from templates/report.html.j2 with autoescape on. A pure function of its inputs:
-    ``verify`` rebuilds the page with it and compares byte for byte."""
-    context = report_context(s, roc=roc, grid=grid, copy_plot=copy_plot)
+    ``verify`` rebuilds the page with it and compares byte for byte. ``histograms``: the game's
+    score histograms (None: a bundle without game scores; the page says so)."""
+    context = report_context(s, roc=roc, grid=grid, copy_plot=copy_plot, histograms=histograms)
     return report_environment().get_template(REPORT_TEMPLATE).render(context)

@@ -1,7 +1,13 @@
 """Figures for the bundle's report, rendered with matplotlib (Agg) to PNG bytes.
 
-- ``roc_png``: the log-log ROC of every attack, from ``RUN/audit/scores.npz`` when it has a
-  membership vector and per-attack scores, otherwise from the operating points in audit.json.
+- ``game_roc_png``: the log-log ROC of the **membership game** per attack (every guess of
+  ``report/game_scores.npz``: the scores ``[K, N]`` against the coins ``keep``), the legend giving
+  each attack's AUC (``game_curves``: sklearn's ``roc_curve`` and ``roc_auc_score`` on the same
+  flattened guesses as ``game.group_statistics``, so it is the audit's ``game.attacks.<a>.groups.
+  all.auc`` exactly).
+- ``histograms_png``: per attack, the game's member (IN) and non-member (OUT) score distributions.
+- ``roc_png``: the fallback when there are no game scores: the ROC of the release split's scores
+  (``RUN/audit/scores.npz``) or the audit's operating points, its title saying it is not the game.
 - ``grid_png``: the released images, one row per class (a Pillow mosaic; fast), each row labelled
   with the class id and name in DejaVu Sans (shipped with matplotlib); characters it lacks (CJK,
   emoji) are written as code points rather than drawn as boxes.
@@ -21,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 _MEMBER_KEYS = ("member", "members", "membership", "is_member", "labels")
 
@@ -72,14 +78,15 @@ def _score_curves(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
 
 
 def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
-    """Log-log ROC: full curves from scores when available, else the audit's operating points."""
+    """The fallback without game scores (log-log): full curves of the release split's scores when
+    available, else the audit's operating points; the title says it is not the membership game."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     floor = 1e-4
     curves = _score_curves(scores) if scores is not None else {}
     if curves:
         for name, (fpr, tpr) in curves.items():
             ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=name)
-        ax.set_title("ROC of every attack (log-log)")
+        ax.set_title(f"ROC of the release split, not the game ({NO_GAME})", fontsize=9)
     else:
         for name, m in sorted((audit.get("attacks") or {}).items()):
             pts = [
@@ -90,7 +97,7 @@ def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
             if pts:
                 pts.sort()
                 ax.plot([p[0] for p in pts], [max(p[1], floor) for p in pts], "o-", label=name)
-        ax.set_title("Attack operating points (log-log)")
+        ax.set_title(f"Attack operating points, not the game ({NO_GAME})", fontsize=9)
     ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -101,6 +108,108 @@ def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
     ax.legend(fontsize=8, loc="lower right")
     fig.subplots_adjust(left=0.15, right=0.96, bottom=0.11, top=0.93)
     return _png(fig)
+
+
+NO_GAME = "no game scores in the bundle"
+
+# What each attack's score is, and its unit (audits/attacks.py; higher = more likely a member).
+SCORE_AXIS = {
+    "loss": "score: −cross-entropy loss (nats)",
+    "shadow": "score: shadow model's P(member) (probability)",
+    "lira_online": "score: LiRA log-likelihood ratio (nats)",
+    "lira_offline": "score: LiRA offline z (OUT standard deviations)",
+    "rmia": "score: RMIA fraction of population dominated (fraction)",
+    "nearest": "score: −distance to nearest released image (normalised pixel L2)",
+    "nearest_feature": "score: −distance to nearest released image (normalised feature L2)",
+}
+MEMBERS, NONMEMBERS = "members (IN)", "non-members (OUT)"
+HIST_YLABEL = "records (counted once per shadow pipeline)"
+
+
+def roc_legend(attack: str, auc: float) -> str:
+    """The legend entry of one attack's game ROC."""
+    return f"{attack} (AUC {auc:.3f})"
+
+
+def game_curves(
+    scores: Mapping[str, np.ndarray], keep: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """(fpr, tpr, AUC) of the membership game per attack: every (shadow, record) guess of the
+    scores ``[K, N]``, labelled by its coin ``keep [K, N]`` (True: IN). The same flattened guesses
+    ``game.group_statistics`` scores for the group ``all``, with sklearn's ``roc_auc_score`` as
+    ``metrics.auc_with_ci`` uses, so the AUC is the audit's ``groups.all.auc``."""
+    y = np.asarray(keep, bool).reshape(-1)
+    out = {}
+    for name in scores:
+        s = np.asarray(scores[name], np.float64).reshape(-1)
+        fpr, tpr, _ = roc_curve(y, s)
+        out[name] = (fpr, tpr, float(roc_auc_score(y, s)))
+    return out
+
+
+def game_roc_figure(scores: Mapping[str, np.ndarray], keep: np.ndarray):
+    """The matplotlib figure ``game_roc_png`` renders (tests read its legend)."""
+    y = np.asarray(keep, bool)
+    floor = 1.0 / max(2, int((~y).sum()))  # the smallest FPR the OUT guesses resolve
+    lo = floor / 2
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (fpr, tpr, auc) in game_curves(scores, keep).items():
+        ax.plot(np.maximum(fpr, lo), np.maximum(tpr, lo), label=roc_legend(name, auc))
+    ax.plot([lo, 1], [lo, 1], "k--", lw=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, 1)
+    ax.set_ylim(lo, 1)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    K, N = y.shape
+    ax.set_title(
+        f"Membership game ROC (log-log): {K} shadows × {N} records,\n"
+        f"{int(y.sum())} IN and {int((~y).sum())} OUT guesses",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def game_roc_png(scores: Mapping[str, np.ndarray], keep: np.ndarray) -> bytes:
+    """The game's log-log ROC per attack, AUC in the legend, chance line (report/roc.png)."""
+    return _png(game_roc_figure(scores, keep))
+
+
+def histograms_figure(scores: Mapping[str, np.ndarray], keep: np.ndarray):
+    """The matplotlib figure ``histograms_png`` renders: one panel per attack, the game's IN and
+    OUT guesses' scores on shared bins (tails past the 0.5th/99.5th percentiles clipped into the
+    end bins, so one outlier does not flatten the rest)."""
+    y = np.asarray(keep, bool).reshape(-1)
+    names = list(scores)
+    cols = min(3, max(1, len(names)))
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+    for ax in axes.reshape(-1)[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.reshape(-1), names, strict=False):
+        s = np.asarray(scores[name], np.float64).reshape(-1)
+        s = np.clip(s, *np.percentile(s, [0.5, 99.5]))
+        bins = np.histogram_bin_edges(s, bins=30)
+        ax.hist(s[y], bins=bins, alpha=0.6, color="tab:red", label=MEMBERS)
+        ax.hist(s[~y], bins=bins, alpha=0.6, color="tab:blue", label=NONMEMBERS)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(SCORE_AXIS.get(name, f"score of {name}"), fontsize=7)
+        ax.set_ylabel(HIST_YLABEL, fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        "Membership game: score distributions per attack (higher = more likely a member)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def histograms_png(scores: Mapping[str, np.ndarray], keep: np.ndarray) -> bytes:
+    """Per attack, the game's member vs non-member score histograms (report/histograms.png)."""
+    return _png(histograms_figure(scores, keep))
 
 
 @functools.lru_cache(maxsize=1)

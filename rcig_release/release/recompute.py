@@ -359,6 +359,14 @@ def _load_scores(data: bytes, what: str) -> tuple[dict[str, np.ndarray], np.ndar
     return scores, keep
 
 
+def load_game_scores(
+    data: bytes, what: str = BUNDLE_SCORES
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A ``game_scores.npz``'s attack scores (float64 ``[K, N]`` each) and its coins ``keep``,
+    checked as the recomputation checks them (InputError naming ``what``)."""
+    return _load_scores(data, what)
+
+
 def _index_list(x: Any, what: str) -> list[int]:
     if not isinstance(x, list) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in x

@@ -30,7 +30,15 @@ from rcig_release.errors import InputError
 from rcig_release.npzfile import check_npz_limits
 from rcig_release.release import consistency, coverage, layout, recompute, signing
 from rcig_release.release import fingerprint as fpmod
-from rcig_release.release.derived import CROISSANT, MANIFEST, POLICY_FILE, SIGNATURE, outcome_of
+from rcig_release.release.derived import (
+    CROISSANT,
+    HISTOGRAMS,
+    MANIFEST,
+    POLICY_FILE,
+    ROC,
+    SIGNATURE,
+    outcome_of,
+)
 from rcig_release.release.hashing import arrays_sha256, bytes_sha256
 from rcig_release.release.inputs import check_release_headers, load_npz, validate_arrays
 from rcig_release.safeio import loads_json
@@ -41,7 +49,8 @@ REQUIRED = (
     "data/labels.csv",
     "data/metadata.jsonl",
     "report/audit.json",
-    "report/roc.png",
+    ROC,
+    HISTOGRAMS,
     "report/report.html",
     "policy/verdict.json",
     POLICY_FILE,
