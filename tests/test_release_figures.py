@@ -128,10 +128,21 @@ def test_histograms_are_the_games_in_and_out_scores(game):
     assert figures.histograms_png(scores, keep)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_fallback_without_game_scores_says_so():
-    fig_png = figures.roc_png({"attacks": {}}, None)
-    assert fig_png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert figures.NO_GAME == "no game scores in the bundle"
+def test_fallback_without_game_scores_says_so_in_the_title():
+    """Only without game scores: the release split's curves or the audit's operating points,
+    titled as not the game."""
+    member = np.arange(40) % 2 == 0
+    split = {"member": member, "release__loss": np.arange(40.0)}
+    points = {"attacks": {"loss": {"tpr_at_fpr": {"0.01": 0.1, "0.001": 0.02}}}}
+    for audit, scores in ((points, split), (points, None)):
+        fig = figures.roc_figure(audit, scores)
+        try:
+            title = fig.axes[0].get_title()
+            assert "not the game (no game scores in the bundle)" in title, title
+            assert fig.axes[0].get_legend_handles_labels()[1][0] == "loss"
+        finally:
+            plt.close(fig)
+    assert figures.roc_png(points, None)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ other number, is a problem line.
 The report's embedded figures are compared separately: the ROC must be ``report/roc.png`` and the
 score histograms ``report/histograms.png``, byte for byte (both are taken as given, like the
 manifest-bound files they are: matplotlib's bytes vary between versions, so they are not redrawn;
-the numbers they show are the bundled game's, which is recomputed), and the image grid must have the pixels of the grid rebuilt from ``data/distilled.npz``; the
-copy-check plot (matplotlib, whose bytes vary between versions) is only required to be a PNG; the
-numbers it draws are in the report's table, which is compared.
+the numbers they show are the bundled game's, which is recomputed); the image grid must have the
+pixels of the grid rebuilt from ``data/distilled.npz``; the copy-check plot (matplotlib, whose
+bytes vary between versions) is only required to be a PNG; the numbers it draws are in the
+report's table, which is compared.
 """
 
 from __future__ import annotations

@@ -80,6 +80,11 @@ def _score_curves(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[np.ndarra
 def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
     """The fallback without game scores (log-log): full curves of the release split's scores when
     available, else the audit's operating points; the title says it is not the membership game."""
+    return _png(roc_figure(audit, scores))
+
+
+def roc_figure(audit: Mapping, scores: Mapping[str, np.ndarray] | None):
+    """The matplotlib figure ``roc_png`` renders."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     floor = 1e-4
     curves = _score_curves(scores) if scores is not None else {}
@@ -107,7 +112,7 @@ def roc_png(audit: Mapping, scores: Mapping[str, np.ndarray] | None) -> bytes:
     ax.set_ylabel("true-positive rate")
     ax.legend(fontsize=8, loc="lower right")
     fig.subplots_adjust(left=0.15, right=0.96, bottom=0.11, top=0.93)
-    return _png(fig)
+    return fig
 
 
 NO_GAME = "no game scores in the bundle"
