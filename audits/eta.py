@@ -1,0 +1,162 @@
+"""The audit's progress inside a stage of shadow pipelines: what is running and an ETA from
+measured times (docs/audit.md, "Progress").
+
+The audit reports through ``progress(stage, done, total)`` (pipelines done of the stage's
+total); a callback that also takes the keyword ``eta`` receives the stage's estimated seconds
+left (None while nothing has been measured). ``forward`` adapts either kind of callback.
+
+* ``PipelineClock`` (pipelines one after the other, in this process): measures the time per
+  distillation step (from the distillation loop's step callback) and each finished pipeline's
+  wall time; ETA = time per step × the distillation steps left in this and every later
+  pipeline + the per-pipeline overhead (setup, compile, training the networks, their logits)
+  for each pipeline left. The overhead is the measured wall time less its steps (the mean over
+  the finished pipelines after the first, whose compiles the later ones skip); before any
+  pipeline finished, the current one's time to its first step.
+* ``SlotClock`` (Ray tasks, ``slots`` at a time): each finished pipeline's wall time (from the
+  time a slot took it, first in first out) and ETA = the mean wall time × the pipelines left,
+  less the running ones' elapsed time, shared over the slots.
+
+Only clocks are read: nothing here changes what a pipeline computes.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+Clock = Callable[[], float]
+Forward = Callable[[str, int, int, float | None], None]
+
+
+def accepts_eta(callback: Callable[..., Any]) -> bool:
+    """Whether ``callback(stage, done, total, eta=...)`` binds (else it takes three arguments)."""
+    try:
+        inspect.signature(callback).bind("stage", 0, 1, eta=None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def forward(callback: Callable[..., Any] | None) -> Forward | None:
+    """``callback`` as ``f(stage, done, total, eta)``: ``eta`` passed as a keyword where the
+    callback takes it, dropped where it takes only ``(stage, done, total)``."""
+    if callback is None:
+        return None
+    if getattr(callback, "_rcig_forward", False):
+        return callback
+    takes = accepts_eta(callback)
+
+    def f(stage: str, done: int, total: int, eta: float | None = None) -> None:
+        if takes:
+            callback(stage, done, total, eta=eta)
+        else:
+            callback(stage, done, total)
+
+    f._rcig_forward = True  # type: ignore[attr-defined]
+    return f
+
+
+class PipelineClock:
+    """ETA of ``n`` pipelines run one after the other (``start``, ``step``…, ``end`` each)."""
+
+    def __init__(self, n: int, clock: Clock = time.monotonic):
+        self.clock = clock
+        self.left = n  # pipelines not finished, the current one included
+        self.walls: list[tuple[float, int]] = []  # finished: (wall seconds, distillation steps)
+        self.dt_sum, self.dt_n = 0.0, 0  # measured step intervals
+        self.t_start: float | None = None
+        self.t_first: float | None = None  # the current pipeline's first step event
+        self.t_last: float | None = None
+        self.steps, self.step_done = 0, 0
+
+    def start(self, steps: int | None = None) -> None:
+        """A pipeline with ``steps`` distillation steps starts (None: as many as the last one,
+        until its first step says)."""
+        self.t_start, self.t_first, self.t_last = self.clock(), None, None
+        self.steps, self.step_done = self.steps if steps is None else int(steps), 0
+
+    def step(self, t: int, steps: int) -> None:
+        """Distillation step ``t`` of ``steps`` of the current pipeline is done."""
+        now = self.clock()
+        if self.t_last is not None and t > self.step_done:
+            self.dt_sum += now - self.t_last
+            self.dt_n += t - self.step_done
+        if self.t_first is None:
+            self.t_first = now
+        self.t_last, self.step_done, self.steps = now, int(t), int(steps)
+
+    def end(self) -> None:
+        """The current pipeline is finished (its file written)."""
+        if self.t_start is not None:
+            self.walls.append((self.clock() - self.t_start, self.steps))
+        self.left = max(self.left - 1, 0)
+        self.t_start = None
+
+    def step_seconds(self) -> float | None:
+        return self.dt_sum / self.dt_n if self.dt_n else None
+
+    def overhead(self, step_s: float) -> float | None:
+        """A pipeline's seconds outside its distillation steps."""
+        walls = self.walls[1:] or self.walls  # the first one compiled what the others reuse
+        if walls:
+            return sum(max(w - s * step_s, 0.0) for w, s in walls) / len(walls)
+        if self.t_first is not None and self.t_start is not None:
+            return self.t_first - self.t_start
+        return None
+
+    def eta(self) -> float | None:
+        """Seconds until every pipeline is finished, or None before anything is measured."""
+        if self.left == 0:
+            return 0.0
+        step_s = self.step_seconds()
+        if step_s is None:  # no step measured yet (or pipelines without steps)
+            if self.steps == 0 and self.walls:
+                step_s = 0.0
+            else:
+                return None
+        over = self.overhead(step_s)
+        if over is None:
+            return None
+        now = self.clock()
+        after = self.left - 1 if self.t_start is not None else self.left
+        current = 0.0
+        if self.t_start is not None:
+            spent = (now - self.t_start) - self.step_done * step_s  # overhead spent so far
+            current = (self.steps - self.step_done) * step_s + max(over - spent, 0.0)
+        return current + after * (self.steps * step_s + over)
+
+
+class SlotClock:
+    """ETA of ``n`` tasks run ``slots`` at a time, from their measured wall times (tasks are
+    taken first in first out: a slot freed by a finished task takes the next queued one)."""
+
+    def __init__(self, n: int, slots: int, clock: Clock = time.monotonic):
+        self.clock, self.slots, self.queued = clock, max(int(slots), 1), int(n)
+        now = clock()
+        first = min(self.slots, self.queued)
+        self.running: collections.deque[float] = collections.deque([now] * first)
+        self.queued -= first
+        self.walls: list[float] = []
+
+    def finished(self) -> None:
+        now = self.clock()
+        if self.running:
+            self.walls.append(now - self.running.popleft())
+        if self.queued:
+            self.running.append(now)
+            self.queued -= 1
+
+    def eta(self) -> float | None:
+        if not self.running and not self.queued:
+            return 0.0
+        if not self.walls:
+            return None
+        wall = sum(self.walls) / len(self.walls)
+        now = self.clock()
+        work = sum(max(wall - (now - s), 0.0) for s in self.running) + self.queued * wall
+        busy = min(self.slots, len(self.running) + self.queued)
+        return work / busy if math.isfinite(work) else None
