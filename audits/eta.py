@@ -3,7 +3,8 @@ measured times (docs/audit.md, "Progress").
 
 The audit reports through ``progress(stage, done, total)`` (pipelines done of the stage's
 total); a callback that also takes the keyword ``eta`` receives the stage's estimated seconds
-left (None while nothing has been measured). ``forward`` adapts either kind of callback.
+left (None while nothing has been measured) and, with the local executor, the step-level
+events (``"release: shadow 3: distill step 40/100"``). ``forward`` adapts either kind.
 
 * ``PipelineClock`` (pipelines one after the other, in this process): measures the time per
   distillation step (from the distillation loop's step callback) and each finished pipeline's
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from typing import Any
 
 Clock = Callable[[], float]
-Forward = Callable[[str, int, int, float | None], None]
 
 
 def accepts_eta(callback: Callable[..., Any]) -> bool:
@@ -41,23 +41,27 @@ def accepts_eta(callback: Callable[..., Any]) -> bool:
     return True
 
 
-def forward(callback: Callable[..., Any] | None) -> Forward | None:
-    """``callback`` as ``f(stage, done, total, eta)``: ``eta`` passed as a keyword where the
-    callback takes it, dropped where it takes only ``(stage, done, total)``."""
-    if callback is None:
-        return None
-    if getattr(callback, "_rcig_forward", False):
-        return callback
-    takes = accepts_eta(callback)
+class Forward:
+    """A progress callback called as ``f(stage, done, total, eta)``: ``eta`` passed as a
+    keyword where the callback takes it, dropped where it takes only ``(stage, done, total)``.
+    ``detailed``: whether it takes ``eta``; only such callbacks get the step-level events (a
+    three-argument callback sees the events it saw before they existed)."""
 
-    def f(stage: str, done: int, total: int, eta: float | None = None) -> None:
-        if takes:
-            callback(stage, done, total, eta=eta)
+    def __init__(self, callback: Callable[..., Any]):
+        self.callback, self.detailed = callback, accepts_eta(callback)
+
+    def __call__(self, stage: str, done: int, total: int, eta: float | None = None) -> None:
+        if self.detailed:
+            self.callback(stage, done, total, eta=eta)
         else:
-            callback(stage, done, total)
+            self.callback(stage, done, total)
 
-    f._rcig_forward = True  # type: ignore[attr-defined]
-    return f
+
+def forward(callback: Callable[..., Any] | None) -> Forward | None:
+    """``callback`` as a ``Forward`` (itself if it is one; None for None)."""
+    if callback is None or isinstance(callback, Forward):
+        return callback
+    return Forward(callback)
 
 
 class PipelineClock:

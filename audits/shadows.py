@@ -423,10 +423,11 @@ def _run_todo(
     g = _group_size(len(todo), per_set, ds.n_models, group)
     done = n_done
     say = forward(progress)
+    detailed = say is not None and say.detailed  # step-level events: callbacks that take eta
     clock = PipelineClock(len(todo))
 
     def tell(k: int, what: str, last: int | None = None) -> None:
-        if say:  # "release: shadow 3: distill step 40/100" ("shadows 3-6": a group)
+        if say and detailed:  # "release: shadow 3: distill step 40/100" ("shadows 3-6")
             who = f"shadow {k}" if last is None or last == k else f"shadows {k}-{last}"
             say(f"{kind}: {who}: {what}", done, n_shadows, clock.eta())
 
@@ -453,8 +454,8 @@ def _run_todo(
                 seed=seed * 1000 + k,
                 zca=zca,
                 init_forced=forced_positions(tr, init_records),
-                on_step=on_step if say else None,
-                on_phase=functools.partial(tell, k) if say else None,
+                on_step=on_step if detailed else None,
+                on_phase=functools.partial(tell, k) if detailed else None,
             )
             sets.append((xm, lab))
             preps.append(prep)

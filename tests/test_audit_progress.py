@@ -176,7 +176,10 @@ def test_progress_reports_steps_and_an_early_eta_and_changes_no_result(tmp_path)
     )
     seen = []
     out = run_audit(run, cfg, progress=lambda s, d, t, eta=None: seen.append((s, d, t, eta)))
-    plain = run_audit(other, cfg)
+    old = []  # a callback of three arguments sees what it saw before: no step-level events
+    plain = run_audit(other, cfg, progress=lambda s, d, t: old.append((s, d, t)))
+    assert [e[1:] for e in old if e[0] == "release"] == [(0, 2), (1, 2), (2, 2)]
+    assert all(": " not in e[0] for e in old)
     # no result changes: audit.json (timings aside) and every array of every npz/npy
     for d in (out, plain):
         d.pop("timings")
