@@ -7,7 +7,8 @@ left (None while nothing has been measured) and, with the local executor, the st
 events (``"release: shadow 3: distill step 40/100"``). ``forward`` adapts either kind.
 
 * ``PipelineClock`` (pipelines one after the other, in this process): measures the time per
-  distillation step (from the distillation loop's step callback) and each finished pipeline's
+  distillation step (from the distillation loop's step callback, between the steps at which
+  the loop waits for the device: its first and its logged ones) and each finished pipeline's
   wall time; ETA = time per step × the distillation steps left in this and every later
   pipeline + the per-pipeline overhead (setup, compile, training the networks, their logits)
   for each pipeline left. The overhead is the measured wall time less its steps (the mean over
@@ -74,24 +75,30 @@ class PipelineClock:
         self.dt_sum, self.dt_n = 0.0, 0  # measured step intervals
         self.t_start: float | None = None
         self.t_first: float | None = None  # the current pipeline's first step event
-        self.t_last: float | None = None
-        self.steps, self.step_done = 0, 0
+        self.t_last: float | None = None  # the current pipeline's last synced step event
+        self.steps, self.step_done, self.sync_step = 0, 0, 0
 
     def start(self, steps: int | None = None) -> None:
         """A pipeline with ``steps`` distillation steps starts (None: as many as the last one,
         until its first step says)."""
         self.t_start, self.t_first, self.t_last = self.clock(), None, None
         self.steps, self.step_done = self.steps if steps is None else int(steps), 0
+        self.sync_step = 0
 
-    def step(self, t: int, steps: int) -> None:
-        """Distillation step ``t`` of ``steps`` of the current pipeline is done."""
+    def step(self, t: int, steps: int, synced: bool = True) -> None:
+        """Distillation step ``t`` of ``steps`` of the current pipeline is done; ``synced``: the
+        device had finished it (the loop dispatches steps asynchronously and waits for the
+        device at its first step and at each logged one: only the time between such steps is
+        the device's)."""
         now = self.clock()
-        if self.t_last is not None and t > self.step_done:
-            self.dt_sum += now - self.t_last
-            self.dt_n += t - self.step_done
+        if synced:
+            if self.t_last is not None and t > self.sync_step:
+                self.dt_sum += now - self.t_last
+                self.dt_n += t - self.sync_step
+            self.t_last, self.sync_step = now, int(t)
         if self.t_first is None:
             self.t_first = now
-        self.t_last, self.step_done, self.steps = now, int(t), int(steps)
+        self.step_done, self.steps = int(t), int(steps)
 
     def end(self) -> None:
         """The current pipeline is finished (its file written)."""
@@ -117,11 +124,10 @@ class PipelineClock:
         if self.left == 0:
             return 0.0
         step_s = self.step_seconds()
-        if step_s is None:  # no step measured yet (or pipelines without steps)
-            if self.steps == 0 and self.walls:
-                step_s = 0.0
-            else:
+        if step_s is None:  # no step measured (yet, or pipelines without steps): whole pipelines
+            if not self.walls:
                 return None
+            step_s = 0.0
         over = self.overhead(step_s)
         if over is None:
             return None

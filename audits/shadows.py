@@ -99,14 +99,15 @@ def run_pipeline(
     seed: int,
     zca: bool,
     init_forced: np.ndarray | None = None,
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int, bool], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """One pipeline on one private set → (training images in model space, training labels,
     preprocessor). ``cfg`` is the run's ``DistillConfig``; ``init_forced``: positions in ``x_pix``
     that must be init images (real init: the audited init records this shadow holds). Aggregate
     inits (``mean``, ``centroids``) are computed by ``distill`` from this set, ``x_pix``, alone.
-    ``on_step(t, steps)`` after each distillation step and ``on_phase(name)`` at each setup
+    ``on_step(t, steps, synced)`` after each distillation step (``synced``: the loop waited for
+    the device at it: its first and logged steps) and ``on_phase(name)`` at each setup
     phase (``distill``'s callbacks, for the audit's progress; they change nothing computed)."""
     from rcig_release.data import preprocessor_for
 
@@ -137,7 +138,10 @@ def run_pipeline(
         np.asarray(y, np.int64),
         num_classes,
         init_forced=forced,
-        progress=None if on_step is None else (lambda t, steps, _last: on_step(t, steps)),
+        # a step is synced (the device finished it) when it is the first or a logged one
+        progress=None
+        if on_step is None
+        else (lambda t, steps, last: on_step(t, steps, t == 1 or last.get("step") == t)),
         phase=on_phase,
     )
     return res.images_model, res.labels, prep
@@ -441,8 +445,8 @@ def _run_todo(
             xs = np.concatenate([x_train[tr], x_test[te]])
             ys = np.concatenate([y_train[tr], y_test[te]])
 
-            def on_step(t: int, steps: int, k: int = k) -> None:
-                clock.step(t, steps)
+            def on_step(t: int, steps: int, synced: bool, k: int = k) -> None:
+                clock.step(t, steps, synced)
                 tell(k, f"distill step {t}/{steps}")
 
             xm, lab, prep = run_pipeline(

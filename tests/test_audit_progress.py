@@ -80,6 +80,35 @@ def test_pipeline_clock_gives_an_eta_from_step_times_inside_the_first_pipeline()
     assert not _eta_before_first_end(broken)
 
 
+def test_pipeline_clock_times_steps_only_where_the_loop_waited_for_the_device():
+    """The distillation loop dispatches steps asynchronously: the events between its first and
+    its logged steps come at once, and the logged step waits for all of them."""
+
+    def run(synced):
+        t = FakeClock()
+        clock = PipelineClock(2, clock=t)
+        clock.start(None)
+        t.now = 50.0
+        clock.step(1, 20, True)  # the first step waits (compile and step)
+        for s in range(2, 10):
+            clock.step(s, 20, synced(s))  # dispatched at once
+        early = clock.eta()
+        t.now = 50.0 + 9 * 2.0
+        clock.step(10, 20, True)  # logged: waits for 9 steps of 2 s
+        return early, clock.step_seconds(), clock.eta()
+
+    early, step_s, eta = run(lambda s: False)
+    assert early is None  # nothing measured yet: no ETA rather than a wrong one
+    assert step_s == pytest.approx(2.0)
+    # 10 steps left + the rest of the overhead (50 s to the first step, 48 s of it spent) +
+    # the second pipeline (its 20 steps and that overhead)
+    assert eta == pytest.approx(10 * 2.0 + (50.0 - 48.0) + (20 * 2.0 + 50.0))
+    # the broken variant (every event taken as finished) gives an ETA far too early: the 8
+    # dispatched steps measured as taking no time
+    early, _, _ = run(lambda s: True)
+    assert early is not None and early < 0.5 * eta
+
+
 def test_pipeline_clock_without_steps_uses_the_pipeline_wall_time():
     seen = _simulate(PipelineClock, steps=0, compile_s=0.0)
     assert seen[0][2] == pytest.approx(seen[0][3])  # after one pipeline: 3 more of 50 s
