@@ -77,11 +77,15 @@ class PipelineClock:
         self.t_first: float | None = None  # the current pipeline's first step event
         self.t_last: float | None = None  # the current pipeline's last synced step event
         self.steps, self.step_done, self.sync_step = 0, 0, 0
+        self.t_group: float | None = None  # the current group's start
+        self.waiting = 0  # distilled pipelines of the current group, waiting for its networks
 
     def start(self, steps: int | None = None) -> None:
         """A pipeline with ``steps`` distillation steps starts (None: as many as the last one,
         until its first step says)."""
         self.t_start, self.t_first, self.t_last = self.clock(), None, None
+        if self.t_group is None:
+            self.t_group = self.t_start
         self.steps, self.step_done = self.steps if steps is None else int(steps), 0
         self.sync_step = 0
 
@@ -100,12 +104,22 @@ class PipelineClock:
             self.t_first = now
         self.step_done, self.steps = int(t), int(steps)
 
-    def end(self) -> None:
-        """The current pipeline is finished (its file written)."""
+    def distilled(self) -> None:
+        """The current pipeline's distillation is done and it waits for its group's networks
+        (pipelines in groups: shadows.py ``shadow_group``)."""
         if self.t_start is not None:
-            self.walls.append((self.clock() - self.t_start, self.steps))
-        self.left = max(self.left - 1, 0)
-        self.t_start = None
+            self.waiting += 1
+            self.t_start = None
+
+    def end(self) -> None:
+        """The current pipeline (with the ones of its group that wait) is finished (files
+        written); the group's wall time is shared by its pipelines."""
+        n = self.waiting + (self.t_start is not None)
+        if n and self.t_group is not None:
+            self.walls += [((self.clock() - self.t_group) / n, self.steps)] * n
+        self.left = max(self.left - n, 0)
+        self.t_start = self.t_group = None
+        self.waiting = 0
 
     def step_seconds(self) -> float | None:
         return self.dt_sum / self.dt_n if self.dt_n else None
@@ -132,11 +146,11 @@ class PipelineClock:
         if over is None:
             return None
         now = self.clock()
-        after = self.left - 1 if self.t_start is not None else self.left
-        current = 0.0
+        after = self.left - self.waiting - (self.t_start is not None)
+        current = self.waiting * over  # their share of the group's networks (an over-estimate)
         if self.t_start is not None:
             spent = (now - self.t_start) - self.step_done * step_s  # overhead spent so far
-            current = (self.steps - self.step_done) * step_s + max(over - spent, 0.0)
+            current += (self.steps - self.step_done) * step_s + max(over - spent, 0.0)
         return current + after * (self.steps * step_s + over)
 
 

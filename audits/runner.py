@@ -303,11 +303,11 @@ def run_audit(
     """Audits a distillation run; writes ``RUN/audit/`` and returns ``audit.json``'s content.
 
     ``progress(stage, done, total)``: called as each stage moves (``"targets"``, a pipeline
-    kind, ``"attacks"``, ``"done"``); within a stage of shadow pipelines also at every
-    distillation step and phase, with the stage ``"KIND: shadow K: distill step T/S"`` (local)
-    or ``"KIND: R running, Q queued"`` (Ray), and, where the callback takes the keyword ``eta``,
-    the stage's estimated seconds left from measured step and pipeline times (audits/eta.py).
-    It changes nothing the audit computes or writes.
+    kind, ``"attacks"``, ``"done"``; on Ray also ``"KIND: R running, Q queued"``). A callback
+    that takes the keyword ``eta`` also gets the stage's estimated seconds left, from measured
+    step and pipeline times, and (local executor) an event at every distillation step and
+    phase of each pipeline, ``"KIND: shadow K: distill step T/S"`` (audits/eta.py). It changes
+    nothing the audit computes or writes.
     ``executor``: where the shadow pipelines run (audits/executors.py; default: here, one after
     the other); ``workers`` N > 1: a local Ray cluster of N CPUs (``executors.for_workers``).
     Execution settings, not part of the audit configuration: a resumed audit may use others, and

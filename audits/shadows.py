@@ -430,9 +430,9 @@ def _run_todo(
     detailed = say is not None and say.detailed  # step-level events: callbacks that take eta
     clock = PipelineClock(len(todo))
 
-    def tell(k: int, what: str, last: int | None = None) -> None:
-        if say and detailed:  # "release: shadow 3: distill step 40/100" ("shadows 3-6")
-            who = f"shadow {k}" if last is None or last == k else f"shadows {k}-{last}"
+    def tell(ks: list[int], what: str) -> None:
+        if say and detailed:  # "release: shadow 3: distill step 40/100" ("shadows 3,4,5")
+            who = f"shadow {ks[0]}" if len(ks) == 1 else f"shadows {','.join(map(str, ks))}"
             say(f"{kind}: {who}: {what}", done, n_shadows, clock.eta())
 
     for start in range(0, len(todo), g):
@@ -440,14 +440,14 @@ def _run_todo(
         sets, preps = [], []
         for i, k in enumerate(ks):
             clock.start(None if kind == "release" else 0)
-            tell(k, "preparing")
+            tell([k], "preparing")
             tr, te = shadow_indices(keep[k], members, nonmembers, len(x_train))
             xs = np.concatenate([x_train[tr], x_test[te]])
             ys = np.concatenate([y_train[tr], y_test[te]])
 
             def on_step(t: int, steps: int, synced: bool, k: int = k) -> None:
                 clock.step(t, steps, synced)
-                tell(k, f"distill step {t}/{steps}")
+                tell([k], f"distill step {t}/{steps}")
 
             xm, lab, prep = run_pipeline(
                 kind,
@@ -459,13 +459,13 @@ def _run_todo(
                 zca=zca,
                 init_forced=forced_positions(tr, init_records),
                 on_step=on_step if detailed else None,
-                on_phase=functools.partial(tell, k) if detailed else None,
+                on_phase=functools.partial(tell, [k]) if detailed else None,
             )
             sets.append((xm, lab))
             preps.append(prep)
             if i < len(ks) - 1:  # a group: the networks of all its pipelines train together
-                clock.end()
-        tell(ks[0], "training the networks", ks[-1])
+                clock.distilled()
+        tell(ks, "training the networks")
         keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
         params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
         n_rec = len(members) + len(nonmembers)

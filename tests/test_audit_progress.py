@@ -251,3 +251,25 @@ def test_progress_reports_steps_and_an_early_eta_and_changes_no_result(tmp_path)
     per_pipeline = [e for e in seen if ": " not in e[0]]
     assert [e[1] for e in releases(per_pipeline)] == [0, 1, 2]
     assert not eta_before_first_end(per_pipeline)
+
+
+def test_grouped_pipelines_name_the_group_and_get_an_eta_from_whole_pipelines(tmp_path):
+    """Naive pipelines (no distillation steps) two per vmapped training call: the training
+    event names both shadows, and the ETA comes from the written pipelines' wall times."""
+    from test_audit_executors import _job
+
+    from rcig_release.audits import shadows
+
+    seen = []
+    shadows.run_shadows(
+        "naive",
+        out_dir=tmp_path / "s",
+        resume=False,
+        group=2,
+        progress=lambda s, d, t, eta=None: seen.append((s, d, t, eta)),
+        **_job(),
+    )
+    assert ("naive: shadows 0,1: training the networks", 0, 4, None) in seen
+    assert not any("distill step" in s for s, _, _, _ in seen)
+    after = [e for e in seen if e[1] >= 2]
+    assert after and all(e[3] is not None for e in after) and seen[-1][1:] == (4, 4, 0.0)
