@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from rcig_release.audits.eta import SlotClock, forward
 from rcig_release.errors import InputError, RcigReleaseError
 
 EXECUTORS = ("local", "ray")
@@ -88,7 +89,7 @@ def for_workers(workers: int | None, executor: Executor) -> Executor:
     return dataclasses.replace(executor, kind="ray", local_cpus=workers)
 
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[..., None]  # progress(stage, done, total[, eta=seconds]): audits/eta.py
 
 
 class RaySession:
@@ -179,7 +180,9 @@ def run_on_ray(
 
     ``arrays`` (the private arrays) are put in the object store once per audit; ``job`` (the
     configuration, the keep matrix and indices) once per pipeline kind. Progress: the stage label
-    carries the pipelines running and queued (running = those the cluster has room for)."""
+    carries the pipelines running and queued (running = those the cluster has room for), and
+    the ETA comes from the finished pipelines' wall times (``eta.SlotClock``); no step-level
+    progress crosses from the workers."""
     ray = session.ensure()
     refs = {name: session.put(name, value) for name, value in arrays.items()}
     job_ref = ray.put(job)
@@ -190,11 +193,18 @@ def run_on_ray(
     slots = session.slots(opts)
     kind = job["kind"]
     done = n_done
+    say = forward(progress)
+    clock = SlotClock(len(pending), slots)
 
     def report() -> None:
-        if progress:
+        if say:
             running = min(len(pending), slots)
-            progress(f"{kind}: {running} running, {len(pending) - running} queued", done, n_total)
+            say(
+                f"{kind}: {running} running, {len(pending) - running} queued",
+                done,
+                n_total,
+                clock.eta(),
+            )
 
     report()
     try:
@@ -220,6 +230,7 @@ def run_on_ray(
                     ) from None
                 write(k, out)
                 done += 1
+                clock.finished()
             report()
     finally:
         for ref in pending:

@@ -27,7 +27,7 @@ from rcig_release.errors import InputError
 from rcig_release.initsets import AGGREGATE_MODES
 from rcig_release.release import precheck
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[..., None]  # progress(stage, done, total[, eta=seconds]): audits/eta.py
 AUDIT_DIR = "audit"
 
 
@@ -302,6 +302,12 @@ def run_audit(
 ) -> dict[str, Any]:
     """Audits a distillation run; writes ``RUN/audit/`` and returns ``audit.json``'s content.
 
+    ``progress(stage, done, total)``: called as each stage moves (``"targets"``, a pipeline
+    kind, ``"attacks"``, ``"done"``; on Ray also ``"KIND: R running, Q queued"``). A callback
+    that takes the keyword ``eta`` also gets the stage's estimated seconds left, from measured
+    step and pipeline times, and (local executor) an event at every distillation step and
+    phase of each pipeline, ``"KIND: shadow K: distill step T/S"`` (audits/eta.py). It changes
+    nothing the audit computes or writes.
     ``executor``: where the shadow pipelines run (audits/executors.py; default: here, one after
     the other); ``workers`` N > 1: a local Ray cluster of N CPUs (``executors.for_workers``).
     Execution settings, not part of the audit configuration: a resumed audit may use others, and

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from rcig_release.audits.eta import PipelineClock, forward
 from rcig_release.checkpoint import atomic_write_bytes
 
 KINDS = ("release", "naive", "full")
@@ -98,11 +99,16 @@ def run_pipeline(
     seed: int,
     zca: bool,
     init_forced: np.ndarray | None = None,
+    on_step: Callable[[int, int, bool], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """One pipeline on one private set → (training images in model space, training labels,
     preprocessor). ``cfg`` is the run's ``DistillConfig``; ``init_forced``: positions in ``x_pix``
     that must be init images (real init: the audited init records this shadow holds). Aggregate
-    inits (``mean``, ``centroids``) are computed by ``distill`` from this set, ``x_pix``, alone."""
+    inits (``mean``, ``centroids``) are computed by ``distill`` from this set, ``x_pix``, alone.
+    ``on_step(t, steps, synced)`` after each distillation step (``synced``: the loop waited for
+    the device at it: its first and logged steps) and ``on_phase(name)`` at each setup
+    phase (``distill``'s callbacks, for the audit's progress; they change nothing computed)."""
     from rcig_release.data import preprocessor_for
 
     prep = preprocessor_for(x_pix, cfg, zca=zca)  # DP runs: fixed constants, as the release
@@ -126,7 +132,18 @@ def run_pipeline(
         )
     )
     forced = init_forced if c.init == "real" else None
-    res = distill(c, x_model, np.asarray(y, np.int64), num_classes, init_forced=forced)
+    res = distill(
+        c,
+        x_model,
+        np.asarray(y, np.int64),
+        num_classes,
+        init_forced=forced,
+        # a step is synced (the device finished it) when it is the first or a logged one
+        progress=None
+        if on_step is None
+        else (lambda t, steps, last: on_step(t, steps, t == 1 or last.get("step") == t)),
+        phase=on_phase,
+    )
     return res.images_model, res.labels, prep
 
 
@@ -298,7 +315,7 @@ def run_shadows(
     group: int | None = None,
     executor: Any = None,
     init_records: np.ndarray | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Runs (or, with ``resume``, reloads) every shadow pipeline of ``kind`` and returns the
     stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``) and, for
@@ -335,8 +352,9 @@ def run_shadows(
         group=group,
         init_records=init_records,
     )
-    if progress:
-        progress(kind, n_shadows - len(todo), n_shadows)
+    say = forward(progress)
+    if say:
+        say(kind, n_shadows - len(todo), n_shadows, None)
     if executor is not None and todo:
         from rcig_release.audits.executors import run_on_ray
 
@@ -349,12 +367,12 @@ def run_shadows(
             arrays,
             todo,
             lambda k, out: write_outputs(out_dir, k, out),
-            progress,
+            say,
             n_shadows - len(todo),
             n_shadows,
         )
     else:
-        _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=progress, **job)
+        _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=say, **job)
     out, pix, feat = [], [], []
     for k in range(n_shadows):
         with np.load(out_dir / f"{k}.npz") as f:
@@ -389,7 +407,7 @@ def _run_todo(
     init_records: np.ndarray | None = None,
     n_done: int = 0,
     n_shadows: int = 0,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[..., None] | None = None,
 ) -> None:
     """The shadows ``todo`` of one pipeline kind, in this process; each written to
     ``<out_dir>/<k>.npz`` as soon as its group is done."""
@@ -408,13 +426,29 @@ def _run_todo(
         group = 1
     g = _group_size(len(todo), per_set, ds.n_models, group)
     done = n_done
+    say = forward(progress)
+    detailed = say is not None and say.detailed  # step-level events: callbacks that take eta
+    clock = PipelineClock(len(todo))
+
+    def tell(ks: list[int], what: str) -> None:
+        if say and detailed:  # "release: shadow 3: distill step 40/100" ("shadows 3,4,5")
+            who = f"shadow {ks[0]}" if len(ks) == 1 else f"shadows {','.join(map(str, ks))}"
+            say(f"{kind}: {who}: {what}", done, n_shadows, clock.eta())
+
     for start in range(0, len(todo), g):
         ks = todo[start : start + g]
         sets, preps = [], []
-        for k in ks:
+        for i, k in enumerate(ks):
+            clock.start(None if kind == "release" else 0)
+            tell([k], "preparing")
             tr, te = shadow_indices(keep[k], members, nonmembers, len(x_train))
             xs = np.concatenate([x_train[tr], x_test[te]])
             ys = np.concatenate([y_train[tr], y_test[te]])
+
+            def on_step(t: int, steps: int, synced: bool, k: int = k) -> None:
+                clock.step(t, steps, synced)
+                tell([k], f"distill step {t}/{steps}")
+
             xm, lab, prep = run_pipeline(
                 kind,
                 cfg,
@@ -424,18 +458,24 @@ def _run_todo(
                 seed=seed * 1000 + k,
                 zca=zca,
                 init_forced=forced_positions(tr, init_records),
+                on_step=on_step if detailed else None,
+                on_phase=functools.partial(tell, [k]) if detailed else None,
             )
             sets.append((xm, lab))
             preps.append(prep)
+            if i < len(ks) - 1:  # a group: the networks of all its pipelines train together
+                clock.distilled()
+        tell(ks, "training the networks")
         keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
         params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
         n_rec = len(members) + len(nonmembers)
         for k, p, prep, (xm, _) in zip(ks, params, preps, sets, strict=True):
             out = _outputs(kind, p, prep, xm, ds, queries_pix, n_rec, num_classes, mirror)
             write_outputs(out_dir, k, {**out, "keep": keep[k]})
+        clock.end()
         done += len(ks)
-        if progress:
-            progress(kind, done, n_shadows)
+        if say:
+            say(kind, done, n_shadows, clock.eta())
 
 
 def _outputs(

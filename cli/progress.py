@@ -36,6 +36,17 @@ class CountColumn(ProgressColumn):
         return Text(f"{int(task.completed)}/{int(task.total)}", style="progress.download")
 
 
+class EtaColumn(TimeRemainingColumn):
+    """The ETA the audit measured (``eta`` field, audits/eta.py: from step and pipeline times),
+    else rich's estimate from the bar's rate."""
+
+    def render(self, task: Task) -> Text:
+        eta = task.fields.get("eta")
+        if eta is None or task.finished:
+            return super().render(task)
+        return Text(_clock(eta), style="progress.remaining")
+
+
 def stage_label(stage: str) -> str:
     return AUDIT_STAGES.get(stage, f"shadow pipelines ({stage})")
 
@@ -71,7 +82,7 @@ class PlainLines:
         self.phase_name = ""
         self.phase_start = self.start
         self.first_done: tuple[float, int] | None = None
-        self.printed: tuple[str, int, int] | None = None
+        self.printed: tuple[str, int, int, str] | None = None
 
     def _print(self, text: str) -> None:
         self.console.print(Text(f"{self.label}: {text}"), soft_wrap=True)
@@ -82,8 +93,10 @@ class PlainLines:
             self.last = self.phase_start
             self._print(f"{name} ({_clock(self.phase_start - self.start)} elapsed)")
 
-    def step(self, done: int, total: int, extra: str = "") -> None:
-        if self.printed == (self.phase_name, done, total):
+    def step(self, done: int, total: int, extra: str = "", eta: float | None = None) -> None:
+        """``eta``: seconds left as the caller measured them (the audit's, audits/eta.py);
+        None: from the rate of ``done`` since the phase's first line."""
+        if self.printed == (self.phase_name, done, total, extra):
             return  # the same line again (a stage completed twice)
         now = self.clock()
         first = self.first_done is None
@@ -92,23 +105,28 @@ class PlainLines:
         if not first and now - self.last < self.every and done < total:
             return
         self.last = now
-        self.printed = (self.phase_name, done, total)
+        self.printed = (self.phase_name, done, total, extra)
         t0, d0 = self.first_done
         rate = (done - d0) / (now - t0) if now > t0 and done > d0 else None
-        eta = _clock((total - done) / rate) if rate else "-:--:--"
+        if eta is not None:
+            eta_text = _clock(eta)
+        else:
+            eta_text = _clock((total - done) / rate) if rate else "-:--:--"
         pct = f" ({100 * done / total:.0f} %)" if total else ""
         tail = f", {extra}" if extra else ""
         self._print(
             f"{self.phase_name} {done}/{total}{pct}, {_clock(now - self.start)} elapsed, "
-            f"ETA {eta}{tail}"
+            f"ETA {eta_text}{tail}"
         )
 
 
 @contextlib.contextmanager
 def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCallback | None]:
-    """Yields a ``progress(stage, done, total)`` callback drawing one bar per stage (plain lines,
-    ``PlainLines``, when the console is not a terminal), or ``None`` when disabled. A stage's bar
-    is completed when the next stage starts."""
+    """Yields a ``progress(stage, done, total, eta=None)`` callback drawing one bar per stage
+    (plain lines, ``PlainLines``, when the console is not a terminal), or ``None`` when
+    disabled. A stage's bar is completed when the next stage starts. ``"STAGE: detail"`` is
+    the stage ``STAGE`` with ``detail`` shown; ``eta`` (seconds, the audit's measured estimate)
+    replaces the estimate from the bar's rate."""
     if not enabled:
         yield None
         return
@@ -116,8 +134,11 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
         lines = PlainLines(console, "audit")
         now: list[tuple[str, int]] = []  # the current stage and its total
 
-        def plain(stage: str, done: int, total: int) -> None:
+        def plain(stage: str, done: int, total: int, eta: float | None = None) -> None:
             total = max(int(total), 1)
+            # "release: shadow 3: distill step 40/100" or "release: 2 running, 5 queued": the
+            # line of the stage "release", with the detail at its end
+            stage, _, detail = stage.partition(": ")
             if now and (stage == "done" or stage != now[0][0]):
                 lines.step(now[0][1], now[0][1])  # a stage is complete when the next starts
                 now.clear()
@@ -125,7 +146,7 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
                 return
             now[:] = [(stage, total)]
             lines.phase(stage_label(stage))
-            lines.step(int(done), total)
+            lines.step(int(done), total, detail, eta)
 
         yield plain
         return
@@ -135,7 +156,7 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
         CountColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
-        TimeRemainingColumn(),
+        EtaColumn(),
     )
     with Progress(*columns, console=console, refresh_per_second=2) as bar:
         tasks: dict[str, tuple[TaskID, int]] = {}
@@ -146,7 +167,7 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
                 task_id, total = tasks[current[-1]]
                 bar.update(task_id, completed=total)
 
-        def progress(stage: str, done: int, total: int) -> None:
+        def progress(stage: str, done: int, total: int, eta: float | None = None) -> None:
             total = max(int(total), 1)
             if stage == "done":
                 finish_current()
@@ -159,7 +180,7 @@ def stage_progress(console: Console, enabled: bool = True) -> Iterator[StageCall
                 tasks[stage] = (bar.add_task(label, total=total), total)
                 current.append(stage)
             tasks[stage] = (tasks[stage][0], total)
-            bar.update(tasks[stage][0], completed=done, total=total, description=label)
+            bar.update(tasks[stage][0], completed=done, total=total, description=label, eta=eta)
 
         yield progress
 

@@ -82,7 +82,7 @@ def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(
 ):
     """Four naive pipelines on Ray (2 CPUs): the same logits and distances as in this process,
     after one worker was killed with SIGKILL mid-pipeline (Ray re-ran its task); progress counts
-    running and queued; resume skips files another executor wrote. A local cluster is started
+    running and queued, with an ETA once a pipeline is written; resume skips files another executor wrote. A local cluster is started
     for the audit even where ray.init would otherwise join another (RAY_ADDRESS set here)."""
     pytest.importorskip("ray")
     monkeypatch.setenv("RAY_ADDRESS", "192.0.2.1:6379")  # unreachable (TEST-NET-1)
@@ -115,7 +115,7 @@ def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(
             out_dir=tmp_path / "ray",
             resume=False,
             executor=session,
-            progress=lambda *a: seen.append(a),
+            progress=lambda s, d, n, eta=None: seen.append((s, d, n, eta)),
             **kw,
         )
         t.join(timeout=1)
@@ -126,8 +126,13 @@ def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(
         for k in range(4):
             with np.load(tmp_path / "ray" / f"{k}.npz") as z:
                 assert np.array_equal(z["keep"], keep[k])
-        assert any("running" in s and "queued" in s for s, _, _ in seen)
-        assert seen[-1][1:] == (4, 4)
+        assert any("running" in s and "queued" in s for s, _, _, _ in seen)
+        assert seen[-1][1:] == (4, 4, 0.0)
+        # the ETA from the finished pipelines' wall times: none before the first is written,
+        # one from then on (audits/eta.py SlotClock)
+        ray_events = [e for e in seen if "running" in e[0]]
+        assert all(e[3] is None for e in ray_events if e[1] == 0)
+        assert all(e[3] is not None and e[3] >= 0 for e in ray_events if e[1] >= 1)
 
         # --resume across executors: files the local executor wrote are kept, the rest run on Ray
         mixed = tmp_path / "mixed"

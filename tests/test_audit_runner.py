@@ -11,7 +11,7 @@ from rcig_release.errors import InputError
 H, C = 8, 4
 
 
-def _make_run(tmp_path, *, init="real", dp=None):
+def _make_run(tmp_path, *, init="real", dp=None, cfg=None):
     from rcig_release.config import DistillConfig, to_dict
     from rcig_release.data import fit_preprocessor, load_dataset
     from rcig_release.distill import distill
@@ -30,7 +30,7 @@ def _make_run(tmp_path, *, init="real", dp=None):
     npz = tmp_path / "data.npz"
     np.savez(npz, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
     ds = load_dataset(str(npz))
-    cfg = DistillConfig(ipc=2, steps=0, init=init, width=4, seed=3)
+    cfg = cfg or DistillConfig(ipc=2, steps=0, init=init, width=4, seed=3)
     prep = fit_preprocessor(ds.x_train, zca=False)
     res = distill(cfg, prep.transform(ds.x_train), ds.y_train, C)
     run = tmp_path / "run"
