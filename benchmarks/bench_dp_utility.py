@@ -53,6 +53,13 @@ def run_cell(args: argparse.Namespace, data: str, ipc: int, eps: float, delta: f
     ev = json.loads(subprocess.run(ev_cmd, check=True, capture_output=True, text=True).stdout)
     t_eval = time.perf_counter() - t0
     rj = json.loads((out / "run.json").read_text())
+    cell = (name, data, ipc, eps, delta, mech)
+    return result_row(cell, rj, ev, t_distill, t_eval) | {"command": " ".join(cmd[2:])}
+
+
+def result_row(cell: tuple, rj: dict, ev: dict, t_distill: float, t_eval: float) -> dict:
+    """One results.jsonl row from a cell's run.json and evaluation (both ways of running it)."""
+    name, data, ipc, eps, delta, mech = cell
     return {
         "cell": name,
         "data": Path(data).stem,
@@ -71,7 +78,6 @@ def run_cell(args: argparse.Namespace, data: str, ipc: int, eps: float, delta: f
         "distill_seconds": t_distill,
         "release_seconds": rj.get("timings", {}).get("release_seconds"),
         "evaluate_seconds": t_eval,
-        "command": " ".join(cmd[2:]),
     }
 
 
@@ -125,24 +131,7 @@ def run_cell_in_process(
     t0 = time.perf_counter()
     ev = evaluate_run(out, EvalConfig(models=args.models))
     t_eval = time.perf_counter() - t0
-    return {
-        "cell": name,
-        "data": Path(data).stem,
-        "ipc": ipc,
-        "epsilon_target": eps,
-        "delta": delta,
-        "mechanism": mech,
-        "epsilon": rj["dp"]["epsilon"],
-        "noise_multiplier": rj["dp"]["noise_multiplier"],
-        "steps": rj["config"]["steps"],
-        "width": rj["config"]["width"],
-        "accuracy_mean": 100 * ev["accuracy_mean"],
-        "accuracy_std": 100 * ev["accuracy_std"],
-        "models": ev["models"],
-        "n_test": ev["n_test"],
-        "distill_seconds": t_distill,
-        "release_seconds": rj.get("timings", {}).get("release_seconds"),
-        "evaluate_seconds": t_eval,
+    return result_row((name, data, ipc, eps, delta, mech), rj, ev, t_distill, t_eval) | {
         "shared_statistic": True,
         "command": f"bench_dp_utility.py --shared-statistic ({name})",
     }
