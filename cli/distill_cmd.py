@@ -46,8 +46,9 @@ def distill(
         str | None,
         typer.Option(
             help=r"centroids (each image the mean of a k-means cluster of its class: the class "
-            "mean at 1 ipc), mean, noise, or real (the paper's: one training record per image, "
-            r"refused at release) \[default: centroids]"
+            "mean at 1 ipc), mean, noise, real (the paper's: one training record per image, "
+            "refused at release), or dp-mean (DP feature means: the class means of its own "
+            r"release) \[default: centroids; with --dp-epsilon noise, with features dp-mean]"
         ),
     ] = None,
     init_min_records: Annotated[
@@ -83,7 +84,7 @@ def distill(
         float | None,
         typer.Option(
             help=r"differential privacy: target ε of the whole run (DP-RCIG, docs/dp.md; needs "
-            r"--init noise, the DP default, and no ZCA) \[default: off]"
+            r"--init noise or dp-mean, the DP defaults, and no ZCA) \[default: off]"
         ),
     ] = None,
     dp_delta: Annotated[

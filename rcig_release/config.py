@@ -17,6 +17,7 @@ from typing import Any
 from rcig_release.errors import InputError
 
 DEFAULT_INIT = "centroids"  # releasable by default (docs/benchmarks.md, "Releasable by default")
+DP_MEAN_NOISE = 0.3  # dp-mean's default init_noise: the noise initialisation's scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +28,11 @@ class DistillConfig:
     steps: int | None = None  # outer iterations; None: the preset's rule (default_steps)
     # "centroids" / "mean": each image the mean of >= init_min_records records of its class
     # (initsets.py; not in the paper: releasable, docs/benchmarks.md); "real": random real
-    # training images per class (the paper's; refused at release); "noise": 0.3*N(0,1)
+    # training images per class (the paper's; refused at release); "noise": 0.3*N(0,1);
+    # "dp-mean": the class means a DP feature-means release estimates (its default; dpdistill.py)
     init: str = DEFAULT_INIT
     init_min_records: int = 10  # aggregate inits: records averaged into each image, at least
-    init_noise: float = 0.0  # aggregate inits: + init_noise * N(0,1) in model space
+    init_noise: float = 0.0  # aggregate and dp-mean inits: + init_noise * N(0,1) in model space
     seed: int = 0
     # network (rcig-algorithm §1.2)
     width: int = 128  # channels of the first block; block i has width * 2**i
@@ -210,15 +212,23 @@ def make_distill_config(
     values.update({k: v for k, v in overrides.items() if v is not None})
     _check_known(DistillConfig, values, "config")
     if values.get("dp_epsilon") is not None and "init" not in values:
-        values["init"] = "noise"  # DP: noise is the default; an explicit "real" is refused
+        # DP: nothing private may seed the images (an explicit "real" is refused). DP feature
+        # means start from the class mean images its own release estimates (post-processing,
+        # docs/dp.md), with the noise initialisation's 0.3·N(0, 1) to part a class's images;
+        # DP-RCIG from noise.
+        features = values.get("dp_mechanism") == "features" and values.get("dp_pixels", True)
+        values["init"] = "dp-mean" if features else "noise"
+        if features and "init_noise" not in values:
+            values["init_noise"] = DP_MEAN_NOISE
     cfg = DistillConfig(**values)
     validate_distill_config(cfg)
     return cfg
 
 
-INIT_MODES = ("real", "noise", "mean", "centroids")
+INIT_MODES = ("real", "noise", "mean", "centroids", "dp-mean")
 # modes whose images start from one training record each (refused at release by the memorisation
-# check) and modes that read the private data at all (refused under DP)
+# check) and modes that read the private data at all (refused under DP). "dp-mean" reads only the
+# DP feature-means release (its pixel block): post-processing, DP runs with that mechanism only.
 RECORD_INIT_MODES = ("real",)
 PRIVATE_INIT_MODES = ("real", "mean", "centroids")
 
@@ -238,6 +248,16 @@ def validate_distill_config(cfg: DistillConfig) -> None:
         raise InputError(
             "--init mean with --ipc > 1 starts a class's images identical (they would stay so); "
             "use --init centroids, or init_noise > 0"
+        )
+    if cfg.init == "dp-mean" and not (cfg.dp and cfg.dp_mechanism == "features" and cfg.dp_pixels):
+        raise InputError(
+            "--init dp-mean starts from the class means of a DP feature-means release: it needs "
+            "--dp-epsilon with --dp-mechanism features (and dp_pixels = true)"
+        )
+    if cfg.init == "dp-mean" and cfg.ipc > 1 and cfg.init_noise == 0:
+        raise InputError(
+            "--init dp-mean with --ipc > 1 and init_noise = 0 starts a class's images identical "
+            "(they would stay so); use init_noise > 0"
         )
     if cfg.inner_solver not in ("adam", "exact"):
         raise InputError(f"inner_solver must be 'adam' or 'exact' (got {cfg.inner_solver!r})")

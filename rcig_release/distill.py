@@ -148,7 +148,8 @@ def distill(
     check_ipc(y, cfg.ipc, num_classes)
     x_init, y_init, init_idx = initial_set(cfg, x_model, y, num_classes, init_forced)
     features = cfg.dp and cfg.dp_mechanism == "features"
-    if cfg.steps == 0:
+    # --init dp-mean starts from the release itself: even 0 steps make the release
+    if cfg.steps == 0 and not (features and cfg.init == "dp-mean"):
         info0: dict[str, Any] = {"steps": 0}
         if features:  # the record of the configured mechanism (an upper bound: nothing released)
             info0["dp"] = dpdistill.dp_record(cfg, len(y), x_model.shape[1:], num_classes)

@@ -64,6 +64,13 @@ def init_record(cfg: DistillConfig, indices: np.ndarray) -> dict[str, Any]:
             "noise_std": cfg.init_noise,
             "space": "model space (after the preprocessing)",
         }
+    if cfg.init == "dp-mean":
+        out["from_release"] = {
+            "of": "the class mean images estimated from the DP feature-means release (its pixel "
+            "block): post-processing, covered by the release's (epsilon, delta)",
+            "noise_std": cfg.init_noise,
+            "space": "model space (after the preprocessing)",
+        }
     return out
 
 

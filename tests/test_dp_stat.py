@@ -397,6 +397,8 @@ def test_cli_run_writes_a_record_that_release_and_verify_recompute(tmp_path):
     )
     assert r.exit_code == 0, r.output
     rj = json.loads((run / "run.json").read_text())
+    assert rj["init"]["mode"] == rj["config"]["init"] == "dp-mean"  # the features default
+    assert rj["init"]["from_release"]["noise_std"] == 0.3
     dp = release_dp.validate_dp(rj["dp"])
     assert release_dp.check_epsilon(dp) is None
     assert dp["epsilon"] == _direct_epsilon(dp["noise_multiplier"], 1e-6) <= 1.0
@@ -434,3 +436,76 @@ def test_cli_run_writes_a_record_that_release_and_verify_recompute(tmp_path):
         replay.check(run, rj, wrong_labels)
     r = invoke("evaluate", run, "--models", 1, "--steps", 20, "--json")
     assert r.exit_code == 0, r.output
+
+
+# ---- --init dp-mean: the release's own class means (post-processing) ------------------------
+
+
+def test_release_mean_images_are_the_class_means_without_noise():
+    """Closed form against numpy: from the noise-free statistic the pixel block gives back each
+    class's mean image exactly (valid images: the block's clip is a no-op)."""
+    s = _settings(k=2)
+    x, y = _tiny_data()
+    x = np.clip(x, -1, 1)
+    sizes = dpdistill.block_sizes(s, SHAPE, C)
+    means, _ = dpstat.estimate(dpdistill.statistic(s, x, y, C), sizes, s)
+    got = statmatch.release_mean_images(means[-1], s.blocks, SHAPE, ipc=2)
+    want = np.repeat(np.stack([x[y == c].mean(0) for c in range(C)]), 2, axis=0)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _dp_mean_start(monkeypatch, x, y, release, init_fn=None):
+    """The images a dp-mean run starts from (steps = 0), with the private release replaced by
+    ``release`` (so two data sets can share one release)."""
+    monkeypatch.setattr(dpdistill, "private_release", lambda *a, **k: release)
+    if init_fn is not None:
+        monkeypatch.setattr(statmatch, "dp_mean_init", init_fn)
+    cfg = _tiny_cfg(init="dp-mean", init_noise=0.3, steps=0)
+    return distill(cfg, x, y, C).images_model
+
+
+def test_dp_mean_start_reads_only_the_release_and_a_private_mean_copy_fails(monkeypatch):
+    s = _settings()
+    x, y = _tiny_data()
+    x2, _ = _tiny_data(seed=1)  # other private images, same labels
+    release = dpstat.release(dpdistill.statistic(s, x, y, C), 3.7, 1.0, np.random.default_rng(5))
+    a = _dp_mean_start(monkeypatch, x, y, release)
+    b = _dp_mean_start(monkeypatch, x2, y, release)
+    np.testing.assert_array_equal(a, b)  # the same release: the same start, whatever D holds
+    sizes = dpdistill.block_sizes(s, SHAPE, C)
+    means, _ = dpstat.estimate(release, sizes, s)
+    want = statmatch.dp_mean_init(means[-1], s.blocks, SHAPE, 2, 0.3, seed=0)
+    np.testing.assert_array_equal(a, want)
+    assert not np.array_equal(a[0], a[1])  # the noise parts a class's images
+    # broken copy: the start taken from the private images' class means (outside the budget)
+    real_init = statmatch.dp_mean_init
+
+    def private_means(pm, j, shape, ipc, noise, seed, _x=[x, x2]):  # noqa: B006
+        data = _x.pop(0)
+        return real_init(pm, j, shape, ipc, noise, seed) + np.repeat(
+            np.stack([data[y == c].mean(0) for c in range(C)]), ipc, axis=0
+        )
+
+    a = _dp_mean_start(monkeypatch, x, y, release, private_means)
+    b = _dp_mean_start(monkeypatch, x2, y, release, private_means)
+    assert not np.array_equal(a, b)
+
+
+def test_dp_mean_is_the_features_default_and_refused_elsewhere():
+    cfg = make_distill_config("cpu", None, dp_epsilon=1.0, dp_mechanism="features")
+    assert cfg.init == "dp-mean" and cfg.init_noise == 0.3
+    assert make_distill_config("cpu", None, dp_epsilon=1.0).init == "noise"  # DP-RCIG
+    off = make_distill_config("cpu", None, dp_epsilon=1.0, dp_mechanism="features", dp_pixels=False)
+    assert off.init == "noise"
+    for kw in (
+        dict(init="dp-mean"),
+        dict(init="dp-mean", dp_epsilon=1.0),
+        dict(init="dp-mean", dp_epsilon=1.0, dp_mechanism="features", dp_pixels=False),
+    ):
+        with pytest.raises(InputError, match="dp-mean"):
+            make_distill_config("cpu", None, **kw)
+    with pytest.raises(InputError, match="init_noise"):
+        make_distill_config(
+            "cpu", None, ipc=2, init="dp-mean", init_noise=0.0, dp_epsilon=1.0,
+            dp_mechanism="features",
+        )  # fmt: skip

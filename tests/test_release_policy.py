@@ -79,7 +79,7 @@ def test_shipped_policies_load():
     d, s = load_policy(DEFAULT), load_policy(STRICT)
     assert d.name == "default" and s.name == "strict"
     assert not d.allow_near_copies_in_bundle and not s.allow_near_copies_in_bundle
-    assert s.allowed_init_modes == ("noise",) and d.alpha == 0.05 and d.power == 0.99
+    assert s.allowed_init_modes == ("noise", "dp-mean") and d.alpha == 0.05 and d.power == 0.99
     assert set(d.required_attacks) == set(ATTACKS)
     assert len(d.sha256) == 64 and d.sha256 != s.sha256
 

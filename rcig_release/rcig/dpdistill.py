@@ -119,7 +119,8 @@ def run(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """(images [N, H, W, C] model space, info) of a DP-feature-means run. ``on_state(t, x)``
     gets the images after each step. On Ctrl-C the latest state is checkpointed (with the
-    release) and KeyboardInterrupt propagates."""
+    release) and KeyboardInterrupt propagates. ``x_init`` is the start unless ``cfg.init`` is
+    "dp-mean", where the release's class mean images (plus ``cfg.init_noise`` noise) replace it."""
     assert cfg.steps is not None and cfg.dp_noise_multiplier is not None
     shape = tuple(int(v) for v in x_model.shape[1:])
     s, m = settings(cfg, shape, num_classes)  # type: ignore[arg-type]
@@ -151,6 +152,11 @@ def run(
     means, counts = dpstat.estimate(noisy, sizes, s)
     targets = np.stack(means[: s.networks], axis=1)  # [classes, K, F]
     pixel_target = means[s.networks] if s.pixels else None
+    if cfg.init == "dp-mean" and "resumed_from" not in info:
+        assert pixel_target is not None  # validate_distill_config: dp-mean needs dp_pixels
+        x_cur = statmatch.dp_mean_init(
+            pixel_target, s.blocks, shape, cfg.ipc, float(cfg.init_noise), cfg.seed
+        )
     apply, params = dpstat.feature_networks(s, shape, num_classes)  # type: ignore[arg-type]
 
     def save(t: int, x: Any, opt: Any) -> None:

@@ -232,7 +232,11 @@ def randomness(cfg: DistillConfig) -> dict[str, Any]:
             "seed": cfg.seed,
             "drives": [
                 "the feature networks' weights (fold_in(PRNGKey(seed), 0x5EED + k))",
-                "the noise initialisation of the distilled images",
+                (
+                    "the noise added to the release's class mean images (--init dp-mean)"
+                    if cfg.init == "dp-mean"
+                    else "the noise initialisation of the distilled images"
+                ),
                 "the feature networks chosen at each optimisation step",
             ],
         },

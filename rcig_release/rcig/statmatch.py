@@ -94,10 +94,43 @@ def initial_opt_state(x: Any, s: MatchSettings) -> Any:
     return optax.adam(s.lr).init(jnp.asarray(x, jnp.float32))
 
 
+INIT_SALT = 0x1D17  # dp-mean's noise: a generator from (seed, INIT_SALT)
+
+
+def release_mean_images(
+    pixel_means: np.ndarray, j_total: int, image_shape: tuple[int, ...], ipc: int
+) -> np.ndarray:
+    """The class mean images the release estimates, ``ipc`` copies per class, class by class
+    [classes·ipc, H, W, C]: the pixel block's means μ̂_c (of x/√D/√J, ``dpstat.estimate``) times
+    √D·√J. Exact for valid images (model-space values in [−1, 1], so the block's clip is a
+    no-op); the noise of the release passes through, scaled."""
+    d = int(np.prod(image_shape))
+    m = np.asarray(pixel_means, np.float64) * np.sqrt(d) * np.sqrt(j_total)
+    imgs = m.reshape(len(m), *image_shape).astype(np.float32)
+    return np.repeat(imgs, ipc, axis=0)
+
+
+def dp_mean_init(
+    pixel_means: np.ndarray,
+    j_total: int,
+    image_shape: tuple[int, ...],
+    ipc: int,
+    noise: float,
+    seed: int,
+) -> np.ndarray:
+    """``--init dp-mean``: :func:`release_mean_images` + ``noise``·N(0, 1) from the public seed
+    (parts a class's images). Reads the release only: post-processing."""
+    x = release_mean_images(pixel_means, j_total, image_shape, ipc)
+    rng = np.random.default_rng([int(seed), INIT_SALT])
+    return (x + noise * rng.standard_normal(x.shape)).astype(np.float32)
+
+
 def network_choice(seed: int, steps: int, k_total: int, per_step: int) -> np.ndarray:
     """[steps, per_step] network indices, distinct within a step, from the public seed."""
     rng = np.random.default_rng([int(seed), MATCH_SALT])
     m = min(per_step, k_total)
+    if steps <= 0:
+        return np.zeros((0, m), np.int32)
     return (
         np.stack([rng.choice(k_total, m, replace=False) for _ in range(steps)])
         .astype(np.int32)

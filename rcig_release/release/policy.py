@@ -32,7 +32,7 @@ ATTACK_NAMES = ("loss", "shadow", "lira_online", "lira_offline", "rmia", "neares
 # Attacks a policy may name in [limits.attack.*]: the six above plus the audit's feature-space
 # variant of the release-direct attack.
 LIMITABLE_ATTACKS = ATTACK_NAMES + ("nearest_feature",)
-INIT_MODES = ("real", "noise", "mean", "centroids")
+INIT_MODES = ("real", "noise", "mean", "centroids", "dp-mean")
 METRIC_KEYS = (
     "detect_auc",
     "detect_tpr_at_fpr_0_01",
@@ -54,10 +54,10 @@ _RENAMED = {
 # test_release_policy.py keeps them equal): a file that calls itself one of these names but differs
 # is reported as modified.
 SHIPPED_SHA256 = {
-    "default": "e562feccb7e3ced1c49e1b0b7297a6928285e90d901953a9122e02e4342e0edd",
-    "strict": "fe5f94152d3a722d9dd6190ba04e792693c22e305cb13ef7a14af76046a618dd",
-    "dp": "7a4f81596fc972460c520f8ee2032c7a4c144aaa2f9e235d3db2fdfb806e1ff4",
-    "demo": "1f2fbdf7d770e4b32e66ee8718926ca176ec1b0d2c9b89752e207b915a9becc1",
+    "default": "3cce3cbbaaee8d81e3cab045651ee075a919cc51b90911491396199ea2e1481e",
+    "strict": "97f72b00fc7d52fe323751ae978018af9406e0ba6f566c16c39bdecbcd7446f5",
+    "dp": "9c71f85f8e90557329351175b3b55a819129d264f916f5a1c77a10ccef9fdd21",
+    "demo": "b2afa69f8925e4ce5f5c71ff9c121c18a2d4cd41c903fd9402bb5146a52a73a0",
 }
 
 

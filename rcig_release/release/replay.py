@@ -62,10 +62,13 @@ class BindingResult:
 
 
 def method_for(run_json: Mapping) -> str:
-    """The check ``--replay`` runs on this run: the chain for a DP run with steps, else replay."""
+    """The check ``--replay`` runs on this run: the chain for a DP run with steps or one that
+    starts from its own release (``--init dp-mean``: the secret noise is in the images from the
+    start), else replay."""
     cfg = run_json.get("config") if isinstance(run_json.get("config"), Mapping) else {}
     steps = cfg.get("steps") if isinstance(cfg, Mapping) else None
-    return CHAIN if run_json.get("dp") is not None and steps != 0 else REPLAY
+    from_release = isinstance(cfg, Mapping) and cfg.get("init") == "dp-mean"
+    return CHAIN if run_json.get("dp") is not None and (steps != 0 or from_release) else REPLAY
 
 
 def _config(run_json: Mapping) -> Any:
@@ -235,7 +238,7 @@ def check_chain(
         classes=[] if classes is None else [str(c) for c in np.asarray(classes)],
         images_model=images_model,
         log_temp=log_temp,
-        init_indices=np.full(len(images_model), -1, np.int64),  # DP runs start from noise
+        init_indices=np.full(len(images_model), -1, np.int64),  # DP: no record starts an image
         prep_arrays=prep.to_arrays(),
     )
     compare(arrays, want, "the run's last checkpoint (mapped to pixels)")
