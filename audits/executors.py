@@ -1,7 +1,8 @@
 """Where the audit's shadow pipelines run: one after the other in this process (``local``), or
 as Ray tasks on a Ray cluster (``ray``), one task per pipeline (docs/audit.md, "Executors").
 
-Either way a pipeline is the same function of its inputs (``shadows.pipeline_outputs``), and
+Either way a pipeline is the same function of its inputs (``shadows.shadow_pipeline``, its
+networks, ``shadows.shadow_outputs``; a Ray task runs them as ``shadows.pipeline_outputs``), and
 the driver (this process) writes each finished pipeline's outputs to ``<dir>/<k>.npz``
 atomically, so ``--resume`` works whatever executor ran the finished ones, and a finished
 pipeline is never recomputed.
@@ -20,10 +21,13 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rcig_release.audits.eta import SlotClock, forward
 from rcig_release.errors import InputError, RcigReleaseError
+
+if TYPE_CHECKING:
+    from rcig_release.audits.shadows import ShadowData, ShadowJob
 
 EXECUTORS = ("local", "ray")
 INSTALL = "pip install 'rcig-release[cluster]'"
@@ -152,9 +156,10 @@ class RaySession:
             self.started = False
 
 
-def _task(job: dict[str, Any], k: int, names: tuple[str, ...], *arrays: Any) -> dict[str, Any]:
+def _task(job: ShadowJob, k: int, data: ShadowData) -> dict[str, Any]:
     """One pipeline on a Ray worker: the outputs of shadow ``k`` (numpy arrays, no image).
-    ``arrays`` arrive as top-level arguments, which Ray resolves from the object store."""
+    ``job`` and ``data`` arrive as top-level arguments, which Ray resolves from the object
+    store."""
     import ray
 
     if not ray.get_gpu_ids():  # a worker without a GPU: keep JAX off any GPU of its node
@@ -163,13 +168,13 @@ def _task(job: dict[str, Any], k: int, names: tuple[str, ...], *arrays: Any) -> 
     from rcig_release.runtime import enable_compilation_cache
 
     enable_compilation_cache()
-    return shadows.pipeline_outputs(k, **job, **dict(zip(names, arrays, strict=True)))
+    return shadows.pipeline_outputs(job, data, k)
 
 
 def run_on_ray(
     session: RaySession,
-    job: dict[str, Any],
-    arrays: dict[str, Any],
+    job: ShadowJob,
+    data: ShadowData,
     todo: list[int],
     write: Callable[[int, dict[str, Any]], None],
     progress: Progress | None,
@@ -178,20 +183,19 @@ def run_on_ray(
 ) -> None:
     """Runs the pipelines ``todo`` as Ray tasks; ``write(k, outputs)`` as each one finishes.
 
-    ``arrays`` (the private arrays) are put in the object store once per audit; ``job`` (the
+    ``data`` (the private arrays) is put in the object store once per audit; ``job`` (the
     configuration, the keep matrix and indices) once per pipeline kind. Progress: the stage label
     carries the pipelines running and queued (running = those the cluster has room for), and
     the ETA comes from the finished pipelines' wall times (``eta.SlotClock``); no step-level
     progress crosses from the workers."""
     ray = session.ensure()
-    refs = {name: session.put(name, value) for name, value in arrays.items()}
+    data_ref = session.put("private", data)
     job_ref = ray.put(job)
     opts = session.task_options()
     remote = ray.remote(_task).options(name=TASK_NAME, **opts)
-    names = tuple(refs)
-    pending = {remote.remote(job_ref, k, names, *refs.values()): k for k in todo}
+    pending = {remote.remote(job_ref, k, data_ref): k for k in todo}
     slots = session.slots(opts)
-    kind = job["kind"]
+    kind = job.kind
     done = n_done
     say = forward(progress)
     clock = SlotClock(len(pending), slots)

@@ -436,24 +436,32 @@ def _run_audit(
         return game.record_groups(classes_rec, init, C, with_all=game_groups)
 
     base_key = jax.random.key(cfg.seed)
-    common = dict(
-        keep=keep,
-        members=mem,
-        nonmembers=non,
-        x_train=x_tr,
-        y_train=y_tr,
-        x_test=x_te,
-        y_test=y_te,
-        queries_pix=q_pix,
-        num_classes=C,
-        zca=res.zca,
-        ds=down,
-        seed=cfg.seed,
-        resume=resume,
-        mirror=cfg.mirror,
-        group=cfg.shadow_group,
-        executor=session,
-        progress=say,
+    private = shadows.ShadowData(
+        x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, queries_pix=q_pix
+    )
+
+    def shadow_job(
+        kind: str,
+        pipeline_cfg: Any,
+        ds: shadows.Downstream = down,
+        init_records: np.ndarray | None = None,
+    ) -> shadows.ShadowJob:
+        return shadows.ShadowJob(
+            kind=kind,
+            cfg=pipeline_cfg,
+            keep=keep,
+            members=mem,
+            nonmembers=non,
+            num_classes=C,
+            zca=res.zca,
+            ds=ds,
+            seed=cfg.seed,
+            mirror=cfg.mirror,
+            init_records=init_records,
+        )
+
+    how: dict[str, Any] = dict(  # where and how the pipelines run
+        group=cfg.shadow_group, executor=session, progress=say
     )
     signature = baseline_signature(ds_data.fingerprint, rec, keep, naive_idx, cfg, run, down)
     outputs.write_json(audit_dir / BASELINES_JSON, signature)
@@ -486,11 +494,11 @@ def _run_audit(
     t = time.perf_counter()
     run_init_records = run_init[run_init >= 0] if run.config.init == "real" else None
     sl, snear = shadows.run_shadows(
-        "release",
-        cfg=shadow_config(run, cfg),
+        shadow_job("release", shadow_config(run, cfg), init_records=run_init_records),
+        private,
         out_dir=audit_dir / "shadows",
-        init_records=run_init_records,
-        **common,
+        resume=resume,
+        **how,
     )
     timings["shadows"] = time.perf_counter() - t
     pipelines["release"] = dict(tl=tl, sl=sl, near=near, snear=snear, targets=tinfo, init=run_init)
@@ -518,11 +526,11 @@ def _run_audit(
         )
         del naive_pix
         sl2, snear2 = shadows.run_shadows(
-            "naive",
-            cfg=run.config,
+            shadow_job("naive", run.config, init_records=naive_idx),
+            private,
             out_dir=audit_dir / "shadows_naive",
-            init_records=naive_idx,
-            **{**common, "resume": reused},
+            resume=reused,
+            **how,
         )
         pipelines["naive"] = dict(
             tl=tl2, sl=sl2, near=near2, snear=snear2, targets=ti2, init=naive_idx
@@ -552,10 +560,11 @@ def _run_audit(
             cfg.mirror,
         )
         sl3, _ = shadows.run_shadows(
-            "full",
-            cfg=run.config,
+            shadow_job("full", run.config, ds=down_full),
+            private,
             out_dir=audit_dir / "shadows_full",
-            **{**common, "ds": down_full, "resume": reused},
+            resume=reused,
+            **how,
         )
         pipelines["full_data"] = dict(
             tl=tl3, sl=sl3, near=None, snear=None, targets=ti3, init=np.zeros(0, np.int64)

@@ -19,6 +19,12 @@ atomically; nothing else, in particular no image, is stored. Shadows are process
 the group's pipelines run one after the other, then all their downstream networks (group × models)
 train in one vmapped ``train_models`` call (``per_model_data``), which is how several pipelines
 share an accelerator.
+
+One pipeline kind's shadows are a ``ShadowJob`` (the pipeline's configuration, the keep matrix,
+the record indices) over ``ShadowData`` (the private arrays). One shadow is
+``shadow_pipeline`` (its private set through the pipeline), its networks' training, then
+``shadow_outputs`` (what its file holds), whether it runs here (``run_shadows``) or in a Ray
+task (``pipeline_outputs``, audits/executors.py).
 """
 
 from __future__ import annotations
@@ -61,6 +67,51 @@ class Downstream:
         if self.steps is not None:
             return self.steps
         return default_steps(n_images)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: numpy fields, compared by identity
+class ShadowData:
+    """The private arrays every shadow pipeline reads (pixel space): the training split, the
+    held-out split, and the audit queries ``[Q, H, W, C]`` (records first, then the population).
+    Kept apart from ``ShadowJob`` so that the Ray executor puts them in the object store once
+    per audit and ships only the job with each pipeline kind (docs/threat-model.md)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    queries_pix: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: numpy fields, compared by identity
+class ShadowJob:
+    """One pipeline kind's shadows, everything but the private arrays: the pipeline (``kind``,
+    the run's ``DistillConfig`` ``cfg``, ``zca``), the inclusion matrix ``keep`` ``[K, N]`` over
+    the audit records (training-split ``members`` then held-out ``nonmembers``), the downstream
+    networks ``ds``, the seed, whether the queries are also asked mirrored, and
+    ``init_records``: training-split indices of the audited init records (init-aware shadows)."""
+
+    kind: str
+    cfg: Any
+    keep: np.ndarray
+    members: np.ndarray
+    nonmembers: np.ndarray
+    num_classes: int
+    zca: bool
+    ds: Downstream
+    seed: int
+    mirror: bool = True
+    init_records: np.ndarray | None = None
+
+    @property
+    def n_records(self) -> int:
+        return len(self.members) + len(self.nonmembers)
+
+    def train_key(self, k: int) -> Any:
+        """The key shadow ``k``'s downstream networks train with."""
+        import jax
+
+        return jax.random.fold_in(jax.random.key(self.seed), 10_000 + k)
 
 
 def make_keep(n_shadows: int, n_records: int, rng: np.random.Generator) -> np.ndarray:
@@ -293,78 +344,86 @@ def _group_size(n_shadows: int, per_set_bytes: int, n_models: int, requested: in
     return int(max(1, min(n_shadows, _GROUP_BYTES // max(1, per_set_bytes * n_models))))
 
 
-def run_shadows(
-    kind: str,
+def shadow_pipeline(
+    job: ShadowJob,
+    data: ShadowData,
+    k: int,
     *,
-    cfg: Any,
-    keep: np.ndarray,
-    members: np.ndarray,
-    nonmembers: np.ndarray,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    queries_pix: np.ndarray,
-    num_classes: int,
-    zca: bool,
-    ds: Downstream,
+    on_step: Callable[[int, int, bool], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Shadow ``k``'s private set (``shadow_indices``) through its pipeline (``run_pipeline``,
+    seed ``seed·1000 + k``) → (training images in model space, training labels, preprocessor).
+    The first half of one shadow, wherever it runs; ``shadow_outputs`` is the second."""
+    tr, te = shadow_indices(job.keep[k], job.members, job.nonmembers, len(data.x_train))
+    xs = np.concatenate([data.x_train[tr], data.x_test[te]])
+    ys = np.concatenate([data.y_train[tr], data.y_test[te]])
+    return run_pipeline(
+        job.kind,
+        job.cfg,
+        xs,
+        ys,
+        job.num_classes,
+        seed=job.seed * 1000 + k,
+        zca=job.zca,
+        init_forced=forced_positions(tr, job.init_records),
+        on_step=on_step,
+        on_phase=on_phase,
+    )
+
+
+def shadow_outputs(
+    job: ShadowJob, data: ShadowData, k: int, params: Any, prep: Any, x_model: np.ndarray
+) -> dict[str, np.ndarray]:
+    """What the audit keeps of shadow ``k`` once its networks (``params``) are trained on its
+    pipeline's output ``x_model``: the networks' logits on the queries, (pipelines that release
+    images) the records' nearest-image distances, and its keep row; what ``<k>.npz`` holds."""
+    ds, q_pix = job.ds, data.queries_pix
+    q = prep.transform(q_pix)
+    out = {"logits": logits_on(params, ds, mirror_queries(q, job.mirror), job.num_classes)}
+    if job.kind != "full":
+        n_rec = job.n_records
+        near = nearest_distances(params, ds, prep, q_pix[:n_rec], x_model, job.num_classes)
+        out["near_pixel"], out["near_feature"] = near["pixel"], near["feature"]
+    return {**{n: v.astype(np.float32) for n, v in out.items()}, "keep": np.asarray(job.keep[k])}
+
+
+def run_shadows(
+    job: ShadowJob,
+    data: ShadowData,
+    *,
     out_dir: Path,
-    seed: int,
     resume: bool,
-    mirror: bool = True,
     group: int | None = None,
     executor: Any = None,
-    init_records: np.ndarray | None = None,
     progress: Callable[..., None] | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
-    """Runs (or, with ``resume``, reloads) every shadow pipeline of ``kind`` and returns the
-    stacked logits ``[K, M, A, Q, C]`` on ``queries_pix`` (pixel space ``[Q, H, W, C]``) and, for
-    pipelines that release images, each shadow's nearest-image distances of the audit records
+    """Runs (or, with ``resume``, reloads) every shadow pipeline of ``job`` and returns the
+    stacked logits ``[K, M, A, Q, C]`` on ``data.queries_pix`` and, for pipelines that release
+    images, each shadow's nearest-image distances of the audit records
     (``{"pixel": [K, N], "feature": [K, M, N]}``; None for ``full``).
-    ``init_records``: training-split indices of the audited init records (init-aware shadows).
-    ``executor``: None runs the pipelines here, one after the other; an
-    ``executors.RaySession`` runs one Ray task per pipeline (audits/executors.py). Either way
-    this process writes each finished pipeline's file."""
+    ``executor``: None runs the pipelines here, one after the other (``group``: how many train
+    their networks in one vmapped call); an ``executors.RaySession`` runs one Ray task per
+    pipeline (audits/executors.py). Either way this process writes each finished pipeline's
+    file."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    kind, keep = job.kind, job.keep
     n_shadows = keep.shape[0]
     todo = [
         k
         for k in range(n_shadows)
         if not (resume and valid(out_dir / f"{k}.npz", keep[k], kind != "full"))
     ]
-    job = dict(
-        kind=kind,
-        cfg=cfg,
-        keep=keep,
-        members=members,
-        nonmembers=nonmembers,
-        x_train=x_train,
-        y_train=y_train,
-        x_test=x_test,
-        y_test=y_test,
-        queries_pix=queries_pix,
-        num_classes=num_classes,
-        zca=zca,
-        ds=ds,
-        out_dir=out_dir,
-        seed=seed,
-        mirror=mirror,
-        group=group,
-        init_records=init_records,
-    )
     say = forward(progress)
     if say:
         say(kind, n_shadows - len(todo), n_shadows, None)
     if executor is not None and todo:
         from rcig_release.audits.executors import run_on_ray
 
-        private = ("x_train", "y_train", "x_test", "y_test", "queries_pix")
-        arrays = {name: job.pop(name) for name in private}
-        job.pop("out_dir"), job.pop("group")
         run_on_ray(
             executor,
             job,
-            arrays,
+            data,
             todo,
             lambda k, out: write_outputs(out_dir, k, out),
             say,
@@ -372,7 +431,16 @@ def run_shadows(
             n_shadows,
         )
     else:
-        _run_todo(todo, n_done=n_shadows - len(todo), n_shadows=n_shadows, progress=say, **job)
+        _run_todo(
+            job,
+            data,
+            todo,
+            out_dir=out_dir,
+            group=group,
+            n_done=n_shadows - len(todo),
+            n_shadows=n_shadows,
+            progress=say,
+        )
     out, pix, feat = [], [], []
     for k in range(n_shadows):
         with np.load(out_dir / f"{k}.npz") as f:
@@ -385,26 +453,12 @@ def run_shadows(
 
 
 def _run_todo(
+    job: ShadowJob,
+    data: ShadowData,
     todo: list[int],
     *,
-    kind: str,
-    cfg: Any,
-    keep: np.ndarray,
-    members: np.ndarray,
-    nonmembers: np.ndarray,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    queries_pix: np.ndarray,
-    num_classes: int,
-    zca: bool,
-    ds: Downstream,
     out_dir: Path,
-    seed: int,
-    mirror: bool,
     group: int | None,
-    init_records: np.ndarray | None = None,
     n_done: int = 0,
     n_shadows: int = 0,
     progress: Callable[..., None] | None = None,
@@ -413,10 +467,11 @@ def _run_todo(
     ``<out_dir>/<k>.npz`` as soon as its group is done."""
     import jax
 
+    kind, x_train = job.kind, data.x_train
     per_set = (
         int(np.prod(x_train.shape[1:]))
         * 4
-        * (len(x_train) if kind == "full" else cfg.ipc * num_classes)
+        * (len(x_train) if kind == "full" else job.cfg.ipc * job.num_classes)
     )
     if group is None and jax.default_backend() == "cpu":
         # Measured (benchmarks/bench_audit.py --part group): on XLA:CPU, even on 8x8 digits where
@@ -424,7 +479,7 @@ def _run_todo(
         # one call was 0.87x / 0.82x the speed of one call per pipeline; and one call per
         # pipeline checkpoints each shadow as soon as it is done.
         group = 1
-    g = _group_size(len(todo), per_set, ds.n_models, group)
+    g = _group_size(len(todo), per_set, job.ds.n_models, group)
     done = n_done
     say = forward(progress)
     detailed = say is not None and say.detailed  # step-level events: callbacks that take eta
@@ -441,23 +496,15 @@ def _run_todo(
         for i, k in enumerate(ks):
             clock.start(None if kind == "release" else 0)
             tell([k], "preparing")
-            tr, te = shadow_indices(keep[k], members, nonmembers, len(x_train))
-            xs = np.concatenate([x_train[tr], x_test[te]])
-            ys = np.concatenate([y_train[tr], y_test[te]])
 
             def on_step(t: int, steps: int, synced: bool, k: int = k) -> None:
                 clock.step(t, steps, synced)
                 tell([k], f"distill step {t}/{steps}")
 
-            xm, lab, prep = run_pipeline(
-                kind,
-                cfg,
-                xs,
-                ys,
-                num_classes,
-                seed=seed * 1000 + k,
-                zca=zca,
-                init_forced=forced_positions(tr, init_records),
+            xm, lab, prep = shadow_pipeline(
+                job,
+                data,
+                k,
                 on_step=on_step if detailed else None,
                 on_phase=functools.partial(tell, [k]) if detailed else None,
             )
@@ -466,81 +513,24 @@ def _run_todo(
             if i < len(ks) - 1:  # a group: the networks of all its pipelines train together
                 clock.distilled()
         tell(ks, "training the networks")
-        keys = [jax.random.fold_in(jax.random.key(seed), 10_000 + k) for k in ks]
-        params = train_sets(sets, ds, num_classes, keys, loss=loss_for(kind))
-        n_rec = len(members) + len(nonmembers)
+        keys = [job.train_key(k) for k in ks]
+        params = train_sets(sets, job.ds, job.num_classes, keys, loss=loss_for(kind))
         for k, p, prep, (xm, _) in zip(ks, params, preps, sets, strict=True):
-            out = _outputs(kind, p, prep, xm, ds, queries_pix, n_rec, num_classes, mirror)
-            write_outputs(out_dir, k, {**out, "keep": keep[k]})
+            write_outputs(out_dir, k, shadow_outputs(job, data, k, p, prep, xm))
         clock.end()
         done += len(ks)
         if say:
             say(kind, done, n_shadows, clock.eta())
 
 
-def _outputs(
-    kind: str,
-    params: Any,
-    prep: Any,
-    x_model: np.ndarray,
-    ds: Downstream,
-    queries_pix: np.ndarray,
-    n_rec: int,
-    num_classes: int,
-    mirror: bool,
-) -> dict[str, np.ndarray]:
-    """What the audit keeps of one pipeline: its networks' logits on the queries and (pipelines
-    that release images) the records' nearest-image distances."""
-    q = prep.transform(queries_pix)
-    out = {"logits": logits_on(params, ds, mirror_queries(q, mirror), num_classes)}
-    if kind != "full":
-        near = nearest_distances(params, ds, prep, queries_pix[:n_rec], x_model, num_classes)
-        out["near_pixel"], out["near_feature"] = near["pixel"], near["feature"]
-    return {k: v.astype(np.float32) for k, v in out.items()}
-
-
-def pipeline_outputs(
-    k: int,
-    *,
-    kind: str,
-    cfg: Any,
-    keep: np.ndarray,
-    members: np.ndarray,
-    nonmembers: np.ndarray,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_test: np.ndarray,
-    y_test: np.ndarray,
-    queries_pix: np.ndarray,
-    num_classes: int,
-    zca: bool,
-    ds: Downstream,
-    seed: int,
-    mirror: bool,
-    init_records: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Shadow ``k`` of one pipeline kind from scratch, as ``_run_todo`` computes it one
-    pipeline at a time: its outputs (``_outputs``) and its keep row. What a Ray task runs."""
-    import jax
-
-    tr, te = shadow_indices(keep[k], members, nonmembers, len(x_train))
-    xs = np.concatenate([x_train[tr], x_test[te]])
-    ys = np.concatenate([y_train[tr], y_test[te]])
-    xm, lab, prep = run_pipeline(
-        kind,
-        cfg,
-        xs,
-        ys,
-        num_classes,
-        seed=seed * 1000 + k,
-        zca=zca,
-        init_forced=forced_positions(tr, init_records),
-    )
-    key = jax.random.fold_in(jax.random.key(seed), 10_000 + k)
-    params = train_sets([(xm, lab)], ds, num_classes, [key], loss=loss_for(kind))[0]
-    n_rec = len(members) + len(nonmembers)
-    out = _outputs(kind, params, prep, xm, ds, queries_pix, n_rec, num_classes, mirror)
-    return {**out, "keep": np.asarray(keep[k])}
+def pipeline_outputs(job: ShadowJob, data: ShadowData, k: int) -> dict[str, np.ndarray]:
+    """Shadow ``k`` from scratch, on its own: ``shadow_pipeline``, its networks
+    (``train_sets``), ``shadow_outputs``, as ``_run_todo`` computes it one pipeline at a time.
+    What a Ray task runs."""
+    xm, lab, prep = shadow_pipeline(job, data, k)
+    loss = loss_for(job.kind)
+    params = train_sets([(xm, lab)], job.ds, job.num_classes, [job.train_key(k)], loss=loss)[0]
+    return shadow_outputs(job, data, k, params, prep, xm)
 
 
 def write_outputs(out_dir: Path, k: int, out: dict[str, np.ndarray]) -> None:

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from rcig_release.cli.options import RunData, RunDir
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -40,11 +42,8 @@ def run_precheck(run: Path, data: str | None = None) -> None:
 
 
 def check(
-    run: Annotated[Path, typer.Argument(help="run directory written by distill")],
-    data: Annotated[
-        str | None,
-        typer.Option(help=r"data source if not the run's own \[default: run.json's source]"),
-    ] = None,
+    run: RunDir,
+    data: RunData = None,
     as_json: Annotated[
         bool, typer.Option("--json", help=r"print the outcome as JSON to stdout \[default: off]")
     ] = False,

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 from rich.text import Text
 
+from rcig_release.cli.options import CheckAfterDistill, CheckAfterEvaluate, RunData, RunDir
 from rcig_release.cli.progress import CountColumn, PlainLines, print_device
 
 console = Console(stderr=True, highlight=False)
@@ -97,13 +98,7 @@ def distill(
         float | None,
         typer.Option(help=r"DP: Poisson sampling rate q \[default: real batch / training images]"),
     ] = None,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check/--no-check",
-            help=r"end with release's memorisation check (seconds) \[default: on]",
-        ),
-    ] = True,
+    check: CheckAfterDistill = True,
     dp_mechanism: Annotated[
         str | None,
         typer.Option(
@@ -274,7 +269,7 @@ def distill(
 
 
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run directory written by distill")],
+    run: RunDir,
     models: Annotated[int, typer.Option(help="networks trained (vmapped)")] = 5,
     arch: Annotated[str, typer.Option(help="convnet, mlp, resnet18, vgg11 or alexnet")] = "convnet",
     augment: Annotated[bool, typer.Option(help="train with the paper's augmentation")] = False,
@@ -283,20 +278,11 @@ def evaluate(
         int | None, typer.Option(help=r"training steps \[default: 1000 for ≤10 images, else 2000]")
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    data: Annotated[
-        str | None,
-        typer.Option(help=r"data source if not the run's own \[default: run.json's source]"),
-    ] = None,
+    data: RunData = None,
     as_json: Annotated[
         bool, typer.Option("--json", help=r"print eval.json to stdout \[default: off]")
     ] = False,
-    check: Annotated[
-        bool,
-        typer.Option(
-            "--check/--no-check",
-            help=r"end with release's memorisation check (seconds; on stderr) \[default: on]",
-        ),
-    ] = True,
+    check: CheckAfterEvaluate = True,
 ) -> None:
     """Train fresh networks on the distilled set; report test accuracy; write RUN/eval.json."""
     from rcig_release import pathchecks

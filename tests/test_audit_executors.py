@@ -5,6 +5,7 @@ works across executors, Ray asked for without the extra is one line and exit 2, 
 
 The Ray tests start a local Ray cluster of 2 CPUs (skipped where Ray is not installed)."""
 
+import dataclasses
 import os
 import signal
 import sys
@@ -23,27 +24,32 @@ from rcig_release.errors import InputError, RcigReleaseError
 H, C = 8, 4
 
 
-def _job():
+def _job(kind="naive"):
+    """A pipeline kind's shadows on tiny data: (``shadows.ShadowJob``, ``shadows.ShadowData``)."""
     rng = np.random.default_rng(1)
     x_tr, y_tr = rng.random((60, H, H, 1)).astype(np.float32), np.arange(60) % C
     x_te, y_te = rng.random((40, H, H, 1)).astype(np.float32), np.arange(40) % C
     members, nonmembers = np.arange(0, 20), np.arange(0, 20)
     keep = shadows.make_keep(4, 40, np.random.default_rng(0))
-    return dict(
+    job = shadows.ShadowJob(
+        kind=kind,
         cfg=DistillConfig(ipc=2, width=4),
         keep=keep,
         members=members,
         nonmembers=nonmembers,
-        x_train=x_tr,
-        y_train=y_tr,
-        x_test=x_te,
-        y_test=y_te,
-        queries_pix=np.concatenate([x_tr[:20], x_te[:20], x_te[:10]]),
         num_classes=C,
         zca=False,
         seed=0,
         ds=shadows.Downstream(arch="mlp", width=8, n_models=2, steps=20, warmup=2),
     )
+    data = shadows.ShadowData(
+        x_train=x_tr,
+        y_train=y_tr,
+        x_test=x_te,
+        y_test=y_te,
+        queries_pix=np.concatenate([x_tr[:20], x_te[:20], x_te[:10]]),
+    )
+    return job, data
 
 
 def test_ray_without_the_extra_is_one_line_and_exit_2(tmp_path, monkeypatch):
@@ -86,9 +92,9 @@ def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(
     for the audit even where ray.init would otherwise join another (RAY_ADDRESS set here)."""
     pytest.importorskip("ray")
     monkeypatch.setenv("RAY_ADDRESS", "192.0.2.1:6379")  # unreachable (TEST-NET-1)
-    kw = _job()
-    keep = kw["keep"]
-    local, near_l = shadows.run_shadows("naive", out_dir=tmp_path / "local", resume=False, **kw)
+    job, data = _job()
+    keep = job.keep
+    local, near_l = shadows.run_shadows(job, data, out_dir=tmp_path / "local", resume=False)
 
     killed: list[int] = []
 
@@ -111,12 +117,12 @@ def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(
         t = threading.Thread(target=killer, daemon=True)
         t.start()
         ray_out, near_r = shadows.run_shadows(
-            "naive",
+            job,
+            data,
             out_dir=tmp_path / "ray",
             resume=False,
             executor=session,
             progress=lambda s, d, n, eta=None: seen.append((s, d, n, eta)),
-            **kw,
         )
         t.join(timeout=1)
         assert killed, "no pipeline was running to kill"
@@ -140,18 +146,18 @@ def test_ray_tasks_write_the_local_executors_files_and_survive_a_killed_worker(
         for k in (0, 2):
             (mixed / f"{k}.npz").write_bytes((tmp_path / "local" / f"{k}.npz").read_bytes())
         before = {k: (mixed / f"{k}.npz").stat().st_mtime_ns for k in (0, 2)}
-        again, _ = shadows.run_shadows("naive", out_dir=mixed, resume=True, executor=session, **kw)
+        again, _ = shadows.run_shadows(job, data, out_dir=mixed, resume=True, executor=session)
         assert {k: (mixed / f"{k}.npz").stat().st_mtime_ns for k in (0, 2)} == before
         np.testing.assert_array_equal(again, local)
 
         # a pipeline that raises is not retried: one line naming the way on
         with pytest.raises(RcigReleaseError, match="--resume"):
             shadows.run_shadows(
-                "naive",
+                dataclasses.replace(job, cfg=DistillConfig(ipc=50, width=4)),
+                data,
                 out_dir=tmp_path / "bad",
                 resume=False,
                 executor=session,
-                **{**kw, "cfg": DistillConfig(ipc=50, width=4)},
             )
     finally:
         session.close()

@@ -264,12 +264,11 @@ def test_grouped_pipelines_name_the_group_and_get_an_eta_from_whole_pipelines(tm
 
     seen = []
     shadows.run_shadows(
-        "naive",
+        *_job("naive"),
         out_dir=tmp_path / "s",
         resume=False,
         group=2,
         progress=lambda s, d, t, eta=None: seen.append((s, d, t, eta)),
-        **_job(),
     )
     assert ("naive: shadows 0,1: training the networks", 0, 4, None) in seen
     assert not any("distill step" in s for s, _, _, _ in seen)
