@@ -61,15 +61,23 @@ def problem(setup, seed=0):
 
 
 def test_default_switches_to_the_memory_path_where_the_jacobian_does_not_fit():
+    """Default: the memory path where the Jacobian does not fit and the n = 12 support rows
+    exceed ``support_batch``; with every row in the subset (nothing to subsample) the jvp
+    path."""
     assert not setup_for().memory_path and setup_for().materialize_jacobian
-    auto = setup_for(jacobian_mb=0.0)
+    auto = setup_for(jacobian_mb=0.0, support_batch=4)
     assert auto.memory_path and not auto.materialize_jacobian
+    whole = setup_for(jacobian_mb=0.0, support_batch=12)  # nothing to subsample: the jvp path
+    assert not whole.memory_path and not whole.materialize_jacobian
+    assert not setup_for(support_batch=4).memory_path  # the Jacobian fits: it is materialised
     off = setup_for(jacobian_mb=0.0, memory_path=False)
     assert not off.memory_path and not off.materialize_jacobian  # the full jvp path
     forced = setup_for(memory_path=True)
     assert forced.memory_path and not forced.materialize_jacobian
-    assert not setup_for(jacobian_mb=0.0, inner_solver="exact").memory_path
-    dp = setup_for(jacobian_mb=0.0, dp_epsilon=1.0, dp_noise_multiplier=1.0, init="noise")
+    assert not setup_for(jacobian_mb=0.0, support_batch=4, inner_solver="exact").memory_path
+    dp = setup_for(
+        jacobian_mb=0.0, support_batch=4, dp_epsilon=1.0, dp_noise_multiplier=1.0, init="noise"
+    )
     assert not dp.memory_path  # not available for DP: the full jvp path
     assert setup_for(support_batch=100, memory_path=True).support_batch == 12
 
