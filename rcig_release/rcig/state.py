@@ -106,7 +106,7 @@ def _make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, 
     # the memory path by default where the Jacobian does not fit and there is something to
     # subsample (never for the exact solver or DP): CIFAR-10 at 50 ipc, its compiled step needs
     # 2.46 GB of XLA buffers against 3.52 GB for the jvp path; with every row in the subset it
-    # gives the jvp path's values with 3 % more buffers (MNIST 50 ipc; docs/benchmarks.md)
+    # gives the jvp path's values with 3.5 % more buffers (MNIST 50 ipc; docs/benchmarks.md)
     subsample = res.n_support > cfg.support_batch
     memory = (
         bool(cfg.memory_path)
