@@ -74,9 +74,10 @@ class DistillConfig:
     # engineering (not in the paper)
     jacobian_mb: float = 512.0  # materialise the support Jacobian when it fits in this many MiB
     # memory path for large support sets (rcig-algorithm §1.10, rcig/memory.py): precomputed
-    # features and subsampled support gradients; None: off (on CIFAR-10 at 50 ipc its compiled
-    # step needs 17.1 GB of XLA buffers against 3.5 GB off, docs/benchmarks.md; true forces it,
-    # never for the exact solver or DP runs)
+    # features and subsampled support gradients; None: on where the support Jacobian does not fit
+    # jacobian_mb and the support set has more than support_batch rows (never for the exact
+    # solver or DP runs; CIFAR-10 50 ipc: 2.46 GB of XLA buffers against 3.52 GB for the jvp
+    # path, docs/benchmarks.md)
     memory_path: bool | None = None
     support_batch: int = 500  # memory path: support images per gradient (authors: 500 or 2000)
     forward_batch: int = 500  # memory path: images per gradient-free forward chunk

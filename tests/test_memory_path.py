@@ -60,16 +60,24 @@ def problem(setup, seed=0):
     return theta0, to64(state.psi), x_t, labels_t
 
 
-def test_the_memory_path_runs_only_when_asked_for():
+def test_default_switches_to_the_memory_path_where_the_jacobian_does_not_fit():
+    """Default: the memory path where the Jacobian does not fit and the n = 12 support rows
+    exceed ``support_batch``; with every row in the subset (nothing to subsample) the jvp
+    path."""
     assert not setup_for().memory_path and setup_for().materialize_jacobian
-    auto = setup_for(jacobian_mb=0.0)  # where the Jacobian does not fit: the jvp path
-    assert not auto.memory_path and not auto.materialize_jacobian
+    auto = setup_for(jacobian_mb=0.0, support_batch=4)
+    assert auto.memory_path and not auto.materialize_jacobian
+    whole = setup_for(jacobian_mb=0.0, support_batch=12)  # nothing to subsample: the jvp path
+    assert not whole.memory_path and not whole.materialize_jacobian
+    assert not setup_for(support_batch=4).memory_path  # the Jacobian fits: it is materialised
     off = setup_for(jacobian_mb=0.0, memory_path=False)
     assert not off.memory_path and not off.materialize_jacobian  # the full jvp path
     forced = setup_for(memory_path=True)
     assert forced.memory_path and not forced.materialize_jacobian
-    assert not setup_for(jacobian_mb=0.0, inner_solver="exact").memory_path
-    dp = setup_for(jacobian_mb=0.0, dp_epsilon=1.0, dp_noise_multiplier=1.0, init="noise")
+    assert not setup_for(jacobian_mb=0.0, support_batch=4, inner_solver="exact").memory_path
+    dp = setup_for(
+        jacobian_mb=0.0, support_batch=4, dp_epsilon=1.0, dp_noise_multiplier=1.0, init="noise"
+    )
     assert not dp.memory_path  # not available for DP: the full jvp path
     assert setup_for(support_batch=100, memory_path=True).support_batch == 12
 
@@ -216,3 +224,51 @@ def test_memory_path_distils_and_is_a_function_of_the_seed():
     np.testing.assert_array_equal(a.images_model, b.images_model)
     init = x[a.init_indices]
     assert np.abs(a.images_model - init).max() > 1e-4
+
+
+def _compiled_temp_bytes(monkeypatch, steps, what, tie=True):
+    """XLA's temporary buffers of the memory path's inner solve ("solve") or HVP solve ("hvp")
+    with ``steps`` unrolled Adam steps, compiled only. ``tie=False``: ``memory.after`` replaced
+    by the identity, the code before the fix (issue #23)."""
+    if not tie:
+        monkeypatch.setattr(memory, "after", lambda a, *xs: a)
+    setup = setup_for(
+        ipc=4, memory_path=True, support_batch=8, n_inner_steps=steps, n_hvp_steps=steps
+    )
+    theta0, psi, _, _ = problem(setup)
+    theta0 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), theta0)
+    psi = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), psi)
+
+    def run(psi, g):
+        x_s, y_s = support_set(setup, psi)
+        inner = SubsampledInner(setup, theta0, x_s, y_s, jax.random.PRNGKey(1))
+        if what == "solve":
+            return inner.solve(jnp.float32(1e-3))
+        return inner.inverse_hvp(jnp.zeros_like(g), g, jnp.float32(1e-3))
+
+    g = jnp.zeros(setup.tangents.size, jnp.float32)
+    compiled = jax.jit(run).lower(psi, g).compile()
+    monkeypatch.undo()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.parametrize("what", ["solve", "hvp"])
+def test_unrolled_steps_do_not_hold_their_subsets_forward_passes(monkeypatch, what):
+    """The memory path's buffers must not grow with the number of unrolled Adam steps: each
+    step's subset and its primal pass at θ0 wait for the step's iterate (memory.after). Before
+    the fix XLA:CPU scheduled every step's primal pass at the start and held it (CIFAR-10 at
+    50 ipc: 17.1 GB of buffers against 3.5 GB for the jvp path, docs/benchmarks.md). The check
+    fails on that code (the tie removed). Unit: one layer's activations of the subset,
+    b·H·W·width float32 (4 KB here); after the fix a step adds about 1 KB (its losses, keys
+    and indices), before it 17 KB (HVP) to 67 KB (inner solve)."""
+    setup = setup_for(ipc=4, memory_path=True, support_batch=8)
+    layer = setup.support_batch * SHAPE[0] * SHAPE[1] * setup.cfg.width * 4
+    per_step = (
+        _compiled_temp_bytes(monkeypatch, 6, what) - _compiled_temp_bytes(monkeypatch, 2, what)
+    ) / 4
+    assert per_step < 0.5 * layer, (per_step, layer)
+    old = (
+        _compiled_temp_bytes(monkeypatch, 6, what, tie=False)
+        - _compiled_temp_bytes(monkeypatch, 2, what, tie=False)
+    ) / 4
+    assert old > 2 * layer, (old, layer)

@@ -15,6 +15,10 @@ n. The memory path keeps the values of every quantity exact and subsamples only 
 * the pool models train on a random subset of b support images at each of their steps (the
   authors' ``pool_train_batch_size``).
 
+Every subset and every chunked gradient-free forward is tied to the value it follows (``after``):
+without that XLA:CPU held each unrolled step's primal pass from the start of the step function
+(CIFAR-10 at 50 ipc: 17.1 GB of buffers instead of 2.5 GB; docs/benchmarks.md).
+
 With b ≥ n nothing is subsampled: every row is recomputed with gradients and the path gives the
 full path's values (tests/test_memory_path.py). Not ported: ``normal_repeats`` (averaging the
 direct and implicit gradients over several subsets; the authors' CIFAR-100 50-ipc config uses 2)
@@ -54,13 +58,17 @@ def features(setup: Any, theta0: Any, x: jax.Array) -> jax.Array:
 
 
 def outputs(setup: Any, theta0: Any, vec: jax.Array, x: jax.Array) -> jax.Array:
-    """o(x) = J_f(x; θ0)·vec for every row, in chunks, without gradients: [n, C]."""
+    """o(x) = J_f(x; θ0)·vec for every row, in chunks, without gradients: [n, C]. Each chunk
+    is tied to ``vec`` (``after``): computed when ``vec`` is, its primal pass not shared with
+    another call's."""
     chunk = setup.cfg.forward_batch
     vec = jax.lax.stop_gradient(vec)
     x = jax.lax.stop_gradient(x)
     return jax.lax.stop_gradient(
         chunked(
-            lambda xb: linearize.linear_forward(setup.apply, theta0, setup.tangents, vec, xb)[1],
+            lambda xb: linearize.linear_forward(
+                setup.apply, theta0, setup.tangents, vec, after(xb, vec)
+            )[1],
             x,
             chunk,
         )
@@ -76,11 +84,31 @@ class Rows(NamedTuple):
     inverse: jax.Array
 
 
-def split(key: jax.Array, n: int, b: int) -> Rows | None:
-    """A uniformly random subset of b of the n rows (None: b ≥ n, every row)."""
+def after(a: jax.Array, *xs: jax.Array) -> jax.Array:
+    """``a`` unchanged, but as a value XLA can compute only once every ``x`` is there (zeros
+    where an ``x`` begins with NaN, when everything downstream is NaN anyway).
+
+    The inner and HVP solves are unrolled straight-line code (rcig/solvers.py). A step's subset
+    and the primal pass at θ0 over its rows do not depend on the solver's iterate, so without
+    this XLA:CPU's scheduler is free to start every step's primal pass early and hold its
+    activations until that step runs: the buffers then grow with the number of unrolled steps
+    (docs/benchmarks.md, issue #23). ``jax.lax.optimization_barrier`` does not help there: the
+    CPU pipeline removes it before scheduling. The same tie keeps XLA from merging (CSE) the
+    primal pass of one gradient-free chunked forward with another's, which would hold n rows'
+    activations from the precompute to the implicit gradient.
+    """
+    nan = jnp.zeros((), bool)
+    for x in xs:
+        nan = jnp.logical_or(nan, jnp.isnan(jnp.ravel(x)[0]))
+    return jnp.where(nan, jnp.zeros_like(a), a)
+
+
+def split(key: jax.Array, n: int, b: int, *deps: jax.Array) -> Rows | None:
+    """A uniformly random subset of b of the n rows (None: b ≥ n, every row), tied to ``deps``
+    (``after``: the subset is drawn once they are computed, same values)."""
     if b >= n:
         return None
-    perm = jax.random.permutation(key, n)
+    perm = after(jax.random.permutation(key, n), *deps)
     return Rows(perm[:b], perm[b:], jnp.argsort(perm))
 
 

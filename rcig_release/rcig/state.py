@@ -103,10 +103,16 @@ def _make_setup(cfg: DistillConfig, res: Resolved, image_shape: tuple[int, int, 
     need = linearize.jacobian_bytes(res.n_support, res.num_classes, tangents.size)
     fits = need <= cfg.jacobian_mb * 2**20
     exact = cfg.inner_solver == "exact"
-    # the memory path only when asked for: measured on CIFAR-10 at 50 ipc, its compiled step
-    # needs 17.1 GB of XLA buffers against 3.5 GB for the jvp path (docs/benchmarks.md), so it
-    # is not the default where the Jacobian does not fit until that is fixed
-    memory = bool(cfg.memory_path)
+    # the memory path by default where the Jacobian does not fit and there is something to
+    # subsample (never for the exact solver or DP): CIFAR-10 at 50 ipc, its compiled step needs
+    # 2.46 GB of XLA buffers against 3.52 GB for the jvp path; with every row in the subset it
+    # gives the jvp path's values with 3.5 % more buffers (MNIST 50 ipc; docs/benchmarks.md)
+    subsample = res.n_support > cfg.support_batch
+    memory = (
+        bool(cfg.memory_path)
+        if cfg.memory_path is not None
+        else subsample and not (fits or exact or cfg.dp_epsilon is not None)
+    )
     materialize = exact or (fits and not memory)
     return Setup(
         cfg=cfg,

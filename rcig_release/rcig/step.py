@@ -143,9 +143,11 @@ class SubsampledInner:
     def precomputed(self) -> tuple[Any, Any]:
         return self.phi, self.chol
 
-    def _rows(self, key: jax.Array | None) -> memory.Rows | None:
+    def _rows(self, key: jax.Array | None, *deps: jax.Array) -> memory.Rows | None:
+        """The key's subset, drawn once ``deps`` are computed (memory.after: a step's rows and
+        their primal pass wait for the solver's iterate instead of being held from the start)."""
         n = self.x_s.shape[0]
-        return None if key is None else memory.split(key, n, self.setup.support_batch)
+        return None if key is None else memory.split(key, n, self.setup.support_batch, *deps)
 
     def _solve(self, r: jax.Array) -> jax.Array:
         return jax.scipy.linalg.cho_solve((self.chol, True), r)
@@ -177,15 +179,16 @@ class SubsampledInner:
         of rows only; None: the value alone (computed in chunks, no gradient)."""
         if key is None:
             return self._loss_of(jax.lax.stop_gradient(self.outputs_at(d)), d)
-        return self._loss_of(self._outputs(d, self._rows(key), None), d)
+        return self._loss_of(self._outputs(d, self._rows(key, d), None), d)
 
-    def hvp(self, d: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    def hvp(self, d: jax.Array, *deps: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
         """(v, key) ↦ H_B v: forward-over-reverse through the key's subset B, the other rows
-        held at their values at d (the authors' ``pre_s``)."""
+        held at their values at d (the authors' ``pre_s``). The subsets wait for v and
+        ``deps`` (the HVP solve's first v is a constant zero; its g is passed)."""
         o_d = self.outputs_at(d)
 
         def hv(v: jax.Array, key: jax.Array) -> jax.Array:
-            rows = self._rows(key)
+            rows = self._rows(key, v, *deps)
 
             def loss(dd: jax.Array) -> jax.Array:
                 return self._loss_of(self._outputs(dd, rows, o_d), dd)
@@ -203,12 +206,13 @@ class SubsampledInner:
     def inverse_hvp(self, d: jax.Array, g: jax.Array, lr: jax.Array) -> tuple[jax.Array, jax.Array]:
         steps = self.setup.cfg.n_hvp_steps
         keys = jax.random.split(self.keys["hvp"], steps + 1)
-        return solvers.adam_hvp_solve(self.hvp(d), g, lr, steps, unroll=True, xs=keys)
+        return solvers.adam_hvp_solve(self.hvp(d, g), g, lr, steps, unroll=True, xs=keys)
 
     def view(self, d: jax.Array, purpose: str, v: jax.Array | None = None) -> SupportView:
         """The rows of the direct ("direct") or implicit ("implicit", along ``v``) gradient."""
         o_v = None if v is None else memory.outputs(self.setup, self.theta0, v, self.x_s)
-        return SupportView(self._rows(self.keys[purpose]), self.phi, self.outputs_at(d), o_v)
+        rows = self._rows(self.keys[purpose], d if v is None else v)
+        return SupportView(rows, self.phi, self.outputs_at(d), o_v)
 
 
 def make_inner(
@@ -413,6 +417,7 @@ def _train_pool_member(
         if setup.memory_path and b < n:
             assert key is not None
             rows = jax.random.choice(jax.random.fold_in(key, i), n, (b,), replace=False)
+            rows = memory.after(rows, jax.tree.leaves(p)[0])  # gathered when step i runs
             xb, yb = x_s[rows], y_s[rows]
         out = setup.apply(p, xb)[0]
         return 0.5 * jnp.sum((out - yb) ** 2) / yb.size
