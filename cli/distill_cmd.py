@@ -48,8 +48,8 @@ def distill(
         typer.Option(
             help=r"centroids (each image the mean of a k-means cluster of its class: the class "
             "mean at 1 ipc), mean, noise, real (the paper's: one training record per image, "
-            "refused at release), or dp-mean (DP feature means: the class means of its own "
-            r"release) \[default: centroids; with --dp-epsilon noise, with features dp-mean]"
+            "refused at release), or dp-mean (the class means of a DP feature-means release; "
+            r"DP defaults: dp-mean for --dp-mechanism features, else noise) \[default: centroids]"
         ),
     ] = None,
     init_min_records: Annotated[

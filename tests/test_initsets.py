@@ -127,8 +127,9 @@ def test_the_default_policy_allows_the_aggregate_inits_and_strict_does_not():
 
     root = Path(__file__).resolve().parents[1] / "policies"
     assert {"mean", "centroids"} <= set(load_policy(root / "default.toml").allowed_init_modes)
-    assert load_policy(root / "strict.toml").allowed_init_modes == ("noise",)
-    assert load_policy(root / "dp.toml").allowed_init_modes == ("noise",)
+    # strict and dp: nothing that reads private images outside a DP release
+    assert load_policy(root / "strict.toml").allowed_init_modes == ("noise", "dp-mean")
+    assert load_policy(root / "dp.toml").allowed_init_modes == ("noise", "dp-mean")
 
 
 def test_resume_reads_a_checkpoint_written_before_the_init_fields_existed(tmp_path):
