@@ -130,9 +130,10 @@ def test_release_noise_has_std_sigma_c_without_truncation_and_a_no_noise_copy_fa
     assert noisy.dtype == np.float64 and check(noisy)
     assert not check(stat.copy())  # a copy without noise fails the same check
     assert not check(stat + 0.5 * sigma * clip * np.random.default_rng(0).normal(size=stat.shape))
-    # float64 normals reach past the ±5.4σ support of 23-bit erfinv samplers
-    big = dpstat.release(np.zeros(4_000_000), 1.0, 1.0)
-    assert np.abs(big).max() > 5.0
+    # float64 normals reach past the ±5.4σ support of 23-bit erfinv samplers (the sampler on a
+    # fixed generator: with secret draws, 4M samples stay below 5σ about one time in ten)
+    big = dpstat.release(np.zeros(4_000_000), 1.0, 1.0, np.random.default_rng(2))
+    assert np.abs(big).max() > 5.4
     # the noise is secret: two releases of the same statistic differ
     assert not np.array_equal(dpstat.release(stat, sigma, clip), noisy)
 
