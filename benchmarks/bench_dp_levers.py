@@ -4,7 +4,7 @@ What limits ``--dp-mechanism features`` at 10 ipc when the noise does not (ε = 
 points over ε = 1 on MNIST): the initialisation, the number of networks K, augmentation. Each
 variant computes the statistic with the product's code (``dpdistill.statistic``, cached per
 subset/K/augmentation under OUT), estimates the means (``dpstat.estimate``), optimises the images
-(``statmatch.fit``, or the same loss on augmented images with ``--match-aug``) and evaluates
+(``statmatch.fit``; with ``--match-aug`` its loss on augmented images) and evaluates
 ``--models`` ConvNets (width 32, the evaluate protocol's steps) on the first ``--n-test`` test
 images. No noise is added unless ``--sigma`` is given (in units of C, on the class sums):
 these are the mechanism's ceilings, not DP figures. One JSON line per run is appended to
@@ -25,7 +25,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from rcig_release import augment
 from rcig_release.config import depth_for_size
@@ -78,31 +77,6 @@ def statistic(s, x, y, classes, views: int) -> np.ndarray:
     return total
 
 
-def fit_augmented(apply, params, targets, ptgt, x0, m, classes):
-    """statmatch's loss on augmented copies of the images (a fresh augmentation per step)."""
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
-    opt = optax.adam(m.lr)
-    tgt, pt = jnp.asarray(targets, jnp.float32), jnp.asarray(ptgt, jnp.float32)
-
-    @jax.jit
-    def step(x, st, idx, key):
-        def loss(z):
-            return statmatch.match_loss(apply, stacked, idx, augment.augment(key, z), tgt, pt,
-                                        classes, m.ipc)  # fmt: skip
-
-        value, g = jax.value_and_grad(loss)(x)
-        upd, st = opt.update(g, st, x)
-        return optax.apply_updates(x, upd), st, value
-
-    x = jnp.asarray(x0)
-    st = opt.init(x)
-    choice = statmatch.network_choice(0, m.steps, targets.shape[1], m.per_step)
-    value = jnp.nan
-    for t in range(m.steps):
-        x, st, value = step(x, st, jnp.asarray(choice[t]), jax.random.fold_in(jax.random.key(9), t))
-    return np.asarray(x), float(value)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -148,10 +122,8 @@ def main() -> None:
         x0 = statmatch.dp_mean_init(ptgt, s.blocks, shape, a.ipc, a.init_noise, seed=0)
     m = statmatch.MatchSettings(steps=a.steps, lr=a.lr, per_step=a.per_step, ipc=a.ipc)
     t0 = time.perf_counter()
-    if a.match_aug:
-        xs, loss = fit_augmented(apply, params, targets, ptgt, x0, m, classes)
-    else:
-        xs, _, loss = statmatch.fit(apply, params, targets, x0, m, 0, pixel_target=ptgt)
+    xs, _, loss = statmatch.fit(apply, params, targets, x0, m, 0, pixel_target=ptgt,
+                                augment=augment.augment if a.match_aug else None)  # fmt: skip
     t_fit = time.perf_counter() - t0
     t0 = time.perf_counter()
     ev = evaluate_arrays(xs, np.repeat(np.arange(classes), a.ipc), xt, yt, arch="convnet",

@@ -58,7 +58,9 @@ def initial_set(
     * ``noise``: 0.3·N(0,1);
     * ``mean`` / ``centroids`` (``initsets.py``): each image the mean of at least
       ``cfg.init_min_records`` training records of its class (the class mean; the means of ipc
-      k-means clusters), plus ``cfg.init_noise``·N(0,1); indices −1 (no single record).
+      k-means clusters), plus ``cfg.init_noise``·N(0,1); indices −1 (no single record);
+    * ``dp-mean``: zeros of the images' shape; the start is made from the DP release itself,
+      which exists only inside ``dpdistill.run`` (``statmatch.dp_mean_init``).
 
     Deterministic given ``(cfg, x_model, y)``: ``release`` recomputes it to check the recorded
     indices. ``forced`` (real init only): indices into ``x_model`` that must be init images, at
@@ -69,6 +71,8 @@ def initial_set(
     classes = np.repeat(np.arange(num_classes), cfg.ipc)
     labels = (np.eye(num_classes, dtype=np.float32) - 1.0 / num_classes)[classes]
     none = np.full(len(classes), -1, np.int64)
+    if cfg.init == "dp-mean":
+        return np.zeros((len(classes), *x_model.shape[1:]), np.float32), labels, none
     if cfg.init in initsets.AGGREGATE_MODES:
         y = np.asarray(y)
         for c in range(num_classes):

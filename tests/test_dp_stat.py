@@ -334,6 +334,25 @@ def test_fit_lowers_the_match_loss_to_exact_targets():
     _, _, last = statmatch.fit(apply, params, targets, x0, m, seed=0, pixel_target=ptgt)
     assert last < 0.5 * loss(x0)
 
+    # augment: the loss is taken on the augmented images. The identity gives the same images as
+    # no augmentation; one that cuts the gradient (stop_gradient) leaves nothing to move
+    plain, _, _ = statmatch.fit(apply, params, targets, x0, m, seed=0, pixel_target=ptgt)
+    same, _, _ = statmatch.fit(
+        apply, params, targets, x0, m, seed=0, pixel_target=ptgt, augment=lambda _k, z: z
+    )
+    np.testing.assert_allclose(same, plain, atol=1e-6)
+    blank, _, _ = statmatch.fit(
+        apply,
+        params,
+        targets,
+        x0,
+        m,
+        seed=0,
+        pixel_target=ptgt,
+        augment=lambda _k, z: jax.lax.stop_gradient(z),
+    )
+    np.testing.assert_array_equal(blank, x0)
+
 
 @pytest.mark.parametrize(
     "overrides,word",

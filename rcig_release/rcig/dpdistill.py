@@ -120,7 +120,8 @@ def run(
     """(images [N, H, W, C] model space, info) of a DP-feature-means run. ``on_state(t, x)``
     gets the images after each step. On Ctrl-C the latest state is checkpointed (with the
     release) and KeyboardInterrupt propagates. ``x_init`` is the start unless ``cfg.init`` is
-    "dp-mean", where the release's class mean images (plus ``cfg.init_noise`` noise) replace it."""
+    "dp-mean" (``distill.initial_set`` then gives zeros): the start is the release's class mean
+    images plus ``cfg.init_noise`` noise, made here, the one place the release exists."""
     assert cfg.steps is not None and cfg.dp_noise_multiplier is not None
     shape = tuple(int(v) for v in x_model.shape[1:])
     s, m = settings(cfg, shape, num_classes)  # type: ignore[arg-type]

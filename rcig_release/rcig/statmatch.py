@@ -75,15 +75,22 @@ def match_loss(
     return total
 
 
+AUG_SALT = 0x4A06  # ``fit(augment=...)``: the step's augmentation key, fold_in(key(seed), salt)
+
+
 @functools.lru_cache(maxsize=8)
-def _jitted_step(apply: Callable, num_classes: int, ipc: int, lr: float):
+def _jitted_step(
+    apply: Callable, num_classes: int, ipc: int, lr: float, augment: Callable | None = None
+):
     opt = optax.adam(lr)
 
     @jax.jit
-    def step(x, opt_state, params, idx, targets, pixel_target):
-        loss, g = jax.value_and_grad(
-            lambda xx: match_loss(apply, params, idx, xx, targets, pixel_target, num_classes, ipc)
-        )(x)
+    def step(x, opt_state, params, idx, targets, pixel_target, key):
+        def loss_of(xx):
+            z = xx if augment is None else augment(key, xx)
+            return match_loss(apply, params, idx, z, targets, pixel_target, num_classes, ipc)
+
+        loss, g = jax.value_and_grad(loss_of)(x)
         updates, opt_state = opt.update(g, opt_state, x)
         return optax.apply_updates(x, updates), opt_state, loss
 
@@ -150,13 +157,17 @@ def fit(
     start: int = 0,
     opt_state: Any = None,
     on_step: Callable[[int, Any, Any, float], None] | None = None,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> tuple[np.ndarray, Any, float]:
     """Adam on the images from ``x_init`` (step ``start`` with ``opt_state`` on resume) for
     ``s.steps`` steps in all. ``on_step(t, x, opt_state, loss)`` after each step (t = steps
-    done). Returns (images, optimiser state, last loss)."""
+    done). ``augment(key, x)``: the loss is taken on augmented images, a fresh key per step from
+    the public seed (``AUG_SALT``); None (the product's): on the images themselves. Returns
+    (images, optimiser state, last loss)."""
     num_classes, k_total = targets.shape[0], targets.shape[1]
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *params)
-    opt, step = _jitted_step(apply, num_classes, s.ipc, float(s.lr))
+    opt, step = _jitted_step(apply, num_classes, s.ipc, float(s.lr), augment)
+    aug_key = jax.random.fold_in(jax.random.PRNGKey(int(seed)), AUG_SALT)
     x = jnp.asarray(x_init, jnp.float32)
     state = opt.init(x) if opt_state is None else opt_state
     tgt = jnp.asarray(targets, jnp.float32)
@@ -164,7 +175,8 @@ def fit(
     choice = network_choice(seed, s.steps, k_total, s.per_step)
     loss = float("nan")
     for t in range(start, s.steps):
-        x, state, lv = step(x, state, stacked, jnp.asarray(choice[t]), tgt, ptgt)
+        key = jax.random.fold_in(aug_key, t)
+        x, state, lv = step(x, state, stacked, jnp.asarray(choice[t]), tgt, ptgt, key)
         loss = float(lv)
         if on_step is not None:
             on_step(t + 1, x, state, loss)
