@@ -23,6 +23,16 @@ from rcig_release import limits
 from rcig_release.errors import InputError
 
 Source = str | Path | bytes
+# what a corrupt or truncated member raises from zipfile, zlib or numpy's header and data readers
+_CORRUPT = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+)
 _HEADER_MAX = 100_000  # bytes of one .npy header (numpy's own default limit is 10,000)
 
 
@@ -86,15 +96,7 @@ def _headers(zf: zipfile.ZipFile, what: str) -> list[ArrayHeader]:
                 shape, fortran, dtype = _read_header(fp, key, what)
         except NpzUnreadable:
             raise
-        except (
-            zipfile.BadZipFile,
-            zlib.error,
-            EOFError,
-            OSError,
-            ValueError,
-            NotImplementedError,
-            RuntimeError,
-        ):
+        except _CORRUPT:
             raise NpzUnreadable(
                 f"{what} is corrupt or truncated (cannot read array {key})"
             ) from None
@@ -165,15 +167,7 @@ def read_npz(source: Source, what: str) -> dict[str, np.ndarray]:
                     arrays[h.key] = _read_data(fp, h, what)
             except NpzUnreadable:
                 raise
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                EOFError,
-                OSError,
-                ValueError,
-                NotImplementedError,
-                RuntimeError,
-            ):
+            except _CORRUPT:
                 raise NpzUnreadable(
                     f"{what} is corrupt or truncated (cannot read array {h.key})"
                 ) from None
