@@ -175,7 +175,7 @@ def fit(
     choice = network_choice(seed, s.steps, k_total, s.per_step)
     loss = float("nan")
     for t in range(start, s.steps):
-        key = jax.random.fold_in(aug_key, t)
+        key = aug_key if augment is None else jax.random.fold_in(aug_key, t)  # no op unused
         x, state, lv = step(x, state, stacked, jnp.asarray(choice[t]), tgt, ptgt, key)
         loss = float(lv)
         if on_step is not None:
